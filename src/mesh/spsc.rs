@@ -104,6 +104,16 @@ impl<T> Drop for Shared<T> {
 ///
 /// `Send` so it can move to its shard's thread; not `Clone` and not `Sync`, because a second
 /// producer racing on `tail` would overwrite items (single producer by construction).
+///
+/// ```compile_fail
+/// fn assert_sync<S: Sync>() {}
+/// assert_sync::<c10m::mesh::spsc::Producer<u64>>();
+/// ```
+///
+/// ```compile_fail
+/// fn assert_clone<S: Clone>() {}
+/// assert_clone::<c10m::mesh::spsc::Producer<u64>>();
+/// ```
 pub struct Producer<T> {
     shared: Arc<Shared<T>>,
     /// Private copy of `shared.tail`: only this end writes it, so it never needs a load.
@@ -117,6 +127,16 @@ pub struct Producer<T> {
 ///
 /// `Send` so it can move to its shard's thread; not `Clone` and not `Sync`, because a second
 /// consumer racing on `head` would read one item twice (single consumer by construction).
+///
+/// ```compile_fail
+/// fn assert_sync<S: Sync>() {}
+/// assert_sync::<c10m::mesh::spsc::Consumer<u64>>();
+/// ```
+///
+/// ```compile_fail
+/// fn assert_clone<S: Clone>() {}
+/// assert_clone::<c10m::mesh::spsc::Consumer<u64>>();
+/// ```
 pub struct Consumer<T> {
     shared: Arc<Shared<T>>,
     /// Private copy of `shared.head`: only this end writes it, so it never needs a load.
