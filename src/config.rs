@@ -274,8 +274,7 @@ impl Config {
     pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read --config {}: {e}", path.display())))?;
-        toml::from_str(&text)
-            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+        toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
     }
 
     /// Checks each limit and the relationships between them.
@@ -286,7 +285,10 @@ impl Config {
             return err("no client listener: give at least one --listen ADDR".into());
         }
         if self.shards > 1024 {
-            return err(format!("shards = {} is more than 1024; use one per core", self.shards));
+            return err(format!(
+                "shards = {} is more than 1024; use one per core",
+                self.shards
+            ));
         }
         if l.conns_per_shard_max == 0 || l.conns_per_shard_max > RING_FILES_KERNEL_MAX {
             return err(format!(
@@ -295,10 +297,16 @@ impl Config {
             ));
         }
         if l.head_bytes_max < 256 {
-            return err(format!("head_bytes_max = {} is below 256", l.head_bytes_max));
+            return err(format!(
+                "head_bytes_max = {} is below 256",
+                l.head_bytes_max
+            ));
         }
         if l.headers_max == 0 || l.headers_max > 128 {
-            return err(format!("headers_max = {} must be within 1..=128", l.headers_max));
+            return err(format!(
+                "headers_max = {} must be within 1..=128",
+                l.headers_max
+            ));
         }
         if l.message_bytes_max == 0 || l.message_bytes_max > 16 * 1024 * 1024 {
             return err(format!(
@@ -323,16 +331,27 @@ impl Config {
             ));
         }
         if l.recv_buffer_bytes < 512 {
-            return err(format!("recv_buffer_bytes = {} is below 512", l.recv_buffer_bytes));
+            return err(format!(
+                "recv_buffer_bytes = {} is below 512",
+                l.recv_buffer_bytes
+            ));
         }
         if !(64..=32_768).contains(&l.ring_entries) {
-            return err(format!("ring_entries = {} must be within 64..=32768", l.ring_entries));
+            return err(format!(
+                "ring_entries = {} must be within 64..=32768",
+                l.ring_entries
+            ));
         }
         if l.mesh_ring_entries < 16 {
-            return err(format!("mesh_ring_entries = {} is below 16", l.mesh_ring_entries));
+            return err(format!(
+                "mesh_ring_entries = {} is below 16",
+                l.mesh_ring_entries
+            ));
         }
         if l.ping_interval_ms == 0 || l.pong_timeout_ms == 0 || l.sse_heartbeat_ms == 0 {
-            return err("ping_interval_ms, pong_timeout_ms and sse_heartbeat_ms must be > 0".into());
+            return err(
+                "ping_interval_ms, pong_timeout_ms and sse_heartbeat_ms must be > 0".into(),
+            );
         }
         if l.handshake_timeout_ms == 0 || l.shutdown_timeout_ms == 0 {
             return err("handshake_timeout_ms and shutdown_timeout_ms must be > 0".into());
@@ -366,7 +385,10 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.shards, 2);
         assert_eq!(cfg.limits.ping_interval_ms, 5000);
-        assert_eq!(cfg.limits.pong_timeout_ms, Limits::default().pong_timeout_ms);
+        assert_eq!(
+            cfg.limits.pong_timeout_ms,
+            Limits::default().pong_timeout_ms
+        );
         assert!(toml::from_str::<Config>("shardz = 2").is_err());
     }
 

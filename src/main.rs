@@ -8,7 +8,11 @@ use c10m::config::ServeArgs;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "c10m", version, about = "Push server for millions of idle WebSocket and SSE connections")]
+#[command(
+    name = "c10m",
+    version,
+    about = "Push server for millions of idle WebSocket and SSE connections"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -40,7 +44,10 @@ fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let shutdown = c10m::sys::shutdown_flag()?;
     let server = c10m::server::start(cfg, shutdown)?;
     let list = |v: &[std::net::SocketAddr]| {
-        v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        v.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     };
     println!(
         "c10m listening clients={} admin={} shards={} conns_per_shard={}",

@@ -38,14 +38,23 @@ pub struct MeshEnd {
 }
 
 /// Builds the N×N matrix and returns each shard's end plus the shared peer table.
-pub fn build(shards: usize, ring_entries: usize, backlog_max: usize) -> (Vec<MeshEnd>, Arc<[Peer]>) {
+pub fn build(
+    shards: usize,
+    ring_entries: usize,
+    backlog_max: usize,
+) -> (Vec<MeshEnd>, Arc<[Peer]>) {
     let peers: Arc<[Peer]> = (0..shards)
-        .map(|_| Peer { ring_fd: AtomicI32::new(-1), sleeping: AtomicBool::new(false) })
+        .map(|_| Peer {
+            ring_fd: AtomicI32::new(-1),
+            sleeping: AtomicBool::new(false),
+        })
         .collect();
-    let mut tx: Vec<Vec<Option<Producer<Msg>>>> =
-        (0..shards).map(|_| (0..shards).map(|_| None).collect()).collect();
-    let mut rx: Vec<Vec<Option<Consumer<Msg>>>> =
-        (0..shards).map(|_| (0..shards).map(|_| None).collect()).collect();
+    let mut tx: Vec<Vec<Option<Producer<Msg>>>> = (0..shards)
+        .map(|_| (0..shards).map(|_| None).collect())
+        .collect();
+    let mut rx: Vec<Vec<Option<Consumer<Msg>>>> = (0..shards)
+        .map(|_| (0..shards).map(|_| None).collect())
+        .collect();
     for from in 0..shards {
         for to in 0..shards {
             if from != to {
@@ -137,7 +146,8 @@ impl MeshEnd {
         for to in 0..self.dirty.len() {
             if std::mem::take(&mut self.dirty[to]) {
                 let peer = &self.peers[to];
-                if peer.sleeping.load(Ordering::SeqCst) && peer.sleeping.swap(false, Ordering::SeqCst)
+                if peer.sleeping.load(Ordering::SeqCst)
+                    && peer.sleeping.swap(false, Ordering::SeqCst)
                 {
                     out.push(peer.ring_fd.load(Ordering::Acquire));
                 }
@@ -176,6 +186,8 @@ impl MeshEnd {
 
     /// Called after waking, for whatever reason.
     pub fn awake(&mut self) {
-        self.peers[self.shard].sleeping.store(false, Ordering::SeqCst);
+        self.peers[self.shard]
+            .sleeping
+            .store(false, Ordering::SeqCst);
     }
 }

@@ -33,7 +33,10 @@ pub enum Msg {
     /// To the user's home shard: deliver to every connection of `user`.
     PublishUser { user: Box<str>, msg: Arc<Message> },
     /// To the owning shard: deliver to these connections.
-    Deliver { conns: Vec<ConnId>, msg: Arc<Message> },
+    Deliver {
+        conns: Vec<ConnId>,
+        msg: Arc<Message>,
+    },
     /// To every shard: deliver to local subscribers of `topic`.
     PublishTopic { topic: Box<str>, msg: Arc<Message> },
     /// To every shard: deliver to every local client connection.
@@ -108,7 +111,8 @@ impl TopicIndex {
             Some(t) => t.subs.push((slot, generation)),
             None => {
                 let subs = vec![(slot, generation)];
-                self.topics.insert(topic.into(), TopicSubs { subs, stale: 0 });
+                self.topics
+                    .insert(topic.into(), TopicSubs { subs, stale: 0 });
             }
         }
     }
@@ -116,7 +120,9 @@ impl TopicIndex {
     /// Removes a live connection's entry at once (an explicit unsubscribe, which is rare), so
     /// a later re-subscribe cannot leave two entries that both look live.
     pub fn unsubscribe(&mut self, topic: &str, slot: u32, generation: u32) {
-        let Some(t) = self.topics.get_mut(topic) else { return };
+        let Some(t) = self.topics.get_mut(topic) else {
+            return;
+        };
         t.subs.retain(|&e| e != (slot, generation));
         t.stale = t.stale.min(t.subs.len());
         if t.subs.is_empty() {
@@ -126,7 +132,9 @@ impl TopicIndex {
 
     /// Marks one entry of `topic` stale after its connection closed; sweeps with `live` when half the list is stale.
     pub fn forget(&mut self, topic: &str, live: impl Fn(u32, u32) -> bool) {
-        let Some(t) = self.topics.get_mut(topic) else { return };
+        let Some(t) = self.topics.get_mut(topic) else {
+            return;
+        };
         t.stale += 1;
         if t.stale * 2 >= t.subs.len() {
             t.subs.retain(|&(s, g)| live(s, g));
@@ -138,7 +146,10 @@ impl TopicIndex {
     }
 
     pub fn subscribers(&self, topic: &str) -> &[(u32, u32)] {
-        self.topics.get(topic).map(|t| t.subs.as_slice()).unwrap_or(&[])
+        self.topics
+            .get(topic)
+            .map(|t| t.subs.as_slice())
+            .unwrap_or(&[])
     }
 
     pub fn topics(&self) -> usize {
@@ -165,8 +176,16 @@ mod tests {
     #[test]
     fn user_index_tracks_connections() {
         let mut idx = UserIndex::default();
-        let c1 = ConnId { shard: 0, slot: 1, generation: 1 };
-        let c2 = ConnId { shard: 1, slot: 1, generation: 7 };
+        let c1 = ConnId {
+            shard: 0,
+            slot: 1,
+            generation: 1,
+        };
+        let c2 = ConnId {
+            shard: 1,
+            slot: 1,
+            generation: 7,
+        };
         idx.add("u".into(), c1);
         idx.add("u".into(), c2);
         assert_eq!(idx.connections("u"), &[c1, c2]);

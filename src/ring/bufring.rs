@@ -33,7 +33,10 @@ impl BufRing {
         buffer_bytes: u32,
         bgid: u16,
     ) -> io::Result<BufRing> {
-        assert!(entries.is_power_of_two() && entries <= 32_768, "validated by config");
+        assert!(
+            entries.is_power_of_two() && entries <= 32_768,
+            "validated by config"
+        );
         let ring_bytes = entries as usize * std::mem::size_of::<BufRingEntry>();
         // SAFETY: an anonymous private mapping with no address hint has no preconditions;
         // the result is checked against MAP_FAILED below.
@@ -63,15 +66,15 @@ impl BufRing {
         // SAFETY: the mapping is page-aligned, `entries` slots long, and lives until Drop, which
         // runs only after the owning ring (declared before it in the shard) is gone or the
         // group is unregistered.
-        unsafe {
-            submitter.register_buf_ring_with_flags(ptr as u64, entries as u16, bgid, 0)
-        }
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("registering the provided-buffer ring failed ({e}): Linux 5.19+ needed"),
-            )
-        })?;
+        unsafe { submitter.register_buf_ring_with_flags(ptr as u64, entries as u16, bgid, 0) }
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "registering the provided-buffer ring failed ({e}): Linux 5.19+ needed"
+                    ),
+                )
+            })?;
         for bid in 0..entries as u16 {
             ring.add(bid);
         }
@@ -91,7 +94,10 @@ impl BufRing {
 
     /// The first `len` bytes of buffer `bid`, as filled by a completed receive.
     pub fn filled(&self, bid: u16, len: usize) -> &[u8] {
-        assert!(bid < self.entries, "kernel returned a buffer id we never provided");
+        assert!(
+            bid < self.entries,
+            "kernel returned a buffer id we never provided"
+        );
         let start = bid as usize * self.buffer_bytes as usize;
         let len = len.min(self.buffer_bytes as usize);
         &self.buffers[start..start + len]

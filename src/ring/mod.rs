@@ -130,7 +130,10 @@ impl Ring {
             .map_err(|e| setup_error(e, entries))?;
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe).map_err(|e| {
-            io::Error::new(e.kind(), format!("io_uring probe failed ({e}); needs Linux 5.6+"))
+            io::Error::new(
+                e.kind(),
+                format!("io_uring probe failed ({e}); needs Linux 5.6+"),
+            )
         })?;
         for &(code, name, version) in REQUIRED_OPS {
             if !probe.is_supported(code) {
@@ -201,12 +204,21 @@ impl Ring {
     /// Moves every ready completion into `out`.
     pub fn drain(&mut self, out: &mut Vec<Completion>) {
         for cqe in self.ring.completion() {
-            out.push(Completion { user_data: cqe.user_data(), result: cqe.result(), flags: cqe.flags() });
+            out.push(Completion {
+                user_data: cqe.user_data(),
+                result: cqe.result(),
+                flags: cqe.flags(),
+            });
         }
     }
 
     /// Registers a provided-buffer ring with this ring.
-    pub fn register_buf_ring(&mut self, buffers: u32, buffer_bytes: u32, bgid: u16) -> io::Result<BufRing> {
+    pub fn register_buf_ring(
+        &mut self,
+        buffers: u32,
+        buffer_bytes: u32,
+        bgid: u16,
+    ) -> io::Result<BufRing> {
         BufRing::new(&self.ring.submitter(), buffers, buffer_bytes, bgid)
     }
 }
@@ -223,9 +235,9 @@ fn setup_error(e: io::Error, entries: u32) -> io::Error {
             crate::sys::memlock_bytes()
         ),
         Some(libc::ENOSYS) => "io_uring is not available (ENOSYS): Linux 6.1+ needed".into(),
-        Some(libc::EPERM) => format!(
-            "io_uring setup not permitted ({e}): check kernel.io_uring_disabled"
-        ),
+        Some(libc::EPERM) => {
+            format!("io_uring setup not permitted ({e}): check kernel.io_uring_disabled")
+        }
         _ => format!("io_uring setup failed: {e}"),
     };
     io::Error::new(e.kind(), msg)

@@ -18,7 +18,9 @@ pub enum Target {
 
 /// Bytes from an admin connection. Requests may be split across reads or pipelined.
 pub(super) fn on_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u8]) {
-    let Some(conn) = shard.conns.get_mut(slot, generation) else { return };
+    let Some(conn) = shard.conns.get_mut(slot, generation) else {
+        return;
+    };
     if !conn.is_open() {
         return;
     }
@@ -48,7 +50,13 @@ fn drive(shard: &mut Shard, slot: u32, generation: u32, p: &mut Partial) -> bool
                     match BodyReader::new(&req, body_max) {
                         Ok(reader) => p.request = Some((req, reader)),
                         Err(http1::BodyError::TooLarge) => {
-                            return fail(shard, slot, generation, 413, "body over message_bytes_max")
+                            return fail(
+                                shard,
+                                slot,
+                                generation,
+                                413,
+                                "body over message_bytes_max",
+                            )
                         }
                         Err(http1::BodyError::Invalid) => {
                             return fail(shard, slot, generation, 400, "bad body framing")
@@ -57,7 +65,9 @@ fn drive(shard: &mut Shard, slot: u32, generation: u32, p: &mut Partial) -> bool
                 }
             }
         }
-        let Some((_, reader)) = p.request.as_mut() else { return true };
+        let Some((_, reader)) = p.request.as_mut() else {
+            return true;
+        };
         match reader.feed(&p.bytes, &mut p.body) {
             Ok((BodyStatus::NeedMore, used)) => {
                 p.bytes.drain(..used);
@@ -74,7 +84,9 @@ fn drive(shard: &mut Shard, slot: u32, generation: u32, p: &mut Partial) -> bool
             Err(http1::BodyError::TooLarge) => {
                 return fail(shard, slot, generation, 413, "body over message_bytes_max")
             }
-            Err(http1::BodyError::Invalid) => return fail(shard, slot, generation, 400, "bad body"),
+            Err(http1::BodyError::Invalid) => {
+                return fail(shard, slot, generation, 400, "bad body")
+            }
         }
     }
 }
@@ -83,7 +95,13 @@ fn drive(shard: &mut Shard, slot: u32, generation: u32, p: &mut Partial) -> bool
 fn fail(shard: &mut Shard, slot: u32, generation: u32, status: u16, why: &str) -> bool {
     let mut out = Vec::new();
     let body = serde_json::json!({ "error": why }).to_string();
-    http1::write_response(&mut out, status, &[("Content-Type", "application/json")], body.as_bytes(), false);
+    http1::write_response(
+        &mut out,
+        status,
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+        false,
+    );
     bump(&shard.stats().http_4xx, 1);
     shard.queue(slot, generation, Chunk::Owned(out));
     shard.finish(slot, generation, CloseReason::HttpDone);
@@ -108,13 +126,20 @@ fn handle(shard: &mut Shard, slot: u32, generation: u32, req: &Request, body: Ve
         shard.finish(slot, generation, CloseReason::HttpDone);
         return false;
     }
-    shard.conns.get(slot, generation).is_some_and(|c| c.closing == Closing::Open)
+    shard
+        .conns
+        .get(slot, generation)
+        .is_some_and(|c| c.closing == Closing::Open)
 }
 
 const JSON: &str = "application/json";
 const TEXT: &str = "text/plain; charset=utf-8";
 
-fn route(shard: &mut Shard, req: &Request, body: Vec<u8>) -> (u16, &'static str, String, Option<&'static str>) {
+fn route(
+    shard: &mut Shard,
+    req: &Request,
+    body: Vec<u8>,
+) -> (u16, &'static str, String, Option<&'static str>) {
     let method = req.method.as_str();
     let err = |why: &str| serde_json::json!({ "error": why }).to_string();
     match (req.path.as_str(), method) {
@@ -126,7 +151,12 @@ fn route(shard: &mut Shard, req: &Request, body: Vec<u8>) -> (u16, &'static str,
             Err(why) => (400, JSON, err(why), None),
         },
         ("/publish", _) => (405, JSON, err("use POST"), Some("POST")),
-        ("/stats", "GET") => (200, JSON, render_stats(&shard.shared.stats, crate::sys::rss_bytes()), None),
+        ("/stats", "GET") => (
+            200,
+            JSON,
+            render_stats(&shard.shared.stats, crate::sys::rss_bytes()),
+            None,
+        ),
         ("/metrics", "GET") => {
             let text = render_prometheus(&shard.shared.stats, crate::sys::rss_bytes());
             (200, "text/plain; version=0.0.4", text, None)

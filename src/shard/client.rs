@@ -18,7 +18,10 @@ pub const TOPICS_PER_CONN_MAX: usize = 64;
 
 pub(super) fn head_limits(shard: &Shard) -> HeadLimits {
     let l = &shard.shared.cfg.limits;
-    HeadLimits { head_bytes_max: l.head_bytes_max as usize, headers_max: l.headers_max as usize }
+    HeadLimits {
+        head_bytes_max: l.head_bytes_max as usize,
+        headers_max: l.headers_max as usize,
+    }
 }
 
 fn ws_limits(shard: &Shard) -> ws::WsLimits {
@@ -32,7 +35,9 @@ fn ws_limits(shard: &Shard) -> ws::WsLimits {
 /// Bytes of a request head on a client listener; the head may arrive in pieces.
 pub(super) fn on_head_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u8]) {
     let limits = head_limits(shard);
-    let Some(conn) = shard.conns.get_mut(slot, generation) else { return };
+    let Some(conn) = shard.conns.get_mut(slot, generation) else {
+        return;
+    };
     if !conn.is_open() {
         return;
     }
@@ -48,7 +53,10 @@ pub(super) fn on_head_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &
     match http1::parse_request(buf, &limits) {
         Ok(None) => {
             let keep = pending.unwrap_or_else(|| {
-                Box::new(Partial { bytes: rx.to_vec(), ..Default::default() })
+                Box::new(Partial {
+                    bytes: rx.to_vec(),
+                    ..Default::default()
+                })
             });
             if let Some(conn) = shard.conns.get_mut(slot, generation) {
                 conn.partial = Some(keep);
@@ -63,14 +71,32 @@ pub(super) fn on_head_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &
 }
 
 /// Answers a client request with an error status and closes after sending it.
-pub(super) fn reject(shard: &mut Shard, slot: u32, generation: u32, status: u16, reason: CloseReason) {
+pub(super) fn reject(
+    shard: &mut Shard,
+    slot: u32,
+    generation: u32,
+    status: u16,
+    reason: CloseReason,
+) {
     let mut out = Vec::with_capacity(128);
     let body = format!("{}\n", http1::reason(status));
-    http1::write_response(&mut out, status, &[("Content-Type", "text/plain")], body.as_bytes(), false);
+    http1::write_response(
+        &mut out,
+        status,
+        &[("Content-Type", "text/plain")],
+        body.as_bytes(),
+        false,
+    );
     respond_and_close(shard, slot, generation, out, reason);
 }
 
-fn respond_and_close(shard: &mut Shard, slot: u32, generation: u32, out: Vec<u8>, reason: CloseReason) {
+fn respond_and_close(
+    shard: &mut Shard,
+    slot: u32,
+    generation: u32,
+    out: Vec<u8>,
+    reason: CloseReason,
+) {
     bump(&shard.stats().http_4xx, 1);
     shard.queue(slot, generation, Chunk::Owned(out));
     shard.finish(slot, generation, reason);
@@ -100,7 +126,12 @@ fn identity(req: &Request) -> Result<(Option<String>, Vec<String>), &'static str
     }
     let topics: Vec<String> = req
         .query_param("topics")
-        .map(|t| t.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        .map(|t| {
+            t.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     if topics.len() > TOPICS_PER_CONN_MAX {
         return Err("more than 64 topics\n");
@@ -113,11 +144,24 @@ fn identity(req: &Request) -> Result<(Option<String>, Vec<String>), &'static str
 
 fn bad_identity(shard: &mut Shard, slot: u32, generation: u32, why: &str) {
     let mut out = Vec::new();
-    http1::write_response(&mut out, 400, &[("Content-Type", "text/plain")], why.as_bytes(), false);
+    http1::write_response(
+        &mut out,
+        400,
+        &[("Content-Type", "text/plain")],
+        why.as_bytes(),
+        false,
+    );
     respond_and_close(shard, slot, generation, out, CloseReason::HttpDone);
 }
 
-fn accept_ws(shard: &mut Shard, slot: u32, generation: u32, req: &Request, rest: &[u8], echo: bool) {
+fn accept_ws(
+    shard: &mut Shard,
+    slot: u32,
+    generation: u32,
+    req: &Request,
+    rest: &[u8],
+    echo: bool,
+) {
     let accept = match ws::check_handshake(req) {
         Ok(a) => a,
         Err(e) => {
@@ -132,7 +176,14 @@ fn accept_ws(shard: &mut Shard, slot: u32, generation: u32, req: &Request, rest:
     };
     let mut out = Vec::with_capacity(160);
     ws::write_handshake_response(&mut out, &accept);
-    become_subscriber(shard, slot, generation, if echo { Kind::Echo } else { Kind::Ws }, user, topics);
+    become_subscriber(
+        shard,
+        slot,
+        generation,
+        if echo { Kind::Echo } else { Kind::Ws },
+        user,
+        topics,
+    );
     shard.queue(slot, generation, Chunk::Owned(out));
     shard.schedule_ws(slot, generation);
     if !rest.is_empty() {
@@ -164,7 +215,9 @@ fn become_subscriber(
 ) {
     let now = shard.now_ms;
     let id = shard.conn_id(slot, generation);
-    let Some(conn) = shard.conns.get_mut(slot, generation) else { return };
+    let Some(conn) = shard.conns.get_mut(slot, generation) else {
+        return;
+    };
     debug_assert_eq!(conn.kind, Kind::Handshake);
     conn.kind = kind;
     conn.partial = None;
@@ -172,7 +225,14 @@ fn become_subscriber(
     conn.user = user.as_deref().map(Into::into);
     let stats = &shard.shared.stats[shard.id];
     crate::metrics::drop_gauge(&stats.conns_handshake);
-    bump(if kind == Kind::Sse { &stats.conns_sse } else { &stats.conns_ws }, 1);
+    bump(
+        if kind == Kind::Sse {
+            &stats.conns_sse
+        } else {
+            &stats.conns_ws
+        },
+        1,
+    );
     if let Some(user) = user {
         shard.register_user(&user, id);
     }
@@ -183,7 +243,9 @@ fn become_subscriber(
 
 /// Subscribes a connection to a topic; false if it was already subscribed or is at its limit.
 fn subscribe(shard: &mut Shard, slot: u32, generation: u32, topic: &str) -> bool {
-    let Some(conn) = shard.conns.get_mut(slot, generation) else { return false };
+    let Some(conn) = shard.conns.get_mut(slot, generation) else {
+        return false;
+    };
     if conn.topics.iter().any(|t| &**t == topic) || conn.topics.len() >= TOPICS_PER_CONN_MAX {
         return false;
     }
@@ -193,8 +255,12 @@ fn subscribe(shard: &mut Shard, slot: u32, generation: u32, topic: &str) -> bool
 }
 
 fn unsubscribe(shard: &mut Shard, slot: u32, generation: u32, topic: &str) -> bool {
-    let Some(conn) = shard.conns.get_mut(slot, generation) else { return false };
-    let Some(i) = conn.topics.iter().position(|t| &**t == topic) else { return false };
+    let Some(conn) = shard.conns.get_mut(slot, generation) else {
+        return false;
+    };
+    let Some(i) = conn.topics.iter().position(|t| &**t == topic) else {
+        return false;
+    };
     conn.topics.swap_remove(i);
     shard.topics.unsubscribe(topic, slot, generation);
     true
@@ -203,7 +269,9 @@ fn unsubscribe(shard: &mut Shard, slot: u32, generation: u32, topic: &str) -> bo
 /// Bytes from a WebSocket client: frames to events, replies to the outbox.
 pub(super) fn on_ws_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u8]) {
     let limits = ws_limits(shard);
-    let Some(conn) = shard.conns.get_mut(slot, generation) else { return };
+    let Some(conn) = shard.conns.get_mut(slot, generation) else {
+        return;
+    };
     let mut events = Vec::new();
     let mut out = Vec::new();
     conn.ws.feed(rx, &limits, &mut events, &mut out);
@@ -212,8 +280,14 @@ pub(super) fn on_ws_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u
     if let Closing::Flushing(reason) = closing {
         // We closed first; only the peer's close frame (or a failure) matters now, and our
         // close frame is already queued, so the session's replies are dropped.
-        if events.iter().any(|e| matches!(e, ws::Event::Closed { .. } | ws::Event::Fail { .. })) {
-            let queued = shard.conns.get(slot, generation).map_or(0, |c| c.queued_bytes());
+        if events
+            .iter()
+            .any(|e| matches!(e, ws::Event::Closed { .. } | ws::Event::Fail { .. }))
+        {
+            let queued = shard
+                .conns
+                .get(slot, generation)
+                .map_or(0, |c| c.queued_bytes());
             if queued == 0 {
                 shard.abort(slot, generation, reason);
             }
@@ -227,7 +301,11 @@ pub(super) fn on_ws_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u
         match event {
             ws::Event::Text(data) | ws::Event::Binary(data) if kind == Kind::Echo => {
                 let text = std::str::from_utf8(&data).is_ok();
-                let op = if text { ws::OpCode::Text } else { ws::OpCode::Binary };
+                let op = if text {
+                    ws::OpCode::Text
+                } else {
+                    ws::OpCode::Binary
+                };
                 let mut frame = Vec::with_capacity(data.len() + 10);
                 ws::write_frame(&mut frame, op, &data);
                 shard.queue(slot, generation, Chunk::Owned(frame));
@@ -250,7 +328,9 @@ pub(super) fn on_ws_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u
 fn on_control_message(shard: &mut Shard, slot: u32, generation: u32, data: &[u8]) {
     let reply = match serde_json::from_slice::<serde_json::Value>(data) {
         Ok(v) => match (v.get("subscribe"), v.get("unsubscribe")) {
-            (Some(serde_json::Value::String(t)), None) if t.len() <= NAME_BYTES_MAX && !t.is_empty() => {
+            (Some(serde_json::Value::String(t)), None)
+                if t.len() <= NAME_BYTES_MAX && !t.is_empty() =>
+            {
                 subscribe(shard, slot, generation, t);
                 serde_json::json!({ "subscribed": t })
             }
@@ -258,7 +338,9 @@ fn on_control_message(shard: &mut Shard, slot: u32, generation: u32, data: &[u8]
                 unsubscribe(shard, slot, generation, t);
                 serde_json::json!({ "unsubscribed": t })
             }
-            _ => serde_json::json!({ "error": "expected {\"subscribe\":\"T\"} or {\"unsubscribe\":\"T\"}" }),
+            _ => {
+                serde_json::json!({ "error": "expected {\"subscribe\":\"T\"} or {\"unsubscribe\":\"T\"}" })
+            }
         },
         Err(_) => serde_json::json!({ "error": "control messages are JSON objects" }),
     };
@@ -288,7 +370,9 @@ pub(super) fn close_ws(
 /// A connection over its outbox limit: drop what waits (but the chunk in flight), tell a
 /// WebSocket peer why with 1008, and close.
 pub(super) fn slow_consumer(shard: &mut Shard, slot: u32, generation: u32) {
-    let Some(conn) = shard.conns.get_mut(slot, generation) else { return };
+    let Some(conn) = shard.conns.get_mut(slot, generation) else {
+        return;
+    };
     let kind = conn.kind;
     if let Some(out) = conn.outbox.as_mut() {
         let keep = usize::from(out.in_flight);
@@ -296,7 +380,14 @@ pub(super) fn slow_consumer(shard: &mut Shard, slot: u32, generation: u32) {
         out.bytes = out.chunks.front().map_or(0, |c| c.bytes().len() - out.sent);
     }
     if matches!(kind, Kind::Ws | Kind::Echo) {
-        close_ws(shard, slot, generation, 1008, "slow consumer", CloseReason::SlowConsumer);
+        close_ws(
+            shard,
+            slot,
+            generation,
+            1008,
+            "slow consumer",
+            CloseReason::SlowConsumer,
+        );
     } else {
         shard.abort(slot, generation, CloseReason::SlowConsumer);
     }
@@ -310,7 +401,9 @@ impl Shard {
         let mut sse_event: Option<Rc<[u8]>> = None;
         let mut delivered = 0;
         for &(slot, generation) in targets {
-            let Some(conn) = self.conns.get(slot, generation) else { continue };
+            let Some(conn) = self.conns.get(slot, generation) else {
+                continue;
+            };
             if !conn.is_subscriber() {
                 continue;
             }
@@ -322,7 +415,11 @@ impl Shard {
                 })
             } else {
                 ws_frame.get_or_insert_with(|| {
-                    let op = if msg.text { ws::OpCode::Text } else { ws::OpCode::Binary };
+                    let op = if msg.text {
+                        ws::OpCode::Text
+                    } else {
+                        ws::OpCode::Binary
+                    };
                     let mut v = Vec::with_capacity(msg.payload.len() + 10);
                     ws::write_frame(&mut v, op, &msg.payload);
                     v.into()

@@ -38,6 +38,7 @@ pub enum Closing {
 /// One bytes chunk waiting to be sent. Published messages are encoded once per shard and
 /// shared by every recipient on it.
 pub enum Chunk {
+    Static(&'static [u8]),
     Shared(Rc<[u8]>),
     Owned(Vec<u8>),
 }
@@ -45,6 +46,7 @@ pub enum Chunk {
 impl Chunk {
     pub fn bytes(&self) -> &[u8] {
         match self {
+            Chunk::Static(b) => b,
             Chunk::Shared(b) => b,
             Chunk::Owned(v) => v,
         }

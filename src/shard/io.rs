@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use io_uring::{opcode, squeue, types};
 
 use super::conn::{Chunk, Closing, Conn, Kind, Outbox};
-use super::{client, admin, Shard};
+use super::{admin, client, Shard};
 use crate::metrics::{bump, drop_gauge, CloseReason};
 use crate::ring::{user_data, Completion, Op};
 
@@ -49,7 +49,9 @@ impl Shard {
     }
 
     pub(super) fn on_accept(&mut self, listener: u32, c: Completion) {
-        let Some(l) = self.listeners.get_mut(listener as usize) else { return };
+        let Some(l) = self.listeners.get_mut(listener as usize) else {
+            return;
+        };
         if !c.more() {
             l.armed = false;
         }
@@ -69,10 +71,21 @@ impl Shard {
         match self.conns.insert(Conn::new(fd, kind, self.now_ms)) {
             Ok((slot, generation)) => {
                 let stats = self.stats();
-                bump(if admin { &stats.conns_admin } else { &stats.conns_handshake }, 1);
+                bump(
+                    if admin {
+                        &stats.conns_admin
+                    } else {
+                        &stats.conns_handshake
+                    },
+                    1,
+                );
                 let l = &self.shared.cfg.limits;
                 let at = self.now_ms
-                    + if admin { l.idle_timeout_ms.max(1) } else { l.handshake_timeout_ms };
+                    + if admin {
+                        l.idle_timeout_ms.max(1)
+                    } else {
+                        l.handshake_timeout_ms
+                    };
                 if !admin || l.idle_timeout_ms > 0 {
                     self.schedule(slot, generation, at);
                 }
@@ -87,8 +100,13 @@ impl Shard {
 
     /// Arms a one-shot readiness poll: an idle connection costs the kernel this and its socket.
     pub(super) fn arm_poll(&mut self, slot: u32, generation: u32) {
-        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
-        if conn.poll_armed || conn.recv_armed || matches!(conn.closing, Closing::Cancelling(_) | Closing::Closed) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        if conn.poll_armed
+            || conn.recv_armed
+            || matches!(conn.closing, Closing::Cancelling(_) | Closing::Closed)
+        {
             return;
         }
         conn.poll_armed = true;
@@ -101,7 +119,9 @@ impl Shard {
     }
 
     pub(super) fn on_poll(&mut self, slot: u32, generation: u32, result: i32) {
-        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
         conn.poll_armed = false;
         if matches!(conn.closing, Closing::Cancelling(_) | Closing::Closed) {
             return self.maybe_close(slot, generation);
@@ -114,14 +134,20 @@ impl Shard {
 
     /// Receives into a buffer the kernel picks from the provided-buffer ring.
     fn submit_recv(&mut self, slot: u32, generation: u32) {
-        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
         debug_assert!(!conn.recv_armed && !conn.poll_armed);
         conn.recv_armed = true;
-        let entry = opcode::Recv::new(types::Fixed(conn.fd), std::ptr::null_mut(), self.bufs.buffer_bytes())
-            .buf_group(self.bufs.group())
-            .build()
-            .flags(squeue::Flags::BUFFER_SELECT)
-            .user_data(user_data(Op::Recv, generation, slot));
+        let entry = opcode::Recv::new(
+            types::Fixed(conn.fd),
+            std::ptr::null_mut(),
+            self.bufs.buffer_bytes(),
+        )
+        .buf_group(self.bufs.group())
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT)
+        .user_data(user_data(Op::Recv, generation, slot));
         // SAFETY: the buffer comes from the provided-buffer ring, which outlives the ring.
         unsafe { self.ring.push(&entry) };
     }
@@ -129,7 +155,9 @@ impl Shard {
     pub(super) fn retry_recvs(&mut self) {
         let retry = std::mem::take(&mut self.recv_retry);
         for (slot, generation) in retry {
-            if self.conns.get(slot, generation).is_some_and(|c| !c.in_flight() && !matches!(c.closing, Closing::Cancelling(_) | Closing::Closed)) {
+            if self.conns.get(slot, generation).is_some_and(|c| {
+                !c.in_flight() && !matches!(c.closing, Closing::Cancelling(_) | Closing::Closed)
+            }) {
                 self.submit_recv(slot, generation);
             }
         }
@@ -151,7 +179,9 @@ impl Shard {
     }
 
     fn on_recv_bytes(&mut self, slot: u32, generation: u32, result: i32, rx: &[u8]) {
-        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
         conn.recv_armed = false;
         if matches!(conn.closing, Closing::Cancelling(_) | Closing::Closed) {
             return self.maybe_close(slot, generation);
@@ -172,7 +202,11 @@ impl Shard {
                 return self.arm_poll(slot, generation);
             }
             r if r < 0 => {
-                let reason = if r == -libc::ECONNRESET { CloseReason::PeerGone } else { CloseReason::IoError };
+                let reason = if r == -libc::ECONNRESET {
+                    CloseReason::PeerGone
+                } else {
+                    CloseReason::IoError
+                };
                 return self.abort(slot, generation, reason);
             }
             _ => {}
@@ -187,7 +221,12 @@ impl Shard {
         }
         // A full buffer may mean more is waiting: read again at once instead of polling.
         let full = rx.len() == self.bufs.buffer_bytes() as usize;
-        if full && self.conns.get(slot, generation).is_some_and(|c| !c.in_flight_read()) {
+        if full
+            && self
+                .conns
+                .get(slot, generation)
+                .is_some_and(|c| !c.in_flight_read())
+        {
             self.submit_recv(slot, generation);
         } else {
             self.arm_poll(slot, generation);
@@ -198,7 +237,9 @@ impl Shard {
     /// whose queue passes `outbox_bytes_max` is closed as a slow consumer; returns false then.
     pub(super) fn queue(&mut self, slot: u32, generation: u32, chunk: Chunk) -> bool {
         let max = self.shared.cfg.limits.outbox_bytes_max as usize;
-        let Some(conn) = self.conns.get_mut(slot, generation) else { return false };
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return false;
+        };
         if matches!(conn.closing, Closing::Cancelling(_) | Closing::Closed) {
             return false;
         }
@@ -206,7 +247,8 @@ impl Shard {
         out.bytes += chunk.bytes().len();
         out.chunks.push_back(chunk);
         if out.bytes > max && conn.is_open() {
-            self.stats().dropped(crate::metrics::DropReason::SlowConsumer, 1);
+            self.stats()
+                .dropped(crate::metrics::DropReason::SlowConsumer, 1);
             client::slow_consumer(self, slot, generation);
             return false;
         }
@@ -215,13 +257,19 @@ impl Shard {
     }
 
     fn submit_send(&mut self, slot: u32, generation: u32) {
-        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
         let fd = conn.fd;
-        let Some(out) = conn.outbox.as_mut() else { return };
+        let Some(out) = conn.outbox.as_mut() else {
+            return;
+        };
         if out.in_flight {
             return;
         }
-        let Some(front) = out.chunks.front() else { return };
+        let Some(front) = out.chunks.front() else {
+            return;
+        };
         let bytes = &front.bytes()[out.sent..];
         assert!(!bytes.is_empty(), "an empty chunk is never queued");
         out.in_flight = true;
@@ -236,7 +284,9 @@ impl Shard {
     }
 
     pub(super) fn on_send(&mut self, slot: u32, generation: u32, result: i32) {
-        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
         let Some(out) = conn.outbox.as_mut() else {
             debug_assert!(false, "send completion without an outbox");
             return;
@@ -257,7 +307,11 @@ impl Shard {
         let n = result as usize;
         out.sent += n;
         out.bytes -= n;
-        if out.chunks.front().is_some_and(|f| out.sent >= f.bytes().len()) {
+        if out
+            .chunks
+            .front()
+            .is_some_and(|f| out.sent >= f.bytes().len())
+        {
             out.chunks.pop_front();
             out.sent = 0;
         }
@@ -277,12 +331,16 @@ impl Shard {
     /// Closes once what is queued has been sent (an error response, a close frame, the end of
     /// an SSE stream). Bounded by `close_timeout_ms`.
     pub(crate) fn finish(&mut self, slot: u32, generation: u32, reason: CloseReason) {
-        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
         if !conn.is_open() {
             return;
         }
         self.leave_open(slot, generation, reason);
-        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
         conn.closing = Closing::Flushing(reason);
         if conn.outbox.is_none() && !conn.awaiting_close_frame() {
             return self.abort(slot, generation, reason);
@@ -293,13 +351,17 @@ impl Shard {
 
     /// Closes now: cancels whatever is in flight, then closes the descriptor.
     pub(crate) fn abort(&mut self, slot: u32, generation: u32, reason: CloseReason) {
-        let Some(conn) = self.conns.get(slot, generation) else { return };
+        let Some(conn) = self.conns.get(slot, generation) else {
+            return;
+        };
         match conn.closing {
             Closing::Cancelling(_) | Closing::Closed => return,
             Closing::Open => self.leave_open(slot, generation, reason),
             Closing::Flushing(_) => {}
         }
-        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
         conn.closing = Closing::Cancelling(reason);
         conn.partial = None;
         if let Some(out) = conn.outbox.as_mut() {
@@ -331,7 +393,9 @@ impl Shard {
 
     /// Submits the close once the kernel holds nothing of the connection's.
     pub(super) fn maybe_close(&mut self, slot: u32, generation: u32) {
-        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
         if !matches!(conn.closing, Closing::Cancelling(_)) || conn.in_flight() {
             return;
         }
@@ -361,7 +425,9 @@ impl Shard {
     /// Leaves the open state once: gauges, counters, user and topic registrations.
     fn leave_open(&mut self, slot: u32, generation: u32, reason: CloseReason) {
         let id = self.conn_id(slot, generation);
-        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
         debug_assert!(conn.is_open());
         let kind = conn.kind;
         let user = conn.user.take();
@@ -379,14 +445,16 @@ impl Shard {
         }
         let conns = &self.conns;
         for topic in topics {
-            self.topics.forget(&topic, |s, g| conns.get(s, g).is_some_and(|c| c.is_open()));
+            self.topics
+                .forget(&topic, |s, g| conns.get(s, g).is_some_and(|c| c.is_open()));
         }
     }
 
     pub(super) fn submit_doorbell(&mut self, ring_fd: i32) {
-        let entry = opcode::MsgRingData::new(types::Fd(ring_fd), 0, user_data(Op::Doorbell, 0, 0), None)
-            .build()
-            .user_data(user_data(Op::DoorbellSent, 0, 0));
+        let entry =
+            opcode::MsgRingData::new(types::Fd(ring_fd), 0, user_data(Op::Doorbell, 0, 0), None)
+                .build()
+                .user_data(user_data(Op::DoorbellSent, 0, 0));
         // SAFETY: a message to another ring names no user memory.
         unsafe { self.ring.push(&entry) };
     }

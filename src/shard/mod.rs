@@ -135,8 +135,7 @@ impl Shard {
     pub fn run(mut self) -> std::io::Result<()> {
         loop {
             self.now_ms = self.clock.elapsed().as_millis() as u64;
-            if self.shared.shutdown.load(Ordering::Relaxed) && self.shutdown_deadline_ms.is_none()
-            {
+            if self.shared.shutdown.load(Ordering::Relaxed) && self.shutdown_deadline_ms.is_none() {
                 self.begin_shutdown();
             }
             if let Some(deadline) = self.shutdown_deadline_ms {
@@ -154,10 +153,17 @@ impl Shard {
             let wait_ms = if busy {
                 0
             } else {
-                self.wheel.next_wakeup_ms(self.now_ms).unwrap_or(TICK_MS).clamp(1, TICK_MS)
+                self.wheel
+                    .next_wakeup_ms(self.now_ms)
+                    .unwrap_or(TICK_MS)
+                    .clamp(1, TICK_MS)
             };
             let sleeping = wait_ms > 0 && self.mesh.prepare_sleep();
-            let timeout = if sleeping { Duration::from_millis(wait_ms) } else { Duration::ZERO };
+            let timeout = if sleeping {
+                Duration::from_millis(wait_ms)
+            } else {
+                Duration::ZERO
+            };
             self.ring.submit_and_wait(timeout)?;
             if sleeping {
                 self.mesh.awake();
@@ -220,27 +226,46 @@ impl Shard {
         self.msg_seq += 1;
         let id = self.msg_seq * self.shards() as u64 + self.id as u64;
         let text = std::str::from_utf8(&payload).is_ok();
-        let msg = Arc::new(Message { id, payload: payload.into_boxed_slice(), text });
+        let msg = Arc::new(Message {
+            id,
+            payload: payload.into_boxed_slice(),
+            text,
+        });
         bump(&self.stats().published, 1);
+        let me = self.id;
         match target {
             admin::Target::User(user) => {
                 let home = home_shard(&user, self.shards());
                 if home == self.id {
                     self.publish_user_home(&user, &msg);
                 } else {
-                    self.send_mesh(home, Msg::PublishUser { user: user.into(), msg });
+                    self.send_mesh(
+                        home,
+                        Msg::PublishUser {
+                            user: user.into(),
+                            msg,
+                        },
+                    );
                 }
             }
             admin::Target::Topic(topic) => {
-                for to in (0..self.shards()).filter(|&s| s != self.id) {
-                    let m = Msg::PublishTopic { topic: topic.as_str().into(), msg: Arc::clone(&msg) };
+                for to in (0..self.shards()).filter(|&s| s != me) {
+                    let m = Msg::PublishTopic {
+                        topic: topic.as_str().into(),
+                        msg: Arc::clone(&msg),
+                    };
                     self.send_mesh(to, m);
                 }
                 self.deliver_topic(&topic, &msg);
             }
             admin::Target::All => {
-                for to in (0..self.shards()).filter(|&s| s != self.id) {
-                    self.send_mesh(to, Msg::PublishAll { msg: Arc::clone(&msg) });
+                for to in (0..self.shards()).filter(|&s| s != me) {
+                    self.send_mesh(
+                        to,
+                        Msg::PublishAll {
+                            msg: Arc::clone(&msg),
+                        },
+                    );
                 }
                 self.deliver_all(&msg);
             }
@@ -250,7 +275,8 @@ impl Shard {
 
     fn send_mesh(&mut self, to: usize, msg: Msg) {
         if self.mesh.send(to, msg) == crate::mesh::Sent::Dropped {
-            self.stats().dropped(crate::metrics::DropReason::MeshFull, 1);
+            self.stats()
+                .dropped(crate::metrics::DropReason::MeshFull, 1);
         }
     }
 
@@ -265,7 +291,13 @@ impl Shard {
             } else {
                 let list: Vec<ConnId> = on_shard.copied().collect();
                 if !list.is_empty() {
-                    self.send_mesh(shard, Msg::Deliver { conns: list, msg: Arc::clone(msg) });
+                    self.send_mesh(
+                        shard,
+                        Msg::Deliver {
+                            conns: list,
+                            msg: Arc::clone(msg),
+                        },
+                    );
                 }
             }
         }
@@ -279,7 +311,9 @@ impl Shard {
         targets.extend_from_slice(self.topics.subscribers(topic));
         let conns = &self.conns;
         targets.retain(|&(s, g)| {
-            conns.get(s, g).is_some_and(|c| c.topics.iter().any(|t| &**t == topic))
+            conns
+                .get(s, g)
+                .is_some_and(|c| c.topics.iter().any(|t| &**t == topic))
         });
         self.deliver(&targets, msg);
         targets.clear();
@@ -288,7 +322,12 @@ impl Shard {
 
     fn deliver_all(&mut self, msg: &Message) {
         let mut targets = std::mem::take(&mut self.scratch.targets);
-        targets.extend(self.conns.iter().filter(|(_, _, c)| c.is_subscriber()).map(|(s, g, _)| (s, g)));
+        targets.extend(
+            self.conns
+                .iter()
+                .filter(|(_, _, c)| c.is_subscriber())
+                .map(|(s, g, _)| (s, g)),
+        );
         self.deliver(&targets, msg);
         targets.clear();
         self.scratch.targets = targets;
@@ -300,7 +339,13 @@ impl Shard {
         if home == self.id {
             self.users.add(user.into(), id);
         } else {
-            self.send_mesh(home, Msg::UserAdd { user: user.into(), conn: id });
+            self.send_mesh(
+                home,
+                Msg::UserAdd {
+                    user: user.into(),
+                    conn: id,
+                },
+            );
         }
     }
 
@@ -314,7 +359,11 @@ impl Shard {
     }
 
     fn conn_id(&self, slot: u32, generation: u32) -> ConnId {
-        ConnId { shard: self.id as u16, slot, generation }
+        ConnId {
+            shard: self.id as u16,
+            slot,
+            generation,
+        }
     }
 
     fn ring_doorbells(&mut self) {
@@ -335,7 +384,12 @@ impl Shard {
     fn schedule(&mut self, slot: u32, generation: u32, at_ms: u64) {
         if let Some(conn) = self.conns.get_mut(slot, generation) {
             conn.timer_ms = at_ms.max(1);
-            let key = ConnId { shard: 0, slot, generation }.timer_key();
+            let key = ConnId {
+                shard: 0,
+                slot,
+                generation,
+            }
+            .timer_key();
             self.wheel.insert(key, conn.timer_ms);
         }
     }
@@ -345,7 +399,10 @@ impl Shard {
         self.wheel.expire(self.now_ms, &mut fired);
         for (key, deadline) in fired.drain(..) {
             let (slot, generation) = (key as u32, (key >> 32) as u32);
-            let due = self.conns.get(slot, generation).is_some_and(|c| c.timer_ms == deadline);
+            let due = self
+                .conns
+                .get(slot, generation)
+                .is_some_and(|c| c.timer_ms == deadline);
             if due {
                 self.on_timer(slot, generation);
             }
@@ -355,10 +412,16 @@ impl Shard {
 
     fn on_timer(&mut self, slot: u32, generation: u32) {
         let l = &self.shared.cfg.limits;
-        let (ping_ms, pong_ms, idle_ms, hb_ms) =
-            (l.ping_interval_ms, l.pong_timeout_ms, l.idle_timeout_ms, l.sse_heartbeat_ms);
+        let (ping_ms, pong_ms, idle_ms, hb_ms) = (
+            l.ping_interval_ms,
+            l.pong_timeout_ms,
+            l.idle_timeout_ms,
+            l.sse_heartbeat_ms,
+        );
         let now = self.now_ms;
-        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
         conn.timer_ms = 0;
         match (conn.closing, conn.kind) {
             (Closing::Flushing(reason), _) => self.abort(slot, generation, reason),
@@ -376,7 +439,7 @@ impl Shard {
             }
             (Closing::Open, Kind::Sse) => {
                 if conn.queued_bytes() == 0 {
-                    let hb = conn::Chunk::Shared(Arc::clone(&SSE_HEARTBEAT).into());
+                    let hb = conn::Chunk::Static(crate::proto::sse::HEARTBEAT);
                     self.queue(slot, generation, hb);
                 }
                 self.schedule(slot, generation, now + hb_ms);
@@ -404,7 +467,9 @@ impl Shard {
     /// The next WebSocket deadline: a pong due, a ping to send, or the idle limit.
     fn schedule_ws(&mut self, slot: u32, generation: u32) {
         let l = &self.shared.cfg.limits;
-        let Some(conn) = self.conns.get(slot, generation) else { return };
+        let Some(conn) = self.conns.get(slot, generation) else {
+            return;
+        };
         let mut at = if conn.awaiting_pong {
             conn.last_ping_ms + l.pong_timeout_ms
         } else {
@@ -419,20 +484,27 @@ impl Shard {
     fn begin_shutdown(&mut self) {
         self.shutdown_deadline_ms = Some(self.now_ms + self.shared.cfg.limits.shutdown_timeout_ms);
         self.cancel_accepts();
-        let all: Vec<(u32, u32, Kind)> =
-            self.conns.iter().filter(|(_, _, c)| c.is_open()).map(|(s, g, c)| (s, g, c.kind)).collect();
+        let all: Vec<(u32, u32, Kind)> = self
+            .conns
+            .iter()
+            .filter(|(_, _, c)| c.is_open())
+            .map(|(s, g, c)| (s, g, c.kind))
+            .collect();
         for (slot, generation, kind) in all {
             match kind {
-                Kind::Ws | Kind::Echo => {
-                    client::close_ws(self, slot, generation, 1001, "server shutdown", CloseReason::Shutdown)
-                }
+                Kind::Ws | Kind::Echo => client::close_ws(
+                    self,
+                    slot,
+                    generation,
+                    1001,
+                    "server shutdown",
+                    CloseReason::Shutdown,
+                ),
                 Kind::Sse => self.finish(slot, generation, CloseReason::Shutdown),
-                Kind::Admin | Kind::Handshake => self.abort(slot, generation, CloseReason::Shutdown),
+                Kind::Admin | Kind::Handshake => {
+                    self.abort(slot, generation, CloseReason::Shutdown)
+                }
             }
         }
     }
 }
-
-/// The SSE heartbeat, shared by every SSE connection of the process.
-static SSE_HEARTBEAT: std::sync::LazyLock<Arc<[u8]>> =
-    std::sync::LazyLock::new(|| Arc::from(crate::proto::sse::HEARTBEAT));
