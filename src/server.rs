@@ -80,6 +80,7 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
     let shared = Arc::new(Shared {
         stats: (0..shards).map(|_| ShardStats::default()).collect(),
         peers: Arc::clone(&peers),
+        user_keys: crate::push::UserKeys::default(),
         shutdown,
         started: AtomicBool::new(false),
         cfg,

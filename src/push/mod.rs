@@ -7,7 +7,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Arc;
 
 use crate::registry::ConnId;
@@ -26,14 +26,16 @@ pub struct Message {
 /// What one shard asks of another over the mesh.
 #[derive(Debug)]
 pub enum Msg {
-    /// To the user's home shard: `conn` now serves `user`.
-    UserAdd { user: Box<str>, conn: ConnId },
-    /// To the user's home shard: `conn` no longer serves `user`.
-    UserRemove { user: Box<str>, conn: ConnId },
+    /// To the user's home shard: `conn` now serves the user whose [`UserKeys::hash`] is `user`.
+    UserAdd { user: u64, conn: ConnId },
+    /// To the user's home shard: `conn` no longer serves the user.
+    UserRemove { user: u64, conn: ConnId },
     /// To the user's home shard: deliver to every connection of `user`.
-    PublishUser { user: Box<str>, msg: Arc<Message> },
-    /// To the owning shard: deliver to these connections.
-    Deliver { conns: Vec<ConnId>, msg: Arc<Message> },
+    PublishUser { user: Box<str>, hash: u64, msg: Arc<Message> },
+    /// To the owning shard: deliver to these connections; when `user` is set, only to those
+    /// that serve that user (the home index is keyed by hash, and this makes a hash collision
+    /// harmless).
+    Deliver { conns: Vec<ConnId>, user: Option<Box<str>>, msg: Arc<Message> },
     /// To every shard: deliver to local subscribers of `topic`.
     PublishTopic { topic: Box<str>, msg: Arc<Message> },
     /// To every shard: deliver to every local client connection.
@@ -48,65 +50,96 @@ impl Msg {
     }
 }
 
-/// The home shard of a user: a fixed hash (SipHash with zero keys) so every shard agrees.
-pub fn home_shard(user: &str, shards: usize) -> usize {
-    #[allow(deprecated)]
-    let mut h = std::hash::SipHasher::new();
-    user.hash(&mut h);
-    (h.finish() % shards.max(1) as u64) as usize
+/// The process-wide keyed hash of user ids: every shard uses the same keys, chosen at random
+/// at start, so shards agree on home shards and peers cannot aim collisions at one bucket.
+#[derive(Clone, Default)]
+pub struct UserKeys(RandomState);
+
+impl UserKeys {
+    pub fn hash(&self, user: &str) -> u64 {
+        self.0.hash_one(user)
+    }
 }
 
-/// On a user's home shard: where the user's connections live.
+/// The home shard of a user, from its [`UserKeys::hash`].
+pub fn home_shard(user_hash: u64, shards: usize) -> usize {
+    (user_hash % shards.max(1) as u64) as usize
+}
+
+/// On a user's home shard: where the user's connections live, keyed by the user's hash.
 ///
-/// Most users hold one connection, so one id is stored inline and a list is allocated only
-/// for the second.
+/// An idle user costs one table entry of 24 bytes: the hash and one packed connection id
+/// inline; a list is allocated only for a second connection. Names are not stored here
+/// (the owning shard checks them at delivery), which keeps the table dense.
 #[derive(Default)]
 pub struct UserIndex {
-    users: HashMap<Box<str>, Conns>,
+    users: HashMap<u64, Conns, BuildHasherDefault<HashIsKey>>,
+}
+
+/// Hashes a key that already is a keyed hash: passes it through.
+#[derive(Default)]
+pub struct HashIsKey(u64);
+
+impl Hasher for HashIsKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
 }
 
 enum Conns {
-    One(ConnId),
-    /// Two or more.
-    Many(Vec<ConnId>),
+    One(u64),
+    /// Two or more packed ids. Boxed so the enum stays 16 bytes: the common case is `One`.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<u64>>),
 }
 
 impl UserIndex {
-    pub fn add(&mut self, user: Box<str>, conn: ConnId) {
+    pub fn add(&mut self, user: u64, conn: ConnId) {
+        let id = conn.pack();
         match self.users.get_mut(&user) {
             None => {
-                self.users.insert(user, Conns::One(conn));
+                self.users.insert(user, Conns::One(id));
             }
             Some(Conns::One(first)) => {
                 let first = *first;
-                self.users.insert(user, Conns::Many(vec![first, conn]));
+                self.users.insert(user, Conns::Many(Box::new(vec![first, id])));
             }
-            Some(Conns::Many(list)) => list.push(conn),
+            Some(Conns::Many(list)) => list.push(id),
         }
     }
 
-    pub fn remove(&mut self, user: &str, conn: ConnId) {
-        let empty = match self.users.get_mut(user) {
+    pub fn remove(&mut self, user: u64, conn: ConnId) {
+        let id = conn.pack();
+        let empty = match self.users.get_mut(&user) {
             None => false,
-            Some(Conns::One(c)) => *c == conn,
+            Some(Conns::One(c)) => *c == id,
             Some(Conns::Many(list)) => {
-                list.retain(|c| *c != conn);
+                list.retain(|c| *c != id);
                 if let [last] = list[..] {
-                    self.users.insert(user.into(), Conns::One(last));
+                    self.users.insert(user, Conns::One(last));
                 }
                 false
             }
         };
         if empty {
-            self.users.remove(user);
+            self.users.remove(&user);
         }
     }
 
-    pub fn connections(&self, user: &str) -> &[ConnId] {
-        match self.users.get(user) {
-            None => &[],
-            Some(Conns::One(c)) => std::slice::from_ref(c),
-            Some(Conns::Many(list)) => list,
+    /// Appends the connections of `user` to `out`.
+    pub fn connections(&self, user: u64, out: &mut Vec<ConnId>) {
+        match self.users.get(&user) {
+            None => {}
+            Some(Conns::One(c)) => out.push(ConnId::unpack(*c)),
+            Some(Conns::Many(list)) => out.extend(list.iter().map(|&c| ConnId::unpack(c))),
         }
     }
 
@@ -186,13 +219,15 @@ mod tests {
 
     #[test]
     fn home_shard_is_stable_and_in_range() {
+        let keys = UserKeys::default();
+        let copy = keys.clone();
         for n in 1..8 {
-            let h = home_shard("alice", n);
+            let h = home_shard(keys.hash("alice"), n);
             assert!(h < n);
-            assert_eq!(h, home_shard("alice", n));
+            assert_eq!(h, home_shard(copy.hash("alice"), n), "every shard agrees");
         }
         let spread: std::collections::HashSet<_> =
-            (0..100).map(|i| home_shard(&format!("u{i}"), 4)).collect();
+            (0..100).map(|i| home_shard(keys.hash(&format!("u{i}")), 4)).collect();
         assert_eq!(spread.len(), 4, "users spread over every shard");
     }
 
@@ -201,13 +236,18 @@ mod tests {
         let mut idx = UserIndex::default();
         let c1 = ConnId { shard: 0, slot: 1, generation: 1 };
         let c2 = ConnId { shard: 1, slot: 1, generation: 7 };
-        idx.add("u".into(), c1);
-        assert_eq!(idx.connections("u"), &[c1]);
-        idx.add("u".into(), c2);
-        assert_eq!(idx.connections("u"), &[c1, c2]);
-        idx.remove("u", c1);
-        assert_eq!(idx.connections("u"), &[c2]);
-        idx.remove("u", c2);
+        let list = |idx: &UserIndex| {
+            let mut v = Vec::new();
+            idx.connections(42, &mut v);
+            v
+        };
+        idx.add(42, c1);
+        assert_eq!(list(&idx), [c1]);
+        idx.add(42, c2);
+        assert_eq!(list(&idx), [c1, c2]);
+        idx.remove(42, c1);
+        assert_eq!(list(&idx), [c2]);
+        idx.remove(42, c2);
         assert_eq!(idx.users(), 0);
     }
 

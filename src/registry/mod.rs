@@ -17,7 +17,24 @@ pub struct ConnId {
     pub generation: u32,
 }
 
+/// Slots fit in 24 bits of a packed id; rings hold at most 2^20 descriptors.
+const _: () = assert!(crate::config::RING_FILES_KERNEL_MAX < 1 << 24);
+
 impl ConnId {
+    /// 64 bits: shard (16) | generation (24) | slot (24), for dense indexes.
+    pub fn pack(self) -> u64 {
+        debug_assert!(self.slot < 1 << 24 && self.generation <= GENERATION_MASK);
+        ((self.shard as u64) << 48) | ((self.generation as u64) << 24) | self.slot as u64
+    }
+
+    pub fn unpack(v: u64) -> ConnId {
+        ConnId {
+            shard: (v >> 48) as u16,
+            generation: ((v >> 24) as u32) & GENERATION_MASK,
+            slot: (v as u32) & ((1 << 24) - 1),
+        }
+    }
+
     /// The key a timer-wheel entry carries: slot and generation.
     pub fn timer_key(self) -> u64 {
         ((self.generation as u64) << 32) | self.slot as u64
@@ -107,6 +124,12 @@ mod tests {
         assert_eq!(r.get(s1, g1), None);
         assert_eq!(r.remove(s1, g1), None);
         assert_eq!(r.get(s2, g2), Some(&"b"));
+    }
+
+    #[test]
+    fn conn_ids_pack_and_unpack() {
+        let id = ConnId { shard: 1023, slot: (1 << 20) + 5, generation: GENERATION_MASK };
+        assert_eq!(ConnId::unpack(id.pack()), id);
     }
 
     #[test]

@@ -426,7 +426,7 @@ impl Shard {
         });
         stats.closed(reason);
         if let Some(user) = user {
-            self.unregister_user(user, id);
+            self.unregister_user(&user, id);
         }
         let conns = &self.conns;
         for topic in topics {

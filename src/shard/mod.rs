@@ -42,6 +42,8 @@ pub struct Shared {
     pub cfg: Config,
     pub stats: Box<[ShardStats]>,
     pub peers: Arc<[Peer]>,
+    /// Keys of the user-id hash that picks home shards.
+    pub user_keys: crate::push::UserKeys,
     pub shutdown: Arc<AtomicBool>,
     /// Set by the main thread once every shard has its ring, so doorbells have a target.
     pub started: AtomicBool,
@@ -200,12 +202,12 @@ impl Shard {
     fn on_mesh(&mut self, msg: Msg) {
         match msg {
             Msg::UserAdd { user, conn } => self.users.add(user, conn),
-            Msg::UserRemove { user, conn } => self.users.remove(&user, conn),
-            Msg::PublishUser { user, msg } => self.publish_user_home(&user, &msg),
-            Msg::Deliver { conns, msg } => {
+            Msg::UserRemove { user, conn } => self.users.remove(user, conn),
+            Msg::PublishUser { user, hash, msg } => self.publish_user_home(&user, hash, &msg),
+            Msg::Deliver { conns, user, msg } => {
                 let mut targets = std::mem::take(&mut self.scratch.targets);
                 targets.extend(conns.iter().map(|c| (c.slot, c.generation)));
-                self.deliver(&targets, &msg);
+                self.deliver_to_user(user.as_deref(), &mut targets, &msg);
                 targets.clear();
                 self.scratch.targets = targets;
             }
@@ -224,11 +226,12 @@ impl Shard {
         let me = self.id;
         match target {
             admin::Target::User(user) => {
-                let home = home_shard(&user, self.shards());
+                let hash = self.shared.user_keys.hash(&user);
+                let home = home_shard(hash, self.shards());
                 if home == self.id {
-                    self.publish_user_home(&user, &msg);
+                    self.publish_user_home(&user, hash, &msg);
                 } else {
-                    self.send_mesh(home, Msg::PublishUser { user: user.into(), msg });
+                    self.send_mesh(home, Msg::PublishUser { user: user.into(), hash, msg });
                 }
             }
             admin::Target::Topic(topic) => {
@@ -255,9 +258,11 @@ impl Shard {
         }
     }
 
-    /// On the user's home shard: forward to every shard that holds one of the user's connections.
-    fn publish_user_home(&mut self, user: &str, msg: &Arc<Message>) {
-        let conns = self.users.connections(user).to_vec();
+    /// On the user's home shard: forward to every shard that holds one of the user's
+    /// connections.
+    fn publish_user_home(&mut self, user: &str, hash: u64, msg: &Arc<Message>) {
+        let mut conns = Vec::new();
+        self.users.connections(hash, &mut conns);
         let mut local = std::mem::take(&mut self.scratch.targets);
         for shard in 0..self.shards() {
             let on_shard = conns.iter().filter(|c| c.shard as usize == shard);
@@ -266,13 +271,29 @@ impl Shard {
             } else {
                 let list: Vec<ConnId> = on_shard.copied().collect();
                 if !list.is_empty() {
-                    self.send_mesh(shard, Msg::Deliver { conns: list, msg: Arc::clone(msg) });
+                    let user = Some(user.into());
+                    self.send_mesh(shard, Msg::Deliver { conns: list, user, msg: Arc::clone(msg) });
                 }
             }
         }
-        self.deliver(&local, msg);
+        self.deliver_to_user(Some(user), &mut local, msg);
         local.clear();
         self.scratch.targets = local;
+    }
+
+    /// Delivers to the listed local connections that serve `user` (all of them when None).
+    fn deliver_to_user(
+        &mut self,
+        user: Option<&str>,
+        targets: &mut Vec<(u32, u32)>,
+        msg: &Message,
+    ) {
+        if let Some(user) = user {
+            let conns = &self.conns;
+            targets
+                .retain(|&(s, g)| conns.get(s, g).is_some_and(|c| c.user.as_deref() == Some(user)));
+        }
+        self.deliver(targets, msg);
     }
 
     fn deliver_topic(&mut self, topic: &str, msg: &Message) {
@@ -299,20 +320,22 @@ impl Shard {
 
     /// Registers a connection's user with the user's home shard.
     fn register_user(&mut self, user: &str, id: ConnId) {
-        let home = home_shard(user, self.shards());
+        let hash = self.shared.user_keys.hash(user);
+        let home = home_shard(hash, self.shards());
         if home == self.id {
-            self.users.add(user.into(), id);
+            self.users.add(hash, id);
         } else {
-            self.send_mesh(home, Msg::UserAdd { user: user.into(), conn: id });
+            self.send_mesh(home, Msg::UserAdd { user: hash, conn: id });
         }
     }
 
-    fn unregister_user(&mut self, user: Box<str>, id: ConnId) {
-        let home = home_shard(&user, self.shards());
+    fn unregister_user(&mut self, user: &str, id: ConnId) {
+        let hash = self.shared.user_keys.hash(user);
+        let home = home_shard(hash, self.shards());
         if home == self.id {
-            self.users.remove(&user, id);
+            self.users.remove(hash, id);
         } else {
-            self.send_mesh(home, Msg::UserRemove { user, conn: id });
+            self.send_mesh(home, Msg::UserRemove { user: hash, conn: id });
         }
     }
 

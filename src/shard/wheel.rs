@@ -32,6 +32,8 @@ use std::mem::size_of;
 
 /// The bytes one scheduled entry takes in a bucket.
 pub const ENTRY_BYTES: usize = 16;
+/// Capacity a bucket keeps after it drains; past it, spare room is released.
+pub const BUCKET_KEEP_ENTRIES: usize = 64;
 
 /// The tick the engine runs the wheel at, in milliseconds: fine enough for handshake and pong
 /// deadlines (seconds), coarse enough that an idle shard wakes at most ten times a second.
@@ -181,6 +183,11 @@ impl Wheel {
             } else {
                 i += 1;
             }
+        }
+        // A burst (a reconnect wave) can leave a bucket with room for thousands of entries
+        // that will not come back for a lap: give that memory back.
+        if bucket.capacity() > BUCKET_KEEP_ENTRIES && bucket.len() < bucket.capacity() / 4 {
+            bucket.shrink_to(bucket.len() * 2);
         }
     }
 
