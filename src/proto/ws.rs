@@ -25,6 +25,9 @@ pub const CONTROL_PAYLOAD_BYTES_MAX: usize = 125;
 pub const CLOSE_REASON_BYTES_MAX: usize = CONTROL_PAYLOAD_BYTES_MAX - 2;
 /// The longest frame header a client sends: 2 + 8 length bytes + 4 mask bytes.
 const HEADER_BYTES_MAX: usize = 14;
+const _: () = assert!(HEADER_BYTES_MAX == 2 + 8 + 4);
+// Control payload lengths must fit the 7-bit length field.
+const _: () = assert!(CONTROL_PAYLOAD_BYTES_MAX < 126);
 
 /// The `Sec-WebSocket-Accept` value for a client's `Sec-WebSocket-Key`.
 pub fn accept_key(sec_websocket_key: &[u8]) -> String {
