@@ -17,3 +17,11 @@
 pub mod config;
 pub mod payload;
 pub mod proto;
+pub mod plan;
+pub mod ring;
+pub mod shard;
+pub mod shared;
+pub mod sys;
+pub mod publisher;
+pub mod report;
+pub mod runner;

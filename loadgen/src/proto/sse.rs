@@ -62,17 +62,12 @@ impl Reader {
     }
 }
 
-/// Splits `bytes` into complete lines (LF or CR LF endings), calling `each` per line;
-/// returns how many bytes were used (the rest is a partial line).
-pub fn split_lines(bytes: &[u8], mut each: impl FnMut(&[u8])) -> usize {
-    let mut start = 0;
-    while let Some(pos) = bytes[start..].iter().position(|b| *b == b'\n') {
-        let end = start + pos;
-        let line = &bytes[start..end];
-        each(line.strip_suffix(b"\r").unwrap_or(line));
-        start = end + 1;
-    }
-    start
+/// The first complete line of `bytes` (without its LF or CR LF ending) and the bytes it
+/// used; `None` when no line is complete yet.
+pub fn next_line(bytes: &[u8]) -> Option<(&[u8], usize)> {
+    let end = bytes.iter().position(|b| *b == b'\n')?;
+    let line = &bytes[..end];
+    Some((line.strip_suffix(b"\r").unwrap_or(line), end + 1))
 }
 
 #[cfg(test)]
@@ -84,18 +79,22 @@ mod tests {
         let stream = b"retry: 1000\n: hb\nid: 1\ndata: s=1 t=2\n\nid: 2\r\ndata:x\r\ndata: y\r\n\r\n";
         let mut reader = Reader::default();
         let mut got = Vec::new();
-        let used = split_lines(stream, |line| match reader.line(line) {
-            Line::Message(m) => got.push(m.to_vec()),
-            Line::Heartbeat => got.push(b"HB".to_vec()),
-            Line::Other => {}
-        });
-        assert_eq!(used, stream.len());
+        let mut rest = &stream[..];
+        while let Some((line, used)) = next_line(rest) {
+            rest = &rest[used..];
+            match reader.line(line) {
+                Line::Message(m) => got.push(m.to_vec()),
+                Line::Heartbeat => got.push(b"HB".to_vec()),
+                Line::Other => {}
+            }
+        }
+        assert!(rest.is_empty());
         assert_eq!(got, vec![b"HB".to_vec(), b"s=1 t=2".to_vec(), b"x".to_vec()]);
     }
 
     #[test]
     fn partial_line_left() {
-        let used = split_lines(b"data: a\ndata: b", |_| {});
-        assert_eq!(used, 8);
+        assert_eq!(next_line(b"data: a\ndata: b"), Some((&b"data: a"[..], 8)));
+        assert_eq!(next_line(b"data: b"), None);
     }
 }
