@@ -1,1 +1,406 @@
-//! placeholder
+//! Configuration: flags, an optional TOML file, and every limit with its unit last.
+//!
+//! Precedence: built-in defaults, then the TOML file (`--config`), then flags. Every field of
+//! [`Limits`] is documented with its default and why; `c10m serve --help` lists them.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// The fixed-file table of one ring cannot exceed this many slots on any kernel.
+pub const RING_FILES_KERNEL_MAX: u32 = 1_048_576;
+
+/// Limits and timings. Each is a maximum or a period; units are the suffix.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Connections one shard holds (client and admin). Default 1,048,576, the kernel's cap on
+    /// a ring's fixed-file table; the soft RLIMIT_NOFILE lowers it at start.
+    pub conns_per_shard_max: u32,
+    /// Bytes of an HTTP request head. Default 8 KiB: browsers send 1–2 KiB; larger is abuse.
+    pub head_bytes_max: u32,
+    /// Header lines in an HTTP request head. Default 64.
+    pub headers_max: u32,
+    /// Bytes of one published message and of one client WebSocket message. Default 64 KiB.
+    pub message_bytes_max: u32,
+    /// Bytes of one client WebSocket frame payload. Default 64 KiB.
+    pub frame_bytes_max: u32,
+    /// Bytes queued for one connection before it is closed as a slow consumer. Default 1 MiB:
+    /// sixteen maximum-size messages, or thousands of small ones, of headroom.
+    pub outbox_bytes_max: u32,
+    /// Bytes of one provided receive buffer. Default 4 KiB: one page; a read never needs more
+    /// because client traffic is small (handshakes, pongs, control messages).
+    pub recv_buffer_bytes: u32,
+    /// Provided receive buffers per shard (a power of two). Default 512: 2 MiB per shard, shared
+    /// by every connection of the shard; idle connections hold none.
+    pub recv_buffers: u32,
+    /// Submission queue entries per ring. Default 4096; the completion queue is four times it.
+    /// Ring memory counts against RLIMIT_MEMLOCK (8 MiB here).
+    pub ring_entries: u32,
+    /// Messages in flight on one shard-to-shard ring. Default 4096.
+    pub mesh_ring_entries: u32,
+    /// Messages waiting for room on a full mesh ring before new publishes are dropped and
+    /// counted. Default 65,536.
+    pub mesh_backlog_max: u32,
+    /// Pending connections in each listener's accept queue. Default 4096.
+    pub listen_backlog: u32,
+    /// Time to complete the HTTP head (and WebSocket handshake) after accept. Default 10 s.
+    pub handshake_timeout_ms: u64,
+    /// Period of WebSocket pings from the server. Default 30 s, under common NAT idle timeouts.
+    pub ping_interval_ms: u64,
+    /// Time for a pong (or any frame) to arrive after a ping. Default 10 s.
+    pub pong_timeout_ms: u64,
+    /// Period of SSE comment heartbeats. Default 15 s; they also find dead SSE peers.
+    pub sse_heartbeat_ms: u64,
+    /// `retry:` sent to SSE clients at stream start. Default 2 s.
+    pub sse_retry_ms: u32,
+    /// A WebSocket or admin connection that sent nothing for this long is closed. SSE clients
+    /// never send, so they are exempt (heartbeats find dead ones). Default 120 s; 0 disables.
+    pub idle_timeout_ms: u64,
+    /// Time a closing WebSocket waits for the peer's close frame. Default 2 s.
+    pub close_timeout_ms: u64,
+    /// Bound on a graceful shutdown after SIGINT or SIGTERM. Default 10 s.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            conns_per_shard_max: RING_FILES_KERNEL_MAX,
+            head_bytes_max: 8 * 1024,
+            headers_max: 64,
+            message_bytes_max: 64 * 1024,
+            frame_bytes_max: 64 * 1024,
+            outbox_bytes_max: 1024 * 1024,
+            recv_buffer_bytes: 4096,
+            recv_buffers: 512,
+            ring_entries: 4096,
+            mesh_ring_entries: 4096,
+            mesh_backlog_max: 65_536,
+            listen_backlog: 4096,
+            handshake_timeout_ms: 10_000,
+            ping_interval_ms: 30_000,
+            pong_timeout_ms: 10_000,
+            sse_heartbeat_ms: 15_000,
+            sse_retry_ms: 2_000,
+            idle_timeout_ms: 120_000,
+            close_timeout_ms: 2_000,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The whole server configuration after defaults, file and flags are merged.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Client listeners (WebSocket and SSE). Default 127.0.0.1:8080.
+    pub listen: Vec<SocketAddr>,
+    /// Admin listeners (publish, stats, metrics). Default 127.0.0.1:8081.
+    pub admin: Vec<SocketAddr>,
+    /// Shards, one pinned thread each. 0 means one per online CPU.
+    pub shards: usize,
+    /// Serve the `/echo` WebSocket endpoint (conformance runs, round trips).
+    pub echo: bool,
+    /// Pin shard threads to cores.
+    pub pin: bool,
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            admin: vec![SocketAddr::from(([127, 0, 0, 1], 8081))],
+            shards: 0,
+            echo: false,
+            pin: true,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// An operator's configuration mistake, with what to change.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "configuration error: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// `c10m serve` flags. Any flag given overrides the file.
+#[derive(Debug, Parser, Default)]
+pub struct ServeArgs {
+    /// TOML file with the same keys as these flags; limits go under `[limits]`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Client listener address (repeatable). Default 127.0.0.1:8080.
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+    /// Admin listener address (repeatable). Default 127.0.0.1:8081.
+    #[arg(long = "admin", value_name = "ADDR")]
+    pub admin: Vec<SocketAddr>,
+    /// Number of shards (threads). Default: one per online CPU.
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Enable the /echo WebSocket endpoint.
+    #[arg(long)]
+    pub echo: bool,
+    /// Do not pin shard threads to cores.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Connections per shard (client and admin). Default 1048576, lowered to RLIMIT_NOFILE.
+    #[arg(long)]
+    pub conns_per_shard_max: Option<u32>,
+    /// Bytes of an HTTP request head. Default 8192.
+    #[arg(long)]
+    pub head_bytes_max: Option<u32>,
+    /// Header lines per request head. Default 64.
+    #[arg(long)]
+    pub headers_max: Option<u32>,
+    /// Bytes of one published or received message. Default 65536.
+    #[arg(long)]
+    pub message_bytes_max: Option<u32>,
+    /// Bytes of one client frame payload. Default 65536.
+    #[arg(long)]
+    pub frame_bytes_max: Option<u32>,
+    /// Bytes queued for one slow connection before it is closed. Default 1048576.
+    #[arg(long)]
+    pub outbox_bytes_max: Option<u32>,
+    /// Bytes of one provided receive buffer. Default 4096.
+    #[arg(long)]
+    pub recv_buffer_bytes: Option<u32>,
+    /// Provided receive buffers per shard (power of two). Default 512.
+    #[arg(long)]
+    pub recv_buffers: Option<u32>,
+    /// Submission queue entries per ring. Default 4096.
+    #[arg(long)]
+    pub ring_entries: Option<u32>,
+    /// Messages per shard-to-shard ring. Default 4096.
+    #[arg(long)]
+    pub mesh_ring_entries: Option<u32>,
+    /// Messages waiting for a full mesh ring before publishes are dropped. Default 65536.
+    #[arg(long)]
+    pub mesh_backlog_max: Option<u32>,
+    /// Accept queue length of each listener. Default 4096.
+    #[arg(long)]
+    pub listen_backlog: Option<u32>,
+    /// Milliseconds to complete the request head after accept. Default 10000.
+    #[arg(long)]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Milliseconds between WebSocket pings. Default 30000.
+    #[arg(long)]
+    pub ping_interval_ms: Option<u64>,
+    /// Milliseconds for a pong to arrive after a ping. Default 10000.
+    #[arg(long)]
+    pub pong_timeout_ms: Option<u64>,
+    /// Milliseconds between SSE heartbeats. Default 15000.
+    #[arg(long)]
+    pub sse_heartbeat_ms: Option<u64>,
+    /// SSE `retry:` in milliseconds. Default 2000.
+    #[arg(long)]
+    pub sse_retry_ms: Option<u32>,
+    /// Milliseconds of silence before a WebSocket or admin connection is closed (0: never).
+    /// Default 120000.
+    #[arg(long)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Milliseconds a closing WebSocket waits for the peer's close frame. Default 2000.
+    #[arg(long)]
+    pub close_timeout_ms: Option<u64>,
+    /// Milliseconds a graceful shutdown may take. Default 10000.
+    #[arg(long)]
+    pub shutdown_timeout_ms: Option<u64>,
+}
+
+impl ServeArgs {
+    /// Merges defaults, the file named by `--config`, and the flags, then validates.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if !self.listen.is_empty() {
+            cfg.listen = self.listen.clone();
+        }
+        if !self.admin.is_empty() {
+            cfg.admin = self.admin.clone();
+        }
+        if let Some(n) = self.shards {
+            cfg.shards = n;
+        }
+        cfg.echo |= self.echo;
+        cfg.pin &= !self.no_pin;
+        let l = &mut cfg.limits;
+        macro_rules! take {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { l.$f = v; } )* };
+        }
+        take!(
+            conns_per_shard_max,
+            head_bytes_max,
+            headers_max,
+            message_bytes_max,
+            frame_bytes_max,
+            outbox_bytes_max,
+            recv_buffer_bytes,
+            recv_buffers,
+            ring_entries,
+            mesh_ring_entries,
+            mesh_backlog_max,
+            listen_backlog,
+            handshake_timeout_ms,
+            ping_interval_ms,
+            pong_timeout_ms,
+            sse_heartbeat_ms,
+            sse_retry_ms,
+            idle_timeout_ms,
+            close_timeout_ms,
+            shutdown_timeout_ms
+        );
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; unknown keys are errors so typos do not pass silently.
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read --config {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    /// Checks each limit and the relationships between them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let err = |m: String| Err(ConfigError(m));
+        if self.listen.is_empty() {
+            return err("no client listener: give at least one --listen ADDR".into());
+        }
+        if self.shards > 1024 {
+            return err(format!(
+                "shards = {} is more than 1024; use one per core",
+                self.shards
+            ));
+        }
+        if l.conns_per_shard_max == 0 || l.conns_per_shard_max > RING_FILES_KERNEL_MAX {
+            return err(format!(
+                "conns_per_shard_max = {} must be within 1..={RING_FILES_KERNEL_MAX}",
+                l.conns_per_shard_max
+            ));
+        }
+        if l.head_bytes_max < 256 {
+            return err(format!(
+                "head_bytes_max = {} is below 256",
+                l.head_bytes_max
+            ));
+        }
+        if l.headers_max == 0 || l.headers_max > 128 {
+            return err(format!(
+                "headers_max = {} must be within 1..=128",
+                l.headers_max
+            ));
+        }
+        if l.message_bytes_max == 0 || l.message_bytes_max > 16 * 1024 * 1024 {
+            return err(format!(
+                "message_bytes_max = {} must be within 1..=16777216",
+                l.message_bytes_max
+            ));
+        }
+        if l.frame_bytes_max == 0 {
+            return err("frame_bytes_max must be at least 1".into());
+        }
+        if l.outbox_bytes_max < l.message_bytes_max + 16 {
+            return err(format!(
+                "outbox_bytes_max = {} must exceed message_bytes_max = {} by a frame header \
+                 (16 bytes), or no maximum-size message could ever be queued",
+                l.outbox_bytes_max, l.message_bytes_max
+            ));
+        }
+        if !l.recv_buffers.is_power_of_two() || l.recv_buffers > 32_768 {
+            return err(format!(
+                "recv_buffers = {} must be a power of two up to 32768",
+                l.recv_buffers
+            ));
+        }
+        if l.recv_buffer_bytes < 512 {
+            return err(format!(
+                "recv_buffer_bytes = {} is below 512",
+                l.recv_buffer_bytes
+            ));
+        }
+        if !(64..=32_768).contains(&l.ring_entries) {
+            return err(format!(
+                "ring_entries = {} must be within 64..=32768",
+                l.ring_entries
+            ));
+        }
+        if l.mesh_ring_entries < 16 {
+            return err(format!(
+                "mesh_ring_entries = {} is below 16",
+                l.mesh_ring_entries
+            ));
+        }
+        if l.ping_interval_ms == 0 || l.pong_timeout_ms == 0 || l.sse_heartbeat_ms == 0 {
+            return err(
+                "ping_interval_ms, pong_timeout_ms and sse_heartbeat_ms must be > 0".into(),
+            );
+        }
+        if l.handshake_timeout_ms == 0 || l.shutdown_timeout_ms == 0 {
+            return err("handshake_timeout_ms and shutdown_timeout_ms must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn outbox_smaller_than_message_is_rejected_with_advice() {
+        let mut cfg = Config::default();
+        cfg.limits.outbox_bytes_max = 1000;
+        let e = cfg.validate().unwrap_err();
+        assert!(e.0.contains("outbox_bytes_max"), "{e}");
+    }
+
+    #[test]
+    fn toml_overrides_and_rejects_unknown_keys() {
+        let cfg: Config = toml::from_str(
+            "shards = 2\nlisten = [\"127.0.0.1:9000\"]\n[limits]\nping_interval_ms = 5000\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.shards, 2);
+        assert_eq!(cfg.limits.ping_interval_ms, 5000);
+        assert_eq!(
+            cfg.limits.pong_timeout_ms,
+            Limits::default().pong_timeout_ms
+        );
+        assert!(toml::from_str::<Config>("shardz = 2").is_err());
+    }
+
+    #[test]
+    fn flags_override_file_defaults() {
+        let args = ServeArgs {
+            shards: Some(3),
+            ping_interval_ms: Some(1000),
+            ..Default::default()
+        };
+        let cfg = args.resolve().unwrap();
+        assert_eq!(cfg.shards, 3);
+        assert_eq!(cfg.limits.ping_interval_ms, 1000);
+    }
+}

@@ -1,1 +1,62 @@
-fn main() {}
+//! The `c10m` binary: `c10m serve [flags]`.
+
+use clap::{Parser, Subcommand};
+
+use c10m::config::ServeArgs;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "c10m",
+    version,
+    about = "Push server for millions of idle WebSocket and SSE connections"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default when no command is given).
+    Serve(Box<ServeArgs>),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(a)) => *a,
+        None => ServeArgs::default(),
+    };
+    if let Err(e) = run(&args) {
+        eprintln!("c10m: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let cfg = args.resolve()?;
+    // SAFETY: setting SIGPIPE to ignored before any thread starts has no preconditions;
+    // sends also pass MSG_NOSIGNAL, this covers any other write path.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let shutdown = c10m::sys::shutdown_flag()?;
+    let server = c10m::server::start(cfg, shutdown)?;
+    let list = |v: &[std::net::SocketAddr]| {
+        v.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    println!(
+        "c10m listening clients={} admin={} shards={} conns_per_shard={}",
+        list(&server.listen),
+        list(&server.admin),
+        server.shards,
+        server.files_per_shard
+    );
+    server.join()?;
+    println!("c10m stopped");
+    Ok(())
+}

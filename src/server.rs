@@ -1,1 +1,192 @@
-//! placeholder
+//! Starting the shards: resource limits, listeners, rings, the mesh, and threads.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use crate::config::{Config, RING_FILES_KERNEL_MAX};
+use crate::metrics::ShardStats;
+use crate::ring::Ring;
+use crate::shard::{Listener, Shard, Shared};
+use crate::sys;
+
+/// Buffer group id of every shard's provided-buffer ring.
+const BUFFER_GROUP: u16 = 0;
+
+/// A running server: its threads and the addresses it actually listens on.
+pub struct Server {
+    pub listen: Vec<SocketAddr>,
+    pub admin: Vec<SocketAddr>,
+    pub shards: usize,
+    /// Direct descriptors per shard.
+    pub files_per_shard: u32,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+}
+
+impl Server {
+    /// Waits for every shard to finish (after a shutdown).
+    pub fn join(self) -> io::Result<()> {
+        let mut first_err = None;
+        for t in self.threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(io::Error::other("a shard thread panicked"));
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Binds one socket per address for the first shard; port 0 becomes a real port, which the
+/// other shards then bind too.
+fn bind_first(
+    addrs: &[SocketAddr],
+    backlog: u32,
+) -> io::Result<(Vec<socket2::Socket>, Vec<SocketAddr>)> {
+    let mut socks = Vec::new();
+    let mut bound = Vec::new();
+    for &addr in addrs {
+        let sock = sys::reuseport_listener(addr, backlog)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        let local = sock
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not inet"))?;
+        socks.push(sock);
+        bound.push(local);
+    }
+    Ok((socks, bound))
+}
+
+/// Starts the shards and returns once every one is ready (or the first error).
+pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
+    let shards = if cfg.shards == 0 {
+        sys::online_cpus()
+    } else {
+        cfg.shards
+    };
+    let nofile = sys::raise_nofile()?;
+    let files = (cfg.limits.conns_per_shard_max as u64)
+        .min(nofile)
+        .min(RING_FILES_KERNEL_MAX as u64) as u32;
+    let backlog = cfg.limits.listen_backlog;
+    let (first_client, listen) = bind_first(&cfg.listen, backlog)?;
+    let (first_admin, admin) = bind_first(&cfg.admin, backlog)?;
+    let (ends, peers) = crate::mesh::build(
+        shards,
+        cfg.limits.mesh_ring_entries as usize,
+        cfg.limits.mesh_backlog_max as usize,
+    );
+    let shared = Arc::new(Shared {
+        stats: (0..shards).map(|_| ShardStats::default()).collect(),
+        peers: Arc::clone(&peers),
+        shutdown,
+        started: AtomicBool::new(false),
+        cfg,
+    });
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
+    let mut first = Some((first_client, first_admin));
+    let mut threads = Vec::new();
+    for (id, mesh) in ends.into_iter().enumerate() {
+        let shared = Arc::clone(&shared);
+        let ready = ready_tx.clone();
+        let core = if shared.cfg.pin && !cores.is_empty() {
+            Some(cores[id % cores.len()])
+        } else {
+            None
+        };
+        let premade = first.take();
+        let (listen, admin) = (listen.clone(), admin.clone());
+        let t = std::thread::Builder::new()
+            .name(format!("c10m-shard-{id}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                let setup = || -> io::Result<Shard> {
+                    let (c, a) = match premade {
+                        Some(p) => p,
+                        None => (bind_all(&listen, backlog)?, bind_all(&admin, backlog)?),
+                    };
+                    let mut listeners: Vec<Listener> = c
+                        .into_iter()
+                        .map(|sock| Listener {
+                            sock,
+                            admin: false,
+                            armed: false,
+                        })
+                        .collect();
+                    listeners.extend(a.into_iter().map(|sock| Listener {
+                        sock,
+                        admin: true,
+                        armed: false,
+                    }));
+                    let l = &shared.cfg.limits;
+                    let mut ring = Ring::new(l.ring_entries, files)?;
+                    let bufs =
+                        ring.register_buf_ring(l.recv_buffers, l.recv_buffer_bytes, BUFFER_GROUP)?;
+                    shared.peers[id].ring_fd.store(ring.fd(), Ordering::Release);
+                    Ok(Shard::new(
+                        id,
+                        ring,
+                        bufs,
+                        Arc::clone(&shared),
+                        listeners,
+                        mesh,
+                    ))
+                };
+                let shard = match setup() {
+                    Ok(s) => {
+                        let _ = ready.send(Ok(()));
+                        s
+                    }
+                    Err(e) => {
+                        let e = io::Error::new(e.kind(), format!("shard {id}: {e}"));
+                        let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
+                        return Err(e);
+                    }
+                };
+                let result = shard.run();
+                shared.peers[id].ring_fd.store(-1, Ordering::Release);
+                result
+            })?;
+        threads.push(t);
+    }
+    drop(ready_tx);
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shared.shutdown.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+            Err(_) => return Err(io::Error::other("a shard thread died during start")),
+        }
+    }
+    shared.started.store(true, Ordering::Release);
+    Ok(Server {
+        listen,
+        admin,
+        shards,
+        files_per_shard: files,
+        threads,
+    })
+}
+
+fn bind_all(addrs: &[SocketAddr], backlog: u32) -> io::Result<Vec<socket2::Socket>> {
+    addrs
+        .iter()
+        .map(|&a| {
+            sys::reuseport_listener(a, backlog)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))
+        })
+        .collect()
+}

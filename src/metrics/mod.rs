@@ -1,1 +1,271 @@
-//! placeholder
+//! Per-shard counters. Each shard writes only its own (single writer, relaxed); any shard
+//! reads all of them to answer `/stats` and `/metrics`. No locks.
+#![forbid(unsafe_code)]
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why a connection closed, one counter each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed TCP (EOF) or reset it.
+    PeerGone,
+    /// The WebSocket close handshake completed.
+    WsClose,
+    /// A WebSocket protocol violation (1002), bad UTF-8 (1007) or oversized message (1009).
+    ProtocolError,
+    /// An HTTP request we answered with an error status, or a finished admin exchange.
+    HttpDone,
+    HandshakeTimeout,
+    PingTimeout,
+    IdleTimeout,
+    /// The outbound queue passed `outbox_bytes_max`.
+    SlowConsumer,
+    Shutdown,
+    IoError,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 10] = [
+        CloseReason::PeerGone,
+        CloseReason::WsClose,
+        CloseReason::ProtocolError,
+        CloseReason::HttpDone,
+        CloseReason::HandshakeTimeout,
+        CloseReason::PingTimeout,
+        CloseReason::IdleTimeout,
+        CloseReason::SlowConsumer,
+        CloseReason::Shutdown,
+        CloseReason::IoError,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::PeerGone => "peer_gone",
+            CloseReason::WsClose => "ws_close",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::HttpDone => "http_done",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::PingTimeout => "ping_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::IoError => "io_error",
+        }
+    }
+}
+
+/// Why a message was not delivered to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A mesh ring and its backlog were full.
+    MeshFull,
+    /// The receiving connection was over `outbox_bytes_max` (it is closed as well).
+    SlowConsumer,
+}
+
+/// Counters of one shard.
+#[derive(Default)]
+pub struct ShardStats {
+    pub conns_ws: AtomicU64,
+    pub conns_sse: AtomicU64,
+    pub conns_admin: AtomicU64,
+    /// Connections accepted but not yet past their request head.
+    pub conns_handshake: AtomicU64,
+    pub accepts: AtomicU64,
+    /// Accepts refused because the shard's table was full.
+    pub accepts_refused: AtomicU64,
+    pub closes: [AtomicU64; 10],
+    /// HTTP error answers by class of request problem.
+    pub http_4xx: AtomicU64,
+    pub ws_protocol_errors: AtomicU64,
+    pub published: AtomicU64,
+    pub delivered: AtomicU64,
+    pub dropped_mesh_full: AtomicU64,
+    pub dropped_slow_consumer: AtomicU64,
+    pub rss_bytes: AtomicU64,
+}
+
+/// Adds to a counter this shard owns.
+pub fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Relaxed);
+}
+
+/// Subtracts from a gauge this shard owns.
+pub fn drop_gauge(c: &AtomicU64) {
+    c.fetch_sub(1, Relaxed);
+}
+
+impl ShardStats {
+    pub fn closed(&self, reason: CloseReason) {
+        bump(&self.closes[reason as usize], 1);
+    }
+
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        match reason {
+            DropReason::MeshFull => bump(&self.dropped_mesh_full, n),
+            DropReason::SlowConsumer => bump(&self.dropped_slow_consumer, n),
+        }
+    }
+
+    fn clients(&self) -> u64 {
+        self.conns_ws.load(Relaxed) + self.conns_sse.load(Relaxed)
+    }
+}
+
+/// `/stats`: connections per shard and totals, as JSON.
+pub fn render_stats(shards: &[ShardStats], rss_bytes: u64) -> String {
+    let mut per = Vec::new();
+    let (mut ws, mut sse, mut admin, mut hs) = (0, 0, 0, 0);
+    for (i, s) in shards.iter().enumerate() {
+        let (w, e, a, h) = (
+            s.conns_ws.load(Relaxed),
+            s.conns_sse.load(Relaxed),
+            s.conns_admin.load(Relaxed),
+            s.conns_handshake.load(Relaxed),
+        );
+        ws += w;
+        sse += e;
+        admin += a;
+        hs += h;
+        per.push(serde_json::json!({
+            "shard": i, "ws": w, "sse": e, "admin": a, "handshake": h,
+            "connections": w + e,
+            "published": s.published.load(Relaxed),
+            "delivered": s.delivered.load(Relaxed),
+        }));
+    }
+    serde_json::json!({
+        "connections": ws + sse,
+        "ws": ws, "sse": sse, "admin": admin, "handshake": hs,
+        "rss_bytes": rss_bytes,
+        "shards": per,
+    })
+    .to_string()
+}
+
+/// `/metrics`: Prometheus text format, one sample per shard.
+pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, f: &dyn Fn(&ShardStats) -> u64| {
+        let _ = writeln!(out, "# HELP c10m_{name} {help}\n# TYPE c10m_{name} {kind}");
+        for (i, s) in shards.iter().enumerate() {
+            let _ = writeln!(out, "c10m_{name}{{shard=\"{i}\"}} {}", f(s));
+        }
+    };
+    family("connections", "gauge", "Open client connections.", &|s| {
+        s.clients()
+    });
+    family(
+        "connections_ws",
+        "gauge",
+        "Open WebSocket connections.",
+        &|s| s.conns_ws.load(Relaxed),
+    );
+    family("connections_sse", "gauge", "Open SSE connections.", &|s| {
+        s.conns_sse.load(Relaxed)
+    });
+    family(
+        "connections_admin",
+        "gauge",
+        "Open admin connections.",
+        &|s| s.conns_admin.load(Relaxed),
+    );
+    family(
+        "connections_handshake",
+        "gauge",
+        "Connections before their request head.",
+        &|s| s.conns_handshake.load(Relaxed),
+    );
+    family(
+        "accepts_total",
+        "counter",
+        "Accepted TCP connections.",
+        &|s| s.accepts.load(Relaxed),
+    );
+    family(
+        "accepts_refused_total",
+        "counter",
+        "Connections refused: table full.",
+        &|s| s.accepts_refused.load(Relaxed),
+    );
+    family(
+        "http_errors_total",
+        "counter",
+        "HTTP 4xx/5xx answers to clients.",
+        &|s| s.http_4xx.load(Relaxed),
+    );
+    family(
+        "ws_protocol_errors_total",
+        "counter",
+        "WebSocket protocol violations.",
+        &|s| s.ws_protocol_errors.load(Relaxed),
+    );
+    family(
+        "messages_published_total",
+        "counter",
+        "Publishes accepted.",
+        &|s| s.published.load(Relaxed),
+    );
+    family(
+        "messages_delivered_total",
+        "counter",
+        "Messages queued to a connection.",
+        &|s| s.delivered.load(Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP c10m_messages_dropped_total Messages not delivered, by reason.\n\
+         # TYPE c10m_messages_dropped_total counter"
+    );
+    for (i, s) in shards.iter().enumerate() {
+        for (reason, v) in [
+            ("mesh_full", &s.dropped_mesh_full),
+            ("slow_consumer", &s.dropped_slow_consumer),
+        ] {
+            let _ = writeln!(
+                out,
+                "c10m_messages_dropped_total{{shard=\"{i}\",reason=\"{reason}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP c10m_closes_total Closed connections, by reason.\n# TYPE c10m_closes_total counter"
+    );
+    for (i, s) in shards.iter().enumerate() {
+        for r in CloseReason::ALL {
+            let v = s.closes[r as usize].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "c10m_closes_total{{shard=\"{i}\",reason=\"{}\"}} {v}",
+                r.name()
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP c10m_resident_memory_bytes Process RSS.\n# TYPE c10m_resident_memory_bytes gauge\n\
+         c10m_resident_memory_bytes {rss_bytes}"
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_shard_and_reason() {
+        let shards: Vec<ShardStats> = (0..2).map(|_| ShardStats::default()).collect();
+        bump(&shards[1].conns_ws, 3);
+        shards[0].closed(CloseReason::SlowConsumer);
+        let text = render_prometheus(&shards, 100);
+        assert!(text.contains("c10m_connections{shard=\"1\"} 3"));
+        assert!(text.contains("c10m_closes_total{shard=\"0\",reason=\"slow_consumer\"} 1"));
+        let json: serde_json::Value = serde_json::from_str(&render_stats(&shards, 1)).unwrap();
+        assert_eq!(json["connections"], 3);
+        assert_eq!(json["shards"][1]["ws"], 3);
+    }
+}

@@ -1,3 +1,510 @@
-//! placeholder
+//! A shard: one pinned thread that owns one io_uring ring, its listeners, its slab registry,
+//! its timer wheel and its ends of the mesh.
+//!
+//! Following one byte in: the multishot accept puts a new socket in the ring's fixed-file
+//! table ([`Shard::on_accept`]); a one-shot poll reports it readable; a receive picks a buffer
+//! from the shard's provided-buffer ring ([`Shard::on_recv`]); the bytes go to the
+//! connection's protocol ([`client`] or [`admin`]) and the buffer goes straight back.
+//!
+//! Following one publish out: the admin handler ([`admin`]) turns `POST /publish` into a
+//! [`Message`]; it is routed ([`Shard::route`]) to the user's home shard or to every shard
+//! over the mesh; each shard encodes it once and queues it on each recipient's outbox
+//! ([`Shard::deliver`]); sends go out on the fixed descriptors ([`io`]).
 
+pub mod admin;
+pub mod client;
+pub mod conn;
+pub mod io;
 pub mod wheel;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::mesh::{MeshEnd, Peer};
+use crate::metrics::{bump, CloseReason, ShardStats};
+use crate::push::{home_shard, Message, Msg, TopicIndex, UserIndex};
+use crate::registry::{ConnId, Registry};
+use crate::ring::{parse_user_data, BufRing, Completion, Op, Ring};
+use conn::{Closing, Conn, Kind};
+use wheel::Wheel;
+
+/// Resolution of the timer wheel, and the longest a shard sleeps with nothing due.
+pub const TICK_MS: u64 = 100;
+/// Buckets of the timer wheel: 1024 × 100 ms ≈ 102 s before entries wrap around.
+pub const WHEEL_SLOTS: usize = 1024;
+/// Mesh messages handled per loop turn, so a flood from one peer cannot starve the ring.
+pub const MESH_BATCH_MAX: usize = 4096;
+
+/// What every shard shares: configuration, counters, the peer table, the shutdown flag.
+pub struct Shared {
+    pub cfg: Config,
+    pub stats: Box<[ShardStats]>,
+    pub peers: Arc<[Peer]>,
+    pub shutdown: Arc<AtomicBool>,
+    /// Set by the main thread once every shard has its ring, so doorbells have a target.
+    pub started: AtomicBool,
+}
+
+/// One client or admin listener of this shard.
+pub struct Listener {
+    pub sock: socket2::Socket,
+    pub admin: bool,
+    /// The multishot accept is armed.
+    pub armed: bool,
+}
+
+pub struct Shard {
+    pub id: usize,
+    /// Declared before `bufs`: fields drop in order, and the ring must be gone (no receive
+    /// in flight) before the buffers it names are freed.
+    ring: Ring,
+    bufs: BufRing,
+    shared: Arc<Shared>,
+    listeners: Vec<Listener>,
+    conns: Registry<Conn>,
+    wheel: Wheel,
+    mesh: MeshEnd,
+    users: UserIndex,
+    topics: TopicIndex,
+    clock: Instant,
+    now_ms: u64,
+    /// Publishes accepted by this shard; with the shard index it makes message ids unique.
+    msg_seq: u64,
+    /// The fixed-file table was full: accepts wait until a connection closes.
+    accept_blocked: bool,
+    /// Deadline of a graceful shutdown in progress.
+    shutdown_deadline_ms: Option<u64>,
+    /// Connections whose receive found no free buffer; retried next turn.
+    recv_retry: Vec<(u32, u32)>,
+    scratch: Scratch,
+}
+
+/// Reused allocations of the loop, so a turn allocates nothing in the steady state.
+#[derive(Default)]
+struct Scratch {
+    completions: Vec<Completion>,
+    inbox: Vec<Msg>,
+    fired: Vec<(u64, u64)>,
+    doorbells: Vec<i32>,
+    rx: Vec<u8>,
+    targets: Vec<(u32, u32)>,
+}
+
+impl Shard {
+    pub fn new(
+        id: usize,
+        ring: Ring,
+        bufs: BufRing,
+        shared: Arc<Shared>,
+        listeners: Vec<Listener>,
+        mesh: MeshEnd,
+    ) -> Shard {
+        let capacity = ring.files() as usize;
+        Shard {
+            id,
+            ring,
+            bufs,
+            shared,
+            listeners,
+            conns: Registry::new(capacity),
+            wheel: Wheel::new(TICK_MS, WHEEL_SLOTS, 0),
+            mesh,
+            users: UserIndex::default(),
+            topics: TopicIndex::default(),
+            clock: Instant::now(),
+            now_ms: 0,
+            msg_seq: 0,
+            accept_blocked: false,
+            shutdown_deadline_ms: None,
+            recv_retry: Vec::new(),
+            scratch: Scratch::default(),
+        }
+    }
+
+    fn stats(&self) -> &ShardStats {
+        &self.shared.stats[self.id]
+    }
+
+    fn shards(&self) -> usize {
+        self.mesh.shards()
+    }
+
+    /// The event loop. Returns when a shutdown has finished or run out of time.
+    pub fn run(mut self) -> std::io::Result<()> {
+        loop {
+            self.now_ms = self.clock.elapsed().as_millis() as u64;
+            if self.shared.shutdown.load(Ordering::Relaxed) && self.shutdown_deadline_ms.is_none() {
+                self.begin_shutdown();
+            }
+            if let Some(deadline) = self.shutdown_deadline_ms {
+                if self.conns.is_empty() || self.now_ms >= deadline {
+                    return Ok(());
+                }
+            }
+            self.arm_accepts();
+            self.process_mesh();
+            self.process_timers();
+            self.retry_recvs();
+            let backlog = self.mesh.flush_backlog();
+            self.ring_doorbells();
+            let busy = backlog || !self.recv_retry.is_empty();
+            let wait_ms = if busy {
+                0
+            } else {
+                self.wheel
+                    .next_wakeup_ms(self.now_ms)
+                    .unwrap_or(TICK_MS)
+                    .clamp(1, TICK_MS)
+            };
+            let sleeping = wait_ms > 0 && self.mesh.prepare_sleep();
+            let timeout = if sleeping {
+                Duration::from_millis(wait_ms)
+            } else {
+                Duration::ZERO
+            };
+            self.ring.submit_and_wait(timeout)?;
+            if sleeping {
+                self.mesh.awake();
+            }
+            let mut completions = std::mem::take(&mut self.scratch.completions);
+            self.ring.drain(&mut completions);
+            self.now_ms = self.clock.elapsed().as_millis() as u64;
+            for c in completions.drain(..) {
+                self.complete(c);
+            }
+            self.scratch.completions = completions;
+        }
+    }
+
+    fn complete(&mut self, c: Completion) {
+        let Some((op, generation, slot)) = parse_user_data(c.user_data) else {
+            debug_assert!(false, "unknown user_data {:#x}", c.user_data);
+            return;
+        };
+        match op {
+            Op::Accept => self.on_accept(slot, c),
+            Op::Poll => self.on_poll(slot, generation, c.result),
+            Op::Recv => self.on_recv(slot, generation, c),
+            Op::Send => self.on_send(slot, generation, c.result),
+            Op::Cancel => self.on_cancel(slot, generation),
+            Op::Shutdown => {}
+            Op::Close => self.on_close(slot, generation),
+            Op::Doorbell | Op::DoorbellSent => {}
+        }
+    }
+
+    fn process_mesh(&mut self) {
+        let mut inbox = std::mem::take(&mut self.scratch.inbox);
+        self.mesh.receive(MESH_BATCH_MAX, &mut inbox);
+        for msg in inbox.drain(..) {
+            self.on_mesh(msg);
+        }
+        self.scratch.inbox = inbox;
+    }
+
+    fn on_mesh(&mut self, msg: Msg) {
+        match msg {
+            Msg::UserAdd { user, conn } => self.users.add(user, conn),
+            Msg::UserRemove { user, conn } => self.users.remove(&user, conn),
+            Msg::PublishUser { user, msg } => self.publish_user_home(&user, &msg),
+            Msg::Deliver { conns, msg } => {
+                let mut targets = std::mem::take(&mut self.scratch.targets);
+                targets.extend(conns.iter().map(|c| (c.slot, c.generation)));
+                self.deliver(&targets, &msg);
+                targets.clear();
+                self.scratch.targets = targets;
+            }
+            Msg::PublishTopic { topic, msg } => self.deliver_topic(&topic, &msg),
+            Msg::PublishAll { msg } => self.deliver_all(&msg),
+        }
+    }
+
+    /// Routes a publish accepted by this shard. `user`, `topic` or all.
+    pub(crate) fn route(&mut self, target: admin::Target, payload: Vec<u8>) -> u64 {
+        self.msg_seq += 1;
+        let id = self.msg_seq * self.shards() as u64 + self.id as u64;
+        let text = std::str::from_utf8(&payload).is_ok();
+        let msg = Arc::new(Message {
+            id,
+            payload: payload.into_boxed_slice(),
+            text,
+        });
+        bump(&self.stats().published, 1);
+        let me = self.id;
+        match target {
+            admin::Target::User(user) => {
+                let home = home_shard(&user, self.shards());
+                if home == self.id {
+                    self.publish_user_home(&user, &msg);
+                } else {
+                    self.send_mesh(
+                        home,
+                        Msg::PublishUser {
+                            user: user.into(),
+                            msg,
+                        },
+                    );
+                }
+            }
+            admin::Target::Topic(topic) => {
+                for to in (0..self.shards()).filter(|&s| s != me) {
+                    let m = Msg::PublishTopic {
+                        topic: topic.as_str().into(),
+                        msg: Arc::clone(&msg),
+                    };
+                    self.send_mesh(to, m);
+                }
+                self.deliver_topic(&topic, &msg);
+            }
+            admin::Target::All => {
+                for to in (0..self.shards()).filter(|&s| s != me) {
+                    self.send_mesh(
+                        to,
+                        Msg::PublishAll {
+                            msg: Arc::clone(&msg),
+                        },
+                    );
+                }
+                self.deliver_all(&msg);
+            }
+        }
+        id
+    }
+
+    fn send_mesh(&mut self, to: usize, msg: Msg) {
+        if self.mesh.send(to, msg) == crate::mesh::Sent::Dropped {
+            self.stats()
+                .dropped(crate::metrics::DropReason::MeshFull, 1);
+        }
+    }
+
+    /// On the user's home shard: forward to every shard that holds one of the user's connections.
+    fn publish_user_home(&mut self, user: &str, msg: &Arc<Message>) {
+        let conns = self.users.connections(user).to_vec();
+        let mut local = std::mem::take(&mut self.scratch.targets);
+        for shard in 0..self.shards() {
+            let on_shard = conns.iter().filter(|c| c.shard as usize == shard);
+            if shard == self.id {
+                local.extend(on_shard.map(|c| (c.slot, c.generation)));
+            } else {
+                let list: Vec<ConnId> = on_shard.copied().collect();
+                if !list.is_empty() {
+                    self.send_mesh(
+                        shard,
+                        Msg::Deliver {
+                            conns: list,
+                            msg: Arc::clone(msg),
+                        },
+                    );
+                }
+            }
+        }
+        self.deliver(&local, msg);
+        local.clear();
+        self.scratch.targets = local;
+    }
+
+    fn deliver_topic(&mut self, topic: &str, msg: &Message) {
+        let mut targets = std::mem::take(&mut self.scratch.targets);
+        targets.extend_from_slice(self.topics.subscribers(topic));
+        let conns = &self.conns;
+        targets.retain(|&(s, g)| {
+            conns
+                .get(s, g)
+                .is_some_and(|c| c.topics.iter().any(|t| &**t == topic))
+        });
+        self.deliver(&targets, msg);
+        targets.clear();
+        self.scratch.targets = targets;
+    }
+
+    fn deliver_all(&mut self, msg: &Message) {
+        let mut targets = std::mem::take(&mut self.scratch.targets);
+        targets.extend(
+            self.conns
+                .iter()
+                .filter(|(_, _, c)| c.is_subscriber())
+                .map(|(s, g, _)| (s, g)),
+        );
+        self.deliver(&targets, msg);
+        targets.clear();
+        self.scratch.targets = targets;
+    }
+
+    /// Registers a connection's user with the user's home shard.
+    fn register_user(&mut self, user: &str, id: ConnId) {
+        let home = home_shard(user, self.shards());
+        if home == self.id {
+            self.users.add(user.into(), id);
+        } else {
+            self.send_mesh(
+                home,
+                Msg::UserAdd {
+                    user: user.into(),
+                    conn: id,
+                },
+            );
+        }
+    }
+
+    fn unregister_user(&mut self, user: Box<str>, id: ConnId) {
+        let home = home_shard(&user, self.shards());
+        if home == self.id {
+            self.users.remove(&user, id);
+        } else {
+            self.send_mesh(home, Msg::UserRemove { user, conn: id });
+        }
+    }
+
+    fn conn_id(&self, slot: u32, generation: u32) -> ConnId {
+        ConnId {
+            shard: self.id as u16,
+            slot,
+            generation,
+        }
+    }
+
+    fn ring_doorbells(&mut self) {
+        if !self.shared.started.load(Ordering::Acquire) {
+            return;
+        }
+        let mut fds = std::mem::take(&mut self.scratch.doorbells);
+        self.mesh.doorbells(&mut fds);
+        for fd in fds.drain(..) {
+            if fd >= 0 {
+                self.submit_doorbell(fd);
+            }
+        }
+        self.scratch.doorbells = fds;
+    }
+
+    /// Arms a timer for a connection at `at_ms`; earlier entries for it become stale.
+    fn schedule(&mut self, slot: u32, generation: u32, at_ms: u64) {
+        if let Some(conn) = self.conns.get_mut(slot, generation) {
+            conn.timer_ms = at_ms.max(1);
+            let key = ConnId {
+                shard: 0,
+                slot,
+                generation,
+            }
+            .timer_key();
+            self.wheel.insert(key, conn.timer_ms);
+        }
+    }
+
+    fn process_timers(&mut self) {
+        let mut fired = std::mem::take(&mut self.scratch.fired);
+        self.wheel.expire(self.now_ms, &mut fired);
+        for (key, deadline) in fired.drain(..) {
+            let (slot, generation) = (key as u32, (key >> 32) as u32);
+            let due = self
+                .conns
+                .get(slot, generation)
+                .is_some_and(|c| c.timer_ms == deadline);
+            if due {
+                self.on_timer(slot, generation);
+            }
+        }
+        self.scratch.fired = fired;
+    }
+
+    fn on_timer(&mut self, slot: u32, generation: u32) {
+        let l = &self.shared.cfg.limits;
+        let (ping_ms, pong_ms, idle_ms, hb_ms) = (
+            l.ping_interval_ms,
+            l.pong_timeout_ms,
+            l.idle_timeout_ms,
+            l.sse_heartbeat_ms,
+        );
+        let now = self.now_ms;
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        conn.timer_ms = 0;
+        match (conn.closing, conn.kind) {
+            (Closing::Flushing(reason), _) => self.abort(slot, generation, reason),
+            (Closing::Cancelling(_) | Closing::Closed, _) => {}
+            (Closing::Open, Kind::Handshake) => {
+                client::reject(self, slot, generation, 408, CloseReason::HandshakeTimeout)
+            }
+            (Closing::Open, Kind::Admin) => {
+                let at = conn.last_rx_ms + idle_ms;
+                if idle_ms > 0 && now >= at {
+                    self.abort(slot, generation, CloseReason::IdleTimeout);
+                } else if idle_ms > 0 {
+                    self.schedule(slot, generation, at);
+                }
+            }
+            (Closing::Open, Kind::Sse) => {
+                if conn.queued_bytes() == 0 {
+                    let hb = conn::Chunk::Static(crate::proto::sse::HEARTBEAT);
+                    self.queue(slot, generation, hb);
+                }
+                self.schedule(slot, generation, now + hb_ms);
+            }
+            (Closing::Open, Kind::Ws | Kind::Echo) => {
+                if conn.awaiting_pong && now >= conn.last_ping_ms + pong_ms {
+                    return self.abort(slot, generation, CloseReason::PingTimeout);
+                }
+                if idle_ms > 0 && now >= conn.last_rx_ms + idle_ms {
+                    let reason = CloseReason::IdleTimeout;
+                    return client::close_ws(self, slot, generation, 1001, "idle timeout", reason);
+                }
+                if !conn.awaiting_pong && now >= conn.last_ping_ms + ping_ms {
+                    conn.awaiting_pong = true;
+                    conn.last_ping_ms = now;
+                    let mut frame = Vec::with_capacity(2);
+                    crate::proto::ws::write_frame(&mut frame, crate::proto::ws::OpCode::Ping, &[]);
+                    self.queue(slot, generation, conn::Chunk::Owned(frame));
+                }
+                self.schedule_ws(slot, generation);
+            }
+        }
+    }
+
+    /// The next WebSocket deadline: a pong due, a ping to send, or the idle limit.
+    fn schedule_ws(&mut self, slot: u32, generation: u32) {
+        let l = &self.shared.cfg.limits;
+        let Some(conn) = self.conns.get(slot, generation) else {
+            return;
+        };
+        let mut at = if conn.awaiting_pong {
+            conn.last_ping_ms + l.pong_timeout_ms
+        } else {
+            conn.last_ping_ms + l.ping_interval_ms
+        };
+        if l.idle_timeout_ms > 0 {
+            at = at.min(conn.last_rx_ms + l.idle_timeout_ms);
+        }
+        self.schedule(slot, generation, at.max(self.now_ms + 1));
+    }
+
+    fn begin_shutdown(&mut self) {
+        self.shutdown_deadline_ms = Some(self.now_ms + self.shared.cfg.limits.shutdown_timeout_ms);
+        self.cancel_accepts();
+        let all: Vec<(u32, u32, Kind)> = self
+            .conns
+            .iter()
+            .filter(|(_, _, c)| c.is_open())
+            .map(|(s, g, c)| (s, g, c.kind))
+            .collect();
+        for (slot, generation, kind) in all {
+            match kind {
+                Kind::Ws | Kind::Echo => client::close_ws(
+                    self,
+                    slot,
+                    generation,
+                    1001,
+                    "server shutdown",
+                    CloseReason::Shutdown,
+                ),
+                Kind::Sse => self.finish(slot, generation, CloseReason::Shutdown),
+                Kind::Admin | Kind::Handshake => {
+                    self.abort(slot, generation, CloseReason::Shutdown)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The admin API on its own listener: HTTP/1.1 keep-alive, pipelining allowed.
+//!
+//! `POST /publish?user=ID | ?topic=T | ?all` (body = payload) → 202 `{"id":N}`;
+//! `GET /stats` (JSON), `GET /metrics` (Prometheus text), `GET /healthz`.
+
+use super::conn::{Chunk, Closing, Partial};
+use super::Shard;
+use crate::metrics::{bump, render_prometheus, render_stats, CloseReason};
+use crate::proto::http1::{self, BodyReader, BodyStatus, Request};
+
+/// Where a publish goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    User(String),
+    Topic(String),
+    All,
+}
+
+/// Bytes from an admin connection. Requests may be split across reads or pipelined.
+pub(super) fn on_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u8]) {
+    let Some(conn) = shard.conns.get_mut(slot, generation) else {
+        return;
+    };
+    if !conn.is_open() {
+        return;
+    }
+    let mut p = conn.partial.take().unwrap_or_default();
+    p.bytes.extend_from_slice(rx);
+    let keep = drive(shard, slot, generation, &mut p);
+    if keep {
+        if let Some(conn) = shard.conns.get_mut(slot, generation) {
+            let idle = p.bytes.is_empty() && p.request.is_none();
+            conn.partial = if idle { None } else { Some(p) };
+        }
+    }
+}
+
+/// Runs as many complete requests as the buffer holds. Returns false when the connection is
+/// closing and the partial state should be dropped.
+fn drive(shard: &mut Shard, slot: u32, generation: u32, p: &mut Partial) -> bool {
+    let limits = super::client::head_limits(shard);
+    let body_max = shard.shared.cfg.limits.message_bytes_max as usize;
+    loop {
+        if p.request.is_none() {
+            match http1::parse_request(&p.bytes, &limits) {
+                Ok(None) => return true,
+                Err(e) => return fail(shard, slot, generation, e.status(), "bad request head"),
+                Ok(Some((req, head_len))) => {
+                    p.bytes.drain(..head_len);
+                    match BodyReader::new(&req, body_max) {
+                        Ok(reader) => p.request = Some((req, reader)),
+                        Err(http1::BodyError::TooLarge) => {
+                            return fail(
+                                shard,
+                                slot,
+                                generation,
+                                413,
+                                "body over message_bytes_max",
+                            )
+                        }
+                        Err(http1::BodyError::Invalid) => {
+                            return fail(shard, slot, generation, 400, "bad body framing")
+                        }
+                    }
+                }
+            }
+        }
+        let Some((_, reader)) = p.request.as_mut() else {
+            return true;
+        };
+        match reader.feed(&p.bytes, &mut p.body) {
+            Ok((BodyStatus::NeedMore, used)) => {
+                p.bytes.drain(..used);
+                return true;
+            }
+            Ok((BodyStatus::Done { .. }, used)) => {
+                p.bytes.drain(..used);
+                let (req, _) = p.request.take().expect("checked above");
+                let body = std::mem::take(&mut p.body);
+                if !handle(shard, slot, generation, &req, body) {
+                    return false;
+                }
+            }
+            Err(http1::BodyError::TooLarge) => {
+                return fail(shard, slot, generation, 413, "body over message_bytes_max")
+            }
+            Err(http1::BodyError::Invalid) => {
+                return fail(shard, slot, generation, 400, "bad body")
+            }
+        }
+    }
+}
+
+/// Answers an unparseable request and closes: the stream cannot be trusted past it.
+fn fail(shard: &mut Shard, slot: u32, generation: u32, status: u16, why: &str) -> bool {
+    let mut out = Vec::new();
+    let body = serde_json::json!({ "error": why }).to_string();
+    http1::write_response(
+        &mut out,
+        status,
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+        false,
+    );
+    bump(&shard.stats().http_4xx, 1);
+    shard.queue(slot, generation, Chunk::Owned(out));
+    shard.finish(slot, generation, CloseReason::HttpDone);
+    false
+}
+
+/// Handles one complete request. Returns false if the connection closes after it.
+fn handle(shard: &mut Shard, slot: u32, generation: u32, req: &Request, body: Vec<u8>) -> bool {
+    let keep_alive = req.keep_alive();
+    let (status, ctype, text, allow) = route(shard, req, body);
+    let mut out = Vec::with_capacity(text.len() + 128);
+    let mut headers = vec![("Content-Type", ctype)];
+    if let Some(allow) = allow {
+        headers.push(("Allow", allow));
+    }
+    http1::write_response(&mut out, status, &headers, text.as_bytes(), keep_alive);
+    if status >= 400 {
+        bump(&shard.stats().http_4xx, 1);
+    }
+    shard.queue(slot, generation, Chunk::Owned(out));
+    if !keep_alive {
+        shard.finish(slot, generation, CloseReason::HttpDone);
+        return false;
+    }
+    shard
+        .conns
+        .get(slot, generation)
+        .is_some_and(|c| c.closing == Closing::Open)
+}
+
+const JSON: &str = "application/json";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+fn route(
+    shard: &mut Shard,
+    req: &Request,
+    body: Vec<u8>,
+) -> (u16, &'static str, String, Option<&'static str>) {
+    let method = req.method.as_str();
+    let err = |why: &str| serde_json::json!({ "error": why }).to_string();
+    match (req.path.as_str(), method) {
+        ("/publish", "POST") => match target(req) {
+            Ok(t) => {
+                let id = shard.route(t, body);
+                (202, JSON, serde_json::json!({ "id": id }).to_string(), None)
+            }
+            Err(why) => (400, JSON, err(why), None),
+        },
+        ("/publish", _) => (405, JSON, err("use POST"), Some("POST")),
+        ("/stats", "GET") => (
+            200,
+            JSON,
+            render_stats(&shard.shared.stats, crate::sys::rss_bytes()),
+            None,
+        ),
+        ("/metrics", "GET") => {
+            let text = render_prometheus(&shard.shared.stats, crate::sys::rss_bytes());
+            (200, "text/plain; version=0.0.4", text, None)
+        }
+        ("/healthz", "GET") => {
+            let ok = shard.shutdown_deadline_ms.is_none();
+            if ok {
+                (200, TEXT, "ok\n".into(), None)
+            } else {
+                (503, TEXT, "shutting down\n".into(), None)
+            }
+        }
+        ("/stats" | "/metrics" | "/healthz", _) => (405, JSON, err("use GET"), Some("GET")),
+        _ => (404, JSON, err("no such endpoint"), None),
+    }
+}
+
+/// Exactly one of `user=ID`, `topic=T`, `all`.
+fn target(req: &Request) -> Result<Target, &'static str> {
+    let user = req.query_param("user");
+    let topic = req.query_param("topic");
+    let all = req.query_has("all");
+    match (user, topic, all) {
+        (Some(u), None, false) if !u.is_empty() && u.len() <= super::client::NAME_BYTES_MAX => {
+            Ok(Target::User(u))
+        }
+        (None, Some(t), false) if !t.is_empty() && t.len() <= super::client::NAME_BYTES_MAX => {
+            Ok(Target::Topic(t))
+        }
+        (None, None, true) => Ok(Target::All),
+        _ => Err("give exactly one of ?user=ID, ?topic=T or ?all (names 1..=256 bytes)"),
+    }
+}

@@ -1,0 +1,434 @@
+//! Client connections: the request head, the WebSocket and SSE protocols, and delivery of
+//! published messages. The protocols themselves live in [`crate::proto`]; this file wires
+//! their events to the registry and the outbox.
+
+use std::rc::Rc;
+
+use super::conn::{Chunk, Closing, Kind, Partial};
+use super::Shard;
+use crate::metrics::{bump, CloseReason};
+use crate::proto::http1::{self, HeadLimits, Request};
+use crate::proto::{sse, ws};
+use crate::push::Message;
+
+/// Bytes of a user id or topic name.
+pub const NAME_BYTES_MAX: usize = 256;
+/// Topics one connection may subscribe to.
+pub const TOPICS_PER_CONN_MAX: usize = 64;
+
+pub(super) fn head_limits(shard: &Shard) -> HeadLimits {
+    let l = &shard.shared.cfg.limits;
+    HeadLimits {
+        head_bytes_max: l.head_bytes_max as usize,
+        headers_max: l.headers_max as usize,
+    }
+}
+
+fn ws_limits(shard: &Shard) -> ws::WsLimits {
+    let l = &shard.shared.cfg.limits;
+    ws::WsLimits {
+        frame_bytes_max: l.frame_bytes_max as usize,
+        message_bytes_max: l.message_bytes_max as usize,
+    }
+}
+
+/// Bytes of a request head on a client listener; the head may arrive in pieces.
+pub(super) fn on_head_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u8]) {
+    let limits = head_limits(shard);
+    let Some(conn) = shard.conns.get_mut(slot, generation) else {
+        return;
+    };
+    if !conn.is_open() {
+        return;
+    }
+    // Parse straight from the receive buffer when nothing is pending, else append.
+    let mut pending = conn.partial.take();
+    let buf: &[u8] = match pending.as_mut() {
+        Some(p) => {
+            p.bytes.extend_from_slice(rx);
+            &p.bytes
+        }
+        None => rx,
+    };
+    match http1::parse_request(buf, &limits) {
+        Ok(None) => {
+            let keep = pending.unwrap_or_else(|| {
+                Box::new(Partial {
+                    bytes: rx.to_vec(),
+                    ..Default::default()
+                })
+            });
+            if let Some(conn) = shard.conns.get_mut(slot, generation) {
+                conn.partial = Some(keep);
+            }
+        }
+        Err(e) => reject(shard, slot, generation, e.status(), CloseReason::HttpDone),
+        Ok(Some((req, head_len))) => {
+            let rest = buf.get(head_len..).unwrap_or(&[]).to_vec();
+            on_request(shard, slot, generation, req, &rest);
+        }
+    }
+}
+
+/// Answers a client request with an error status and closes after sending it.
+pub(super) fn reject(
+    shard: &mut Shard,
+    slot: u32,
+    generation: u32,
+    status: u16,
+    reason: CloseReason,
+) {
+    let mut out = Vec::with_capacity(128);
+    let body = format!("{}\n", http1::reason(status));
+    http1::write_response(
+        &mut out,
+        status,
+        &[("Content-Type", "text/plain")],
+        body.as_bytes(),
+        false,
+    );
+    respond_and_close(shard, slot, generation, out, reason);
+}
+
+fn respond_and_close(
+    shard: &mut Shard,
+    slot: u32,
+    generation: u32,
+    out: Vec<u8>,
+    reason: CloseReason,
+) {
+    bump(&shard.stats().http_4xx, 1);
+    shard.queue(slot, generation, Chunk::Owned(out));
+    shard.finish(slot, generation, reason);
+}
+
+fn on_request(shard: &mut Shard, slot: u32, generation: u32, req: Request, rest: &[u8]) {
+    let echo = shard.shared.cfg.echo;
+    match req.path.as_str() {
+        "/ws" => accept_ws(shard, slot, generation, &req, rest, false),
+        "/echo" if echo => accept_ws(shard, slot, generation, &req, rest, true),
+        "/sse" if req.method == "GET" => accept_sse(shard, slot, generation, &req),
+        "/sse" => {
+            let mut out = Vec::new();
+            let body = b"method not allowed: use GET\n";
+            http1::write_response(&mut out, 405, &[("Allow", "GET")], body, false);
+            respond_and_close(shard, slot, generation, out, CloseReason::HttpDone);
+        }
+        _ => reject(shard, slot, generation, 404, CloseReason::HttpDone),
+    }
+}
+
+/// The user id and topics a client asked for, checked against the limits.
+fn identity(req: &Request) -> Result<(Option<String>, Vec<String>), &'static str> {
+    let user = req.query_param("user").filter(|u| !u.is_empty());
+    if user.as_ref().is_some_and(|u| u.len() > NAME_BYTES_MAX) {
+        return Err("user id longer than 256 bytes\n");
+    }
+    let topics: Vec<String> = req
+        .query_param("topics")
+        .map(|t| {
+            t.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    if topics.len() > TOPICS_PER_CONN_MAX {
+        return Err("more than 64 topics\n");
+    }
+    if topics.iter().any(|t| t.len() > NAME_BYTES_MAX) {
+        return Err("topic name longer than 256 bytes\n");
+    }
+    Ok((user, topics))
+}
+
+fn bad_identity(shard: &mut Shard, slot: u32, generation: u32, why: &str) {
+    let mut out = Vec::new();
+    http1::write_response(
+        &mut out,
+        400,
+        &[("Content-Type", "text/plain")],
+        why.as_bytes(),
+        false,
+    );
+    respond_and_close(shard, slot, generation, out, CloseReason::HttpDone);
+}
+
+fn accept_ws(
+    shard: &mut Shard,
+    slot: u32,
+    generation: u32,
+    req: &Request,
+    rest: &[u8],
+    echo: bool,
+) {
+    let accept = match ws::check_handshake(req) {
+        Ok(a) => a,
+        Err(e) => {
+            let mut out = Vec::new();
+            ws::write_handshake_error(&mut out, &e);
+            return respond_and_close(shard, slot, generation, out, CloseReason::HttpDone);
+        }
+    };
+    let (user, topics) = match identity(req) {
+        Ok(v) => v,
+        Err(why) => return bad_identity(shard, slot, generation, why),
+    };
+    let mut out = Vec::with_capacity(160);
+    ws::write_handshake_response(&mut out, &accept);
+    become_subscriber(
+        shard,
+        slot,
+        generation,
+        if echo { Kind::Echo } else { Kind::Ws },
+        user,
+        topics,
+    );
+    shard.queue(slot, generation, Chunk::Owned(out));
+    shard.schedule_ws(slot, generation);
+    if !rest.is_empty() {
+        on_ws_bytes(shard, slot, generation, rest);
+    }
+}
+
+fn accept_sse(shard: &mut Shard, slot: u32, generation: u32, req: &Request) {
+    let (user, topics) = match identity(req) {
+        Ok(v) => v,
+        Err(why) => return bad_identity(shard, slot, generation, why),
+    };
+    let mut out = Vec::with_capacity(256);
+    sse::write_stream_head(&mut out, shard.shared.cfg.limits.sse_retry_ms);
+    become_subscriber(shard, slot, generation, Kind::Sse, user, topics);
+    shard.queue(slot, generation, Chunk::Owned(out));
+    let at = shard.now_ms + shard.shared.cfg.limits.sse_heartbeat_ms;
+    shard.schedule(slot, generation, at);
+}
+
+/// Moves a connection from handshake to subscriber: gauges, user and topic registration.
+fn become_subscriber(
+    shard: &mut Shard,
+    slot: u32,
+    generation: u32,
+    kind: Kind,
+    user: Option<String>,
+    topics: Vec<String>,
+) {
+    let now = shard.now_ms;
+    let id = shard.conn_id(slot, generation);
+    let Some(conn) = shard.conns.get_mut(slot, generation) else {
+        return;
+    };
+    debug_assert_eq!(conn.kind, Kind::Handshake);
+    conn.kind = kind;
+    conn.partial = None;
+    conn.last_ping_ms = now;
+    conn.user = user.as_deref().map(Into::into);
+    let stats = &shard.shared.stats[shard.id];
+    crate::metrics::drop_gauge(&stats.conns_handshake);
+    bump(
+        if kind == Kind::Sse {
+            &stats.conns_sse
+        } else {
+            &stats.conns_ws
+        },
+        1,
+    );
+    if let Some(user) = user {
+        shard.register_user(&user, id);
+    }
+    for topic in topics {
+        subscribe(shard, slot, generation, &topic);
+    }
+}
+
+/// Subscribes a connection to a topic; false if it was already subscribed or is at its limit.
+fn subscribe(shard: &mut Shard, slot: u32, generation: u32, topic: &str) -> bool {
+    let Some(conn) = shard.conns.get_mut(slot, generation) else {
+        return false;
+    };
+    if conn.topics.iter().any(|t| &**t == topic) || conn.topics.len() >= TOPICS_PER_CONN_MAX {
+        return false;
+    }
+    conn.topics.push(topic.into());
+    shard.topics.subscribe(topic, slot, generation);
+    true
+}
+
+fn unsubscribe(shard: &mut Shard, slot: u32, generation: u32, topic: &str) -> bool {
+    let Some(conn) = shard.conns.get_mut(slot, generation) else {
+        return false;
+    };
+    let Some(i) = conn.topics.iter().position(|t| &**t == topic) else {
+        return false;
+    };
+    conn.topics.swap_remove(i);
+    shard.topics.unsubscribe(topic, slot, generation);
+    true
+}
+
+/// Bytes from a WebSocket client: frames to events, replies to the outbox.
+pub(super) fn on_ws_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u8]) {
+    let limits = ws_limits(shard);
+    let Some(conn) = shard.conns.get_mut(slot, generation) else {
+        return;
+    };
+    let mut events = Vec::new();
+    let mut out = Vec::new();
+    conn.ws.feed(rx, &limits, &mut events, &mut out);
+    let closing = conn.closing;
+    let kind = conn.kind;
+    if let Closing::Flushing(reason) = closing {
+        // We closed first; only the peer's close frame (or a failure) matters now, and our
+        // close frame is already queued, so the session's replies are dropped.
+        if events
+            .iter()
+            .any(|e| matches!(e, ws::Event::Closed { .. } | ws::Event::Fail { .. }))
+        {
+            let queued = shard
+                .conns
+                .get(slot, generation)
+                .map_or(0, |c| c.queued_bytes());
+            if queued == 0 {
+                shard.abort(slot, generation, reason);
+            }
+        }
+        return;
+    }
+    if !out.is_empty() {
+        shard.queue(slot, generation, Chunk::Owned(out));
+    }
+    for event in events {
+        match event {
+            ws::Event::Text(data) | ws::Event::Binary(data) if kind == Kind::Echo => {
+                let text = std::str::from_utf8(&data).is_ok();
+                let op = if text {
+                    ws::OpCode::Text
+                } else {
+                    ws::OpCode::Binary
+                };
+                let mut frame = Vec::with_capacity(data.len() + 10);
+                ws::write_frame(&mut frame, op, &data);
+                shard.queue(slot, generation, Chunk::Owned(frame));
+            }
+            ws::Event::Text(data) => on_control_message(shard, slot, generation, &data),
+            ws::Event::Binary(_) | ws::Event::Ping(_) | ws::Event::Pong(_) => {}
+            ws::Event::Closed { .. } => {
+                return shard.finish(slot, generation, CloseReason::WsClose);
+            }
+            ws::Event::Fail { .. } => {
+                bump(&shard.stats().ws_protocol_errors, 1);
+                return shard.finish(slot, generation, CloseReason::ProtocolError);
+            }
+        }
+    }
+}
+
+/// `{"subscribe":"T"}` and `{"unsubscribe":"T"}` from a WebSocket client; each is answered
+/// with `{"subscribed":"T"}`, `{"unsubscribed":"T"}` or `{"error":"…"}`.
+fn on_control_message(shard: &mut Shard, slot: u32, generation: u32, data: &[u8]) {
+    let reply = match serde_json::from_slice::<serde_json::Value>(data) {
+        Ok(v) => match (v.get("subscribe"), v.get("unsubscribe")) {
+            (Some(serde_json::Value::String(t)), None)
+                if t.len() <= NAME_BYTES_MAX && !t.is_empty() =>
+            {
+                subscribe(shard, slot, generation, t);
+                serde_json::json!({ "subscribed": t })
+            }
+            (None, Some(serde_json::Value::String(t))) => {
+                unsubscribe(shard, slot, generation, t);
+                serde_json::json!({ "unsubscribed": t })
+            }
+            _ => {
+                serde_json::json!({ "error": "expected {\"subscribe\":\"T\"} or {\"unsubscribe\":\"T\"}" })
+            }
+        },
+        Err(_) => serde_json::json!({ "error": "control messages are JSON objects" }),
+    };
+    let mut frame = Vec::new();
+    ws::write_frame(&mut frame, ws::OpCode::Text, reply.to_string().as_bytes());
+    shard.queue(slot, generation, Chunk::Owned(frame));
+}
+
+/// SSE clients have nothing to say after their request; extra bytes are ignored.
+pub(super) fn on_sse_bytes(_shard: &mut Shard, _slot: u32, _generation: u32, _rx: &[u8]) {}
+
+/// Sends a close frame and waits (bounded) for the peer's.
+pub(super) fn close_ws(
+    shard: &mut Shard,
+    slot: u32,
+    generation: u32,
+    code: u16,
+    why: &str,
+    reason: CloseReason,
+) {
+    let mut frame = Vec::with_capacity(4 + why.len());
+    ws::write_close(&mut frame, code, why);
+    shard.queue(slot, generation, Chunk::Owned(frame));
+    shard.finish(slot, generation, reason);
+}
+
+/// A connection over its outbox limit: drop what waits (but the chunk in flight), tell a
+/// WebSocket peer why with 1008, and close.
+pub(super) fn slow_consumer(shard: &mut Shard, slot: u32, generation: u32) {
+    let Some(conn) = shard.conns.get_mut(slot, generation) else {
+        return;
+    };
+    let kind = conn.kind;
+    if let Some(out) = conn.outbox.as_mut() {
+        let keep = usize::from(out.in_flight);
+        out.chunks.truncate(keep);
+        out.bytes = out.chunks.front().map_or(0, |c| c.bytes().len() - out.sent);
+    }
+    if matches!(kind, Kind::Ws | Kind::Echo) {
+        close_ws(
+            shard,
+            slot,
+            generation,
+            1008,
+            "slow consumer",
+            CloseReason::SlowConsumer,
+        );
+    } else {
+        shard.abort(slot, generation, CloseReason::SlowConsumer);
+    }
+}
+
+impl Shard {
+    /// Queues `msg` on each listed local connection that still subscribes. The frame (and
+    /// the SSE event) is encoded once per shard and shared by every recipient.
+    pub(super) fn deliver(&mut self, targets: &[(u32, u32)], msg: &Message) {
+        let mut ws_frame: Option<Rc<[u8]>> = None;
+        let mut sse_event: Option<Rc<[u8]>> = None;
+        let mut delivered = 0;
+        for &(slot, generation) in targets {
+            let Some(conn) = self.conns.get(slot, generation) else {
+                continue;
+            };
+            if !conn.is_subscriber() {
+                continue;
+            }
+            let bytes = if conn.kind == Kind::Sse {
+                sse_event.get_or_insert_with(|| {
+                    let mut v = Vec::with_capacity(msg.payload.len() + 32);
+                    sse::write_event(&mut v, msg.id, None, &msg.payload);
+                    v.into()
+                })
+            } else {
+                ws_frame.get_or_insert_with(|| {
+                    let op = if msg.text {
+                        ws::OpCode::Text
+                    } else {
+                        ws::OpCode::Binary
+                    };
+                    let mut v = Vec::with_capacity(msg.payload.len() + 10);
+                    ws::write_frame(&mut v, op, &msg.payload);
+                    v.into()
+                })
+            };
+            if self.queue(slot, generation, Chunk::Shared(Rc::clone(bytes))) {
+                delivered += 1;
+            }
+        }
+        bump(&self.stats().delivered, delivered);
+    }
+}

@@ -1,0 +1,163 @@
+//! A connection's state: a small slab entry while idle, with buffers only while busy.
+#![forbid(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use crate::metrics::CloseReason;
+use crate::proto::http1::BodyReader;
+use crate::proto::http1::Request;
+use crate::proto::ws;
+
+/// What a connection is, after its request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Accepted on a client listener; waiting for the request head.
+    Handshake,
+    /// Accepted on the admin listener; HTTP/1.1 keep-alive requests.
+    Admin,
+    Ws,
+    /// WebSocket on `/echo`: every message comes back.
+    Echo,
+    Sse,
+}
+
+/// Where a connection is on its way out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    Open,
+    /// Send what is queued (a close frame or an error response), then close. Reads go on and
+    /// are discarded, except that the peer's close frame or EOF ends the wait.
+    Flushing(CloseReason),
+    /// Cancelling in-flight operations; close once none is left.
+    Cancelling(CloseReason),
+    /// The close is submitted; the slot is freed on its completion.
+    Closed,
+}
+
+/// One bytes chunk waiting to be sent. Published messages are encoded once per shard and
+/// shared by every recipient on it.
+pub enum Chunk {
+    Static(&'static [u8]),
+    Shared(Rc<[u8]>),
+    Owned(Vec<u8>),
+}
+
+impl Chunk {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Static(b) => b,
+            Chunk::Shared(b) => b,
+            Chunk::Owned(v) => v,
+        }
+    }
+}
+
+/// Bytes queued for one connection. Exists only while there is something to send.
+#[derive(Default)]
+pub struct Outbox {
+    pub chunks: VecDeque<Chunk>,
+    /// Bytes of the front chunk already sent; 0 <= sent < front.len().
+    pub sent: usize,
+    /// Unsent bytes in all chunks; <= outbox_bytes_max + one message.
+    pub bytes: usize,
+    /// A send of the front chunk is in flight: the front chunk must not move or drop.
+    pub in_flight: bool,
+}
+
+/// Bytes and parse state that exist only while a request or frame is incomplete.
+#[derive(Default)]
+pub struct Partial {
+    /// Received bytes not yet consumed by a parser.
+    pub bytes: Vec<u8>,
+    /// Admin: the request whose body is being read.
+    pub request: Option<(Request, BodyReader)>,
+    /// Admin: the body read so far.
+    pub body: Vec<u8>,
+}
+
+/// A connection's slab entry. Idle, it is this struct and nothing else.
+pub struct Conn {
+    /// Slot in the ring's fixed-file table (a direct descriptor).
+    pub fd: u32,
+    pub kind: Kind,
+    pub closing: Closing,
+    /// A one-shot poll is armed.
+    pub poll_armed: bool,
+    /// A receive is in flight.
+    pub recv_armed: bool,
+    /// A cancel is in flight.
+    pub cancel_armed: bool,
+    /// A ping was sent and no frame has arrived since.
+    pub awaiting_pong: bool,
+    /// Deadline (shard ms) of the timer-wheel entry that is live for this connection; 0: none.
+    pub timer_ms: u64,
+    /// Shard ms of the last bytes received.
+    pub last_rx_ms: u64,
+    /// Shard ms of the last ping sent, or of the handshake.
+    pub last_ping_ms: u64,
+    pub user: Option<Box<str>>,
+    pub topics: Vec<Box<str>>,
+    pub partial: Option<Box<Partial>>,
+    pub outbox: Option<Box<Outbox>>,
+    pub ws: ws::Session,
+}
+
+impl Conn {
+    pub fn new(fd: u32, kind: Kind, now_ms: u64) -> Conn {
+        Conn {
+            fd,
+            kind,
+            closing: Closing::Open,
+            poll_armed: false,
+            recv_armed: false,
+            cancel_armed: false,
+            awaiting_pong: false,
+            timer_ms: 0,
+            last_rx_ms: now_ms,
+            last_ping_ms: now_ms,
+            user: None,
+            topics: Vec::new(),
+            partial: None,
+            outbox: None,
+            ws: ws::Session::new(),
+        }
+    }
+
+    /// Operations the kernel still owns for this connection.
+    pub fn in_flight(&self) -> bool {
+        self.poll_armed
+            || self.recv_armed
+            || self.cancel_armed
+            || self.outbox.as_ref().is_some_and(|o| o.in_flight)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.closing == Closing::Open
+    }
+
+    /// A client connection that receives publishes.
+    pub fn is_subscriber(&self) -> bool {
+        matches!(self.kind, Kind::Ws | Kind::Sse) && self.is_open()
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.outbox.as_ref().map_or(0, |o| o.bytes)
+    }
+
+    pub fn partial_mut(&mut self) -> &mut Partial {
+        self.partial.get_or_insert_with(Default::default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The idle footprint is the budget's largest part; keep it in view.
+    #[test]
+    fn idle_connection_is_small() {
+        let size = std::mem::size_of::<Conn>();
+        assert!(size <= 160, "Conn grew to {size} bytes");
+    }
+}

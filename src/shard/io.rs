@@ -1,0 +1,473 @@
+//! The shard's I/O verbs: accept, poll, receive, send, cancel, close. Every submission of a
+//! connection's operation goes through here, so the rule "the kernel owns a buffer until the
+//! completion arrives" is kept in one file.
+
+use std::os::fd::AsRawFd;
+
+use io_uring::{opcode, squeue, types};
+
+use super::conn::{Chunk, Closing, Conn, Kind, Outbox};
+use super::{admin, client, Shard};
+use crate::metrics::{bump, drop_gauge, CloseReason};
+use crate::ring::{user_data, Completion, Op};
+
+impl Shard {
+    /// Arms the multishot accept of every listener that is not armed, unless the table is
+    /// full or the shard is shutting down.
+    pub(super) fn arm_accepts(&mut self) {
+        if self.accept_blocked || self.shutdown_deadline_ms.is_some() {
+            return;
+        }
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].armed {
+                continue;
+            }
+            let fd = types::Fd(self.listeners[i].sock.as_raw_fd());
+            let entry = opcode::AcceptMulti::new(fd)
+                .allocate_file_index(true)
+                .build()
+                .user_data(user_data(Op::Accept, 0, i as u32));
+            // SAFETY: a multishot accept into the fixed table names no user memory.
+            unsafe { self.ring.push(&entry) };
+            self.listeners[i].armed = true;
+        }
+    }
+
+    /// Stops accepting: cancels the accepts and closes the listeners (shutdown).
+    pub(super) fn cancel_accepts(&mut self) {
+        for l in &self.listeners {
+            let builder = types::CancelBuilder::fd(types::Fd(l.sock.as_raw_fd())).all();
+            let entry = opcode::AsyncCancel2::new(builder)
+                .build()
+                .user_data(user_data(Op::Cancel, 0, u32::MAX));
+            // SAFETY: a cancel names no user memory.
+            unsafe { self.ring.push(&entry) };
+        }
+        // Submit the cancels before the sockets close, so the accepts end with ECANCELED.
+        let _ = self.ring.submit_and_wait(std::time::Duration::ZERO);
+        self.listeners.clear();
+    }
+
+    pub(super) fn on_accept(&mut self, listener: u32, c: Completion) {
+        let Some(l) = self.listeners.get_mut(listener as usize) else {
+            return;
+        };
+        if !c.more() {
+            l.armed = false;
+        }
+        let admin = l.admin;
+        if c.result < 0 {
+            if c.result == -libc::ENFILE {
+                // Every slot of the fixed-file table is taken: new connections wait in the
+                // listen queue until one closes.
+                bump(&self.stats().accepts_refused, 1);
+                self.accept_blocked = true;
+            }
+            return;
+        }
+        let fd = c.result as u32;
+        bump(&self.stats().accepts, 1);
+        let kind = if admin { Kind::Admin } else { Kind::Handshake };
+        match self.conns.insert(Conn::new(fd, kind, self.now_ms)) {
+            Ok((slot, generation)) => {
+                let stats = self.stats();
+                bump(
+                    if admin {
+                        &stats.conns_admin
+                    } else {
+                        &stats.conns_handshake
+                    },
+                    1,
+                );
+                let l = &self.shared.cfg.limits;
+                let at = self.now_ms
+                    + if admin {
+                        l.idle_timeout_ms.max(1)
+                    } else {
+                        l.handshake_timeout_ms
+                    };
+                if !admin || l.idle_timeout_ms > 0 {
+                    self.schedule(slot, generation, at);
+                }
+                self.arm_poll(slot, generation);
+            }
+            Err(_) => {
+                bump(&self.stats().accepts_refused, 1);
+                self.submit_close_fd(fd, u32::MAX, 0);
+            }
+        }
+    }
+
+    /// Arms a one-shot readiness poll: an idle connection costs the kernel this and its socket.
+    pub(super) fn arm_poll(&mut self, slot: u32, generation: u32) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        if conn.poll_armed
+            || conn.recv_armed
+            || matches!(conn.closing, Closing::Cancelling(_) | Closing::Closed)
+        {
+            return;
+        }
+        conn.poll_armed = true;
+        let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
+        let entry = opcode::PollAdd::new(types::Fixed(conn.fd), events)
+            .build()
+            .user_data(user_data(Op::Poll, generation, slot));
+        // SAFETY: a poll names no user memory.
+        unsafe { self.ring.push(&entry) };
+    }
+
+    pub(super) fn on_poll(&mut self, slot: u32, generation: u32, result: i32) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        conn.poll_armed = false;
+        if matches!(conn.closing, Closing::Cancelling(_) | Closing::Closed) {
+            return self.maybe_close(slot, generation);
+        }
+        if result < 0 {
+            return self.abort(slot, generation, CloseReason::IoError);
+        }
+        self.submit_recv(slot, generation);
+    }
+
+    /// Receives into a buffer the kernel picks from the provided-buffer ring.
+    fn submit_recv(&mut self, slot: u32, generation: u32) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        debug_assert!(!conn.recv_armed && !conn.poll_armed);
+        conn.recv_armed = true;
+        let entry = opcode::Recv::new(
+            types::Fixed(conn.fd),
+            std::ptr::null_mut(),
+            self.bufs.buffer_bytes(),
+        )
+        .buf_group(self.bufs.group())
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT)
+        .user_data(user_data(Op::Recv, generation, slot));
+        // SAFETY: the buffer comes from the provided-buffer ring, which outlives the ring.
+        unsafe { self.ring.push(&entry) };
+    }
+
+    pub(super) fn retry_recvs(&mut self) {
+        let retry = std::mem::take(&mut self.recv_retry);
+        for (slot, generation) in retry {
+            if self.conns.get(slot, generation).is_some_and(|c| {
+                !c.in_flight() && !matches!(c.closing, Closing::Cancelling(_) | Closing::Closed)
+            }) {
+                self.submit_recv(slot, generation);
+            }
+        }
+    }
+
+    pub(super) fn on_recv(&mut self, slot: u32, generation: u32, c: Completion) {
+        // Copy the bytes out and hand the buffer straight back: reads are small (heads,
+        // control frames), and the connection keeps nothing of the shared buffer.
+        let mut rx = std::mem::take(&mut self.scratch.rx);
+        rx.clear();
+        if let Some(bid) = c.buffer_id() {
+            if c.result > 0 {
+                rx.extend_from_slice(self.bufs.filled(bid, c.result as usize));
+            }
+            self.bufs.recycle(bid);
+        }
+        self.on_recv_bytes(slot, generation, c.result, &rx);
+        self.scratch.rx = rx;
+    }
+
+    fn on_recv_bytes(&mut self, slot: u32, generation: u32, result: i32, rx: &[u8]) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        conn.recv_armed = false;
+        if matches!(conn.closing, Closing::Cancelling(_) | Closing::Closed) {
+            return self.maybe_close(slot, generation);
+        }
+        match result {
+            0 => {
+                let reason = match conn.closing {
+                    Closing::Flushing(r) => r,
+                    _ => CloseReason::PeerGone,
+                };
+                return self.abort(slot, generation, reason);
+            }
+            r if r == -libc::ENOBUFS => {
+                self.recv_retry.push((slot, generation));
+                return;
+            }
+            r if r == -libc::EAGAIN || r == -libc::EINTR => {
+                return self.arm_poll(slot, generation);
+            }
+            r if r < 0 => {
+                let reason = if r == -libc::ECONNRESET {
+                    CloseReason::PeerGone
+                } else {
+                    CloseReason::IoError
+                };
+                return self.abort(slot, generation, reason);
+            }
+            _ => {}
+        }
+        conn.last_rx_ms = self.now_ms;
+        conn.awaiting_pong = false;
+        match conn.kind {
+            Kind::Handshake => client::on_head_bytes(self, slot, generation, rx),
+            Kind::Ws | Kind::Echo => client::on_ws_bytes(self, slot, generation, rx),
+            Kind::Sse => client::on_sse_bytes(self, slot, generation, rx),
+            Kind::Admin => admin::on_bytes(self, slot, generation, rx),
+        }
+        // A full buffer may mean more is waiting: read again at once instead of polling.
+        let full = rx.len() == self.bufs.buffer_bytes() as usize;
+        if full
+            && self
+                .conns
+                .get(slot, generation)
+                .is_some_and(|c| !c.in_flight_read())
+        {
+            self.submit_recv(slot, generation);
+        } else {
+            self.arm_poll(slot, generation);
+        }
+    }
+
+    /// Queues bytes for a connection and starts a send if none is in flight. A connection
+    /// whose queue passes `outbox_bytes_max` is closed as a slow consumer; returns false then.
+    pub(super) fn queue(&mut self, slot: u32, generation: u32, chunk: Chunk) -> bool {
+        let max = self.shared.cfg.limits.outbox_bytes_max as usize;
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return false;
+        };
+        if matches!(conn.closing, Closing::Cancelling(_) | Closing::Closed) {
+            return false;
+        }
+        let out = conn.outbox.get_or_insert_with(Box::<Outbox>::default);
+        out.bytes += chunk.bytes().len();
+        out.chunks.push_back(chunk);
+        if out.bytes > max && conn.is_open() {
+            self.stats()
+                .dropped(crate::metrics::DropReason::SlowConsumer, 1);
+            client::slow_consumer(self, slot, generation);
+            return false;
+        }
+        self.submit_send(slot, generation);
+        true
+    }
+
+    fn submit_send(&mut self, slot: u32, generation: u32) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        let fd = conn.fd;
+        let Some(out) = conn.outbox.as_mut() else {
+            return;
+        };
+        if out.in_flight {
+            return;
+        }
+        let Some(front) = out.chunks.front() else {
+            return;
+        };
+        let bytes = &front.bytes()[out.sent..];
+        assert!(!bytes.is_empty(), "an empty chunk is never queued");
+        out.in_flight = true;
+        let entry = opcode::Send::new(types::Fixed(fd), bytes.as_ptr(), bytes.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data(Op::Send, generation, slot));
+        // SAFETY: the front chunk's heap bytes stay put until this send completes: `in_flight`
+        // keeps it at the front, chunks are only popped in `on_send`, and a connection with an
+        // operation in flight is never freed (see `maybe_close`).
+        unsafe { self.ring.push(&entry) };
+    }
+
+    pub(super) fn on_send(&mut self, slot: u32, generation: u32, result: i32) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        let Some(out) = conn.outbox.as_mut() else {
+            debug_assert!(false, "send completion without an outbox");
+            return;
+        };
+        assert!(out.in_flight);
+        out.in_flight = false;
+        if matches!(conn.closing, Closing::Cancelling(_) | Closing::Closed) {
+            return self.maybe_close(slot, generation);
+        }
+        if result < 0 {
+            let reason = if result == -libc::EPIPE || result == -libc::ECONNRESET {
+                CloseReason::PeerGone
+            } else {
+                CloseReason::IoError
+            };
+            return self.abort(slot, generation, reason);
+        }
+        let n = result as usize;
+        out.sent += n;
+        out.bytes -= n;
+        if out
+            .chunks
+            .front()
+            .is_some_and(|f| out.sent >= f.bytes().len())
+        {
+            out.chunks.pop_front();
+            out.sent = 0;
+        }
+        if out.chunks.is_empty() {
+            debug_assert_eq!(out.bytes, 0);
+            conn.outbox = None;
+            if let Closing::Flushing(reason) = conn.closing {
+                if !conn.awaiting_close_frame() {
+                    return self.abort(slot, generation, reason);
+                }
+            }
+            return;
+        }
+        self.submit_send(slot, generation);
+    }
+
+    /// Closes once what is queued has been sent (an error response, a close frame, the end of
+    /// an SSE stream). Bounded by `close_timeout_ms`.
+    pub(crate) fn finish(&mut self, slot: u32, generation: u32, reason: CloseReason) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        if !conn.is_open() {
+            return;
+        }
+        self.leave_open(slot, generation, reason);
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        conn.closing = Closing::Flushing(reason);
+        if conn.outbox.is_none() && !conn.awaiting_close_frame() {
+            return self.abort(slot, generation, reason);
+        }
+        let at = self.now_ms + self.shared.cfg.limits.close_timeout_ms;
+        self.schedule(slot, generation, at);
+    }
+
+    /// Closes now: cancels whatever is in flight, then closes the descriptor.
+    pub(crate) fn abort(&mut self, slot: u32, generation: u32, reason: CloseReason) {
+        let Some(conn) = self.conns.get(slot, generation) else {
+            return;
+        };
+        match conn.closing {
+            Closing::Cancelling(_) | Closing::Closed => return,
+            Closing::Open => self.leave_open(slot, generation, reason),
+            Closing::Flushing(_) => {}
+        }
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        conn.closing = Closing::Cancelling(reason);
+        conn.partial = None;
+        if let Some(out) = conn.outbox.as_mut() {
+            // Keep only the chunk the kernel may be reading.
+            let keep = if out.in_flight { 1 } else { 0 };
+            out.chunks.truncate(keep);
+        }
+        if conn.in_flight() && !conn.cancel_armed {
+            conn.cancel_armed = true;
+            let builder = types::CancelBuilder::fd(types::Fixed(conn.fd)).all();
+            let entry = opcode::AsyncCancel2::new(builder)
+                .build()
+                .user_data(user_data(Op::Cancel, generation, slot));
+            // SAFETY: a cancel names no user memory.
+            unsafe { self.ring.push(&entry) };
+        }
+        self.maybe_close(slot, generation);
+    }
+
+    pub(super) fn on_cancel(&mut self, slot: u32, generation: u32) {
+        if slot == u32::MAX {
+            return;
+        }
+        if let Some(conn) = self.conns.get_mut(slot, generation) {
+            conn.cancel_armed = false;
+            self.maybe_close(slot, generation);
+        }
+    }
+
+    /// Submits the close once the kernel holds nothing of the connection's.
+    pub(super) fn maybe_close(&mut self, slot: u32, generation: u32) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        if !matches!(conn.closing, Closing::Cancelling(_)) || conn.in_flight() {
+            return;
+        }
+        conn.closing = Closing::Closed;
+        conn.outbox = None;
+        let fd = conn.fd;
+        self.submit_close_fd(fd, slot, generation);
+    }
+
+    fn submit_close_fd(&mut self, fd: u32, slot: u32, generation: u32) {
+        let entry = opcode::Close::new(types::Fixed(fd))
+            .build()
+            .user_data(user_data(Op::Close, generation, slot));
+        // SAFETY: a close names no user memory.
+        unsafe { self.ring.push(&entry) };
+    }
+
+    pub(super) fn on_close(&mut self, slot: u32, generation: u32) {
+        if slot != u32::MAX {
+            let conn = self.conns.remove(slot, generation);
+            debug_assert!(conn.as_ref().is_some_and(|c| c.closing == Closing::Closed));
+        }
+        // A slot of the fixed-file table is free again.
+        self.accept_blocked = false;
+    }
+
+    /// Leaves the open state once: gauges, counters, user and topic registrations.
+    fn leave_open(&mut self, slot: u32, generation: u32, reason: CloseReason) {
+        let id = self.conn_id(slot, generation);
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        debug_assert!(conn.is_open());
+        let kind = conn.kind;
+        let user = conn.user.take();
+        let topics = std::mem::take(&mut conn.topics);
+        let stats = &self.shared.stats[self.id];
+        drop_gauge(match kind {
+            Kind::Handshake => &stats.conns_handshake,
+            Kind::Admin => &stats.conns_admin,
+            Kind::Ws | Kind::Echo => &stats.conns_ws,
+            Kind::Sse => &stats.conns_sse,
+        });
+        stats.closed(reason);
+        if let Some(user) = user {
+            self.unregister_user(user, id);
+        }
+        let conns = &self.conns;
+        for topic in topics {
+            self.topics
+                .forget(&topic, |s, g| conns.get(s, g).is_some_and(|c| c.is_open()));
+        }
+    }
+
+    pub(super) fn submit_doorbell(&mut self, ring_fd: i32) {
+        let entry =
+            opcode::MsgRingData::new(types::Fd(ring_fd), 0, user_data(Op::Doorbell, 0, 0), None)
+                .build()
+                .user_data(user_data(Op::DoorbellSent, 0, 0));
+        // SAFETY: a message to another ring names no user memory.
+        unsafe { self.ring.push(&entry) };
+    }
+}
+
+impl Conn {
+    /// A receive or poll is armed.
+    pub fn in_flight_read(&self) -> bool {
+        self.poll_armed || self.recv_armed
+    }
+
+    /// We sent a WebSocket close frame and wait for the peer's before closing TCP.
+    pub fn awaiting_close_frame(&self) -> bool {
+        matches!(self.kind, Kind::Ws | Kind::Echo) && !self.ws.is_closed()
+    }
+}
