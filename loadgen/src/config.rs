@@ -129,7 +129,9 @@ impl Pattern {
                     .ok_or_else(|| format!("bad modulus in `{{{inner}}}`: write {{n%1000}}"))?;
                 Piece::IndexMod(k)
             } else {
-                return Err(format!("unknown placeholder `{{{inner}}}`: use {{n}} or {{n%K}}"));
+                return Err(format!(
+                    "unknown placeholder `{{{inner}}}`: use {{n}} or {{n%K}}"
+                ));
             };
             match (&piece, modulus, has_index) {
                 (Piece::Index, Some(_), _) | (Piece::IndexMod(_), _, true) => {
@@ -148,9 +150,16 @@ impl Pattern {
         if !rest.is_empty() {
             pieces.push(Piece::Literal(rest.to_string()));
         }
-        let pattern = Pattern { pieces, modulus, has_index };
+        let pattern = Pattern {
+            pieces,
+            modulus,
+            has_index,
+        };
         let sample = pattern.render(0);
-        if !sample.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:~".contains(&b)) {
+        if !sample
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:~".contains(&b))
+        {
             return Err(format!(
                 "pattern `{text}` renders `{sample}`: only letters, digits and -_.:~ are allowed"
             ));

@@ -16,12 +16,12 @@
 
 pub mod config;
 pub mod payload;
-pub mod proto;
 pub mod plan;
+pub mod proto;
+pub mod publisher;
+pub mod report;
 pub mod ring;
+pub mod runner;
 pub mod shard;
 pub mod shared;
 pub mod sys;
-pub mod publisher;
-pub mod report;
-pub mod runner;

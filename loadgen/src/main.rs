@@ -14,7 +14,12 @@ use c10m_loadgen::report::Report;
 use c10m_loadgen::runner;
 
 #[derive(Parser)]
-#[command(name = "c10m-loadgen", version, about = "Load generator for c10m", args_conflicts_with_subcommands = true)]
+#[command(
+    name = "c10m-loadgen",
+    version,
+    about = "Load generator for c10m",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -25,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Open connections, hold them, publish, report (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Merge JSON reports of runs made side by side into one report.
     Merge {
         /// Reports written with --json.
@@ -126,8 +131,11 @@ struct RunArgs {
 }
 
 fn plan(args: &RunArgs) -> Result<Plan, String> {
-    let targets: Vec<SocketAddr> =
-        args.targets.iter().map(|t| config::parse_target(t)).collect::<Result<_, _>>()?;
+    let targets: Vec<SocketAddr> = args
+        .targets
+        .iter()
+        .map(|t| config::parse_target(t))
+        .collect::<Result<_, _>>()?;
     let sources = match &args.sources {
         Some(s) => config::parse_sources(s)?,
         None => Vec::new(),
@@ -177,7 +185,9 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
         publish_rate: args.publish_rate,
         publish_to,
         publish_count: args.publish_count,
-        payload_bytes: args.payload_bytes.min(c10m_loadgen::payload::PAYLOAD_BYTES_MAX),
+        payload_bytes: args
+            .payload_bytes
+            .min(c10m_loadgen::payload::PAYLOAD_BYTES_MAX),
         drain: config::parse_duration(&args.drain)?,
         json: args.json.clone(),
         server_pid: args.server_pid,

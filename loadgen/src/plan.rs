@@ -107,7 +107,9 @@ impl Plan {
     }
 
     pub fn topic_bucket(&self, n: u64) -> Option<usize> {
-        self.topics.first().map(|t| t.bucket_of(n, self.conns) as usize)
+        self.topics
+            .first()
+            .map(|t| t.bucket_of(n, self.conns) as usize)
     }
 
     /// The audience of a publish aimed at `bucket` (of the users or first topic pattern).
@@ -116,7 +118,10 @@ impl Plan {
             PublishTo::All => Audience::All,
             PublishTo::User => Audience::User(self.users.render(bucket)),
             PublishTo::Topic => Audience::Topic(
-                self.topics.first().map(|t| t.render(bucket)).unwrap_or_default(),
+                self.topics
+                    .first()
+                    .map(|t| t.render(bucket))
+                    .unwrap_or_default(),
             ),
         }
     }

@@ -142,7 +142,10 @@ impl Report {
     /// server): counts and histograms add up, connect rates add up, the server's memory is
     /// taken from the run that saw the most of it, per-connection figures are recomputed.
     pub fn merge(reports: &[Report]) -> Report {
-        let mut out = Report { version: REPORT_VERSION, ..Report::default() };
+        let mut out = Report {
+            version: REPORT_VERSION,
+            ..Report::default()
+        };
         for r in reports {
             out.runs += r.runs.max(1);
             if out.proto.is_empty() {
@@ -218,9 +221,17 @@ impl Report {
         let mut t = String::new();
         let c = &self.connections;
         let m = &self.messages;
-        let _ = writeln!(t, "c10m-loadgen report ({} run(s), {})", self.runs, self.proto);
+        let _ = writeln!(
+            t,
+            "c10m-loadgen report ({} run(s), {})",
+            self.runs, self.proto
+        );
         let _ = writeln!(t, "  targets            {}", self.targets.join(" "));
-        let _ = writeln!(t, "  elapsed            {:.1} s, {} shard(s)", self.elapsed_s, self.shards);
+        let _ = writeln!(
+            t,
+            "  elapsed            {:.1} s, {} shard(s)",
+            self.elapsed_s, self.shards
+        );
         let _ = writeln!(t, "connections");
         let _ = writeln!(
             t,
@@ -243,7 +254,11 @@ impl Report {
             .filter(|(_, v)| **v > 0)
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let failures = if failures.is_empty() { "none".to_string() } else { failures.join(" ") };
+        let failures = if failures.is_empty() {
+            "none".to_string()
+        } else {
+            failures.join(" ")
+        };
         let _ = writeln!(t, "  failures           {failures}");
         let _ = writeln!(t, "messages");
         let _ = writeln!(
@@ -261,7 +276,11 @@ impl Report {
             "  received           {} ({:.0}/s), foreign {}, heartbeats {}, pings {}",
             m.received, m.received_per_s, m.foreign, m.heartbeats, m.pings
         );
-        let _ = writeln!(t, "{:<22}{:>10}{:>10}{:>10}{:>10}{:>10}{:>12}", "timings", "count", "p50", "p90", "p99", "p99.9", "max");
+        let _ = writeln!(
+            t,
+            "{:<22}{:>10}{:>10}{:>10}{:>10}{:>10}{:>12}",
+            "timings", "count", "p50", "p90", "p99", "p99.9", "max"
+        );
         for (name, s) in [
             ("  connect", &self.connect_us),
             ("  upgrade", &self.upgrade_us),
@@ -287,7 +306,11 @@ impl Report {
             );
         }
         let mem = &self.memory;
-        let _ = writeln!(t, "memory (RSS, {} connections up when read)", mem.conns_held);
+        let _ = writeln!(
+            t,
+            "memory (RSS, {} connections up when read)",
+            mem.conns_held
+        );
         let _ = writeln!(
             t,
             "  loadgen            {} → {}  ({:.0} B per connection)",
@@ -348,11 +371,20 @@ mod tests {
         let mut h2 = latency_histogram();
         h2.record(300).unwrap();
         h2.record(500).unwrap();
-        let mut a = Report { runs: 1, proto: "ws".into(), ..Report::default() };
+        let mut a = Report {
+            runs: 1,
+            proto: "ws".into(),
+            ..Report::default()
+        };
         a.latency_us = Summary::from_histogram(&h1);
         a.messages.lost = 2;
         a.connections.failures.insert("refused".into(), 3);
-        a.memory = Memory { loadgen_rss_start: 10, loadgen_rss_held: 110, conns_held: 10, ..Memory::default() };
+        a.memory = Memory {
+            loadgen_rss_start: 10,
+            loadgen_rss_held: 110,
+            conns_held: 10,
+            ..Memory::default()
+        };
         let mut b = a.clone();
         b.latency_us = Summary::from_histogram(&h2);
         let m = Report::merge(&[a, b]);

@@ -23,7 +23,9 @@ const SLOTS_SPARE: u64 = 16;
 pub fn check(plan: &Plan, nofile: u64) -> Result<Vec<String>, String> {
     let per_shard = plan.shard_conns(0);
     if per_shard + SLOTS_SPARE > nofile {
-        let need = plan.conns.div_ceil(nofile.saturating_sub(SLOTS_SPARE).max(1));
+        let need = plan
+            .conns
+            .div_ceil(nofile.saturating_sub(SLOTS_SPARE).max(1));
         return Err(format!(
             "{} connections over {} shard(s) need {} fixed-file slots per ring, but a ring's \
              table is capped at RLIMIT_NOFILE ({nofile}): use --shards {need} or more",
@@ -39,7 +41,10 @@ pub fn check(plan: &Plan, nofile: u64) -> Result<Vec<String>, String> {
                 "{per_pair} connections per (source, target) pair exceed the {ports} local ports \
                  of net.ipv4.ip_local_port_range: expect ports_exhausted failures; add source \
                  addresses (--sources 127.0.0.2-127.0.0.{}) or widen the port range",
-                1 + plan.conns.div_ceil(ports * plan.targets.len() as u64).min(254)
+                1 + plan
+                    .conns
+                    .div_ceil(ports * plan.targets.len() as u64)
+                    .min(254)
             ));
         }
     }
@@ -61,7 +66,8 @@ pub fn run(plan: Plan, command: String) -> Result<Report, String> {
     let mut shards: Vec<JoinHandle<Result<ShardResult, String>>> = Vec::new();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     for id in 0..plan.shards {
-        let (plan, shared, go, ready) = (plan.clone(), shared.clone(), go.clone(), ready_tx.clone());
+        let (plan, shared, go, ready) =
+            (plan.clone(), shared.clone(), go.clone(), ready_tx.clone());
         let core = (plan.pin && !cores.is_empty()).then(|| cores[id % cores.len()]);
         let handle = std::thread::Builder::new()
             .name(format!("shard-{id}"))
@@ -184,8 +190,18 @@ struct AssembleInput<'a> {
 }
 
 fn assemble(input: AssembleInput<'_>) -> Report {
-    let AssembleInput { plan, shared, results, published, memory, up_at_end, elapsed_s, ramp_s, mut notes, command } =
-        input;
+    let AssembleInput {
+        plan,
+        shared,
+        results,
+        published,
+        memory,
+        up_at_end,
+        elapsed_s,
+        ramp_s,
+        mut notes,
+        command,
+    } = input;
     let mut connect = latency_histogram();
     let mut upgrade = latency_histogram();
     let mut latency = latency_histogram();
@@ -237,6 +253,14 @@ fn assemble(input: AssembleInput<'_>) -> Report {
             }
         ));
     }
+    let other = shared.last_other.load(Relaxed);
+    if other != 0 {
+        notes.push(format!(
+            "last unclassified error: {} (ring op {})",
+            std::io::Error::from_raw_os_error((other & 0xffff_ffff) as i32),
+            other >> 32
+        ));
+    }
     let publish = published.as_ref();
     if let Some(e) = publish.and_then(|p| p.last_error.as_ref()) {
         notes.push(format!("last publish error: {e}"));
@@ -281,7 +305,9 @@ fn assemble(input: AssembleInput<'_>) -> Report {
         latency_us: Summary::from_histogram(&latency),
         fanout_us: Summary::from_histogram(&fanout),
         fanout_complete_us: Summary::from_histogram(&complete),
-        publish_request_us: publish.map(|p| Summary::from_histogram(&p.request_us)).unwrap_or_default(),
+        publish_request_us: publish
+            .map(|p| Summary::from_histogram(&p.request_us))
+            .unwrap_or_default(),
         backoff_us: Summary::from_histogram(&backoff),
         memory,
         notes,
@@ -298,7 +324,12 @@ struct Progress {
 
 impl Progress {
     fn new(start: Instant) -> Progress {
-        Progress { start, last: start, last_established: 0, last_received: 0 }
+        Progress {
+            start,
+            last: start,
+            last_established: 0,
+            last_received: 0,
+        }
     }
 
     fn tick(&mut self, plan: &Plan, shared: &Shared) {
@@ -327,7 +358,11 @@ impl Progress {
             .filter(|(_, v)| *v > 0)
             .map(|(r, v)| format!("{}={v}", r.name()))
             .collect();
-        let failures = if failures.is_empty() { "0".to_string() } else { failures.join(",") };
+        let failures = if failures.is_empty() {
+            "0".to_string()
+        } else {
+            failures.join(",")
+        };
         if plan.quiet {
             return;
         }

@@ -21,12 +21,12 @@
 //! +----------+------------------+----------------------+
 //! ```
 
-use std::collections::{BinaryHeap, VecDeque};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,6 +101,10 @@ const CANCELLED: u8 = 16;
 const CLOSE_SENT: u8 = 32;
 
 /// One connection. Idle, it is this struct and nothing else.
+///
+/// The buffers are `Option<Box<Vec<u8>>>`: one word each while absent (the common case),
+/// where `Vec<u8>` would take three.
+#[allow(clippy::box_collection)]
 struct Conn {
     /// Bytes of an unfinished head, frame or SSE line; `None` almost always.
     held: Option<Box<Vec<u8>>>,
@@ -165,7 +169,11 @@ impl Shard {
         let raw = |a: SocketAddr| {
             RawAddr::from_socket_addr(a).ok_or_else(|| io::Error::other("IPv6 unsupported"))
         };
-        let targets = plan.targets.iter().map(|a| raw(*a)).collect::<io::Result<_>>()?;
+        let targets = plan
+            .targets
+            .iter()
+            .map(|a| raw(*a))
+            .collect::<io::Result<_>>()?;
         let target_hosts = plan.targets.iter().map(|a| a.to_string()).collect();
         let sources = plan
             .sources
@@ -183,7 +191,9 @@ impl Shard {
             targets,
             target_hosts,
             sources,
-            bufs: (0..READ_BUFS).map(|_| vec![0u8; READ_BUF_BYTES].into_boxed_slice()).collect(),
+            bufs: (0..READ_BUFS)
+                .map(|_| vec![0u8; READ_BUF_BYTES].into_boxed_slice())
+                .collect(),
             free_bufs: (0..READ_BUFS as u16).rev().collect(),
             want_read: VecDeque::new(),
             timers: BinaryHeap::new(),
@@ -351,7 +361,7 @@ impl Shard {
         let slot = types::DestinationSlot::try_from_slot_target(i)
             .map_err(|_| io::Error::other("slot index out of range"))?;
         chain.push(
-            opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+            opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM, 0)
                 .file_index(Some(slot))
                 .build()
                 .flags(link)
@@ -419,6 +429,10 @@ impl Shard {
         c.inflight = c.inflight.saturating_sub(1);
         let state = c.state;
         let res = cqe.result;
+        if res < 0 && op != OP_CANCEL && Reason::from_errno(-res) == Reason::Other {
+            let code = (i64::from(op) << 32) | i64::from(-res);
+            self.shared.last_other.store(code, Relaxed);
+        }
         match op {
             OP_SOCKET if res >= 0 => c.flags |= SLOT_OPEN,
             OP_SOCKET | OP_SOCKOPT | OP_BIND | OP_CONNECT if res < 0 => {
@@ -456,7 +470,9 @@ impl Shard {
     /// Gives waiting readable connections a buffer and a receive.
     fn serve_readers(&mut self) -> io::Result<()> {
         while !self.want_read.is_empty() && !self.free_bufs.is_empty() {
-            let Some((i, gen)) = self.want_read.pop_front() else { break };
+            let Some((i, gen)) = self.want_read.pop_front() else {
+                break;
+            };
             let c = &self.conns[i as usize];
             if c.gen != gen || !matches!(c.state, State::Upgrading | State::Open) {
                 continue;
@@ -503,9 +519,9 @@ impl Shard {
         let b = c.read_buf as usize;
         let buf = std::mem::take(&mut self.bufs[b]);
         let outcome = match res {
-            n if n > 0 && readable => {
-                self.feed(i, &buf[..n as usize]).map(|()| n as usize == buf.len())
-            }
+            n if n > 0 && readable => self
+                .feed(i, &buf[..n as usize])
+                .map(|()| n as usize == buf.len()),
             n if n > 0 => Ok(false),
             0 => Err(Reason::ServerClosed),
             n if -n == libc::EAGAIN => Ok(false),
@@ -513,8 +529,7 @@ impl Shard {
         };
         self.bufs[b] = buf;
         self.free_bufs.push(b as u16);
-        let still_readable =
-            matches!(self.conns[i as usize].state, State::Upgrading | State::Open);
+        let still_readable = matches!(self.conns[i as usize].state, State::Upgrading | State::Open);
         match outcome {
             Err(reason) => self.fail(i, reason),
             Ok(_) if !still_readable => Ok(()),
@@ -586,7 +601,8 @@ impl Shard {
         }
         self.connecting = self.connecting.saturating_sub(1);
         self.pending_established += 1;
-        self.shared.set_up(self.plan.user_bucket(n), self.plan.topic_bucket(n), 1);
+        self.shared
+            .set_up(self.plan.user_bucket(n), self.plan.topic_bucket(n), 1);
         Ok(())
     }
 
@@ -627,9 +643,9 @@ impl Shard {
             (held, chunked) => {
                 let mut b = held.map(|h| *h).unwrap_or_default();
                 match chunked {
-                    Some(dec) => {
-                        dec.feed(bytes, |s| b.extend_from_slice(s)).map_err(|_| Reason::Protocol)?
-                    }
+                    Some(dec) => dec
+                        .feed(bytes, |s| b.extend_from_slice(s))
+                        .map_err(|_| Reason::Protocol)?,
                     None => b.extend_from_slice(bytes),
                 }
                 owned = b;
@@ -710,7 +726,8 @@ impl Shard {
         match c.state {
             State::Closing | State::Backoff | State::Dead => return Ok(()),
             State::Open => {
-                self.shared.set_up(self.plan.user_bucket(n), self.plan.topic_bucket(n), -1);
+                self.shared
+                    .set_up(self.plan.user_bucket(n), self.plan.topic_bucket(n), -1);
             }
             State::Connecting | State::Upgrading => {
                 self.connecting = self.connecting.saturating_sub(1);
@@ -769,7 +786,9 @@ impl Shard {
         c.state = State::Backoff;
         // Full jitter: uniform over [0, cap).
         let delay = self.random() % cap.max(1);
-        self.result.backoff_us.saturating_record((delay / 1000).max(1));
+        self.result
+            .backoff_us
+            .saturating_record((delay / 1000).max(1));
         let deadline = self.now_ns() + delay;
         self.timers.push(Reverse((deadline, i, gen)));
         Ok(())
@@ -777,10 +796,14 @@ impl Shard {
 
     fn flush(&mut self) {
         let s = &self.shared;
-        s.attempts.fetch_add(std::mem::take(&mut self.pending_attempts), Relaxed);
-        s.reconnects.fetch_add(std::mem::take(&mut self.pending_reconnects), Relaxed);
-        s.established.fetch_add(std::mem::take(&mut self.pending_established), Relaxed);
-        s.first_done.fetch_add(std::mem::take(&mut self.pending_first_done), Relaxed);
+        s.attempts
+            .fetch_add(std::mem::take(&mut self.pending_attempts), Relaxed);
+        s.reconnects
+            .fetch_add(std::mem::take(&mut self.pending_reconnects), Relaxed);
+        s.established
+            .fetch_add(std::mem::take(&mut self.pending_established), Relaxed);
+        s.first_done
+            .fetch_add(std::mem::take(&mut self.pending_first_done), Relaxed);
         s.add_messages(&std::mem::take(&mut self.counts));
         if !self.live.is_empty() {
             if let Ok(mut live) = s.live_latency.lock() {
@@ -813,7 +836,10 @@ mod tests {
     fn user_data_round_trip() {
         let ud = user_data(OP_RECV, 0x12_3456, 0xdead_beef);
         assert_eq!(split_user_data(ud), (OP_RECV, 0x12_3456, 0xdead_beef));
-        assert_eq!(split_user_data(user_data(OP_POLL, 0x1ff_ffff, 7)).1, 0xff_ffff);
+        assert_eq!(
+            split_user_data(user_data(OP_POLL, 0x1ff_ffff, 7)).1,
+            0xff_ffff
+        );
     }
 
     #[test]

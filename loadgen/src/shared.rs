@@ -137,6 +137,8 @@ pub struct Shared {
     pub topic_up: Vec<AtomicU32>,
     /// Indexed by sequence number; seq 0 is unused.
     pub records: Vec<SeqRecord>,
+    /// The last unclassified error: `(op << 32) | errno`, for the report's notes.
+    pub last_other: AtomicI64,
     /// Latency (µs) recorded since the progress printer last looked.
     pub live_latency: Mutex<Histogram<u64>>,
 }
@@ -162,6 +164,7 @@ impl Shared {
             user_up: (0..user_buckets).map(|_| AtomicU32::new(0)).collect(),
             topic_up: (0..topic_buckets).map(|_| AtomicU32::new(0)).collect(),
             records: (0..=seq_max).map(|_| SeqRecord::default()).collect(),
+            last_other: AtomicI64::new(0),
             live_latency: Mutex::new(latency_histogram()),
         }
     }

@@ -76,7 +76,8 @@ mod tests {
 
     #[test]
     fn events() {
-        let stream = b"retry: 1000\n: hb\nid: 1\ndata: s=1 t=2\n\nid: 2\r\ndata:x\r\ndata: y\r\n\r\n";
+        let stream =
+            b"retry: 1000\n: hb\nid: 1\ndata: s=1 t=2\n\nid: 2\r\ndata:x\r\ndata: y\r\n\r\n";
         let mut reader = Reader::default();
         let mut got = Vec::new();
         let mut rest = &stream[..];
@@ -89,7 +90,10 @@ mod tests {
             }
         }
         assert!(rest.is_empty());
-        assert_eq!(got, vec![b"HB".to_vec(), b"s=1 t=2".to_vec(), b"x".to_vec()]);
+        assert_eq!(
+            got,
+            vec![b"HB".to_vec(), b"s=1 t=2".to_vec(), b"x".to_vec()]
+        );
     }
 
     #[test]
