@@ -84,6 +84,7 @@ pub fn run(plan: Plan, command: String) -> Result<Report, String> {
                     }
                 };
                 let _ = ready.send(Ok(()));
+                drop(ready);
                 shard.run(&go).map_err(|e| format!("shard {id}: {e}"))
             })
             .map_err(|e| format!("spawning shard {id}: {e}"))?;
@@ -92,8 +93,15 @@ pub fn run(plan: Plan, command: String) -> Result<Report, String> {
     drop(ready_tx);
     let mut startup_error = None;
     for _ in 0..plan.shards {
-        if let Ok(Err(e)) = ready_rx.recv() {
-            startup_error.get_or_insert(e);
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                startup_error.get_or_insert(e);
+            }
+            Err(_) => {
+                startup_error.get_or_insert("a shard died while starting".to_string());
+                break;
+            }
         }
     }
     if let Some(e) = startup_error {

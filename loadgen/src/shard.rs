@@ -180,7 +180,7 @@ impl Shard {
             .iter()
             .map(|ip| RawAddr::new(std::net::SocketAddrV4::new(*ip, 0)))
             .collect();
-        let seed = sys::realtime_ns() ^ ((id as u64 + 1) * 0x9E37_79B9_7F4A_7C15);
+        let seed = sys::realtime_ns() ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         Ok(Shard {
             id,
             plan,
