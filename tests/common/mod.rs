@@ -613,6 +613,14 @@ pub struct RawWs {
 }
 
 impl RawWs {
+    /// Wraps a stream whose handshake is already done (and whose head was fully read).
+    pub fn from_stream(stream: TcpStream) -> RawWs {
+        RawWs {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     /// Sends one masked frame.
     pub fn send(&mut self, b0: u8, payload: &[u8]) {
         self.send_bytes(&client_frame(b0, payload, true));
