@@ -285,10 +285,7 @@ impl Config {
             return err("no client listener: give at least one --listen ADDR".into());
         }
         if self.shards > 1024 {
-            return err(format!(
-                "shards = {} is more than 1024; use one per core",
-                self.shards
-            ));
+            return err(format!("shards = {} is more than 1024; use one per core", self.shards));
         }
         if l.conns_per_shard_max == 0 || l.conns_per_shard_max > RING_FILES_KERNEL_MAX {
             return err(format!(
@@ -297,16 +294,10 @@ impl Config {
             ));
         }
         if l.head_bytes_max < 256 {
-            return err(format!(
-                "head_bytes_max = {} is below 256",
-                l.head_bytes_max
-            ));
+            return err(format!("head_bytes_max = {} is below 256", l.head_bytes_max));
         }
         if l.headers_max == 0 || l.headers_max > 128 {
-            return err(format!(
-                "headers_max = {} must be within 1..=128",
-                l.headers_max
-            ));
+            return err(format!("headers_max = {} must be within 1..=128", l.headers_max));
         }
         if l.message_bytes_max == 0 || l.message_bytes_max > 16 * 1024 * 1024 {
             return err(format!(
@@ -331,27 +322,29 @@ impl Config {
             ));
         }
         if l.recv_buffer_bytes < 512 {
-            return err(format!(
-                "recv_buffer_bytes = {} is below 512",
-                l.recv_buffer_bytes
-            ));
+            return err(format!("recv_buffer_bytes = {} is below 512", l.recv_buffer_bytes));
         }
         if !(64..=32_768).contains(&l.ring_entries) {
-            return err(format!(
-                "ring_entries = {} must be within 64..=32768",
-                l.ring_entries
-            ));
+            return err(format!("ring_entries = {} must be within 64..=32768", l.ring_entries));
         }
         if l.mesh_ring_entries < 16 {
-            return err(format!(
-                "mesh_ring_entries = {} is below 16",
-                l.mesh_ring_entries
-            ));
+            return err(format!("mesh_ring_entries = {} is below 16", l.mesh_ring_entries));
         }
         if l.ping_interval_ms == 0 || l.pong_timeout_ms == 0 || l.sse_heartbeat_ms == 0 {
-            return err(
-                "ping_interval_ms, pong_timeout_ms and sse_heartbeat_ms must be > 0".into(),
-            );
+            return err("ping_interval_ms, pong_timeout_ms and sse_heartbeat_ms must be > 0".into());
+        }
+        // Connection timestamps are 32-bit wrapping milliseconds (see shard::conn::stamp).
+        let interval_ms_max = (1u64 << 31) - 1;
+        let intervals = [
+            ("handshake_timeout_ms", l.handshake_timeout_ms),
+            ("ping_interval_ms", l.ping_interval_ms),
+            ("pong_timeout_ms", l.pong_timeout_ms),
+            ("sse_heartbeat_ms", l.sse_heartbeat_ms),
+            ("idle_timeout_ms", l.idle_timeout_ms),
+            ("close_timeout_ms", l.close_timeout_ms),
+        ];
+        if let Some((name, v)) = intervals.iter().find(|(_, v)| *v > interval_ms_max) {
+            return err(format!("{name} = {v} is over {interval_ms_max} (24 days)"));
         }
         if l.handshake_timeout_ms == 0 || l.shutdown_timeout_ms == 0 {
             return err("handshake_timeout_ms and shutdown_timeout_ms must be > 0".into());
@@ -385,20 +378,14 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.shards, 2);
         assert_eq!(cfg.limits.ping_interval_ms, 5000);
-        assert_eq!(
-            cfg.limits.pong_timeout_ms,
-            Limits::default().pong_timeout_ms
-        );
+        assert_eq!(cfg.limits.pong_timeout_ms, Limits::default().pong_timeout_ms);
         assert!(toml::from_str::<Config>("shardz = 2").is_err());
     }
 
     #[test]
     fn flags_override_file_defaults() {
-        let args = ServeArgs {
-            shards: Some(3),
-            ping_interval_ms: Some(1000),
-            ..Default::default()
-        };
+        let args =
+            ServeArgs { shards: Some(3), ping_interval_ms: Some(1000), ..Default::default() };
         let cfg = args.resolve().unwrap();
         assert_eq!(cfg.shards, 3);
         assert_eq!(cfg.limits.ping_interval_ms, 1000);

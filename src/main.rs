@@ -44,10 +44,7 @@ fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let shutdown = c10m::sys::shutdown_flag()?;
     let server = c10m::server::start(cfg, shutdown)?;
     let list = |v: &[std::net::SocketAddr]| {
-        v.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
+        v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
     };
     println!(
         "c10m listening clients={} admin={} shards={} conns_per_shard={}",

@@ -55,10 +55,7 @@ fn bind_first(
     for &addr in addrs {
         let sock = sys::reuseport_listener(addr, backlog)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-        let local = sock
-            .local_addr()?
-            .as_socket()
-            .ok_or_else(|| io::Error::other("not inet"))?;
+        let local = sock.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not inet"))?;
         socks.push(sock);
         bound.push(local);
     }
@@ -67,11 +64,7 @@ fn bind_first(
 
 /// Starts the shards and returns once every one is ready (or the first error).
 pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
-    let shards = if cfg.shards == 0 {
-        sys::online_cpus()
-    } else {
-        cfg.shards
-    };
+    let shards = if cfg.shards == 0 { sys::online_cpus() } else { cfg.shards };
     let nofile = sys::raise_nofile()?;
     let files = (cfg.limits.conns_per_shard_max as u64)
         .min(nofile)
@@ -98,66 +91,50 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
     for (id, mesh) in ends.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
         let ready = ready_tx.clone();
-        let core = if shared.cfg.pin && !cores.is_empty() {
-            Some(cores[id % cores.len()])
-        } else {
-            None
-        };
+        let core =
+            if shared.cfg.pin && !cores.is_empty() { Some(cores[id % cores.len()]) } else { None };
         let premade = first.take();
         let (listen, admin) = (listen.clone(), admin.clone());
-        let t = std::thread::Builder::new()
-            .name(format!("c10m-shard-{id}"))
-            .spawn(move || {
-                if let Some(core) = core {
-                    core_affinity::set_for_current(core);
+        let t = std::thread::Builder::new().name(format!("c10m-shard-{id}")).spawn(move || {
+            if let Some(core) = core {
+                core_affinity::set_for_current(core);
+            }
+            let setup = || -> io::Result<Shard> {
+                let (c, a) = match premade {
+                    Some(p) => p,
+                    None => (bind_all(&listen, backlog)?, bind_all(&admin, backlog)?),
+                };
+                let mut listeners: Vec<Listener> = c
+                    .into_iter()
+                    .map(|sock| Listener { sock, admin: false, armed: false })
+                    .collect();
+                listeners.extend(a.into_iter().map(|sock| Listener {
+                    sock,
+                    admin: true,
+                    armed: false,
+                }));
+                let l = &shared.cfg.limits;
+                let mut ring = Ring::new(l.ring_entries, files)?;
+                let bufs =
+                    ring.register_buf_ring(l.recv_buffers, l.recv_buffer_bytes, BUFFER_GROUP)?;
+                shared.peers[id].ring_fd.store(ring.fd(), Ordering::Release);
+                Ok(Shard::new(id, ring, bufs, Arc::clone(&shared), listeners, mesh))
+            };
+            let shard = match setup() {
+                Ok(s) => {
+                    let _ = ready.send(Ok(()));
+                    s
                 }
-                let setup = || -> io::Result<Shard> {
-                    let (c, a) = match premade {
-                        Some(p) => p,
-                        None => (bind_all(&listen, backlog)?, bind_all(&admin, backlog)?),
-                    };
-                    let mut listeners: Vec<Listener> = c
-                        .into_iter()
-                        .map(|sock| Listener {
-                            sock,
-                            admin: false,
-                            armed: false,
-                        })
-                        .collect();
-                    listeners.extend(a.into_iter().map(|sock| Listener {
-                        sock,
-                        admin: true,
-                        armed: false,
-                    }));
-                    let l = &shared.cfg.limits;
-                    let mut ring = Ring::new(l.ring_entries, files)?;
-                    let bufs =
-                        ring.register_buf_ring(l.recv_buffers, l.recv_buffer_bytes, BUFFER_GROUP)?;
-                    shared.peers[id].ring_fd.store(ring.fd(), Ordering::Release);
-                    Ok(Shard::new(
-                        id,
-                        ring,
-                        bufs,
-                        Arc::clone(&shared),
-                        listeners,
-                        mesh,
-                    ))
-                };
-                let shard = match setup() {
-                    Ok(s) => {
-                        let _ = ready.send(Ok(()));
-                        s
-                    }
-                    Err(e) => {
-                        let e = io::Error::new(e.kind(), format!("shard {id}: {e}"));
-                        let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
-                        return Err(e);
-                    }
-                };
-                let result = shard.run();
-                shared.peers[id].ring_fd.store(-1, Ordering::Release);
-                result
-            })?;
+                Err(e) => {
+                    let e = io::Error::new(e.kind(), format!("shard {id}: {e}"));
+                    let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
+                    return Err(e);
+                }
+            };
+            let result = shard.run();
+            shared.peers[id].ring_fd.store(-1, Ordering::Release);
+            result
+        })?;
         threads.push(t);
     }
     drop(ready_tx);
@@ -172,13 +149,7 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
         }
     }
     shared.started.store(true, Ordering::Release);
-    Ok(Server {
-        listen,
-        admin,
-        shards,
-        files_per_shard: files,
-        threads,
-    })
+    Ok(Server { listen, admin, shards, files_per_shard: files, threads })
 }
 
 fn bind_all(addrs: &[SocketAddr], backlog: u32) -> io::Result<Vec<socket2::Socket>> {

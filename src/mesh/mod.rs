@@ -44,17 +44,12 @@ pub fn build(
     backlog_max: usize,
 ) -> (Vec<MeshEnd>, Arc<[Peer]>) {
     let peers: Arc<[Peer]> = (0..shards)
-        .map(|_| Peer {
-            ring_fd: AtomicI32::new(-1),
-            sleeping: AtomicBool::new(false),
-        })
+        .map(|_| Peer { ring_fd: AtomicI32::new(-1), sleeping: AtomicBool::new(false) })
         .collect();
-    let mut tx: Vec<Vec<Option<Producer<Msg>>>> = (0..shards)
-        .map(|_| (0..shards).map(|_| None).collect())
-        .collect();
-    let mut rx: Vec<Vec<Option<Consumer<Msg>>>> = (0..shards)
-        .map(|_| (0..shards).map(|_| None).collect())
-        .collect();
+    let mut tx: Vec<Vec<Option<Producer<Msg>>>> =
+        (0..shards).map(|_| (0..shards).map(|_| None).collect()).collect();
+    let mut rx: Vec<Vec<Option<Consumer<Msg>>>> =
+        (0..shards).map(|_| (0..shards).map(|_| None).collect()).collect();
     for from in 0..shards {
         for to in 0..shards {
             if from != to {
@@ -186,8 +181,6 @@ impl MeshEnd {
 
     /// Called after waking, for whatever reason.
     pub fn awake(&mut self) {
-        self.peers[self.shard]
-            .sleeping
-            .store(false, Ordering::SeqCst);
+        self.peers[self.shard].sleeping.store(false, Ordering::SeqCst);
     }
 }

@@ -163,36 +163,21 @@ unsafe impl<T: Send> Send for Consumer<T> {}
 ///
 /// When `capacity` is 0 or, after rounding, greater than [`CAPACITY_MAX`].
 pub fn channel<T: Send>(capacity: usize) -> (Producer<T>, Consumer<T>) {
-    assert!(
-        capacity > 0,
-        "an SPSC ring needs a capacity of at least one item"
-    );
-    assert!(
-        capacity <= CAPACITY_MAX,
-        "SPSC ring capacity {capacity} > {CAPACITY_MAX}"
-    );
+    assert!(capacity > 0, "an SPSC ring needs a capacity of at least one item");
+    assert!(capacity <= CAPACITY_MAX, "SPSC ring capacity {capacity} > {CAPACITY_MAX}");
     let capacity = capacity.next_power_of_two();
     assert!(capacity <= CAPACITY_MAX);
 
-    let slots: Box<[UnsafeCell<MaybeUninit<T>>]> = (0..capacity)
-        .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
-        .collect();
+    let slots: Box<[UnsafeCell<MaybeUninit<T>>]> =
+        (0..capacity).map(|_| UnsafeCell::new(MaybeUninit::uninit())).collect();
     assert_eq!(slots.len(), capacity);
     let shared = Arc::new(Shared {
         head: CachePadded(AtomicUsize::new(0)),
         tail: CachePadded(AtomicUsize::new(0)),
         slots,
     });
-    let producer = Producer {
-        shared: Arc::clone(&shared),
-        tail: 0,
-        head_seen: 0,
-    };
-    let consumer = Consumer {
-        shared,
-        head: 0,
-        tail_seen: 0,
-    };
+    let producer = Producer { shared: Arc::clone(&shared), tail: 0, head_seen: 0 };
+    let consumer = Consumer { shared, head: 0, tail_seen: 0 };
     (producer, consumer)
 }
 
@@ -404,10 +389,7 @@ mod tests {
             next_out += 1;
         }
         assert_eq!(next_in, next_out);
-        assert!(
-            next_in > laps as u64,
-            "the ring must have wrapped many times"
-        );
+        assert!(next_in > laps as u64, "the ring must have wrapped many times");
     }
 
     #[test]
@@ -451,11 +433,7 @@ mod tests {
             }
             assert_eq!(consumer.len(), 8);
             drop(producer);
-            assert_eq!(
-                drops.load(Ordering::Relaxed),
-                2,
-                "items live while the consumer does"
-            );
+            assert_eq!(drops.load(Ordering::Relaxed), 2, "items live while the consumer does");
             assert!(consumer.pop().is_some());
             assert_eq!(drops.load(Ordering::Relaxed), 3);
         }

@@ -153,76 +153,40 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
             let _ = writeln!(out, "c10m_{name}{{shard=\"{i}\"}} {}", f(s));
         }
     };
-    family("connections", "gauge", "Open client connections.", &|s| {
-        s.clients()
+    family("connections", "gauge", "Open client connections.", &|s| s.clients());
+    family("connections_ws", "gauge", "Open WebSocket connections.", &|s| s.conns_ws.load(Relaxed));
+    family("connections_sse", "gauge", "Open SSE connections.", &|s| s.conns_sse.load(Relaxed));
+    family("connections_admin", "gauge", "Open admin connections.", &|s| {
+        s.conns_admin.load(Relaxed)
     });
-    family(
-        "connections_ws",
-        "gauge",
-        "Open WebSocket connections.",
-        &|s| s.conns_ws.load(Relaxed),
-    );
-    family("connections_sse", "gauge", "Open SSE connections.", &|s| {
-        s.conns_sse.load(Relaxed)
+    family("connections_handshake", "gauge", "Connections before their request head.", &|s| {
+        s.conns_handshake.load(Relaxed)
     });
-    family(
-        "connections_admin",
-        "gauge",
-        "Open admin connections.",
-        &|s| s.conns_admin.load(Relaxed),
-    );
-    family(
-        "connections_handshake",
-        "gauge",
-        "Connections before their request head.",
-        &|s| s.conns_handshake.load(Relaxed),
-    );
-    family(
-        "accepts_total",
-        "counter",
-        "Accepted TCP connections.",
-        &|s| s.accepts.load(Relaxed),
-    );
-    family(
-        "accepts_refused_total",
-        "counter",
-        "Connections refused: table full.",
-        &|s| s.accepts_refused.load(Relaxed),
-    );
-    family(
-        "http_errors_total",
-        "counter",
-        "HTTP 4xx/5xx answers to clients.",
-        &|s| s.http_4xx.load(Relaxed),
-    );
-    family(
-        "ws_protocol_errors_total",
-        "counter",
-        "WebSocket protocol violations.",
-        &|s| s.ws_protocol_errors.load(Relaxed),
-    );
-    family(
-        "messages_published_total",
-        "counter",
-        "Publishes accepted.",
-        &|s| s.published.load(Relaxed),
-    );
-    family(
-        "messages_delivered_total",
-        "counter",
-        "Messages queued to a connection.",
-        &|s| s.delivered.load(Relaxed),
-    );
+    family("accepts_total", "counter", "Accepted TCP connections.", &|s| s.accepts.load(Relaxed));
+    family("accepts_refused_total", "counter", "Connections refused: table full.", &|s| {
+        s.accepts_refused.load(Relaxed)
+    });
+    family("http_errors_total", "counter", "HTTP 4xx/5xx answers to clients.", &|s| {
+        s.http_4xx.load(Relaxed)
+    });
+    family("ws_protocol_errors_total", "counter", "WebSocket protocol violations.", &|s| {
+        s.ws_protocol_errors.load(Relaxed)
+    });
+    family("messages_published_total", "counter", "Publishes accepted.", &|s| {
+        s.published.load(Relaxed)
+    });
+    family("messages_delivered_total", "counter", "Messages queued to a connection.", &|s| {
+        s.delivered.load(Relaxed)
+    });
     let _ = writeln!(
         out,
         "# HELP c10m_messages_dropped_total Messages not delivered, by reason.\n\
          # TYPE c10m_messages_dropped_total counter"
     );
     for (i, s) in shards.iter().enumerate() {
-        for (reason, v) in [
-            ("mesh_full", &s.dropped_mesh_full),
-            ("slow_consumer", &s.dropped_slow_consumer),
-        ] {
+        for (reason, v) in
+            [("mesh_full", &s.dropped_mesh_full), ("slow_consumer", &s.dropped_slow_consumer)]
+        {
             let _ = writeln!(
                 out,
                 "c10m_messages_dropped_total{{shard=\"{i}\",reason=\"{reason}\"}} {}",
@@ -237,11 +201,7 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
     for (i, s) in shards.iter().enumerate() {
         for r in CloseReason::ALL {
             let v = s.closes[r as usize].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "c10m_closes_total{{shard=\"{i}\",reason=\"{}\"}} {v}",
-                r.name()
-            );
+            let _ = writeln!(out, "c10m_closes_total{{shard=\"{i}\",reason=\"{}\"}} {v}", r.name());
         }
     }
     let _ = writeln!(

@@ -76,8 +76,7 @@ impl Request {
 
     /// Whether the query names `key`, with or without a value (`?all` counts).
     pub fn query_has(&self, key: &str) -> bool {
-        self.query_pairs()
-            .any(|(k, _)| percent_decode(k) == key.as_bytes())
+        self.query_pairs().any(|(k, _)| percent_decode(k) == key.as_bytes())
     }
 
     /// The body length that `Content-Length` declares, `None` without one. Several values
@@ -99,8 +98,7 @@ impl Request {
 
     /// Whether the last transfer coding is `chunked`, which is what frames the body.
     pub fn is_chunked(&self) -> bool {
-        self.last_transfer_coding()
-            .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"))
+        self.last_transfer_coding().is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"))
     }
 
     /// Whether the connection stays open after the response: HTTP/1.1 unless
@@ -120,15 +118,11 @@ impl Request {
     }
 
     fn query_pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.query
-            .as_bytes()
-            .split(|&b| b == b'&')
-            .filter(|pair| !pair.is_empty())
-            .map(|pair| {
-                let mut halves = pair.splitn(2, |&b| b == b'=');
-                let key = halves.next().unwrap_or_default();
-                (key, halves.next().unwrap_or_default())
-            })
+        self.query.as_bytes().split(|&b| b == b'&').filter(|pair| !pair.is_empty()).map(|pair| {
+            let mut halves = pair.splitn(2, |&b| b == b'=');
+            let key = halves.next().unwrap_or_default();
+            (key, halves.next().unwrap_or_default())
+        })
     }
 
     /// The last non-empty coding over all `Transfer-Encoding` headers, if any.
@@ -172,11 +166,7 @@ pub fn parse_request(
         return Err(HeadError::Invalid);
     };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let headers = parsed
-        .headers
-        .iter()
-        .map(|h| (h.name.to_owned(), h.value.to_vec()))
-        .collect();
+    let headers = parsed.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect();
     let request = Request {
         method: method.to_owned(),
         path: path.to_owned(),
@@ -362,10 +352,7 @@ impl BodyReader {
                 Some(len) => BodyState::Length { remaining: len },
             }
         };
-        Ok(BodyReader {
-            state,
-            allowance_bytes: body_bytes_max,
-        })
+        Ok(BodyReader { state, allowance_bytes: body_bytes_max })
     }
 
     /// Whether the whole body has been read.
@@ -422,10 +409,7 @@ impl BodyReader {
                     .and_then(|s| s.checked_add(digit))
                     .filter(|&s| s <= self.allowance_bytes)
                     .ok_or(BodyError::TooLarge)?;
-                Size {
-                    size,
-                    digits: digits + 1,
-                }
+                Size { size, digits: digits + 1 }
             }
             (Size { digits: 0, .. }, _) => return Err(BodyError::Invalid),
             (Size { size, .. }, b'\r') => SizeLf { size },
@@ -434,10 +418,9 @@ impl BodyReader {
             (Extension { ext_bytes, .. }, _) if ext_bytes >= CHUNK_EXT_BYTES_MAX => {
                 return Err(BodyError::Invalid)
             }
-            (Extension { size, ext_bytes }, _) if byte != b'\n' => Extension {
-                size,
-                ext_bytes: ext_bytes + 1,
-            },
+            (Extension { size, ext_bytes }, _) if byte != b'\n' => {
+                Extension { size, ext_bytes: ext_bytes + 1 }
+            }
             (SizeLf { size: 0 }, b'\n') => TrailerLine { trailer_bytes: 0 },
             (SizeLf { size }, b'\n') => {
                 self.allowance_bytes -= size;
@@ -451,15 +434,13 @@ impl BodyReader {
             {
                 return Err(BodyError::TooLarge)
             }
-            (TrailerField { trailer_bytes }, b'\r') => TrailerFieldLf {
-                trailer_bytes: trailer_bytes + 1,
-            },
+            (TrailerField { trailer_bytes }, b'\r') => {
+                TrailerFieldLf { trailer_bytes: trailer_bytes + 1 }
+            }
             (TrailerLine { trailer_bytes } | TrailerField { trailer_bytes }, _)
                 if byte != b'\n' =>
             {
-                TrailerField {
-                    trailer_bytes: trailer_bytes + 1,
-                }
+                TrailerField { trailer_bytes: trailer_bytes + 1 }
             }
             (TrailerFieldLf { trailer_bytes }, b'\n') => TrailerLine { trailer_bytes },
             (EndLf, b'\n') => Done,
@@ -524,10 +505,7 @@ fn hex_value(digit: u8) -> u8 {
 mod tests {
     use super::*;
 
-    const LIMITS: HeadLimits = HeadLimits {
-        head_bytes_max: 1024,
-        headers_max: 8,
-    };
+    const LIMITS: HeadLimits = HeadLimits { head_bytes_max: 1024, headers_max: 8 };
 
     fn parse(head: &str) -> Request {
         let (req, len) = parse_request(head.as_bytes(), &LIMITS).unwrap().unwrap();
@@ -559,10 +537,7 @@ mod tests {
 
     #[test]
     fn head_over_the_byte_limit_is_too_large() {
-        let limits = HeadLimits {
-            head_bytes_max: 32,
-            headers_max: 8,
-        };
+        let limits = HeadLimits { head_bytes_max: 32, headers_max: 8 };
         let mut head = b"GET / HTTP/1.1\r\nX-Long: ".to_vec();
         // A slowly growing head is refused once it reaches the limit, not at its end.
         head.resize(31, b'a');
@@ -584,24 +559,15 @@ mod tests {
             head.push_str(&format!("X-{i}: v\r\n"));
         }
         head.push_str("\r\n");
-        assert_eq!(
-            parse_request(head.as_bytes(), &LIMITS),
-            Err(HeadError::TooManyHeaders)
-        );
+        assert_eq!(parse_request(head.as_bytes(), &LIMITS), Err(HeadError::TooManyHeaders));
         assert_eq!(HeadError::TooManyHeaders.status(), 431);
-        let huge = HeadLimits {
-            head_bytes_max: 1 << 20,
-            headers_max: usize::MAX,
-        };
+        let huge = HeadLimits { head_bytes_max: 1 << 20, headers_max: usize::MAX };
         let mut many = String::from("GET / HTTP/1.1\r\n");
         for i in 0..=HEADERS_CAP {
             many.push_str(&format!("X-{i}: v\r\n"));
         }
         many.push_str("\r\n");
-        assert_eq!(
-            parse_request(many.as_bytes(), &huge),
-            Err(HeadError::TooManyHeaders)
-        );
+        assert_eq!(parse_request(many.as_bytes(), &huge), Err(HeadError::TooManyHeaders));
     }
 
     #[test]
@@ -614,11 +580,7 @@ mod tests {
             b"GET / HTTP/1.1\r\nX: a\0b\r\n\r\n",
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
         ] {
-            assert_eq!(
-                parse_request(bad, &LIMITS),
-                Err(HeadError::Invalid),
-                "{bad:?}"
-            );
+            assert_eq!(parse_request(bad, &LIMITS), Err(HeadError::Invalid), "{bad:?}");
         }
         assert_eq!(HeadError::Invalid.status(), 400);
     }
@@ -651,10 +613,7 @@ mod tests {
     #[test]
     fn content_length_values() {
         let length = |value: &str| {
-            parse(&format!(
-                "POST / HTTP/1.1\r\nContent-Length: {value}\r\n\r\n"
-            ))
-            .content_length()
+            parse(&format!("POST / HTTP/1.1\r\nContent-Length: {value}\r\n\r\n")).content_length()
         };
         assert_eq!(length("42"), Ok(Some(42)));
         assert_eq!(length("5, 5"), Ok(Some(5)));
@@ -679,13 +638,7 @@ mod tests {
     #[test]
     fn responses_always_carry_a_length() {
         let mut out = Vec::new();
-        write_response(
-            &mut out,
-            404,
-            &[("Content-Type", "text/plain")],
-            b"no",
-            true,
-        );
+        write_response(&mut out, 404, &[("Content-Type", "text/plain")], b"no", true);
         assert_eq!(
             out,
             b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nno"
@@ -736,10 +689,7 @@ mod tests {
             assert_eq!(read_all(r, b"helloGET", step), Ok((b"hello".to_vec(), 5)));
         }
         let mut empty = reader("POST / HTTP/1.1\r\n\r\n", 10).unwrap();
-        assert_eq!(
-            empty.feed(b"GET", &mut Vec::new()),
-            Ok((BodyStatus::Done { consumed: 0 }, 0))
-        );
+        assert_eq!(empty.feed(b"GET", &mut Vec::new()), Ok((BodyStatus::Done { consumed: 0 }, 0)));
         let too_large = reader("POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n", 10);
         assert_eq!(too_large.unwrap_err(), BodyError::TooLarge);
         assert_eq!(BodyError::TooLarge.status(), 413);
@@ -750,10 +700,7 @@ mod tests {
         let wire = b"5;name=v\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nGET";
         for step in 1..wire.len() {
             let r = reader("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 11).unwrap();
-            assert_eq!(
-                read_all(r, wire, step),
-                Ok((b"hello world".to_vec(), wire.len() - 3))
-            );
+            assert_eq!(read_all(r, wire, step), Ok((b"hello world".to_vec(), wire.len() - 3)));
         }
     }
 
@@ -761,18 +708,9 @@ mod tests {
     fn chunked_errors() {
         let head = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         let run = |wire: &[u8], max| read_all(reader(head, max).unwrap(), wire, 1);
-        assert_eq!(
-            run(b"6\r\nhello!\r\n0\r\n\r\n", 5),
-            Err(BodyError::TooLarge)
-        );
-        assert_eq!(
-            run(b"3\r\nabc\r\n3\r\nabc\r\n0\r\n\r\n", 5),
-            Err(BodyError::TooLarge)
-        );
-        assert_eq!(
-            run(b"fffffffffffffffffffff\r\n", usize::MAX),
-            Err(BodyError::TooLarge)
-        );
+        assert_eq!(run(b"6\r\nhello!\r\n0\r\n\r\n", 5), Err(BodyError::TooLarge));
+        assert_eq!(run(b"3\r\nabc\r\n3\r\nabc\r\n0\r\n\r\n", 5), Err(BodyError::TooLarge));
+        assert_eq!(run(b"fffffffffffffffffffff\r\n", usize::MAX), Err(BodyError::TooLarge));
         for bad in [
             &b"\r\n"[..],
             b"x\r\n",
@@ -799,11 +737,7 @@ mod tests {
             "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
         ] {
-            assert_eq!(
-                reader(head, 100).unwrap_err(),
-                BodyError::Invalid,
-                "{head:?}"
-            );
+            assert_eq!(reader(head, 100).unwrap_err(), BodyError::Invalid, "{head:?}");
         }
     }
 }

@@ -94,18 +94,12 @@ mod tests {
         // Trailing and repeated line ends keep their empty lines, so the client rebuilds
         // the payload exactly (up to CR and CRLF becoming LF).
         assert_eq!(event(1, None, b"a\n"), "id: 1\ndata: a\ndata: \n\n");
-        assert_eq!(
-            event(1, None, b"\r\r\n"),
-            "id: 1\ndata: \ndata: \ndata: \n\n"
-        );
+        assert_eq!(event(1, None, b"\r\r\n"), "id: 1\ndata: \ndata: \ndata: \n\n");
     }
 
     #[test]
     fn event_names_cannot_break_the_frame() {
-        assert_eq!(
-            event(2, Some("a\r\nb"), b"x"),
-            "id: 2\nevent: ab\ndata: x\n\n"
-        );
+        assert_eq!(event(2, Some("a\r\nb"), b"x"), "id: 2\nevent: ab\ndata: x\n\n");
     }
 
     #[test]

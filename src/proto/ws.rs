@@ -82,9 +82,7 @@ pub fn check_handshake(req: &Request) -> Result<String, HandshakeError> {
     // A 16-byte nonce is 24 base64 characters; checking the length first bounds the decode.
     let nonce_ok = key.len() == 24 && STANDARD.decode(key).is_ok_and(|nonce| nonce.len() == 16);
     if !nonce_ok {
-        return Err(HandshakeError::BadRequest(
-            "Sec-WebSocket-Key is not 16 base64 bytes",
-        ));
+        return Err(HandshakeError::BadRequest("Sec-WebSocket-Key is not 16 base64 bytes"));
     }
     Ok(accept_key(key))
 }
@@ -296,10 +294,7 @@ const fn protocol_error(reason: &'static str) -> Failure {
     Failure { code: 1002, reason }
 }
 
-const INVALID_UTF8: Failure = Failure {
-    code: 1007,
-    reason: "invalid UTF-8 in text message",
-};
+const INVALID_UTF8: Failure = Failure { code: 1007, reason: "invalid UTF-8 in text message" };
 
 impl Session {
     pub fn new() -> Session {
@@ -327,10 +322,7 @@ impl Session {
         if let Err(failure) = partial.feed(input, limits, events, out) {
             if let Some(failure) = failure {
                 write_close(out, failure.code, failure.reason);
-                events.push(Event::Fail {
-                    code: failure.code,
-                    reason: failure.reason,
-                });
+                events.push(Event::Fail { code: failure.code, reason: failure.reason });
             }
             self.closed = true;
             self.partial = None;
@@ -442,9 +434,9 @@ impl Partial {
             OpCode::Continuation if self.message.is_none() => {
                 Err(protocol_error("continuation frame without a message"))
             }
-            OpCode::Text | OpCode::Binary if self.message.is_some() => Err(protocol_error(
-                "new message before the fragmented one ended",
-            )),
+            OpCode::Text | OpCode::Binary if self.message.is_some() => {
+                Err(protocol_error("new message before the fragmented one ended"))
+            }
             _ => Ok(()),
         }
     }
@@ -457,12 +449,9 @@ impl Partial {
         let ext_bytes = extended_length_bytes(b1);
         let length = match ext_bytes {
             0 => u64::from(b1 & 0x7F),
-            _ => self
-                .head
-                .iter()
-                .skip(2)
-                .take(ext_bytes)
-                .fold(0, |acc, &b| acc << 8 | u64::from(b)),
+            _ => {
+                self.head.iter().skip(2).take(ext_bytes).fold(0, |acc, &b| acc << 8 | u64::from(b))
+            }
         };
         let mut mask = [0u8; 4];
         for (slot, &byte) in mask.iter_mut().zip(self.head.iter().skip(2 + ext_bytes)) {
@@ -474,35 +463,19 @@ impl Partial {
         if !opcode.is_control() {
             let so_far = self.message.as_ref().map_or(0, |m| m.data.len());
             if length > limits.frame_bytes_max as u64 {
-                return Err(Failure {
-                    code: 1009,
-                    reason: "frame too big",
-                });
+                return Err(Failure { code: 1009, reason: "frame too big" });
             }
             if (so_far as u64).saturating_add(length) > limits.message_bytes_max as u64 {
-                return Err(Failure {
-                    code: 1009,
-                    reason: "message too big",
-                });
+                return Err(Failure { code: 1009, reason: "message too big" });
             }
         }
         let remaining_bytes = usize::try_from(length).map_err(|_| protocol_error("length"))?;
         if matches!(opcode, OpCode::Text | OpCode::Binary) {
             let text = opcode == OpCode::Text;
-            self.message = Some(Message {
-                text,
-                data: Vec::new(),
-                validated: 0,
-            });
+            self.message = Some(Message { text, data: Vec::new(), validated: 0 });
         }
         let fin = b0 & 0x80 != 0;
-        Ok(Frame {
-            opcode,
-            fin,
-            mask,
-            remaining_bytes,
-            done_bytes: 0,
-        })
+        Ok(Frame { opcode, fin, mask, remaining_bytes, done_bytes: 0 })
     }
 
     /// Unmasks what `input` holds of the current frame's payload into the control buffer or
@@ -602,10 +575,8 @@ fn parse_close(payload: &[u8]) -> Result<(Option<u16>, String), Failure> {
             if !close_code_is_valid(code) {
                 return Err(protocol_error("invalid close code"));
             }
-            let reason = std::str::from_utf8(reason).map_err(|_| Failure {
-                code: 1007,
-                reason: "invalid UTF-8 in close reason",
-            })?;
+            let reason = std::str::from_utf8(reason)
+                .map_err(|_| Failure { code: 1007, reason: "invalid UTF-8 in close reason" })?;
             Ok((Some(code), reason.to_owned()))
         }
     }
@@ -616,10 +587,7 @@ mod tests {
     use super::*;
     use crate::proto::http1::{parse_request, HeadLimits};
 
-    const LIMITS: WsLimits = WsLimits {
-        frame_bytes_max: 1 << 16,
-        message_bytes_max: 1 << 17,
-    };
+    const LIMITS: WsLimits = WsLimits { frame_bytes_max: 1 << 16, message_bytes_max: 1 << 17 };
     const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
     /// A client frame: `first` is byte 0 (FIN, RSV, opcode), the payload is masked.
@@ -653,11 +621,7 @@ mod tests {
     /// Asserts that `input` fails with `code` and that the queued Close carries it.
     fn assert_fails(input: &[u8], code: u16) {
         let (events, out) = run(input);
-        let Some(Event::Fail {
-            code: failed,
-            reason,
-        }) = events.last()
-        else {
+        let Some(Event::Fail { code: failed, reason }) = events.last() else {
             panic!("no failure: {events:?}");
         };
         assert_eq!(*failed, code, "{reason}");
@@ -677,10 +641,7 @@ mod tests {
 
     #[test]
     fn handshake_accepts_the_rfc_example() {
-        assert_eq!(
-            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         let req = request(&[]);
         let accept = check_handshake(&req).unwrap();
         let mut out = Vec::new();
@@ -710,42 +671,25 @@ mod tests {
             }
         }
         let head = lines.join("\r\n") + "\r\n\r\n";
-        let limits = HeadLimits {
-            head_bytes_max: 4096,
-            headers_max: 16,
-        };
+        let limits = HeadLimits { head_bytes_max: 4096, headers_max: 16 };
         parse_request(head.as_bytes(), &limits).unwrap().unwrap().0
     }
 
     #[test]
     fn handshake_errors() {
         let check = |replace: &[(&str, &str)]| check_handshake(&request(replace));
-        assert_eq!(
-            check(&[("GET", "POST /ws HTTP/1.1")]),
-            Err(HandshakeError::MethodNotAllowed)
-        );
+        assert_eq!(check(&[("GET", "POST /ws HTTP/1.1")]), Err(HandshakeError::MethodNotAllowed));
         assert!(matches!(
             check(&[("GET", "GET /ws HTTP/1.0")]),
             Err(HandshakeError::BadRequest(_))
         ));
-        for missing in [
-            "Upgrade",
-            "Connection",
-            "Sec-WebSocket-Key",
-            "Sec-WebSocket-Version",
-        ] {
-            assert!(matches!(
-                check(&[(missing, "")]),
-                Err(HandshakeError::BadRequest(_))
-            ));
+        for missing in ["Upgrade", "Connection", "Sec-WebSocket-Key", "Sec-WebSocket-Version"] {
+            assert!(matches!(check(&[(missing, "")]), Err(HandshakeError::BadRequest(_))));
         }
         for key in ["abc", "dGhlIHNhbXBsZSBub25jZQ=!", "dGhlIHNhbXBsZSBub25jZQ"] {
             let line = format!("Sec-WebSocket-Key: {key}");
             let result = check(&[("Sec-WebSocket-Key", &line)]);
-            assert!(
-                matches!(result, Err(HandshakeError::BadRequest(_))),
-                "{key}"
-            );
+            assert!(matches!(result, Err(HandshakeError::BadRequest(_))), "{key}");
         }
         let old = check(&[("Sec-WebSocket-Version", "Sec-WebSocket-Version: 8")]);
         assert_eq!(old, Err(HandshakeError::WrongVersion));
@@ -773,15 +717,9 @@ mod tests {
     #[test]
     fn server_frames_are_unmasked_and_sized() {
         assert_eq!(frame_header(OpCode::Text, 125).1, 2);
-        assert_eq!(
-            frame_header(OpCode::Binary, 126),
-            ([0x82, 126, 0, 126, 0, 0, 0, 0, 0, 0], 4)
-        );
+        assert_eq!(frame_header(OpCode::Binary, 126), ([0x82, 126, 0, 126, 0, 0, 0, 0, 0, 0], 4));
         assert_eq!(frame_header(OpCode::Text, 65536).1, 10);
-        assert_eq!(
-            frame_header(OpCode::Text, 65536).0[..10],
-            [0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]
-        );
+        assert_eq!(frame_header(OpCode::Text, 65536).0[..10], [0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
         let mut out = Vec::new();
         write_frame(&mut out, OpCode::Ping, b"x");
         assert_eq!(out, [0x89, 1, b'x']);
@@ -868,17 +806,10 @@ mod tests {
 
     #[test]
     fn oversized_frames_and_messages_are_too_big() {
-        let small = WsLimits {
-            frame_bytes_max: 10,
-            message_bytes_max: 15,
-        };
+        let small = WsLimits { frame_bytes_max: 10, message_bytes_max: 15 };
         let (events, ..) = run_with(&frame(0x82, &[0; 11]), &small);
         assert!(matches!(events[..], [Event::Fail { code: 1009, .. }]));
-        let fragments = [
-            frame(0x02, &[0; 10]),
-            frame(0x00, &[0; 5]),
-            frame(0x80, &[0; 1]),
-        ];
+        let fragments = [frame(0x02, &[0; 10]), frame(0x00, &[0; 5]), frame(0x80, &[0; 1])];
         let (events, out, session) = run_with(&fragments.concat(), &small);
         assert!(matches!(events[..], [Event::Fail { code: 1009, .. }]));
         assert!(out.starts_with(&[0x88, out[1], 0x03, 0xF1]) && session.is_closed());
@@ -901,12 +832,8 @@ mod tests {
         assert_fails(&frame(0x81, b"ab\xE2\x82"), 1007);
         assert_fails(&[frame(0x01, b"ab\xE2"), frame(0x80, b"")].concat(), 1007);
         // A sequence split across fragments is fine.
-        let (events, _) = run(&[
-            frame(0x01, b"\xE2"),
-            frame(0x00, b"\x82"),
-            frame(0x80, b"\xAC"),
-        ]
-        .concat());
+        let (events, _) =
+            run(&[frame(0x01, b"\xE2"), frame(0x00, b"\x82"), frame(0x80, b"\xAC")].concat());
         assert_eq!(events, [Event::Text("€".as_bytes().to_vec())]);
         // Binary messages are not validated.
         assert_eq!(run(&frame(0x82, b"\xFF")).0, [Event::Binary(vec![0xFF])]);
@@ -915,24 +842,12 @@ mod tests {
     #[test]
     fn close_handshake() {
         let (events, out) = run(&frame(0x88, b""));
-        assert_eq!(
-            events,
-            [Event::Closed {
-                code: None,
-                reason: String::new()
-            }]
-        );
+        assert_eq!(events, [Event::Closed { code: None, reason: String::new() }]);
         assert_eq!(out, close_frame(1000));
         let mut payload = 4001u16.to_be_bytes().to_vec();
         payload.extend_from_slice("bye ✓".as_bytes());
         let (events, out, session) = run_with(&frame(0x88, &payload), &LIMITS);
-        assert_eq!(
-            events,
-            [Event::Closed {
-                code: Some(4001),
-                reason: "bye ✓".to_owned()
-            }]
-        );
+        assert_eq!(events, [Event::Closed { code: Some(4001), reason: "bye ✓".to_owned() }]);
         assert_eq!(out, close_frame(4001));
         assert!(session.is_closed());
     }
@@ -943,9 +858,7 @@ mod tests {
         for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
             assert_fails(&frame(0x88, &u16::to_be_bytes(code)), 1002);
         }
-        for code in [
-            1000, 1001, 1002, 1003, 1007, 1010, 1011, 1012, 1014, 3000, 4999,
-        ] {
+        for code in [1000, 1001, 1002, 1003, 1007, 1010, 1011, 1012, 1014, 3000, 4999] {
             assert!(close_code_is_valid(code), "{code}");
         }
         let mut bad_reason = 1000u16.to_be_bytes().to_vec();
@@ -955,13 +868,8 @@ mod tests {
 
     #[test]
     fn input_after_the_end_is_ignored() {
-        let wire = [
-            frame(0x81, b"a"),
-            frame(0x88, b""),
-            frame(0x81, b"b"),
-            frame(0x89, b""),
-        ]
-        .concat();
+        let wire =
+            [frame(0x81, b"a"), frame(0x88, b""), frame(0x81, b"b"), frame(0x89, b"")].concat();
         let (events, out, mut session) = run_with(&wire, &LIMITS);
         assert_eq!(events.len(), 2);
         assert_eq!(out, close_frame(1000));

@@ -33,10 +33,7 @@ pub enum Msg {
     /// To the user's home shard: deliver to every connection of `user`.
     PublishUser { user: Box<str>, msg: Arc<Message> },
     /// To the owning shard: deliver to these connections.
-    Deliver {
-        conns: Vec<ConnId>,
-        msg: Arc<Message>,
-    },
+    Deliver { conns: Vec<ConnId>, msg: Arc<Message> },
     /// To every shard: deliver to local subscribers of `topic`.
     PublishTopic { topic: Box<str>, msg: Arc<Message> },
     /// To every shard: deliver to every local client connection.
@@ -60,27 +57,57 @@ pub fn home_shard(user: &str, shards: usize) -> usize {
 }
 
 /// On a user's home shard: where the user's connections live.
+///
+/// Most users hold one connection, so one id is stored inline and a list is allocated only
+/// for the second.
 #[derive(Default)]
 pub struct UserIndex {
-    users: HashMap<Box<str>, Vec<ConnId>>,
+    users: HashMap<Box<str>, Conns>,
+}
+
+enum Conns {
+    One(ConnId),
+    /// Two or more.
+    Many(Vec<ConnId>),
 }
 
 impl UserIndex {
     pub fn add(&mut self, user: Box<str>, conn: ConnId) {
-        self.users.entry(user).or_default().push(conn);
+        match self.users.get_mut(&user) {
+            None => {
+                self.users.insert(user, Conns::One(conn));
+            }
+            Some(Conns::One(first)) => {
+                let first = *first;
+                self.users.insert(user, Conns::Many(vec![first, conn]));
+            }
+            Some(Conns::Many(list)) => list.push(conn),
+        }
     }
 
     pub fn remove(&mut self, user: &str, conn: ConnId) {
-        if let Some(list) = self.users.get_mut(user) {
-            list.retain(|c| *c != conn);
-            if list.is_empty() {
-                self.users.remove(user);
+        let empty = match self.users.get_mut(user) {
+            None => false,
+            Some(Conns::One(c)) => *c == conn,
+            Some(Conns::Many(list)) => {
+                list.retain(|c| *c != conn);
+                if let [last] = list[..] {
+                    self.users.insert(user.into(), Conns::One(last));
+                }
+                false
             }
+        };
+        if empty {
+            self.users.remove(user);
         }
     }
 
     pub fn connections(&self, user: &str) -> &[ConnId] {
-        self.users.get(user).map(Vec::as_slice).unwrap_or(&[])
+        match self.users.get(user) {
+            None => &[],
+            Some(Conns::One(c)) => std::slice::from_ref(c),
+            Some(Conns::Many(list)) => list,
+        }
     }
 
     pub fn users(&self) -> usize {
@@ -111,8 +138,7 @@ impl TopicIndex {
             Some(t) => t.subs.push((slot, generation)),
             None => {
                 let subs = vec![(slot, generation)];
-                self.topics
-                    .insert(topic.into(), TopicSubs { subs, stale: 0 });
+                self.topics.insert(topic.into(), TopicSubs { subs, stale: 0 });
             }
         }
     }
@@ -146,10 +172,7 @@ impl TopicIndex {
     }
 
     pub fn subscribers(&self, topic: &str) -> &[(u32, u32)] {
-        self.topics
-            .get(topic)
-            .map(|t| t.subs.as_slice())
-            .unwrap_or(&[])
+        self.topics.get(topic).map(|t| t.subs.as_slice()).unwrap_or(&[])
     }
 
     pub fn topics(&self) -> usize {
@@ -176,17 +199,10 @@ mod tests {
     #[test]
     fn user_index_tracks_connections() {
         let mut idx = UserIndex::default();
-        let c1 = ConnId {
-            shard: 0,
-            slot: 1,
-            generation: 1,
-        };
-        let c2 = ConnId {
-            shard: 1,
-            slot: 1,
-            generation: 7,
-        };
+        let c1 = ConnId { shard: 0, slot: 1, generation: 1 };
+        let c2 = ConnId { shard: 1, slot: 1, generation: 7 };
         idx.add("u".into(), c1);
+        assert_eq!(idx.connections("u"), &[c1]);
         idx.add("u".into(), c2);
         assert_eq!(idx.connections("u"), &[c1, c2]);
         idx.remove("u", c1);

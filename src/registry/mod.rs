@@ -44,11 +44,7 @@ impl<T> Registry<T> {
     /// fill, so a large reservation costs address space, not resident memory, and the slab
     /// never doubles (and copies) under load.
     pub fn new(capacity_max: usize) -> Registry<T> {
-        Registry {
-            slab: Slab::with_capacity(capacity_max),
-            next_generation: 1,
-            capacity_max,
-        }
+        Registry { slab: Slab::with_capacity(capacity_max), next_generation: 1, capacity_max }
     }
 
     /// Inserts a value and returns its (slot, generation), or gives the value back when full.
@@ -92,9 +88,7 @@ impl<T> Registry<T> {
 
     /// Every live entry as (slot, generation, value).
     pub fn iter(&self) -> impl Iterator<Item = (u32, u32, &T)> {
-        self.slab
-            .iter()
-            .map(|(s, e)| (s as u32, e.generation, &e.value))
+        self.slab.iter().map(|(s, e)| (s as u32, e.generation, &e.value))
     }
 }
 

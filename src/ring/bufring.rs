@@ -33,10 +33,7 @@ impl BufRing {
         buffer_bytes: u32,
         bgid: u16,
     ) -> io::Result<BufRing> {
-        assert!(
-            entries.is_power_of_two() && entries <= 32_768,
-            "validated by config"
-        );
+        assert!(entries.is_power_of_two() && entries <= 32_768, "validated by config");
         let ring_bytes = entries as usize * std::mem::size_of::<BufRingEntry>();
         // SAFETY: an anonymous private mapping with no address hint has no preconditions;
         // the result is checked against MAP_FAILED below.
@@ -94,10 +91,7 @@ impl BufRing {
 
     /// The first `len` bytes of buffer `bid`, as filled by a completed receive.
     pub fn filled(&self, bid: u16, len: usize) -> &[u8] {
-        assert!(
-            bid < self.entries,
-            "kernel returned a buffer id we never provided"
-        );
+        assert!(bid < self.entries, "kernel returned a buffer id we never provided");
         let start = bid as usize * self.buffer_bytes as usize;
         let len = len.min(self.buffer_bytes as usize);
         &self.buffers[start..start + len]

@@ -130,10 +130,7 @@ impl Ring {
             .map_err(|e| setup_error(e, entries))?;
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("io_uring probe failed ({e}); needs Linux 5.6+"),
-            )
+            io::Error::new(e.kind(), format!("io_uring probe failed ({e}); needs Linux 5.6+"))
         })?;
         for &(code, name, version) in REQUIRED_OPS {
             if !probe.is_supported(code) {

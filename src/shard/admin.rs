@@ -126,10 +126,7 @@ fn handle(shard: &mut Shard, slot: u32, generation: u32, req: &Request, body: Ve
         shard.finish(slot, generation, CloseReason::HttpDone);
         return false;
     }
-    shard
-        .conns
-        .get(slot, generation)
-        .is_some_and(|c| c.closing == Closing::Open)
+    shard.conns.get(slot, generation).is_some_and(|c| c.closing == Closing::Open)
 }
 
 const JSON: &str = "application/json";
@@ -151,12 +148,9 @@ fn route(
             Err(why) => (400, JSON, err(why), None),
         },
         ("/publish", _) => (405, JSON, err("use POST"), Some("POST")),
-        ("/stats", "GET") => (
-            200,
-            JSON,
-            render_stats(&shard.shared.stats, crate::sys::rss_bytes()),
-            None,
-        ),
+        ("/stats", "GET") => {
+            (200, JSON, render_stats(&shard.shared.stats, crate::sys::rss_bytes()), None)
+        }
         ("/metrics", "GET") => {
             let text = render_prometheus(&shard.shared.stats, crate::sys::rss_bytes());
             (200, "text/plain; version=0.0.4", text, None)

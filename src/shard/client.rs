@@ -18,10 +18,7 @@ pub const TOPICS_PER_CONN_MAX: usize = 64;
 
 pub(super) fn head_limits(shard: &Shard) -> HeadLimits {
     let l = &shard.shared.cfg.limits;
-    HeadLimits {
-        head_bytes_max: l.head_bytes_max as usize,
-        headers_max: l.headers_max as usize,
-    }
+    HeadLimits { head_bytes_max: l.head_bytes_max as usize, headers_max: l.headers_max as usize }
 }
 
 fn ws_limits(shard: &Shard) -> ws::WsLimits {
@@ -52,12 +49,8 @@ pub(super) fn on_head_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &
     };
     match http1::parse_request(buf, &limits) {
         Ok(None) => {
-            let keep = pending.unwrap_or_else(|| {
-                Box::new(Partial {
-                    bytes: rx.to_vec(),
-                    ..Default::default()
-                })
-            });
+            let keep = pending
+                .unwrap_or_else(|| Box::new(Partial { bytes: rx.to_vec(), ..Default::default() }));
             if let Some(conn) = shard.conns.get_mut(slot, generation) {
                 conn.partial = Some(keep);
             }
@@ -126,12 +119,7 @@ fn identity(req: &Request) -> Result<(Option<String>, Vec<String>), &'static str
     }
     let topics: Vec<String> = req
         .query_param("topics")
-        .map(|t| {
-            t.split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
+        .map(|t| t.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
         .unwrap_or_default();
     if topics.len() > TOPICS_PER_CONN_MAX {
         return Err("more than 64 topics\n");
@@ -144,13 +132,7 @@ fn identity(req: &Request) -> Result<(Option<String>, Vec<String>), &'static str
 
 fn bad_identity(shard: &mut Shard, slot: u32, generation: u32, why: &str) {
     let mut out = Vec::new();
-    http1::write_response(
-        &mut out,
-        400,
-        &[("Content-Type", "text/plain")],
-        why.as_bytes(),
-        false,
-    );
+    http1::write_response(&mut out, 400, &[("Content-Type", "text/plain")], why.as_bytes(), false);
     respond_and_close(shard, slot, generation, out, CloseReason::HttpDone);
 }
 
@@ -221,18 +203,11 @@ fn become_subscriber(
     debug_assert_eq!(conn.kind, Kind::Handshake);
     conn.kind = kind;
     conn.partial = None;
-    conn.last_ping_ms = now;
+    conn.last_ping = super::conn::stamp(now);
     conn.user = user.as_deref().map(Into::into);
     let stats = &shard.shared.stats[shard.id];
     crate::metrics::drop_gauge(&stats.conns_handshake);
-    bump(
-        if kind == Kind::Sse {
-            &stats.conns_sse
-        } else {
-            &stats.conns_ws
-        },
-        1,
-    );
+    bump(if kind == Kind::Sse { &stats.conns_sse } else { &stats.conns_ws }, 1);
     if let Some(user) = user {
         shard.register_user(&user, id);
     }
@@ -249,7 +224,9 @@ fn subscribe(shard: &mut Shard, slot: u32, generation: u32, topic: &str) -> bool
     if conn.topics.iter().any(|t| &**t == topic) || conn.topics.len() >= TOPICS_PER_CONN_MAX {
         return false;
     }
-    conn.topics.push(topic.into());
+    let mut topics = std::mem::take(&mut conn.topics).into_vec();
+    topics.push(topic.into());
+    conn.topics = topics.into_boxed_slice();
     shard.topics.subscribe(topic, slot, generation);
     true
 }
@@ -261,7 +238,9 @@ fn unsubscribe(shard: &mut Shard, slot: u32, generation: u32, topic: &str) -> bo
     let Some(i) = conn.topics.iter().position(|t| &**t == topic) else {
         return false;
     };
-    conn.topics.swap_remove(i);
+    let mut topics = std::mem::take(&mut conn.topics).into_vec();
+    topics.swap_remove(i);
+    conn.topics = topics.into_boxed_slice();
     shard.topics.unsubscribe(topic, slot, generation);
     true
 }
@@ -280,14 +259,8 @@ pub(super) fn on_ws_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u
     if let Closing::Flushing(reason) = closing {
         // We closed first; only the peer's close frame (or a failure) matters now, and our
         // close frame is already queued, so the session's replies are dropped.
-        if events
-            .iter()
-            .any(|e| matches!(e, ws::Event::Closed { .. } | ws::Event::Fail { .. }))
-        {
-            let queued = shard
-                .conns
-                .get(slot, generation)
-                .map_or(0, |c| c.queued_bytes());
+        if events.iter().any(|e| matches!(e, ws::Event::Closed { .. } | ws::Event::Fail { .. })) {
+            let queued = shard.conns.get(slot, generation).map_or(0, |c| c.queued_bytes());
             if queued == 0 {
                 shard.abort(slot, generation, reason);
             }
@@ -301,11 +274,7 @@ pub(super) fn on_ws_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u
         match event {
             ws::Event::Text(data) | ws::Event::Binary(data) if kind == Kind::Echo => {
                 let text = std::str::from_utf8(&data).is_ok();
-                let op = if text {
-                    ws::OpCode::Text
-                } else {
-                    ws::OpCode::Binary
-                };
+                let op = if text { ws::OpCode::Text } else { ws::OpCode::Binary };
                 let mut frame = Vec::with_capacity(data.len() + 10);
                 ws::write_frame(&mut frame, op, &data);
                 shard.queue(slot, generation, Chunk::Owned(frame));
@@ -380,14 +349,7 @@ pub(super) fn slow_consumer(shard: &mut Shard, slot: u32, generation: u32) {
         out.bytes = out.chunks.front().map_or(0, |c| c.bytes().len() - out.sent);
     }
     if matches!(kind, Kind::Ws | Kind::Echo) {
-        close_ws(
-            shard,
-            slot,
-            generation,
-            1008,
-            "slow consumer",
-            CloseReason::SlowConsumer,
-        );
+        close_ws(shard, slot, generation, 1008, "slow consumer", CloseReason::SlowConsumer);
     } else {
         shard.abort(slot, generation, CloseReason::SlowConsumer);
     }
@@ -415,11 +377,7 @@ impl Shard {
                 })
             } else {
                 ws_frame.get_or_insert_with(|| {
-                    let op = if msg.text {
-                        ws::OpCode::Text
-                    } else {
-                        ws::OpCode::Binary
-                    };
+                    let op = if msg.text { ws::OpCode::Text } else { ws::OpCode::Binary };
                     let mut v = Vec::with_capacity(msg.payload.len() + 10);
                     ws::write_frame(&mut v, op, &msg.payload);
                     v.into()

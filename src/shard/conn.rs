@@ -65,6 +65,18 @@ pub struct Outbox {
     pub in_flight: bool,
 }
 
+/// Shard milliseconds truncated to 32 bits, to keep the idle slab entry small. Differences
+/// are taken with wrapping arithmetic ([`elapsed_ms`]), which is exact while every interval
+/// stays under 2^31 ms (24 days); the configuration enforces that.
+pub fn stamp(now_ms: u64) -> u32 {
+    now_ms as u32
+}
+
+/// Milliseconds from `earlier` (a [`stamp`]) to `now_ms`.
+pub fn elapsed_ms(now_ms: u64, earlier: u32) -> u64 {
+    stamp(now_ms).wrapping_sub(earlier) as u64
+}
+
 /// Bytes and parse state that exist only while a request or frame is incomplete.
 #[derive(Default)]
 pub struct Partial {
@@ -90,14 +102,16 @@ pub struct Conn {
     pub cancel_armed: bool,
     /// A ping was sent and no frame has arrived since.
     pub awaiting_pong: bool,
-    /// Deadline (shard ms) of the timer-wheel entry that is live for this connection; 0: none.
-    pub timer_ms: u64,
-    /// Shard ms of the last bytes received.
-    pub last_rx_ms: u64,
-    /// Shard ms of the last ping sent, or of the handshake.
-    pub last_ping_ms: u64,
+    /// Deadline of the timer-wheel entry that is live for this connection, as a [`stamp`];
+    /// 0: none.
+    pub timer: u32,
+    /// [`stamp`] of the last bytes received.
+    pub last_rx: u32,
+    /// [`stamp`] of the last ping sent, or of the handshake.
+    pub last_ping: u32,
     pub user: Option<Box<str>>,
-    pub topics: Vec<Box<str>>,
+    /// Rarely changed after the handshake, so a boxed slice (16 bytes, no spare capacity).
+    pub topics: Box<[Box<str>]>,
     pub partial: Option<Box<Partial>>,
     pub outbox: Option<Box<Outbox>>,
     pub ws: ws::Session,
@@ -113,11 +127,11 @@ impl Conn {
             recv_armed: false,
             cancel_armed: false,
             awaiting_pong: false,
-            timer_ms: 0,
-            last_rx_ms: now_ms,
-            last_ping_ms: now_ms,
+            timer: 0,
+            last_rx: stamp(now_ms),
+            last_ping: stamp(now_ms),
             user: None,
-            topics: Vec::new(),
+            topics: Box::default(),
             partial: None,
             outbox: None,
             ws: ws::Session::new(),
@@ -158,6 +172,13 @@ mod tests {
     #[test]
     fn idle_connection_is_small() {
         let size = std::mem::size_of::<Conn>();
-        assert!(size <= 160, "Conn grew to {size} bytes");
+        assert!(size <= 96, "Conn grew to {size} bytes");
+    }
+
+    #[test]
+    fn stamps_survive_wraparound() {
+        let before = (1u64 << 32) - 5;
+        assert_eq!(elapsed_ms(before + 10, stamp(before)), 10);
+        assert_eq!(elapsed_ms(7, stamp(7)), 0);
     }
 }

@@ -37,9 +37,11 @@ impl Shard {
     pub(super) fn cancel_accepts(&mut self) {
         for l in &self.listeners {
             let builder = types::CancelBuilder::fd(types::Fd(l.sock.as_raw_fd())).all();
-            let entry = opcode::AsyncCancel2::new(builder)
-                .build()
-                .user_data(user_data(Op::Cancel, 0, u32::MAX));
+            let entry = opcode::AsyncCancel2::new(builder).build().user_data(user_data(
+                Op::Cancel,
+                0,
+                u32::MAX,
+            ));
             // SAFETY: a cancel names no user memory.
             unsafe { self.ring.push(&entry) };
         }
@@ -71,21 +73,10 @@ impl Shard {
         match self.conns.insert(Conn::new(fd, kind, self.now_ms)) {
             Ok((slot, generation)) => {
                 let stats = self.stats();
-                bump(
-                    if admin {
-                        &stats.conns_admin
-                    } else {
-                        &stats.conns_handshake
-                    },
-                    1,
-                );
+                bump(if admin { &stats.conns_admin } else { &stats.conns_handshake }, 1);
                 let l = &self.shared.cfg.limits;
                 let at = self.now_ms
-                    + if admin {
-                        l.idle_timeout_ms.max(1)
-                    } else {
-                        l.handshake_timeout_ms
-                    };
+                    + if admin { l.idle_timeout_ms.max(1) } else { l.handshake_timeout_ms };
                 if !admin || l.idle_timeout_ms > 0 {
                     self.schedule(slot, generation, at);
                 }
@@ -211,7 +202,7 @@ impl Shard {
             }
             _ => {}
         }
-        conn.last_rx_ms = self.now_ms;
+        conn.last_rx = super::conn::stamp(self.now_ms);
         conn.awaiting_pong = false;
         match conn.kind {
             Kind::Handshake => client::on_head_bytes(self, slot, generation, rx),
@@ -221,12 +212,7 @@ impl Shard {
         }
         // A full buffer may mean more is waiting: read again at once instead of polling.
         let full = rx.len() == self.bufs.buffer_bytes() as usize;
-        if full
-            && self
-                .conns
-                .get(slot, generation)
-                .is_some_and(|c| !c.in_flight_read())
-        {
+        if full && self.conns.get(slot, generation).is_some_and(|c| !c.in_flight_read()) {
             self.submit_recv(slot, generation);
         } else {
             self.arm_poll(slot, generation);
@@ -247,8 +233,7 @@ impl Shard {
         out.bytes += chunk.bytes().len();
         out.chunks.push_back(chunk);
         if out.bytes > max && conn.is_open() {
-            self.stats()
-                .dropped(crate::metrics::DropReason::SlowConsumer, 1);
+            self.stats().dropped(crate::metrics::DropReason::SlowConsumer, 1);
             client::slow_consumer(self, slot, generation);
             return false;
         }
@@ -307,11 +292,7 @@ impl Shard {
         let n = result as usize;
         out.sent += n;
         out.bytes -= n;
-        if out
-            .chunks
-            .front()
-            .is_some_and(|f| out.sent >= f.bytes().len())
-        {
+        if out.chunks.front().is_some_and(|f| out.sent >= f.bytes().len()) {
             out.chunks.pop_front();
             out.sent = 0;
         }
@@ -372,9 +353,11 @@ impl Shard {
         if conn.in_flight() && !conn.cancel_armed {
             conn.cancel_armed = true;
             let builder = types::CancelBuilder::fd(types::Fixed(conn.fd)).all();
-            let entry = opcode::AsyncCancel2::new(builder)
-                .build()
-                .user_data(user_data(Op::Cancel, generation, slot));
+            let entry = opcode::AsyncCancel2::new(builder).build().user_data(user_data(
+                Op::Cancel,
+                generation,
+                slot,
+            ));
             // SAFETY: a cancel names no user memory.
             unsafe { self.ring.push(&entry) };
         }
@@ -406,9 +389,11 @@ impl Shard {
     }
 
     fn submit_close_fd(&mut self, fd: u32, slot: u32, generation: u32) {
-        let entry = opcode::Close::new(types::Fixed(fd))
-            .build()
-            .user_data(user_data(Op::Close, generation, slot));
+        let entry = opcode::Close::new(types::Fixed(fd)).build().user_data(user_data(
+            Op::Close,
+            generation,
+            slot,
+        ));
         // SAFETY: a close names no user memory.
         unsafe { self.ring.push(&entry) };
     }
@@ -445,8 +430,7 @@ impl Shard {
         }
         let conns = &self.conns;
         for topic in topics {
-            self.topics
-                .forget(&topic, |s, g| conns.get(s, g).is_some_and(|c| c.is_open()));
+            self.topics.forget(&topic, |s, g| conns.get(s, g).is_some_and(|c| c.is_open()));
         }
     }
 

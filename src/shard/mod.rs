@@ -153,17 +153,10 @@ impl Shard {
             let wait_ms = if busy {
                 0
             } else {
-                self.wheel
-                    .next_wakeup_ms(self.now_ms)
-                    .unwrap_or(TICK_MS)
-                    .clamp(1, TICK_MS)
+                self.wheel.next_wakeup_ms(self.now_ms).unwrap_or(TICK_MS).clamp(1, TICK_MS)
             };
             let sleeping = wait_ms > 0 && self.mesh.prepare_sleep();
-            let timeout = if sleeping {
-                Duration::from_millis(wait_ms)
-            } else {
-                Duration::ZERO
-            };
+            let timeout = if sleeping { Duration::from_millis(wait_ms) } else { Duration::ZERO };
             self.ring.submit_and_wait(timeout)?;
             if sleeping {
                 self.mesh.awake();
@@ -226,11 +219,7 @@ impl Shard {
         self.msg_seq += 1;
         let id = self.msg_seq * self.shards() as u64 + self.id as u64;
         let text = std::str::from_utf8(&payload).is_ok();
-        let msg = Arc::new(Message {
-            id,
-            payload: payload.into_boxed_slice(),
-            text,
-        });
+        let msg = Arc::new(Message { id, payload: payload.into_boxed_slice(), text });
         bump(&self.stats().published, 1);
         let me = self.id;
         match target {
@@ -239,33 +228,20 @@ impl Shard {
                 if home == self.id {
                     self.publish_user_home(&user, &msg);
                 } else {
-                    self.send_mesh(
-                        home,
-                        Msg::PublishUser {
-                            user: user.into(),
-                            msg,
-                        },
-                    );
+                    self.send_mesh(home, Msg::PublishUser { user: user.into(), msg });
                 }
             }
             admin::Target::Topic(topic) => {
                 for to in (0..self.shards()).filter(|&s| s != me) {
-                    let m = Msg::PublishTopic {
-                        topic: topic.as_str().into(),
-                        msg: Arc::clone(&msg),
-                    };
+                    let m =
+                        Msg::PublishTopic { topic: topic.as_str().into(), msg: Arc::clone(&msg) };
                     self.send_mesh(to, m);
                 }
                 self.deliver_topic(&topic, &msg);
             }
             admin::Target::All => {
                 for to in (0..self.shards()).filter(|&s| s != me) {
-                    self.send_mesh(
-                        to,
-                        Msg::PublishAll {
-                            msg: Arc::clone(&msg),
-                        },
-                    );
+                    self.send_mesh(to, Msg::PublishAll { msg: Arc::clone(&msg) });
                 }
                 self.deliver_all(&msg);
             }
@@ -275,8 +251,7 @@ impl Shard {
 
     fn send_mesh(&mut self, to: usize, msg: Msg) {
         if self.mesh.send(to, msg) == crate::mesh::Sent::Dropped {
-            self.stats()
-                .dropped(crate::metrics::DropReason::MeshFull, 1);
+            self.stats().dropped(crate::metrics::DropReason::MeshFull, 1);
         }
     }
 
@@ -291,13 +266,7 @@ impl Shard {
             } else {
                 let list: Vec<ConnId> = on_shard.copied().collect();
                 if !list.is_empty() {
-                    self.send_mesh(
-                        shard,
-                        Msg::Deliver {
-                            conns: list,
-                            msg: Arc::clone(msg),
-                        },
-                    );
+                    self.send_mesh(shard, Msg::Deliver { conns: list, msg: Arc::clone(msg) });
                 }
             }
         }
@@ -311,9 +280,7 @@ impl Shard {
         targets.extend_from_slice(self.topics.subscribers(topic));
         let conns = &self.conns;
         targets.retain(|&(s, g)| {
-            conns
-                .get(s, g)
-                .is_some_and(|c| c.topics.iter().any(|t| &**t == topic))
+            conns.get(s, g).is_some_and(|c| c.topics.iter().any(|t| &**t == topic))
         });
         self.deliver(&targets, msg);
         targets.clear();
@@ -323,10 +290,7 @@ impl Shard {
     fn deliver_all(&mut self, msg: &Message) {
         let mut targets = std::mem::take(&mut self.scratch.targets);
         targets.extend(
-            self.conns
-                .iter()
-                .filter(|(_, _, c)| c.is_subscriber())
-                .map(|(s, g, _)| (s, g)),
+            self.conns.iter().filter(|(_, _, c)| c.is_subscriber()).map(|(s, g, _)| (s, g)),
         );
         self.deliver(&targets, msg);
         targets.clear();
@@ -339,13 +303,7 @@ impl Shard {
         if home == self.id {
             self.users.add(user.into(), id);
         } else {
-            self.send_mesh(
-                home,
-                Msg::UserAdd {
-                    user: user.into(),
-                    conn: id,
-                },
-            );
+            self.send_mesh(home, Msg::UserAdd { user: user.into(), conn: id });
         }
     }
 
@@ -359,11 +317,7 @@ impl Shard {
     }
 
     fn conn_id(&self, slot: u32, generation: u32) -> ConnId {
-        ConnId {
-            shard: self.id as u16,
-            slot,
-            generation,
-        }
+        ConnId { shard: self.id as u16, slot, generation }
     }
 
     fn ring_doorbells(&mut self) {
@@ -383,14 +337,10 @@ impl Shard {
     /// Arms a timer for a connection at `at_ms`; earlier entries for it become stale.
     fn schedule(&mut self, slot: u32, generation: u32, at_ms: u64) {
         if let Some(conn) = self.conns.get_mut(slot, generation) {
-            conn.timer_ms = at_ms.max(1);
-            let key = ConnId {
-                shard: 0,
-                slot,
-                generation,
-            }
-            .timer_key();
-            self.wheel.insert(key, conn.timer_ms);
+            let at_ms = at_ms.max(1);
+            conn.timer = conn::stamp(at_ms);
+            let key = ConnId { shard: 0, slot, generation }.timer_key();
+            self.wheel.insert(key, at_ms);
         }
     }
 
@@ -399,10 +349,8 @@ impl Shard {
         self.wheel.expire(self.now_ms, &mut fired);
         for (key, deadline) in fired.drain(..) {
             let (slot, generation) = (key as u32, (key >> 32) as u32);
-            let due = self
-                .conns
-                .get(slot, generation)
-                .is_some_and(|c| c.timer_ms == deadline);
+            let due =
+                self.conns.get(slot, generation).is_some_and(|c| c.timer == conn::stamp(deadline));
             if due {
                 self.on_timer(slot, generation);
             }
@@ -412,17 +360,15 @@ impl Shard {
 
     fn on_timer(&mut self, slot: u32, generation: u32) {
         let l = &self.shared.cfg.limits;
-        let (ping_ms, pong_ms, idle_ms, hb_ms) = (
-            l.ping_interval_ms,
-            l.pong_timeout_ms,
-            l.idle_timeout_ms,
-            l.sse_heartbeat_ms,
-        );
+        let (ping_ms, pong_ms, idle_ms, hb_ms) =
+            (l.ping_interval_ms, l.pong_timeout_ms, l.idle_timeout_ms, l.sse_heartbeat_ms);
         let now = self.now_ms;
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
         };
-        conn.timer_ms = 0;
+        conn.timer = 0;
+        let since_rx = conn::elapsed_ms(now, conn.last_rx);
+        let since_ping = conn::elapsed_ms(now, conn.last_ping);
         match (conn.closing, conn.kind) {
             (Closing::Flushing(reason), _) => self.abort(slot, generation, reason),
             (Closing::Cancelling(_) | Closing::Closed, _) => {}
@@ -430,11 +376,10 @@ impl Shard {
                 client::reject(self, slot, generation, 408, CloseReason::HandshakeTimeout)
             }
             (Closing::Open, Kind::Admin) => {
-                let at = conn.last_rx_ms + idle_ms;
-                if idle_ms > 0 && now >= at {
+                if idle_ms > 0 && since_rx >= idle_ms {
                     self.abort(slot, generation, CloseReason::IdleTimeout);
                 } else if idle_ms > 0 {
-                    self.schedule(slot, generation, at);
+                    self.schedule(slot, generation, now + idle_ms - since_rx);
                 }
             }
             (Closing::Open, Kind::Sse) => {
@@ -445,16 +390,16 @@ impl Shard {
                 self.schedule(slot, generation, now + hb_ms);
             }
             (Closing::Open, Kind::Ws | Kind::Echo) => {
-                if conn.awaiting_pong && now >= conn.last_ping_ms + pong_ms {
+                if conn.awaiting_pong && since_ping >= pong_ms {
                     return self.abort(slot, generation, CloseReason::PingTimeout);
                 }
-                if idle_ms > 0 && now >= conn.last_rx_ms + idle_ms {
+                if idle_ms > 0 && since_rx >= idle_ms {
                     let reason = CloseReason::IdleTimeout;
                     return client::close_ws(self, slot, generation, 1001, "idle timeout", reason);
                 }
-                if !conn.awaiting_pong && now >= conn.last_ping_ms + ping_ms {
+                if !conn.awaiting_pong && since_ping >= ping_ms {
                     conn.awaiting_pong = true;
-                    conn.last_ping_ms = now;
+                    conn.last_ping = conn::stamp(now);
                     let mut frame = Vec::with_capacity(2);
                     crate::proto::ws::write_frame(&mut frame, crate::proto::ws::OpCode::Ping, &[]);
                     self.queue(slot, generation, conn::Chunk::Owned(frame));
@@ -467,18 +412,18 @@ impl Shard {
     /// The next WebSocket deadline: a pong due, a ping to send, or the idle limit.
     fn schedule_ws(&mut self, slot: u32, generation: u32) {
         let l = &self.shared.cfg.limits;
+        let now = self.now_ms;
         let Some(conn) = self.conns.get(slot, generation) else {
             return;
         };
-        let mut at = if conn.awaiting_pong {
-            conn.last_ping_ms + l.pong_timeout_ms
-        } else {
-            conn.last_ping_ms + l.ping_interval_ms
-        };
+        let since_ping = conn::elapsed_ms(now, conn.last_ping);
+        let period = if conn.awaiting_pong { l.pong_timeout_ms } else { l.ping_interval_ms };
+        let mut wait = period.saturating_sub(since_ping);
         if l.idle_timeout_ms > 0 {
-            at = at.min(conn.last_rx_ms + l.idle_timeout_ms);
+            let since_rx = conn::elapsed_ms(now, conn.last_rx);
+            wait = wait.min(l.idle_timeout_ms.saturating_sub(since_rx));
         }
-        self.schedule(slot, generation, at.max(self.now_ms + 1));
+        self.schedule(slot, generation, now + wait.max(1));
     }
 
     fn begin_shutdown(&mut self) {

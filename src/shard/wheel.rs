@@ -99,18 +99,9 @@ impl Wheel {
     /// above [`SLOTS_MAX`].
     pub fn new(tick_ms: u64, slots: usize, now_ms: u64) -> Wheel {
         assert!(tick_ms > 0, "a timer wheel tick must be at least 1 ms");
-        assert!(
-            tick_ms <= TICK_MS_MAX,
-            "timer wheel tick {tick_ms} ms > {TICK_MS_MAX} ms"
-        );
-        assert!(
-            slots.is_power_of_two(),
-            "timer wheel slots {slots} is not a power of two"
-        );
-        assert!(
-            slots <= SLOTS_MAX,
-            "timer wheel slots {slots} > {SLOTS_MAX}"
-        );
+        assert!(tick_ms <= TICK_MS_MAX, "timer wheel tick {tick_ms} ms > {TICK_MS_MAX} ms");
+        assert!(slots.is_power_of_two(), "timer wheel slots {slots} is not a power of two");
+        assert!(slots <= SLOTS_MAX, "timer wheel slots {slots} > {SLOTS_MAX}");
         Wheel {
             tick_ms,
             mask: slots as u64 - 1,
@@ -291,10 +282,7 @@ mod tests {
         wheel.insert(1, 1_150);
         wheel.insert(2, 1_200);
         wheel.insert(3, 1_201);
-        assert!(
-            expire(&mut wheel, 1_150).is_empty(),
-            "1_150 rounds up to the tick at 1_200"
-        );
+        assert!(expire(&mut wheel, 1_150).is_empty(), "1_150 rounds up to the tick at 1_200");
         assert!(expire(&mut wheel, 1_199).is_empty());
         assert_eq!(expire(&mut wheel, 1_200), [(1, 1_150), (2, 1_200)]);
         assert!(expire(&mut wheel, 1_299).is_empty());
@@ -340,9 +328,7 @@ mod tests {
         }
         let fired = expire(&mut wheel, ten_minutes_ms);
         assert_eq!(fired.len(), 1_201); // deadlines 0, 500, …, 600_000
-        assert!(fired
-            .iter()
-            .all(|&(_, deadline_ms)| deadline_ms <= ten_minutes_ms));
+        assert!(fired.iter().all(|&(_, deadline_ms)| deadline_ms <= ten_minutes_ms));
         assert_eq!(wheel.len(), 2_000 - 1_201);
         let rest = expire(&mut wheel, 2 * ten_minutes_ms);
         assert_eq!(rest.len(), 2_000 - 1_201);

@@ -12,19 +12,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// Each ring's fixed-file table is capped at the soft limit when it is registered, so this
 /// decides how many connections one shard can hold. The io-uring crate does not do it.
 pub fn raise_nofile() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the rlimit struct we own; the pointer is valid.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
     if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
         // SAFETY: setrlimit reads the struct we own; raising soft to hard needs no privilege.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
             lim.rlim_cur = lim.rlim_max;
@@ -35,10 +29,7 @@ pub fn raise_nofile() -> io::Result<u64> {
 
 /// The soft RLIMIT_MEMLOCK in bytes, for error messages about ring setup.
 pub fn memlock_bytes() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the rlimit struct we own.
     unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
     lim.rlim_cur
@@ -62,11 +53,7 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<Socket> 
 /// Resident set size of this process in bytes, from /proc/self/statm.
 pub fn rss_bytes() -> u64 {
     let text = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let pages: u64 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     // SAFETY: sysconf has no memory-safety preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     pages * page.max(0) as u64
@@ -74,9 +61,7 @@ pub fn rss_bytes() -> u64 {
 
 /// Online CPUs, the default shard count.
 pub fn online_cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// Sets the returned flag on SIGINT or SIGTERM. Shards look at it every tick.

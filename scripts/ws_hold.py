@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Holds N idle WebSocket connections to c10m and counts the broadcasts they receive.
+
+Used by scripts/c30k.sh, which runs several of these (each process is limited to ~19,000
+file descriptors here) so one server holds more connections than one process could.
+
+  ws_hold.py --host 127.0.0.1 --port 8080 --source 127.0.0.10 --conns 10000 \
+             --expect 1 --hold-s 120
+
+Prints `up N` once all connections are open, then `got N` when every connection has
+received --expect messages (or `timeout ...` when --hold-s passes first), and exits.
+"""
+import argparse
+import asyncio
+import base64
+import os
+import sys
+import time
+
+
+async def one(args, idx, up, got, done_events):
+    key = base64.b64encode(os.urandom(16)).decode()
+    reader, writer = await asyncio.open_connection(
+        args.host, args.port, local_addr=(args.source, 0))
+    user = f"{args.user_prefix}{idx}"
+    writer.write((f"GET /ws?user={user} HTTP/1.1\r\nHost: {args.host}\r\n"
+                  f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise RuntimeError(head[:40])
+    up[0] += 1
+    if up[0] == args.conns:
+        print(f"up {up[0]}", flush=True)
+    seen = 0
+    while seen < args.expect:
+        b0, b1 = await reader.readexactly(2)
+        n = b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(await reader.readexactly(2), "big")
+        elif n == 127:
+            n = int.from_bytes(await reader.readexactly(8), "big")
+        payload = await reader.readexactly(n)
+        op = b0 & 0x0F
+        if op == 0x9:  # ping: answer with a masked pong
+            mask = os.urandom(4)
+            body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            writer.write(bytes([0x8A, 0x80 | len(payload)]) + mask + body)
+        elif op in (0x1, 0x2):
+            seen += 1
+    got[0] += 1
+    if got[0] == args.conns:
+        done_events.set()
+    # Stay connected until the whole run ends.
+    await asyncio.sleep(args.hold_s)
+
+
+async def main(args):
+    up, got = [0], [0]
+    done = asyncio.Event()
+    tasks = []
+    for i in range(args.conns):
+        tasks.append(asyncio.ensure_future(one(args, args.first + i, up, got, done)))
+        if i % 500 == 499:
+            await asyncio.sleep(0.05)
+    try:
+        await asyncio.wait_for(done.wait(), timeout=args.hold_s)
+        print(f"got {got[0]}", flush=True)
+    except asyncio.TimeoutError:
+        failed = sum(1 for t in tasks if t.done() and t.exception())
+        print(f"timeout up={up[0]} got={got[0]} failed={failed}", flush=True)
+        for t in tasks:
+            if t.done() and t.exception():
+                print(f"first error: {t.exception()!r}", file=sys.stderr)
+                break
+    # Hold until told to stop (stdin closes) or the hold time passes.
+    for t in tasks:
+        t.cancel()
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--source", default="127.0.0.1")
+    p.add_argument("--conns", type=int, default=1000)
+    p.add_argument("--first", type=int, default=0)
+    p.add_argument("--user-prefix", default="u")
+    p.add_argument("--expect", type=int, default=1)
+    p.add_argument("--hold-s", type=float, default=120)
+    asyncio.run(main(p.parse_args()))
