@@ -27,10 +27,7 @@ fn refused(server: &Server, raw: &[u8]) -> Response {
     let mut r = std::io::BufReader::new(s);
     let resp = read_response(&mut r).expect("a response");
     let rest = read_to_eof(r.get_mut());
-    assert!(
-        rest.is_empty() && r.buffer().is_empty(),
-        "bytes after the response"
-    );
+    assert!(rest.is_empty() && r.buffer().is_empty(), "bytes after the response");
     assert_eq!(resp.header("connection"), Some("close"), "{resp:?}");
     resp
 }
@@ -39,10 +36,7 @@ fn refused(server: &Server, raw: &[u8]) -> Response {
 fn unknown_paths_are_404() {
     let server = Server::start(&[]);
     for path in ["/", "/nope", "/ws/extra", "/SSE", "/echo"] {
-        let r = refused(
-            &server,
-            format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes(),
-        );
+        let r = refused(&server, format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes());
         assert_eq!(r.status, 404, "{path}");
     }
     // /echo exists only with --echo.
@@ -53,10 +47,7 @@ fn unknown_paths_are_404() {
 #[test]
 fn post_sse_is_405_with_allow() {
     let server = Server::start(&[]);
-    let r = refused(
-        &server,
-        b"POST /sse?user=a HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
-    );
+    let r = refused(&server, b"POST /sse?user=a HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET"));
 }
@@ -65,10 +56,7 @@ fn post_sse_is_405_with_allow() {
 fn bad_websocket_handshakes_are_400() {
     let server = Server::start(&[]);
     let cases = [
-        (
-            "plain GET",
-            "GET /ws HTTP/1.1\r\nHost: h\r\n\r\n".to_owned(),
-        ),
+        ("plain GET", "GET /ws HTTP/1.1\r\nHost: h\r\n\r\n".to_owned()),
         (
             "no Connection: Upgrade",
             format!(
@@ -95,31 +83,19 @@ fn bad_websocket_handshakes_are_400() {
                  Sec-WebSocket-Key: {KEY}\r\n\r\n"
             ),
         ),
-        (
-            "HTTP/1.0",
-            upgrade("/ws", "").replacen("HTTP/1.1", "HTTP/1.0", 1),
-        ),
-        (
-            "user id over 256 bytes",
-            upgrade(&format!("/ws?user={}", "u".repeat(257)), ""),
-        ),
+        ("HTTP/1.0", upgrade("/ws", "").replacen("HTTP/1.1", "HTTP/1.0", 1)),
+        ("user id over 256 bytes", upgrade(&format!("/ws?user={}", "u".repeat(257)), "")),
         (
             "65 topics",
             upgrade(
                 &format!(
                     "/ws?topics={}",
-                    (0..65)
-                        .map(|i| format!("t{i}"))
-                        .collect::<Vec<_>>()
-                        .join(",")
+                    (0..65).map(|i| format!("t{i}")).collect::<Vec<_>>().join(",")
                 ),
                 "",
             ),
         ),
-        (
-            "topic over 256 bytes",
-            upgrade(&format!("/ws?topics={}", "t".repeat(257)), ""),
-        ),
+        ("topic over 256 bytes", upgrade(&format!("/ws?topics={}", "t".repeat(257)), "")),
     ];
     for (what, raw) in cases {
         let r = refused(&server, raw.as_bytes());
@@ -128,11 +104,7 @@ fn bad_websocket_handshakes_are_400() {
     // The same identity limits on SSE.
     let r = refused(
         &server,
-        format!(
-            "GET /sse?user={} HTTP/1.1\r\nHost: h\r\n\r\n",
-            "u".repeat(257)
-        )
-        .as_bytes(),
+        format!("GET /sse?user={} HTTP/1.1\r\nHost: h\r\n\r\n", "u".repeat(257)).as_bytes(),
     );
     assert_eq!(r.status, 400);
     // At the limits it is accepted.
@@ -194,9 +166,7 @@ fn too_many_headers_is_431_and_64_are_fine() {
 #[test]
 fn garbage_is_400() {
     let server = Server::start(&[]);
-    let tls_hello: &[u8] = &[
-        0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03,
-    ];
+    let tls_hello: &[u8] = &[0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03];
     for raw in [
         b"hello there\r\n\r\n".as_slice(),
         b"\x00\x01\x02\x03\r\n\r\n",
@@ -242,11 +212,7 @@ fn frames_in_the_same_write_as_the_handshake_are_processed() {
     let server = Server::start(&[]);
     let mut s = server.client_tcp();
     let mut raw = upgrade("/ws?user=eager", "").into_bytes();
-    raw.extend(client_frame(
-        FIN | OP_TEXT,
-        br#"{"subscribe":"early"}"#,
-        true,
-    ));
+    raw.extend(client_frame(FIN | OP_TEXT, br#"{"subscribe":"early"}"#, true));
     s.write_all(&raw).unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
@@ -273,12 +239,7 @@ fn violation(server: &Server, path: &str, bytes: &[u8], code: u16) {
 #[test]
 fn unmasked_client_frame_is_1002() {
     let server = Server::start(&[]);
-    violation(
-        &server,
-        "/ws",
-        &client_frame(FIN | OP_TEXT, b"hi", false),
-        1002,
-    );
+    violation(&server, "/ws", &client_frame(FIN | OP_TEXT, b"hi", false), 1002);
 }
 
 #[test]
@@ -293,35 +254,20 @@ fn reserved_opcodes_are_1002() {
 fn rsv_bits_are_1002() {
     let server = Server::start(&[]);
     for rsv in [0x40, 0x20, 0x10] {
-        violation(
-            &server,
-            "/ws",
-            &client_frame(FIN | rsv | OP_TEXT, b"x", true),
-            1002,
-        );
+        violation(&server, "/ws", &client_frame(FIN | rsv | OP_TEXT, b"x", true), 1002);
     }
 }
 
 #[test]
 fn invalid_utf8_text_is_1007() {
     let server = Server::start(&["--echo"]);
-    violation(
-        &server,
-        "/ws",
-        &client_frame(FIN | OP_TEXT, b"ok \xff", true),
-        1007,
-    );
+    violation(&server, "/ws", &client_frame(FIN | OP_TEXT, b"ok \xff", true), 1007);
     // Split over fragments: a bad sequence in the second fragment fails too.
     let mut bytes = client_frame(OP_TEXT, b"caf\xc3", true);
     bytes.extend(client_frame(FIN | OP_CONT, b"\x28", true));
     violation(&server, "/echo", &bytes, 1007);
     // A message that ends inside a sequence.
-    violation(
-        &server,
-        "/echo",
-        &client_frame(FIN | OP_TEXT, b"caf\xc3", true),
-        1007,
-    );
+    violation(&server, "/echo", &client_frame(FIN | OP_TEXT, b"caf\xc3", true), 1007);
 }
 
 #[test]
@@ -331,10 +277,7 @@ fn valid_utf8_split_across_fragments_is_fine() {
     ws.send(OP_TEXT, b"caf\xc3");
     ws.send(FIN | OP_CONT, b"\xa9!");
     let f = ws.recv().unwrap();
-    assert_eq!(
-        (f.opcode, f.payload.as_slice()),
-        (OP_TEXT, "café!".as_bytes())
-    );
+    assert_eq!((f.opcode, f.payload.as_slice()), (OP_TEXT, "café!".as_bytes()));
 }
 
 #[test]
@@ -345,12 +288,7 @@ fn message_over_message_bytes_max_is_1009() {
     ws.send(FIN | OP_BINARY, &[7u8; 1000]);
     assert_eq!(ws.recv().unwrap().payload, vec![7u8; 1000]);
     // One frame over it.
-    violation(
-        &server,
-        "/echo",
-        &client_frame(FIN | OP_BINARY, &[7u8; 1001], true),
-        1009,
-    );
+    violation(&server, "/echo", &client_frame(FIN | OP_BINARY, &[7u8; 1001], true), 1009);
     // Fragments that are each small but together too big.
     let mut bytes = client_frame(OP_TEXT, &[b'a'; 600], true);
     bytes.extend(client_frame(FIN | OP_CONT, &[b'a'; 600], true));
@@ -368,30 +306,18 @@ fn default_message_limit_is_64_kib() {
     let mut ws = server.raw_ws("/echo");
     ws.send(FIN | OP_BINARY, &vec![1u8; 65536]);
     assert_eq!(ws.recv().unwrap().payload.len(), 65536);
-    violation(
-        &server,
-        "/echo",
-        &client_frame(FIN | OP_BINARY, &vec![1u8; 65537], true),
-        1009,
-    );
+    violation(&server, "/echo", &client_frame(FIN | OP_BINARY, &vec![1u8; 65537], true), 1009);
 }
 
 #[test]
 fn bad_close_codes_are_1002() {
     let server = Server::start(&[]);
-    for code in [
-        0u16, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535,
-    ] {
+    for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535] {
         let bytes = client_frame(FIN | OP_CLOSE, &close_payload(code, ""), true);
         violation(&server, "/ws", &bytes, 1002);
     }
     // One byte of close payload.
-    violation(
-        &server,
-        "/ws",
-        &client_frame(FIN | OP_CLOSE, &[3], true),
-        1002,
-    );
+    violation(&server, "/ws", &client_frame(FIN | OP_CLOSE, &[3], true), 1002);
 }
 
 #[test]
@@ -399,12 +325,7 @@ fn close_reason_that_is_not_utf8_is_1007() {
     let server = Server::start(&[]);
     let mut payload = close_payload(1000, "");
     payload.extend_from_slice(b"\xff\xfe");
-    violation(
-        &server,
-        "/ws",
-        &client_frame(FIN | OP_CLOSE, &payload, true),
-        1007,
-    );
+    violation(&server, "/ws", &client_frame(FIN | OP_CLOSE, &payload, true), 1007);
 }
 
 #[test]
@@ -428,19 +349,12 @@ fn client_close_through_tungstenite_is_echoed() {
     use tungstenite::protocol::frame::{coding::CloseCode, CloseFrame};
     let server = Server::start(&[]);
     let mut ws = server.ws_connect("/ws?user=t");
-    ws.close(Some(CloseFrame {
-        code: CloseCode::Library(4321),
-        reason: "done".into(),
-    }))
-    .unwrap();
+    ws.close(Some(CloseFrame { code: CloseCode::Library(4321), reason: "done".into() })).unwrap();
     match ws.read() {
         Ok(tungstenite::Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 4321),
         other => panic!("expected the close echoed, got {other:?}"),
     }
-    assert!(matches!(
-        ws.read(),
-        Err(tungstenite::Error::ConnectionClosed)
-    ));
+    assert!(matches!(ws.read(), Err(tungstenite::Error::ConnectionClosed)));
 }
 
 #[test]
@@ -466,29 +380,18 @@ fn ping_in_the_middle_of_a_fragmented_message_is_answered() {
     ws.send(OP_TEXT, b"hel");
     ws.send(FIN | OP_PING, b"mid");
     let pong = ws.recv().unwrap();
-    assert_eq!(
-        (pong.opcode, pong.payload.as_slice()),
-        (OP_PONG, &b"mid"[..])
-    );
+    assert_eq!((pong.opcode, pong.payload.as_slice()), (OP_PONG, &b"mid"[..]));
     ws.send(OP_CONT, b"lo ");
     ws.send(FIN | OP_CONT, b"world");
     let f = ws.recv().unwrap();
-    assert_eq!(
-        (f.opcode, f.payload.as_slice()),
-        (OP_TEXT, &b"hello world"[..])
-    );
+    assert_eq!((f.opcode, f.payload.as_slice()), (OP_TEXT, &b"hello world"[..]));
 }
 
 #[test]
 fn control_frame_violations_are_1002() {
     let server = Server::start(&[]);
     // Over 125 bytes.
-    violation(
-        &server,
-        "/ws",
-        &client_frame(FIN | OP_PING, &[0u8; 126], true),
-        1002,
-    );
+    violation(&server, "/ws", &client_frame(FIN | OP_PING, &[0u8; 126], true), 1002);
     // Fragmented control frame.
     violation(&server, "/ws", &client_frame(OP_PING, b"x", true), 1002);
 }
@@ -497,12 +400,7 @@ fn control_frame_violations_are_1002() {
 fn fragmentation_violations_are_1002() {
     let server = Server::start(&[]);
     // Continuation with no message started.
-    violation(
-        &server,
-        "/ws",
-        &client_frame(FIN | OP_CONT, b"x", true),
-        1002,
-    );
+    violation(&server, "/ws", &client_frame(FIN | OP_CONT, b"x", true), 1002);
     // A new message before the fragmented one ended.
     let mut bytes = client_frame(OP_TEXT, b"a", true);
     bytes.extend(client_frame(FIN | OP_TEXT, b"b", true));
@@ -528,18 +426,8 @@ fn frames_split_byte_by_byte_are_reassembled() {
 #[test]
 fn protocol_errors_move_the_metrics() {
     let server = Server::start(&[]);
-    violation(
-        &server,
-        "/ws",
-        &client_frame(FIN | OP_TEXT, b"hi", false),
-        1002,
-    );
-    violation(
-        &server,
-        "/ws",
-        &client_frame(FIN | OP_TEXT, b"\xff", true),
-        1007,
-    );
+    violation(&server, "/ws", &client_frame(FIN | OP_TEXT, b"hi", false), 1002);
+    violation(&server, "/ws", &client_frame(FIN | OP_TEXT, b"\xff", true), 1007);
     server.wait_metric("c10m_ws_protocol_errors_total", &[], 2.0);
     server.wait_metric("c10m_closes_total", &["reason=\"protocol_error\""], 2.0);
     server.wait_connections(0);

@@ -12,18 +12,12 @@ const END: &str = "--end--";
 
 fn expect_end_ws(ws: &mut Ws, who: &str) {
     let got = ws_text(ws);
-    assert_eq!(
-        got, END,
-        "{who} got an unexpected message before the end marker"
-    );
+    assert_eq!(got, END, "{who} got an unexpected message before the end marker");
 }
 
 fn expect_end_sse(sse: &mut Sse, who: &str) {
     let got = sse.next_text();
-    assert_eq!(
-        got, END,
-        "{who} got an unexpected event before the end marker"
-    );
+    assert_eq!(got, END, "{who} got an unexpected event before the end marker");
 }
 
 fn total_delivered(server: &Server) -> u64 {
@@ -112,9 +106,7 @@ fn maximum_size_payload_arrives_unchanged_over_ws_and_sse() {
     let mut ws = server.ws_connect("/ws?user=big");
     let mut sse = server.sse_connect("user=big");
     server.wait_connections(2);
-    let payload: String = (0..65536)
-        .map(|i| (b'a' + (i % 26) as u8) as char)
-        .collect();
+    let payload: String = (0..65536).map(|i| (b'a' + (i % 26) as u8) as char).collect();
     let id = server.admin_conn().publish("user=big", &payload);
     assert_eq!(ws_text(&mut ws), payload);
     let (got_id, data) = sse.next_event();
@@ -132,10 +124,7 @@ fn user_with_ws_and_sse_connections_gets_the_message_on_both() {
     let mut admin = server.admin_conn();
     let id = admin.publish("user=carol", "for carol");
     assert_eq!(ws_text(&mut ws), "for carol");
-    assert_eq!(
-        sse.next_event(),
-        (Some(id.to_string()), b"for carol".to_vec())
-    );
+    assert_eq!(sse.next_event(), (Some(id.to_string()), b"for carol".to_vec()));
     admin.publish("all", END);
     expect_end_ws(&mut ws, "carol ws");
     expect_end_sse(&mut sse, "carol sse");
@@ -166,10 +155,7 @@ fn cross_shard_user_routing_delivers_each_message_to_its_user_only() {
         .map(|s| s["connections"].as_u64().unwrap())
         .collect();
     assert_eq!(per_shard.len(), 2);
-    assert!(
-        per_shard.iter().all(|&n| n > 0),
-        "both shards hold connections: {per_shard:?}"
-    );
+    assert!(per_shard.iter().all(|&n| n > 0), "both shards hold connections: {per_shard:?}");
     let mut admin = server.admin_conn();
     let mut ids = vec![0; USERS];
     for (i, id) in ids.iter_mut().enumerate() {
@@ -240,22 +226,15 @@ fn topic_publish_reaches_subscribers_only() {
 #[test]
 fn broadcast_reaches_every_ws_and_sse_connection_exactly_once() {
     let server = Server::start(&["--shards", "2"]);
-    let mut ws: Vec<Ws> = (0..20)
-        .map(|i| server.ws_connect(&format!("/ws?user=b{i}")))
-        .collect();
+    let mut ws: Vec<Ws> = (0..20).map(|i| server.ws_connect(&format!("/ws?user=b{i}"))).collect();
     ws.push(server.ws_connect("/ws"));
-    let mut sse: Vec<Sse> = (0..20)
-        .map(|i| server.sse_connect(&format!("user=b{i}&topics=x")))
-        .collect();
+    let mut sse: Vec<Sse> =
+        (0..20).map(|i| server.sse_connect(&format!("user=b{i}&topics=x"))).collect();
     sse.push(server.sse_connect(""));
     let n = (ws.len() + sse.len()) as u64;
     let stats = server.wait_connections(n);
     assert!(
-        stats["shards"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| s["connections"].as_u64().unwrap() > 0),
+        stats["shards"].as_array().unwrap().iter().all(|s| s["connections"].as_u64().unwrap() > 0),
         "both shards hold connections: {stats}"
     );
     let mut admin = server.admin_conn();
@@ -266,10 +245,7 @@ fn broadcast_reaches_every_ws_and_sse_connection_exactly_once() {
         expect_end_ws(c, &format!("ws {i}"));
     }
     for (i, c) in sse.iter_mut().enumerate() {
-        assert_eq!(
-            c.next_event(),
-            (Some(id.to_string()), b"to everyone".to_vec())
-        );
+        assert_eq!(c.next_event(), (Some(id.to_string()), b"to everyone".to_vec()));
         expect_end_sse(c, &format!("sse {i}"));
     }
     assert_eq!(total_delivered(&server), 2 * n);

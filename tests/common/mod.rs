@@ -83,18 +83,10 @@ impl Server {
                 .find_map(|w| w.strip_prefix(key))
                 .unwrap_or_else(|| panic!("no {key} in start line {line:?}"));
             let first = value.split(',').next().unwrap_or_default();
-            first
-                .parse()
-                .unwrap_or_else(|e| panic!("bad address {first:?} in {line:?}: {e}"))
+            first.parse().unwrap_or_else(|e| panic!("bad address {first:?} in {line:?}: {e}"))
         };
         let (client, admin) = (field("clients="), field("admin="));
-        Server {
-            child,
-            client,
-            admin,
-            stdout: rx,
-            stderr,
-        }
+        Server { child, client, admin, stdout: rx, stderr }
     }
 
     pub fn pid(&self) -> i32 {
@@ -161,18 +153,14 @@ impl Server {
     // ---- admin API ----
 
     pub fn admin_conn(&self) -> AdminConn {
-        AdminConn {
-            reader: BufReader::new(self.admin_tcp()),
-        }
+        AdminConn { reader: BufReader::new(self.admin_tcp()) }
     }
 
     /// `POST /publish?{target}` on a fresh connection. Publishes on different connections
     /// may be handled by different shards, so their relative order is not guaranteed; use one
     /// [`AdminConn`] when order matters.
     pub fn publish(&self, target: &str, body: impl AsRef<[u8]>) -> (u16, String) {
-        let r = self
-            .admin_conn()
-            .request("POST", &format!("/publish?{target}"), body);
+        let r = self.admin_conn().request("POST", &format!("/publish?{target}"), body);
         (r.status, r.text())
     }
 
@@ -249,18 +237,12 @@ impl Server {
             }
         }
         let head = String::from_utf8(head).expect("ASCII head");
-        assert!(
-            head.starts_with("HTTP/1.1 101 "),
-            "expected 101, got {head:?}"
-        );
+        assert!(head.starts_with("HTTP/1.1 101 "), "expected 101, got {head:?}");
         assert!(
             head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
             "{head:?}"
         );
-        RawWs {
-            stream,
-            buf: Vec::new(),
-        }
+        RawWs { stream, buf: Vec::new() }
     }
 
     // ---- SSE ----
@@ -275,11 +257,7 @@ impl Server {
         let mut reader = BufReader::new(s);
         let (status, headers) = read_head(&mut reader).expect("SSE response head");
         assert_eq!(status, 200, "SSE status; headers {headers:?}");
-        let mut sse = Sse {
-            reader,
-            headers,
-            retry_ms: None,
-        };
+        let mut sse = Sse { reader, headers, retry_ms: None };
         match sse.next_item().expect("SSE retry block") {
             Some(SseItem::Retry(ms)) => sse.retry_ms = Some(ms),
             other => panic!("SSE stream must open with retry:, got {other:?}"),
@@ -397,10 +375,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -417,10 +392,7 @@ impl Response {
 pub fn read_head<R: BufRead>(r: &mut R) -> io::Result<(u16, Vec<(String, String)>)> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "no status line",
-        ));
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "no status line"));
     }
     let status = line
         .strip_prefix("HTTP/1.1 ")
@@ -437,9 +409,8 @@ pub fn read_head<R: BufRead>(r: &mut R) -> io::Result<(u16, Vec<(String, String)
         if l.is_empty() {
             return Ok((status, headers));
         }
-        let (name, value) = l
-            .split_once(':')
-            .ok_or_else(|| io::Error::other(format!("bad header {l:?}")))?;
+        let (name, value) =
+            l.split_once(':').ok_or_else(|| io::Error::other(format!("bad header {l:?}")))?;
         headers.push((name.to_owned(), value.trim().to_owned()));
     }
 }
@@ -447,11 +418,7 @@ pub fn read_head<R: BufRead>(r: &mut R) -> io::Result<(u16, Vec<(String, String)
 /// Reads one response: the head, then `Content-Length` bytes (or to EOF without one).
 pub fn read_response<R: BufRead>(r: &mut R) -> io::Result<Response> {
     let (status, headers) = read_head(r)?;
-    let mut resp = Response {
-        status,
-        headers,
-        body: Vec::new(),
-    };
+    let mut resp = Response { status, headers, body: Vec::new() };
     match resp.header("content-length") {
         Some(len) => {
             let len: usize = len.parse().map_err(io::Error::other)?;
@@ -496,9 +463,7 @@ impl AdminConn {
     pub fn publish(&mut self, target: &str, body: impl AsRef<[u8]>) -> u64 {
         let r = self.request("POST", &format!("/publish?{target}"), body);
         assert_eq!(r.status, 202, "publish {target}: {}", r.text());
-        r.json()["id"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no id in {}", r.text()))
+        r.json()["id"].as_u64().unwrap_or_else(|| panic!("no id in {}", r.text()))
     }
 }
 
@@ -528,8 +493,7 @@ pub fn ws_text(ws: &mut Ws) -> String {
 
 /// Sends a JSON control message and returns the server's JSON reply.
 pub fn ws_control(ws: &mut Ws, msg: serde_json::Value) -> serde_json::Value {
-    ws.send(Message::text(msg.to_string()))
-        .expect("send control");
+    ws.send(Message::text(msg.to_string())).expect("send control");
     let reply = ws_text(ws);
     serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply {reply:?} not JSON: {e}"))
 }
@@ -615,10 +579,7 @@ pub struct RawWs {
 impl RawWs {
     /// Wraps a stream whose handshake is already done (and whose head was fully read).
     pub fn from_stream(stream: TcpStream) -> RawWs {
-        RawWs {
-            stream,
-            buf: Vec::new(),
-        }
+        RawWs { stream, buf: Vec::new() }
     }
 
     /// Sends one masked frame.
@@ -640,11 +601,7 @@ impl RawWs {
             let mut chunk = [0u8; 8192];
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
-                    assert!(
-                        self.buf.is_empty(),
-                        "EOF inside a frame: {:?}",
-                        lossy(&self.buf)
-                    );
+                    assert!(self.buf.is_empty(), "EOF inside a frame: {:?}", lossy(&self.buf));
                     return None;
                 }
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
@@ -668,10 +625,7 @@ impl RawWs {
     /// Expects a close frame with `code`, then EOF.
     pub fn expect_close(&mut self, code: u16) {
         let frame = self.recv_skip_pings().expect("a close frame before EOF");
-        assert_eq!(
-            frame.opcode, OP_CLOSE,
-            "expected close {code}, got {frame:?}"
-        );
+        assert_eq!(frame.opcode, OP_CLOSE, "expected close {code}, got {frame:?}");
         assert_eq!(
             frame.close_code(),
             Some(code),
@@ -711,13 +665,8 @@ pub fn parse_server_frame(buf: &[u8]) -> Option<(Frame, usize)> {
             *b ^= k;
         }
     }
-    let frame = Frame {
-        fin: b0 & 0x80 != 0,
-        rsv: (b0 >> 4) & 0x7,
-        opcode: b0 & 0x0F,
-        masked,
-        payload,
-    };
+    let frame =
+        Frame { fin: b0 & 0x80 != 0, rsv: (b0 >> 4) & 0x7, opcode: b0 & 0x0F, masked, payload };
     Some((frame, at + len))
 }
 
@@ -746,10 +695,7 @@ pub struct Sse {
 
 impl Sse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// The next block; `Ok(None)` at a clean EOF between blocks.
