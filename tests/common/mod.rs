@@ -601,7 +601,11 @@ impl RawWs {
             let mut chunk = [0u8; 8192];
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
-                    assert!(self.buf.is_empty(), "EOF inside a frame: {:?}", lossy(&self.buf));
+                    assert!(
+                        self.buf.is_empty(),
+                        "EOF inside a frame ({} bytes pending)",
+                        self.buf.len()
+                    );
                     return None;
                 }
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
