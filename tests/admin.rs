@@ -311,3 +311,34 @@ fn client_endpoints_do_not_exist_on_the_admin_listener() {
         .client_request(b"POST /publish?all HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(r.status, 404);
 }
+
+/// RFC 9110 section 10.1.1: a server that receives `Expect: 100-continue` MUST answer at once
+/// with 100 (Continue) or a final status. Clients that wait for it (older libcurl for bodies
+/// over 1 KiB, .NET's HttpClient) otherwise stall on every publish until their own timeout.
+#[test]
+#[ignore = "server bug: Expect: 100-continue is never answered, so waiting clients stall"]
+fn expect_100_continue_is_answered_before_the_body() {
+    let server = Server::start(&[]);
+    let mut admin = server.admin_conn();
+    admin.reader.get_mut().set_read_timeout(Some(std::time::Duration::from_secs(1))).unwrap();
+    admin.send_raw(
+        b"POST /publish?all HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\
+          Expect: 100-continue\r\n\r\n",
+    );
+    let (status, _) = common::read_head(&mut admin.reader)
+        .expect("an interim 100 Continue (or a final status) before the body is sent");
+    assert_eq!(status, 100);
+    admin.send_raw(b"hello");
+    assert_eq!(admin.read().status, 202);
+}
+
+#[test]
+fn expect_100_continue_over_the_limit_is_refused_at_once() {
+    let server = Server::start(&[]);
+    let mut admin = server.admin_conn();
+    admin.send_raw(
+        b"POST /publish?all HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\
+          Expect: 100-continue\r\n\r\n",
+    );
+    assert_eq!(admin.read().status, 413);
+}
