@@ -447,3 +447,22 @@ fn a_peer_that_vanishes_is_counted_as_peer_gone() {
     let (status, _) = server.publish("user=gone", "anyone?");
     assert_eq!(status, 202);
 }
+
+#[test]
+fn browser_style_upgrade_headers_are_accepted() {
+    let server = Server::start(&[]);
+    let raw = format!(
+        "GET /ws?user=fx HTTP/1.1\r\nHost: h\r\nUpgrade: WebSocket\r\n\
+         Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: {KEY}\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\
+         Origin: http://example.test\r\n\r\n"
+    );
+    let mut s = server.client_tcp();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let (status, headers) = common::read_head(&mut r).unwrap();
+    assert_eq!(status, 101, "{headers:?}");
+    let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    assert!(!has("sec-websocket-extensions"), "no extension is negotiated: {headers:?}");
+    server.wait_connections(1);
+}
