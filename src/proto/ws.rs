@@ -25,6 +25,9 @@ pub const CONTROL_PAYLOAD_BYTES_MAX: usize = 125;
 pub const CLOSE_REASON_BYTES_MAX: usize = CONTROL_PAYLOAD_BYTES_MAX - 2;
 /// The longest frame header a client sends: 2 + 8 length bytes + 4 mask bytes.
 const HEADER_BYTES_MAX: usize = 14;
+const _: () = assert!(HEADER_BYTES_MAX == 2 + 8 + 4);
+// Control payload lengths must fit the 7-bit length field.
+const _: () = assert!(CONTROL_PAYLOAD_BYTES_MAX < 126);
 
 /// The `Sec-WebSocket-Accept` value for a client's `Sec-WebSocket-Key`.
 pub fn accept_key(sec_websocket_key: &[u8]) -> String {
@@ -880,5 +883,66 @@ mod tests {
             run_with(&[frame(0x90, b""), frame(0x81, b"a")].concat(), &LIMITS);
         assert_eq!(events.len(), 1);
         assert!(session.is_closed() && session.partial.is_none());
+    }
+
+    /// A real client (tungstenite) and this session understand each other's frames.
+    #[test]
+    fn interoperates_with_tungstenite() {
+        use std::io::{Cursor, Read, Write};
+        use tungstenite::{protocol::Role, Message, WebSocket};
+
+        #[derive(Default)]
+        struct Pipe {
+            to_client: Cursor<Vec<u8>>,
+            from_client: Vec<u8>,
+        }
+        impl Read for Pipe {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                match self.to_client.read(buf)? {
+                    0 if !buf.is_empty() => Err(std::io::ErrorKind::WouldBlock.into()),
+                    n => Ok(n),
+                }
+            }
+        }
+        impl Write for Pipe {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.from_client.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+
+        let mut client = WebSocket::from_raw_socket(Pipe::default(), Role::Client, None);
+        let mut pushed = Vec::new();
+        write_frame(&mut pushed, OpCode::Text, "push ✓".as_bytes());
+        write_frame(&mut pushed, OpCode::Binary, &[9; 70000]);
+        client.get_mut().to_client = Cursor::new(pushed);
+        assert_eq!(client.read().unwrap(), Message::Text("push ✓".into()));
+        assert_eq!(client.read().unwrap(), Message::Binary(vec![9; 70000]));
+
+        client.send(Message::Text("héllo".into())).unwrap();
+        client.send(Message::Binary(vec![1; 60000])).unwrap();
+        client.send(Message::Ping(b"p".to_vec())).unwrap();
+        client.close(None).unwrap();
+        client.flush().unwrap();
+        let wire = std::mem::take(&mut client.get_mut().from_client);
+        let (events, out) = run(&wire);
+        assert_eq!(
+            events,
+            [
+                Event::Text("héllo".as_bytes().to_vec()),
+                Event::Binary(vec![1; 60000]),
+                Event::Ping(b"p".to_vec()),
+                Event::Closed {
+                    code: None,
+                    reason: String::new()
+                },
+            ]
+        );
+        client.get_mut().to_client = Cursor::new(out);
+        assert_eq!(client.read().unwrap(), Message::Pong(b"p".to_vec()));
+        assert!(matches!(client.read(), Ok(Message::Close(_)) | Err(_)));
     }
 }

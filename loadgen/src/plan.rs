@@ -1,0 +1,141 @@
+//! The resolved run plan: every option checked and turned into the values the shards,
+//! the publisher and the report use.
+
+#![forbid(unsafe_code)]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::Pattern;
+use crate::proto::http::Audience;
+
+/// Connections per shard when `--shards` is not given: below the 20,000 fixed-file slots
+/// a ring gets on a host whose RLIMIT_NOFILE is 20,000, with room to spare.
+pub const CONNS_PER_SHARD_DEFAULT: u64 = 19_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Ws,
+    Sse,
+}
+
+impl Proto {
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Ws => "ws",
+            Proto::Sse => "sse",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishTo {
+    User,
+    Topic,
+    All,
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub proto: Proto,
+    pub targets: Vec<SocketAddr>,
+    /// Empty: the kernel picks the source address.
+    pub sources: Vec<Ipv4Addr>,
+    pub conns: u64,
+    /// Connects per second over all shards.
+    pub rate: f64,
+    pub hold: Duration,
+    pub users: Pattern,
+    pub topics: Vec<Pattern>,
+    pub reconnect: bool,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub connect_timeout: Duration,
+    pub shards: usize,
+    pub pin: bool,
+    pub admin: SocketAddr,
+    pub publish_rate: f64,
+    pub publish_to: PublishTo,
+    pub publish_count: Option<u64>,
+    pub payload_bytes: usize,
+    pub drain: Duration,
+    pub json: Option<PathBuf>,
+    pub server_pid: Option<u32>,
+    pub quiet: bool,
+}
+
+impl Plan {
+    /// Connections owned by `shard`: global indices `shard, shard + S, shard + 2S, …`.
+    pub fn shard_conns(&self, shard: usize) -> u64 {
+        let s = self.shards as u64;
+        let k = shard as u64;
+        if k >= self.conns {
+            0
+        } else {
+            (self.conns - k).div_ceil(s)
+        }
+    }
+
+    /// The target and source (if any) for global connection `n`: connections walk all
+    /// (target, source) pairs so each pair's ports are used evenly.
+    pub fn route(&self, n: u64) -> (usize, Option<usize>) {
+        let t = self.targets.len() as u64;
+        let s = self.sources.len().max(1) as u64;
+        let pair = n % (t * s);
+        let source = (!self.sources.is_empty()).then_some((pair / t) as usize);
+        ((pair % t) as usize, source)
+    }
+
+    /// Path and query for connection `n`.
+    pub fn path(&self, n: u64) -> String {
+        let endpoint = match self.proto {
+            Proto::Ws => "/ws",
+            Proto::Sse => "/sse",
+        };
+        let mut path = format!("{endpoint}?user={}", self.users.render(n));
+        if !self.topics.is_empty() {
+            let topics: Vec<String> = self.topics.iter().map(|t| t.render(n)).collect();
+            path.push_str("&topics=");
+            path.push_str(&topics.join(","));
+        }
+        path
+    }
+
+    pub fn user_bucket(&self, n: u64) -> usize {
+        self.users.bucket_of(n, self.conns) as usize
+    }
+
+    pub fn topic_bucket(&self, n: u64) -> Option<usize> {
+        self.topics
+            .first()
+            .map(|t| t.bucket_of(n, self.conns) as usize)
+    }
+
+    /// The audience of a publish aimed at `bucket` (of the users or first topic pattern).
+    pub fn audience(&self, bucket: u64) -> Audience {
+        match self.publish_to {
+            PublishTo::All => Audience::All,
+            PublishTo::User => Audience::User(self.users.render(bucket)),
+            PublishTo::Topic => Audience::Topic(
+                self.topics
+                    .first()
+                    .map(|t| t.render(bucket))
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+
+    /// Most sequence numbers the run can publish: records are preallocated for them.
+    pub fn seq_max(&self) -> u64 {
+        if self.publish_rate <= 0.0 {
+            return 0;
+        }
+        let by_time = (self.publish_rate * (self.hold.as_secs_f64() + 1.0)).ceil() as u64 + 16;
+        let cap = self.publish_count.unwrap_or(u64::MAX).min(by_time);
+        cap.min(SEQ_MAX)
+    }
+}
+
+/// Most messages one run publishes (each costs a 40-byte record).
+pub const SEQ_MAX: u64 = 4_000_000;

@@ -1,0 +1,173 @@
+//! The publisher: one thread driving c10m's admin API over a keep-alive connection at
+//! `--publish-rate`, stamping each payload with its sequence number and send time.
+
+#![forbid(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::payload;
+use crate::plan::{Plan, PublishTo};
+use crate::proto::http;
+use crate::shared::{latency_histogram, Shared};
+use crate::sys;
+
+/// How long one publish may take before the connection is dropped and counted as failed.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after a failed publish so a dead server is not hammered.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+const RESPONSE_BYTES_MAX: usize = 64 * 1024;
+
+#[derive(Debug)]
+pub struct PublishResult {
+    pub published: u64,
+    pub accepted: u64,
+    pub errors: u64,
+    /// Admin request round trip, µs.
+    pub request_us: Histogram<u64>,
+    pub last_error: Option<String>,
+}
+
+struct Admin {
+    stream: Option<TcpStream>,
+    host: String,
+    buf: Vec<u8>,
+}
+
+impl Admin {
+    fn publish(&mut self, request: &[u8]) -> Result<u16, String> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect_timeout(
+                &self.host.parse().map_err(|_| "bad admin")?,
+                RESPONSE_TIMEOUT,
+            )
+            .map_err(|e| format!("admin connect: {e}"))?;
+            s.set_read_timeout(Some(RESPONSE_TIMEOUT)).ok();
+            s.set_nodelay(true).ok();
+            self.stream = Some(s);
+        }
+        let result = self.exchange(request);
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    fn exchange(&mut self, request: &[u8]) -> Result<u16, String> {
+        let stream = self.stream.as_mut().ok_or("no admin connection")?;
+        stream
+            .write_all(request)
+            .map_err(|e| format!("admin write: {e}"))?;
+        self.buf.clear();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match http::parse_response(&self.buf) {
+                Ok(Some((status, used))) => {
+                    self.buf.drain(..used);
+                    return Ok(status);
+                }
+                Ok(None) if self.buf.len() > RESPONSE_BYTES_MAX => {
+                    return Err("admin response too long".into())
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("admin response malformed: {e:?}")),
+            }
+            let n = stream
+                .read(&mut chunk)
+                .map_err(|e| format!("admin read: {e}"))?;
+            if n == 0 {
+                return Err("admin closed the connection".into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Publishes from the moment the hold begins until `stop`, `--publish-count`, or the
+/// preallocated sequence records run out.
+pub fn run(plan: Arc<Plan>, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> PublishResult {
+    let mut result = PublishResult {
+        published: 0,
+        accepted: 0,
+        errors: 0,
+        request_us: latency_histogram(),
+        last_error: None,
+    };
+    while !shared.holding.load(Relaxed) {
+        if stop.load(Relaxed) {
+            return result;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut admin = Admin {
+        stream: None,
+        host: plan.admin.to_string(),
+        buf: Vec::new(),
+    };
+    let buckets = match plan.publish_to {
+        PublishTo::All => 1,
+        PublishTo::User => shared.user_up.len() as u64,
+        PublishTo::Topic => shared.topic_up.len() as u64,
+    };
+    let seq_max = shared.records.len() as u64 - 1;
+    let count = plan.publish_count.unwrap_or(u64::MAX).min(seq_max);
+    let mut rng = sys::realtime_ns() | 1;
+    let start = Instant::now();
+    let mut request = Vec::new();
+    let mut body = Vec::new();
+    for seq in 1..=count {
+        let due = start + Duration::from_secs_f64((seq - 1) as f64 / plan.publish_rate);
+        while Instant::now() < due {
+            if stop.load(Relaxed) {
+                return result;
+            }
+            std::thread::sleep((due - Instant::now()).min(Duration::from_millis(20)));
+        }
+        if stop.load(Relaxed) {
+            break;
+        }
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let bucket = rng % buckets.max(1);
+        let expected = match plan.publish_to {
+            PublishTo::All => shared.up.load(Relaxed).max(0) as u32,
+            PublishTo::User => shared.user_up[bucket as usize].load(Relaxed),
+            PublishTo::Topic => shared.topic_up[bucket as usize].load(Relaxed),
+        };
+        let record = &shared.records[seq as usize];
+        let sent_ns = sys::realtime_ns();
+        record.expected.store(expected, Relaxed);
+        record.sent_ns.store(sent_ns, Relaxed);
+        body.clear();
+        payload::encode(&mut body, seq, sent_ns, plan.payload_bytes);
+        request.clear();
+        http::publish_request(&mut request, &admin.host, &plan.audience(bucket), &body);
+        let t = Instant::now();
+        result.published += 1;
+        match admin.publish(&request) {
+            Ok(202) => {
+                record.accepted.store(true, Relaxed);
+                result.accepted += 1;
+                result
+                    .request_us
+                    .saturating_record((t.elapsed().as_micros() as u64).max(1));
+            }
+            Ok(status) => {
+                result.errors += 1;
+                result.last_error = Some(format!("admin answered {status}"));
+            }
+            Err(e) => {
+                result.errors += 1;
+                result.last_error = Some(e);
+                std::thread::sleep(RETRY_PAUSE);
+            }
+        }
+    }
+    result
+}

@@ -1,0 +1,121 @@
+//! Publish and receive through the real server: every stamped payload arrives, latency
+//! and fan-out are measured, nothing is lost, for broadcasts, topics and users.
+
+mod support;
+
+use support::{run_loadgen, Server};
+
+#[test]
+fn broadcast_reaches_every_websocket() {
+    let server = Server::start(&[]);
+    let (report, stdout) = run_loadgen(
+        "publish-all",
+        &[
+            "--target",
+            &server.client,
+            "--admin",
+            &server.admin,
+            "--conns",
+            "100",
+            "--rate",
+            "0",
+            "--hold",
+            "2s",
+            "--publish-rate",
+            "20",
+            "--publish-count",
+            "20",
+            "--publish-to",
+            "all",
+            "--payload-bytes",
+            "100",
+            "--drain",
+            "1s",
+        ],
+    );
+    let m = &report.messages;
+    assert_eq!(m.accepted, 20, "{stdout}");
+    assert_eq!(m.expected, 2000, "{stdout}");
+    assert_eq!(m.delivered, 2000, "{stdout}");
+    assert_eq!(m.lost, 0);
+    assert_eq!(m.duplicated, 0);
+    assert_eq!(report.latency_us.count, 2000);
+    assert!(report.latency_us.p50 > 0 && report.latency_us.max < 5_000_000);
+    assert_eq!(report.fanout_us.count, 20);
+    assert!(report.fanout_complete_us.p99 >= report.fanout_us.p50);
+}
+
+#[test]
+fn topic_publishes_reach_only_subscribers_over_sse() {
+    let server = Server::start(&[]);
+    let (report, stdout) = run_loadgen(
+        "publish-topic",
+        &[
+            "--proto",
+            "sse",
+            "--target",
+            &server.client,
+            "--admin",
+            &server.admin,
+            "--conns",
+            "120",
+            "--rate",
+            "0",
+            "--topics",
+            "t{n%4},news",
+            "--hold",
+            "2s",
+            "--publish-rate",
+            "20",
+            "--publish-count",
+            "20",
+            "--publish-to",
+            "topic",
+            "--drain",
+            "1s",
+        ],
+    );
+    let m = &report.messages;
+    assert_eq!(m.accepted, 20, "{stdout}");
+    // Each topic t0..t3 has 30 subscribers.
+    assert_eq!(m.expected, 20 * 30, "{stdout}");
+    assert_eq!(m.delivered, m.expected, "{stdout}");
+    assert_eq!(m.received, m.expected);
+    assert_eq!(m.lost, 0);
+}
+
+#[test]
+fn user_publishes_reach_that_users_connections() {
+    let server = Server::start(&[]);
+    let (report, stdout) = run_loadgen(
+        "publish-user",
+        &[
+            "--target",
+            &server.client,
+            "--admin",
+            &server.admin,
+            "--conns",
+            "60",
+            "--rate",
+            "0",
+            "--users",
+            "u{n%20}",
+            "--hold",
+            "2s",
+            "--publish-rate",
+            "25",
+            "--publish-count",
+            "25",
+            "--publish-to",
+            "user",
+            "--drain",
+            "1s",
+        ],
+    );
+    let m = &report.messages;
+    assert_eq!(m.accepted, 25, "{stdout}");
+    // Every user has three connections.
+    assert_eq!(m.expected, 25 * 3, "{stdout}");
+    assert_eq!(m.delivered, m.expected, "{stdout}");
+    assert_eq!(m.lost, 0);
+}

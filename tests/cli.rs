@@ -1,0 +1,61 @@
+//! The binary's command line: configuration mistakes are refused with a message that says
+//! what to change, and a taken address is an error, not a hang.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs `c10m` with `args`, expecting it to exit by itself within a few seconds.
+fn run_to_exit(args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_c10m"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + common::STEP;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("c10m {args:?} did not exit within {:?}", common::STEP);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status.code().unwrap_or(-1), err)
+}
+
+#[test]
+fn bad_limits_are_refused_naming_the_limit() {
+    let base = ["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--shards", "1"];
+    for (flag, value, name) in [
+        ("--outbox-bytes-max", "1000", "outbox_bytes_max"),
+        ("--recv-buffers", "100", "recv_buffers"),
+        ("--ping-interval-ms", "0", "ping_interval_ms"),
+        ("--head-bytes-max", "10", "head_bytes_max"),
+        ("--idle-timeout-ms", "3000000000", "idle_timeout_ms"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend([flag, value]);
+        let (code, err) = run_to_exit(&args);
+        assert_eq!(code, 1, "{flag} {value}: {err}");
+        assert!(err.contains(name), "{flag} {value}: message should name {name}: {err}");
+    }
+}
+
+#[test]
+fn an_address_in_use_is_an_error() {
+    // A plain listener (no SO_REUSEPORT) holds a port the server then cannot bind.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = holder.local_addr().unwrap().to_string();
+    let (code, err) = run_to_exit(&["serve", "--listen", &held, "--admin", "127.0.0.1:0"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&held), "the message names the address: {err}");
+}

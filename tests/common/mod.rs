@@ -1,0 +1,787 @@
+//! Integration test harness: starts the real `c10m` binary on port 0 and talks to it with real
+//! clients over real sockets on 127.0.0.1.
+//!
+//! Nothing here waits forever: every socket has read and write timeouts, the start line is
+//! awaited with a deadline, and conditions are polled with [`wait_until`] against a deadline
+//! instead of sleeping and hoping.
+#![allow(dead_code)]
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tungstenite::Message;
+
+/// The longest any single wait in a test may take before it fails.
+pub const STEP: Duration = Duration::from_secs(5);
+
+/// A running `c10m serve`, killed on drop.
+pub struct Server {
+    child: Child,
+    pub client: SocketAddr,
+    pub admin: SocketAddr,
+    stdout: mpsc::Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// `c10m serve` on 127.0.0.1 port 0 (client and admin), two shards unless `extra` says
+    /// otherwise, plus `extra` flags.
+    pub fn start(extra: &[&str]) -> Server {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+        if !extra.contains(&"--shards") {
+            args.extend_from_slice(&["--shards", "2"]);
+        }
+        args.extend_from_slice(extra);
+        Server::spawn(&args)
+    }
+
+    /// Runs the binary with exactly `args` and waits (bounded) for its start line.
+    pub fn spawn(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_c10m"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn c10m");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr_pipe = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || forward_lines(stdout, tx));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stderr_pipe);
+            let mut line = String::new();
+            while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let line = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.starts_with("c10m listening") => break l,
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "c10m printed no start line within 20 s; stderr:\n{}",
+                        stderr.lock().unwrap()
+                    );
+                }
+            }
+        };
+        let field = |key: &str| -> SocketAddr {
+            let value = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in start line {line:?}"));
+            let first = value.split(',').next().unwrap_or_default();
+            first.parse().unwrap_or_else(|e| panic!("bad address {first:?} in {line:?}: {e}"))
+        };
+        let (client, admin) = (field("clients="), field("admin="));
+        Server { child, client, admin, stdout: rx, stderr }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal to the server process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The stdout lines after the start line that arrived within `timeout` (until EOF).
+    pub fn stdout_lines(&self, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(l) => lines.push(l),
+                Err(_) => return lines,
+            }
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    // ---- raw TCP ----
+
+    /// A plain TCP connection to the client listener, with timeouts.
+    pub fn client_tcp(&self) -> TcpStream {
+        tcp(self.client)
+    }
+
+    /// A plain TCP connection to the admin listener, with timeouts.
+    pub fn admin_tcp(&self) -> TcpStream {
+        tcp(self.admin)
+    }
+
+    /// Sends `raw` to the client listener and reads one response.
+    pub fn client_request(&self, raw: &[u8]) -> Response {
+        let mut s = self.client_tcp();
+        s.write_all(raw).expect("write request");
+        read_response(&mut BufReader::new(s)).expect("read response")
+    }
+
+    // ---- admin API ----
+
+    pub fn admin_conn(&self) -> AdminConn {
+        AdminConn { reader: BufReader::new(self.admin_tcp()) }
+    }
+
+    /// `POST /publish?{target}` on a fresh connection. Publishes on different connections
+    /// may be handled by different shards, so their relative order is not guaranteed; use one
+    /// [`AdminConn`] when order matters.
+    pub fn publish(&self, target: &str, body: impl AsRef<[u8]>) -> (u16, String) {
+        let r = self.admin_conn().request("POST", &format!("/publish?{target}"), body);
+        (r.status, r.text())
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let r = self.admin_conn().request("GET", "/stats", b"");
+        assert_eq!(r.status, 200, "/stats: {}", r.text());
+        serde_json::from_slice(&r.body).expect("/stats is JSON")
+    }
+
+    pub fn metrics(&self) -> String {
+        let r = self.admin_conn().request("GET", "/metrics", b"");
+        assert_eq!(r.status, 200, "/metrics: {}", r.text());
+        r.text()
+    }
+
+    /// Waits until `/stats` reports exactly `n` client connections (WebSocket + SSE).
+    pub fn wait_connections(&self, n: u64) -> serde_json::Value {
+        wait_until(&format!("{n} client connections in /stats"), STEP, || {
+            let s = self.stats();
+            (s["connections"].as_u64() == Some(n)).then_some(s)
+        })
+    }
+
+    /// Waits until the sum of a metric over the samples matching `labels` is at least `min`.
+    pub fn wait_metric(&self, name: &str, labels: &[&str], min: f64) -> f64 {
+        let mut last = String::new();
+        let what = format!("{name}{labels:?} >= {min}");
+        wait_until_or(&what, STEP, &mut last, |last| {
+            let text = self.metrics();
+            let v = metric_sum(&text, name, labels);
+            *last = text;
+            (v >= min).then_some(v)
+        })
+    }
+
+    // ---- WebSocket ----
+
+    /// A tungstenite WebSocket client on `path_and_query` (e.g. `/ws?user=a`), with read and
+    /// write timeouts so nothing hangs.
+    pub fn ws_connect(&self, path_and_query: &str) -> Ws {
+        self.try_ws_connect(path_and_query)
+            .unwrap_or_else(|e| panic!("WebSocket handshake on {path_and_query}: {e}"))
+    }
+
+    pub fn try_ws_connect(&self, path_and_query: &str) -> Result<Ws, Box<tungstenite::Error>> {
+        let url = format!("ws://{}{}", self.client, path_and_query);
+        let (ws, resp) =
+            tungstenite::client::client(url, tcp(self.client)).map_err(|e| match e {
+                tungstenite::HandshakeError::Failure(e) => Box::new(e),
+                tungstenite::HandshakeError::Interrupted(_) => {
+                    Box::new(tungstenite::Error::Io(io::ErrorKind::TimedOut.into()))
+                }
+            })?;
+        assert_eq!(resp.status(), 101);
+        Ok(ws)
+    }
+
+    /// A WebSocket client that speaks raw frames, for what tungstenite refuses to send.
+    pub fn raw_ws(&self, path_and_query: &str) -> RawWs {
+        let mut stream = self.client_tcp();
+        let req = format!(
+            "GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).expect("write handshake");
+        // Byte by byte, so no frame byte after the head is swallowed.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            match stream.read(&mut b) {
+                Ok(1) => head.push(b[0]),
+                other => panic!("handshake head cut short: {other:?} after {head:?}"),
+            }
+        }
+        let head = String::from_utf8(head).expect("ASCII head");
+        assert!(head.starts_with("HTTP/1.1 101 "), "expected 101, got {head:?}");
+        assert!(
+            head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+            "{head:?}"
+        );
+        RawWs { stream, buf: Vec::new() }
+    }
+
+    // ---- SSE ----
+
+    /// `GET /sse?{query}`; checks the 200 head and the first `retry:` block.
+    pub fn sse_connect(&self, query: &str) -> Sse {
+        let mut s = self.client_tcp();
+        let req = format!(
+            "GET /sse?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).expect("write SSE request");
+        let mut reader = BufReader::new(s);
+        let (status, headers) = read_head(&mut reader).expect("SSE response head");
+        assert_eq!(status, 200, "SSE status; headers {headers:?}");
+        let mut sse = Sse { reader, headers, retry_ms: None };
+        match sse.next_item().expect("SSE retry block") {
+            Some(SseItem::Retry(ms)) => sse.retry_ms = Some(ms),
+            other => panic!("SSE stream must open with retry:, got {other:?}"),
+        }
+        sse
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- c10m stderr ----\n{}", self.stderr());
+        }
+    }
+}
+
+fn forward_lines(stdout: ChildStdout, tx: mpsc::Sender<String>) {
+    let mut r = BufReader::new(stdout);
+    let mut line = String::new();
+    while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
+        if tx.send(line.trim_end().to_owned()).is_err() {
+            return;
+        }
+        line.clear();
+    }
+}
+
+/// Connects with a bounded connect, read and write timeouts.
+pub fn tcp(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, STEP).expect("connect");
+    s.set_read_timeout(Some(STEP)).unwrap();
+    s.set_write_timeout(Some(STEP)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Polls `f` until it returns `Some`, failing the test after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let mut unused = ();
+    wait_until_or(what, timeout, &mut unused, |_| f())
+}
+
+/// [`wait_until`] that shows `last` (what the last poll saw) when it fails.
+pub fn wait_until_or<T, S: std::fmt::Debug>(
+    what: &str,
+    timeout: Duration,
+    last: &mut S,
+    mut f: impl FnMut(&mut S) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f(last) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; last seen: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sum of the samples of `name` whose label set contains every one of `labels`
+/// (e.g. `reason="protocol_error"`).
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let matches = metric == name && labels.iter().all(|want| label_text.contains(want));
+            matches.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Reads bytes until EOF (or the read timeout, which fails the test).
+pub fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + STEP;
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return out,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("no EOF within {STEP:?} ({e}); got {:?}", lossy(&out)),
+        }
+        assert!(Instant::now() < deadline, "no EOF within {STEP:?}");
+    }
+}
+
+pub fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP/1.1
+
+/// One HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        lossy(&self.body)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.text()))
+    }
+}
+
+/// Reads a status line and headers (through the blank line).
+pub fn read_head<R: BufRead>(r: &mut R) -> io::Result<(u16, Vec<(String, String)>)> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "no status line"));
+    }
+    let status = line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "head cut"));
+        }
+        let l = line.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            return Ok((status, headers));
+        }
+        let (name, value) =
+            l.split_once(':').ok_or_else(|| io::Error::other(format!("bad header {l:?}")))?;
+        headers.push((name.to_owned(), value.trim().to_owned()));
+    }
+}
+
+/// Reads one response: the head, then `Content-Length` bytes (or to EOF without one).
+pub fn read_response<R: BufRead>(r: &mut R) -> io::Result<Response> {
+    let (status, headers) = read_head(r)?;
+    let mut resp = Response { status, headers, body: Vec::new() };
+    match resp.header("content-length") {
+        Some(len) => {
+            let len: usize = len.parse().map_err(io::Error::other)?;
+            resp.body.resize(len, 0);
+            r.read_exact(&mut resp.body)?;
+        }
+        None => {
+            r.read_to_end(&mut resp.body)?;
+        }
+    }
+    Ok(resp)
+}
+
+/// A keep-alive connection to the admin listener. Requests on one connection are handled in
+/// order by one shard, so publishes made through it keep their order per route.
+pub struct AdminConn {
+    pub reader: BufReader<TcpStream>,
+}
+
+impl AdminConn {
+    pub fn request(&mut self, method: &str, target: &str, body: impl AsRef<[u8]>) -> Response {
+        let body = body.as_ref();
+        let mut req = format!(
+            "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        self.send_raw(&req);
+        self.read()
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).expect("write");
+    }
+
+    pub fn read(&mut self) -> Response {
+        read_response(&mut self.reader).expect("read admin response")
+    }
+
+    /// Publishes and returns the message id from the 202 answer.
+    pub fn publish(&mut self, target: &str, body: impl AsRef<[u8]>) -> u64 {
+        let r = self.request("POST", &format!("/publish?{target}"), body);
+        assert_eq!(r.status, 202, "publish {target}: {}", r.text());
+        r.json()["id"].as_u64().unwrap_or_else(|| panic!("no id in {}", r.text()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// WebSocket with tungstenite
+
+pub type Ws = tungstenite::WebSocket<TcpStream>;
+
+/// The next data or close message, skipping pings and pongs (tungstenite answers pings).
+pub fn ws_next(ws: &mut Ws) -> Message {
+    loop {
+        match ws.read() {
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(m) => return m,
+            Err(e) => panic!("WebSocket read: {e}"),
+        }
+    }
+}
+
+/// The next text message; fails on anything else.
+pub fn ws_text(ws: &mut Ws) -> String {
+    match ws_next(ws) {
+        Message::Text(t) => t,
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+/// Sends a JSON control message and returns the server's JSON reply.
+pub fn ws_control(ws: &mut Ws, msg: serde_json::Value) -> serde_json::Value {
+    ws.send(Message::text(msg.to_string())).expect("send control");
+    let reply = ws_text(ws);
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply {reply:?} not JSON: {e}"))
+}
+
+/// Subscribes to `topic` and waits for `{"subscribed":topic}`.
+pub fn ws_subscribe(ws: &mut Ws, topic: &str) {
+    let reply = ws_control(ws, serde_json::json!({ "subscribe": topic }));
+    assert_eq!(reply, serde_json::json!({ "subscribed": topic }));
+}
+
+pub fn ws_unsubscribe(ws: &mut Ws, topic: &str) {
+    let reply = ws_control(ws, serde_json::json!({ "unsubscribe": topic }));
+    assert_eq!(reply, serde_json::json!({ "unsubscribed": topic }));
+}
+
+// ---------------------------------------------------------------------------------------
+// WebSocket with raw frames
+
+/// One frame as the server sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub fin: bool,
+    pub rsv: u8,
+    pub opcode: u8,
+    pub masked: bool,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// The status code of a close frame.
+    pub fn close_code(&self) -> Option<u16> {
+        assert_eq!(self.opcode, OP_CLOSE, "not a close frame: {self:?}");
+        (self.payload.len() >= 2).then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+pub const OP_CONT: u8 = 0x0;
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+pub const FIN: u8 = 0x80;
+
+const MASK: [u8; 4] = [0x1f, 0x9c, 0x42, 0xe7];
+
+/// A client frame with first byte `b0` (FIN, RSV, opcode), masked or not.
+pub fn client_frame(b0: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut out = vec![b0];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    let len = payload.len();
+    if len < 126 {
+        out.push(mask_bit | len as u8);
+    } else if len <= 0xFFFF {
+        out.push(mask_bit | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(mask_bit | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    if masked {
+        out.extend_from_slice(&MASK);
+        out.extend(payload.iter().zip(MASK.iter().cycle()).map(|(b, k)| b ^ k));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// A close payload: the code and a reason.
+pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut p = code.to_be_bytes().to_vec();
+    p.extend_from_slice(reason.as_bytes());
+    p
+}
+
+/// A WebSocket connection past its handshake, driven frame by frame.
+pub struct RawWs {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Wraps a stream whose handshake is already done (and whose head was fully read).
+    pub fn from_stream(stream: TcpStream) -> RawWs {
+        RawWs { stream, buf: Vec::new() }
+    }
+
+    /// Sends one masked frame.
+    pub fn send(&mut self, b0: u8, payload: &[u8]) {
+        self.send_bytes(&client_frame(b0, payload, true));
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write frame");
+    }
+
+    /// The next frame, or `None` at EOF (or reset). A read timeout fails the test.
+    pub fn recv(&mut self) -> Option<Frame> {
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 8192];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    assert!(
+                        self.buf.is_empty(),
+                        "EOF inside a frame ({} bytes pending)",
+                        self.buf.len()
+                    );
+                    return None;
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("no frame within the read timeout: {e}"),
+            }
+        }
+    }
+
+    /// The next frame that is not a ping (pings are left unanswered).
+    pub fn recv_skip_pings(&mut self) -> Option<Frame> {
+        loop {
+            match self.recv() {
+                Some(f) if f.opcode == OP_PING => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Expects a close frame with `code`, then EOF.
+    pub fn expect_close(&mut self, code: u16) {
+        let frame = self.recv_skip_pings().expect("a close frame before EOF");
+        assert_eq!(frame.opcode, OP_CLOSE, "expected close {code}, got {frame:?}");
+        assert_eq!(
+            frame.close_code(),
+            Some(code),
+            "close reason {:?}",
+            lossy(frame.payload.get(2..).unwrap_or_default())
+        );
+        self.expect_eof();
+    }
+
+    /// Expects the server to end the TCP stream without sending anything more.
+    pub fn expect_eof(&mut self) {
+        let after = self.recv();
+        assert!(after.is_none(), "expected EOF, got {after:?}");
+    }
+}
+
+/// Parses one server frame at the start of `buf`; `None` if incomplete.
+pub fn parse_server_frame(buf: &[u8]) -> Option<(Frame, usize)> {
+    let (&b0, &b1) = (buf.first()?, buf.get(1)?);
+    let (len, mut at) = match b1 & 0x7F {
+        126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
+        127 => {
+            let bytes: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
+            (u64::from_be_bytes(bytes) as usize, 10)
+        }
+        n => (n as usize, 2),
+    };
+    let masked = b1 & 0x80 != 0;
+    let mut mask = [0u8; 4];
+    if masked {
+        mask.copy_from_slice(buf.get(at..at + 4)?);
+        at += 4;
+    }
+    let mut payload = buf.get(at..at + len)?.to_vec();
+    if masked {
+        for (b, k) in payload.iter_mut().zip(mask.iter().cycle()) {
+            *b ^= k;
+        }
+    }
+    let frame =
+        Frame { fin: b0 & 0x80 != 0, rsv: (b0 >> 4) & 0x7, opcode: b0 & 0x0F, masked, payload };
+    Some((frame, at + len))
+}
+
+// ---------------------------------------------------------------------------------------
+// Server-Sent Events
+
+/// One blank-line-terminated block of an event stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SseItem {
+    /// An event: its `id:` and its `data:` lines joined with `\n`.
+    Event {
+        id: Option<String>,
+        data: Vec<u8>,
+    },
+    /// A block of comment lines only (`: hb`), without the leading colon and space.
+    Comment(String),
+    Retry(u32),
+}
+
+/// An SSE client over a raw TCP stream.
+pub struct Sse {
+    pub reader: BufReader<TcpStream>,
+    pub headers: Vec<(String, String)>,
+    pub retry_ms: Option<u32>,
+}
+
+impl Sse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The next block; `Ok(None)` at a clean EOF between blocks.
+    pub fn next_item(&mut self) -> io::Result<Option<SseItem>> {
+        let mut id = None;
+        let mut data: Option<Vec<Vec<u8>>> = None;
+        let mut comments: Vec<String> = Vec::new();
+        let mut retry = None;
+        let mut started = false;
+        loop {
+            let mut line = Vec::new();
+            let n = self.reader.read_until(b'\n', &mut line)?;
+            if n == 0 {
+                if started {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "stream ended inside a block",
+                    ));
+                }
+                return Ok(None);
+            }
+            assert!(line.ends_with(b"\n"), "line without LF: {:?}", lossy(&line));
+            line.pop();
+            if line.is_empty() {
+                if !started {
+                    continue;
+                }
+                if let Some(lines) = data {
+                    let data = lines.join(&b'\n');
+                    return Ok(Some(SseItem::Event { id, data }));
+                }
+                if let Some(ms) = retry {
+                    return Ok(Some(SseItem::Retry(ms)));
+                }
+                return Ok(Some(SseItem::Comment(comments.join("\n"))));
+            }
+            started = true;
+            if let Some(c) = line.strip_prefix(b":") {
+                comments.push(lossy(c.strip_prefix(b" ").unwrap_or(c)));
+                continue;
+            }
+            let (field, value) = match line.iter().position(|&b| b == b':') {
+                Some(i) => {
+                    let v = &line[i + 1..];
+                    (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+                }
+                None => (&line[..], &b""[..]),
+            };
+            match field {
+                b"id" => id = Some(lossy(value)),
+                b"data" => data.get_or_insert_with(Vec::new).push(value.to_vec()),
+                b"retry" => retry = lossy(value).parse().ok(),
+                other => panic!("unexpected SSE field {:?}", lossy(other)),
+            }
+        }
+    }
+
+    /// The next event, skipping heartbeat comments; fails on EOF or timeout.
+    pub fn next_event(&mut self) -> (Option<String>, Vec<u8>) {
+        loop {
+            match self.next_item() {
+                Ok(Some(SseItem::Event { id, data })) => return (id, data),
+                Ok(Some(SseItem::Comment(_))) => continue,
+                other => panic!("expected an SSE event, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next event's data as text.
+    pub fn next_text(&mut self) -> String {
+        lossy(&self.next_event().1)
+    }
+
+    /// Expects the stream to end (EOF), skipping heartbeats.
+    pub fn expect_eof(&mut self) {
+        loop {
+            match self.next_item() {
+                Ok(None) => return,
+                Ok(Some(SseItem::Comment(_))) => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return,
+                other => panic!("expected the SSE stream to end, got {other:?}"),
+            }
+        }
+    }
+}
