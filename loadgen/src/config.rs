@@ -13,9 +13,7 @@ pub const SOURCES_MAX: usize = 65_536;
 /// Parses `500ms`, `40s`, `2m`, `1h`, or a bare number of seconds (`30`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
@@ -58,9 +56,7 @@ pub fn parse_sources(text: &str) -> Result<Vec<Ipv4Addr>, String> {
 }
 
 fn parse_ipv4(text: &str) -> Result<Ipv4Addr, String> {
-    text.trim()
-        .parse()
-        .map_err(|_| format!("bad IPv4 source address `{text}`"))
+    text.trim().parse().map_err(|_| format!("bad IPv4 source address `{text}`"))
 }
 
 /// Resolves `HOST:PORT` to one IPv4 socket address.
@@ -129,9 +125,7 @@ impl Pattern {
                     .ok_or_else(|| format!("bad modulus in `{{{inner}}}`: write {{n%1000}}"))?;
                 Piece::IndexMod(k)
             } else {
-                return Err(format!(
-                    "unknown placeholder `{{{inner}}}`: use {{n}} or {{n%K}}"
-                ));
+                return Err(format!("unknown placeholder `{{{inner}}}`: use {{n}} or {{n%K}}"));
             };
             match (&piece, modulus, has_index) {
                 (Piece::Index, Some(_), _) | (Piece::IndexMod(_), _, true) => {
@@ -150,16 +144,9 @@ impl Pattern {
         if !rest.is_empty() {
             pieces.push(Piece::Literal(rest.to_string()));
         }
-        let pattern = Pattern {
-            pieces,
-            modulus,
-            has_index,
-        };
+        let pattern = Pattern { pieces, modulus, has_index };
         let sample = pattern.render(0);
-        if !sample
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:~".contains(&b))
-        {
+        if !sample.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:~".contains(&b)) {
             return Err(format!(
                 "pattern `{text}` renders `{sample}`: only letters, digits and -_.:~ are allowed"
             ));
@@ -208,11 +195,7 @@ impl fmt::Display for Pattern {
 
 /// Parses the comma-separated topic patterns every connection subscribes to.
 pub fn parse_topics(text: &str) -> Result<Vec<Pattern>, String> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(Pattern::parse)
-        .collect()
+    text.split(',').map(str::trim).filter(|t| !t.is_empty()).map(Pattern::parse).collect()
 }
 
 #[cfg(test)]

@@ -131,11 +131,8 @@ struct RunArgs {
 }
 
 fn plan(args: &RunArgs) -> Result<Plan, String> {
-    let targets: Vec<SocketAddr> = args
-        .targets
-        .iter()
-        .map(|t| config::parse_target(t))
-        .collect::<Result<_, _>>()?;
+    let targets: Vec<SocketAddr> =
+        args.targets.iter().map(|t| config::parse_target(t)).collect::<Result<_, _>>()?;
     let sources = match &args.sources {
         Some(s) => config::parse_sources(s)?,
         None => Vec::new(),
@@ -158,10 +155,8 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
     if !(args.rate >= 0.0 && args.publish_rate >= 0.0) {
         return Err("--rate and --publish-rate must not be negative".into());
     }
-    let shards = args
-        .shards
-        .unwrap_or_else(|| args.conns.div_ceil(CONNS_PER_SHARD_DEFAULT) as usize)
-        .max(1);
+    let shards =
+        args.shards.unwrap_or_else(|| args.conns.div_ceil(CONNS_PER_SHARD_DEFAULT) as usize).max(1);
     let admin = config::parse_target(&args.admin)?;
     Ok(Plan {
         proto: match args.proto {
@@ -185,9 +180,7 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
         publish_rate: args.publish_rate,
         publish_to,
         publish_count: args.publish_count,
-        payload_bytes: args
-            .payload_bytes
-            .min(c10m_loadgen::payload::PAYLOAD_BYTES_MAX),
+        payload_bytes: args.payload_bytes.min(c10m_loadgen::payload::PAYLOAD_BYTES_MAX),
         drain: config::parse_duration(&args.drain)?,
         json: args.json.clone(),
         server_pid: args.server_pid,

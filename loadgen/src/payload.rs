@@ -113,13 +113,7 @@ mod tests {
         assert_eq!(out.len(), 64);
         assert!(out.ends_with(b"xxx"));
         let stamp = parse(&out).unwrap();
-        assert_eq!(
-            stamp,
-            Stamp {
-                seq: 17,
-                sent_ns: 1_763_000_000_123_456_789
-            }
-        );
+        assert_eq!(stamp, Stamp { seq: 17, sent_ns: 1_763_000_000_123_456_789 });
         let mut short = Vec::new();
         encode(&mut short, 1, 2, 4);
         assert_eq!(short, b"s=1 t=2 ");

@@ -107,9 +107,7 @@ impl Plan {
     }
 
     pub fn topic_bucket(&self, n: u64) -> Option<usize> {
-        self.topics
-            .first()
-            .map(|t| t.bucket_of(n, self.conns) as usize)
+        self.topics.first().map(|t| t.bucket_of(n, self.conns) as usize)
     }
 
     /// The audience of a publish aimed at `bucket` (of the users or first topic pattern).
@@ -117,12 +115,9 @@ impl Plan {
         match self.publish_to {
             PublishTo::All => Audience::All,
             PublishTo::User => Audience::User(self.users.render(bucket)),
-            PublishTo::Topic => Audience::Topic(
-                self.topics
-                    .first()
-                    .map(|t| t.render(bucket))
-                    .unwrap_or_default(),
-            ),
+            PublishTo::Topic => {
+                Audience::Topic(self.topics.first().map(|t| t.render(bucket)).unwrap_or_default())
+            }
         }
     }
 

@@ -60,9 +60,7 @@ impl Admin {
 
     fn exchange(&mut self, request: &[u8]) -> Result<u16, String> {
         let stream = self.stream.as_mut().ok_or("no admin connection")?;
-        stream
-            .write_all(request)
-            .map_err(|e| format!("admin write: {e}"))?;
+        stream.write_all(request).map_err(|e| format!("admin write: {e}"))?;
         self.buf.clear();
         let mut chunk = [0u8; 4096];
         loop {
@@ -77,9 +75,7 @@ impl Admin {
                 Ok(None) => {}
                 Err(e) => return Err(format!("admin response malformed: {e:?}")),
             }
-            let n = stream
-                .read(&mut chunk)
-                .map_err(|e| format!("admin read: {e}"))?;
+            let n = stream.read(&mut chunk).map_err(|e| format!("admin read: {e}"))?;
             if n == 0 {
                 return Err("admin closed the connection".into());
             }
@@ -104,11 +100,7 @@ pub fn run(plan: Arc<Plan>, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> Publi
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let mut admin = Admin {
-        stream: None,
-        host: plan.admin.to_string(),
-        buf: Vec::new(),
-    };
+    let mut admin = Admin { stream: None, host: plan.admin.to_string(), buf: Vec::new() };
     let buckets = match plan.publish_to {
         PublishTo::All => 1,
         PublishTo::User => shared.user_up.len() as u64,
@@ -154,9 +146,7 @@ pub fn run(plan: Arc<Plan>, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> Publi
             Ok(202) => {
                 record.accepted.store(true, Relaxed);
                 result.accepted += 1;
-                result
-                    .request_us
-                    .saturating_record((t.elapsed().as_micros() as u64).max(1));
+                result.request_us.saturating_record((t.elapsed().as_micros() as u64).max(1));
             }
             Ok(status) => {
                 result.errors += 1;

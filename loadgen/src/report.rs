@@ -142,10 +142,7 @@ impl Report {
     /// server): counts and histograms add up, connect rates add up, the server's memory is
     /// taken from the run that saw the most of it, per-connection figures are recomputed.
     pub fn merge(reports: &[Report]) -> Report {
-        let mut out = Report {
-            version: REPORT_VERSION,
-            ..Report::default()
-        };
+        let mut out = Report { version: REPORT_VERSION, ..Report::default() };
         for r in reports {
             out.runs += r.runs.max(1);
             if out.proto.is_empty() {
@@ -221,17 +218,10 @@ impl Report {
         let mut t = String::new();
         let c = &self.connections;
         let m = &self.messages;
-        let _ = writeln!(
-            t,
-            "c10m-loadgen report ({} run(s), {})",
-            self.runs, self.proto
-        );
+        let _ = writeln!(t, "c10m-loadgen report ({} run(s), {})", self.runs, self.proto);
         let _ = writeln!(t, "  targets            {}", self.targets.join(" "));
-        let _ = writeln!(
-            t,
-            "  elapsed            {:.1} s, {} shard(s)",
-            self.elapsed_s, self.shards
-        );
+        let _ =
+            writeln!(t, "  elapsed            {:.1} s, {} shard(s)", self.elapsed_s, self.shards);
         let _ = writeln!(t, "connections");
         let _ = writeln!(
             t,
@@ -248,17 +238,9 @@ impl Report {
             "  connect rate       {:.0}/s over a {:.1} s ramp",
             c.connect_rate_per_s, c.ramp_s
         );
-        let failures: Vec<String> = c
-            .failures
-            .iter()
-            .filter(|(_, v)| **v > 0)
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let failures = if failures.is_empty() {
-            "none".to_string()
-        } else {
-            failures.join(" ")
-        };
+        let failures: Vec<String> =
+            c.failures.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+        let failures = if failures.is_empty() { "none".to_string() } else { failures.join(" ") };
         let _ = writeln!(t, "  failures           {failures}");
         let _ = writeln!(t, "messages");
         let _ = writeln!(
@@ -306,11 +288,7 @@ impl Report {
             );
         }
         let mem = &self.memory;
-        let _ = writeln!(
-            t,
-            "memory (RSS, {} connections up when read)",
-            mem.conns_held
-        );
+        let _ = writeln!(t, "memory (RSS, {} connections up when read)", mem.conns_held);
         let _ = writeln!(
             t,
             "  loadgen            {} → {}  ({:.0} B per connection)",
@@ -371,11 +349,7 @@ mod tests {
         let mut h2 = latency_histogram();
         h2.record(300).unwrap();
         h2.record(500).unwrap();
-        let mut a = Report {
-            runs: 1,
-            proto: "ws".into(),
-            ..Report::default()
-        };
+        let mut a = Report { runs: 1, proto: "ws".into(), ..Report::default() };
         a.latency_us = Summary::from_histogram(&h1);
         a.messages.lost = 2;
         a.connections.failures.insert("refused".into(), 3);

@@ -125,9 +125,7 @@ impl RawAddr {
         RawAddr(libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: addr.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*addr.ip()).to_be(),
-            },
+            sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
             sin_zero: [0; 8],
         })
     }

@@ -23,9 +23,7 @@ const SLOTS_SPARE: u64 = 16;
 pub fn check(plan: &Plan, nofile: u64) -> Result<Vec<String>, String> {
     let per_shard = plan.shard_conns(0);
     if per_shard + SLOTS_SPARE > nofile {
-        let need = plan
-            .conns
-            .div_ceil(nofile.saturating_sub(SLOTS_SPARE).max(1));
+        let need = plan.conns.div_ceil(nofile.saturating_sub(SLOTS_SPARE).max(1));
         return Err(format!(
             "{} connections over {} shard(s) need {} fixed-file slots per ring, but a ring's \
              table is capped at RLIMIT_NOFILE ({nofile}): use --shards {need} or more",
@@ -41,10 +39,7 @@ pub fn check(plan: &Plan, nofile: u64) -> Result<Vec<String>, String> {
                 "{per_pair} connections per (source, target) pair exceed the {ports} local ports \
                  of net.ipv4.ip_local_port_range: expect ports_exhausted failures; add source \
                  addresses (--sources 127.0.0.2-127.0.0.{}) or widen the port range",
-                1 + plan
-                    .conns
-                    .div_ceil(ports * plan.targets.len() as u64)
-                    .min(254)
+                1 + plan.conns.div_ceil(ports * plan.targets.len() as u64).min(254)
             ));
         }
     }
@@ -241,11 +236,8 @@ fn assemble(input: AssembleInput<'_>) -> Report {
     }
     let established = shared.established.load(Relaxed);
     let reconnects = shared.reconnects.load(Relaxed);
-    let failures: BTreeMap<String, u64> = shared
-        .failures_by_reason()
-        .into_iter()
-        .map(|(r, v)| (r.name().to_string(), v))
-        .collect();
+    let failures: BTreeMap<String, u64> =
+        shared.failures_by_reason().into_iter().map(|(r, v)| (r.name().to_string(), v)).collect();
     let ended = failures.get("server_closed").copied().unwrap_or(0)
         + failures.get("reset").copied().unwrap_or(0);
     if ended > 0 {
@@ -332,12 +324,7 @@ struct Progress {
 
 impl Progress {
     fn new(start: Instant) -> Progress {
-        Progress {
-            start,
-            last: start,
-            last_established: 0,
-            last_received: 0,
-        }
+        Progress { start, last: start, last_established: 0, last_received: 0 }
     }
 
     fn tick(&mut self, plan: &Plan, shared: &Shared) {
@@ -366,11 +353,7 @@ impl Progress {
             .filter(|(_, v)| *v > 0)
             .map(|(r, v)| format!("{}={v}", r.name()))
             .collect();
-        let failures = if failures.is_empty() {
-            "0".to_string()
-        } else {
-            failures.join(",")
-        };
+        let failures = if failures.is_empty() { "0".to_string() } else { failures.join(",") };
         if plan.quiet {
             return;
         }

@@ -169,11 +169,7 @@ impl Shard {
         let raw = |a: SocketAddr| {
             RawAddr::from_socket_addr(a).ok_or_else(|| io::Error::other("IPv6 unsupported"))
         };
-        let targets = plan
-            .targets
-            .iter()
-            .map(|a| raw(*a))
-            .collect::<io::Result<_>>()?;
+        let targets = plan.targets.iter().map(|a| raw(*a)).collect::<io::Result<_>>()?;
         let target_hosts = plan.targets.iter().map(|a| a.to_string()).collect();
         let sources = plan
             .sources
@@ -191,9 +187,7 @@ impl Shard {
             targets,
             target_hosts,
             sources,
-            bufs: (0..READ_BUFS)
-                .map(|_| vec![0u8; READ_BUF_BYTES].into_boxed_slice())
-                .collect(),
+            bufs: (0..READ_BUFS).map(|_| vec![0u8; READ_BUF_BYTES].into_boxed_slice()).collect(),
             free_bufs: (0..READ_BUFS as u16).rev().collect(),
             want_read: VecDeque::new(),
             timers: BinaryHeap::new(),
@@ -269,11 +263,8 @@ impl Shard {
         if started >= self.total {
             return Ok(None);
         }
-        let allowed = if rate > 0.0 {
-            ((now as f64 / 1e9) * rate).floor() as u64 + 1
-        } else {
-            u64::MAX
-        };
+        let allowed =
+            if rate > 0.0 { ((now as f64 / 1e9) * rate).floor() as u64 + 1 } else { u64::MAX };
         let mut i = started;
         while i < self.total && u64::from(i) < allowed && self.connecting < CONNECTING_MAX {
             self.conns.push(Conn {
@@ -519,9 +510,9 @@ impl Shard {
         let b = c.read_buf as usize;
         let buf = std::mem::take(&mut self.bufs[b]);
         let outcome = match res {
-            n if n > 0 && readable => self
-                .feed(i, &buf[..n as usize])
-                .map(|()| n as usize == buf.len()),
+            n if n > 0 && readable => {
+                self.feed(i, &buf[..n as usize]).map(|()| n as usize == buf.len())
+            }
             n if n > 0 => Ok(false),
             0 => Err(Reason::ServerClosed),
             n if -n == libc::EAGAIN => Ok(false),
@@ -601,8 +592,7 @@ impl Shard {
         }
         self.connecting = self.connecting.saturating_sub(1);
         self.pending_established += 1;
-        self.shared
-            .set_up(self.plan.user_bucket(n), self.plan.topic_bucket(n), 1);
+        self.shared.set_up(self.plan.user_bucket(n), self.plan.topic_bucket(n), 1);
         Ok(())
     }
 
@@ -643,9 +633,9 @@ impl Shard {
             (held, chunked) => {
                 let mut b = held.map(|h| *h).unwrap_or_default();
                 match chunked {
-                    Some(dec) => dec
-                        .feed(bytes, |s| b.extend_from_slice(s))
-                        .map_err(|_| Reason::Protocol)?,
+                    Some(dec) => {
+                        dec.feed(bytes, |s| b.extend_from_slice(s)).map_err(|_| Reason::Protocol)?
+                    }
                     None => b.extend_from_slice(bytes),
                 }
                 owned = b;
@@ -726,8 +716,7 @@ impl Shard {
         match c.state {
             State::Closing | State::Backoff | State::Dead => return Ok(()),
             State::Open => {
-                self.shared
-                    .set_up(self.plan.user_bucket(n), self.plan.topic_bucket(n), -1);
+                self.shared.set_up(self.plan.user_bucket(n), self.plan.topic_bucket(n), -1);
             }
             State::Connecting | State::Upgrading => {
                 self.connecting = self.connecting.saturating_sub(1);
@@ -786,9 +775,7 @@ impl Shard {
         c.state = State::Backoff;
         // Full jitter: uniform over [0, cap).
         let delay = self.random() % cap.max(1);
-        self.result
-            .backoff_us
-            .saturating_record((delay / 1000).max(1));
+        self.result.backoff_us.saturating_record((delay / 1000).max(1));
         let deadline = self.now_ns() + delay;
         self.timers.push(Reverse((deadline, i, gen)));
         Ok(())
@@ -796,14 +783,10 @@ impl Shard {
 
     fn flush(&mut self) {
         let s = &self.shared;
-        s.attempts
-            .fetch_add(std::mem::take(&mut self.pending_attempts), Relaxed);
-        s.reconnects
-            .fetch_add(std::mem::take(&mut self.pending_reconnects), Relaxed);
-        s.established
-            .fetch_add(std::mem::take(&mut self.pending_established), Relaxed);
-        s.first_done
-            .fetch_add(std::mem::take(&mut self.pending_first_done), Relaxed);
+        s.attempts.fetch_add(std::mem::take(&mut self.pending_attempts), Relaxed);
+        s.reconnects.fetch_add(std::mem::take(&mut self.pending_reconnects), Relaxed);
+        s.established.fetch_add(std::mem::take(&mut self.pending_established), Relaxed);
+        s.first_done.fetch_add(std::mem::take(&mut self.pending_first_done), Relaxed);
         s.add_messages(&std::mem::take(&mut self.counts));
         if !self.live.is_empty() {
             if let Ok(mut live) = s.live_latency.lock() {
@@ -836,10 +819,7 @@ mod tests {
     fn user_data_round_trip() {
         let ud = user_data(OP_RECV, 0x12_3456, 0xdead_beef);
         assert_eq!(split_user_data(ud), (OP_RECV, 0x12_3456, 0xdead_beef));
-        assert_eq!(
-            split_user_data(user_data(OP_POLL, 0x1ff_ffff, 7)).1,
-            0xff_ffff
-        );
+        assert_eq!(split_user_data(user_data(OP_POLL, 0x1ff_ffff, 7)).1, 0xff_ffff);
     }
 
     #[test]

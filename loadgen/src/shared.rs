@@ -174,10 +174,7 @@ impl Shared {
     }
 
     pub fn failures_by_reason(&self) -> Vec<(Reason, u64)> {
-        Reason::ALL
-            .iter()
-            .map(|r| (*r, self.failures[*r as usize].load(Relaxed)))
-            .collect()
+        Reason::ALL.iter().map(|r| (*r, self.failures[*r as usize].load(Relaxed))).collect()
     }
 
     /// A connection finished its upgrade (`delta = 1`) or went down (`-1`).

@@ -6,19 +6,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Raises the soft RLIMIT_NOFILE to the hard limit (the io-uring crate does not, and the
 /// kernel caps a ring's fixed-file table at the soft limit). Returns the new soft limit.
 pub fn raise_nofile() -> io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `limit` is a valid, writable rlimit for the duration of the call.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(io::Error::last_os_error());
     }
     if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
         // SAFETY: `raised` is a valid rlimit read by the call.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
             limit.rlim_cur = limit.rlim_max;
@@ -30,10 +24,7 @@ pub fn raise_nofile() -> io::Result<u64> {
 /// Nanoseconds since the Unix epoch (CLOCK_REALTIME): the clock both the publisher's
 /// stamp and the receiver's arrival time are read from, on the same host.
 pub fn realtime_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 /// Resident set size of `pid` (or this process for `None`), in bytes.

@@ -80,9 +80,7 @@ fn refused_connections_are_counted_by_reason() {
     let target = format!("127.0.0.1:{port}");
     let (report, _) = run_loadgen(
         "connect-refused",
-        &[
-            "--target", &target, "--conns", "50", "--hold", "0s", "--drain", "0s",
-        ],
+        &["--target", &target, "--conns", "50", "--hold", "0s", "--drain", "0s"],
     );
     assert_eq!(report.connections.established, 0);
     assert_eq!(report.connections.failures["refused"], 50);

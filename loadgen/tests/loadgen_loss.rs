@@ -40,9 +40,7 @@ fn serve_client(stream: TcpStream, clients: Clients) {
     let Some(head) = read_head(&mut reader) else {
         return;
     };
-    let key = header(&head, "sec-websocket-key")
-        .unwrap_or_default()
-        .to_string();
+    let key = header(&head, "sec-websocket-key").unwrap_or_default().to_string();
     let mut out = stream;
     let _ = write!(
         out,
@@ -68,9 +66,7 @@ fn serve_admin(stream: TcpStream, clients: Clients, held: Arc<Mutex<Option<Vec<u
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut out = stream;
     while let Some(head) = read_head(&mut reader) {
-        let len: usize = header(&head, "content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let len: usize = header(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
         let mut body = vec![0u8; len];
         if reader.read_exact(&mut body).is_err() {
             return;

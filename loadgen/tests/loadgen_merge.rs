@@ -33,14 +33,8 @@ fn two_reports_merge_into_one() {
     };
     let a_args = args("30");
     let b_args = args("50");
-    let (a, _) = run_loadgen(
-        "merge-a",
-        &a_args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let (b, _) = run_loadgen(
-        "merge-b",
-        &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let (a, _) = run_loadgen("merge-a", &a_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (b, _) = run_loadgen("merge-b", &b_args.iter().map(String::as_str).collect::<Vec<_>>());
     let (pa, pb, pm) = (report_path("ma"), report_path("mb"), report_path("merged"));
     std::fs::write(&pa, serde_json::to_string(&a).unwrap()).unwrap();
     std::fs::write(&pb, serde_json::to_string(&b).unwrap()).unwrap();
@@ -54,11 +48,7 @@ fn two_reports_merge_into_one() {
         .spawn()
         .unwrap();
     let out = wait_bounded(child, Duration::from_secs(20));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let merged: Report = serde_json::from_str(&std::fs::read_to_string(&pm).unwrap()).unwrap();
     for p in [pa, pb, pm] {
         let _ = std::fs::remove_file(p);
@@ -69,18 +59,9 @@ fn two_reports_merge_into_one() {
         merged.connections.established,
         a.connections.established + b.connections.established
     );
-    assert_eq!(
-        merged.messages.delivered,
-        a.messages.delivered + b.messages.delivered
-    );
-    assert_eq!(
-        merged.latency_us.count,
-        a.latency_us.count + b.latency_us.count
-    );
+    assert_eq!(merged.messages.delivered, a.messages.delivered + b.messages.delivered);
+    assert_eq!(merged.latency_us.count, a.latency_us.count + b.latency_us.count);
     assert_eq!(merged.connect_us.count, 80);
-    assert_eq!(
-        merged.latency_us.max,
-        a.latency_us.max.max(b.latency_us.max)
-    );
+    assert_eq!(merged.latency_us.max, a.latency_us.max.max(b.latency_us.max));
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 run(s)"));
 }

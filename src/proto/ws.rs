@@ -935,10 +935,7 @@ mod tests {
                 Event::Text("héllo".as_bytes().to_vec()),
                 Event::Binary(vec![1; 60000]),
                 Event::Ping(b"p".to_vec()),
-                Event::Closed {
-                    code: None,
-                    reason: String::new()
-                },
+                Event::Closed { code: None, reason: String::new() },
             ]
         );
         client.get_mut().to_client = Cursor::new(out);

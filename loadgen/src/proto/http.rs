@@ -117,11 +117,7 @@ impl Chunked {
                     body(&input[i..i + take]);
                     i += take;
                     let left = left - take as u32;
-                    *self = if left == 0 {
-                        Chunked::DataCr
-                    } else {
-                        Chunked::Data(left)
-                    };
+                    *self = if left == 0 { Chunked::DataCr } else { Chunked::Data(left) };
                     continue;
                 }
                 Chunked::DataCr if b == b'\r' => Chunked::DataLf,
@@ -209,8 +205,7 @@ mod tests {
         let mut out = Vec::new();
         let mut dec = Chunked::default();
         for b in wire.iter() {
-            dec.feed(std::slice::from_ref(b), |s| out.extend_from_slice(s))
-                .unwrap();
+            dec.feed(std::slice::from_ref(b), |s| out.extend_from_slice(s)).unwrap();
         }
         assert_eq!(out, b"hello, world");
         assert_eq!(dec, Chunked::Done);

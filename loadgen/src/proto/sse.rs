@@ -90,10 +90,7 @@ mod tests {
             }
         }
         assert!(rest.is_empty());
-        assert_eq!(
-            got,
-            vec![b"HB".to_vec(), b"s=1 t=2".to_vec(), b"x".to_vec()]
-        );
+        assert_eq!(got, vec![b"HB".to_vec(), b"s=1 t=2".to_vec(), b"x".to_vec()]);
     }
 
     #[test]

@@ -107,12 +107,7 @@ pub fn decode(bytes: &[u8]) -> Result<Option<Frame<'_>>, FrameError> {
     if bytes.len() < len {
         return Ok(None);
     }
-    Ok(Some(Frame {
-        fin,
-        opcode,
-        payload: &bytes[header_len..len],
-        len,
-    }))
+    Ok(Some(Frame { fin, opcode, payload: &bytes[header_len..len], len }))
 }
 
 /// Appends a masked control frame (`payload` at most 125 bytes; longer is cut).
@@ -130,10 +125,7 @@ mod tests {
 
     #[test]
     fn rfc_accept_example() {
-        assert_eq!(
-            accept("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(accept("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     fn unmasked(opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -170,10 +162,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_frames() {
-        assert_eq!(
-            decode(&[0x81, 0x81, 0, 0, 0, 0, 0]),
-            Err(FrameError::Masked)
-        );
+        assert_eq!(decode(&[0x81, 0x81, 0, 0, 0, 0, 0]), Err(FrameError::Masked));
         assert_eq!(decode(&[0xC1, 0]), Err(FrameError::ReservedBits));
         assert_eq!(decode(&[0x83, 0]), Err(FrameError::UnknownOpcode));
         assert_eq!(decode(&[0x09, 0]), Err(FrameError::BadControl));
@@ -186,9 +175,6 @@ mod tests {
     fn masked_pong() {
         let mut out = Vec::new();
         encode_control(&mut out, OP_PONG, b"abc", [1, 2, 3, 4]);
-        assert_eq!(
-            out,
-            vec![0x8A, 0x83, 1, 2, 3, 4, b'a' ^ 1, b'b' ^ 2, b'c' ^ 3]
-        );
+        assert_eq!(out, vec![0x8A, 0x83, 1, 2, 3, 4, b'a' ^ 1, b'b' ^ 2, b'c' ^ 3]);
     }
 }

@@ -56,19 +56,13 @@ impl Server {
         let client = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
         let child = Command::new(bin)
-            .args([
-                "serve", "--shards", "1", "--no-pin", "--listen", &client, "--admin", &admin,
-            ])
+            .args(["serve", "--shards", "1", "--no-pin", "--listen", &client, "--admin", &admin])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start c10m");
-        let mut server = Server {
-            child,
-            client,
-            admin,
-        };
+        let mut server = Server { child, client, admin };
         server.wait_ready();
         server
     }
@@ -107,11 +101,7 @@ impl Drop for Server {
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
