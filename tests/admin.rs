@@ -316,7 +316,6 @@ fn client_endpoints_do_not_exist_on_the_admin_listener() {
 /// with 100 (Continue) or a final status. Clients that wait for it (older libcurl for bodies
 /// over 1 KiB, .NET's HttpClient) otherwise stall on every publish until their own timeout.
 #[test]
-#[ignore = "server bug: Expect: 100-continue is never answered, so waiting clients stall"]
 fn expect_100_continue_is_answered_before_the_body() {
     let server = Server::start(&[]);
     let mut admin = server.admin_conn();

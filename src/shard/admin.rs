@@ -48,7 +48,14 @@ fn drive(shard: &mut Shard, slot: u32, generation: u32, p: &mut Partial) -> bool
                 Ok(Some((req, head_len))) => {
                     p.bytes.drain(..head_len);
                     match BodyReader::new(&req, body_max) {
-                        Ok(reader) => p.request = Some((req, reader)),
+                        Ok(reader) => {
+                            // A client that waits to be invited to send its body is invited.
+                            if req.header_has_token("Expect", "100-continue") && !reader.is_done() {
+                                let cont = b"HTTP/1.1 100 Continue\r\n\r\n";
+                                shard.queue(slot, generation, Chunk::Static(cont));
+                            }
+                            p.request = Some((req, reader));
+                        }
                         Err(http1::BodyError::TooLarge) => {
                             return fail(
                                 shard,

@@ -212,23 +212,30 @@ fn become_subscriber(
         shard.register_user(&user, id);
     }
     for topic in topics {
-        subscribe(shard, slot, generation, &topic);
+        // identity() already refused more than TOPICS_PER_CONN_MAX topics.
+        let _ = subscribe(shard, slot, generation, &topic);
     }
 }
 
-/// Subscribes a connection to a topic; false if it was already subscribed or is at its limit.
-fn subscribe(shard: &mut Shard, slot: u32, generation: u32, topic: &str) -> bool {
-    let Some(conn) = shard.conns.get_mut(slot, generation) else {
-        return false;
-    };
-    if conn.topics.iter().any(|t| &**t == topic) || conn.topics.len() >= TOPICS_PER_CONN_MAX {
-        return false;
+/// Subscribes a connection to a topic. Subscribing twice is not an error.
+fn subscribe(
+    shard: &mut Shard,
+    slot: u32,
+    generation: u32,
+    topic: &str,
+) -> Result<(), &'static str> {
+    let Some(conn) = shard.conns.get_mut(slot, generation) else { return Err("connection closed") };
+    if conn.topics.iter().any(|t| &**t == topic) {
+        return Ok(());
+    }
+    if conn.topics.len() >= TOPICS_PER_CONN_MAX {
+        return Err("topic limit reached: 64 per connection");
     }
     let mut topics = std::mem::take(&mut conn.topics).into_vec();
     topics.push(topic.into());
     conn.topics = topics.into_boxed_slice();
     shard.topics.subscribe(topic, slot, generation);
-    true
+    Ok(())
 }
 
 fn unsubscribe(shard: &mut Shard, slot: u32, generation: u32, topic: &str) -> bool {
@@ -300,8 +307,10 @@ fn on_control_message(shard: &mut Shard, slot: u32, generation: u32, data: &[u8]
             (Some(serde_json::Value::String(t)), None)
                 if t.len() <= NAME_BYTES_MAX && !t.is_empty() =>
             {
-                subscribe(shard, slot, generation, t);
-                serde_json::json!({ "subscribed": t })
+                match subscribe(shard, slot, generation, t) {
+                    Ok(()) => serde_json::json!({ "subscribed": t }),
+                    Err(why) => serde_json::json!({ "error": why, "topic": t }),
+                }
             }
             (None, Some(serde_json::Value::String(t))) => {
                 unsubscribe(shard, slot, generation, t);

@@ -428,9 +428,12 @@ impl Shard {
         if let Some(user) = user {
             self.unregister_user(&user, id);
         }
+        // The closing connection's topics were taken above, so its own entries count as stale.
         let conns = &self.conns;
-        for topic in topics {
-            self.topics.forget(&topic, |s, g| conns.get(s, g).is_some_and(|c| c.is_open()));
+        for topic in topics.iter() {
+            let subscribed =
+                |s, g| conns.get(s, g).is_some_and(|c: &Conn| c.topics.iter().any(|t| t == topic));
+            self.topics.forget(topic, subscribed);
         }
     }
 
