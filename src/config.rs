@@ -41,7 +41,8 @@ pub struct Limits {
     /// Submission queue entries per ring. Default 4096; the completion queue is four times it.
     /// Ring memory counts against RLIMIT_MEMLOCK (8 MiB here).
     pub ring_entries: u32,
-    /// Messages in flight on one shard-to-shard ring. Default 4096.
+    /// Messages in flight on one shard-to-shard ring. Default 1024 (32 KiB a ring): a shard
+    /// drains its rings every turn, and a full ring spills into the sender's backlog.
     pub mesh_ring_entries: u32,
     /// Messages waiting for room on a full mesh ring before new publishes are dropped and
     /// counted. Default 65,536.
@@ -79,7 +80,7 @@ impl Default for Limits {
             recv_buffer_bytes: 4096,
             recv_buffers: 512,
             ring_entries: 4096,
-            mesh_ring_entries: 4096,
+            mesh_ring_entries: 1024,
             mesh_backlog_max: 65_536,
             listen_backlog: 4096,
             handshake_timeout_ms: 10_000,
@@ -184,7 +185,7 @@ pub struct ServeArgs {
     /// Submission queue entries per ring. Default 4096.
     #[arg(long)]
     pub ring_entries: Option<u32>,
-    /// Messages per shard-to-shard ring. Default 4096.
+    /// Messages per shard-to-shard ring. Default 1024.
     #[arg(long)]
     pub mesh_ring_entries: Option<u32>,
     /// Messages waiting for a full mesh ring before publishes are dropped. Default 65536.

@@ -53,6 +53,16 @@ fn bind_first(
     let mut socks = Vec::new();
     let mut bound = Vec::new();
     for &addr in addrs {
+        // SO_REUSEPORT would let a second server on the same port silently take half the
+        // connections; a plain bind first fails if anyone else holds the address.
+        if addr.port() != 0 {
+            sys::exclusive_probe(addr).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr}: {e} (is another server running there?)"),
+                )
+            })?;
+        }
         let sock = sys::reuseport_listener(addr, backlog)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let local = sock.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not inet"))?;

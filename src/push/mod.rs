@@ -31,16 +31,34 @@ pub enum Msg {
     /// To the user's home shard: `conn` no longer serves the user.
     UserRemove { user: u64, conn: ConnId },
     /// To the user's home shard: deliver to every connection of `user`.
-    PublishUser { user: Box<str>, hash: u64, msg: Arc<Message> },
-    /// To the owning shard: deliver to these connections; when `user` is set, only to those
-    /// that serve that user (the home index is keyed by hash, and this makes a hash collision
-    /// harmless).
-    Deliver { conns: Vec<ConnId>, user: Option<Box<str>>, msg: Arc<Message> },
+    PublishUser(Box<PublishUser>),
+    /// To the owning shard: deliver to these connections.
+    Deliver(Box<Deliver>),
     /// To every shard: deliver to local subscribers of `topic`.
     PublishTopic { topic: Box<str>, msg: Arc<Message> },
     /// To every shard: deliver to every local client connection.
     PublishAll { msg: Arc<Message> },
 }
+
+/// See [`Msg::PublishUser`]; boxed so that every mesh slot stays small.
+#[derive(Debug)]
+pub struct PublishUser {
+    pub user: Box<str>,
+    pub hash: u64,
+    pub msg: Arc<Message>,
+}
+
+/// See [`Msg::Deliver`]. When `user` is set, only connections that serve that user receive
+/// it: the home index is keyed by hash, and this makes a hash collision harmless.
+#[derive(Debug)]
+pub struct Deliver {
+    pub conns: Vec<ConnId>,
+    pub user: Option<Box<str>>,
+    pub msg: Arc<Message>,
+}
+
+/// Mesh rings hold messages inline: keep them within half a cache line.
+const _: () = assert!(std::mem::size_of::<Msg>() <= 32);
 
 impl Msg {
     /// Publishes may be dropped (and counted) when a mesh backlog is full; registry updates

@@ -127,6 +127,9 @@ fn identity(req: &Request) -> Result<(Option<String>, Vec<String>), &'static str
     if topics.iter().any(|t| t.len() > NAME_BYTES_MAX) {
         return Err("topic name longer than 256 bytes\n");
     }
+    if user.iter().chain(topics.iter()).any(|n| n.contains('\0')) {
+        return Err("names may not contain NUL\n");
+    }
     Ok((user, topics))
 }
 
@@ -204,7 +207,7 @@ fn become_subscriber(
     conn.kind = kind;
     conn.partial = None;
     conn.last_ping = super::conn::stamp(now);
-    conn.user = user.as_deref().map(Into::into);
+    conn.ident = super::conn::Ident::new(user.as_deref(), &[]);
     let stats = &shard.shared.stats[shard.id];
     crate::metrics::drop_gauge(&stats.conns_handshake);
     bump(if kind == Kind::Sse { &stats.conns_sse } else { &stats.conns_ws }, 1);
@@ -225,29 +228,25 @@ fn subscribe(
     topic: &str,
 ) -> Result<(), &'static str> {
     let Some(conn) = shard.conns.get_mut(slot, generation) else { return Err("connection closed") };
-    if conn.topics.iter().any(|t| &**t == topic) {
+    if conn.ident.has_topic(topic) {
         return Ok(());
     }
-    if conn.topics.len() >= TOPICS_PER_CONN_MAX {
+    if conn.ident.topic_count() >= TOPICS_PER_CONN_MAX {
         return Err("topic limit reached: 64 per connection");
     }
-    let mut topics = std::mem::take(&mut conn.topics).into_vec();
-    topics.push(topic.into());
-    conn.topics = topics.into_boxed_slice();
+    if topic.contains('\0') {
+        return Err("names may not contain NUL");
+    }
+    conn.ident.add_topic(topic);
     shard.topics.subscribe(topic, slot, generation);
     Ok(())
 }
 
 fn unsubscribe(shard: &mut Shard, slot: u32, generation: u32, topic: &str) -> bool {
-    let Some(conn) = shard.conns.get_mut(slot, generation) else {
+    let Some(conn) = shard.conns.get_mut(slot, generation) else { return false };
+    if !conn.ident.remove_topic(topic) {
         return false;
-    };
-    let Some(i) = conn.topics.iter().position(|t| &**t == topic) else {
-        return false;
-    };
-    let mut topics = std::mem::take(&mut conn.topics).into_vec();
-    topics.swap_remove(i);
-    conn.topics = topics.into_boxed_slice();
+    }
     shard.topics.unsubscribe(topic, slot, generation);
     true
 }

@@ -65,6 +65,70 @@ pub struct Outbox {
     pub in_flight: bool,
 }
 
+/// A connection's user id and topics packed in one string, `user\0topic\0topic`, so an
+/// idle connection pays one 16-byte field and one allocation for both. Names never contain
+/// NUL (the handshake refuses them). Topics change rarely after the handshake, so a change
+/// rebuilds the string.
+#[derive(Default)]
+pub struct Ident(Option<Box<str>>);
+
+impl Ident {
+    pub fn new(user: Option<&str>, topics: &[&str]) -> Ident {
+        let mut id = Ident::default();
+        id.rebuild(user, topics.iter().copied());
+        id
+    }
+
+    fn rebuild<'a>(&mut self, user: Option<&str>, topics: impl Iterator<Item = &'a str>) {
+        let mut s = String::from(user.unwrap_or(""));
+        for t in topics {
+            debug_assert!(!t.contains('\0') && !t.is_empty());
+            s.push('\0');
+            s.push_str(t);
+        }
+        self.0 = if s.is_empty() { None } else { Some(s.into_boxed_str()) };
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        self.0.as_deref().and_then(|s| s.split('\0').next()).filter(|u| !u.is_empty())
+    }
+
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.0.as_deref().into_iter().flat_map(|s| s.split('\0').skip(1))
+    }
+
+    pub fn has_topic(&self, topic: &str) -> bool {
+        self.topics().any(|t| t == topic)
+    }
+
+    pub fn topic_count(&self) -> usize {
+        self.topics().count()
+    }
+
+    pub fn add_topic(&mut self, topic: &str) {
+        let user = self.user().map(str::to_owned);
+        let mut topics: Vec<String> = self.topics().map(str::to_owned).collect();
+        topics.push(topic.to_owned());
+        self.rebuild(user.as_deref(), topics.iter().map(String::as_str));
+    }
+
+    pub fn remove_topic(&mut self, topic: &str) -> bool {
+        if !self.has_topic(topic) {
+            return false;
+        }
+        let user = self.user().map(str::to_owned);
+        let topics: Vec<String> =
+            self.topics().filter(|t| *t != topic).map(str::to_owned).collect();
+        self.rebuild(user.as_deref(), topics.iter().map(String::as_str));
+        true
+    }
+
+    /// Takes the identity out, leaving none.
+    pub fn take(&mut self) -> Ident {
+        Ident(self.0.take())
+    }
+}
+
 /// Shard milliseconds truncated to 32 bits, to keep the idle slab entry small. Differences
 /// are taken with wrapping arithmetic ([`elapsed_ms`]), which is exact while every interval
 /// stays under 2^31 ms (24 days); the configuration enforces that.
@@ -109,9 +173,8 @@ pub struct Conn {
     pub last_rx: u32,
     /// [`stamp`] of the last ping sent, or of the handshake.
     pub last_ping: u32,
-    pub user: Option<Box<str>>,
-    /// Rarely changed after the handshake, so a boxed slice (16 bytes, no spare capacity).
-    pub topics: Box<[Box<str>]>,
+    /// The user id and topics, in one allocation.
+    pub ident: Ident,
     pub partial: Option<Box<Partial>>,
     pub outbox: Option<Box<Outbox>>,
     pub ws: ws::Session,
@@ -130,8 +193,7 @@ impl Conn {
             timer: 0,
             last_rx: stamp(now_ms),
             last_ping: stamp(now_ms),
-            user: None,
-            topics: Box::default(),
+            ident: Ident::default(),
             partial: None,
             outbox: None,
             ws: ws::Session::new(),
@@ -172,7 +234,24 @@ mod tests {
     #[test]
     fn idle_connection_is_small() {
         let size = std::mem::size_of::<Conn>();
-        assert!(size <= 96, "Conn grew to {size} bytes");
+        assert!(size <= 72, "Conn grew to {size} bytes");
+    }
+
+    #[test]
+    fn ident_packs_user_and_topics() {
+        let mut id = Ident::new(Some("alice"), &["news", "t1"]);
+        assert_eq!(id.user(), Some("alice"));
+        assert_eq!(id.topics().collect::<Vec<_>>(), ["news", "t1"]);
+        id.add_topic("t2");
+        assert!(id.remove_topic("news"));
+        assert!(!id.remove_topic("news"));
+        assert_eq!(id.topics().collect::<Vec<_>>(), ["t1", "t2"]);
+        assert_eq!(id.user(), Some("alice"));
+        let anon = Ident::new(None, &["x"]);
+        assert_eq!(anon.user(), None);
+        assert_eq!(anon.topic_count(), 1);
+        assert_eq!(Ident::new(None, &[]).topic_count(), 0);
+        assert!(Ident::new(None, &[]).0.is_none(), "no allocation without a name");
     }
 
     #[test]

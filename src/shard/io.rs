@@ -415,8 +415,7 @@ impl Shard {
         };
         debug_assert!(conn.is_open());
         let kind = conn.kind;
-        let user = conn.user.take();
-        let topics = std::mem::take(&mut conn.topics);
+        let ident = conn.ident.take();
         let stats = &self.shared.stats[self.id];
         drop_gauge(match kind {
             Kind::Handshake => &stats.conns_handshake,
@@ -425,14 +424,14 @@ impl Shard {
             Kind::Sse => &stats.conns_sse,
         });
         stats.closed(reason);
-        if let Some(user) = user {
-            self.unregister_user(&user, id);
+        if let Some(user) = ident.user() {
+            self.unregister_user(user, id);
         }
         // The closing connection's topics were taken above, so its own entries count as stale.
         let conns = &self.conns;
-        for topic in topics.iter() {
+        for topic in ident.topics() {
             let subscribed =
-                |s, g| conns.get(s, g).is_some_and(|c: &Conn| c.topics.iter().any(|t| t == topic));
+                |s, g| conns.get(s, g).is_some_and(|c: &Conn| c.ident.has_topic(topic));
             self.topics.forget(topic, subscribed);
         }
     }

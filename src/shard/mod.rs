@@ -203,11 +203,11 @@ impl Shard {
         match msg {
             Msg::UserAdd { user, conn } => self.users.add(user, conn),
             Msg::UserRemove { user, conn } => self.users.remove(user, conn),
-            Msg::PublishUser { user, hash, msg } => self.publish_user_home(&user, hash, &msg),
-            Msg::Deliver { conns, user, msg } => {
+            Msg::PublishUser(p) => self.publish_user_home(&p.user, p.hash, &p.msg),
+            Msg::Deliver(d) => {
                 let mut targets = std::mem::take(&mut self.scratch.targets);
-                targets.extend(conns.iter().map(|c| (c.slot, c.generation)));
-                self.deliver_to_user(user.as_deref(), &mut targets, &msg);
+                targets.extend(d.conns.iter().map(|c| (c.slot, c.generation)));
+                self.deliver_to_user(d.user.as_deref(), &mut targets, &d.msg);
                 targets.clear();
                 self.scratch.targets = targets;
             }
@@ -231,7 +231,8 @@ impl Shard {
                 if home == self.id {
                     self.publish_user_home(&user, hash, &msg);
                 } else {
-                    self.send_mesh(home, Msg::PublishUser { user: user.into(), hash, msg });
+                    let p = crate::push::PublishUser { user: user.into(), hash, msg };
+                    self.send_mesh(home, Msg::PublishUser(Box::new(p)));
                 }
             }
             admin::Target::Topic(topic) => {
@@ -272,7 +273,8 @@ impl Shard {
                 let list: Vec<ConnId> = on_shard.copied().collect();
                 if !list.is_empty() {
                     let user = Some(user.into());
-                    self.send_mesh(shard, Msg::Deliver { conns: list, user, msg: Arc::clone(msg) });
+                    let d = crate::push::Deliver { conns: list, user, msg: Arc::clone(msg) };
+                    self.send_mesh(shard, Msg::Deliver(Box::new(d)));
                 }
             }
         }
@@ -290,8 +292,7 @@ impl Shard {
     ) {
         if let Some(user) = user {
             let conns = &self.conns;
-            targets
-                .retain(|&(s, g)| conns.get(s, g).is_some_and(|c| c.user.as_deref() == Some(user)));
+            targets.retain(|&(s, g)| conns.get(s, g).is_some_and(|c| c.ident.user() == Some(user)));
         }
         self.deliver(targets, msg);
     }
@@ -300,9 +301,7 @@ impl Shard {
         let mut targets = std::mem::take(&mut self.scratch.targets);
         targets.extend_from_slice(self.topics.subscribers(topic));
         let conns = &self.conns;
-        targets.retain(|&(s, g)| {
-            conns.get(s, g).is_some_and(|c| c.topics.iter().any(|t| &**t == topic))
-        });
+        targets.retain(|&(s, g)| conns.get(s, g).is_some_and(|c| c.ident.has_topic(topic)));
         self.deliver(&targets, msg);
         targets.clear();
         self.scratch.targets = targets;

@@ -50,6 +50,13 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<Socket> 
     Ok(sock)
 }
 
+/// Binds `addr` without SO_REUSEPORT and lets it go: an error means another socket holds it.
+pub fn exclusive_probe(addr: SocketAddr) -> io::Result<()> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())
+}
+
 /// Resident set size of this process in bytes, from /proc/self/statm.
 pub fn rss_bytes() -> u64 {
     let text = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
