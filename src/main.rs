@@ -51,7 +51,7 @@ fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         list(&server.listen),
         list(&server.admin),
         server.shards,
-        server.files_per_shard
+        server.conns_per_shard
     );
     server.join()?;
     println!("c10m stopped");

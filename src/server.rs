@@ -22,6 +22,8 @@ pub struct Server {
     pub shards: usize,
     /// Direct descriptors per shard.
     pub files_per_shard: u32,
+    /// Connections per shard (the table less the 503 reserve).
+    pub conns_per_shard: u32,
     threads: Vec<JoinHandle<io::Result<()>>>,
 }
 
@@ -76,9 +78,16 @@ fn bind_first(
 pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
     let shards = if cfg.shards == 0 { sys::online_cpus() } else { cfg.shards };
     let nofile = sys::raise_nofile()?;
-    let files = (cfg.limits.conns_per_shard_max as u64)
+    // The table holds the registry's connections plus a reserve for answering 503.
+    let reserve = crate::shard::ACCEPT_REFUSE_RESERVE as u64;
+    let files = (cfg.limits.conns_per_shard_max as u64 + reserve)
         .min(nofile)
         .min(RING_FILES_KERNEL_MAX as u64) as u32;
+    if files as u64 <= reserve {
+        return Err(io::Error::other(format!(
+            "RLIMIT_NOFILE is {nofile}: too low to hold any connection; raise it above {reserve}"
+        )));
+    }
     let backlog = cfg.limits.listen_backlog;
     let (first_client, listen) = bind_first(&cfg.listen, backlog)?;
     let (first_admin, admin) = bind_first(&cfg.admin, backlog)?;
@@ -160,7 +169,8 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
         }
     }
     shared.started.store(true, Ordering::Release);
-    Ok(Server { listen, admin, shards, files_per_shard: files, threads })
+    let conns_per_shard = files - crate::shard::ACCEPT_REFUSE_RESERVE;
+    Ok(Server { listen, admin, shards, files_per_shard: files, conns_per_shard, threads })
 }
 
 fn bind_all(addrs: &[SocketAddr], backlog: u32) -> io::Result<Vec<socket2::Socket>> {

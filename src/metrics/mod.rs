@@ -163,9 +163,12 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
         s.conns_handshake.load(Relaxed)
     });
     family("accepts_total", "counter", "Accepted TCP connections.", &|s| s.accepts.load(Relaxed));
-    family("accepts_refused_total", "counter", "Connections refused: table full.", &|s| {
-        s.accepts_refused.load(Relaxed)
-    });
+    family(
+        "accepts_refused_total",
+        "counter",
+        "Connections refused with 503: shard at conns_per_shard_max.",
+        &|s| s.accepts_refused.load(Relaxed),
+    );
     family("http_errors_total", "counter", "HTTP 4xx/5xx answers to clients.", &|s| {
         s.http_4xx.load(Relaxed)
     });

@@ -11,6 +11,10 @@ use super::{admin, client, Shard};
 use crate::metrics::{bump, drop_gauge, CloseReason};
 use crate::ring::{user_data, Completion, Op};
 
+/// The answer to a connection beyond `conns_per_shard_max`.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+Retry-After: 5\r\nConnection: close\r\nContent-Length: 24\r\n\r\nserver at connection cap\n";
+
 impl Shard {
     /// Arms the multishot accept of every listener that is not armed, unless the table is
     /// full or the shard is shutting down.
@@ -84,7 +88,7 @@ impl Shard {
             }
             Err(_) => {
                 bump(&self.stats().accepts_refused, 1);
-                self.submit_close_fd(fd, u32::MAX, 0);
+                self.refuse(fd);
             }
         }
     }
@@ -386,6 +390,20 @@ impl Shard {
         conn.outbox = None;
         let fd = conn.fd;
         self.submit_close_fd(fd, slot, generation);
+    }
+
+    /// Answers 503 on a connection the registry has no room for, and closes it. The send
+    /// and the close are hard-linked (the close runs even if the send fails) and name only
+    /// static bytes, so nothing of the connection needs a registry slot.
+    fn refuse(&mut self, fd: u32) {
+        let send = opcode::Send::new(types::Fixed(fd), REFUSAL.as_ptr(), REFUSAL.len() as u32)
+            .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+            .build()
+            .flags(squeue::Flags::IO_HARDLINK)
+            .user_data(user_data(Op::Close, 0, u32::MAX));
+        // SAFETY: the bytes are a static, valid for the program's life.
+        unsafe { self.ring.push(&send) };
+        self.submit_close_fd(fd, u32::MAX, 0);
     }
 
     fn submit_close_fd(&mut self, fd: u32, slot: u32, generation: u32) {

@@ -34,6 +34,9 @@ use wheel::Wheel;
 pub const TICK_MS: u64 = 100;
 /// Buckets of the timer wheel: 1024 × 100 ms ≈ 102 s before entries wrap around.
 pub const WHEEL_SLOTS: usize = 1024;
+/// Fixed-file slots kept beyond the registry's capacity, so a connection over
+/// `conns_per_shard_max` can still be accepted long enough to be told 503.
+pub const ACCEPT_REFUSE_RESERVE: u32 = 64;
 /// Mesh messages handled per loop turn, so a flood from one peer cannot starve the ring.
 pub const MESH_BATCH_MAX: usize = 4096;
 
@@ -103,7 +106,8 @@ impl Shard {
         listeners: Vec<Listener>,
         mesh: MeshEnd,
     ) -> Shard {
-        let capacity = ring.files() as usize;
+        assert!(ring.files() > ACCEPT_REFUSE_RESERVE, "server::start sizes the table");
+        let capacity = (ring.files() - ACCEPT_REFUSE_RESERVE) as usize;
         Shard {
             id,
             ring,
