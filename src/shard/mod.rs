@@ -81,6 +81,8 @@ pub struct Shard {
     accept_blocked: bool,
     /// Deadline of a graceful shutdown in progress.
     shutdown_deadline_ms: Option<u64>,
+    /// This shard's share of publishes it accepted, delivered next turn, in order.
+    local: std::collections::VecDeque<Msg>,
     /// Connections whose receive found no free buffer; retried next turn.
     recv_retry: Vec<(u32, u32)>,
     scratch: Scratch,
@@ -124,6 +126,7 @@ impl Shard {
             msg_seq: 0,
             accept_blocked: false,
             shutdown_deadline_ms: None,
+            local: std::collections::VecDeque::new(),
             recv_retry: Vec::new(),
             scratch: Scratch::default(),
         }
@@ -195,6 +198,9 @@ impl Shard {
     }
 
     fn process_mesh(&mut self) {
+        while let Some(msg) = self.local.pop_front() {
+            self.on_mesh(msg);
+        }
         let mut inbox = std::mem::take(&mut self.scratch.inbox);
         self.mesh.receive(MESH_BATCH_MAX, &mut inbox);
         for msg in inbox.drain(..) {
@@ -220,7 +226,9 @@ impl Shard {
         }
     }
 
-    /// Routes a publish accepted by this shard. `user`, `topic` or all.
+    /// Routes a publish accepted by this shard: `user`, `topic` or all. This shard's own
+    /// share is queued and delivered at the start of the next loop turn, so the admin
+    /// answer (queued by the caller) goes out ahead of a large fan-out.
     pub(crate) fn route(&mut self, target: admin::Target, payload: Vec<u8>) -> u64 {
         self.msg_seq += 1;
         let id = self.msg_seq * self.shards() as u64 + self.id as u64;
@@ -233,7 +241,8 @@ impl Shard {
                 let hash = self.shared.user_keys.hash(&user);
                 let home = home_shard(hash, self.shards());
                 if home == self.id {
-                    self.publish_user_home(&user, hash, &msg);
+                    let p = crate::push::PublishUser { user: user.into(), hash, msg };
+                    self.local.push_back(Msg::PublishUser(Box::new(p)));
                 } else {
                     let p = crate::push::PublishUser { user: user.into(), hash, msg };
                     self.send_mesh(home, Msg::PublishUser(Box::new(p)));
@@ -245,13 +254,13 @@ impl Shard {
                         Msg::PublishTopic { topic: topic.as_str().into(), msg: Arc::clone(&msg) };
                     self.send_mesh(to, m);
                 }
-                self.deliver_topic(&topic, &msg);
+                self.local.push_back(Msg::PublishTopic { topic: topic.into(), msg });
             }
             admin::Target::All => {
                 for to in (0..self.shards()).filter(|&s| s != me) {
                     self.send_mesh(to, Msg::PublishAll { msg: Arc::clone(&msg) });
                 }
-                self.deliver_all(&msg);
+                self.local.push_back(Msg::PublishAll { msg });
             }
         }
         id
