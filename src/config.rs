@@ -383,6 +383,13 @@ mod tests {
         assert!(toml::from_str::<Config>("shardz = 2").is_err());
     }
 
+    /// The example file in the repository root states exactly the embedded defaults.
+    #[test]
+    fn example_file_is_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("c10m.example.toml");
+        assert_eq!(Config::from_file(&path).unwrap(), Config::default());
+    }
+
     #[test]
     fn flags_override_file_defaults() {
         let args =
