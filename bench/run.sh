@@ -32,7 +32,7 @@ CONNECT_RATE=${CONNECT_RATE:-0}
 SOURCES=${SOURCES:-127.0.0.2-127.0.0.11}
 results=${RESULTS_DIR:-$here/results/$(date -u +%Y%m%d-%H%M%S)}
 loadgen=$root/target/release/c10m-loadgen
-command_line="$0 $*; CONNS=$CONNS REPS=$REPS SERVERS=\"$SERVERS\" HOLD=$HOLD BCASTS=$BCASTS TARGETED_RATE=$TARGETED_RATE CONNECT_RATE=$CONNECT_RATE"
+command_line="CONNS=$CONNS REPS=$REPS SERVERS='$SERVERS' HOLD=$HOLD BCASTS=$BCASTS TARGETED_RATE=$TARGETED_RATE CONNECT_RATE=$CONNECT_RATE bench/run.sh"
 
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 

@@ -11,6 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use std::time::Duration;
 
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::Role;
@@ -23,7 +24,7 @@ use futures_util::SinkExt;
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
-use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use glommio::{Latency, LocalExecutorPoolBuilder, PoolPlacement, Shares};
 
 /// Messages queued per connection before further ones are dropped for that connection.
 const QUEUE_MESSAGES_MAX: usize = 64;
@@ -355,13 +356,22 @@ async fn shard(args: Args, mesh: MeshBuilder<Publish, glommio::channels::channel
     let me = senders.peer_id() as u64;
     // Sequence numbers are unique across executors: the executor id in the top bits.
     let node = Rc::new(Node { registry: Rc::clone(&registry), senders, next_seq: Cell::new(me << 48) });
+    // Mesh receivers run in a latency-sensitive task queue: glommio then bounds how long a
+    // parked executor sleeps before it sees a publish sent from another executor (with the
+    // default queue such a foreign wake took up to hundreds of milliseconds here).
+    let mesh_queue = glommio::executor().create_task_queue(
+        Shares::default(),
+        Latency::Matters(Duration::from_millis(1)),
+        "mesh",
+    );
     for (_, receiver) in receivers.streams() {
         let registry = Rc::clone(&registry);
-        glommio::spawn_local(async move {
+        glommio::spawn_local_into(async move {
             while let Some((audience, seq, text)) = receiver.recv().await {
                 registry.deliver(&audience, seq, &text);
             }
-        })
+        }, mesh_queue)
+        .expect("spawn a mesh receiver")
         .detach();
     }
     let admin_listener = TcpListener::bind(&args.admin).expect("bind --admin");
@@ -381,7 +391,7 @@ async fn shard(args: Args, mesh: MeshBuilder<Publish, glommio::channels::channel
                 glommio::spawn_local(client(stream, Rc::clone(&registry))).detach();
             }
             // EMFILE past the open-files limit: back off briefly instead of spinning.
-            Err(_) => glommio::timer::sleep(std::time::Duration::from_millis(10)).await,
+            Err(_) => glommio::timer::sleep(Duration::from_millis(10)).await,
         }
     }
 }
