@@ -127,7 +127,7 @@ cpu_ticks() {
     done
     echo "$total"
 }
-slab_bytes() { awk '/^Slab:/ {print $2 * 1024}' /proc/meminfo; }
+slab_bytes() { awk '/^Slab:/ {printf "%.0f\n", $2 * 1024}' /proc/meminfo; }
 
 # run_scenario SERVER REP SCENARIO LOADGEN-ARGS...
 run_scenario() {
@@ -145,7 +145,7 @@ run_scenario() {
     # Memory is read once the ramp is over (every connection has an outcome), mid-hold.
     local waited=0
     while kill -0 "$lg" 2>/dev/null; do
-        if grep -qE " up $CONNS/$CONNS " "$results/$tag.err" || ((waited > 300)); then
+        if grep -qE " up $CONNS/$CONNS " "$results/$tag.err" 2>/dev/null || ((waited > 300)); then
             sleep 2
             rss1=$(rss_bytes); slab1=$(slab_bytes)
             break
@@ -163,6 +163,7 @@ run_scenario() {
     log "$tag: $(grep -E 'delivered|connect rate|server \(pid' "$results/$tag.out" | tr -s ' ' | paste -sd ';')"
 }
 
+trap stop_server EXIT
 mkdir -p "$results"
 log "results in $results"
 servers_json=$(printf '"%s",' $SERVERS)

@@ -227,25 +227,24 @@ async fn ws_client(
     }
     let ws = WebSocketStream::from_partially_read(stream, head.rest, Role::Server, None).await;
     let (tx, rx) = local_channel::new_bounded(QUEUE_MESSAGES_MAX);
-    let _guard = registry.register(user, topics, tx);
+    let guard = registry.register(user, topics, tx);
     let (mut sink, mut incoming) = futures_util::StreamExt::split(ws);
-    loop {
-        let next = future::or(async { Some(rx.recv().await) }, async {
-            match incoming.next().await {
-                // Pings are answered by tungstenite; clients send nothing else we need.
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => None,
-                Some(Ok(_)) => Some(None),
+    // The reader half lives in its own task with one receive always armed (dropping and
+    // re-creating a glommio read on every delivery would cancel and resubmit it). It owns
+    // the registration: when the peer goes, the sender is dropped and the writer ends too.
+    glommio::spawn_local(async move {
+        let _guard = guard;
+        // Pings are answered by tungstenite; clients send nothing else we need.
+        while let Some(Ok(message)) = incoming.next().await {
+            if message.is_close() {
+                break;
             }
-        })
-        .await;
-        match next {
-            Some(Some((_, text))) => {
-                if sink.send(Message::Text(text.to_string())).await.is_err() {
-                    return;
-                }
-            }
-            Some(None) => {}
-            None => return,
+        }
+    })
+    .detach();
+    while let Some((_, text)) = rx.recv().await {
+        if sink.send(Message::Text(text.to_string())).await.is_err() {
+            return;
         }
     }
 }

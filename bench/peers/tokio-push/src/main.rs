@@ -30,6 +30,8 @@ use tokio::sync::mpsc;
 const QUEUE_MESSAGES_MAX: usize = 64;
 /// tungstenite's read buffer per WebSocket connection.
 const READ_BUFFER_BYTES: usize = 4096;
+/// Client listener backlog (nginx is configured with the same).
+const LISTEN_BACKLOG: u32 = 4096;
 
 #[derive(Parser)]
 struct Args {
@@ -221,6 +223,17 @@ async fn publish_handler(
     (StatusCode::ACCEPTED, format!("{{\"receivers\":{receivers}}}\n")).into_response()
 }
 
+/// `TcpListener::bind` listens with a backlog of 1024; a server that expects connection
+/// storms asks for more (the kernel caps it at net.core.somaxconn).
+fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let addr: std::net::SocketAddr =
+        addr.parse().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -245,7 +258,7 @@ async fn serve(args: Args) {
         .route("/publish", post(publish_handler))
         .route("/healthz", get(healthz))
         .with_state(registry);
-    let client_listener = tokio::net::TcpListener::bind(&args.listen).await.expect("bind --listen");
+    let client_listener = listen(&args.listen).expect("bind --listen");
     let admin_listener = tokio::net::TcpListener::bind(&args.admin).await.expect("bind --admin");
     let admin_task = tokio::spawn(async move { axum::serve(admin_listener, admin).await });
     tokio::select! {
