@@ -92,7 +92,7 @@ struct Report {
 const METRICS: &[(&str, &str, &str, bool)] = &[
     ("user_b", "user-space memory per idle connection", "B", true),
     ("kernel_b", "kernel memory per connection (slab, both ends)", "B", true),
-    ("connect_rate", "connect rate (15k offered at once)", "conn/s", false),
+    ("connect_rate", "connect rate (all offered at once, --rate 0)", "conn/s", false),
     ("fanout_ms", "broadcast fan-out, first→last (p50)", "ms", true),
     ("fanout_send_ms", "broadcast fan-out, send→last (p50)", "ms", true),
     ("deliveries_per_s", "broadcast deliveries per second", "msg/s", false),

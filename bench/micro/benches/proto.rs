@@ -65,6 +65,7 @@ fn ws_session_feed(c: &mut Criterion) {
     }
     // The frame an idle connection sees most: a ping, answered with a pong into `out`.
     let ping = masked_frame(0x9, b"keepalive");
+    group.throughput(Throughput::Bytes(ping.len() as u64));
     group.bench_function("ping", |b| {
         let mut session = Session::new();
         b.iter(|| {
@@ -76,6 +77,7 @@ fn ws_session_feed(c: &mut Criterion) {
     });
     // A 1 KiB text frame split into 7-byte reads: the boxed partial-frame path.
     let split = masked_frame(0x1, &[b'y'; 1024]);
+    group.throughput(Throughput::Bytes(split.len() as u64));
     group.bench_function("text_1024_split_7", |b| {
         let mut session = Session::new();
         b.iter(|| {

@@ -20,6 +20,7 @@ fn same_thread(c: &mut Criterion) {
             black_box(rx.pop())
         })
     });
+    group.throughput(Throughput::Elements(64));
     group.bench_function("batch_64_same_thread", |b| {
         b.iter(|| {
             for i in 0..64u64 {
