@@ -7,6 +7,8 @@
 #   SERVERS="c10m tokio" bench/run.sh  a subset (c10m tokio glommio nchan)
 #   SKIP_INSTALL=1 SKIP_BUILD=1 ...    reuse what is installed and built
 #   REPORT_ONLY=DIR bench/run.sh       redo the table and chart from an earlier results folder
+#   RESULTS_DIR=DIR REPS_FROM=3 SERVERS=glommio bench/run.sh
+#                                      add a repetition that failed to an earlier folder
 #
 # Scenarios, each a fresh loadgen run of CONNS WebSocket connections to a server started
 # once per repetition (all traffic on 127.0.0.1, every step under `timeout`):
@@ -23,6 +25,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 CONNS=${CONNS:-15000}
 REPS=${REPS:-3}
+REPS_FROM=${REPS_FROM:-1} # resume: run repetitions REPS_FROM..REPS into an existing RESULTS_DIR
 SERVERS=${SERVERS:-"c10m tokio glommio nchan"}
 SHARDS=${SHARDS:-$(nproc)}
 HOLD=${HOLD:-12s}
@@ -73,6 +76,7 @@ build() {
 declare -A PORT=([c10m]=29080 [tokio]=29180 [glommio]=29280 [nchan]=29380)
 
 server_pid=
+wrapper=
 start_server() {
     local name=$1 listen=127.0.0.1:${PORT[$1]} admin=127.0.0.1:$((PORT[$1] + 1))
     local out=$results/$name-server.log
@@ -86,8 +90,8 @@ start_server() {
     nchan) timeout 3600 "$here/peers/nchan/run.sh" "$listen" "$admin" \
             "$results/nchan-prefix" >>"$out" 2>&1 & ;;
     esac
-    local wrapper=$!
-    for _ in $(seq 100); do
+    wrapper=$!
+    for _ in $(seq 300); do
         if curl -sf -o /dev/null --max-time 1 "http://$admin/healthz"; then
             server_pid=$(pgrep -P "$wrapper" | head -n 1)
             log "$name up (pid $server_pid)"
@@ -95,7 +99,10 @@ start_server() {
         fi
         sleep 0.2
     done
-    log "$name did not answer /healthz; see $out"
+    log "$name did not answer /healthz within 60 s; see $out"
+    kill -TERM "$wrapper" 2>/dev/null || true
+    wait "$wrapper" 2>/dev/null || true
+    wrapper=
     return 1
 }
 
@@ -104,8 +111,9 @@ stop_server() {
     kill -TERM "$server_pid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$server_pid" 2>/dev/null || true
-    wait 2>/dev/null || true
+    wait "$wrapper" 2>/dev/null || true
     server_pid=
+    wrapper=
 }
 
 # Every process of the server: the pid and its children (nginx workers).
@@ -167,7 +175,7 @@ trap stop_server EXIT
 mkdir -p "$results"
 log "results in $results"
 servers_json=$(printf '"%s",' $SERVERS)
-cat >"$results/meta.json" <<JSON
+[[ -f $results/meta.json ]] || cat >"$results/meta.json" <<JSON
 {"machine": "$(nproc) vCPU $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo | tr -d '"'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), shared with other workloads (load average at start $(cut -d' ' -f1 /proc/loadavg))",
  "date": "$(date -u +'%Y-%m-%d %H:%M UTC')",
  "command": "$command_line",
@@ -179,7 +187,7 @@ cat >"$results/meta.json" <<JSON
   "Scenarios: idle = $CONNS WebSocket connections, connect rate $CONNECT_RATE (0 = as fast as possible), hold $HOLD; broadcast = the same plus $BCASTS broadcasts of 32 B at 2/s; targeted = the same plus $TARGETED_RATE user pushes/s of 32 B for 10 s (one connection per user)."
  ]}
 JSON
-for rep in $(seq "$REPS"); do
+for rep in $(seq "$REPS_FROM" "$REPS"); do
     # Rotate the order each repetition so no server always runs first or last.
     set -- $SERVERS
     order=("$@")

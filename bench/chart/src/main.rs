@@ -319,6 +319,7 @@ fn chart(
         chart
             .configure_mesh()
             .disable_x_mesh()
+            .light_line_style(TRANSPARENT)
             .x_labels(servers.len())
             .x_label_formatter(&|v| match v {
                 SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
@@ -351,7 +352,9 @@ fn chart(
 }
 
 fn short(v: f64) -> String {
-    if v >= 1e6 {
+    if v == 0.0 {
+        "0".into()
+    } else if v >= 1e6 {
         format!("{:.1}M", v / 1e6)
     } else if v >= 1e4 {
         format!("{:.0}k", v / 1e3)
