@@ -52,13 +52,14 @@ if [[ -n ${REPORT_ONLY:-} ]]; then
 fi
 
 install_peers() {
-    if [[ -f /usr/lib/nginx/modules/ngx_nchan_module.so && -f /usr/lib/nginx/modules/ngx_http_js_module.so ]]; then
+    if [[ -f /usr/lib/nginx/modules/ngx_nchan_module.so && -f /usr/lib/nginx/modules/ngx_http_js_module.so ]] \
+        && command -v curl >/dev/null && command -v pgrep >/dev/null; then
         return
     fi
     log "installing nginx + Nchan from Debian"
     timeout 300 apt-get update -qq
     DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq \
-        nginx-light libnginx-mod-nchan libnginx-mod-http-js >/dev/null
+        nginx-light libnginx-mod-nchan libnginx-mod-http-js curl procps >/dev/null
 }
 
 build() {
