@@ -170,6 +170,15 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
     }
     shared.started.store(true, Ordering::Release);
     let conns_per_shard = files - crate::shard::ACCEPT_REFUSE_RESERVE;
+    let plan = sys::host::Plan {
+        shards: shards as u64,
+        conns_per_shard: conns_per_shard as u64,
+        conns_per_shard_wanted: shared.cfg.limits.conns_per_shard_max as u64,
+        listen_backlog: backlog as u64,
+    };
+    for w in sys::host::warnings(std::path::Path::new("/proc/sys"), &plan) {
+        eprintln!("c10m: warning: {w}");
+    }
     Ok(Server { listen, admin, shards, files_per_shard: files, conns_per_shard, threads })
 }
 
