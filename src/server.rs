@@ -75,7 +75,7 @@ fn bind_first(
 }
 
 /// Starts the shards and returns once every one is ready (or the first error).
-pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
+pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
     // Keys first: a bad key file is reported before any address is taken.
     let client_auth = match (cfg.auth.as_deref(), &cfg.jwt_key) {
         (Some("jwt"), Some(path)) => crate::auth::ClientAuth::jwt_from_file(path),
@@ -115,7 +115,8 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
         user_keys: crate::push::UserKeys::default(),
         client_auth,
         admin_key,
-        shutdown,
+        signals,
+        rss_bytes: std::sync::atomic::AtomicU64::new(sys::rss_bytes()),
         started: AtomicBool::new(false),
         cfg,
     });
@@ -141,10 +142,10 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
                 };
                 let mut listeners: Vec<Listener> = c
                     .into_iter()
-                    .map(|sock| Listener { sock, admin: false, armed: false })
+                    .map(|sock| Listener { sock: Some(sock), admin: false, armed: false })
                     .collect();
                 listeners.extend(a.into_iter().map(|sock| Listener {
-                    sock,
+                    sock: Some(sock),
                     admin: true,
                     armed: false,
                 }));
@@ -177,7 +178,7 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                shared.shutdown.store(true, Ordering::Relaxed);
+                shared.signals.stop.store(true, Ordering::Relaxed);
                 return Err(e);
             }
             Err(_) => return Err(io::Error::other("a shard thread died during start")),

@@ -160,6 +160,31 @@ fn route(
             Err(why) => (400, JSON, err(why), None),
         },
         ("/publish", _) => (405, JSON, err("use POST"), Some("POST")),
+        ("/drain", "POST") => {
+            let default = shard.shared.cfg.limits.drain_rate_per_s;
+            match req.query_param("rate").map(|r| r.parse::<u32>()) {
+                Some(Err(_)) => (400, JSON, err("rate must be connections per second"), None),
+                Some(Ok(rate)) => {
+                    shard.drain_all(rate);
+                    (
+                        202,
+                        JSON,
+                        serde_json::json!({ "draining": true, "rate": rate }).to_string(),
+                        None,
+                    )
+                }
+                None => {
+                    shard.drain_all(default);
+                    (
+                        202,
+                        JSON,
+                        serde_json::json!({ "draining": true, "rate": default }).to_string(),
+                        None,
+                    )
+                }
+            }
+        }
+        ("/drain", _) => (405, JSON, err("use POST"), Some("POST")),
         ("/stats", "GET") => {
             (200, JSON, render_stats(&shard.shared.stats, crate::sys::rss_bytes()), None)
         }

@@ -267,6 +267,33 @@ fn preflight(shard: &mut Shard, slot: u32, generation: u32, req: &Request) {
     shard.finish(slot, generation, CloseReason::HttpDone);
 }
 
+/// The user of this connection already holds `conns_per_user_max` connections.
+pub(super) fn over_user_cap(shard: &mut Shard, slot: u32, generation: u32) {
+    let Some(conn) = shard.conns.get(slot, generation) else { return };
+    if !conn.is_open() {
+        return;
+    }
+    // Its user was never indexed: forget it so the close does not unregister a stranger.
+    if let Some(conn) = shard.conns.get_mut(slot, generation) {
+        let topics: Vec<String> = conn.ident.topics().map(str::to_owned).collect();
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        conn.ident = super::conn::Ident::new(None, &topics);
+    }
+    let reason = CloseReason::UserCap;
+    match shard.conns.get(slot, generation).map(|c| c.kind) {
+        Some(Kind::Ws | Kind::Echo) => {
+            close_ws(shard, slot, generation, 1008, "too many connections for this user", reason)
+        }
+        Some(Kind::Sse) => {
+            let mut out = Vec::new();
+            sse::write_event(&mut out, 0, Some("error"), b"too many connections for this user");
+            shard.queue(slot, generation, Chunk::Owned(out));
+            shard.finish(slot, generation, reason);
+        }
+        _ => {}
+    }
+}
+
 /// A connection's token expired: WebSocket clients get close 4001, SSE clients an
 /// `event: expired`, then the connection ends.
 pub(super) fn token_expired(shard: &mut Shard, slot: u32, generation: u32) {
@@ -313,6 +340,7 @@ fn become_subscriber(
     if let Some(user) = user {
         shard.register_user(&user, id);
     }
+    shard.schedule_lifetime(slot, generation);
     for topic in topics {
         // identity() already refused more than TOPICS_PER_CONN_MAX topics.
         let _ = subscribe(shard, slot, generation, &topic);

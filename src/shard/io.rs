@@ -26,7 +26,8 @@ impl Shard {
             if self.listeners[i].armed {
                 continue;
             }
-            let fd = types::Fd(self.listeners[i].sock.as_raw_fd());
+            let Some(sock) = self.listeners[i].sock.as_ref() else { continue };
+            let fd = types::Fd(sock.as_raw_fd());
             let entry = opcode::AcceptMulti::new(fd)
                 .allocate_file_index(true)
                 .build()
@@ -37,10 +38,17 @@ impl Shard {
         }
     }
 
-    /// Stops accepting: cancels the accepts and closes the listeners (shutdown).
-    pub(super) fn cancel_accepts(&mut self) {
-        for l in &self.listeners {
-            let builder = types::CancelBuilder::fd(types::Fd(l.sock.as_raw_fd())).all();
+    /// Stops accepting: cancels the accepts and closes the listeners, the client ones only
+    /// when `clients_only` (a drain keeps the admin API reachable until it ends).
+    pub(super) fn cancel_accepts(&mut self, clients_only: bool) {
+        let mut cancelled = false;
+        for i in 0..self.listeners.len() {
+            let l = &self.listeners[i];
+            let Some(sock) = l.sock.as_ref() else { continue };
+            if clients_only && l.admin {
+                continue;
+            }
+            let builder = types::CancelBuilder::fd(types::Fd(sock.as_raw_fd())).all();
             let entry = opcode::AsyncCancel2::new(builder).build().user_data(user_data(
                 Op::Cancel,
                 0,
@@ -48,10 +56,18 @@ impl Shard {
             ));
             // SAFETY: a cancel names no user memory.
             unsafe { self.ring.push(&entry) };
+            cancelled = true;
+        }
+        if !cancelled {
+            return;
         }
         // Submit the cancels before the sockets close, so the accepts end with ECANCELED.
         let _ = self.ring.submit_and_wait(std::time::Duration::ZERO);
-        self.listeners.clear();
+        for l in &mut self.listeners {
+            if !(clients_only && l.admin) {
+                l.sock = None;
+            }
+        }
     }
 
     pub(super) fn on_accept(&mut self, listener: u32, c: Completion) {
@@ -60,6 +76,10 @@ impl Shard {
         };
         if !c.more() {
             l.armed = false;
+        }
+        if l.sock.is_none() && c.result >= 0 {
+            // Accepted just before the cancel: the listener is closed, so is this.
+            return self.refuse(c.result as u32);
         }
         let admin = l.admin;
         if c.result < 0 {
@@ -73,6 +93,9 @@ impl Shard {
         }
         let fd = c.result as u32;
         bump(&self.stats().accepts, 1);
+        if !admin && !self.admit_connection() {
+            return self.refuse(fd);
+        }
         let kind = if admin { Kind::Admin } else { Kind::Handshake };
         match self.conns.insert(Conn::new(fd, kind, self.now_ms)) {
             Ok((slot, generation)) => {
