@@ -109,6 +109,16 @@ pub struct Config {
     pub echo: bool,
     /// Pin shard threads to cores.
     pub pin: bool,
+    /// Client authentication: "jwt" or "none". Unset means none on loopback listeners and
+    /// is an error on any other, so an exposed server is never open by accident.
+    pub auth: Option<String>,
+    /// With `auth = "jwt"`: an HMAC secret file, or a PEM RSA / EC P-256 / Ed25519 public key.
+    pub jwt_key: Option<PathBuf>,
+    /// Browser origins allowed to open WebSocket and SSE connections; empty: any.
+    pub allowed_origins: Vec<String>,
+    /// A file whose first line is the bearer key the admin API requires. Required when an
+    /// admin listener is not on loopback.
+    pub admin_key_file: Option<PathBuf>,
     pub limits: Limits,
 }
 
@@ -120,6 +130,10 @@ impl Default for Config {
             shards: 0,
             echo: false,
             pin: true,
+            auth: None,
+            jwt_key: None,
+            allowed_origins: Vec::new(),
+            admin_key_file: None,
             limits: Limits::default(),
         }
     }
@@ -158,6 +172,18 @@ pub struct ServeArgs {
     /// Do not pin shard threads to cores.
     #[arg(long)]
     pub no_pin: bool,
+    /// Client authentication: jwt or none. Required for a listener not on loopback.
+    #[arg(long, value_name = "jwt|none")]
+    pub auth: Option<String>,
+    /// JWT key: an HMAC secret file (HS256) or a PEM public key (RS256, ES256, EdDSA).
+    #[arg(long, value_name = "PATH")]
+    pub jwt_key: Option<PathBuf>,
+    /// Browser origin allowed to connect (repeatable). Default: any.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+    /// File with the admin API's bearer key. Required for an admin listener not on loopback.
+    #[arg(long, value_name = "PATH")]
+    pub admin_key_file: Option<PathBuf>,
     /// Connections per shard (client and admin). Default 1048576, lowered to RLIMIT_NOFILE.
     #[arg(long)]
     pub conns_per_shard_max: Option<u32>,
@@ -238,6 +264,18 @@ impl ServeArgs {
             cfg.shards = n;
         }
         cfg.echo |= self.echo;
+        if self.auth.is_some() {
+            cfg.auth = self.auth.clone();
+        }
+        if self.jwt_key.is_some() {
+            cfg.jwt_key = self.jwt_key.clone();
+        }
+        if !self.allowed_origins.is_empty() {
+            cfg.allowed_origins = self.allowed_origins.clone();
+        }
+        if self.admin_key_file.is_some() {
+            cfg.admin_key_file = self.admin_key_file.clone();
+        }
         cfg.pin &= !self.no_pin;
         let l = &mut cfg.limits;
         macro_rules! take {
@@ -284,6 +322,26 @@ impl Config {
         let err = |m: String| Err(ConfigError(m));
         if self.listen.is_empty() {
             return err("no client listener: give at least one --listen ADDR".into());
+        }
+        match (self.auth.as_deref(), &self.jwt_key) {
+            (None | Some("none"), _) | (Some("jwt"), Some(_)) => {}
+            (Some("jwt"), None) => return err("--auth jwt needs --jwt-key PATH".into()),
+            (Some(other), _) => return err(format!("auth = {other:?}: use \"jwt\" or \"none\"")),
+        }
+        if let Some(open) = self.listen.iter().find(|a| !a.ip().is_loopback()) {
+            if self.auth.is_none() {
+                return err(format!(
+                    "client listener {open} is not on loopback: give --auth jwt --jwt-key PATH, \
+                     or --auth none to accept anyone"
+                ));
+            }
+        }
+        if let Some(open) = self.admin.iter().find(|a| !a.ip().is_loopback()) {
+            if self.admin_key_file.is_none() {
+                return err(format!(
+                    "admin listener {open} is not on loopback: give --admin-key-file PATH"
+                ));
+            }
         }
         if self.shards > 1024 {
             return err(format!("shards = {} is more than 1024; use one per core", self.shards));
@@ -372,6 +430,20 @@ mod tests {
     }
 
     #[test]
+    fn exposed_listeners_need_an_explicit_auth_choice() {
+        let mut cfg = Config { listen: vec!["0.0.0.0:8080".parse().unwrap()], ..Config::default() };
+        assert!(cfg.validate().unwrap_err().0.contains("--auth"));
+        cfg.auth = Some("none".into());
+        cfg.validate().unwrap();
+        cfg.admin = vec!["10.0.0.1:8081".parse().unwrap()];
+        assert!(cfg.validate().unwrap_err().0.contains("--admin-key-file"));
+        cfg.admin_key_file = Some("/k".into());
+        cfg.validate().unwrap();
+        cfg.auth = Some("jwt".into());
+        assert!(cfg.validate().unwrap_err().0.contains("--jwt-key"));
+    }
+
+    #[test]
     fn toml_overrides_and_rejects_unknown_keys() {
         let cfg: Config = toml::from_str(
             "shards = 2\nlisten = [\"127.0.0.1:9000\"]\n[limits]\nping_interval_ms = 5000\n",
@@ -381,6 +453,13 @@ mod tests {
         assert_eq!(cfg.limits.ping_interval_ms, 5000);
         assert_eq!(cfg.limits.pong_timeout_ms, Limits::default().pong_timeout_ms);
         assert!(toml::from_str::<Config>("shardz = 2").is_err());
+    }
+
+    /// The example file in the repository root states exactly the embedded defaults.
+    #[test]
+    fn example_file_is_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("c10m.example.toml");
+        assert_eq!(Config::from_file(&path).unwrap(), Config::default());
     }
 
     #[test]

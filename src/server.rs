@@ -76,6 +76,19 @@ fn bind_first(
 
 /// Starts the shards and returns once every one is ready (or the first error).
 pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
+    // Keys first: a bad key file is reported before any address is taken.
+    let client_auth = match (cfg.auth.as_deref(), &cfg.jwt_key) {
+        (Some("jwt"), Some(path)) => crate::auth::ClientAuth::jwt_from_file(path),
+        _ => Ok(crate::auth::ClientAuth::None),
+    }
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let admin_key = match &cfg.admin_key_file {
+        Some(path) => Some(
+            crate::auth::admin_key_from_file(path)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
+        ),
+        None => None,
+    };
     let shards = if cfg.shards == 0 { sys::online_cpus() } else { cfg.shards };
     let nofile = sys::raise_nofile()?;
     // The table holds the registry's connections plus a reserve for answering 503.
@@ -100,6 +113,8 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
         stats: (0..shards).map(|_| ShardStats::default()).collect(),
         peers: Arc::clone(&peers),
         user_keys: crate::push::UserKeys::default(),
+        client_auth,
+        admin_key,
         shutdown,
         started: AtomicBool::new(false),
         cfg,
@@ -170,6 +185,15 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
     }
     shared.started.store(true, Ordering::Release);
     let conns_per_shard = files - crate::shard::ACCEPT_REFUSE_RESERVE;
+    let plan = sys::host::Plan {
+        shards: shards as u64,
+        conns_per_shard: conns_per_shard as u64,
+        conns_per_shard_wanted: shared.cfg.limits.conns_per_shard_max as u64,
+        listen_backlog: backlog as u64,
+    };
+    for w in sys::host::warnings(std::path::Path::new("/proc/sys"), &plan) {
+        eprintln!("c10m: warning: {w}");
+    }
     Ok(Server { listen, admin, shards, files_per_shard: files, conns_per_shard, threads })
 }
 

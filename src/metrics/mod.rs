@@ -23,10 +23,12 @@ pub enum CloseReason {
     SlowConsumer,
     Shutdown,
     IoError,
+    /// The client's token expired while it was connected.
+    TokenExpired,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::PeerGone,
         CloseReason::WsClose,
         CloseReason::ProtocolError,
@@ -37,6 +39,7 @@ impl CloseReason {
         CloseReason::SlowConsumer,
         CloseReason::Shutdown,
         CloseReason::IoError,
+        CloseReason::TokenExpired,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +54,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Shutdown => "shutdown",
             CloseReason::IoError => "io_error",
+            CloseReason::TokenExpired => "token_expired",
         }
     }
 }
@@ -75,7 +79,10 @@ pub struct ShardStats {
     pub accepts: AtomicU64,
     /// Accepts refused because the shard's table was full.
     pub accepts_refused: AtomicU64,
-    pub closes: [AtomicU64; 10],
+    pub closes: [AtomicU64; 11],
+    /// Handshakes refused for a missing, invalid or expired token (401) or a forbidden
+    /// origin, user or topic (403).
+    pub auth_refused: AtomicU64,
     /// HTTP error answers by class of request problem.
     pub http_4xx: AtomicU64,
     pub ws_protocol_errors: AtomicU64,
@@ -171,6 +178,9 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
     );
     family("http_errors_total", "counter", "HTTP 4xx/5xx answers to clients.", &|s| {
         s.http_4xx.load(Relaxed)
+    });
+    family("auth_refused_total", "counter", "Handshakes refused with 401 or 403.", &|s| {
+        s.auth_refused.load(Relaxed)
     });
     family("ws_protocol_errors_total", "counter", "WebSocket protocol violations.", &|s| {
         s.ws_protocol_errors.load(Relaxed)

@@ -146,6 +146,11 @@ fn route(
 ) -> (u16, &'static str, String, Option<&'static str>) {
     let method = req.method.as_str();
     let err = |why: &str| serde_json::json!({ "error": why }).to_string();
+    if let Some(key) = &shard.shared.admin_key {
+        if req.path != "/healthz" && !crate::auth::admin_key_matches(key, req) {
+            return (401, JSON, err("admin key required: Authorization: Bearer KEY"), None);
+        }
+    }
     match (req.path.as_str(), method) {
         ("/publish", "POST") => match target(req) {
             Ok(t) => {

@@ -434,6 +434,9 @@ impl Shard {
         debug_assert!(conn.is_open());
         let kind = conn.kind;
         let ident = conn.ident.take();
+        if self.grants.get(&slot).is_some_and(|(g, _)| *g == generation) {
+            self.grants.remove(&slot);
+        }
         let stats = &self.shared.stats[self.id];
         drop_gauge(match kind {
             Kind::Handshake => &stats.conns_handshake,

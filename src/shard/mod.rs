@@ -34,6 +34,9 @@ use wheel::Wheel;
 pub const TICK_MS: u64 = 100;
 /// Buckets of the timer wheel: 1024 × 100 ms ≈ 102 s before entries wrap around.
 pub const WHEEL_SLOTS: usize = 1024;
+/// Marks a timer-wheel key as a token expiry, which is independent of the connection's
+/// one protocol timer (keys hold generation and slot in the low 56 bits).
+pub const EXPIRY_TIMER: u64 = 1 << 63;
 /// Fixed-file slots kept beyond the registry's capacity, so a connection over
 /// `conns_per_shard_max` can still be accepted long enough to be told 503.
 pub const ACCEPT_REFUSE_RESERVE: u32 = 64;
@@ -48,6 +51,9 @@ pub struct Shared {
     /// Keys of the user-id hash that picks home shards.
     pub user_keys: crate::push::UserKeys,
     pub shutdown: Arc<AtomicBool>,
+    pub client_auth: crate::auth::ClientAuth,
+    /// The admin API's bearer key, when one is configured.
+    pub admin_key: Option<Box<[u8]>>,
     /// Set by the main thread once every shard has its ring, so doorbells have a target.
     pub started: AtomicBool,
 }
@@ -81,6 +87,11 @@ pub struct Shard {
     accept_blocked: bool,
     /// Deadline of a graceful shutdown in progress.
     shutdown_deadline_ms: Option<u64>,
+    /// Topic patterns granted by the tokens of this shard's connections, by slot (with the
+    /// generation), for tokens that carry a `topics` claim. Absent with JWT auth: no topics.
+    grants: std::collections::HashMap<u32, (u32, Box<[String]>)>,
+    /// This shard's share of publishes it accepted, delivered next turn, in order.
+    local: std::collections::VecDeque<Msg>,
     /// Connections whose receive found no free buffer; retried next turn.
     recv_retry: Vec<(u32, u32)>,
     scratch: Scratch,
@@ -124,6 +135,8 @@ impl Shard {
             msg_seq: 0,
             accept_blocked: false,
             shutdown_deadline_ms: None,
+            local: std::collections::VecDeque::new(),
+            grants: std::collections::HashMap::new(),
             recv_retry: Vec::new(),
             scratch: Scratch::default(),
         }
@@ -195,6 +208,9 @@ impl Shard {
     }
 
     fn process_mesh(&mut self) {
+        while let Some(msg) = self.local.pop_front() {
+            self.on_mesh(msg);
+        }
         let mut inbox = std::mem::take(&mut self.scratch.inbox);
         self.mesh.receive(MESH_BATCH_MAX, &mut inbox);
         for msg in inbox.drain(..) {
@@ -220,7 +236,9 @@ impl Shard {
         }
     }
 
-    /// Routes a publish accepted by this shard. `user`, `topic` or all.
+    /// Routes a publish accepted by this shard: `user`, `topic` or all. This shard's own
+    /// share is queued and delivered at the start of the next loop turn, so the admin
+    /// answer (queued by the caller) goes out ahead of a large fan-out.
     pub(crate) fn route(&mut self, target: admin::Target, payload: Vec<u8>) -> u64 {
         self.msg_seq += 1;
         let id = self.msg_seq * self.shards() as u64 + self.id as u64;
@@ -233,7 +251,8 @@ impl Shard {
                 let hash = self.shared.user_keys.hash(&user);
                 let home = home_shard(hash, self.shards());
                 if home == self.id {
-                    self.publish_user_home(&user, hash, &msg);
+                    let p = crate::push::PublishUser { user: user.into(), hash, msg };
+                    self.local.push_back(Msg::PublishUser(Box::new(p)));
                 } else {
                     let p = crate::push::PublishUser { user: user.into(), hash, msg };
                     self.send_mesh(home, Msg::PublishUser(Box::new(p)));
@@ -245,13 +264,13 @@ impl Shard {
                         Msg::PublishTopic { topic: topic.as_str().into(), msg: Arc::clone(&msg) };
                     self.send_mesh(to, m);
                 }
-                self.deliver_topic(&topic, &msg);
+                self.local.push_back(Msg::PublishTopic { topic: topic.into(), msg });
             }
             admin::Target::All => {
                 for to in (0..self.shards()).filter(|&s| s != me) {
                     self.send_mesh(to, Msg::PublishAll { msg: Arc::clone(&msg) });
                 }
-                self.deliver_all(&msg);
+                self.local.push_back(Msg::PublishAll { msg });
             }
         }
         id
@@ -360,6 +379,12 @@ impl Shard {
         self.scratch.doorbells = fds;
     }
 
+    /// Arms the close of a connection at its token's expiry.
+    fn schedule_expiry(&mut self, slot: u32, generation: u32, at_ms: u64) {
+        let key = ConnId { shard: 0, slot, generation }.timer_key() | EXPIRY_TIMER;
+        self.wheel.insert(key, at_ms);
+    }
+
     /// Arms a timer for a connection at `at_ms`; earlier entries for it become stale.
     fn schedule(&mut self, slot: u32, generation: u32, at_ms: u64) {
         if let Some(conn) = self.conns.get_mut(slot, generation) {
@@ -374,6 +399,11 @@ impl Shard {
         let mut fired = std::mem::take(&mut self.scratch.fired);
         self.wheel.expire(self.now_ms, &mut fired);
         for (key, deadline) in fired.drain(..) {
+            if key & EXPIRY_TIMER != 0 {
+                let (slot, generation) = (key as u32, ((key & !EXPIRY_TIMER) >> 32) as u32);
+                client::token_expired(self, slot, generation);
+                continue;
+            }
             let (slot, generation) = (key as u32, (key >> 32) as u32);
             let due =
                 self.conns.get(slot, generation).is_some_and(|c| c.timer == conn::stamp(deadline));

@@ -1,4 +1,6 @@
-//! OS wrappers: resource limits, listeners, signals, process memory.
+//! OS wrappers: resource limits, listeners, signals, process memory, host checks.
+
+pub mod host;
 
 use std::io;
 use std::net::SocketAddr;
