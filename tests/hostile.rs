@@ -178,8 +178,6 @@ fn stalled_admin_heads_and_bodies_are_cut_by_the_idle_timeout() {
 }
 
 #[test]
-#[ignore = "server bug: admin requests have no deadline; a byte every 200 ms keeps an \
-            unfinished request open forever because --idle-timeout-ms only measures silence"]
 fn slowloris_on_the_admin_port_is_cut() {
     // The admin port's only timer is the idle timeout, which every dripped byte resets. A
     // request that is never finished should be cut after a bound (as on the client port,
@@ -555,8 +553,6 @@ fn a_half_closed_admin_request_still_gets_its_response() {
 }
 
 #[test]
-#[ignore = "server bug: EOF on an admin connection aborts it and drops responses still \
-            queued for requests received before the half-close"]
 fn pipelined_requests_then_a_half_close_get_every_response() {
     let server = Server::start(&[]);
     let mut s = server.admin_tcp();
@@ -602,8 +598,6 @@ fn a_half_closed_websocket_handshake_is_not_upgraded_into_a_dead_connection() {
 }
 
 #[test]
-#[ignore = "server bug: /echo picks the opcode by whether the payload is valid UTF-8, so a \
-            binary message of ASCII bytes comes back as a text message"]
 fn binary_messages_are_echoed_as_binary() {
     let server = Server::start(&["--echo"]);
     let mut ws = server.raw_ws("/echo");

@@ -48,7 +48,8 @@ fn a_paced_drain_sends_every_connection_a_goaway_at_the_rate() {
     const CONNS: usize = 1_000;
     const RATE: u32 = 250; // so the drain takes about 4 s
     let mut server = Server::start(&[]);
-    let mut socks: Vec<TcpStream> = (0..CONNS).map(|i| raw_ws(&server, &format!("user=d{i}"))).collect();
+    let mut socks: Vec<TcpStream> =
+        (0..CONNS).map(|i| raw_ws(&server, &format!("user=d{i}"))).collect();
     server.wait_connections(CONNS as u64);
     for s in &socks {
         s.set_nonblocking(true).unwrap();
@@ -113,8 +114,10 @@ fn a_paced_drain_sends_every_connection_a_goaway_at_the_rate() {
 
 #[test]
 fn lifetimes_end_in_goaways_spread_by_jitter() {
-    let server = Server::start(&["--conn-lifetime-ms-max", "1500", "--conn-lifetime-jitter-pct", "50"]);
-    let mut socks: Vec<TcpStream> = (0..20).map(|i| raw_ws(&server, &format!("user=l{i}"))).collect();
+    let server =
+        Server::start(&["--conn-lifetime-ms-max", "1500", "--conn-lifetime-jitter-pct", "50"]);
+    let mut socks: Vec<TcpStream> =
+        (0..20).map(|i| raw_ws(&server, &format!("user=l{i}"))).collect();
     let opened = Instant::now();
     let mut ends = Vec::new();
     for s in &mut socks {

@@ -411,12 +411,12 @@ pub(super) fn on_ws_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u
     }
     for event in events {
         match event {
-            ws::Event::Text(data) | ws::Event::Binary(data) if kind == Kind::Echo => {
-                let text = std::str::from_utf8(&data).is_ok();
-                let op = if text { ws::OpCode::Text } else { ws::OpCode::Binary };
-                let mut frame = Vec::with_capacity(data.len() + 10);
-                ws::write_frame(&mut frame, op, &data);
-                shard.queue(slot, generation, Chunk::Owned(frame));
+            // Echo keeps the message's own type, whatever its bytes look like.
+            ws::Event::Text(data) if kind == Kind::Echo => {
+                echo(shard, slot, generation, ws::OpCode::Text, &data)
+            }
+            ws::Event::Binary(data) if kind == Kind::Echo => {
+                echo(shard, slot, generation, ws::OpCode::Binary, &data)
             }
             ws::Event::Text(data) => on_control_message(shard, slot, generation, &data),
             ws::Event::Binary(_) | ws::Event::Ping(_) | ws::Event::Pong(_) => {}
@@ -429,6 +429,12 @@ pub(super) fn on_ws_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u
             }
         }
     }
+}
+
+fn echo(shard: &mut Shard, slot: u32, generation: u32, op: ws::OpCode, data: &[u8]) {
+    let mut frame = Vec::with_capacity(data.len() + 10);
+    ws::write_frame(&mut frame, op, data);
+    shard.queue(slot, generation, Chunk::Owned(frame));
 }
 
 /// `{"subscribe":"T"}` and `{"unsubscribe":"T"}` from a WebSocket client; each is answered

@@ -19,7 +19,7 @@ impl Shard {
     /// Arms the multishot accept of every listener that is not armed, unless the table is
     /// full or the shard is shutting down.
     pub(super) fn arm_accepts(&mut self) {
-        if self.accept_blocked || self.shutdown_deadline_ms.is_some() {
+        if self.now_ms < self.accept_blocked_until_ms || self.shutdown_deadline_ms.is_some() {
             return;
         }
         for i in 0..self.listeners.len() {
@@ -87,7 +87,9 @@ impl Shard {
                 // Every slot of the fixed-file table is taken: new connections wait in the
                 // listen queue until one closes.
                 bump(&self.stats().accepts_refused, 1);
-                self.accept_blocked = true;
+                // A close frees a slot and lifts this at once; the deadline makes sure a
+                // close that completed just before this answer cannot leave it stuck.
+                self.accept_blocked_until_ms = self.now_ms + super::TICK_MS;
             }
             return;
         }
@@ -206,6 +208,17 @@ impl Shard {
         }
         match result {
             0 => {
+                // The peer finished sending. Answers still queued (pipelined admin requests
+                // before a half-close, a close frame) are sent before the close; nothing
+                // more is read.
+                let flush =
+                    conn.queued_bytes() > 0 && (conn.kind == Kind::Admin || !conn.is_open());
+                if flush {
+                    if conn.is_open() {
+                        self.finish(slot, generation, CloseReason::PeerGone);
+                    }
+                    return;
+                }
                 let reason = match conn.closing {
                     Closing::Flushing(r) => r,
                     _ => CloseReason::PeerGone,
@@ -445,7 +458,7 @@ impl Shard {
             debug_assert!(conn.as_ref().is_some_and(|c| c.closing == Closing::Closed));
         }
         // A slot of the fixed-file table is free again.
-        self.accept_blocked = false;
+        self.accept_blocked_until_ms = 0;
     }
 
     /// Leaves the open state once: gauges, counters, user and topic registrations.

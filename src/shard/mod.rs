@@ -87,8 +87,8 @@ pub struct Shard {
     now_ms: u64,
     /// Publishes accepted by this shard; with the shard index it makes message ids unique.
     msg_seq: u64,
-    /// The fixed-file table was full: accepts wait until a connection closes.
-    accept_blocked: bool,
+    /// The fixed-file table was full: accepts wait until a connection closes or this time.
+    accept_blocked_until_ms: u64,
     /// Deadline of a graceful shutdown in progress.
     shutdown_deadline_ms: Option<u64>,
     /// Topic patterns granted by the tokens of this shard's connections, by slot (with the
@@ -144,7 +144,7 @@ impl Shard {
             clock: Instant::now(),
             now_ms: 0,
             msg_seq: 0,
-            accept_blocked: false,
+            accept_blocked_until_ms: 0,
             shutdown_deadline_ms: None,
             local: std::collections::VecDeque::new(),
             grants: std::collections::HashMap::new(),
@@ -498,10 +498,23 @@ impl Shard {
                 client::reject(self, slot, generation, 408, CloseReason::HandshakeTimeout)
             }
             (Closing::Open, Kind::Admin) => {
+                let request_ms = self.shared.cfg.limits.handshake_timeout_ms;
+                let started = conn.partial.as_ref().map(|p| p.started_ms);
+                if started.is_some_and(|s| now >= s + request_ms) {
+                    return admin::request_timeout(self, slot, generation);
+                }
                 if idle_ms > 0 && since_rx >= idle_ms {
-                    self.abort(slot, generation, CloseReason::IdleTimeout);
-                } else if idle_ms > 0 {
-                    self.schedule(slot, generation, now + idle_ms - since_rx);
+                    return self.abort(slot, generation, CloseReason::IdleTimeout);
+                }
+                let mut next = u64::MAX;
+                if idle_ms > 0 {
+                    next = now + idle_ms - since_rx;
+                }
+                if let Some(s) = started {
+                    next = next.min(s + request_ms);
+                }
+                if next != u64::MAX {
+                    self.schedule(slot, generation, next);
                 }
             }
             (Closing::Open, Kind::Sse) => {
