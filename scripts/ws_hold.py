@@ -20,6 +20,17 @@ import sys
 import time
 
 
+async def read_frame(reader):
+    """One unmasked server frame: (opcode, payload)."""
+    b0, b1 = await reader.readexactly(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = int.from_bytes(await reader.readexactly(2), "big")
+    elif n == 127:
+        n = int.from_bytes(await reader.readexactly(8), "big")
+    return b0 & 0x0F, await reader.readexactly(n)
+
+
 async def one(args, idx, up, got, done_events, closes):
     key = base64.b64encode(os.urandom(16)).decode()
     reader, writer = await asyncio.open_connection(
@@ -36,14 +47,8 @@ async def one(args, idx, up, got, done_events, closes):
         print(f"up {up[0]}", flush=True)
     seen = 0
     while args.until_close:
-        b0, b1 = await reader.readexactly(2)
-        n = b1 & 0x7F
-        if n == 126:
-            n = int.from_bytes(await reader.readexactly(2), "big")
-        elif n == 127:
-            n = int.from_bytes(await reader.readexactly(8), "big")
-        payload = await reader.readexactly(n)
-        if b0 & 0x0F == 0x8:
+        op, payload = await read_frame(reader)
+        if op == 0x8:
             code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
             closes.append((time.time(), code, payload[2:].decode("utf-8", "replace")))
             got[0] += 1
@@ -51,14 +56,7 @@ async def one(args, idx, up, got, done_events, closes):
                 done_events.set()
             return
     while seen < args.expect:
-        b0, b1 = await reader.readexactly(2)
-        n = b1 & 0x7F
-        if n == 126:
-            n = int.from_bytes(await reader.readexactly(2), "big")
-        elif n == 127:
-            n = int.from_bytes(await reader.readexactly(8), "big")
-        payload = await reader.readexactly(n)
-        op = b0 & 0x0F
+        op, payload = await read_frame(reader)
         if op == 0x9:  # ping: answer with a masked pong
             mask = os.urandom(4)
             body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
