@@ -185,6 +185,8 @@ servers_json=$(printf '"%s",' $SERVERS)
   "Server and load generator share the same $(nproc) vCPUs, so fan-out and latency measure the pair; every server gets the same loadgen.",
   "Memory is read mid-hold once all connections are up. RSS is summed over all server processes (nginx master + workers); kernel memory is the growth of Slab in /proc/meminfo divided by connections, both ends of each loopback connection together, and includes whatever else the machine did meanwhile.",
   "CPU per delivery: server utime+stime over the whole broadcast (or targeted) run minus the same over the idle run of the same repetition, divided by deliveries; includes publish request handling.",
+  "Peers: tokio-push = tokio multi-thread runtime + axum 0.8 (tokio-tungstenite 0.29), 4 KiB read buffer, no write buffer, listen backlog 4096; glommio-push = glommio 0.9, one executor per vCPU, async-tungstenite 0.28, default task queues; nchan = nginx 1.22 + Nchan from Debian, 2 workers, publishing through a short njs handler that answers 202 (Nchan itself answers 201 when a channel has subscribers).",
+  "Connect rate is N divided by loadgen's ramp time, which at N = 15,000 is only 0.5-3 s and comes in steps of about 0.25 s: read differences under ~30 % as noise.",
   "Scenarios: idle = $CONNS WebSocket connections, connect rate $CONNECT_RATE (0 = as fast as possible), hold $HOLD; broadcast = the same plus $BCASTS broadcasts of 32 B at 2/s; targeted = the same plus $TARGETED_RATE user pushes/s of 32 B for 10 s (one connection per user)."
  ]}
 JSON
