@@ -123,11 +123,12 @@ say "server: $(head -1 "$OUT/server.log") (fds open: $(ls /proc/$SERVER/fd | wc 
 sleep 2
 RSS0=$(rss_kib $SERVER); SLAB0=$(slab_kib); CPU0=$(ticks $SERVER); read -r B0 T0c <<<"$(busy)"
 FREE0=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
+cp /proc/slabinfo "$OUT/slabinfo.0"; grep -E '^(SReclaimable|SUnreclaim):' /proc/meminfo >"$OUT/meminfo.0"
 say "baseline: server RSS $((RSS0 / 1024)) MiB, slab $((SLAB0 / 1024)) MiB, sockets $(awk '/^TCP:/ {print $3}' /proc/net/sockstat)"
 
 # --- the broadcast clients (A) -------------------------------------------------------------
 # Hold long enough for: three broadcasts 10 s apart, a 20 s idle window, the targeted run.
-HOLD_S=${C1M_HOLD_S:-110}
+HOLD_S=${C1M_HOLD_S:-150}
 LG_CMD=("$BIN/c10m-loadgen" --proto ws "${targets[@]}" --admin "127.0.0.1:$ADMIN_PORT"
   --sources "$SRC_RANGE" --conns "$NA" --rate "$RATE" --connect-timeout 30s --hold "${HOLD_S}s"
   --users 'u{n}' --publish-to all --publish-rate 0.1 --publish-count 3 --payload-bytes 32
@@ -173,6 +174,7 @@ c2=$(ticks $SERVER); l2=$(ticks $LGA); read -r b2 t2 <<<"$(busy)"
 HELD=$(stats | stat_field connections)
 RSS1=$(rss_kib $SERVER); SLAB1=$(slab_kib); LGRSS=$(rss_kib $LGA)
 FREE1=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
+cp /proc/slabinfo "$OUT/slabinfo.1"; grep -E '^(SReclaimable|SUnreclaim):' /proc/meminfo >"$OUT/meminfo.1"
 SOCKSTAT=$(grep '^TCP:' /proc/net/sockstat)
 IDLE_SRV=$(python3 -c "print(round(($c2 - $c1) / $HZ / 20 * 100, 1))")
 IDLE_LG=$(python3 -c "print(round(($l2 - $l1) / $HZ / 20 * 100, 1))")
@@ -220,6 +222,19 @@ m = a["memory"]
 print(f"                      loadgen's reading at the end of its hold: {m['server_bytes_per_conn']:.0f} B/conn server, {m['loadgen_bytes_per_conn']:.0f} B/conn loadgen (RSS {$LGRSS / 1024:.0f} MiB)")
 slab_d = ($SLAB1 - $SLAB0) * 1024
 print(f"kernel memory         slab +{slab_d / 2**20:,.0f} MiB = {slab_d / held:,.0f} B per connection (both ends: {slab_d / held / 2:,.0f} B per socket); MemAvailable -{($FREE0 - $FREE1) / 1024:,.0f} MiB in all")
+def slabs(f):
+    r = {}
+    for line in open(os.path.join(out, f)).read().splitlines()[2:]:
+        x = line.split()
+        r[x[0]] = int(x[1]) * int(x[3])  # active objects x object size
+    return r
+def mem(f):
+    return {l.split()[0].rstrip(":"): int(l.split()[1]) for l in open(os.path.join(out, f))}
+m0, m1 = mem("meminfo.0"), mem("meminfo.1")
+print(f"                      SUnreclaim +{(m1['SUnreclaim'] - m0['SUnreclaim']) * 1024 / held:,.0f} B/conn, SReclaimable +{(m1['SReclaimable'] - m0['SReclaimable']) * 1024 / held:,.0f} B/conn")
+s0, s1 = slabs("slabinfo.0"), slabs("slabinfo.1")
+top = sorted(((s1[k] - s0.get(k, 0), k) for k in s1), reverse=True)[:8]
+print("                      largest slab caches, growth per connection (both ends): " + ", ".join(f"{k} {d / held:,.0f} B" for d, k in top))
 print(f"                      /proc/net/sockstat: $SOCKSTAT")
 mm = a["messages"]
 print(f"broadcast             {mm['accepted']} x 32 B to all: delivered {mm['delivered']:,} of {mm['expected']:,}, lost {mm['lost']}, dup {mm['duplicated']}, reordered {mm['reordered']}")
