@@ -17,7 +17,8 @@
 # out and the run collapsed at ~530k),
 # C1M_SHARDS server shards (auto), C1M_TARGETED connections of the targeted-push client
 # (2000), C1M_OUT directory for logs and JSON reports (a new temp dir), C1M_BUILD=0 to skip
-# cargo build, C1M_BASE_PORT (19100).
+# cargo build, C1M_BASE_PORT (19100), C1M_PING_MS server ping interval (30000) and
+# C1M_IDLE_MS idle timeout (120000; keep it above the ping interval).
 set -euo pipefail
 N=${1:-1000000}
 PORTS=${C1M_PORTS:-4}
@@ -123,7 +124,8 @@ for i in $(seq 0 $((PORTS - 1))); do
 done
 SERVER_CMD=("$BIN/c10m" serve --shards "$SHARDS" "${listen[@]}" --admin "127.0.0.1:$ADMIN_PORT"
   --ring-entries 256 --recv-buffers 64 --mesh-ring-entries 64 --listen-backlog 16384 --no-pin
-  --pong-timeout-ms 30000 --handshake-timeout-ms 30000)
+  --pong-timeout-ms 30000 --handshake-timeout-ms 30000
+  --ping-interval-ms "${C1M_PING_MS:-30000}" --idle-timeout-ms "${C1M_IDLE_MS:-120000}")
 # Pong and handshake timeouts are 30 s, not 10 s: the load generator shares the two vCPUs
 # with 54 server shards, and a pong it answers 10 s late is this box's lag, not a dead peer
 # (with 10 s, a 1M ramp lost 514k connections to ping_timeout and 145k to handshake_timeout).
@@ -266,7 +268,7 @@ if b:
 else:
     print("targeted pushes       not run (see targeted.txt)")
 print(f"                      ramp: server {($CPU_RAMP - $CPU0) / hz:.0f} s CPU = {($CPU_RAMP - $CPU0) / hz * 1e6 / na:.0f} µs per accepted+upgraded connection; loadgen {$LG_RAMP / hz:.0f} s")
-print(f"CPU (2 vCPU shared)   idle hold, 30 s pings: server $IDLE_SRV%, loadgen $IDLE_LG%, host $IDLE_HOST% busy")
+print(f"CPU (2 vCPU shared)   idle hold, pings every ${C1M_PING_MS:-30000} ms: server $IDLE_SRV%, loadgen $IDLE_LG%, host $IDLE_HOST% busy")
 print(f"                      server total {($CPU_END - $CPU0) / hz:.1f} s CPU over the run; host busy {100 * ($B_END - $B0) / max(1, $T_END - $T0c):.0f}% of all CPUs")
 PY
 say "c1m: done in $(($(date +%s) - T0)) s"

@@ -86,7 +86,7 @@ else mode=fixed; q_cur=$(ls -d /sys/class/net/"$iface"/queues/rx-* 2>/dev/null |
 queues=$(( shards < q_max ? shards : q_max ))
 
 echo "# NIC $iface, driver ${driver:-unknown}$([ -n "$describe" ] && echo " (described by $describe)")"
-echo "#   queues: $mode, $q_cur now, max $q_max; rings RX $g_rx/$g_rx_max TX $g_tx/$g_tx_max; coalescing adaptive-rx $(coal Adaptive\ RX | awk '{print $1}') rx-usecs $(coal rx-usecs) tx-usecs $(coal tx-usecs)"
+echo "#   queues: $mode, $q_cur now, max $q_max; rings RX $g_rx/$g_rx_max TX $g_tx/$g_tx_max; coalescing $( [ -n "$co" ] && echo "adaptive-rx $(coal Adaptive\ RX | awk '{print $1}') rx-usecs $(coal rx-usecs) tx-usecs $(coal tx-usecs)" || echo n/a)"
 echo "#   IRQs: ${#irq_lines[@]} queue IRQ(s)$( [ ${#irq_lines[@]} -gt 0 ] && printf ' (%s)' "$(printf '%s ' "${irq_lines[@]:0:4}" | awk '{for(i=3;i<=NF;i+=3) printf "%s%s", $i, (i+3<=NF?" ":"")}')$([ ${#irq_lines[@]} -gt 4 ] && echo ' ...')" )"
 echo "#   c10m: $shards shard(s) on CPUs ${cpu_list[*]:0:16}$([ ${#cpu_list[@]} -gt 16 ] && echo ' ...') -> $queues queue(s)$([ "$queues" -lt "$shards" ] && echo ", RPS/RFS spreads the rest")"
 
@@ -100,6 +100,14 @@ m = 0
 for c in sys.argv[1:]: m |= 1 << int(c)
 h = format(m, "x"); h = "0" * (-len(h) % 8) + h
 print(",".join(h[i:i+8] for i in range(0, len(h), 8)))' "$@"; }
+# a sysfs write, planned only when the file does not hold the value already
+setfs() { # setfs PATH VALUE
+  local cur
+  if [ -z "$describe" ] && [ -r "$1" ]; then
+    cur=$(tr -d ',\n' <"$1" | sed 's/^0*//'); [ "$cur" != "$(echo "$2" | tr -d , | sed 's/^0*//')" ] || return 0
+  fi
+  add "echo $2 > $1"
+}
 cpu_of() { echo "${cpu_list[$(( $1 % ${#cpu_list[@]} ))]}"; }
 
 # irqbalance would move the IRQs pinned below.
@@ -148,17 +156,18 @@ sysq=/sys/class/net/$iface/queues
 for i in $(seq 0 $((queues - 1))); do
   set_cpus=(); for j in $(seq "$i" "$queues" $((shards - 1))); do set_cpus+=("$(cpu_of "$j")"); done
   m=$(mask "${set_cpus[@]}")
-  add "echo $m > $sysq/tx-$i/xps_cpus"
+  setfs "$sysq/tx-$i/xps_cpus" "$m"
   if [ "$queues" -lt "$shards" ]; then
-    add "echo $m > $sysq/rx-$i/rps_cpus"
-    add "echo $(( 65536 / queues )) > $sysq/rx-$i/rps_flow_cnt"
+    setfs "$sysq/rx-$i/rps_cpus" "$m"
+    setfs "$sysq/rx-$i/rps_flow_cnt" "$(( 65536 / queues ))"
   else
-    add "echo 0 > $sysq/rx-$i/rps_cpus"
+    setfs "$sysq/rx-$i/rps_cpus" 0
   fi
 done
-[ "$queues" -ge "$shards" ] || add "sysctl -w net.core.rps_sock_flow_entries=65536"
+[ "$queues" -ge "$shards" ] || setfs /proc/sys/net/core/rps_sock_flow_entries 65536
 
 # --- dry run or apply -----------------------------------------------------------------------
+if [ ${#cmds[@]} -eq 0 ]; then echo "# nothing to change"; exit 0; fi
 if [ $apply = 0 ]; then
   echo "# dry run: commands for --apply"
   printf '%s\n' "${cmds[@]}"
