@@ -35,7 +35,7 @@ row() { # row NAME WANT HAVE STATUS [NOTE]
   rows=$((rows + 1))
   [ "$4" = OFF ] && off=$((off + 1))
   [ $only_off = 1 ] && [ "$4" != OFF ] && return
-  printf '%-44s %-24s %-24s %-4s %s\n' "$1" "$2" "$3" "$4" "${5:-}"
+  printf '%-52s %-24s %-24s %-4s %s\n' "$1" "$2" "$3" "$4" "${5:-}"
 }
 norm() { echo "$*" | tr -s ' \t' ' ' | sed 's/^ //; s/ $//'; }
 
@@ -63,7 +63,7 @@ compare() {
   done
 }
 
-printf '%-44s %-24s %-24s %-4s %s\n' CHECK WANT HAVE OK NOTE
+printf '%-52s %-24s %-24s %-4s %s\n' CHECK WANT HAVE OK NOTE
 while IFS= read -r line; do
   line=${line%%#*}
   [[ $line == *=* ]] || continue
