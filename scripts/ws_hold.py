@@ -8,7 +8,9 @@ file descriptors here) so one server holds more connections than one process cou
              --expect 1 --hold-s 120
 
 Prints `up N` once all connections are open, then `got N` when every connection has
-received --expect messages (or `timeout ...` when --hold-s passes first), and exits.
+received --expect messages (or `timeout ...` when --hold-s passes first), and exits. With
+--until-close it waits for each connection's close frame instead and also prints
+`closes N goaways M first T last T` (Unix times of the first and last close).
 """
 import argparse
 import asyncio
@@ -18,7 +20,18 @@ import sys
 import time
 
 
-async def one(args, idx, up, got, done_events):
+async def read_frame(reader):
+    """One unmasked server frame: (opcode, payload)."""
+    b0, b1 = await reader.readexactly(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = int.from_bytes(await reader.readexactly(2), "big")
+    elif n == 127:
+        n = int.from_bytes(await reader.readexactly(8), "big")
+    return b0 & 0x0F, await reader.readexactly(n)
+
+
+async def one(args, idx, up, got, done_events, closes):
     key = base64.b64encode(os.urandom(16)).decode()
     reader, writer = await asyncio.open_connection(
         args.host, args.port, local_addr=(args.source, 0))
@@ -33,15 +46,17 @@ async def one(args, idx, up, got, done_events):
     if up[0] == args.conns:
         print(f"up {up[0]}", flush=True)
     seen = 0
+    while args.until_close:
+        op, payload = await read_frame(reader)
+        if op == 0x8:
+            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+            closes.append((time.time(), code, payload[2:].decode("utf-8", "replace")))
+            got[0] += 1
+            if got[0] == args.conns:
+                done_events.set()
+            return
     while seen < args.expect:
-        b0, b1 = await reader.readexactly(2)
-        n = b1 & 0x7F
-        if n == 126:
-            n = int.from_bytes(await reader.readexactly(2), "big")
-        elif n == 127:
-            n = int.from_bytes(await reader.readexactly(8), "big")
-        payload = await reader.readexactly(n)
-        op = b0 & 0x0F
+        op, payload = await read_frame(reader)
         if op == 0x9:  # ping: answer with a masked pong
             mask = os.urandom(4)
             body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
@@ -57,15 +72,23 @@ async def one(args, idx, up, got, done_events):
 
 async def main(args):
     up, got = [0], [0]
+    closes = []
     done = asyncio.Event()
     tasks = []
     for i in range(args.conns):
-        tasks.append(asyncio.ensure_future(one(args, args.first + i, up, got, done)))
+        tasks.append(asyncio.ensure_future(one(args, args.first + i, up, got, done, closes)))
         if i % 500 == 499:
             await asyncio.sleep(0.05)
     try:
         await asyncio.wait_for(done.wait(), timeout=args.hold_s)
         print(f"got {got[0]}", flush=True)
+        if args.until_close:
+            goaways = sum(1 for _, code, reason in closes
+                          if code == 1001 and '"goaway":true' in reason)
+            first = min(t for t, _, _ in closes)
+            last = max(t for t, _, _ in closes)
+            print(f"closes {len(closes)} goaways {goaways} first {first:.3f} last {last:.3f}",
+                  flush=True)
     except asyncio.TimeoutError:
         failed = sum(1 for t in tasks if t.done() and t.exception())
         print(f"timeout up={up[0]} got={got[0]} failed={failed}", flush=True)
@@ -88,4 +111,7 @@ if __name__ == "__main__":
     p.add_argument("--user-prefix", default="u")
     p.add_argument("--expect", type=int, default=1)
     p.add_argument("--hold-s", type=float, default=120)
+    p.add_argument("--until-close", action="store_true",
+                   help="wait for the server's close frame on every connection and report "
+                        "close codes and goaways (instead of counting --expect messages)")
     asyncio.run(main(p.parse_args()))

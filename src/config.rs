@@ -64,8 +64,26 @@ pub struct Limits {
     pub idle_timeout_ms: u64,
     /// Time a closing WebSocket waits for the peer's close frame. Default 2 s.
     pub close_timeout_ms: u64,
-    /// Bound on a graceful shutdown after SIGINT or SIGTERM. Default 10 s.
+    /// Bound on a shutdown (SIGINT) or a drain (SIGTERM, `POST /drain`). Default 10 s.
     pub shutdown_timeout_ms: u64,
+    /// Goaways per second during a drain, for the whole process; 0 closes all at once.
+    /// Default 0; a rolling deploy sets it so clients come back spread out.
+    pub drain_rate_per_s: u32,
+    /// Longest a client connection lives before a goaway; 0: unlimited. Default 0.
+    pub conn_lifetime_ms_max: u64,
+    /// Up to this percentage is taken off each connection's lifetime at random, so
+    /// connections opened together do not end together. Default 20.
+    pub conn_lifetime_jitter_pct: u32,
+    /// A goaway tells the client to come back after a random delay up to this. Default 5 s.
+    pub goaway_reconnect_ms_max: u64,
+    /// New connections get 503 when RSS plus the kernel memory of the open connections
+    /// (4.3 KB each) would pass this; 0: no limit. Default 0.
+    pub memory_bytes_max: u64,
+    /// Connections one user may hold; the newest past it is closed. 0: no limit. Default 0.
+    pub conns_per_user_max: u32,
+    /// New client connections per second, for the whole process; over it they get 503.
+    /// 0: no limit. Default 0.
+    pub accept_rate_per_s_max: u32,
 }
 
 impl Default for Limits {
@@ -91,6 +109,13 @@ impl Default for Limits {
             idle_timeout_ms: 120_000,
             close_timeout_ms: 2_000,
             shutdown_timeout_ms: 10_000,
+            drain_rate_per_s: 0,
+            conn_lifetime_ms_max: 0,
+            conn_lifetime_jitter_pct: 20,
+            goaway_reconnect_ms_max: 5_000,
+            memory_bytes_max: 0,
+            conns_per_user_max: 0,
+            accept_rate_per_s_max: 0,
         }
     }
 }
@@ -109,6 +134,18 @@ pub struct Config {
     pub echo: bool,
     /// Pin shard threads to cores.
     pub pin: bool,
+    /// Client authentication: "jwt" or "none". Unset means none on loopback listeners and
+    /// is an error on any other, so an exposed server is never open by accident.
+    pub auth: Option<String>,
+    /// With `auth = "jwt"`: an HMAC secret file, or a PEM RSA / EC P-256 / Ed25519 public key.
+    pub jwt_key: Option<PathBuf>,
+    /// Browser origins allowed to open WebSocket and SSE connections; empty: any.
+    pub allowed_origins: Vec<String>,
+    /// Where a goaway sends clients (an alternative endpoint, at most 64 bytes); none: here.
+    pub goaway_endpoint: Option<String>,
+    /// A file whose first line is the bearer key the admin API requires. Required when an
+    /// admin listener is not on loopback.
+    pub admin_key_file: Option<PathBuf>,
     pub limits: Limits,
 }
 
@@ -120,6 +157,11 @@ impl Default for Config {
             shards: 0,
             echo: false,
             pin: true,
+            auth: None,
+            jwt_key: None,
+            allowed_origins: Vec::new(),
+            admin_key_file: None,
+            goaway_endpoint: None,
             limits: Limits::default(),
         }
     }
@@ -158,6 +200,18 @@ pub struct ServeArgs {
     /// Do not pin shard threads to cores.
     #[arg(long)]
     pub no_pin: bool,
+    /// Client authentication: jwt or none. Required for a listener not on loopback.
+    #[arg(long, value_name = "jwt|none")]
+    pub auth: Option<String>,
+    /// JWT key: an HMAC secret file (HS256) or a PEM public key (RS256, ES256, EdDSA).
+    #[arg(long, value_name = "PATH")]
+    pub jwt_key: Option<PathBuf>,
+    /// Browser origin allowed to connect (repeatable). Default: any.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+    /// File with the admin API's bearer key. Required for an admin listener not on loopback.
+    #[arg(long, value_name = "PATH")]
+    pub admin_key_file: Option<PathBuf>,
     /// Connections per shard (client and admin). Default 1048576, lowered to RLIMIT_NOFILE.
     #[arg(long)]
     pub conns_per_shard_max: Option<u32>,
@@ -216,9 +270,33 @@ pub struct ServeArgs {
     /// Milliseconds a closing WebSocket waits for the peer's close frame. Default 2000.
     #[arg(long)]
     pub close_timeout_ms: Option<u64>,
-    /// Milliseconds a graceful shutdown may take. Default 10000.
+    /// Milliseconds a shutdown or drain may take. Default 10000.
     #[arg(long)]
     pub shutdown_timeout_ms: Option<u64>,
+    /// Goaways per second during a drain (SIGTERM, POST /drain); 0: all at once. Default 0.
+    #[arg(long)]
+    pub drain_rate_per_s: Option<u32>,
+    /// Milliseconds a client connection may live before a goaway; 0: unlimited. Default 0.
+    #[arg(long)]
+    pub conn_lifetime_ms_max: Option<u64>,
+    /// Percent of the lifetime taken off at random per connection. Default 20.
+    #[arg(long)]
+    pub conn_lifetime_jitter_pct: Option<u32>,
+    /// Upper bound of the random reconnect delay a goaway asks for. Default 5000.
+    #[arg(long)]
+    pub goaway_reconnect_ms_max: Option<u64>,
+    /// Refuse new connections (503) past this projected memory; 0: off. Default 0.
+    #[arg(long)]
+    pub memory_bytes_max: Option<u64>,
+    /// Connections per user; the newest past it is closed. 0: off. Default 0.
+    #[arg(long)]
+    pub conns_per_user_max: Option<u32>,
+    /// New client connections per second for the process (503 past it); 0: off. Default 0.
+    #[arg(long)]
+    pub accept_rate_per_s_max: Option<u32>,
+    /// Endpoint that goaways send clients to (at most 64 bytes). Default: none (come back).
+    #[arg(long, value_name = "URL")]
+    pub goaway_endpoint: Option<String>,
 }
 
 impl ServeArgs {
@@ -238,6 +316,18 @@ impl ServeArgs {
             cfg.shards = n;
         }
         cfg.echo |= self.echo;
+        if self.auth.is_some() {
+            cfg.auth = self.auth.clone();
+        }
+        if self.jwt_key.is_some() {
+            cfg.jwt_key = self.jwt_key.clone();
+        }
+        if !self.allowed_origins.is_empty() {
+            cfg.allowed_origins = self.allowed_origins.clone();
+        }
+        if self.admin_key_file.is_some() {
+            cfg.admin_key_file = self.admin_key_file.clone();
+        }
         cfg.pin &= !self.no_pin;
         let l = &mut cfg.limits;
         macro_rules! take {
@@ -263,8 +353,18 @@ impl ServeArgs {
             sse_retry_ms,
             idle_timeout_ms,
             close_timeout_ms,
-            shutdown_timeout_ms
+            shutdown_timeout_ms,
+            drain_rate_per_s,
+            conn_lifetime_ms_max,
+            conn_lifetime_jitter_pct,
+            goaway_reconnect_ms_max,
+            memory_bytes_max,
+            conns_per_user_max,
+            accept_rate_per_s_max
         );
+        if self.goaway_endpoint.is_some() {
+            cfg.goaway_endpoint = self.goaway_endpoint.clone();
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -284,6 +384,26 @@ impl Config {
         let err = |m: String| Err(ConfigError(m));
         if self.listen.is_empty() {
             return err("no client listener: give at least one --listen ADDR".into());
+        }
+        match (self.auth.as_deref(), &self.jwt_key) {
+            (None | Some("none"), _) | (Some("jwt"), Some(_)) => {}
+            (Some("jwt"), None) => return err("--auth jwt needs --jwt-key PATH".into()),
+            (Some(other), _) => return err(format!("auth = {other:?}: use \"jwt\" or \"none\"")),
+        }
+        if let Some(open) = self.listen.iter().find(|a| !a.ip().is_loopback()) {
+            if self.auth.is_none() {
+                return err(format!(
+                    "client listener {open} is not on loopback: give --auth jwt --jwt-key PATH, \
+                     or --auth none to accept anyone"
+                ));
+            }
+        }
+        if let Some(open) = self.admin.iter().find(|a| !a.ip().is_loopback()) {
+            if self.admin_key_file.is_none() {
+                return err(format!(
+                    "admin listener {open} is not on loopback: give --admin-key-file PATH"
+                ));
+            }
         }
         if self.shards > 1024 {
             return err(format!("shards = {} is more than 1024; use one per core", self.shards));
@@ -347,6 +467,20 @@ impl Config {
         if let Some((name, v)) = intervals.iter().find(|(_, v)| *v > interval_ms_max) {
             return err(format!("{name} = {v} is over {interval_ms_max} (24 days)"));
         }
+        if l.conn_lifetime_jitter_pct > 100 {
+            return err(format!(
+                "conn_lifetime_jitter_pct = {} must be within 0..=100",
+                l.conn_lifetime_jitter_pct
+            ));
+        }
+        if self.goaway_endpoint.as_ref().is_some_and(|e| e.len() > 64 || e.contains('"')) {
+            return err("goaway_endpoint must be at most 64 bytes without quotes: it travels in \
+                 a WebSocket close reason (123 bytes)"
+                .into());
+        }
+        if l.goaway_reconnect_ms_max > 86_400_000 {
+            return err("goaway_reconnect_ms_max is over a day".into());
+        }
         if l.handshake_timeout_ms == 0 || l.shutdown_timeout_ms == 0 {
             return err("handshake_timeout_ms and shutdown_timeout_ms must be > 0".into());
         }
@@ -372,6 +506,20 @@ mod tests {
     }
 
     #[test]
+    fn exposed_listeners_need_an_explicit_auth_choice() {
+        let mut cfg = Config { listen: vec!["0.0.0.0:8080".parse().unwrap()], ..Config::default() };
+        assert!(cfg.validate().unwrap_err().0.contains("--auth"));
+        cfg.auth = Some("none".into());
+        cfg.validate().unwrap();
+        cfg.admin = vec!["10.0.0.1:8081".parse().unwrap()];
+        assert!(cfg.validate().unwrap_err().0.contains("--admin-key-file"));
+        cfg.admin_key_file = Some("/k".into());
+        cfg.validate().unwrap();
+        cfg.auth = Some("jwt".into());
+        assert!(cfg.validate().unwrap_err().0.contains("--jwt-key"));
+    }
+
+    #[test]
     fn toml_overrides_and_rejects_unknown_keys() {
         let cfg: Config = toml::from_str(
             "shards = 2\nlisten = [\"127.0.0.1:9000\"]\n[limits]\nping_interval_ms = 5000\n",
@@ -381,6 +529,13 @@ mod tests {
         assert_eq!(cfg.limits.ping_interval_ms, 5000);
         assert_eq!(cfg.limits.pong_timeout_ms, Limits::default().pong_timeout_ms);
         assert!(toml::from_str::<Config>("shardz = 2").is_err());
+    }
+
+    /// The example file in the repository root states exactly the embedded defaults.
+    #[test]
+    fn example_file_is_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("c10m.example.toml");
+        assert_eq!(Config::from_file(&path).unwrap(), Config::default());
     }
 
     #[test]

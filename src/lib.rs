@@ -19,8 +19,10 @@
 //! - [`push`]: routing of publishes (home shard of a user, topics, broadcast).
 //! - [`metrics`]: per-shard counters, `/stats` and `/metrics` rendering.
 //! - [`sys`]: OS wrappers: resource limits, listeners, signals.
+//! - [`auth`]: JWT for clients, a bearer key for the admin API, allowed origins.
 //! - [`config`]: every limit, its default and why.
 
+pub mod auth;
 pub mod config;
 pub mod mesh;
 pub mod metrics;

@@ -41,8 +41,8 @@ fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: setting SIGPIPE to ignored before any thread starts has no preconditions;
     // sends also pass MSG_NOSIGNAL, this covers any other write path.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    let shutdown = c10m::sys::shutdown_flag()?;
-    let server = c10m::server::start(cfg, shutdown)?;
+    let signals = c10m::sys::signals()?;
+    let server = c10m::server::start(cfg, signals)?;
     let list = |v: &[std::net::SocketAddr]| {
         v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
     };

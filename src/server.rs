@@ -75,7 +75,20 @@ fn bind_first(
 }
 
 /// Starts the shards and returns once every one is ready (or the first error).
-pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
+pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
+    // Keys first: a bad key file is reported before any address is taken.
+    let client_auth = match (cfg.auth.as_deref(), &cfg.jwt_key) {
+        (Some("jwt"), Some(path)) => crate::auth::ClientAuth::jwt_from_file(path),
+        _ => Ok(crate::auth::ClientAuth::None),
+    }
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let admin_key = match &cfg.admin_key_file {
+        Some(path) => Some(
+            crate::auth::admin_key_from_file(path)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
+        ),
+        None => None,
+    };
     let shards = if cfg.shards == 0 { sys::online_cpus() } else { cfg.shards };
     let nofile = sys::raise_nofile()?;
     // The table holds the registry's connections plus a reserve for answering 503.
@@ -100,7 +113,10 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
         stats: (0..shards).map(|_| ShardStats::default()).collect(),
         peers: Arc::clone(&peers),
         user_keys: crate::push::UserKeys::default(),
-        shutdown,
+        client_auth,
+        admin_key,
+        signals,
+        rss_bytes: std::sync::atomic::AtomicU64::new(sys::rss_bytes()),
         started: AtomicBool::new(false),
         cfg,
     });
@@ -126,10 +142,10 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
                 };
                 let mut listeners: Vec<Listener> = c
                     .into_iter()
-                    .map(|sock| Listener { sock, admin: false, armed: false })
+                    .map(|sock| Listener { sock: Some(sock), admin: false, armed: false })
                     .collect();
                 listeners.extend(a.into_iter().map(|sock| Listener {
-                    sock,
+                    sock: Some(sock),
                     admin: true,
                     armed: false,
                 }));
@@ -162,7 +178,7 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                shared.shutdown.store(true, Ordering::Relaxed);
+                shared.signals.stop.store(true, Ordering::Relaxed);
                 return Err(e);
             }
             Err(_) => return Err(io::Error::other("a shard thread died during start")),
@@ -170,6 +186,15 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> io::Result<Server> {
     }
     shared.started.store(true, Ordering::Release);
     let conns_per_shard = files - crate::shard::ACCEPT_REFUSE_RESERVE;
+    let plan = sys::host::Plan {
+        shards: shards as u64,
+        conns_per_shard: conns_per_shard as u64,
+        conns_per_shard_wanted: shared.cfg.limits.conns_per_shard_max as u64,
+        listen_backlog: backlog as u64,
+    };
+    for w in sys::host::warnings(std::path::Path::new("/proc/sys"), &plan) {
+        eprintln!("c10m: warning: {w}");
+    }
     Ok(Server { listen, admin, shards, files_per_shard: files, conns_per_shard, threads })
 }
 

@@ -49,7 +49,7 @@ fn post_sse_is_405_with_allow() {
     let server = Server::start(&[]);
     let r = refused(&server, b"POST /sse?user=a HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(r.status, 405);
-    assert_eq!(r.header("allow"), Some("GET"));
+    assert_eq!(r.header("allow"), Some("GET, OPTIONS"));
 }
 
 #[test]

@@ -59,3 +59,26 @@ fn an_address_in_use_is_an_error() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&held), "the message names the address: {err}");
 }
+
+#[test]
+fn exposed_listeners_need_an_explicit_auth_choice() {
+    let (code, err) = run_to_exit(&["serve", "--listen", "0.0.0.0:0", "--admin", "127.0.0.1:0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--auth jwt") && err.contains("--auth none"), "{err}");
+    let (code, err) = run_to_exit(&["serve", "--listen", "127.0.0.1:0", "--admin", "0.0.0.0:0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--admin-key-file"), "{err}");
+    let (code, err) = run_to_exit(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--auth",
+        "jwt",
+        "--jwt-key",
+        "/nonexistent/key",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read --jwt-key"), "{err}");
+}

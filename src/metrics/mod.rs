@@ -23,10 +23,18 @@ pub enum CloseReason {
     SlowConsumer,
     Shutdown,
     IoError,
+    /// The client's token expired while it was connected.
+    TokenExpired,
+    /// A goaway during a drain.
+    Drain,
+    /// A goaway at the end of the connection's maximum lifetime.
+    Lifetime,
+    /// The user already held `conns_per_user_max` connections.
+    UserCap,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 14] = [
         CloseReason::PeerGone,
         CloseReason::WsClose,
         CloseReason::ProtocolError,
@@ -37,6 +45,10 @@ impl CloseReason {
         CloseReason::SlowConsumer,
         CloseReason::Shutdown,
         CloseReason::IoError,
+        CloseReason::TokenExpired,
+        CloseReason::Drain,
+        CloseReason::Lifetime,
+        CloseReason::UserCap,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +63,10 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Shutdown => "shutdown",
             CloseReason::IoError => "io_error",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::Drain => "drain",
+            CloseReason::Lifetime => "lifetime",
+            CloseReason::UserCap => "user_cap",
         }
     }
 }
@@ -75,7 +91,16 @@ pub struct ShardStats {
     pub accepts: AtomicU64,
     /// Accepts refused because the shard's table was full.
     pub accepts_refused: AtomicU64,
-    pub closes: [AtomicU64; 10],
+    pub closes: [AtomicU64; 14],
+    /// Goaways sent (drain, lifetime).
+    pub goaways: AtomicU64,
+    /// New connections refused with 503 by the connect-rate limit.
+    pub refused_rate: AtomicU64,
+    /// New connections refused with 503 by the memory budget.
+    pub refused_memory: AtomicU64,
+    /// Handshakes refused for a missing, invalid or expired token (401) or a forbidden
+    /// origin, user or topic (403).
+    pub auth_refused: AtomicU64,
     /// HTTP error answers by class of request problem.
     pub http_4xx: AtomicU64,
     pub ws_protocol_errors: AtomicU64,
@@ -106,6 +131,11 @@ impl ShardStats {
             DropReason::MeshFull => bump(&self.dropped_mesh_full, n),
             DropReason::SlowConsumer => bump(&self.dropped_slow_consumer, n),
         }
+    }
+
+    /// Every open connection of the shard, for memory projections.
+    pub fn open_connections(&self) -> u64 {
+        self.clients() + self.conns_admin.load(Relaxed) + self.conns_handshake.load(Relaxed)
     }
 
     fn clients(&self) -> u64 {
@@ -171,6 +201,18 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
     );
     family("http_errors_total", "counter", "HTTP 4xx/5xx answers to clients.", &|s| {
         s.http_4xx.load(Relaxed)
+    });
+    family("goaways_total", "counter", "Goaways sent (drain, maximum lifetime).", &|s| {
+        s.goaways.load(Relaxed)
+    });
+    family("accepts_refused_rate_total", "counter", "503s from accept_rate_per_s_max.", &|s| {
+        s.refused_rate.load(Relaxed)
+    });
+    family("accepts_refused_memory_total", "counter", "503s from memory_bytes_max.", &|s| {
+        s.refused_memory.load(Relaxed)
+    });
+    family("auth_refused_total", "counter", "Handshakes refused with 401 or 403.", &|s| {
+        s.auth_refused.load(Relaxed)
     });
     family("ws_protocol_errors_total", "counter", "WebSocket protocol violations.", &|s| {
         s.ws_protocol_errors.load(Relaxed)

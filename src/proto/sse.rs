@@ -12,14 +12,25 @@ pub const HEARTBEAT: &[u8] = b": hb\n\n";
 /// Writes the response head of an accepted stream and a first `retry:` block, which tells
 /// the client how long to wait before reconnecting.
 pub fn write_stream_head(out: &mut Vec<u8>, retry_ms: u32) {
+    write_stream_head_with(out, retry_ms, &[]);
+}
+
+/// [`write_stream_head`] with extra header lines (CORS for browsers on other origins).
+pub fn write_stream_head_with(out: &mut Vec<u8>, retry_ms: u32, headers: &[(&str, &str)]) {
     out.extend_from_slice(
         b"HTTP/1.1 200 OK\r\n\
           Content-Type: text/event-stream\r\n\
           Cache-Control: no-cache\r\n\
           Connection: keep-alive\r\n\
-          X-Accel-Buffering: no\r\n\
-          \r\n",
+          X-Accel-Buffering: no\r\n",
     );
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
     write_retry(out, retry_ms);
 }
 

@@ -38,6 +38,10 @@ pub enum Msg {
     PublishTopic { topic: Box<str>, msg: Arc<Message> },
     /// To every shard: deliver to every local client connection.
     PublishAll { msg: Arc<Message> },
+    /// To every shard: start a paced drain at this many connections per second in all.
+    Drain { rate_per_s: u32 },
+    /// To the owning shard: the user of `conn` is over `conns_per_user_max`; close it.
+    Evict { conn: ConnId },
 }
 
 /// See [`Msg::PublishUser`]; boxed so that every mesh slot stays small.
@@ -64,7 +68,10 @@ impl Msg {
     /// Publishes may be dropped (and counted) when a mesh backlog is full; registry updates
     /// may not, or the home shard's index would go wrong.
     pub fn is_droppable(&self) -> bool {
-        !matches!(self, Msg::UserAdd { .. } | Msg::UserRemove { .. })
+        !matches!(
+            self,
+            Msg::UserAdd { .. } | Msg::UserRemove { .. } | Msg::Drain { .. } | Msg::Evict { .. }
+        )
     }
 }
 
@@ -158,6 +165,15 @@ impl UserIndex {
             None => {}
             Some(Conns::One(c)) => out.push(ConnId::unpack(*c)),
             Some(Conns::Many(list)) => out.extend(list.iter().map(|&c| ConnId::unpack(c))),
+        }
+    }
+
+    /// Connections of `user` in the index.
+    pub fn count(&self, user: u64) -> usize {
+        match self.users.get(&user) {
+            None => 0,
+            Some(Conns::One(_)) => 1,
+            Some(Conns::Many(list)) => list.len(),
         }
     }
 

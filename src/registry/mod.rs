@@ -99,6 +99,16 @@ impl<T> Registry<T> {
         self.slab.len()
     }
 
+    /// One past the highest slot ever used: every live slot is below it.
+    pub fn slot_bound(&self) -> u32 {
+        self.slab.capacity().min(u32::MAX as usize) as u32
+    }
+
+    /// The entry in `slot`, if any, with its generation.
+    pub fn get_at(&self, slot: u32) -> Option<(u32, &T)> {
+        self.slab.get(slot as usize).map(|e| (e.generation, &e.value))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.slab.is_empty()
     }

@@ -105,6 +105,8 @@ pub struct Ring {
     ring: IoUring,
     /// Slots in the fixed-file table.
     files: u32,
+    /// Completions reaped while making room to submit; handed out first by `drain`.
+    spilled: Vec<Completion>,
 }
 
 /// Opcodes the engine needs, with the kernel version that brought each, for error messages.
@@ -149,7 +151,7 @@ impl Ring {
                 ),
             )
         })?;
-        Ok(Ring { ring, files })
+        Ok(Ring { ring, files, spilled: Vec::new() })
     }
 
     /// The ring's file descriptor, the target of other shards' MSG_RING doorbells.
@@ -173,14 +175,24 @@ impl Ring {
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return;
             }
-            // The queue is full: hand it to the kernel to make room. EBUSY means the
-            // completion queue overflowed; the kernel keeps the overflow (FEAT_NODROP) and
-            // the loop drains it on its next turn, so submitting again is safe.
-            if let Err(e) = self.ring.submit() {
-                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
-                    panic!("io_uring submit failed: {e}");
-                }
+            // The queue is full: hand it to the kernel to make room. EBUSY means completions
+            // must be reaped first: move them aside (`drain` returns them first) and retry.
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => self.spill_completions(),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => panic!("io_uring submit failed: {e}"),
             }
+        }
+    }
+
+    fn spill_completions(&mut self) {
+        for cqe in self.ring.completion() {
+            self.spilled.push(Completion {
+                user_data: cqe.user_data(),
+                result: cqe.result(),
+                flags: cqe.flags(),
+            });
         }
     }
 
@@ -200,6 +212,7 @@ impl Ring {
 
     /// Moves every ready completion into `out`.
     pub fn drain(&mut self, out: &mut Vec<Completion>) {
+        out.append(&mut self.spilled);
         for cqe in self.ring.completion() {
             out.push(Completion {
                 user_data: cqe.user_data(),

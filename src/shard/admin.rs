@@ -24,14 +24,33 @@ pub(super) fn on_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u8])
     if !conn.is_open() {
         return;
     }
-    let mut p = conn.partial.take().unwrap_or_default();
+    let now = shard.now_ms;
+    let mut p = conn
+        .partial
+        .take()
+        .unwrap_or_else(|| Box::new(Partial { started_ms: now, ..Default::default() }));
     p.bytes.extend_from_slice(rx);
     let keep = drive(shard, slot, generation, &mut p);
-    if keep {
+    if !keep {
+        return;
+    }
+    let idle = p.bytes.is_empty() && p.request.is_none();
+    if idle {
         if let Some(conn) = shard.conns.get_mut(slot, generation) {
-            let idle = p.bytes.is_empty() && p.request.is_none();
-            conn.partial = if idle { None } else { Some(p) };
+            conn.partial = None;
         }
+        return;
+    }
+    // A request is under way: it has a deadline of its own, which trickling bytes do not
+    // move (the idle timeout alone would let a byte every few seconds hold the connection).
+    let deadline = p.started_ms + shard.shared.cfg.limits.handshake_timeout_ms;
+    let Some(conn) = shard.conns.get_mut(slot, generation) else { return };
+    conn.partial = Some(p);
+    // Only an earlier deadline replaces the armed one (an idle timeout may come first).
+    let armed_later = (conn.timer.wrapping_sub(super::conn::stamp(deadline)) as i32) > 0;
+    let due = conn.timer == 0 || armed_later;
+    if due {
+        shard.schedule(slot, generation, deadline);
     }
 }
 
@@ -87,6 +106,8 @@ fn drive(shard: &mut Shard, slot: u32, generation: u32, p: &mut Partial) -> bool
                 if !handle(shard, slot, generation, &req, body) {
                     return false;
                 }
+                // Whatever follows is the next request: its deadline starts now.
+                p.started_ms = shard.now_ms;
             }
             Err(http1::BodyError::TooLarge) => {
                 return fail(shard, slot, generation, 413, "body over message_bytes_max")
@@ -98,20 +119,36 @@ fn drive(shard: &mut Shard, slot: u32, generation: u32, p: &mut Partial) -> bool
     }
 }
 
+/// A request not complete within `handshake_timeout_ms` of its first byte: 408, close.
+pub(super) fn request_timeout(shard: &mut Shard, slot: u32, generation: u32) {
+    if let Some(conn) = shard.conns.get_mut(slot, generation) {
+        conn.partial = None;
+    }
+    // Counted as a handshake timeout: the same limit, on the admin port.
+    let reason = CloseReason::HandshakeTimeout;
+    fail_with(shard, slot, generation, 408, "request not complete in time", reason);
+}
+
 /// Answers an unparseable request and closes: the stream cannot be trusted past it.
 fn fail(shard: &mut Shard, slot: u32, generation: u32, status: u16, why: &str) -> bool {
+    fail_with(shard, slot, generation, status, why, CloseReason::HttpDone)
+}
+
+fn fail_with(
+    shard: &mut Shard,
+    slot: u32,
+    generation: u32,
+    status: u16,
+    why: &str,
+    reason: CloseReason,
+) -> bool {
     let mut out = Vec::new();
     let body = serde_json::json!({ "error": why }).to_string();
-    http1::write_response(
-        &mut out,
-        status,
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-        false,
-    );
+    let headers = [("Content-Type", "application/json")];
+    http1::write_response(&mut out, status, &headers, body.as_bytes(), false);
     bump(&shard.stats().http_4xx, 1);
     shard.queue(slot, generation, Chunk::Owned(out));
-    shard.finish(slot, generation, CloseReason::HttpDone);
+    shard.finish(slot, generation, reason);
     false
 }
 
@@ -146,6 +183,11 @@ fn route(
 ) -> (u16, &'static str, String, Option<&'static str>) {
     let method = req.method.as_str();
     let err = |why: &str| serde_json::json!({ "error": why }).to_string();
+    if let Some(key) = &shard.shared.admin_key {
+        if req.path != "/healthz" && !crate::auth::admin_key_matches(key, req) {
+            return (401, JSON, err("admin key required: Authorization: Bearer KEY"), None);
+        }
+    }
     match (req.path.as_str(), method) {
         ("/publish", "POST") => match target(req) {
             Ok(t) => {
@@ -155,6 +197,31 @@ fn route(
             Err(why) => (400, JSON, err(why), None),
         },
         ("/publish", _) => (405, JSON, err("use POST"), Some("POST")),
+        ("/drain", "POST") => {
+            let default = shard.shared.cfg.limits.drain_rate_per_s;
+            match req.query_param("rate").map(|r| r.parse::<u32>()) {
+                Some(Err(_)) => (400, JSON, err("rate must be connections per second"), None),
+                Some(Ok(rate)) => {
+                    shard.drain_all(rate);
+                    (
+                        202,
+                        JSON,
+                        serde_json::json!({ "draining": true, "rate": rate }).to_string(),
+                        None,
+                    )
+                }
+                None => {
+                    shard.drain_all(default);
+                    (
+                        202,
+                        JSON,
+                        serde_json::json!({ "draining": true, "rate": default }).to_string(),
+                        None,
+                    )
+                }
+            }
+        }
+        ("/drain", _) => (405, JSON, err("use POST"), Some("POST")),
         ("/stats", "GET") => {
             (200, JSON, render_stats(&shard.shared.stats, crate::sys::rss_bytes()), None)
         }

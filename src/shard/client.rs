@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use super::conn::{Chunk, Closing, Kind, Partial};
 use super::Shard;
+use crate::auth;
 use crate::metrics::{bump, CloseReason};
 use crate::proto::http1::{self, HeadLimits, Request};
 use crate::proto::{sse, ws};
@@ -101,10 +102,11 @@ fn on_request(shard: &mut Shard, slot: u32, generation: u32, req: Request, rest:
         "/ws" => accept_ws(shard, slot, generation, &req, rest, false),
         "/echo" if echo => accept_ws(shard, slot, generation, &req, rest, true),
         "/sse" if req.method == "GET" => accept_sse(shard, slot, generation, &req),
+        "/sse" if req.method == "OPTIONS" => preflight(shard, slot, generation, &req),
         "/sse" => {
             let mut out = Vec::new();
             let body = b"method not allowed: use GET\n";
-            http1::write_response(&mut out, 405, &[("Allow", "GET")], body, false);
+            http1::write_response(&mut out, 405, &[("Allow", "GET, OPTIONS")], body, false);
             respond_and_close(shard, slot, generation, out, CloseReason::HttpDone);
         }
         _ => reject(shard, slot, generation, 404, CloseReason::HttpDone),
@@ -133,10 +135,59 @@ fn identity(req: &Request) -> Result<(Option<String>, Vec<String>), &'static str
     Ok((user, topics))
 }
 
-fn bad_identity(shard: &mut Shard, slot: u32, generation: u32, why: &str) {
-    let mut out = Vec::new();
-    http1::write_response(&mut out, 400, &[("Content-Type", "text/plain")], why.as_bytes(), false);
-    respond_and_close(shard, slot, generation, out, CloseReason::HttpDone);
+/// A client that may connect: who it is, what it subscribes to, and its token's grant.
+struct Admission {
+    user: Option<String>,
+    topics: Vec<String>,
+    grant: Option<auth::Grant>,
+}
+
+/// Origin, identity and token checks shared by WebSocket and SSE. On refusal the answer is
+/// queued and the connection is closing.
+fn admit(shard: &mut Shard, slot: u32, generation: u32, req: &Request) -> Option<Admission> {
+    let refuse = |shard: &mut Shard, status: u16, why: String| {
+        let mut out = Vec::new();
+        let mut headers = vec![("Content-Type", "text/plain")];
+        if status == 401 {
+            headers.push(("WWW-Authenticate", "Bearer"));
+        }
+        http1::write_response(&mut out, status, &headers, format!("{why}\n").as_bytes(), false);
+        if status == 401 || status == 403 {
+            bump(&shard.stats().auth_refused, 1);
+        }
+        respond_and_close(shard, slot, generation, out, CloseReason::HttpDone);
+        None
+    };
+    if !auth::origin_allowed(&shard.shared.cfg.allowed_origins, req.header("Origin")) {
+        return refuse(shard, 403, "origin not allowed".into());
+    }
+    let (user, topics) = match identity(req) {
+        Ok(v) => v,
+        Err(why) => return refuse(shard, 400, why.trim_end().into()),
+    };
+    let token = auth::token_of(req);
+    let grant = match shard.shared.client_auth.verify(token.as_deref(), auth::unix_now_s()) {
+        Ok(g) => g,
+        Err(e) => return refuse(shard, 401, e.reason()),
+    };
+    let Some(grant) = grant else { return Some(Admission { user, topics, grant: None }) };
+    if user.as_ref().is_some_and(|u| *u != grant.user) {
+        return refuse(shard, 403, "user does not match the token's sub".into());
+    }
+    if let Some(t) = topics.iter().find(|t| !grant.allows(t)) {
+        return refuse(shard, 403, format!("topic {t} is not allowed by the token"));
+    }
+    Some(Admission { user: Some(grant.user.clone()), topics, grant: Some(grant) })
+}
+
+/// Records a token's topic grant and arms the close at its expiry.
+fn remember_grant(shard: &mut Shard, slot: u32, generation: u32, grant: auth::Grant) {
+    let left_s = grant.expires_unix_s.saturating_sub(auth::unix_now_s());
+    let at = shard.now_ms + left_s.saturating_mul(1000).max(1);
+    shard.schedule_expiry(slot, generation, at);
+    if !grant.topics.is_empty() {
+        shard.grants.insert(slot, (generation, grant.topics.into_boxed_slice()));
+    }
 }
 
 fn accept_ws(
@@ -155,20 +206,14 @@ fn accept_ws(
             return respond_and_close(shard, slot, generation, out, CloseReason::HttpDone);
         }
     };
-    let (user, topics) = match identity(req) {
-        Ok(v) => v,
-        Err(why) => return bad_identity(shard, slot, generation, why),
-    };
+    let Some(adm) = admit(shard, slot, generation, req) else { return };
     let mut out = Vec::with_capacity(160);
     ws::write_handshake_response(&mut out, &accept);
-    become_subscriber(
-        shard,
-        slot,
-        generation,
-        if echo { Kind::Echo } else { Kind::Ws },
-        user,
-        topics,
-    );
+    let kind = if echo { Kind::Echo } else { Kind::Ws };
+    become_subscriber(shard, slot, generation, kind, adm.user, adm.topics);
+    if let Some(grant) = adm.grant {
+        remember_grant(shard, slot, generation, grant);
+    }
     shard.queue(slot, generation, Chunk::Owned(out));
     shard.schedule_ws(slot, generation);
     if !rest.is_empty() {
@@ -176,17 +221,98 @@ fn accept_ws(
     }
 }
 
+/// CORS headers for a browser on another (allowed) origin.
+fn cors(req: &Request) -> Vec<(&'static str, String)> {
+    match req.header("Origin").and_then(|o| std::str::from_utf8(o).ok()) {
+        Some(origin) => vec![
+            ("Access-Control-Allow-Origin", origin.to_owned()),
+            ("Access-Control-Allow-Credentials", "true".to_owned()),
+            ("Vary", "Origin".to_owned()),
+        ],
+        None => Vec::new(),
+    }
+}
+
 fn accept_sse(shard: &mut Shard, slot: u32, generation: u32, req: &Request) {
-    let (user, topics) = match identity(req) {
-        Ok(v) => v,
-        Err(why) => return bad_identity(shard, slot, generation, why),
-    };
+    let Some(adm) = admit(shard, slot, generation, req) else { return };
     let mut out = Vec::with_capacity(256);
-    sse::write_stream_head(&mut out, shard.shared.cfg.limits.sse_retry_ms);
-    become_subscriber(shard, slot, generation, Kind::Sse, user, topics);
+    let headers = cors(req);
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    sse::write_stream_head_with(&mut out, shard.shared.cfg.limits.sse_retry_ms, &headers);
+    become_subscriber(shard, slot, generation, Kind::Sse, adm.user, adm.topics);
+    if let Some(grant) = adm.grant {
+        remember_grant(shard, slot, generation, grant);
+    }
     shard.queue(slot, generation, Chunk::Owned(out));
     let at = shard.now_ms + shard.shared.cfg.limits.sse_heartbeat_ms;
     shard.schedule(slot, generation, at);
+}
+
+/// `OPTIONS /sse` from a browser about to send credentials across origins.
+fn preflight(shard: &mut Shard, slot: u32, generation: u32, req: &Request) {
+    if !auth::origin_allowed(&shard.shared.cfg.allowed_origins, req.header("Origin")) {
+        return reject(shard, slot, generation, 403, CloseReason::HttpDone);
+    }
+    let mut headers = cors(req);
+    headers.push(("Access-Control-Allow-Methods", "GET".into()));
+    headers.push((
+        "Access-Control-Allow-Headers",
+        "Authorization, Last-Event-ID, Cache-Control".into(),
+    ));
+    headers.push(("Access-Control-Max-Age", "600".into()));
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut out = Vec::new();
+    http1::write_response(&mut out, 204, &headers, b"", false);
+    shard.queue(slot, generation, Chunk::Owned(out));
+    shard.finish(slot, generation, CloseReason::HttpDone);
+}
+
+/// The user of this connection already holds `conns_per_user_max` connections.
+pub(super) fn over_user_cap(shard: &mut Shard, slot: u32, generation: u32) {
+    let Some(conn) = shard.conns.get(slot, generation) else { return };
+    if !conn.is_open() {
+        return;
+    }
+    // Its user was never indexed: forget it so the close does not unregister a stranger.
+    if let Some(conn) = shard.conns.get_mut(slot, generation) {
+        let topics: Vec<String> = conn.ident.topics().map(str::to_owned).collect();
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        conn.ident = super::conn::Ident::new(None, &topics);
+    }
+    let reason = CloseReason::UserCap;
+    match shard.conns.get(slot, generation).map(|c| c.kind) {
+        Some(Kind::Ws | Kind::Echo) => {
+            close_ws(shard, slot, generation, 1008, "too many connections for this user", reason)
+        }
+        Some(Kind::Sse) => {
+            let mut out = Vec::new();
+            sse::write_event(&mut out, 0, Some("error"), b"too many connections for this user");
+            shard.queue(slot, generation, Chunk::Owned(out));
+            shard.finish(slot, generation, reason);
+        }
+        _ => {}
+    }
+}
+
+/// A connection's token expired: WebSocket clients get close 4001, SSE clients an
+/// `event: expired`, then the connection ends.
+pub(super) fn token_expired(shard: &mut Shard, slot: u32, generation: u32) {
+    let Some(conn) = shard.conns.get(slot, generation) else { return };
+    if !conn.is_open() {
+        return;
+    }
+    match conn.kind {
+        Kind::Ws | Kind::Echo => {
+            close_ws(shard, slot, generation, 4001, "token expired", CloseReason::TokenExpired)
+        }
+        Kind::Sse => {
+            let mut out = Vec::new();
+            sse::write_event(&mut out, 0, Some("expired"), b"token expired");
+            shard.queue(slot, generation, Chunk::Owned(out));
+            shard.finish(slot, generation, CloseReason::TokenExpired);
+        }
+        Kind::Handshake | Kind::Admin => {}
+    }
 }
 
 /// Moves a connection from handshake to subscriber: gauges, user and topic registration.
@@ -214,6 +340,7 @@ fn become_subscriber(
     if let Some(user) = user {
         shard.register_user(&user, id);
     }
+    shard.schedule_lifetime(slot, generation);
     for topic in topics {
         // identity() already refused more than TOPICS_PER_CONN_MAX topics.
         let _ = subscribe(shard, slot, generation, &topic);
@@ -233,6 +360,12 @@ fn subscribe(
     }
     if conn.ident.topic_count() >= TOPICS_PER_CONN_MAX {
         return Err("topic limit reached: 64 per connection");
+    }
+    if let auth::ClientAuth::Jwt(_) = shard.shared.client_auth {
+        let granted = shard.grants.get(&slot).filter(|(g, _)| *g == generation);
+        if !granted.is_some_and(|(_, patterns)| auth::topic_allowed(patterns, topic)) {
+            return Err("topic not allowed by the token");
+        }
     }
     if topic.contains('\0') {
         return Err("names may not contain NUL");
@@ -278,12 +411,12 @@ pub(super) fn on_ws_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u
     }
     for event in events {
         match event {
-            ws::Event::Text(data) | ws::Event::Binary(data) if kind == Kind::Echo => {
-                let text = std::str::from_utf8(&data).is_ok();
-                let op = if text { ws::OpCode::Text } else { ws::OpCode::Binary };
-                let mut frame = Vec::with_capacity(data.len() + 10);
-                ws::write_frame(&mut frame, op, &data);
-                shard.queue(slot, generation, Chunk::Owned(frame));
+            // Echo keeps the message's own type, whatever its bytes look like.
+            ws::Event::Text(data) if kind == Kind::Echo => {
+                echo(shard, slot, generation, ws::OpCode::Text, &data)
+            }
+            ws::Event::Binary(data) if kind == Kind::Echo => {
+                echo(shard, slot, generation, ws::OpCode::Binary, &data)
             }
             ws::Event::Text(data) => on_control_message(shard, slot, generation, &data),
             ws::Event::Binary(_) | ws::Event::Ping(_) | ws::Event::Pong(_) => {}
@@ -296,6 +429,12 @@ pub(super) fn on_ws_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u
             }
         }
     }
+}
+
+fn echo(shard: &mut Shard, slot: u32, generation: u32, op: ws::OpCode, data: &[u8]) {
+    let mut frame = Vec::with_capacity(data.len() + 10);
+    ws::write_frame(&mut frame, op, data);
+    shard.queue(slot, generation, Chunk::Owned(frame));
 }
 
 /// `{"subscribe":"T"}` and `{"unsubscribe":"T"}` from a WebSocket client; each is answered

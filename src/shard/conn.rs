@@ -150,6 +150,9 @@ pub struct Partial {
     pub request: Option<(Request, BodyReader)>,
     /// Admin: the body read so far.
     pub body: Vec<u8>,
+    /// Admin: shard ms when the pending request's first byte arrived; the request must be
+    /// complete within `handshake_timeout_ms` of it, however slowly its bytes trickle.
+    pub started_ms: u64,
 }
 
 /// A connection's slab entry. Idle, it is this struct and nothing else.

@@ -19,14 +19,15 @@ impl Shard {
     /// Arms the multishot accept of every listener that is not armed, unless the table is
     /// full or the shard is shutting down.
     pub(super) fn arm_accepts(&mut self) {
-        if self.accept_blocked || self.shutdown_deadline_ms.is_some() {
+        if self.now_ms < self.accept_blocked_until_ms || self.shutdown_deadline_ms.is_some() {
             return;
         }
         for i in 0..self.listeners.len() {
             if self.listeners[i].armed {
                 continue;
             }
-            let fd = types::Fd(self.listeners[i].sock.as_raw_fd());
+            let Some(sock) = self.listeners[i].sock.as_ref() else { continue };
+            let fd = types::Fd(sock.as_raw_fd());
             let entry = opcode::AcceptMulti::new(fd)
                 .allocate_file_index(true)
                 .build()
@@ -37,10 +38,17 @@ impl Shard {
         }
     }
 
-    /// Stops accepting: cancels the accepts and closes the listeners (shutdown).
-    pub(super) fn cancel_accepts(&mut self) {
-        for l in &self.listeners {
-            let builder = types::CancelBuilder::fd(types::Fd(l.sock.as_raw_fd())).all();
+    /// Stops accepting: cancels the accepts and closes the listeners, the client ones only
+    /// when `clients_only` (a drain keeps the admin API reachable until it ends).
+    pub(super) fn cancel_accepts(&mut self, clients_only: bool) {
+        let mut cancelled = false;
+        for i in 0..self.listeners.len() {
+            let l = &self.listeners[i];
+            let Some(sock) = l.sock.as_ref() else { continue };
+            if clients_only && l.admin {
+                continue;
+            }
+            let builder = types::CancelBuilder::fd(types::Fd(sock.as_raw_fd())).all();
             let entry = opcode::AsyncCancel2::new(builder).build().user_data(user_data(
                 Op::Cancel,
                 0,
@@ -48,10 +56,18 @@ impl Shard {
             ));
             // SAFETY: a cancel names no user memory.
             unsafe { self.ring.push(&entry) };
+            cancelled = true;
+        }
+        if !cancelled {
+            return;
         }
         // Submit the cancels before the sockets close, so the accepts end with ECANCELED.
         let _ = self.ring.submit_and_wait(std::time::Duration::ZERO);
-        self.listeners.clear();
+        for l in &mut self.listeners {
+            if !(clients_only && l.admin) {
+                l.sock = None;
+            }
+        }
     }
 
     pub(super) fn on_accept(&mut self, listener: u32, c: Completion) {
@@ -61,18 +77,27 @@ impl Shard {
         if !c.more() {
             l.armed = false;
         }
+        if l.sock.is_none() && c.result >= 0 {
+            // Accepted just before the cancel: the listener is closed, so is this.
+            return self.refuse(c.result as u32);
+        }
         let admin = l.admin;
         if c.result < 0 {
             if c.result == -libc::ENFILE {
                 // Every slot of the fixed-file table is taken: new connections wait in the
                 // listen queue until one closes.
                 bump(&self.stats().accepts_refused, 1);
-                self.accept_blocked = true;
+                // A close frees a slot and lifts this at once; the deadline makes sure a
+                // close that completed just before this answer cannot leave it stuck.
+                self.accept_blocked_until_ms = self.now_ms + super::TICK_MS;
             }
             return;
         }
         let fd = c.result as u32;
         bump(&self.stats().accepts, 1);
+        if !admin && !self.admit_connection() {
+            return self.refuse(fd);
+        }
         let kind = if admin { Kind::Admin } else { Kind::Handshake };
         match self.conns.insert(Conn::new(fd, kind, self.now_ms)) {
             Ok((slot, generation)) => {
@@ -183,6 +208,17 @@ impl Shard {
         }
         match result {
             0 => {
+                // The peer finished sending. Answers still queued (pipelined admin requests
+                // before a half-close, a close frame) are sent before the close; nothing
+                // more is read.
+                let flush =
+                    conn.queued_bytes() > 0 && (conn.kind == Kind::Admin || !conn.is_open());
+                if flush {
+                    if conn.is_open() {
+                        self.finish(slot, generation, CloseReason::PeerGone);
+                    }
+                    return;
+                }
                 let reason = match conn.closing {
                     Closing::Flushing(r) => r,
                     _ => CloseReason::PeerGone,
@@ -422,7 +458,7 @@ impl Shard {
             debug_assert!(conn.as_ref().is_some_and(|c| c.closing == Closing::Closed));
         }
         // A slot of the fixed-file table is free again.
-        self.accept_blocked = false;
+        self.accept_blocked_until_ms = 0;
     }
 
     /// Leaves the open state once: gauges, counters, user and topic registrations.
@@ -434,6 +470,9 @@ impl Shard {
         debug_assert!(conn.is_open());
         let kind = conn.kind;
         let ident = conn.ident.take();
+        if self.grants.get(&slot).is_some_and(|(g, _)| *g == generation) {
+            self.grants.remove(&slot);
+        }
         let stats = &self.shared.stats[self.id];
         drop_gauge(match kind {
             Kind::Handshake => &stats.conns_handshake,

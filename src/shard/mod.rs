@@ -15,6 +15,7 @@ pub mod admin;
 pub mod client;
 pub mod conn;
 pub mod io;
+pub mod lifecycle;
 pub mod wheel;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +35,9 @@ use wheel::Wheel;
 pub const TICK_MS: u64 = 100;
 /// Buckets of the timer wheel: 1024 × 100 ms ≈ 102 s before entries wrap around.
 pub const WHEEL_SLOTS: usize = 1024;
+/// Marks a timer-wheel key as a token expiry, which is independent of the connection's
+/// one protocol timer (keys hold generation and slot in the low 56 bits).
+pub const EXPIRY_TIMER: u64 = 1 << 63;
 /// Fixed-file slots kept beyond the registry's capacity, so a connection over
 /// `conns_per_shard_max` can still be accepted long enough to be told 503.
 pub const ACCEPT_REFUSE_RESERVE: u32 = 64;
@@ -47,14 +51,20 @@ pub struct Shared {
     pub peers: Arc<[Peer]>,
     /// Keys of the user-id hash that picks home shards.
     pub user_keys: crate::push::UserKeys,
-    pub shutdown: Arc<AtomicBool>,
+    pub signals: crate::sys::Signals,
+    /// Process RSS, refreshed by shard 0 every second, for the memory admission check.
+    pub rss_bytes: std::sync::atomic::AtomicU64,
+    pub client_auth: crate::auth::ClientAuth,
+    /// The admin API's bearer key, when one is configured.
+    pub admin_key: Option<Box<[u8]>>,
     /// Set by the main thread once every shard has its ring, so doorbells have a target.
     pub started: AtomicBool,
 }
 
 /// One client or admin listener of this shard.
 pub struct Listener {
-    pub sock: socket2::Socket,
+    /// None once closed (shutdown, drain).
+    pub sock: Option<socket2::Socket>,
     pub admin: bool,
     /// The multishot accept is armed.
     pub armed: bool,
@@ -77,10 +87,22 @@ pub struct Shard {
     now_ms: u64,
     /// Publishes accepted by this shard; with the shard index it makes message ids unique.
     msg_seq: u64,
-    /// The fixed-file table was full: accepts wait until a connection closes.
-    accept_blocked: bool,
+    /// The fixed-file table was full: accepts wait until a connection closes or this time.
+    accept_blocked_until_ms: u64,
     /// Deadline of a graceful shutdown in progress.
     shutdown_deadline_ms: Option<u64>,
+    /// Topic patterns granted by the tokens of this shard's connections, by slot (with the
+    /// generation), for tokens that carry a `topics` claim. Absent with JWT auth: no topics.
+    grants: std::collections::HashMap<u32, (u32, Box<[String]>)>,
+    /// When shard 0 last refreshed the shared RSS figure.
+    rss_sampled_ms: u64,
+    /// A paced drain in progress.
+    drain: Option<lifecycle::Drain>,
+    /// This shard's share of `accept_rate_per_s_max`.
+    bucket: lifecycle::Bucket,
+    jitter: lifecycle::Jitter,
+    /// This shard's share of publishes it accepted, delivered next turn, in order.
+    local: std::collections::VecDeque<Msg>,
     /// Connections whose receive found no free buffer; retried next turn.
     recv_retry: Vec<(u32, u32)>,
     scratch: Scratch,
@@ -122,8 +144,19 @@ impl Shard {
             clock: Instant::now(),
             now_ms: 0,
             msg_seq: 0,
-            accept_blocked: false,
+            accept_blocked_until_ms: 0,
             shutdown_deadline_ms: None,
+            local: std::collections::VecDeque::new(),
+            grants: std::collections::HashMap::new(),
+            drain: None,
+            rss_sampled_ms: 0,
+            bucket: lifecycle::Bucket { tokens: 0.0, last_ms: 0 },
+            jitter: lifecycle::Jitter::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+                    ^ ((id as u64 + 1) << 32),
+            ),
             recv_retry: Vec::new(),
             scratch: Scratch::default(),
         }
@@ -141,8 +174,23 @@ impl Shard {
     pub fn run(mut self) -> std::io::Result<()> {
         loop {
             self.now_ms = self.clock.elapsed().as_millis() as u64;
-            if self.shared.shutdown.load(Ordering::Relaxed) && self.shutdown_deadline_ms.is_none() {
+            if self.shared.signals.stop.load(Ordering::Relaxed) && self.drain.is_none() {
+                self.shutdown_deadline_ms = None;
                 self.begin_shutdown();
+                self.drain = Some(lifecycle::Drain {
+                    rate_per_s: 0.0,
+                    budget: 0.0,
+                    last_ms: self.now_ms,
+                    cursor: u32::MAX,
+                });
+            }
+            if self.shared.signals.drain.load(Ordering::Relaxed) {
+                self.begin_drain(self.shared.cfg.limits.drain_rate_per_s as f64);
+            }
+            self.drive_drain();
+            if self.id == 0 && self.now_ms >= self.rss_sampled_ms + 1000 {
+                self.rss_sampled_ms = self.now_ms;
+                self.shared.rss_bytes.store(crate::sys::rss_bytes(), Ordering::Relaxed);
             }
             if let Some(deadline) = self.shutdown_deadline_ms {
                 if self.conns.is_empty() || self.now_ms >= deadline {
@@ -195,6 +243,9 @@ impl Shard {
     }
 
     fn process_mesh(&mut self) {
+        while let Some(msg) = self.local.pop_front() {
+            self.on_mesh(msg);
+        }
         let mut inbox = std::mem::take(&mut self.scratch.inbox);
         self.mesh.receive(MESH_BATCH_MAX, &mut inbox);
         for msg in inbox.drain(..) {
@@ -205,7 +256,7 @@ impl Shard {
 
     fn on_mesh(&mut self, msg: Msg) {
         match msg {
-            Msg::UserAdd { user, conn } => self.users.add(user, conn),
+            Msg::UserAdd { user, conn } => self.add_user_conn(user, conn),
             Msg::UserRemove { user, conn } => self.users.remove(user, conn),
             Msg::PublishUser(p) => self.publish_user_home(&p.user, p.hash, &p.msg),
             Msg::Deliver(d) => {
@@ -217,10 +268,14 @@ impl Shard {
             }
             Msg::PublishTopic { topic, msg } => self.deliver_topic(&topic, &msg),
             Msg::PublishAll { msg } => self.deliver_all(&msg),
+            Msg::Drain { rate_per_s } => self.begin_drain(rate_per_s as f64),
+            Msg::Evict { conn } => client::over_user_cap(self, conn.slot, conn.generation),
         }
     }
 
-    /// Routes a publish accepted by this shard. `user`, `topic` or all.
+    /// Routes a publish accepted by this shard: `user`, `topic` or all. This shard's own
+    /// share is queued and delivered at the start of the next loop turn, so the admin
+    /// answer (queued by the caller) goes out ahead of a large fan-out.
     pub(crate) fn route(&mut self, target: admin::Target, payload: Vec<u8>) -> u64 {
         self.msg_seq += 1;
         let id = self.msg_seq * self.shards() as u64 + self.id as u64;
@@ -233,7 +288,8 @@ impl Shard {
                 let hash = self.shared.user_keys.hash(&user);
                 let home = home_shard(hash, self.shards());
                 if home == self.id {
-                    self.publish_user_home(&user, hash, &msg);
+                    let p = crate::push::PublishUser { user: user.into(), hash, msg };
+                    self.local.push_back(Msg::PublishUser(Box::new(p)));
                 } else {
                     let p = crate::push::PublishUser { user: user.into(), hash, msg };
                     self.send_mesh(home, Msg::PublishUser(Box::new(p)));
@@ -245,13 +301,13 @@ impl Shard {
                         Msg::PublishTopic { topic: topic.as_str().into(), msg: Arc::clone(&msg) };
                     self.send_mesh(to, m);
                 }
-                self.deliver_topic(&topic, &msg);
+                self.local.push_back(Msg::PublishTopic { topic: topic.into(), msg });
             }
             admin::Target::All => {
                 for to in (0..self.shards()).filter(|&s| s != me) {
                     self.send_mesh(to, Msg::PublishAll { msg: Arc::clone(&msg) });
                 }
-                self.deliver_all(&msg);
+                self.local.push_back(Msg::PublishAll { msg });
             }
         }
         id
@@ -326,10 +382,34 @@ impl Shard {
         let hash = self.shared.user_keys.hash(user);
         let home = home_shard(hash, self.shards());
         if home == self.id {
-            self.users.add(hash, id);
+            self.add_user_conn(hash, id);
         } else {
             self.send_mesh(home, Msg::UserAdd { user: hash, conn: id });
         }
+    }
+
+    /// On the home shard: indexes a user's connection, or evicts it when the user already
+    /// holds `conns_per_user_max`.
+    fn add_user_conn(&mut self, user: u64, conn: ConnId) {
+        let cap = self.shared.cfg.limits.conns_per_user_max as usize;
+        if cap > 0 && self.users.count(user) >= cap {
+            if conn.shard as usize == self.id {
+                client::over_user_cap(self, conn.slot, conn.generation);
+            } else {
+                self.send_mesh(conn.shard as usize, Msg::Evict { conn });
+            }
+            return;
+        }
+        self.users.add(user, conn);
+    }
+
+    /// Starts a drain on every shard (`POST /drain`).
+    pub(crate) fn drain_all(&mut self, rate_per_s: u32) {
+        let me = self.id;
+        for to in (0..self.shards()).filter(|&s| s != me) {
+            self.send_mesh(to, Msg::Drain { rate_per_s });
+        }
+        self.begin_drain(rate_per_s as f64);
     }
 
     fn unregister_user(&mut self, user: &str, id: ConnId) {
@@ -360,6 +440,12 @@ impl Shard {
         self.scratch.doorbells = fds;
     }
 
+    /// Arms the close of a connection at its token's expiry.
+    fn schedule_expiry(&mut self, slot: u32, generation: u32, at_ms: u64) {
+        let key = ConnId { shard: 0, slot, generation }.timer_key() | EXPIRY_TIMER;
+        self.wheel.insert(key, at_ms);
+    }
+
     /// Arms a timer for a connection at `at_ms`; earlier entries for it become stale.
     fn schedule(&mut self, slot: u32, generation: u32, at_ms: u64) {
         if let Some(conn) = self.conns.get_mut(slot, generation) {
@@ -374,6 +460,16 @@ impl Shard {
         let mut fired = std::mem::take(&mut self.scratch.fired);
         self.wheel.expire(self.now_ms, &mut fired);
         for (key, deadline) in fired.drain(..) {
+            let flags = key & (EXPIRY_TIMER | lifecycle::LIFETIME_TIMER);
+            if flags != 0 {
+                let (slot, generation) = (key as u32, ((key & !flags) >> 32) as u32);
+                if flags == EXPIRY_TIMER {
+                    client::token_expired(self, slot, generation);
+                } else {
+                    lifecycle::goaway(self, slot, generation, CloseReason::Lifetime);
+                }
+                continue;
+            }
             let (slot, generation) = (key as u32, (key >> 32) as u32);
             let due =
                 self.conns.get(slot, generation).is_some_and(|c| c.timer == conn::stamp(deadline));
@@ -402,10 +498,23 @@ impl Shard {
                 client::reject(self, slot, generation, 408, CloseReason::HandshakeTimeout)
             }
             (Closing::Open, Kind::Admin) => {
+                let request_ms = self.shared.cfg.limits.handshake_timeout_ms;
+                let started = conn.partial.as_ref().map(|p| p.started_ms);
+                if started.is_some_and(|s| now >= s + request_ms) {
+                    return admin::request_timeout(self, slot, generation);
+                }
                 if idle_ms > 0 && since_rx >= idle_ms {
-                    self.abort(slot, generation, CloseReason::IdleTimeout);
-                } else if idle_ms > 0 {
-                    self.schedule(slot, generation, now + idle_ms - since_rx);
+                    return self.abort(slot, generation, CloseReason::IdleTimeout);
+                }
+                let mut next = u64::MAX;
+                if idle_ms > 0 {
+                    next = now + idle_ms - since_rx;
+                }
+                if let Some(s) = started {
+                    next = next.min(s + request_ms);
+                }
+                if next != u64::MAX {
+                    self.schedule(slot, generation, next);
                 }
             }
             (Closing::Open, Kind::Sse) => {
@@ -454,7 +563,7 @@ impl Shard {
 
     fn begin_shutdown(&mut self) {
         self.shutdown_deadline_ms = Some(self.now_ms + self.shared.cfg.limits.shutdown_timeout_ms);
-        self.cancel_accepts();
+        self.cancel_accepts(false);
         let all: Vec<(u32, u32, Kind)> = self
             .conns
             .iter()

@@ -1,4 +1,6 @@
-//! OS wrappers: resource limits, listeners, signals, process memory.
+//! OS wrappers: resource limits, listeners, signals, process memory, host checks.
+
+pub mod host;
 
 use std::io;
 use std::net::SocketAddr;
@@ -71,10 +73,19 @@ pub fn online_cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-/// Sets the returned flag on SIGINT or SIGTERM. Shards look at it every tick.
-pub fn shutdown_flag() -> io::Result<Arc<AtomicBool>> {
-    let flag = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&flag))?;
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&flag))?;
-    Ok(flag)
+/// Flags the signals set; shards look at them every tick.
+#[derive(Clone, Default)]
+pub struct Signals {
+    /// SIGINT: close everything now and exit.
+    pub stop: Arc<AtomicBool>,
+    /// SIGTERM: drain at `drain_rate_per_s`, then exit.
+    pub drain: Arc<AtomicBool>,
+}
+
+/// Registers SIGINT and SIGTERM.
+pub fn signals() -> io::Result<Signals> {
+    let s = Signals::default();
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&s.stop))?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&s.drain))?;
+    Ok(s)
 }

@@ -688,6 +688,11 @@ pub enum SseItem {
     /// A block of comment lines only (`: hb`), without the leading colon and space.
     Comment(String),
     Retry(u32),
+    /// An event with an `event:` name (the server's `goaway`, `expired`, `error`).
+    Named {
+        event: String,
+        data: Vec<u8>,
+    },
 }
 
 /// An SSE client over a raw TCP stream.
@@ -708,6 +713,7 @@ impl Sse {
         let mut data: Option<Vec<Vec<u8>>> = None;
         let mut comments: Vec<String> = Vec::new();
         let mut retry = None;
+        let mut event: Option<String> = None;
         let mut started = false;
         loop {
             let mut line = Vec::new();
@@ -729,6 +735,9 @@ impl Sse {
                 }
                 if let Some(lines) = data {
                     let data = lines.join(&b'\n');
+                    if let Some(event) = event {
+                        return Ok(Some(SseItem::Named { event, data }));
+                    }
                     return Ok(Some(SseItem::Event { id, data }));
                 }
                 if let Some(ms) = retry {
@@ -752,6 +761,7 @@ impl Sse {
                 b"id" => id = Some(lossy(value)),
                 b"data" => data.get_or_insert_with(Vec::new).push(value.to_vec()),
                 b"retry" => retry = lossy(value).parse().ok(),
+                b"event" => event = Some(lossy(value)),
                 other => panic!("unexpected SSE field {:?}", lossy(other)),
             }
         }
@@ -778,7 +788,9 @@ impl Sse {
         loop {
             match self.next_item() {
                 Ok(None) => return,
-                Ok(Some(SseItem::Comment(_))) => continue,
+                Ok(Some(SseItem::Comment(_) | SseItem::Retry(_))) => continue,
+                // A server ending the stream on purpose says when to come back first.
+                Ok(Some(SseItem::Named { event, .. })) if event == "goaway" => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return,
                 other => panic!("expected the SSE stream to end, got {other:?}"),
             }
