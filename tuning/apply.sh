@@ -118,4 +118,5 @@ else
   echo "no systemd here: limits for the service go in its supervisor; the drop-in would be:"
   printf '    [Service]\n    LimitNOFILE=%s\n    LimitMEMLOCK=infinity\n' "$nofile"
 fi
+grep -q thash_entries /proc/cmdline || echo "note: the TCP established hash is sized at boot: add thash_entries=4194304 to the kernel command line (see sysctl.conf)"
 exit $fail

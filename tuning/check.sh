@@ -104,6 +104,12 @@ if [ $(( 0x$capeff >> 14 & 1 )) = 1 ]; then row "RLIMIT_MEMLOCK of $who" "unlimi
 elif [ "$memlock" = unlimited ] || [ "$memlock" -ge $((64 << 20)) ]; then row "RLIMIT_MEMLOCK of $who" ">= 64 MiB" "$memlock" ok
 else row "RLIMIT_MEMLOCK of $who" ">= 64 MiB" "$memlock" OFF "rings + buffer rings count: LimitMEMLOCK=infinity"; fi
 
+# TCP established hash (boot parameter thash_entries): >= sockets this host will hold
+ehash=$(dmesg 2>/dev/null | sed -n 's/.*TCP established hash table entries: \([0-9]*\).*/\1/p' | tail -1)
+if [ -z "$ehash" ]; then row "TCP established hash buckets" ">= $conns" "(boot log gone)" ok "check thash_entries= in /proc/cmdline"
+elif [ "$ehash" -ge "$conns" ]; then row "TCP established hash buckets" ">= $conns" "$ehash" ok
+else row "TCP established hash buckets" ">= $conns" "$ehash" OFF "boot with thash_entries=$(python3 -c "print(1 << ($conns - 1).bit_length())")"; fi
+
 # kernel: io_uring features c10m needs (6.1: SINGLE_ISSUER/DEFER_TASKRUN; loadgen 6.11)
 kv=$(uname -r | cut -d. -f1-2)
 if printf '6.1\n%s\n' "$kv" | sort -V -C; then row "kernel" ">= 6.1" "$(uname -r)" ok
