@@ -105,7 +105,9 @@ elif [ "$memlock" = unlimited ] || [ "$memlock" -ge $((64 << 20)) ]; then row "R
 else row "RLIMIT_MEMLOCK of $who" ">= 64 MiB" "$memlock" OFF "rings + buffer rings count: LimitMEMLOCK=infinity"; fi
 
 # TCP established hash (boot parameter thash_entries): >= sockets this host will hold
-ehash=$(dmesg 2>/dev/null | sed -n 's/.*TCP established hash table entries: \([0-9]*\).*/\1/p' | tail -1)
+# net.ipv4.tcp_ehash_entries (read-only, Linux 6.1+) is the size in use; else the boot log
+ehash=$(cat /proc/sys/net/ipv4/tcp_ehash_entries 2>/dev/null | tr -d -) || true
+[ -n "$ehash" ] || ehash=$(dmesg 2>/dev/null | sed -n 's/.*TCP established hash table entries: \([0-9]*\).*/\1/p' | tail -1)
 if [ -z "$ehash" ]; then row "TCP established hash buckets" ">= $conns" "(boot log gone)" ok "check thash_entries= in /proc/cmdline"
 elif [ "$ehash" -ge "$conns" ]; then row "TCP established hash buckets" ">= $conns" "$ehash" ok
 else row "TCP established hash buckets" ">= $conns" "$ehash" OFF "boot with thash_entries=$(python3 -c "print(1 << ($conns - 1).bit_length())")"; fi
