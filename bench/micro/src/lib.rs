@@ -1,0 +1,1 @@
+//! Holds the criterion benches in `benches/`; run `cargo bench` here.

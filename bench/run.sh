@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# Runs the same scenarios against c10m and each peer with the same c10m-loadgen, interleaved,
+# REPS times, then writes bench/RESULTS.md and bench/results.svg (medians, ratios to c10m).
+#
+#   bench/run.sh                       everything: install peers, build, run, report
+#   CONNS=15000 REPS=3 bench/run.sh    the defaults
+#   SERVERS="c10m tokio" bench/run.sh  a subset (c10m tokio glommio nchan)
+#   SKIP_INSTALL=1 SKIP_BUILD=1 ...    reuse what is installed and built
+#   REPORT_ONLY=DIR bench/run.sh       redo the table and chart from an earlier results folder
+#   RESULTS_DIR=DIR REPS_FROM=3 SERVERS=glommio bench/run.sh
+#                                      add a repetition that failed to an earlier folder
+#
+# Scenarios, each a fresh loadgen run of CONNS WebSocket connections to a server started
+# once per repetition (all traffic on 127.0.0.1, every step under `timeout`):
+#   idle       connect CONNS as fast as possible (--rate 0), hold, no messages: user-space
+#              memory per connection (server RSS growth, summed over processes), kernel
+#              memory per connection (/proc/meminfo Slab growth), connect rate;
+#   broadcast  the same, plus BCASTS 32-byte broadcasts to all: fan-out time, deliveries/s;
+#   targeted   the same, plus TARGETED_RATE pushes/s to single users for 10 s: latency.
+# Server CPU (utime+stime of every server process, /proc/PID/stat) is read before and after
+# each run; CPU per delivered message is (run CPU − idle run CPU) / messages delivered.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+CONNS=${CONNS:-15000}
+REPS=${REPS:-3}
+REPS_FROM=${REPS_FROM:-1} # resume: run repetitions REPS_FROM..REPS into an existing RESULTS_DIR
+SERVERS=${SERVERS:-"c10m tokio glommio nchan"}
+SHARDS=${SHARDS:-$(nproc)}
+HOLD=${HOLD:-12s}
+BCASTS=${BCASTS:-20}
+TARGETED_RATE=${TARGETED_RATE:-1000}
+CONNECT_RATE=${CONNECT_RATE:-0}
+SOURCES=${SOURCES:-127.0.0.2-127.0.0.11}
+results=${RESULTS_DIR:-$here/results/$(date -u +%Y%m%d-%H%M%S)}
+loadgen=$root/target/release/c10m-loadgen
+command_line="CONNS=$CONNS REPS=$REPS SERVERS='$SERVERS' HOLD=$HOLD BCASTS=$BCASTS TARGETED_RATE=$TARGETED_RATE CONNECT_RATE=$CONNECT_RATE bench/run.sh"
+
+log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+report() {
+    local dir=$1
+    "$here/chart/target/release/c10m-bench-chart" --results "$dir" \
+        --md "$here/RESULTS.md" --svg "$here/results.svg" --svg-link results.svg
+    log "wrote $here/RESULTS.md and $here/results.svg from $dir"
+}
+
+if [[ -n ${REPORT_ONLY:-} ]]; then
+    report "$REPORT_ONLY"
+    exit 0
+fi
+
+install_peers() {
+    if [[ -f /usr/lib/nginx/modules/ngx_nchan_module.so && -f /usr/lib/nginx/modules/ngx_http_js_module.so ]] \
+        && command -v curl >/dev/null && command -v pgrep >/dev/null; then
+        return
+    fi
+    log "installing nginx + Nchan from Debian"
+    timeout 300 apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq \
+        nginx-light libnginx-mod-nchan libnginx-mod-http-js curl procps >/dev/null
+}
+
+build() {
+    log "building c10m, c10m-loadgen, the peers and the chart (release)"
+    (cd "$root" && timeout 1800 cargo build --release -q -p c10m -p c10m-loadgen)
+    for crate in peers/tokio-push peers/glommio-push chart; do
+        (cd "$here/$crate" && timeout 1800 cargo build --release -q)
+    done
+}
+
+[[ -n ${SKIP_INSTALL:-} ]] || install_peers
+[[ -n ${SKIP_BUILD:-} ]] || build
+
+# Ports per server: client, admin.
+declare -A PORT=([c10m]=29080 [tokio]=29180 [glommio]=29280 [nchan]=29380)
+
+server_pid=
+wrapper=
+start_server() {
+    local name=$1 listen=127.0.0.1:${PORT[$1]} admin=127.0.0.1:$((PORT[$1] + 1))
+    local out=$results/$name-server.log
+    case $name in
+    c10m) timeout 3600 "$root/target/release/c10m" serve --shards "$SHARDS" \
+            --listen "$listen" --admin "$admin" >>"$out" 2>&1 & ;;
+    tokio) timeout 3600 "$here/peers/tokio-push/target/release/tokio-push" \
+            --listen "$listen" --admin "$admin" >>"$out" 2>&1 & ;;
+    glommio) timeout 3600 "$here/peers/glommio-push/target/release/glommio-push" \
+            --shards "$SHARDS" --listen "$listen" --admin "$admin" >>"$out" 2>&1 & ;;
+    nchan) timeout 3600 "$here/peers/nchan/run.sh" "$listen" "$admin" \
+            "$results/nchan-prefix" >>"$out" 2>&1 & ;;
+    esac
+    wrapper=$!
+    for _ in $(seq 300); do
+        if curl -sf -o /dev/null --max-time 1 "http://$admin/healthz"; then
+            server_pid=$(pgrep -P "$wrapper" | head -n 1)
+            log "$name up (pid $server_pid)"
+            return 0
+        fi
+        sleep 0.2
+    done
+    log "$name did not answer /healthz within 60 s; see $out"
+    kill -TERM "$wrapper" 2>/dev/null || true
+    wait "$wrapper" 2>/dev/null || true
+    wrapper=
+    return 1
+}
+
+stop_server() {
+    [[ -n $server_pid ]] || return 0
+    kill -TERM "$server_pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$server_pid" 2>/dev/null || true
+    wait "$wrapper" 2>/dev/null || true
+    server_pid=
+    wrapper=
+}
+
+# Every process of the server: the pid and its children (nginx workers).
+server_pids() { echo "$server_pid" $(pgrep -P "$server_pid" || true); }
+rss_bytes() {
+    local total=0 kb
+    for p in $(server_pids); do
+        kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+        total=$((total + ${kb:-0} * 1024))
+    done
+    echo "$total"
+}
+cpu_ticks() {
+    local total=0 t
+    for p in $(server_pids); do
+        # utime and stime are fields 14 and 15; the command name (field 2) holds no spaces here.
+        t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+        total=$((total + ${t:-0}))
+    done
+    echo "$total"
+}
+slab_bytes() { awk '/^Slab:/ {printf "%.0f\n", $2 * 1024}' /proc/meminfo; }
+
+# run_scenario SERVER REP SCENARIO LOADGEN-ARGS...
+run_scenario() {
+    local name=$1 rep=$2 scenario=$3
+    shift 3
+    local tag=$name-$rep-$scenario json=$name-$rep-$scenario.json
+    local admin=127.0.0.1:$((PORT[$name] + 1))
+    local rss0 slab0 cpu0 rss1=0 slab1=0 cpu1 lg
+    rss0=$(rss_bytes); slab0=$(slab_bytes); cpu0=$(cpu_ticks)
+    timeout 120 "$loadgen" --proto ws --target "127.0.0.1:${PORT[$name]}" --admin "$admin" \
+        --sources "$SOURCES" --conns "$CONNS" --rate "$CONNECT_RATE" --hold "$HOLD" \
+        --drain 3s --connect-timeout 10s --server-pid "$server_pid" --json "$results/$json" \
+        "$@" >"$results/$tag.out" 2>"$results/$tag.err" &
+    lg=$!
+    # Memory is read once the ramp is over (every connection has an outcome), mid-hold.
+    local waited=0
+    while kill -0 "$lg" 2>/dev/null; do
+        if grep -qE " up $CONNS/$CONNS " "$results/$tag.err" 2>/dev/null || ((waited > 300)); then
+            sleep 2
+            rss1=$(rss_bytes); slab1=$(slab_bytes)
+            break
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    if ((rss1 == 0)); then rss1=$(rss_bytes); slab1=$(slab_bytes); fi
+    wait "$lg" || log "$tag: loadgen exited with $?"
+    sleep 1 # let the server finish closing the connections
+    cpu1=$(cpu_ticks)
+    printf '{"server":"%s","rep":%d,"scenario":"%s","report":"%s","rss_before":%d,"rss_held":%d,"slab_before":%d,"slab_held":%d,"cpu_before":%d,"cpu_after":%d,"clk_tck":%d}\n' \
+        "$name" "$rep" "$scenario" "$json" "$rss0" "$rss1" "$slab0" "$slab1" "$cpu0" "$cpu1" \
+        "$(getconf CLK_TCK)" >>"$results/runs.jsonl"
+    log "$tag: $(grep -E 'delivered|connect rate|server \(pid' "$results/$tag.out" | tr -s ' ' | paste -sd ';')"
+}
+
+trap stop_server EXIT
+mkdir -p "$results"
+log "results in $results"
+servers_json=$(printf '"%s",' $SERVERS)
+[[ -f $results/meta.json ]] || cat >"$results/meta.json" <<JSON
+{"machine": "$(nproc) vCPU $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo | tr -d '"'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), shared with other workloads (load average at start $(cut -d' ' -f1 /proc/loadavg))",
+ "date": "$(date -u +'%Y-%m-%d %H:%M UTC')",
+ "command": "$command_line",
+ "conns": $CONNS, "reps": $REPS, "servers": [${servers_json%,}],
+ "notes": [
+  "Server and load generator share the same $(nproc) vCPUs, so fan-out and latency measure the pair; every server gets the same loadgen.",
+  "Memory is read mid-hold once all connections are up. RSS is summed over all server processes (nginx master + workers); kernel memory is the growth of Slab in /proc/meminfo divided by connections, both ends of each loopback connection together, and includes whatever else the machine did meanwhile.",
+  "CPU per delivery: server utime+stime over the whole broadcast (or targeted) run minus the same over the idle run of the same repetition, divided by deliveries; includes publish request handling.",
+  "Scenarios: idle = $CONNS WebSocket connections, connect rate $CONNECT_RATE (0 = as fast as possible), hold $HOLD; broadcast = the same plus $BCASTS broadcasts of 32 B at 2/s; targeted = the same plus $TARGETED_RATE user pushes/s of 32 B for 10 s (one connection per user)."
+ ]}
+JSON
+for rep in $(seq "$REPS_FROM" "$REPS"); do
+    # Rotate the order each repetition so no server always runs first or last.
+    set -- $SERVERS
+    order=("$@")
+    shift_by=$(((rep - 1) % ${#order[@]}))
+    order=("${order[@]:shift_by}" "${order[@]:0:shift_by}")
+    for name in "${order[@]}"; do
+        log "rep $rep/$REPS: $name"
+        start_server "$name" || continue
+        run_scenario "$name" "$rep" idle
+        run_scenario "$name" "$rep" broadcast --publish-to all --publish-rate 2 \
+            --publish-count "$BCASTS" --payload-bytes 32
+        run_scenario "$name" "$rep" targeted --publish-to user --publish-rate "$TARGETED_RATE" \
+            --publish-count $((TARGETED_RATE * 10)) --payload-bytes 32
+        stop_server
+    done
+done
+report "$results"
