@@ -32,6 +32,10 @@ pub struct Limits {
     /// Bytes queued for one connection before it is closed as a slow consumer. Default 1 MiB:
     /// sixteen maximum-size messages, or thousands of small ones, of headroom.
     pub outbox_bytes_max: u32,
+    /// SO_SNDBUF of client sockets (the kernel doubles it); 0 leaves the kernel's autotuning,
+    /// which lets one slow reader park up to `tcp_wmem` max (4 MiB by default) of kernel
+    /// memory before `outbox_bytes_max` even sees it. Default 128 KiB.
+    pub socket_send_buffer_bytes: u32,
     /// Bytes of one provided receive buffer. Default 4 KiB: one page; a read never needs more
     /// because client traffic is small (handshakes, pongs, control messages).
     pub recv_buffer_bytes: u32,
@@ -95,6 +99,7 @@ impl Default for Limits {
             message_bytes_max: 64 * 1024,
             frame_bytes_max: 64 * 1024,
             outbox_bytes_max: 1024 * 1024,
+            socket_send_buffer_bytes: 128 * 1024,
             recv_buffer_bytes: 4096,
             recv_buffers: 512,
             ring_entries: 4096,
@@ -230,6 +235,9 @@ pub struct ServeArgs {
     /// Bytes queued for one slow connection before it is closed. Default 1048576.
     #[arg(long)]
     pub outbox_bytes_max: Option<u32>,
+    /// SO_SNDBUF of client sockets (0: kernel autotuning). Default 131072.
+    #[arg(long)]
+    pub socket_send_buffer_bytes: Option<u32>,
     /// Bytes of one provided receive buffer. Default 4096.
     #[arg(long)]
     pub recv_buffer_bytes: Option<u32>,
@@ -340,6 +348,7 @@ impl ServeArgs {
             message_bytes_max,
             frame_bytes_max,
             outbox_bytes_max,
+            socket_send_buffer_bytes,
             recv_buffer_bytes,
             recv_buffers,
             ring_entries,

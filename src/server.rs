@@ -51,6 +51,7 @@ impl Server {
 fn bind_first(
     addrs: &[SocketAddr],
     backlog: u32,
+    sndbuf: u32,
 ) -> io::Result<(Vec<socket2::Socket>, Vec<SocketAddr>)> {
     let mut socks = Vec::new();
     let mut bound = Vec::new();
@@ -65,7 +66,7 @@ fn bind_first(
                 )
             })?;
         }
-        let sock = sys::reuseport_listener(addr, backlog)
+        let sock = sys::reuseport_listener(addr, backlog, sndbuf)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let local = sock.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not inet"))?;
         socks.push(sock);
@@ -102,8 +103,9 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
         )));
     }
     let backlog = cfg.limits.listen_backlog;
-    let (first_client, listen) = bind_first(&cfg.listen, backlog)?;
-    let (first_admin, admin) = bind_first(&cfg.admin, backlog)?;
+    let sndbuf = cfg.limits.socket_send_buffer_bytes;
+    let (first_client, listen) = bind_first(&cfg.listen, backlog, sndbuf)?;
+    let (first_admin, admin) = bind_first(&cfg.admin, backlog, 0)?;
     let (ends, peers) = crate::mesh::build(
         shards,
         cfg.limits.mesh_ring_entries as usize,
@@ -138,7 +140,7 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
             let setup = || -> io::Result<Shard> {
                 let (c, a) = match premade {
                     Some(p) => p,
-                    None => (bind_all(&listen, backlog)?, bind_all(&admin, backlog)?),
+                    None => (bind_all(&listen, backlog, sndbuf)?, bind_all(&admin, backlog, 0)?),
                 };
                 let mut listeners: Vec<Listener> = c
                     .into_iter()
@@ -198,11 +200,11 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
     Ok(Server { listen, admin, shards, files_per_shard: files, conns_per_shard, threads })
 }
 
-fn bind_all(addrs: &[SocketAddr], backlog: u32) -> io::Result<Vec<socket2::Socket>> {
+fn bind_all(addrs: &[SocketAddr], backlog: u32, sndbuf: u32) -> io::Result<Vec<socket2::Socket>> {
     addrs
         .iter()
         .map(|&a| {
-            sys::reuseport_listener(a, backlog)
+            sys::reuseport_listener(a, backlog, sndbuf)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))
         })
         .collect()

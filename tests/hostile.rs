@@ -265,7 +265,9 @@ fn wait_readers(readers: &[Progress], n: usize) {
 
 #[test]
 fn slow_websocket_and_sse_readers_are_cut_while_fast_ones_get_every_message() {
-    let server = Server::start(&["--outbox-bytes-max", "131072", "--close-timeout-ms", "5000"]);
+    // The close timeout leaves the slow reader time to drain its socket (4 KiB window) after
+    // publishing, so it can find the close frame behind the frames the kernel holds.
+    let server = Server::start(&["--outbox-bytes-max", "131072", "--close-timeout-ms", "30000"]);
     // Two that never read, with small receive windows, and two that read everything; all
     // four subscribe to the same topic when they connect.
     let mut slow_ws = server.raw_ws("/ws?user=slow_ws&topics=feed");

@@ -209,3 +209,32 @@ fn a_user_over_the_connection_cap_loses_the_newest() {
     assert_eq!(server.publish("user=capped", "kept").0, 202);
     assert_eq!(common::ws_text(&mut a), "kept");
 }
+
+#[test]
+fn a_drain_at_rate_zero_answers_then_closes_everything_at_once() {
+    let mut server = Server::start(&[]);
+    let mut socks: Vec<TcpStream> =
+        (0..50).map(|i| raw_ws(&server, &format!("user=z{i}"))).collect();
+    let mut sse = server.sse_connect("user=zs");
+    server.wait_connections(51);
+    let mut admin = server.admin_conn();
+    let r = admin.request("POST", "/drain?rate=0", "");
+    assert_eq!(r.status, 202, "the answer comes before the admin connection closes");
+    for s in &mut socks {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 256];
+        let (code, reason) = loop {
+            let n = s.read(&mut chunk).expect("a goaway");
+            assert!(n > 0, "closed without a goaway");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(f) = close_frame(&buf) {
+                break f;
+            }
+        };
+        assert_eq!(code, 1001);
+        assert!(reason.contains("\"goaway\":true"), "{reason}");
+    }
+    sse.expect_eof();
+    let status = server.wait_exit(Duration::from_secs(10)).expect("exit after the drain");
+    assert!(status.success());
+}

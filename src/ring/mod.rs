@@ -109,6 +109,9 @@ pub struct Ring {
     spilled: Vec<Completion>,
 }
 
+/// The kernel's cap on completion queue entries (IORING_MAX_CQ_ENTRIES).
+const CQ_ENTRIES_MAX: u32 = 65_536;
+
 /// Opcodes the engine needs, with the kernel version that brought each, for error messages.
 const REQUIRED_OPS: &[(u8, &str, &str)] = &[
     (opcode::AcceptMulti::CODE, "IORING_OP_ACCEPT", "5.19"),
@@ -127,7 +130,7 @@ impl Ring {
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
-            .setup_cqsize(entries.saturating_mul(4))
+            .setup_cqsize(entries.saturating_mul(4).min(CQ_ENTRIES_MAX))
             .build(entries)
             .map_err(|e| setup_error(e, entries))?;
         let mut probe = io_uring::Probe::new();
@@ -236,7 +239,8 @@ impl Ring {
 fn setup_error(e: io::Error, entries: u32) -> io::Error {
     let msg = match e.raw_os_error() {
         Some(libc::EINVAL) => format!(
-            "io_uring setup rejected ({e}): the kernel lacks IORING_SETUP_SINGLE_ISSUER or \
+            "io_uring setup rejected ({e}) for {entries} entries: either ring_entries is over \
+             the kernel's limit (32768), or the kernel lacks IORING_SETUP_SINGLE_ISSUER or \
              IORING_SETUP_DEFER_TASKRUN (Linux 6.1+ needed)"
         ),
         Some(libc::ENOMEM) => format!(

@@ -210,11 +210,12 @@ fn accept_ws(
     let mut out = Vec::with_capacity(160);
     ws::write_handshake_response(&mut out, &accept);
     let kind = if echo { Kind::Echo } else { Kind::Ws };
+    // The answer goes first: registering may already queue a close (a user over its cap).
+    shard.queue(slot, generation, Chunk::Owned(out));
     become_subscriber(shard, slot, generation, kind, adm.user, adm.topics);
     if let Some(grant) = adm.grant {
         remember_grant(shard, slot, generation, grant);
     }
-    shard.queue(slot, generation, Chunk::Owned(out));
     shard.schedule_ws(slot, generation);
     if !rest.is_empty() {
         on_ws_bytes(shard, slot, generation, rest);
@@ -239,11 +240,11 @@ fn accept_sse(shard: &mut Shard, slot: u32, generation: u32, req: &Request) {
     let headers = cors(req);
     let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     sse::write_stream_head_with(&mut out, shard.shared.cfg.limits.sse_retry_ms, &headers);
+    shard.queue(slot, generation, Chunk::Owned(out));
     become_subscriber(shard, slot, generation, Kind::Sse, adm.user, adm.topics);
     if let Some(grant) = adm.grant {
         remember_grant(shard, slot, generation, grant);
     }
-    shard.queue(slot, generation, Chunk::Owned(out));
     let at = shard.now_ms + shard.shared.cfg.limits.sse_heartbeat_ms;
     shard.schedule(slot, generation, at);
 }

@@ -391,17 +391,44 @@ impl Shard {
             out.chunks.truncate(keep);
         }
         if conn.in_flight() && !conn.cancel_armed {
+            // Shut the socket down instead of cancelling: the armed poll wakes (EOF/HUP), a
+            // blocked send fails with EPIPE, and each completes by itself. A cancel by
+            // descriptor makes the kernel scan every armed request of the ring, so closing
+            // n connections would cost O(n²) — enough to stall a shard of 20,000.
             conn.cancel_armed = true;
-            let builder = types::CancelBuilder::fd(types::Fixed(conn.fd)).all();
-            let entry = opcode::AsyncCancel2::new(builder).build().user_data(user_data(
-                Op::Cancel,
-                generation,
-                slot,
-            ));
+            let entry = opcode::Shutdown::new(types::Fixed(conn.fd), libc::SHUT_RDWR)
+                .build()
+                .user_data(user_data(Op::Cancel, generation, slot));
+            // SAFETY: a shutdown names no user memory.
+            unsafe { self.ring.push(&entry) };
+            // If an operation still has not completed by then, cancel it by its user_data.
+            let at = self.now_ms + self.shared.cfg.limits.close_timeout_ms;
+            self.schedule(slot, generation, at);
+        }
+        self.maybe_close(slot, generation);
+    }
+
+    /// The fallback for `abort`: cancels, one by one and by user_data, the operations the
+    /// shutdown did not end.
+    pub(super) fn cancel_stragglers(&mut self, slot: u32, generation: u32) {
+        let Some(conn) = self.conns.get(slot, generation) else { return };
+        let mut ops = Vec::with_capacity(3);
+        if conn.poll_armed {
+            ops.push(Op::Poll);
+        }
+        if conn.recv_armed {
+            ops.push(Op::Recv);
+        }
+        if conn.outbox.as_ref().is_some_and(|o| o.in_flight) {
+            ops.push(Op::Send);
+        }
+        for op in ops {
+            let entry = opcode::AsyncCancel::new(user_data(op, generation, slot))
+                .build()
+                .user_data(user_data(Op::Cancel, 0, u32::MAX));
             // SAFETY: a cancel names no user memory.
             unsafe { self.ring.push(&entry) };
         }
-        self.maybe_close(slot, generation);
     }
 
     pub(super) fn on_cancel(&mut self, slot: u32, generation: u32) {

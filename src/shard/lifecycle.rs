@@ -66,8 +66,9 @@ impl Shard {
         self.shutdown_deadline_ms = Some(self.now_ms + self.shared.cfg.limits.shutdown_timeout_ms);
         self.cancel_accepts(true);
         let rate_per_s = rate_total.max(0.0) / self.shards() as f64;
+        // The loop drives it from the next turn, so an admin answer queued after this call
+        // (`POST /drain`) still goes out before admin connections are closed.
         self.drain = Some(Drain { rate_per_s, budget: 0.0, last_ms: self.now_ms, cursor: 0 });
-        self.drive_drain();
     }
 
     /// Sends the goaways this turn owes; once no client connection is left, closes the rest

@@ -493,7 +493,8 @@ impl Shard {
         let since_ping = conn::elapsed_ms(now, conn.last_ping);
         match (conn.closing, conn.kind) {
             (Closing::Flushing(reason), _) => self.abort(slot, generation, reason),
-            (Closing::Cancelling(_) | Closing::Closed, _) => {}
+            (Closing::Cancelling(_), _) => self.cancel_stragglers(slot, generation),
+            (Closing::Closed, _) => {}
             (Closing::Open, Kind::Handshake) => {
                 client::reject(self, slot, generation, 408, CloseReason::HandshakeTimeout)
             }

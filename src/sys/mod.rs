@@ -39,7 +39,12 @@ pub fn memlock_bytes() -> u64 {
 
 /// A non-blocking SO_REUSEPORT TCP listener: every shard binds its own on the same address
 /// and the kernel spreads new connections across them.
-pub fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
+/// `send_buffer_bytes` (0: leave the kernel's autotuning) is inherited by accepted sockets.
+pub fn reuseport_listener(
+    addr: SocketAddr,
+    backlog: u32,
+    send_buffer_bytes: u32,
+) -> io::Result<Socket> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
@@ -47,6 +52,12 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<Socket> 
         sock.set_only_v6(true)?;
     }
     sock.set_nonblocking(true)?;
+    // Accepted sockets inherit it: a push is small and should leave at once, not wait for
+    // the ACK of the previous one (Nagle with delayed ACKs costs up to 40 ms).
+    sock.set_tcp_nodelay(true)?;
+    if send_buffer_bytes > 0 {
+        sock.set_send_buffer_size(send_buffer_bytes as usize)?;
+    }
     sock.bind(&addr.into())?;
     sock.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(sock)
