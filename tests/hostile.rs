@@ -205,21 +205,6 @@ fn slowloris_on_the_admin_port_is_cut() {
 
 // ---- slow readers ----
 
-fn set_rcvbuf(stream: &TcpStream, bytes: i32) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setsockopt on a live socket with a pointer to a local i32 and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&bytes as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
-}
-
 /// How many messages a reader thread has taken.
 type Progress = Arc<AtomicUsize>;
 
@@ -271,9 +256,9 @@ fn slow_websocket_and_sse_readers_are_cut_while_fast_ones_get_every_message() {
     // Two that never read, with small receive windows, and two that read everything; all
     // four subscribe to the same topic when they connect.
     let mut slow_ws = server.raw_ws("/ws?user=slow_ws&topics=feed");
-    set_rcvbuf(&slow_ws.stream, 4096);
+    common::set_rcvbuf(&slow_ws.stream, 4096);
     let mut slow_sse = server.sse_connect("user=slow_sse&topics=feed");
-    set_rcvbuf(slow_sse.reader.get_ref(), 4096);
+    common::set_rcvbuf(slow_sse.reader.get_ref(), 4096);
     let fast_ws = server.ws_connect("/ws?user=fast_ws&topics=feed");
     let fast_sse = server.sse_connect("user=fast_sse&topics=feed");
     server.wait_connections(4);
@@ -359,7 +344,7 @@ fn a_broadcast_flood_with_non_readers_keeps_rss_under_its_bound() {
     let non_readers: Vec<_> = (0..NON_READERS)
         .map(|i| {
             let ws = server.raw_ws(&format!("/ws?user=nr{i}"));
-            set_rcvbuf(&ws.stream, 4096);
+            common::set_rcvbuf(&ws.stream, 4096);
             ws
         })
         .collect();

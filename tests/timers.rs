@@ -188,7 +188,7 @@ fn slow_consumer_is_closed_when_its_outbox_overflows() {
     // A WebSocket client that never reads; a small receive buffer makes the kernel's share
     // of the backlog small, so the server's outbox fills.
     let mut ws = server.raw_ws("/ws?user=slow");
-    set_rcvbuf(&ws.stream, 4096);
+    common::set_rcvbuf(&ws.stream, 4096);
     let mut fast = server.ws_connect("/ws?user=fast");
     server.wait_connections(2);
     let payload = vec![b's'; 60_000];
@@ -213,19 +213,4 @@ fn slow_consumer_is_closed_when_its_outbox_overflows() {
     // to drain, so the test stops here.)
     let first = ws.recv().expect("the first frame");
     assert_eq!((first.opcode, first.payload.len()), (common::OP_TEXT, payload.len()));
-}
-
-fn set_rcvbuf(stream: &std::net::TcpStream, bytes: i32) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setsockopt on a live socket with a pointer to a local i32 and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&bytes as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
 }

@@ -108,7 +108,6 @@ pub struct ShardStats {
     pub delivered: AtomicU64,
     pub dropped_mesh_full: AtomicU64,
     pub dropped_slow_consumer: AtomicU64,
-    pub rss_bytes: AtomicU64,
 }
 
 /// Adds to a counter this shard owns.

@@ -35,12 +35,11 @@ pub enum Op {
     Recv = 3,
     /// Send of the connection's in-flight outbox chunk.
     Send = 4,
-    /// Cancel of every operation on a connection's descriptor.
+    /// A connection's shutdown on close, or a cancel of one of its operations (or of a
+    /// listener's accept when the slot is `u32::MAX`).
     Cancel = 5,
     /// Close of a connection's direct descriptor.
     Close = 6,
-    /// Shutdown of the write side after our WebSocket close frame.
-    Shutdown = 7,
     /// A doorbell from another shard (MSG_RING); carries no connection.
     Doorbell = 8,
     /// Our own MSG_RING submission completing on this ring.
@@ -56,7 +55,6 @@ impl Op {
             4 => Op::Send,
             5 => Op::Cancel,
             6 => Op::Close,
-            7 => Op::Shutdown,
             8 => Op::Doorbell,
             9 => Op::DoorbellSent,
             _ => return None,

@@ -98,6 +98,8 @@ pub struct Shard {
     rss_sampled_ms: u64,
     /// A paced drain in progress.
     drain: Option<lifecycle::Drain>,
+    /// SIGINT arrived: everything was closed at once, whatever drain was under way.
+    stopping: bool,
     /// This shard's share of `accept_rate_per_s_max`.
     bucket: lifecycle::Bucket,
     jitter: lifecycle::Jitter,
@@ -149,6 +151,7 @@ impl Shard {
             local: std::collections::VecDeque::new(),
             grants: std::collections::HashMap::new(),
             drain: None,
+            stopping: false,
             rss_sampled_ms: 0,
             bucket: lifecycle::Bucket { tokens: 0.0, last_ms: 0 },
             jitter: lifecycle::Jitter::new(
@@ -174,15 +177,9 @@ impl Shard {
     pub fn run(mut self) -> std::io::Result<()> {
         loop {
             self.now_ms = self.clock.elapsed().as_millis() as u64;
-            if self.shared.signals.stop.load(Ordering::Relaxed) && self.drain.is_none() {
-                self.shutdown_deadline_ms = None;
+            if self.shared.signals.stop.load(Ordering::Relaxed) && !self.stopping {
+                self.stopping = true;
                 self.begin_shutdown();
-                self.drain = Some(lifecycle::Drain {
-                    rate_per_s: 0.0,
-                    budget: 0.0,
-                    last_ms: self.now_ms,
-                    cursor: u32::MAX,
-                });
             }
             if self.shared.signals.drain.load(Ordering::Relaxed) {
                 self.begin_drain(self.shared.cfg.limits.drain_rate_per_s as f64);
@@ -236,7 +233,6 @@ impl Shard {
             Op::Recv => self.on_recv(slot, generation, c),
             Op::Send => self.on_send(slot, generation, c.result),
             Op::Cancel => self.on_cancel(slot, generation),
-            Op::Shutdown => {}
             Op::Close => self.on_close(slot, generation),
             Op::Doorbell | Op::DoorbellSent => {}
         }
@@ -359,9 +355,9 @@ impl Shard {
 
     fn deliver_topic(&mut self, topic: &str, msg: &Message) {
         let mut targets = std::mem::take(&mut self.scratch.targets);
+        // Every entry is a live subscription or a closed connection: unsubscribes remove their
+        // entry at once, and `deliver` skips connections that are no longer open.
         targets.extend_from_slice(self.topics.subscribers(topic));
-        let conns = &self.conns;
-        targets.retain(|&(s, g)| conns.get(s, g).is_some_and(|c| c.ident.has_topic(topic)));
         self.deliver(&targets, msg);
         targets.clear();
         self.scratch.targets = targets;

@@ -290,6 +290,11 @@ fn forward_lines(stdout: ChildStdout, tx: mpsc::Sender<String>) {
 }
 
 /// Connects with a bounded connect, read and write timeouts.
+/// Shrinks a client's receive buffer so that, not reading, it backs up the server quickly.
+pub fn set_rcvbuf(stream: &TcpStream, bytes: usize) {
+    socket2::SockRef::from(stream).set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+}
+
 pub fn tcp(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect_timeout(&addr, STEP).expect("connect");
     s.set_read_timeout(Some(STEP)).unwrap();
