@@ -88,6 +88,9 @@ pub struct Limits {
     /// New client connections per second, for the whole process; over it they get 503.
     /// 0: no limit. Default 0.
     pub accept_rate_per_s_max: u32,
+    /// New client connections per second from one source address (an IPv4 address or an
+    /// IPv6 /64); over it they get 429. 0: no limit. Default 0.
+    pub accept_rate_per_source_per_s_max: u32,
 }
 
 impl Default for Limits {
@@ -121,6 +124,7 @@ impl Default for Limits {
             memory_bytes_max: 0,
             conns_per_user_max: 0,
             accept_rate_per_s_max: 0,
+            accept_rate_per_source_per_s_max: 0,
         }
     }
 }
@@ -302,6 +306,10 @@ pub struct ServeArgs {
     /// New client connections per second for the process (503 past it); 0: off. Default 0.
     #[arg(long)]
     pub accept_rate_per_s_max: Option<u32>,
+    /// New client connections per second from one address or IPv6 /64 (429 past it); 0: off.
+    /// Default 0.
+    #[arg(long)]
+    pub accept_rate_per_source_per_s_max: Option<u32>,
     /// Endpoint that goaways send clients to (at most 64 bytes). Default: none (come back).
     #[arg(long, value_name = "URL")]
     pub goaway_endpoint: Option<String>,
@@ -369,7 +377,8 @@ impl ServeArgs {
             goaway_reconnect_ms_max,
             memory_bytes_max,
             conns_per_user_max,
-            accept_rate_per_s_max
+            accept_rate_per_s_max,
+            accept_rate_per_source_per_s_max
         );
         if self.goaway_endpoint.is_some() {
             cfg.goaway_endpoint = self.goaway_endpoint.clone();

@@ -142,15 +142,9 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
                     Some(p) => p,
                     None => (bind_all(&listen, backlog, sndbuf)?, bind_all(&admin, backlog, 0)?),
                 };
-                let mut listeners: Vec<Listener> = c
-                    .into_iter()
-                    .map(|sock| Listener { sock: Some(sock), admin: false, armed: false })
-                    .collect();
-                listeners.extend(a.into_iter().map(|sock| Listener {
-                    sock: Some(sock),
-                    admin: true,
-                    armed: false,
-                }));
+                let mut listeners: Vec<Listener> =
+                    c.into_iter().map(|sock| Listener::new(sock, false)).collect();
+                listeners.extend(a.into_iter().map(|sock| Listener::new(sock, true)));
                 let l = &shared.cfg.limits;
                 let mut ring = Ring::new(l.ring_entries, files)?;
                 let bufs =

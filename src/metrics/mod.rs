@@ -96,6 +96,8 @@ pub struct ShardStats {
     pub goaways: AtomicU64,
     /// New connections refused with 503 by the connect-rate limit.
     pub refused_rate: AtomicU64,
+    /// New connections refused with 429 by the per-source connect-rate limit.
+    pub refused_source: AtomicU64,
     /// New connections refused with 503 by the memory budget.
     pub refused_memory: AtomicU64,
     /// Handshakes refused for a missing, invalid or expired token (401) or a forbidden
@@ -207,6 +209,12 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
     family("accepts_refused_rate_total", "counter", "503s from accept_rate_per_s_max.", &|s| {
         s.refused_rate.load(Relaxed)
     });
+    family(
+        "accepts_refused_source_total",
+        "counter",
+        "429s from accept_rate_per_source_per_s_max.",
+        &|s| s.refused_source.load(Relaxed),
+    );
     family("accepts_refused_memory_total", "counter", "503s from memory_bytes_max.", &|s| {
         s.refused_memory.load(Relaxed)
     });

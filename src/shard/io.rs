@@ -15,19 +15,67 @@ use crate::ring::{user_data, Completion, Op};
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
 Retry-After: 5\r\nConnection: close\r\nContent-Length: 24\r\n\r\nserver at connection cap\n";
 
+/// The answer to a connection over `accept_rate_per_source_per_s_max`.
+const REFUSAL_SOURCE: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\n\
+Retry-After: 1\r\nConnection: close\r\nContent-Length: 39\r\n\r\ntoo many connections from your address\n";
+
+/// Single-shot accepts kept armed per client listener when per-source limits are on: enough
+/// to take a burst per loop turn without the multishot accept's batching.
+pub const ACCEPT_SINGLE: usize = 8;
+
+/// Where one single-shot accept writes its peer's address.
+pub struct AcceptAddr {
+    pub addr: libc::sockaddr_storage,
+    pub len: libc::socklen_t,
+}
+
+impl Default for AcceptAddr {
+    fn default() -> AcceptAddr {
+        // SAFETY: sockaddr_storage is plain bytes; all zeroes is AF_UNSPEC.
+        AcceptAddr { addr: unsafe { std::mem::zeroed() }, len: 0 }
+    }
+}
+
 impl Shard {
-    /// Arms the multishot accept of every listener that is not armed, unless the table is
-    /// full or the shard is shutting down.
+    /// Arms the accepts of every listener that has none armed, unless the table is full or
+    /// the shard is shutting down: one multishot accept, or, on client listeners when a
+    /// per-source connect rate is set, [`ACCEPT_SINGLE`] single-shot accepts, which (unlike
+    /// the multishot one) report each peer's address.
     pub(super) fn arm_accepts(&mut self) {
         if self.now_ms < self.accept_blocked_until_ms || self.shutdown_deadline_ms.is_some() {
             return;
         }
+        let per_source = self.shared.cfg.limits.accept_rate_per_source_per_s_max > 0;
         for i in 0..self.listeners.len() {
-            if self.listeners[i].armed {
+            let l = &self.listeners[i];
+            let Some(sock) = l.sock.as_ref() else { continue };
+            let fd = types::Fd(sock.as_raw_fd());
+            if per_source && !l.admin {
+                for k in 0..ACCEPT_SINGLE {
+                    if self.listeners[i].pending & (1 << k) != 0 {
+                        continue;
+                    }
+                    let a = &mut self.accept_addrs[i * ACCEPT_SINGLE + k];
+                    a.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                    let entry = opcode::Accept::new(
+                        fd,
+                        (&raw mut a.addr).cast::<libc::sockaddr>(),
+                        &raw mut a.len,
+                    )
+                    .file_index(Some(types::DestinationSlot::auto_target()))
+                    .build()
+                    .user_data(user_data(Op::Accept, k as u32 + 1, i as u32));
+                    // SAFETY: the address slot is owned by the shard, which drops its ring
+                    // (so no accept is in flight) before it; the slot is not reused until
+                    // this accept completes (its `pending` bit).
+                    unsafe { self.ring.push(&entry) };
+                    self.listeners[i].pending |= 1 << k;
+                }
                 continue;
             }
-            let Some(sock) = self.listeners[i].sock.as_ref() else { continue };
-            let fd = types::Fd(sock.as_raw_fd());
+            if l.armed {
+                continue;
+            }
             let entry = opcode::AcceptMulti::new(fd)
                 .allocate_file_index(true)
                 .build()
@@ -70,12 +118,23 @@ impl Shard {
         }
     }
 
-    pub(super) fn on_accept(&mut self, listener: u32, c: Completion) {
+    /// `single` is 0 for the multishot accept, k + 1 for single-shot accept k.
+    pub(super) fn on_accept(&mut self, listener: u32, single: u32, c: Completion) {
         let Some(l) = self.listeners.get_mut(listener as usize) else {
             return;
         };
-        if !c.more() {
-            l.armed = false;
+        let mut source = None;
+        if single == 0 {
+            if !c.more() {
+                l.armed = false;
+            }
+        } else {
+            let k = single as usize - 1;
+            l.pending &= !(1u8 << k);
+            if c.result >= 0 {
+                let a = &self.accept_addrs[listener as usize * ACCEPT_SINGLE + k];
+                source = super::lifecycle::source_key(a);
+            }
         }
         if l.sock.is_none() && c.result >= 0 {
             // Accepted just before the cancel: the listener is closed, so is this.
@@ -95,6 +154,9 @@ impl Shard {
         }
         let fd = c.result as u32;
         bump(&self.stats().accepts, 1);
+        if !admin && source.is_some_and(|key| !self.admit_source(key)) {
+            return self.refuse_with(fd, REFUSAL_SOURCE);
+        }
         if !admin && !self.admit_connection() {
             return self.refuse(fd);
         }
@@ -459,7 +521,12 @@ impl Shard {
     /// and the close are hard-linked (the close runs even if the send fails) and name only
     /// static bytes, so nothing of the connection needs a registry slot.
     fn refuse(&mut self, fd: u32) {
-        let send = opcode::Send::new(types::Fixed(fd), REFUSAL.as_ptr(), REFUSAL.len() as u32)
+        self.refuse_with(fd, REFUSAL)
+    }
+
+    /// Answers a connection that is not admitted with `response` and closes it.
+    fn refuse_with(&mut self, fd: u32, response: &'static [u8]) {
+        let send = opcode::Send::new(types::Fixed(fd), response.as_ptr(), response.len() as u32)
             .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
             .build()
             .flags(squeue::Flags::IO_HARDLINK)

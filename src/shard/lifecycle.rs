@@ -8,7 +8,8 @@
 //!   when all are gone or at `shutdown_timeout_ms`. Rate 0 closes everything at once.
 //! - **Maximum lifetime** with jitter (Zuul style), so a fleet never reconnects in step.
 //! - **Admission**: new connections get 503 with `Retry-After` when projected memory would
-//!   pass `memory_bytes_max` or the connect rate passes `accept_rate_per_s_max`; a user over
+//!   pass `memory_bytes_max` or the connect rate passes `accept_rate_per_s_max`, and 429 when
+//!   their source address passes `accept_rate_per_source_per_s_max`; a user over
 //!   `conns_per_user_max` has its newest connection closed.
 
 use super::conn::{Chunk, Kind};
@@ -38,6 +39,71 @@ pub struct Drain {
 pub struct Bucket {
     pub tokens: f64,
     pub last_ms: u64,
+}
+
+/// Source addresses tracked per shard for `accept_rate_per_source_per_s_max`; past it, idle
+/// buckets are forgotten, and if every one is busy a new source is admitted uncounted (the
+/// global limits still apply) rather than let the table grow without bound.
+pub const SOURCES_MAX: usize = 65_536;
+
+/// Per-source token buckets, keyed by [`source_key`].
+#[derive(Default)]
+pub struct SourceBuckets {
+    map: std::collections::HashMap<u128, Bucket>,
+}
+
+impl SourceBuckets {
+    /// Takes a token from `key`'s bucket (`rate` per second, burst `rate`, at least 1).
+    pub fn admit(&mut self, key: u128, rate: f64, now_ms: u64) -> bool {
+        let burst = rate.max(1.0);
+        if !self.map.contains_key(&key) && self.map.len() >= SOURCES_MAX {
+            // A bucket that has refilled is the same as no bucket.
+            let refill_ms = (burst / rate * 1000.0) as u64;
+            self.map.retain(|_, b| now_ms.saturating_sub(b.last_ms) < refill_ms);
+            if self.map.len() >= SOURCES_MAX {
+                return true;
+            }
+        }
+        let b = self.map.entry(key).or_insert(Bucket { tokens: burst, last_ms: now_ms });
+        b.tokens = (b.tokens + now_ms.saturating_sub(b.last_ms) as f64 * rate / 1000.0).min(burst);
+        b.last_ms = now_ms;
+        if b.tokens < 1.0 {
+            return false;
+        }
+        b.tokens -= 1.0;
+        true
+    }
+
+    /// Sources remembered.
+    pub fn tracked(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// The rate-limit key of a peer address: an IPv4 address (also when IPv4-mapped), or the
+/// /64 prefix of an IPv6 address (one host usually owns a whole /64). None for other families.
+pub fn source_key(a: &super::io::AcceptAddr) -> Option<u128> {
+    match a.addr.ss_family as libc::c_int {
+        libc::AF_INET if a.len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in, and it is long enough.
+            let sin = unsafe { &*(&raw const a.addr).cast::<libc::sockaddr_in>() };
+            Some(v4_key(u32::from_be(sin.sin_addr.s_addr)))
+        }
+        libc::AF_INET6 if a.len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &*(&raw const a.addr).cast::<libc::sockaddr_in6>() };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(match ip.to_ipv4_mapped() {
+                Some(v4) => v4_key(u32::from(v4)),
+                None => u128::from(ip) & !((1u128 << 64) - 1),
+            })
+        }
+        _ => None,
+    }
+}
+
+fn v4_key(addr: u32) -> u128 {
+    (0xffff_u128 << 32) | addr as u128
 }
 
 /// A small xorshift generator for jitter: no need for cryptographic randomness.
@@ -126,6 +192,19 @@ impl Shard {
         self.wheel.insert(key | LIFETIME_TIMER, self.now_ms + life.max(1));
     }
 
+    /// Whether a new client connection from source `key` is within this shard's share of
+    /// `accept_rate_per_source_per_s_max`; counts a refusal. SO_REUSEPORT spreads one
+    /// source's connections over the shards by port, so each shard allows its share.
+    pub(super) fn admit_source(&mut self, key: u128) -> bool {
+        let rate =
+            self.shared.cfg.limits.accept_rate_per_source_per_s_max as f64 / self.shards() as f64;
+        if self.sources.admit(key, rate, self.now_ms) {
+            return true;
+        }
+        bump(&self.stats().refused_source, 1);
+        false
+    }
+
     /// Whether a new client connection may be admitted now; counts a refusal.
     pub(super) fn admit_connection(&mut self) -> bool {
         let l = &self.shared.cfg.limits;
@@ -185,6 +264,65 @@ pub(super) fn goaway(shard: &mut Shard, slot: u32, generation: u32, reason: Clos
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_buckets_limit_each_source_and_refill() {
+        let mut s = SourceBuckets::default();
+        // 2 per second, burst 2: the third at once is refused, another source is not.
+        assert!(s.admit(1, 2.0, 0));
+        assert!(s.admit(1, 2.0, 0));
+        assert!(!s.admit(1, 2.0, 0));
+        assert!(s.admit(2, 2.0, 0));
+        // Half a second refills one token.
+        assert!(s.admit(1, 2.0, 500));
+        assert!(!s.admit(1, 2.0, 500));
+    }
+
+    #[test]
+    fn source_table_is_bounded() {
+        let mut s = SourceBuckets::default();
+        for k in 0..SOURCES_MAX as u128 {
+            assert!(s.admit(k, 1.0, 0));
+        }
+        // Every bucket is busy (refills in 1 s): a new source is admitted uncounted.
+        assert!(s.admit(u128::MAX, 1.0, 10));
+        assert_eq!(s.tracked(), SOURCES_MAX);
+        // Later the idle ones are forgotten and the new source gets a bucket.
+        assert!(s.admit(u128::MAX, 1.0, 5_000));
+        assert_eq!(s.tracked(), 1);
+    }
+
+    #[test]
+    fn source_keys_group_v4_mapped_and_v6_prefixes() {
+        let v4 = |ip: [u8; 4]| {
+            let mut a = super::super::io::AcceptAddr::default();
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            let sin = unsafe { &mut *(&raw mut a.addr).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_addr.s_addr = u32::from_ne_bytes(ip);
+            a.len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            a
+        };
+        let v6 = |ip: std::net::Ipv6Addr| {
+            let mut a = super::super::io::AcceptAddr::default();
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            let sin6 = unsafe { &mut *(&raw mut a.addr).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_addr.s6_addr = ip.octets();
+            a.len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            a
+        };
+        let k1 = source_key(&v4([127, 0, 0, 1])).unwrap();
+        let mapped = v6("::ffff:127.0.0.1".parse().unwrap());
+        assert_eq!(source_key(&mapped), Some(k1));
+        assert_ne!(source_key(&v4([127, 0, 0, 2])), Some(k1));
+        let a = source_key(&v6("2001:db8:1:2::1".parse().unwrap()));
+        let b = source_key(&v6("2001:db8:1:2:ffff::9".parse().unwrap()));
+        let c = source_key(&v6("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(source_key(&super::super::io::AcceptAddr::default()), None);
+    }
 
     #[test]
     fn jitter_is_uniform_enough_and_in_range() {

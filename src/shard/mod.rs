@@ -68,6 +68,15 @@ pub struct Listener {
     pub admin: bool,
     /// The multishot accept is armed.
     pub armed: bool,
+    /// Which of the listener's single-shot accepts (used when a per-source connect rate is
+    /// set, because only they report the peer's address) are armed, one bit each.
+    pub pending: u8,
+}
+
+impl Listener {
+    pub fn new(sock: socket2::Socket, admin: bool) -> Listener {
+        Listener { sock: Some(sock), admin, armed: false, pending: 0 }
+    }
 }
 
 pub struct Shard {
@@ -76,6 +85,9 @@ pub struct Shard {
     /// in flight) before the buffers it names are freed.
     ring: Ring,
     bufs: BufRing,
+    /// Where the single-shot accepts write peer addresses, [`io::ACCEPT_SINGLE`] per
+    /// listener; after the ring for the same reason as `bufs`.
+    accept_addrs: Box<[io::AcceptAddr]>,
     shared: Arc<Shared>,
     listeners: Vec<Listener>,
     conns: Registry<Conn>,
@@ -102,6 +114,8 @@ pub struct Shard {
     stopping: bool,
     /// This shard's share of `accept_rate_per_s_max`.
     bucket: lifecycle::Bucket,
+    /// Token buckets per source address, for `accept_rate_per_source_per_s_max`.
+    sources: lifecycle::SourceBuckets,
     jitter: lifecycle::Jitter,
     /// This shard's share of publishes it accepted, delivered next turn, in order.
     local: std::collections::VecDeque<Msg>,
@@ -137,6 +151,9 @@ impl Shard {
             ring,
             bufs,
             shared,
+            accept_addrs: (0..listeners.len() * io::ACCEPT_SINGLE)
+                .map(|_| io::AcceptAddr::default())
+                .collect(),
             listeners,
             conns: Registry::new(capacity),
             wheel: Wheel::new(TICK_MS, WHEEL_SLOTS, 0),
@@ -153,7 +170,9 @@ impl Shard {
             drain: None,
             stopping: false,
             rss_sampled_ms: 0,
-            bucket: lifecycle::Bucket { tokens: 0.0, last_ms: 0 },
+            // Starts full: the first burst up to the rate is admitted.
+            bucket: lifecycle::Bucket { tokens: f64::MAX, last_ms: 0 },
+            sources: lifecycle::SourceBuckets::default(),
             jitter: lifecycle::Jitter::new(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -228,7 +247,7 @@ impl Shard {
             return;
         };
         match op {
-            Op::Accept => self.on_accept(slot, c),
+            Op::Accept => self.on_accept(slot, generation, c),
             Op::Poll => self.on_poll(slot, generation, c.result),
             Op::Recv => self.on_recv(slot, generation, c),
             Op::Send => self.on_send(slot, generation, c.result),
