@@ -14,6 +14,9 @@ use crate::proto::http::Audience;
 /// a ring gets on a host whose RLIMIT_NOFILE is 20,000, with room to spare.
 pub const CONNS_PER_SHARD_DEFAULT: u64 = 19_000;
 
+/// Most `--target`s: a connection keeps its current target's index in 16 bits.
+pub const TARGETS_MAX: usize = 1024;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
     Ws,
@@ -54,7 +57,11 @@ pub struct Plan {
     pub connect_timeout: Duration,
     pub shards: usize,
     pub pin: bool,
-    pub admin: SocketAddr,
+    /// Admin listeners; every publish goes to each (one entry for a single server or a
+    /// bridged cluster, all nodes' to reach every client of unbridged nodes).
+    pub admins: Vec<SocketAddr>,
+    /// Bearer key for the admin API (`--admin-key-file`).
+    pub admin_key: Option<String>,
     pub publish_rate: f64,
     pub publish_to: PublishTo,
     pub publish_count: Option<u64>,
@@ -85,6 +92,13 @@ impl Plan {
         let pair = n % (t * s);
         let source = (!self.sources.is_empty()).then_some((pair / t) as usize);
         ((pair % t) as usize, source)
+    }
+
+    /// The target a reconnect goes to after one at `target`: the next in the list, so a
+    /// client whose server is gone tries the others (and load spreads back over a server
+    /// that returns as connections cycle).
+    pub fn next_target(&self, target: usize) -> usize {
+        (target + 1) % self.targets.len().max(1)
     }
 
     /// Path and query for connection `n`.
