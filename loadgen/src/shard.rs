@@ -36,7 +36,7 @@ use hdrhistogram::Histogram;
 use io_uring::{opcode, squeue, types};
 
 use crate::payload::{self, Arrival, SeqWindow};
-use crate::plan::{Plan, Proto};
+use crate::plan::{next_target, Plan, Proto};
 use crate::proto::http::{self, Chunked};
 use crate::proto::{sse, ws};
 use crate::ring::{Completion, RawAddr, Ring};
@@ -322,7 +322,9 @@ impl Shard {
             match c.state {
                 State::Connecting | State::Upgrading => self.fail(i, Reason::Timeout)?,
                 State::Backoff => {
-                    let next = self.plan.next_target(usize::from(c.target));
+                    let r = self.random();
+                    let from = usize::from(self.conns[i as usize].target);
+                    let next = next_target(self.plan.targets.len(), from, r);
                     self.conns[i as usize].target = next as u16;
                     self.pending_reconnects += 1;
                     self.start_attempt(i, now)?;
