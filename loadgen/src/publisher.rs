@@ -111,6 +111,18 @@ pub fn run(plan: Arc<Plan>, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> Publi
         PublishTo::User => shared.user_up.len() as u64,
         PublishTo::Topic => shared.topic_up.len() as u64,
     };
+    // Connections per bucket, up or not: the planned audience of a publish to the bucket.
+    let mut sizes = vec![0u32; buckets.max(1) as usize];
+    for n in 0..plan.conns {
+        let b = match plan.publish_to {
+            PublishTo::All => 0,
+            PublishTo::User => plan.user_bucket(n),
+            PublishTo::Topic => plan.topic_bucket(n).unwrap_or(0),
+        };
+        if let Some(size) = sizes.get_mut(b) {
+            *size += 1;
+        }
+    }
     let seq_max = shared.records.len() as u64 - 1;
     let count = plan.publish_count.unwrap_or(u64::MAX).min(seq_max);
     let mut rng = sys::realtime_ns() | 1;
@@ -140,6 +152,7 @@ pub fn run(plan: Arc<Plan>, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> Publi
         let record = &shared.records[seq as usize];
         let sent_ns = sys::realtime_ns();
         record.expected.store(expected, Relaxed);
+        record.audience.store(sizes.get(bucket as usize).copied().unwrap_or(0), Relaxed);
         record.sent_ns.store(sent_ns, Relaxed);
         body.clear();
         payload::encode(&mut body, seq, sent_ns, plan.payload_bytes);

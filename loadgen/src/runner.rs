@@ -324,9 +324,11 @@ struct Progress {
     last: Instant,
     last_established: u64,
     last_received: u64,
-    /// Sequence numbers up to this one are settled and in `lost`.
+    /// Sequence numbers up to this one are settled and in `lost` and `absent`.
     settled_seq: usize,
     lost: u64,
+    /// Connections of the audience that were down when a publish was sent.
+    absent: u64,
 }
 
 impl Progress {
@@ -338,6 +340,7 @@ impl Progress {
             last_received: 0,
             settled_seq: 0,
             lost: 0,
+            absent: 0,
         }
     }
 
@@ -352,6 +355,7 @@ impl Progress {
             if r.accepted.load(Relaxed) {
                 let expected = r.expected.load(Relaxed);
                 self.lost += u64::from(expected.saturating_sub(r.delivered.load(Relaxed)));
+                self.absent += u64::from(r.audience.load(Relaxed).saturating_sub(expected));
             }
             self.settled_seq += 1;
         }
@@ -390,7 +394,7 @@ impl Progress {
         self.settle(shared);
         eprintln!(
             "[{:>6.1}s] up {}/{} +{:.0}/s reconnects {} fail {} | msgs {:.0}/s p50 {} p99 {} \
-             lost {} | rss {:.1} MiB",
+             lost {} absent {} | rss {:.1} MiB",
             self.start.elapsed().as_secs_f64(),
             shared.up.load(Relaxed),
             plan.conns,
@@ -401,6 +405,7 @@ impl Progress {
             crate::report::micros(p50),
             crate::report::micros(p99),
             self.lost,
+            self.absent,
             sys::rss_bytes(None).unwrap_or(0) as f64 / (1024.0 * 1024.0),
         );
     }
