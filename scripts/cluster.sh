@@ -95,6 +95,13 @@ ensure_tools() {
 
 nats_bin() { command -v nats-server || echo /usr/sbin/nats-server; }
 
+# True while PID runs (a zombie has exited: its parent may reap it only much later).
+running() {
+  local st
+  st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [ -n "$st" ] && [ "$st" != Z ]
+}
+
 # pid from FILE if that process is alive and its command line contains WORD.
 alive_pid() {
   local file=$1 word=$2 pid
@@ -102,6 +109,7 @@ alive_pid() {
   pid=$(cat "$file")
   [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
   tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$word" || return 1
+  running "$pid" || return 1
   echo "$pid"
 }
 
@@ -122,8 +130,8 @@ stop_pid() {
   local file=$1 word=$2 sig=${3:-TERM} wait_s=${4:-5} pid i
   if pid=$(alive_pid "$file" "$word"); then
     kill "-$sig" "$pid" 2>/dev/null || true
-    for i in $(seq $((wait_s * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; fi
+    for i in $(seq $((wait_s * 10))); do running "$pid" || break; sleep 0.1; done
+    if running "$pid"; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; fi
   fi
   rm -f "$file"
 }
@@ -360,7 +368,7 @@ cmd_kill() {
   local pid
   if pid=$(alive_pid "$STATE/node$1.pid" c10m); then
     kill -KILL "$pid"
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.02; done
+    for _ in $(seq 250); do running "$pid" || break; sleep 0.02; done
     echo "--- $(date -u +%FT%T.%3NZ) SIGKILL" >>"$STATE/node$1.log"
     say "node $1 (pid $pid) killed"
   else

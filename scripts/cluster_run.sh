@@ -180,10 +180,14 @@ before = {k: node_conns(k) for k in range(1, nodes + 1)}
 sleep_until(kill_at)
 events["kill"] = time.time() - t0
 cluster("kill", kill_node)
-# Poll the survivors every 100 ms until they hold every client again (bounded).
+# The kill call returns once the process is gone.
+events["dead"] = time.time() - t0
+# Poll the survivors every 100 ms until they hold every client again (bounded); the true
+# moment lies between the previous poll's start and this one's end.
 others = [k for k in range(1, nodes + 1) if k != kill_node]
-recovered, after = None, {}
+recovered, after, polls = None, {}, [events["dead"]]
 while time.time() - t0 < start_at - 0.2:
+    polls.append(time.time() - t0)
     after = {k: node_conns(k) for k in others}
     if all(v is not None for v in after.values()) and sum(after.values()) >= conns:
         recovered = time.time() - t0
@@ -240,14 +244,21 @@ if steady:
 lat = report["latency_us"]
 say(f"delivery latency, whole run (report): p50 {lat['p50'] / 1e3:.2f} ms, "
     f"p99 {lat['p99'] / 1e3:.2f} ms, max {lat['max'] / 1e3:.2f} ms ({lat['count']} deliveries)")
-say(f"kill: n{kill_node} SIGKILLed at t={events['kill']:.2f} s holding {before[kill_node]}")
+say(f"kill: n{kill_node} SIGKILLed at t={events['kill']:.2f} s holding {before[kill_node]} "
+    f"(gone at t={events['dead']:.2f} s)")
 if recovered is not None:
-    say(f"  all {conns} clients on the other nodes after {recovered - events['kill']:.2f} s: " +
-        "  ".join(f"n{k} {after[k]}" for k in sorted(after)))
+    say(f"  all {conns} clients on the other nodes {polls[-2] - events['kill']:.2f}.."
+        f"{recovered - events['kill']:.2f} s after the kill (between the last two /stats "
+        f"polls, {len(polls) - 1} polls): " + "  ".join(f"n{k} {after[k]}" for k in sorted(after)))
 else:
     say(f"  NOT all clients back before the restart at {start_at:.0f} s: " +
         "  ".join(f"n{k} {after.get(k)}" for k in sorted(after)))
 end = (recovered or start_at) + 3
+wave_lines = [l for l in lines if events["kill"] <= l[0] <= end + 1]
+if wave_lines:
+    say(f"  delivery latency during the wave (one-second windows t={events['kill']:.0f}.."
+        f"{end + 1:.0f} s): worst p50 {max(l[3] for l in wave_lines):.2f} ms, "
+        f"worst p99 {max(l[4] for l in wave_lines):.2f} ms")
 at = lambda t, i: max([l[i] for l in lines if l[0] <= t] or [0])
 # Progress counts settle 2 s after a publish: read them 2 s after each end of the window.
 say(f"  from the kill to 3 s after recovery: {at(end + 2, 5) - at(events['kill'] + 2, 5)} "
