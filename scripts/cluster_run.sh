@@ -61,7 +61,7 @@ fi
 echo "cluster_run: results in $RUN_DIR"
 
 python3 - <<'PY'
-import csv, json, os, re, socket, statistics, subprocess, sys, threading, time
+import atexit, csv, json, os, re, socket, statistics, subprocess, sys, threading, time
 import urllib.request
 
 env = os.environ
@@ -74,6 +74,9 @@ lifetime_ms = int(env["LIFETIME_MS"])
 gw, redis_port, nats_mon = "10.77.0.1", int(env.get("C10M_REDIS_PORT", 6379)), int(
     env.get("C10M_NATS_MON_PORT", 8222))
 key = open(os.path.join(state, "admin.key")).read().split()[0]
+if bridged and kill_node == 1:
+    sys.exit("cluster_run: publishes go through node 1's admin on a bridged cluster: "
+             "set KILL_NODE to another node")
 ip = lambda k: f"10.77.0.{10 + k}"
 ramp_s = conns / rate
 hold_s = max(1, round(run_s - ramp_s))
@@ -161,6 +164,16 @@ progress = open(os.path.join(run_dir, "progress.log"), "w")
 report_txt = open(os.path.join(run_dir, "report.txt"), "w")
 lg = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=report_txt, stderr=progress)
 events = {}
+
+
+def end_loadgen():
+    """On any early exit the load generator goes too (it would stop by itself anyway)."""
+    if lg.poll() is None:
+        lg.kill()
+        lg.wait()
+
+
+atexit.register(end_loadgen)
 
 
 def cluster(*args):
