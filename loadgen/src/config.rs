@@ -74,6 +74,21 @@ pub fn parse_target(text: &str) -> Result<SocketAddr, String> {
     found.ok_or_else(|| format!("target `{text}` has no IPv4 address (IPv6 is not supported)"))
 }
 
+/// Reads an admin bearer key the way the server does: the first line, trimmed; it must be
+/// a visible-ASCII token (it goes into a header line).
+pub fn read_admin_key(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --admin-key-file {}: {e}", path.display()))?;
+    let key = text.lines().next().unwrap_or("").trim();
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "--admin-key-file {}: write the key as one line of visible ASCII characters",
+            path.display()
+        ));
+    }
+    Ok(key.to_string())
+}
+
 /// One piece of a [`Pattern`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Piece {

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use c10m_loadgen::config::{self, Pattern};
-use c10m_loadgen::plan::{Plan, Proto, PublishTo, CONNS_PER_SHARD_DEFAULT};
+use c10m_loadgen::plan::{Plan, Proto, PublishTo, CONNS_PER_SHARD_DEFAULT, TARGETS_MAX};
 use c10m_loadgen::report::Report;
 use c10m_loadgen::runner;
 
@@ -100,9 +100,13 @@ struct RunArgs {
     /// Pin shard threads to cores.
     #[arg(long)]
     pin: bool,
-    /// Server admin listener for publishing.
-    #[arg(long, default_value = "127.0.0.1:8081")]
-    admin: String,
+    /// Server admin listener for publishing; repeat to send every publish to each (nodes
+    /// that do not share a bus).
+    #[arg(long = "admin", default_value = "127.0.0.1:8081")]
+    admins: Vec<String>,
+    /// File holding the admin API's bearer key (the server's --admin-key-file).
+    #[arg(long)]
+    admin_key_file: Option<PathBuf>,
     /// Publishes per second during the hold; 0 disables publishing.
     #[arg(long, default_value_t = 0.0)]
     publish_rate: f64,
@@ -157,7 +161,15 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
     }
     let shards =
         args.shards.unwrap_or_else(|| args.conns.div_ceil(CONNS_PER_SHARD_DEFAULT) as usize).max(1);
-    let admin = config::parse_target(&args.admin)?;
+    if targets.len() > TARGETS_MAX {
+        return Err(format!("{} targets given; at most {TARGETS_MAX}", targets.len()));
+    }
+    let admins =
+        args.admins.iter().map(|a| config::parse_target(a)).collect::<Result<Vec<_>, _>>()?;
+    let admin_key = match &args.admin_key_file {
+        Some(path) => Some(config::read_admin_key(path)?),
+        None => None,
+    };
     Ok(Plan {
         proto: match args.proto {
             ProtoArg::Ws => Proto::Ws,
@@ -176,7 +188,8 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
         connect_timeout: config::parse_duration(&args.connect_timeout)?,
         shards,
         pin: args.pin,
-        admin,
+        admins,
+        admin_key,
         publish_rate: args.publish_rate,
         publish_to,
         publish_count: args.publish_count,

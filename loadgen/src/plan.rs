@@ -14,6 +14,9 @@ use crate::proto::http::Audience;
 /// a ring gets on a host whose RLIMIT_NOFILE is 20,000, with room to spare.
 pub const CONNS_PER_SHARD_DEFAULT: u64 = 19_000;
 
+/// Most `--target`s: a connection keeps its current target's index in 16 bits.
+pub const TARGETS_MAX: usize = 1024;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
     Ws,
@@ -54,7 +57,11 @@ pub struct Plan {
     pub connect_timeout: Duration,
     pub shards: usize,
     pub pin: bool,
-    pub admin: SocketAddr,
+    /// Admin listeners; every publish goes to each (one entry for a single server or a
+    /// bridged cluster, all nodes' to reach every client of unbridged nodes).
+    pub admins: Vec<SocketAddr>,
+    /// Bearer key for the admin API (`--admin-key-file`).
+    pub admin_key: Option<String>,
     pub publish_rate: f64,
     pub publish_to: PublishTo,
     pub publish_count: Option<u64>,
@@ -132,5 +139,37 @@ impl Plan {
     }
 }
 
+/// The target a reconnect goes to after one at `target` (of `targets`): another one, picked
+/// with the random `r`, so the clients of a server that is gone spread evenly over the
+/// others (and spread back over a server that returns as connections cycle).
+pub fn next_target(targets: usize, target: usize, r: u64) -> usize {
+    if targets <= 1 {
+        return 0;
+    }
+    (target + 1 + (r % (targets as u64 - 1)) as usize) % targets
+}
+
 /// Most messages one run publishes (each costs a 40-byte record).
 pub const SEQ_MAX: u64 = 4_000_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_target_is_another_one_spread_evenly() {
+        assert_eq!(next_target(1, 0, 12345), 0);
+        assert_eq!(next_target(2, 0, 7), 1);
+        assert_eq!(next_target(2, 1, 8), 0);
+        let mut hits = [0u32; 4];
+        for r in 0..3000u64 {
+            let t = next_target(4, 2, r.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            assert_ne!(t, 2, "a reconnect never picks the target it left");
+            hits[t] += 1;
+        }
+        assert_eq!(hits[2], 0);
+        for t in [0, 1, 3] {
+            assert!((900..=1100).contains(&hits[t]), "{hits:?}");
+        }
+    }
+}

@@ -1,5 +1,6 @@
-//! The publisher: one thread driving c10m's admin API over a keep-alive connection at
-//! `--publish-rate`, stamping each payload with its sequence number and send time.
+//! The publisher: one thread driving c10m's admin API over a keep-alive connection per
+//! admin listener at `--publish-rate`, stamping each payload with its sequence number and
+//! send time.
 
 #![forbid(unsafe_code)]
 
@@ -100,12 +101,28 @@ pub fn run(plan: Arc<Plan>, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> Publi
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let mut admin = Admin { stream: None, host: plan.admin.to_string(), buf: Vec::new() };
+    let mut admins: Vec<Admin> = plan
+        .admins
+        .iter()
+        .map(|a| Admin { stream: None, host: a.to_string(), buf: Vec::new() })
+        .collect();
     let buckets = match plan.publish_to {
         PublishTo::All => 1,
         PublishTo::User => shared.user_up.len() as u64,
         PublishTo::Topic => shared.topic_up.len() as u64,
     };
+    // Connections per bucket, up or not: the planned audience of a publish to the bucket.
+    let mut sizes = vec![0u32; buckets.max(1) as usize];
+    for n in 0..plan.conns {
+        let b = match plan.publish_to {
+            PublishTo::All => 0,
+            PublishTo::User => plan.user_bucket(n),
+            PublishTo::Topic => plan.topic_bucket(n).unwrap_or(0),
+        };
+        if let Some(size) = sizes.get_mut(b) {
+            *size += 1;
+        }
+    }
     let seq_max = shared.records.len() as u64 - 1;
     let count = plan.publish_count.unwrap_or(u64::MAX).min(seq_max);
     let mut rng = sys::realtime_ns() | 1;
@@ -135,28 +152,38 @@ pub fn run(plan: Arc<Plan>, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> Publi
         let record = &shared.records[seq as usize];
         let sent_ns = sys::realtime_ns();
         record.expected.store(expected, Relaxed);
+        record.audience.store(sizes.get(bucket as usize).copied().unwrap_or(0), Relaxed);
         record.sent_ns.store(sent_ns, Relaxed);
         body.clear();
         payload::encode(&mut body, seq, sent_ns, plan.payload_bytes);
-        request.clear();
-        http::publish_request(&mut request, &admin.host, &plan.audience(bucket), &body);
+        let audience = plan.audience(bucket);
         let t = Instant::now();
         result.published += 1;
-        match admin.publish(&request) {
-            Ok(202) => {
-                record.accepted.store(true, Relaxed);
-                result.accepted += 1;
-                result.request_us.saturating_record((t.elapsed().as_micros() as u64).max(1));
+        // Every admin gets the same sequence number: a client sits on one server, so it
+        // sees the message once whichever of them holds it.
+        let mut accepted = false;
+        for admin in &mut admins {
+            request.clear();
+            let key = plan.admin_key.as_deref();
+            http::publish_request(&mut request, &admin.host, key, &audience, &body);
+            match admin.publish(&request) {
+                Ok(202) => accepted = true,
+                Ok(status) => {
+                    result.errors += 1;
+                    result.last_error = Some(format!("{} answered {status}", admin.host));
+                }
+                Err(e) => {
+                    result.errors += 1;
+                    result.last_error = Some(format!("{}: {e}", admin.host));
+                }
             }
-            Ok(status) => {
-                result.errors += 1;
-                result.last_error = Some(format!("admin answered {status}"));
-            }
-            Err(e) => {
-                result.errors += 1;
-                result.last_error = Some(e);
-                std::thread::sleep(RETRY_PAUSE);
-            }
+        }
+        if accepted {
+            record.accepted.store(true, Relaxed);
+            result.accepted += 1;
+            result.request_us.saturating_record((t.elapsed().as_micros() as u64).max(1));
+        } else {
+            std::thread::sleep(RETRY_PAUSE);
         }
     }
     result

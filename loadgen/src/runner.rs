@@ -314,17 +314,51 @@ fn assemble(input: AssembleInput<'_>) -> Report {
     }
 }
 
+/// A publish counts toward the progress line's running loss once it is this old: late
+/// deliveries after it are not seen there (the final report counts them).
+const SETTLE_NS: u64 = 2_000_000_000;
+
 /// The once-a-second progress line.
 struct Progress {
     start: Instant,
     last: Instant,
     last_established: u64,
     last_received: u64,
+    /// Sequence numbers up to this one are settled and in `lost` and `absent`.
+    settled_seq: usize,
+    lost: u64,
+    /// Connections of the audience that were down when a publish was sent.
+    absent: u64,
 }
 
 impl Progress {
     fn new(start: Instant) -> Progress {
-        Progress { start, last: start, last_established: 0, last_received: 0 }
+        Progress {
+            start,
+            last: start,
+            last_established: 0,
+            last_received: 0,
+            settled_seq: 0,
+            lost: 0,
+            absent: 0,
+        }
+    }
+
+    /// Adds the loss of publishes that became settled since the last call.
+    fn settle(&mut self, shared: &Shared) {
+        let now = sys::realtime_ns();
+        while let Some(r) = shared.records.get(self.settled_seq + 1) {
+            let sent = r.sent_ns.load(Relaxed);
+            if sent == 0 || sent.saturating_add(SETTLE_NS) > now {
+                break;
+            }
+            if r.accepted.load(Relaxed) {
+                let expected = r.expected.load(Relaxed);
+                self.lost += u64::from(expected.saturating_sub(r.delivered.load(Relaxed)));
+                self.absent += u64::from(r.audience.load(Relaxed).saturating_sub(expected));
+            }
+            self.settled_seq += 1;
+        }
     }
 
     fn tick(&mut self, plan: &Plan, shared: &Shared) {
@@ -357,8 +391,10 @@ impl Progress {
         if plan.quiet {
             return;
         }
+        self.settle(shared);
         eprintln!(
-            "[{:>6.1}s] up {}/{} +{:.0}/s reconnects {} fail {} | msgs {:.0}/s p50 {} p99 {} | rss {:.1} MiB",
+            "[{:>6.1}s] up {}/{} +{:.0}/s reconnects {} fail {} | msgs {:.0}/s p50 {} p99 {} \
+             lost {} absent {} | rss {:.1} MiB",
             self.start.elapsed().as_secs_f64(),
             shared.up.load(Relaxed),
             plan.conns,
@@ -368,6 +404,8 @@ impl Progress {
             msg_rate,
             crate::report::micros(p50),
             crate::report::micros(p99),
+            self.lost,
+            self.absent,
             sys::rss_bytes(None).unwrap_or(0) as f64 / (1024.0 * 1024.0),
         );
     }

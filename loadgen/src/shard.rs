@@ -36,7 +36,7 @@ use hdrhistogram::Histogram;
 use io_uring::{opcode, squeue, types};
 
 use crate::payload::{self, Arrival, SeqWindow};
-use crate::plan::{Plan, Proto};
+use crate::plan::{next_target, Plan, Proto};
 use crate::proto::http::{self, Chunked};
 use crate::proto::{sse, ws};
 use crate::ring::{Completion, RawAddr, Ring};
@@ -120,6 +120,9 @@ struct Conn {
     flags: u8,
     inflight: u8,
     backoffs: u8,
+    /// Index of the target the current attempt goes to; each reconnect moves to the next,
+    /// so clients of a dead server spread over the others instead of hammering it.
+    target: u16,
     chunked: Option<Chunked>,
     sse: sse::Reader,
     read_buf: u16,
@@ -269,6 +272,7 @@ impl Shard {
             if rate > 0.0 { ((now as f64 / 1e9) * rate).floor() as u64 + 1 } else { u64::MAX };
         let mut i = started;
         while i < self.total && u64::from(i) < allowed && self.connecting < CONNECTING_MAX {
+            let (target, _) = self.plan.route(self.global_index(i));
             self.conns.push(Conn {
                 held: None,
                 out: None,
@@ -280,6 +284,7 @@ impl Shard {
                 flags: 0,
                 inflight: 0,
                 backoffs: 0,
+                target: target as u16,
                 chunked: None,
                 sse: sse::Reader::default(),
                 read_buf: 0,
@@ -317,6 +322,10 @@ impl Shard {
             match c.state {
                 State::Connecting | State::Upgrading => self.fail(i, Reason::Timeout)?,
                 State::Backoff => {
+                    let r = self.random();
+                    let from = usize::from(self.conns[i as usize].target);
+                    let next = next_target(self.plan.targets.len(), from, r);
+                    self.conns[i as usize].target = next as u16;
                     self.pending_reconnects += 1;
                     self.start_attempt(i, now)?;
                 }
@@ -328,9 +337,10 @@ impl Shard {
 
     fn start_attempt(&mut self, i: u32, now: u64) -> io::Result<()> {
         let n = self.global_index(i);
-        let (t, s) = self.plan.route(n);
+        let (_, s) = self.plan.route(n);
         let path = self.plan.path(n);
         let c = &mut self.conns[i as usize];
+        let t = usize::from(c.target);
         debug_assert_eq!(c.inflight, 0);
         debug_assert_eq!(c.flags & SLOT_OPEN, 0);
         c.gen = c.gen.wrapping_add(1) & GEN_MASK;

@@ -79,6 +79,9 @@ pub struct SeqRecord {
     pub sent_ns: AtomicU64,
     /// Connections that should receive it (those up in its audience when it was sent).
     pub expected: AtomicU32,
+    /// Connections it is aimed at, up or not: `audience - expected` were down when it was
+    /// sent (reconnecting), so at-most-once delivery skipped them.
+    pub audience: AtomicU32,
     /// Connections that received it at least once.
     pub delivered: AtomicU32,
     /// `u64::MAX - first delivery ns`, so that a zeroed record means "none yet".

@@ -140,16 +140,24 @@ pub enum Audience {
     All,
 }
 
-/// Appends `POST /publish?...` with `payload` as the body.
-pub fn publish_request(out: &mut Vec<u8>, host: &str, audience: &Audience, payload: &[u8]) {
+/// Appends `POST /publish?...` with `payload` as the body, and `Authorization: Bearer`
+/// when the admin API has a key.
+pub fn publish_request(
+    out: &mut Vec<u8>,
+    host: &str,
+    key: Option<&str>,
+    audience: &Audience,
+    payload: &[u8],
+) {
     let query = match audience {
         Audience::User(u) => format!("user={u}"),
         Audience::Topic(t) => format!("topic={t}"),
         Audience::All => "all".to_string(),
     };
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
     out.extend_from_slice(
         format!(
-            "POST /publish?{query} HTTP/1.1\r\nHost: {host}\r\nContent-Type: \
+            "POST /publish?{query} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: \
              application/octet-stream\r\nContent-Length: {}\r\n\r\n",
             payload.len()
         )
@@ -218,9 +226,14 @@ mod tests {
     #[test]
     fn publish_round_trip() {
         let mut req = Vec::new();
-        publish_request(&mut req, "h:1", &Audience::Topic("t1".into()), b"hi");
+        publish_request(&mut req, "h:1", None, &Audience::Topic("t1".into()), b"hi");
         assert!(req.starts_with(b"POST /publish?topic=t1 HTTP/1.1\r\n"));
         assert!(req.ends_with(b"Content-Length: 2\r\n\r\nhi"));
+        assert!(!req.windows(14).any(|w| w == b"Authorization:".as_slice()));
+        req.clear();
+        publish_request(&mut req, "h:1", Some("k3y"), &Audience::All, b"hi");
+        let auth = b"\r\nAuthorization: Bearer k3y\r\n";
+        assert!(req.windows(auth.len()).any(|w| w == auth));
         let resp = b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}";
         assert_eq!(parse_response(&resp[..resp.len() - 1]), Ok(None));
         assert_eq!(parse_response(resp), Ok(Some((202, resp.len()))));

@@ -99,9 +99,15 @@ impl Drop for Server {
 
 /// One GET with `Connection: close`; `None` when the server is not there.
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    http_get_auth(addr, path, None)
+}
+
+/// [`http_get`] with `Authorization: Bearer KEY` when a key is given.
+pub fn http_get_auth(addr: &str, path: &str, key: Option<&str>) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
