@@ -106,11 +106,22 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
     let sndbuf = cfg.limits.socket_send_buffer_bytes;
     let (first_client, listen) = bind_first(&cfg.listen, backlog, sndbuf)?;
     let (first_admin, admin) = bind_first(&cfg.admin, backlog, 0)?;
-    let (ends, peers) = crate::mesh::build(
+    // ---- cluster: the bridge is the mesh's last participant ----
+    let bridge = match cfg.cluster.enabled() {
+        true => Some(crate::cluster::Prepared::new(&cfg.cluster)?),
+        false => None,
+    };
+    let (mut ends, peers) = crate::mesh::build(
         shards,
         cfg.limits.mesh_ring_entries as usize,
         cfg.limits.mesh_backlog_max as usize,
+        bridge.is_some(),
     );
+    let bridge_end = bridge.as_ref().and_then(|b| {
+        peers[shards].ring_fd.store(b.bell_fd(), Ordering::Release);
+        ends.pop()
+    });
+    // ---- end cluster ----
     let shared = Arc::new(Shared {
         stats: (0..shards).map(|_| ShardStats::default()).collect(),
         peers: Arc::clone(&peers),
@@ -120,6 +131,7 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
         signals,
         rss_bytes: std::sync::atomic::AtomicU64::new(sys::rss_bytes()),
         started: AtomicBool::new(false),
+        cluster: bridge.as_ref().map(|b| Arc::clone(&b.stats)),
         cfg,
     });
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -185,6 +197,10 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
             }
             Err(_) => return Err(io::Error::other("a shard thread died during start")),
         }
+    }
+    if let (Some(bridge), Some(end)) = (bridge, bridge_end) {
+        let bytes_max = shared.cfg.limits.message_bytes_max as usize;
+        bridge.spawn(end, shared.user_keys.clone(), bytes_max)?;
     }
     shared.started.store(true, Ordering::Release);
     let conns_per_shard = files - crate::shard::ACCEPT_REFUSE_RESERVE;
