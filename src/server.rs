@@ -25,6 +25,8 @@ pub struct Server {
     /// Connections per shard (the table less the 503 reserve).
     pub conns_per_shard: u32,
     threads: Vec<JoinHandle<io::Result<()>>>,
+    /// The cluster bridge, stopped after the shards (it writes their last registry removals).
+    bridge: Option<crate::cluster::Running>,
 }
 
 impl Server {
@@ -41,6 +43,9 @@ impl Server {
                     first_err.get_or_insert(io::Error::other("a shard thread panicked"));
                 }
             }
+        }
+        if let Some(bridge) = self.bridge {
+            bridge.stop();
         }
         first_err.map_or(Ok(()), Err)
     }
@@ -198,10 +203,13 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
             Err(_) => return Err(io::Error::other("a shard thread died during start")),
         }
     }
-    if let (Some(bridge), Some(end)) = (bridge, bridge_end) {
-        let bytes_max = shared.cfg.limits.message_bytes_max as usize;
-        bridge.spawn(end, shared.user_keys.clone(), bytes_max)?;
-    }
+    let bridge = match (bridge, bridge_end) {
+        (Some(bridge), Some(end)) => {
+            let bytes_max = shared.cfg.limits.message_bytes_max as usize;
+            Some(bridge.spawn(end, shared.user_keys.clone(), bytes_max)?)
+        }
+        _ => None,
+    };
     shared.started.store(true, Ordering::Release);
     let conns_per_shard = files - crate::shard::ACCEPT_REFUSE_RESERVE;
     let plan = sys::host::Plan {
@@ -213,7 +221,7 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
     for w in sys::host::warnings(std::path::Path::new("/proc/sys"), &plan) {
         eprintln!("c10m: warning: {w}");
     }
-    Ok(Server { listen, admin, shards, files_per_shard: files, conns_per_shard, threads })
+    Ok(Server { listen, admin, shards, files_per_shard: files, conns_per_shard, threads, bridge })
 }
 
 fn bind_all(addrs: &[SocketAddr], backlog: u32, sndbuf: u32) -> io::Result<Vec<socket2::Socket>> {

@@ -293,3 +293,18 @@ fn a_partial_cluster_configuration_is_refused_with_advice() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("add --registry"), "{err}");
 }
+
+#[test]
+fn a_node_that_shuts_down_cleanly_removes_its_entries() {
+    let b = Backends::start();
+    let mut node = b.node("a", &[], 0);
+    let _erin = node.ws_connect("/ws?user=erin");
+    let _sam = node.sse_connect("user=sam");
+    wait_until("erin and sam registered", STEP, || {
+        (b.nodes_of("erin") == ["a"] && b.nodes_of("sam") == ["a"]).then_some(())
+    });
+    node.signal(libc::SIGINT);
+    assert!(node.wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()));
+    // Removed by the node on its way out, not by the 60 s expiry.
+    assert!(!b.key_exists("erin") && !b.key_exists("sam"));
+}

@@ -38,7 +38,7 @@ pub mod stats;
 use std::cell::RefCell;
 use std::io;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +59,24 @@ const MESH_BATCH_MAX: usize = 4096;
 const LOOKUP_BATCH_MAX: usize = 512;
 /// Ids the bridge gives to backend messages from NATS: above any id a shard gives.
 const BUS_ID_BASE: u64 = 1 << 62;
+
+/// The bridge thread, running.
+pub struct Running {
+    thread: std::thread::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Running {
+    /// Asks the bridge to finish (after the shards have stopped: their last registry
+    /// removals are written first, for up to [`STOP_FLUSH_MS`]) and waits for it.
+    pub fn stop(self) {
+        self.stop.store(true, Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+/// Longest a stopping bridge waits for its last registry writes.
+pub const STOP_FLUSH_MS: u64 = 2000;
 
 /// What `server::start` prepares before the shards start: the bridge's doorbell ring (its fd
 /// goes in the mesh peer table) and its counters. Bad URLs are reported here.
@@ -97,8 +115,10 @@ impl Prepared {
         mesh: MeshEnd,
         user_keys: UserKeys,
         message_bytes_max: usize,
-    ) -> io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new().name("c10m-bridge".into()).spawn(move || {
+    ) -> io::Result<Running> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::Builder::new().name("c10m-bridge".into()).spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -107,10 +127,12 @@ impl Prepared {
                 }
             };
             let local = tokio::task::LocalSet::new();
-            if let Err(e) = local.block_on(&rt, self.run(mesh, user_keys, message_bytes_max)) {
+            let run = self.run(mesh, user_keys, message_bytes_max, stopping);
+            if let Err(e) = local.block_on(&rt, run) {
                 eprintln!("c10m: cluster bridge stopped: {e}");
             }
-        })
+        })?;
+        Ok(Running { thread, stop })
     }
 
     async fn run(
@@ -118,6 +140,7 @@ impl Prepared {
         mesh: MeshEnd,
         user_keys: UserKeys,
         message_bytes_max: usize,
+        stop: Arc<AtomicBool>,
     ) -> io::Result<()> {
         let Prepared { cfg, node_id, redis, bell, efd, stats } = self;
         let efd = efd.into_async()?;
@@ -190,6 +213,14 @@ impl Prepared {
             doorbells: Vec::new(),
         };
         loop {
+            if stop.load(Relaxed) {
+                bridge.turn()?;
+                let deadline = std::time::Instant::now() + Duration::from_millis(STOP_FLUSH_MS);
+                while bridge.presence.borrow().pending() && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(registry::FLUSH_MS)).await;
+                }
+                return Ok(());
+            }
             let backlog = bridge.turn()?;
             let sleeping = !backlog && bridge.mesh.prepare_sleep();
             let pause = if sleeping {

@@ -57,6 +57,8 @@ pub struct Presence {
     /// Connections per user on this node; a user is present while in the map.
     online: HashMap<Arc<str>, u32>,
     dirty: HashSet<Arc<str>>,
+    /// A batch taken from `dirty` is being written.
+    in_flight: bool,
 }
 
 impl Presence {
@@ -85,6 +87,11 @@ impl Presence {
         let (name, _) = self.online.remove_entry(user).expect("present above");
         self.dirty.insert(name);
         true
+    }
+
+    /// Whether changes wait to be written (or a batch of them is in flight).
+    pub fn pending(&self) -> bool {
+        !self.dirty.is_empty() || self.in_flight
     }
 
     pub fn users(&self) -> usize {
@@ -168,6 +175,7 @@ pub async fn writer(
             if batch.is_empty() {
                 break;
             }
+            presence.borrow_mut().in_flight = true;
             let expiry = unix_ms() + ttl_ms;
             let mut pipe = redis::pipe();
             let mut commands = 0;
@@ -182,7 +190,9 @@ pub async fn writer(
                     commands += 1;
                 }
             }
-            match pipe.query_async::<()>(&mut con).await {
+            let written = pipe.query_async::<()>(&mut con).await;
+            presence.borrow_mut().in_flight = false;
+            match written {
                 Ok(()) => {
                     ClusterStats::bump(&stats.registry_writes, commands);
                     ClusterStats::bump(&stats.registry_batches, 1);
