@@ -38,8 +38,9 @@ fn spawn(program: &str, args: &[&str]) -> Proc {
 
 /// Real Redis and NATS for one test.
 struct Backends {
-    _redis: Proc,
-    _nats: Proc,
+    redis: Option<Proc>,
+    nats: Option<Proc>,
+    redis_port: u16,
     redis_url: String,
     nats_url: String,
     nats_port: u16,
@@ -49,28 +50,37 @@ struct Backends {
 impl Backends {
     fn start() -> Backends {
         let (rp, np, mp) = (free_port(), free_port(), free_port());
-        let redis = spawn(
-            "redis-server",
-            &["--port", &rp.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        );
-        let nats = spawn(
-            "nats-server",
-            &["-a", "127.0.0.1", "-p", &np.to_string(), "-m", &mp.to_string()],
-        );
-        let b = Backends {
-            _redis: redis,
-            _nats: nats,
+        let mut b = Backends {
+            redis: None,
+            nats: None,
+            redis_port: rp,
             redis_url: format!("redis://127.0.0.1:{rp}"),
             nats_url: format!("nats://127.0.0.1:{np}"),
             nats_port: np,
             nats_monitor: mp,
         };
+        b.start_redis();
+        b.start_nats();
+        b
+    }
+
+    /// (Re)starts redis-server on its port, empty, and waits until it answers.
+    fn start_redis(&mut self) {
+        let port = self.redis_port.to_string();
+        let args = ["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+        self.redis = Some(spawn("redis-server", &args));
         wait_until("redis-server answers PING", STEP, || {
-            let mut con = redis::Client::open(b.redis_url.as_str()).ok()?.get_connection().ok()?;
+            let mut con =
+                redis::Client::open(self.redis_url.as_str()).ok()?.get_connection().ok()?;
             redis::cmd("PING").query::<String>(&mut con).ok()
         });
-        wait_until("nats-server monitoring answers", STEP, || b.nats_subscriptions());
-        b
+    }
+
+    /// (Re)starts nats-server on its ports and waits until its monitoring answers.
+    fn start_nats(&mut self) {
+        let (port, monitor) = (self.nats_port.to_string(), self.nats_monitor.to_string());
+        self.nats = Some(spawn("nats-server", &["-a", "127.0.0.1", "-p", &port, "-m", &monitor]));
+        wait_until("nats-server monitoring answers", STEP, || self.nats_subscriptions());
     }
 
     fn redis(&self) -> redis::Connection {
@@ -307,4 +317,58 @@ fn a_node_that_shuts_down_cleanly_removes_its_entries() {
     assert!(node.wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()));
     // Removed by the node on its way out, not by the 60 s expiry.
     assert!(!b.key_exists("erin") && !b.key_exists("sam"));
+}
+
+fn dropped(server: &Server, reason: &str) -> u64 {
+    server.stats()["cluster"]["dropped"][reason].as_u64().unwrap()
+}
+
+#[test]
+fn with_redis_or_nats_down_local_delivery_goes_on_and_drops_are_counted() {
+    let mut b = Backends::start();
+    let ttl = ["--registry-ttl-ms", "1500"];
+    let a_node = b.node("a", &ttl, 0);
+    let b_node = b.node("b", &ttl, 1);
+    let mut ann = a_node.ws_connect("/ws?user=ann&topics=news");
+    wait_until("ann registered", STEP, || (b.nodes_of("ann") == ["a"]).then_some(()));
+
+    b.redis = None;
+    for n in [&a_node, &b_node] {
+        wait_until("the nodes see Redis down", STEP, || {
+            (n.stats()["cluster"]["registry_connected"] == false).then_some(())
+        });
+    }
+    assert_eq!(a_node.publish("user=ann", "local 1").0, 202);
+    assert_eq!(ws_text(&mut ann), "local 1");
+    wait_until("lookup drop counted", STEP, || {
+        (dropped(&a_node, "registry_down") == 1).then_some(())
+    });
+
+    b.nats = None;
+    wait_until("a sees NATS down", STEP, || {
+        (a_node.stats()["cluster"]["bus_connected"] == false).then_some(())
+    });
+    assert_eq!(a_node.publish("topic=news", "local 2").0, 202);
+    assert_eq!(ws_text(&mut ann), "local 2");
+    wait_until("bus drop counted", STEP, || (dropped(&a_node, "bus_down") == 1).then_some(()));
+    let text = a_node.metrics();
+    assert_eq!(
+        common::metric_sum(&text, "c10m_cluster_dropped_total", &["reason=\"bus_down\""]),
+        1.0,
+        "{text}"
+    );
+
+    // Both come back (empty): the nodes reconnect on their own, the refresh writes ann again,
+    // and publishes cross nodes again.
+    b.start_redis();
+    b.start_nats();
+    wait_until("ann registered again", STEP, || (b.nodes_of("ann") == ["a"]).then_some(()));
+    wait_until("b reconnected to Redis", STEP, || {
+        (b_node.stats()["cluster"]["registry_connected"] == true).then_some(())
+    });
+    wait_until("both nodes resubscribed", STEP, || b.nats_subscriptions().filter(|&n| n >= 8));
+    assert_eq!(b_node.publish("user=ann", "remote").0, 202);
+    assert_eq!(ws_text(&mut ann), "remote");
+    assert_eq!(b_node.publish("topic=news", "remote topic").0, 202);
+    assert_eq!(ws_text(&mut ann), "remote topic");
 }

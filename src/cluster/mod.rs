@@ -166,13 +166,13 @@ impl Prepared {
         let (out_tx, out_rx) = mpsc::channel::<Out>(queue_max);
         let (lookup_tx, lookup_rx) = mpsc::channel::<Lookup>(queue_max);
         let (local_tx, mut local_rx) = mpsc::channel::<(Box<str>, Arc<Message>)>(queue_max);
-        let conn: registry::Conn = Rc::new(RefCell::new(None));
+        let conn = registry::connection(redis)
+            .map_err(|e| io::Error::other(format!("--registry: {e}")))?;
         let presence = Rc::new(RefCell::new(Presence::default()));
         let node: Rc<str> = node_id.as_str().into();
 
-        tokio::task::spawn_local(registry::connect(redis, Rc::clone(&conn), Arc::clone(&stats)));
         tokio::task::spawn_local(registry::writer(
-            Rc::clone(&conn),
+            conn.clone(),
             Rc::clone(&presence),
             Rc::clone(&node),
             cfg.registry_ttl_ms,
@@ -181,7 +181,7 @@ impl Prepared {
         ));
         tokio::task::spawn_local(publisher(nats.clone(), out_rx, Arc::clone(&stats)));
         let lookups = Lookups {
-            conn: Rc::clone(&conn),
+            conn,
             node: Rc::clone(&node),
             out: out_tx.clone(),
             local: local_tx,
@@ -447,7 +447,7 @@ async fn publisher(
 
 /// Looks users up in the registry, in pipelines, and forwards to their nodes.
 struct Lookups {
-    conn: registry::Conn,
+    conn: redis::aio::ConnectionManager,
     node: Rc<str>,
     out: mpsc::Sender<Out>,
     local: mpsc::Sender<(Box<str>, Arc<Message>)>,
@@ -472,9 +472,7 @@ impl Lookups {
 
     async fn batch(&self, batch: &mut Vec<Lookup>) {
         let n = batch.len() as u64;
-        let Some(mut con) = self.conn.borrow().clone() else {
-            return self.stats.dropped(ClusterDrop::RegistryDown, n);
-        };
+        let mut con = self.conn.clone();
         let now = registry::unix_ms();
         let mut pipe = redis::pipe();
         for l in batch.iter() {
@@ -488,6 +486,7 @@ impl Lookups {
                 return self.stats.dropped(ClusterDrop::RegistryDown, n);
             }
         };
+        self.stats.registry_connected.store(true, Relaxed);
         ClusterStats::bump(&self.stats.lookups, n);
         ClusterStats::bump(&self.stats.lookup_batches, 1);
         for (l, nodes) in batch.drain(..).zip(found) {

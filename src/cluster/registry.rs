@@ -39,6 +39,9 @@ use super::stats::ClusterStats;
 pub const FLUSH_MS: u64 = 20;
 /// Longest wait between attempts to reach Redis.
 pub const BACKOFF_MS_MAX: u64 = 2000;
+/// With nothing to write for this long, the writer PINGs Redis: a node without users still
+/// notices an outage (and reconnects) before its next lookup needs the connection.
+pub const PING_IDLE_MS: u64 = 1000;
 
 /// The Redis key of a user's entry.
 pub fn key(user: &str) -> String {
@@ -117,31 +120,22 @@ impl Presence {
     }
 }
 
-/// Where the bridge's tasks find the Redis connection once it is up.
-pub type Conn = Rc<RefCell<Option<ConnectionManager>>>;
-
-/// Connects to Redis, retrying with backoff until it answers; the connection manager then
-/// reconnects by itself.
-pub async fn connect(client: redis::Client, slot: Conn, stats: Arc<ClusterStats>) {
-    let mut backoff = 50;
-    loop {
-        match ConnectionManager::new(client.clone()).await {
-            Ok(c) => {
-                *slot.borrow_mut() = Some(c);
-                stats.registry_connected.store(true, Relaxed);
-                return;
-            }
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(backoff)).await;
-                backoff = (backoff * 2).min(BACKOFF_MS_MAX);
-            }
-        }
-    }
+/// The Redis connection of the bridge's tasks: one multiplexed connection that connects on
+/// first use and reconnects by itself. A request while Redis is down fails within about a
+/// second (three quick attempts), so callers drop and count instead of waiting.
+pub fn connection(client: redis::Client) -> redis::RedisResult<ConnectionManager> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_number_of_retries(2)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(BACKOFF_MS_MAX))
+        .set_connection_timeout(Some(Duration::from_millis(1000)))
+        .set_response_timeout(Some(Duration::from_millis(5000)));
+    ConnectionManager::new_lazy_with_config(client, config)
 }
 
 /// Writes presence changes and refreshes every present user every `ttl_ms / 3`.
 pub async fn writer(
-    conn: Conn,
+    mut con: ConnectionManager,
     presence: Rc<RefCell<Presence>>,
     node_id: Rc<str>,
     ttl_ms: u64,
@@ -154,9 +148,10 @@ pub async fn writer(
     let mut refresh: Vec<Arc<str>> = Vec::new();
     let mut backoff = FLUSH_MS;
     let mut batch = Vec::with_capacity(users_per_batch);
+    // Zero: the first tick connects (and says whether Redis is there).
+    let mut last_io = Instant::now() - Duration::from_millis(PING_IDLE_MS);
     loop {
         tokio::time::sleep(Duration::from_millis(backoff)).await;
-        let Some(mut con) = conn.borrow().clone() else { continue };
         if refresh.is_empty() && Instant::now() >= next_refresh {
             refresh = presence.borrow().snapshot();
             next_refresh = Instant::now() + period;
@@ -173,8 +168,14 @@ pub async fn writer(
                 }
             }
             if batch.is_empty() {
+                if last_io.elapsed() >= Duration::from_millis(PING_IDLE_MS) {
+                    last_io = Instant::now();
+                    let up = redis::cmd("PING").query_async::<String>(&mut con).await.is_ok();
+                    stats.registry_connected.store(up, Relaxed);
+                }
                 break;
             }
+            last_io = Instant::now();
             presence.borrow_mut().in_flight = true;
             let expiry = unix_ms() + ttl_ms;
             let mut pipe = redis::pipe();
