@@ -43,6 +43,9 @@ pub const BACKOFF_MS_MAX: u64 = 2000;
 /// notices an outage (and reconnects) before its next lookup needs the connection.
 pub const PING_IDLE_MS: u64 = 1000;
 
+/// Capacity the dirty set keeps once empty.
+const DIRTY_KEPT: usize = 1024;
+
 /// The Redis key of a user's entry.
 pub fn key(user: &str) -> String {
     format!("c10m:u:{user}")
@@ -108,6 +111,10 @@ impl Presence {
             self.dirty.remove(&name);
             let online = self.online.contains_key(&name);
             out.push((name, online));
+        }
+        // A reconnect wave leaves a large empty table behind: give it back.
+        if self.dirty.is_empty() && self.dirty.capacity() > DIRTY_KEPT {
+            self.dirty.shrink_to(DIRTY_KEPT);
         }
     }
 
