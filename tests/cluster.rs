@@ -372,3 +372,40 @@ fn with_redis_or_nats_down_local_delivery_goes_on_and_drops_are_counted() {
     assert_eq!(b_node.publish("topic=news", "remote topic").0, 202);
     assert_eq!(ws_text(&mut ann), "remote topic");
 }
+
+#[test]
+fn a_user_on_several_nodes_gets_each_publish_once_on_each() {
+    let b = Backends::start();
+    let nodes: Vec<Server> =
+        ["a", "b", "c"].iter().enumerate().map(|(i, id)| b.node(id, &[], i as u64)).collect();
+    let mut conns: Vec<_> = nodes.iter().map(|n| n.ws_connect("/ws?user=multi")).collect();
+    // Two connections on c: still one registry member for c.
+    conns.push(nodes[2].ws_connect("/ws?user=multi"));
+    wait_until("multi registered on every node", STEP, || {
+        let mut on = b.nodes_of("multi");
+        on.sort();
+        (on == ["a", "b", "c"]).then_some(())
+    });
+    for (i, text) in ["one", "two"].iter().enumerate() {
+        assert_eq!(nodes[i].publish("user=multi", text).0, 202);
+        for (j, c) in conns.iter_mut().enumerate() {
+            assert_eq!(ws_text(c), *text, "connection {j}");
+        }
+    }
+    // Closing one of c's two connections keeps c registered; closing both removes it.
+    conns.pop();
+    nodes[2].wait_connections(1);
+    assert_eq!(nodes[2].publish("user=multi", "three").0, 202);
+    for c in conns.iter_mut() {
+        assert_eq!(ws_text(c), "three");
+    }
+    let mut on = b.nodes_of("multi");
+    on.sort();
+    assert_eq!(on, ["a", "b", "c"]);
+    conns.pop();
+    wait_until("c's member removed", STEP, || {
+        let mut on = b.nodes_of("multi");
+        on.sort();
+        (on == ["a", "b"]).then_some(())
+    });
+}
