@@ -45,7 +45,9 @@ impl Server {
             }
         }
         if let Some(bridge) = self.bridge {
-            bridge.stop();
+            if let Err(e) = bridge.stop() {
+                first_err.get_or_insert(e);
+            }
         }
         first_err.map_or(Ok(()), Err)
     }
@@ -206,7 +208,8 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
     let bridge = match (bridge, bridge_end) {
         (Some(bridge), Some(end)) => {
             let bytes_max = shared.cfg.limits.message_bytes_max as usize;
-            Some(bridge.spawn(end, shared.user_keys.clone(), bytes_max)?)
+            let stop = Arc::clone(&shared.signals.stop);
+            Some(bridge.spawn(end, shared.user_keys.clone(), bytes_max, stop)?)
         }
         _ => None,
     };

@@ -67,16 +67,20 @@ const BUS_ID_BASE: u64 = 1 << 62;
 
 /// The bridge thread, running.
 pub struct Running {
-    thread: std::thread::JoinHandle<()>,
+    thread: std::thread::JoinHandle<io::Result<()>>,
     stop: Arc<AtomicBool>,
 }
 
 impl Running {
     /// Asks the bridge to finish (after the shards have stopped: their last registry
-    /// removals are written first, for up to [`STOP_FLUSH_MS`]) and waits for it.
-    pub fn stop(self) {
+    /// removals are written first, for up to [`STOP_FLUSH_MS`]), waits for it, and returns
+    /// the error that stopped it early, if one did.
+    pub fn stop(self) -> io::Result<()> {
         self.stop.store(true, Relaxed);
-        let _ = self.thread.join();
+        match self.thread.join() {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::other("the cluster bridge thread panicked")),
+        }
     }
 }
 
@@ -114,28 +118,32 @@ impl Prepared {
         self.bell.fd()
     }
 
-    /// Starts the bridge thread with its end of the mesh.
+    /// Starts the bridge thread with its end of the mesh. Should the bridge fail (it cannot
+    /// subscribe, or its ring fails), it raises `shutdown` so the node stops instead of
+    /// running on with announcements piling up for a bridge that is gone.
     pub fn spawn(
         self,
         mesh: MeshEnd,
         user_keys: UserKeys,
         message_bytes_max: usize,
+        shutdown: Arc<AtomicBool>,
     ) -> io::Result<Running> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let thread = std::thread::Builder::new().name("c10m-bridge".into()).spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("c10m: cluster bridge: cannot start its runtime: {e}");
-                    return;
-                }
-            };
-            let local = tokio::task::LocalSet::new();
-            let run = self.run(mesh, user_keys, message_bytes_max, stopping);
-            if let Err(e) = local.block_on(&rt, run) {
-                eprintln!("c10m: cluster bridge stopped: {e}");
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|rt| {
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&rt, self.run(mesh, user_keys, message_bytes_max, stopping))
+                })
+                .map_err(|e| io::Error::new(e.kind(), format!("cluster bridge: {e}")));
+            if let Err(e) = &result {
+                eprintln!("c10m: {e}; stopping");
+                shutdown.store(true, Relaxed);
             }
+            result
         })?;
         Ok(Running { thread, stop })
     }
