@@ -156,7 +156,9 @@ pub async fn writer(
     let mut backoff = FLUSH_MS;
     let mut batch = Vec::with_capacity(users_per_batch);
     // Zero: the first tick connects (and says whether Redis is there).
-    let mut last_io = Instant::now() - Duration::from_millis(PING_IDLE_MS);
+    let mut last_io = Instant::now()
+        .checked_sub(Duration::from_millis(PING_IDLE_MS))
+        .unwrap_or_else(Instant::now);
     loop {
         tokio::time::sleep(Duration::from_millis(backoff)).await;
         if refresh.is_empty() && Instant::now() >= next_refresh {
