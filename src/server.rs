@@ -114,9 +114,10 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
     let (first_client, listen) = bind_first(&cfg.listen, backlog, sndbuf)?;
     let (first_admin, admin) = bind_first(&cfg.admin, backlog, 0)?;
     // ---- cluster: the bridge is the mesh's last participant ----
-    let bridge = match cfg.cluster.enabled() {
-        true => Some(crate::cluster::Prepared::new(&cfg.cluster)?),
-        false => None,
+    let bridge = if cfg.cluster.enabled() {
+        Some(crate::cluster::Prepared::new(&cfg.cluster)?)
+    } else {
+        None
     };
     let (mut ends, peers) = crate::mesh::build(
         shards,
