@@ -16,6 +16,9 @@ use crate::ring::{user_data, Op};
 /// Submission entries of the bridge's ring: one doorbell per shard per turn at most.
 const BELL_ENTRIES: u32 = 64;
 
+/// Attempts at one submission before the bridge gives up on its ring.
+const SUBMIT_TRIES: usize = 8;
+
 /// The bridge's ring. Owned and driven by the bridge thread only.
 pub struct Bell {
     ring: IoUring,
@@ -86,13 +89,27 @@ impl Bell {
                     .user_data(user_data(Op::DoorbellSent, 0, 0));
             // SAFETY: a message to another ring names no user memory.
             while unsafe { self.ring.submission().push(&entry) }.is_err() {
-                self.ring.submit()?;
+                self.submit()?;
             }
             queued = true;
         }
         if queued {
-            self.ring.submit()?;
+            self.submit()?;
         }
         Ok(())
+    }
+
+    /// Submits; a full completion queue (EBUSY) is emptied first, a signal (EINTR) retried.
+    fn submit(&mut self) -> io::Result<()> {
+        for _ in 0..SUBMIT_TRIES {
+            match self.ring.submit() {
+                Ok(_) => return Ok(()),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EINTR)) => {
+                    self.drain()
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other("cluster bridge: its ring stayed busy"))
     }
 }
