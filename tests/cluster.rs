@@ -308,7 +308,9 @@ fn a_partial_cluster_configuration_is_refused_with_advice() {
 fn a_node_that_shuts_down_cleanly_removes_its_entries() {
     let b = Backends::start();
     let mut node = b.node("a", &[], 0);
-    let _erin = node.ws_connect("/ws?user=erin");
+    // SSE clients: a shutdown ends their streams at once (no close handshake to wait for),
+    // so the node exits right after their last announcements reach its bridge.
+    let _erin = node.sse_connect("user=erin");
     let _sam = node.sse_connect("user=sam");
     wait_until("erin and sam registered", STEP, || {
         (b.nodes_of("erin") == ["a"] && b.nodes_of("sam") == ["a"]).then_some(())
