@@ -156,7 +156,108 @@ pub struct Config {
     /// admin listener is not on loopback.
     pub admin_key_file: Option<PathBuf>,
     pub limits: Limits,
+    /// Cluster membership (`[cluster]`); off unless node_id, registry and bus are all set.
+    pub cluster: Cluster,
 }
+
+// ---- cluster (see src/cluster) ----
+
+/// `[cluster]`: the bridge to the Redis push registry and the NATS bus. All of `node_id`,
+/// `registry` and `bus` or none of them; without them no bridge thread runs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// This node's name in the registry and in its NATS subject `c10m.node.<node_id>`:
+    /// 1..=64 of `A-Z a-z 0-9 - _`, unique in the cluster.
+    pub node_id: Option<String>,
+    /// Redis URL of the push registry, e.g. `redis://10.0.0.1:6379`.
+    pub registry: Option<String>,
+    /// NATS URL of the bus, e.g. `nats://10.0.0.1:4222`.
+    pub bus: Option<String>,
+    /// Lifetime of a registry entry; the bridge refreshes its users every third of it, so a
+    /// crashed node's entries are gone within it. Default 60 s.
+    pub registry_ttl_ms: u64,
+    /// Redis commands per pipelined batch. Default 1000: a reconnect wave of 500,000 users is
+    /// 1000 round trips, not 500,000.
+    pub registry_batch_max: u32,
+    /// Lookups and bus publishes waiting in the bridge before new ones are dropped and
+    /// counted. Default 65,536.
+    pub bridge_queue_max: u32,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            node_id: None,
+            registry: None,
+            bus: None,
+            registry_ttl_ms: 60_000,
+            registry_batch_max: 1000,
+            bridge_queue_max: 65_536,
+        }
+    }
+}
+
+impl Cluster {
+    /// Whether this process is a cluster node (runs the bridge).
+    pub fn enabled(&self) -> bool {
+        self.node_id.is_some()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        let set = [
+            ("--node-id ID", self.node_id.is_some()),
+            ("--registry redis://HOST:PORT", self.registry.is_some()),
+            ("--bus nats://HOST:PORT", self.bus.is_some()),
+        ];
+        let given = set.iter().filter(|(_, on)| *on).count();
+        if given != 0 && given != set.len() {
+            let missing: Vec<&str> = set.iter().filter(|(_, on)| !on).map(|(f, _)| *f).collect();
+            return err(format!(
+                "a cluster node needs --node-id, --registry and --bus together: add {}",
+                missing.join(" and ")
+            ));
+        }
+        if let Some(id) = &self.node_id {
+            let ok = (1..=64).contains(&id.len())
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return err(format!(
+                    "node_id = {id:?}: use 1..=64 of A-Z a-z 0-9 - _ (it is a NATS subject token)"
+                ));
+            }
+        }
+        if let Some(r) = &self.registry {
+            if !r.starts_with("redis://") {
+                return err(format!("registry = {r:?}: give a redis://HOST:PORT URL"));
+            }
+        }
+        if let Some(b) = &self.bus {
+            if !b.starts_with("nats://") {
+                return err(format!("bus = {b:?}: give a nats://HOST:PORT URL"));
+            }
+        }
+        if !(1000..=86_400_000).contains(&self.registry_ttl_ms) {
+            return err(format!(
+                "registry_ttl_ms = {} must be within 1000..=86400000",
+                self.registry_ttl_ms
+            ));
+        }
+        if !(2..=100_000).contains(&self.registry_batch_max) {
+            return err(format!(
+                "registry_batch_max = {} must be within 2..=100000",
+                self.registry_batch_max
+            ));
+        }
+        if self.bridge_queue_max == 0 {
+            return err("bridge_queue_max must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+// ---- end cluster ----
 
 impl Default for Config {
     fn default() -> Self {
@@ -172,6 +273,7 @@ impl Default for Config {
             admin_key_file: None,
             goaway_endpoint: None,
             limits: Limits::default(),
+            cluster: Cluster::default(),
         }
     }
 }
@@ -313,6 +415,25 @@ pub struct ServeArgs {
     /// Endpoint that goaways send clients to (at most 64 bytes). Default: none (come back).
     #[arg(long, value_name = "URL")]
     pub goaway_endpoint: Option<String>,
+    // ---- cluster (see src/cluster) ----
+    /// This node's id in the cluster (with --registry and --bus).
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Redis push registry URL, e.g. redis://10.0.0.1:6379 (with --node-id and --bus).
+    #[arg(long, value_name = "URL")]
+    pub registry: Option<String>,
+    /// NATS bus URL, e.g. nats://10.0.0.1:4222 (with --node-id and --registry).
+    #[arg(long, value_name = "URL")]
+    pub bus: Option<String>,
+    /// Milliseconds a registry entry lives without a refresh. Default 60000.
+    #[arg(long)]
+    pub registry_ttl_ms: Option<u64>,
+    /// Redis commands per pipelined batch. Default 1000.
+    #[arg(long)]
+    pub registry_batch_max: Option<u32>,
+    /// Lookups and bus publishes queued in the bridge before drops. Default 65536.
+    #[arg(long)]
+    pub bridge_queue_max: Option<u32>,
 }
 
 impl ServeArgs {
@@ -382,6 +503,26 @@ impl ServeArgs {
         );
         if self.goaway_endpoint.is_some() {
             cfg.goaway_endpoint = self.goaway_endpoint.clone();
+        }
+        // ---- cluster ----
+        let c = &mut cfg.cluster;
+        for (flag, field) in [
+            (&self.node_id, &mut c.node_id),
+            (&self.registry, &mut c.registry),
+            (&self.bus, &mut c.bus),
+        ] {
+            if flag.is_some() {
+                field.clone_from(flag);
+            }
+        }
+        if let Some(v) = self.registry_ttl_ms {
+            c.registry_ttl_ms = v;
+        }
+        if let Some(v) = self.registry_batch_max {
+            c.registry_batch_max = v;
+        }
+        if let Some(v) = self.bridge_queue_max {
+            c.bridge_queue_max = v;
         }
         cfg.validate()?;
         Ok(cfg)
@@ -502,6 +643,7 @@ impl Config {
         if l.handshake_timeout_ms == 0 || l.shutdown_timeout_ms == 0 {
             return err("handshake_timeout_ms and shutdown_timeout_ms must be > 0".into());
         }
+        self.cluster.validate()?;
         Ok(())
     }
 }
@@ -554,6 +696,22 @@ mod tests {
     fn example_file_is_the_defaults() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("c10m.example.toml");
         assert_eq!(Config::from_file(&path).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn cluster_flags_go_together() {
+        let args = ServeArgs { node_id: Some("n1".into()), ..Default::default() };
+        let e = args.resolve().unwrap_err().0;
+        assert!(e.contains("--registry") && e.contains("--bus"), "{e}");
+        let args = ServeArgs {
+            node_id: Some("n1".into()),
+            registry: Some("redis://127.0.0.1:6379".into()),
+            bus: Some("nats://127.0.0.1:4222".into()),
+            ..Default::default()
+        };
+        assert!(args.resolve().unwrap().cluster.enabled());
+        let bad = ServeArgs { node_id: Some("a.b".into()), ..args };
+        assert!(bad.resolve().unwrap_err().0.contains("node_id"));
     }
 
     #[test]

@@ -21,8 +21,11 @@
 //! - [`sys`]: OS wrappers: resource limits, listeners, signals.
 //! - [`auth`]: JWT for clients, a bearer key for the admin API, allowed origins.
 //! - [`config`]: every limit, its default and why.
+//! - [`cluster`]: the bridge thread to the Redis push registry and the NATS bus (cluster
+//!   nodes only; the mesh's last participant).
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod mesh;
 pub mod metrics;

@@ -25,6 +25,8 @@ pub struct Server {
     /// Connections per shard (the table less the 503 reserve).
     pub conns_per_shard: u32,
     threads: Vec<JoinHandle<io::Result<()>>>,
+    /// The cluster bridge, stopped after the shards (it writes their last registry removals).
+    bridge: Option<crate::cluster::Running>,
 }
 
 impl Server {
@@ -40,6 +42,11 @@ impl Server {
                 Err(_) => {
                     first_err.get_or_insert(io::Error::other("a shard thread panicked"));
                 }
+            }
+        }
+        if let Some(bridge) = self.bridge {
+            if let Err(e) = bridge.stop() {
+                first_err.get_or_insert(e);
             }
         }
         first_err.map_or(Ok(()), Err)
@@ -106,11 +113,23 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
     let sndbuf = cfg.limits.socket_send_buffer_bytes;
     let (first_client, listen) = bind_first(&cfg.listen, backlog, sndbuf)?;
     let (first_admin, admin) = bind_first(&cfg.admin, backlog, 0)?;
-    let (ends, peers) = crate::mesh::build(
+    // ---- cluster: the bridge is the mesh's last participant ----
+    let bridge = if cfg.cluster.enabled() {
+        Some(crate::cluster::Prepared::new(&cfg.cluster)?)
+    } else {
+        None
+    };
+    let (mut ends, peers) = crate::mesh::build(
         shards,
         cfg.limits.mesh_ring_entries as usize,
         cfg.limits.mesh_backlog_max as usize,
+        bridge.is_some(),
     );
+    let bridge_end = bridge.as_ref().and_then(|b| {
+        peers[shards].ring_fd.store(b.bell_fd(), Ordering::Release);
+        ends.pop()
+    });
+    // ---- end cluster ----
     let shared = Arc::new(Shared {
         stats: (0..shards).map(|_| ShardStats::default()).collect(),
         peers: Arc::clone(&peers),
@@ -120,6 +139,7 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
         signals,
         rss_bytes: std::sync::atomic::AtomicU64::new(sys::rss_bytes()),
         started: AtomicBool::new(false),
+        cluster: bridge.as_ref().map(|b| Arc::clone(&b.stats)),
         cfg,
     });
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -180,6 +200,14 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
             Err(_) => return Err(io::Error::other("a shard thread died during start")),
         }
     }
+    let bridge = match (bridge, bridge_end) {
+        (Some(bridge), Some(end)) => {
+            let bytes_max = shared.cfg.limits.message_bytes_max as usize;
+            let stop = Arc::clone(&shared.signals.stop);
+            Some(bridge.spawn(end, shared.user_keys.clone(), bytes_max, stop)?)
+        }
+        _ => None,
+    };
     shared.started.store(true, Ordering::Release);
     let conns_per_shard = files - crate::shard::ACCEPT_REFUSE_RESERVE;
     let plan = sys::host::Plan {
@@ -191,7 +219,7 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
     for w in sys::host::warnings(std::path::Path::new("/proc/sys"), &plan) {
         eprintln!("c10m: warning: {w}");
     }
-    Ok(Server { listen, admin, shards, files_per_shard: files, conns_per_shard, threads })
+    Ok(Server { listen, admin, shards, files_per_shard: files, conns_per_shard, threads, bridge })
 }
 
 fn bind_all(addrs: &[SocketAddr], backlog: u32, sndbuf: u32) -> io::Result<Vec<socket2::Socket>> {

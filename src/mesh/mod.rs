@@ -5,7 +5,15 @@
 //! set, clears it and rings the target's doorbell (a MSG_RING completion on the target's
 //! ring). The two SeqCst fences make sure one of them sees the other: either the sleeper sees
 //! the message, or the sender sees the flag. No locks, no shared maps.
+//!
+//! In a cluster the matrix has one more participant after the shards: the bridge thread
+//! (`crate::cluster`). It holds an ordinary [`MeshEnd`] (index = number of shards) and a
+//! tiny ring of its own ([`bell::Bell`]) whose fd is its peer entry: shards ring it with the
+//! same MSG_RING doorbell as any shard, and an eventfd registered on that ring wakes the
+//! bridge's async runtime. Shards never route user traffic to the bridge by index
+//! arithmetic: [`MeshEnd::shards`] counts shards only and [`MeshEnd::bridge`] names it.
 
+pub mod bell;
 pub mod spsc;
 
 use std::collections::VecDeque;
@@ -24,7 +32,10 @@ pub struct Peer {
 
 /// One shard's ends of the mesh.
 pub struct MeshEnd {
+    /// This participant's index: a shard's id, or the number of shards for the bridge.
     pub shard: usize,
+    /// Shards in the matrix (the bridge, when present, is one more participant).
+    shards: usize,
     peers: Arc<[Peer]>,
     tx: Vec<Option<Producer<Msg>>>,
     rx: Vec<Option<Consumer<Msg>>>,
@@ -37,21 +48,24 @@ pub struct MeshEnd {
     dirty: Vec<bool>,
 }
 
-/// Builds the N×N matrix and returns each shard's end plus the shared peer table.
+/// Builds the N×N matrix and returns each shard's end plus the shared peer table. With
+/// `bridge`, the matrix is (N+1)×(N+1) and the last end returned is the bridge's.
 pub fn build(
     shards: usize,
     ring_entries: usize,
     backlog_max: usize,
+    bridge: bool,
 ) -> (Vec<MeshEnd>, Arc<[Peer]>) {
-    let peers: Arc<[Peer]> = (0..shards)
+    let members = shards + bridge as usize;
+    let peers: Arc<[Peer]> = (0..members)
         .map(|_| Peer { ring_fd: AtomicI32::new(-1), sleeping: AtomicBool::new(false) })
         .collect();
     let mut tx: Vec<Vec<Option<Producer<Msg>>>> =
-        (0..shards).map(|_| (0..shards).map(|_| None).collect()).collect();
+        (0..members).map(|_| (0..members).map(|_| None).collect()).collect();
     let mut rx: Vec<Vec<Option<Consumer<Msg>>>> =
-        (0..shards).map(|_| (0..shards).map(|_| None).collect()).collect();
-    for from in 0..shards {
-        for to in 0..shards {
+        (0..members).map(|_| (0..members).map(|_| None).collect()).collect();
+    for from in 0..members {
+        for to in 0..members {
             if from != to {
                 let (p, c) = spsc::channel(ring_entries);
                 tx[from][to] = Some(p);
@@ -65,13 +79,14 @@ pub fn build(
         .enumerate()
         .map(|(shard, (tx, rx))| MeshEnd {
             shard,
+            shards,
             peers: Arc::clone(&peers),
             tx,
             rx,
-            backlog: (0..shards).map(|_| VecDeque::new()).collect(),
+            backlog: (0..members).map(|_| VecDeque::new()).collect(),
             backlog_len: 0,
             backlog_max,
-            dirty: vec![false; shards],
+            dirty: vec![false; members],
         })
         .collect();
     (ends, peers)
@@ -86,8 +101,14 @@ pub enum Sent {
 }
 
 impl MeshEnd {
+    /// Shards in the matrix, not counting the bridge.
     pub fn shards(&self) -> usize {
-        self.tx.len()
+        self.shards
+    }
+
+    /// The bridge's index, when this process is a cluster node.
+    pub fn bridge(&self) -> Option<usize> {
+        (self.tx.len() > self.shards).then_some(self.shards)
     }
 
     /// Sends `msg` to shard `to` (never this shard). Keeps order per target: once anything

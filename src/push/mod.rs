@@ -4,6 +4,10 @@
 //!   shard where the user's connections live ([`Msg::UserAdd`] / [`Msg::UserRemove`]); a
 //!   publish to the user goes to the home shard, which forwards it to the owning shards.
 //! - Topic and broadcast publishes go to every shard; each delivers to its local subscribers.
+//! - On a cluster node, the mesh has one more participant, the bridge (`crate::cluster`):
+//!   connection shards tell it [`Msg::Online`] / [`Msg::Offline`] per user connection, the
+//!   accepting shard hands it every publish, and it injects publishes from other nodes as
+//!   [`Msg::PublishUser`], [`Msg::PublishTopic`] and [`Msg::PublishAll`] like any shard.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -42,6 +46,10 @@ pub enum Msg {
     Drain { rate_per_s: u32 },
     /// To the owning shard: the user of `conn` is over `conns_per_user_max`; close it.
     Evict { conn: ConnId },
+    /// To the cluster bridge: one more connection of this user on this node.
+    Online(Box<str>),
+    /// To the cluster bridge: one connection of this user on this node closed.
+    Offline(Box<str>),
 }
 
 /// See [`Msg::PublishUser`]; boxed so that every mesh slot stays small.
@@ -70,7 +78,12 @@ impl Msg {
     pub fn is_droppable(&self) -> bool {
         !matches!(
             self,
-            Msg::UserAdd { .. } | Msg::UserRemove { .. } | Msg::Drain { .. } | Msg::Evict { .. }
+            Msg::UserAdd { .. }
+                | Msg::UserRemove { .. }
+                | Msg::Drain { .. }
+                | Msg::Evict { .. }
+                | Msg::Online(_)
+                | Msg::Offline(_)
         )
     }
 }

@@ -223,10 +223,19 @@ fn route(
         }
         ("/drain", _) => (405, JSON, err("use POST"), Some("POST")),
         ("/stats", "GET") => {
-            (200, JSON, render_stats(&shard.shared.stats, crate::sys::rss_bytes()), None)
+            let mut text = render_stats(&shard.shared.stats, crate::sys::rss_bytes());
+            if let Some(cluster) = &shard.shared.cluster {
+                let mut v: serde_json::Value = serde_json::from_str(&text).expect("our JSON");
+                v["cluster"] = cluster.json();
+                text = v.to_string();
+            }
+            (200, JSON, text, None)
         }
         ("/metrics", "GET") => {
-            let text = render_prometheus(&shard.shared.stats, crate::sys::rss_bytes());
+            let mut text = render_prometheus(&shard.shared.stats, crate::sys::rss_bytes());
+            if let Some(cluster) = &shard.shared.cluster {
+                cluster.prometheus(&mut text);
+            }
             (200, "text/plain; version=0.0.4", text, None)
         }
         ("/healthz", "GET") => {

@@ -10,6 +10,13 @@
 //! [`Message`]; it is routed ([`Shard::route`]) to the user's home shard or to every shard
 //! over the mesh; each shard encodes it once and queues it on each recipient's outbox
 //! ([`Shard::deliver`]); sends go out on the fixed descriptors ([`io`]).
+//!
+//! On a cluster node, [`Shard::route`] also hands the publish to the bridge (the mesh's last
+//! participant), which carries it to other nodes (see `crate::cluster`); publishes that come
+//! from other nodes enter through the bridge's mesh rings as ordinary `PublishUser`,
+//! `PublishTopic` and `PublishAll` messages and are never handed back to it. A user's
+//! connections are announced to the bridge in [`Shard::register_user`] and
+//! [`Shard::unregister_user`]. Those three functions are the only places that know of it.
 
 pub mod admin;
 pub mod client;
@@ -59,6 +66,8 @@ pub struct Shared {
     pub admin_key: Option<Box<[u8]>>,
     /// Set by the main thread once every shard has its ring, so doorbells have a target.
     pub started: AtomicBool,
+    /// The bridge's counters on a cluster node.
+    pub cluster: Option<Arc<crate::cluster::ClusterStats>>,
 }
 
 /// One client or admin listener of this shard.
@@ -285,6 +294,7 @@ impl Shard {
             Msg::PublishAll { msg } => self.deliver_all(&msg),
             Msg::Drain { rate_per_s } => self.begin_drain(rate_per_s as f64),
             Msg::Evict { conn } => client::over_user_cap(self, conn.slot, conn.generation),
+            Msg::Online(_) | Msg::Offline(_) => debug_assert!(false, "only the bridge gets these"),
         }
     }
 
@@ -298,6 +308,24 @@ impl Shard {
         let msg = Arc::new(Message { id, payload: payload.into_boxed_slice(), text });
         bump(&self.stats().published, 1);
         let me = self.id;
+        if let Some(bridge) = self.mesh.bridge() {
+            let m = match &target {
+                admin::Target::User(user) => {
+                    let hash = self.shared.user_keys.hash(user);
+                    let p = crate::push::PublishUser {
+                        user: user.as_str().into(),
+                        hash,
+                        msg: Arc::clone(&msg),
+                    };
+                    Msg::PublishUser(Box::new(p))
+                }
+                admin::Target::Topic(topic) => {
+                    Msg::PublishTopic { topic: topic.as_str().into(), msg: Arc::clone(&msg) }
+                }
+                admin::Target::All => Msg::PublishAll { msg: Arc::clone(&msg) },
+            };
+            self.send_mesh(bridge, m);
+        }
         match target {
             admin::Target::User(user) => {
                 let hash = self.shared.user_keys.hash(&user);
@@ -392,8 +420,11 @@ impl Shard {
         self.scratch.targets = targets;
     }
 
-    /// Registers a connection's user with the user's home shard.
+    /// Registers a connection's user with the user's home shard (and the cluster bridge).
     fn register_user(&mut self, user: &str, id: ConnId) {
+        if let Some(bridge) = self.mesh.bridge() {
+            self.send_mesh(bridge, Msg::Online(user.into()));
+        }
         let hash = self.shared.user_keys.hash(user);
         let home = home_shard(hash, self.shards());
         if home == self.id {
@@ -428,6 +459,9 @@ impl Shard {
     }
 
     fn unregister_user(&mut self, user: &str, id: ConnId) {
+        if let Some(bridge) = self.mesh.bridge() {
+            self.send_mesh(bridge, Msg::Offline(user.into()));
+        }
         let hash = self.shared.user_keys.hash(user);
         let home = home_shard(hash, self.shards());
         if home == self.id {

@@ -1,0 +1,537 @@
+//! The cluster bridge: one thread, one current-thread tokio runtime, the Redis push registry
+//! and the NATS bus. It talks to the shards only through the mesh (it is the mesh's last
+//! participant, see `crate::mesh`), so a shard never waits on the network.
+//!
+//! ```text
+//!  shards ──Online/Offline──► bridge ──pipelined ZADD/PEXPIRE/ZREM──► Redis (registry)
+//!  shards ──publishes──────► bridge ──ZRANGEBYSCORE──► Redis ──► NATS c10m.node.<id>
+//!                                   ──────────────────────────► NATS c10m.topic.* / c10m.all
+//!  NATS (node, topics, all, user queue) ──► bridge ──PublishUser/Topic/All──► shards
+//! ```
+//!
+//! - **Registry** ([`registry`]): shards announce each user connection (`Msg::Online`) and
+//!   its close (`Msg::Offline`); the bridge counts connections per user and writes only
+//!   transitions, coalesced and pipelined, and refreshes every present user every third of
+//!   `registry_ttl_ms`. Why per connection and not per transition on the user's home shard:
+//!   the home shard's index holds only the keyed hash of a user id, not the name Redis needs,
+//!   and carrying names in `UserAdd` would push `Msg` past 32 bytes. One more small mesh
+//!   message per connect is what `UserAdd` already costs; the bridge's count turns them into
+//!   transitions before Redis sees them. The count costs about 200 bytes per online user
+//!   (name, map entry), measured as server RSS growth over a 19,000-user wave.
+//! - **Publishes accepted here** are delivered locally by the shards as on a single node and
+//!   handed to the bridge: a user publish is looked up (batched `ZRANGEBYSCORE`) and sent to
+//!   each *other* node's subject; a topic or broadcast is published once with this node in
+//!   `C10m-Origin`, and every node but this one delivers it ([`bus`] lists the subjects).
+//! - **Publishes from backends** straight to NATS: `c10m.topic.<t>` and `c10m.all` reach
+//!   every node; `c10m.user.<u>` is taken by one node (queue group), looked up, and forwarded
+//!   to the user's nodes (delivered directly when one of them is the taker).
+//! - **Message ids**: a bridged message keeps the id its accepting node gave it (`C10m-Id`),
+//!   so every node shows clients the same id; ids are unique per accepting node, not across
+//!   nodes. A backend's message from NATS gets `2^62 + n` from the node that takes it.
+//!
+//! Delivery is **at most once**, as in Zuul Push: nothing is acknowledged or retried. A
+//! message is dropped and counted (`/stats` `cluster.dropped`, `/metrics`
+//! `c10m_cluster_dropped_total{reason}`) when the bridge's queues are full, Redis or NATS is
+//! down, a mesh ring to a shard is full, or a bus message is malformed (see
+//! [`stats::ClusterDrop`]). Redis and NATS reconnect with backoff on their own; shards keep
+//! serving their local clients throughout.
+
+pub mod bus;
+pub mod registry;
+pub mod stats;
+
+use std::cell::RefCell;
+use std::io;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::config::Cluster;
+use crate::mesh::bell::{Bell, EventFd};
+use crate::mesh::{MeshEnd, Sent};
+use crate::push::{home_shard, Message, Msg, PublishUser, UserKeys};
+use registry::Presence;
+pub use stats::{ClusterDrop, ClusterStats};
+
+/// Mesh messages the bridge takes per turn, so the bus gets its turn under a flood.
+const MESH_BATCH_MAX: usize = 4096;
+/// Users per lookup pipeline.
+const LOOKUP_BATCH_MAX: usize = 512;
+/// Ids the bridge gives to backend messages from NATS: above any id a shard gives.
+const BUS_ID_BASE: u64 = 1 << 62;
+
+/// The bridge thread, running.
+pub struct Running {
+    thread: std::thread::JoinHandle<io::Result<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Running {
+    /// Asks the bridge to finish (after the shards have stopped: their last registry
+    /// removals are written first, for up to [`STOP_FLUSH_MS`]), waits for it, and returns
+    /// the error that stopped it early, if one did.
+    pub fn stop(self) -> io::Result<()> {
+        self.stop.store(true, Relaxed);
+        match self.thread.join() {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::other("the cluster bridge thread panicked")),
+        }
+    }
+}
+
+/// Longest a stopping bridge waits for its last registry writes.
+pub const STOP_FLUSH_MS: u64 = 2000;
+
+/// What `server::start` prepares before the shards start: the bridge's doorbell ring (its fd
+/// goes in the mesh peer table) and its counters. Bad URLs are reported here.
+pub struct Prepared {
+    cfg: Cluster,
+    node_id: String,
+    redis: redis::Client,
+    bell: Bell,
+    efd: EventFd,
+    pub stats: Arc<ClusterStats>,
+}
+
+impl Prepared {
+    pub fn new(cfg: &Cluster) -> io::Result<Prepared> {
+        let bad = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+        let node_id = cfg.node_id.clone().ok_or_else(|| bad("cluster without node_id".into()))?;
+        let url = cfg.registry.as_deref().unwrap_or_default();
+        let redis = redis::Client::open(url)
+            .map_err(|e| bad(format!("--registry {url:?}: {e}; give redis://HOST:PORT")))?;
+        let bus = cfg.bus.as_deref().unwrap_or_default();
+        bus.parse::<async_nats::ServerAddr>()
+            .map_err(|e| bad(format!("--bus {bus:?}: {e}; give nats://HOST:PORT")))?;
+        let (bell, efd) = Bell::new()?;
+        let stats = Arc::new(ClusterStats::new(&node_id));
+        Ok(Prepared { cfg: cfg.clone(), node_id, redis, bell, efd, stats })
+    }
+
+    /// The ring fd shards ring to wake the bridge.
+    pub fn bell_fd(&self) -> i32 {
+        self.bell.fd()
+    }
+
+    /// Starts the bridge thread with its end of the mesh. Should the bridge fail (it cannot
+    /// subscribe, or its ring fails), it raises `shutdown` so the node stops instead of
+    /// running on with announcements piling up for a bridge that is gone.
+    pub fn spawn(
+        self,
+        mesh: MeshEnd,
+        user_keys: UserKeys,
+        message_bytes_max: usize,
+        shutdown: Arc<AtomicBool>,
+    ) -> io::Result<Running> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::Builder::new().name("c10m-bridge".into()).spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|rt| {
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&rt, self.run(mesh, user_keys, message_bytes_max, stopping))
+                })
+                .map_err(|e| io::Error::new(e.kind(), format!("cluster bridge: {e}")));
+            if let Err(e) = &result {
+                eprintln!("c10m: {e}; stopping");
+                shutdown.store(true, Relaxed);
+            }
+            result
+        })?;
+        Ok(Running { thread, stop })
+    }
+
+    async fn run(
+        self,
+        mesh: MeshEnd,
+        user_keys: UserKeys,
+        message_bytes_max: usize,
+        stop: Arc<AtomicBool>,
+    ) -> io::Result<()> {
+        let Prepared { cfg, node_id, redis, bell, efd, stats } = self;
+        let efd = efd.into_async()?;
+        let bus_url = cfg.bus.clone().unwrap_or_default();
+        let nats = async_nats::ConnectOptions::new()
+            .name(format!("c10m-{node_id}"))
+            .retry_on_initial_connect()
+            .connect(bus_url.as_str())
+            .await
+            .map_err(|e| io::Error::other(format!("--bus {bus_url}: {e}")))?;
+        let sub_err = |e: async_nats::SubscribeError| io::Error::other(format!("NATS: {e}"));
+        let subs = vec![
+            nats.subscribe(bus::node_subject(&node_id)).await.map_err(sub_err)?,
+            nats.subscribe(bus::TOPIC_WILDCARD).await.map_err(sub_err)?,
+            nats.subscribe(bus::ALL).await.map_err(sub_err)?,
+            nats.queue_subscribe(bus::USER_WILDCARD, bus::USER_QUEUE.into())
+                .await
+                .map_err(sub_err)?,
+        ];
+        let mut subs = futures_util::stream::select_all(subs);
+
+        let queue_max = cfg.bridge_queue_max as usize;
+        let (out_tx, out_rx) = mpsc::channel::<Out>(queue_max);
+        let (lookup_tx, lookup_rx) = mpsc::channel::<Lookup>(queue_max);
+        let (local_tx, mut local_rx) = mpsc::channel::<(Box<str>, Arc<Message>)>(queue_max);
+        let conn = registry::connection(redis)
+            .map_err(|e| io::Error::other(format!("--registry: {e}")))?;
+        let presence = Rc::new(RefCell::new(Presence::default()));
+        let node: Rc<str> = node_id.as_str().into();
+
+        tokio::task::spawn_local(registry::writer(
+            conn.clone(),
+            Rc::clone(&presence),
+            Rc::clone(&node),
+            cfg.registry_ttl_ms,
+            cfg.registry_batch_max as usize,
+            Arc::clone(&stats),
+        ));
+        tokio::task::spawn_local(publisher(nats.clone(), out_rx, Arc::clone(&stats)));
+        let lookups = Lookups {
+            conn,
+            node: Rc::clone(&node),
+            out: out_tx.clone(),
+            local: local_tx,
+            stats: Arc::clone(&stats),
+        };
+        tokio::task::spawn_local(lookups.run(lookup_rx));
+        let watch_stats = Arc::clone(&stats);
+        let watch_nats = nats.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                let up = watch_nats.connection_state() == async_nats::connection::State::Connected;
+                watch_stats.bus_connected.store(up, Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+
+        let mut bridge = Bridge {
+            mesh,
+            bell,
+            user_keys,
+            node,
+            presence,
+            out: out_tx,
+            lookups: lookup_tx,
+            stats,
+            message_bytes_max,
+            bus_seq: 0,
+            inbox: Vec::new(),
+            doorbells: Vec::new(),
+        };
+        loop {
+            if stop.load(Relaxed) {
+                bridge.turn()?;
+                let deadline = std::time::Instant::now() + Duration::from_millis(STOP_FLUSH_MS);
+                while bridge.presence.borrow().pending() && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(registry::FLUSH_MS)).await;
+                }
+                return Ok(());
+            }
+            let backlog = bridge.turn()?;
+            let sleeping = !backlog && bridge.mesh.prepare_sleep();
+            let pause = if sleeping {
+                Duration::from_millis(100)
+            } else if backlog {
+                Duration::from_millis(1)
+            } else {
+                Duration::ZERO
+            };
+            tokio::select! {
+                ready = efd.readable() => {
+                    if let Ok(mut guard) = ready {
+                        guard.get_inner().clear();
+                        guard.clear_ready();
+                    }
+                    bridge.bell.drain();
+                }
+                Some(m) = subs.next() => bridge.on_bus(m),
+                Some((user, msg)) = local_rx.recv() => bridge.inject_user(&user, msg),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            if sleeping {
+                bridge.mesh.awake();
+            }
+        }
+    }
+}
+
+/// The bridge's mesh side, driven by its main task.
+struct Bridge {
+    mesh: MeshEnd,
+    bell: Bell,
+    user_keys: UserKeys,
+    node: Rc<str>,
+    presence: Rc<RefCell<Presence>>,
+    out: mpsc::Sender<Out>,
+    lookups: mpsc::Sender<Lookup>,
+    stats: Arc<ClusterStats>,
+    message_bytes_max: usize,
+    bus_seq: u64,
+    inbox: Vec<Msg>,
+    doorbells: Vec<i32>,
+}
+
+/// A message for NATS.
+struct Out {
+    subject: String,
+    headers: HeaderMap,
+    msg: Arc<Message>,
+}
+
+/// A user publish to look up in the registry. `from_bus`: a backend's publish taken from the
+/// user queue (this node delivers too if the user is here); else accepted here (this node
+/// has delivered it already).
+struct Lookup {
+    user: Box<str>,
+    msg: Arc<Message>,
+    from_bus: bool,
+}
+
+impl Bridge {
+    /// Takes what shards sent, flushes the mesh backlog and rings sleeping shards. Returns
+    /// whether a backlog is still waiting for room.
+    fn turn(&mut self) -> io::Result<bool> {
+        let mut inbox = std::mem::take(&mut self.inbox);
+        self.mesh.receive(MESH_BATCH_MAX, &mut inbox);
+        for msg in inbox.drain(..) {
+            self.on_mesh(msg);
+        }
+        self.inbox = inbox;
+        let backlog = self.mesh.flush_backlog();
+        let mut fds = std::mem::take(&mut self.doorbells);
+        self.mesh.doorbells(&mut fds);
+        let rung = self.bell.ring(&fds);
+        fds.clear();
+        self.doorbells = fds;
+        rung?;
+        Ok(backlog)
+    }
+
+    fn on_mesh(&mut self, msg: Msg) {
+        match msg {
+            Msg::Online(user) => {
+                if self.presence.borrow_mut().connect(&user) {
+                    ClusterStats::bump(&self.stats.online_users, 1);
+                }
+            }
+            Msg::Offline(user) => {
+                if self.presence.borrow_mut().disconnect(&user) {
+                    self.stats.online_users.fetch_sub(1, Relaxed);
+                }
+            }
+            Msg::PublishUser(p) => {
+                let l = Lookup { user: p.user, msg: p.msg, from_bus: false };
+                if self.lookups.try_send(l).is_err() {
+                    self.stats.dropped(ClusterDrop::QueueFull, 1);
+                }
+            }
+            Msg::PublishTopic { topic, msg } => {
+                let (subject, in_header) = bus::topic_subject(&topic);
+                if in_header && !bus::valid_header(&topic) {
+                    return self.stats.dropped(ClusterDrop::BadMessage, 1);
+                }
+                let mut headers = self.headers(msg.id);
+                if in_header {
+                    headers.insert(bus::H_TOPIC, &*topic);
+                }
+                self.publish(Out { subject, headers, msg });
+            }
+            Msg::PublishAll { msg } => {
+                let headers = self.headers(msg.id);
+                self.publish(Out { subject: bus::ALL.into(), headers, msg });
+            }
+            other => debug_assert!(false, "not for the bridge: {other:?}"),
+        }
+    }
+
+    fn headers(&self, id: u64) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(bus::H_ORIGIN, &*self.node);
+        h.insert(bus::H_ID, id.to_string().as_str());
+        h
+    }
+
+    fn publish(&self, out: Out) {
+        if self.out.try_send(out).is_err() {
+            self.stats.dropped(ClusterDrop::QueueFull, 1);
+        }
+    }
+
+    /// A message from NATS.
+    fn on_bus(&mut self, m: async_nats::Message) {
+        ClusterStats::bump(&self.stats.bus_in, 1);
+        if m.payload.len() > self.message_bytes_max {
+            return self.stats.dropped(ClusterDrop::BadMessage, 1);
+        }
+        let header = |name: &str| {
+            m.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned())
+        };
+        let route = bus::route(m.subject.as_str());
+        let own = header(bus::H_ORIGIN).is_some_and(|o| *o == *self.node);
+        if own && matches!(route, bus::Route::Topic(_) | bus::Route::All) {
+            return ClusterStats::bump(&self.stats.bus_in_own, 1);
+        }
+        let id = match header(bus::H_ID).and_then(|v| v.parse::<u64>().ok()) {
+            Some(id) => id,
+            None => {
+                self.bus_seq += 1;
+                BUS_ID_BASE + self.bus_seq
+            }
+        };
+        let payload: Box<[u8]> = m.payload.to_vec().into_boxed_slice();
+        let text = std::str::from_utf8(&payload).is_ok();
+        let msg = Arc::new(Message { id, payload, text });
+        let name_ok = |n: &str| !n.is_empty() && n.len() <= crate::shard::client::NAME_BYTES_MAX;
+        match route {
+            bus::Route::Node => match header(bus::H_USER) {
+                Some(user) if name_ok(&user) => self.inject_user(&user, msg),
+                _ => self.stats.dropped(ClusterDrop::BadMessage, 1),
+            },
+            bus::Route::Topic(tail) => {
+                let topic = header(bus::H_TOPIC).unwrap_or_else(|| tail.to_owned());
+                if !name_ok(&topic) {
+                    return self.stats.dropped(ClusterDrop::BadMessage, 1);
+                }
+                for s in 0..self.mesh.shards() {
+                    let m =
+                        Msg::PublishTopic { topic: topic.as_str().into(), msg: Arc::clone(&msg) };
+                    self.send(s, m);
+                }
+            }
+            bus::Route::All => {
+                for s in 0..self.mesh.shards() {
+                    self.send(s, Msg::PublishAll { msg: Arc::clone(&msg) });
+                }
+            }
+            bus::Route::User(tail) => {
+                let user = header(bus::H_USER).unwrap_or_else(|| tail.to_owned());
+                if !name_ok(&user) {
+                    return self.stats.dropped(ClusterDrop::BadMessage, 1);
+                }
+                let l = Lookup { user: user.into(), msg, from_bus: true };
+                if self.lookups.try_send(l).is_err() {
+                    self.stats.dropped(ClusterDrop::QueueFull, 1);
+                }
+            }
+            bus::Route::Unknown => self.stats.dropped(ClusterDrop::BadMessage, 1),
+        }
+    }
+
+    /// Hands a user publish to the user's home shard on this node.
+    fn inject_user(&mut self, user: &str, msg: Arc<Message>) {
+        let hash = self.user_keys.hash(user);
+        let home = home_shard(hash, self.mesh.shards());
+        let p = PublishUser { user: user.into(), hash, msg };
+        self.send(home, Msg::PublishUser(Box::new(p)));
+    }
+
+    fn send(&mut self, to: usize, msg: Msg) {
+        if self.mesh.send(to, msg) == Sent::Dropped {
+            self.stats.dropped(ClusterDrop::MeshFull, 1);
+        }
+    }
+}
+
+/// Publishes queued messages to NATS, one at a time (the client batches the writes).
+async fn publisher(
+    nats: async_nats::Client,
+    mut rx: mpsc::Receiver<Out>,
+    stats: Arc<ClusterStats>,
+) {
+    while let Some(o) = rx.recv().await {
+        if nats.connection_state() != async_nats::connection::State::Connected {
+            stats.dropped(ClusterDrop::BusDown, 1);
+            continue;
+        }
+        let payload = o.msg.payload.to_vec().into();
+        match nats.publish_with_headers(o.subject, o.headers, payload).await {
+            Ok(()) => ClusterStats::bump(&stats.bus_out, 1),
+            Err(_) => stats.dropped(ClusterDrop::BusDown, 1),
+        }
+    }
+}
+
+/// Looks users up in the registry, in pipelines, and forwards to their nodes.
+struct Lookups {
+    conn: redis::aio::ConnectionManager,
+    node: Rc<str>,
+    out: mpsc::Sender<Out>,
+    local: mpsc::Sender<(Box<str>, Arc<Message>)>,
+    stats: Arc<ClusterStats>,
+}
+
+impl Lookups {
+    async fn run(self, mut rx: mpsc::Receiver<Lookup>) {
+        let mut batch = Vec::with_capacity(LOOKUP_BATCH_MAX);
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < LOOKUP_BATCH_MAX {
+                match rx.try_recv() {
+                    Ok(l) => batch.push(l),
+                    Err(_) => break,
+                }
+            }
+            self.batch(&mut batch).await;
+            batch.clear();
+        }
+    }
+
+    async fn batch(&self, batch: &mut Vec<Lookup>) {
+        let n = batch.len() as u64;
+        let mut con = self.conn.clone();
+        let now = registry::unix_ms();
+        let mut pipe = redis::pipe();
+        for l in batch.iter() {
+            pipe.cmd("ZRANGEBYSCORE").arg(registry::key(&l.user)).arg(now).arg("+inf");
+        }
+        let found = match pipe.query_async::<Vec<Vec<String>>>(&mut con).await {
+            Ok(found) => found,
+            Err(_) => {
+                ClusterStats::bump(&self.stats.registry_errors, 1);
+                self.stats.registry_connected.store(false, Relaxed);
+                return self.stats.dropped(ClusterDrop::RegistryDown, n);
+            }
+        };
+        self.stats.registry_connected.store(true, Relaxed);
+        ClusterStats::bump(&self.stats.lookups, n);
+        ClusterStats::bump(&self.stats.lookup_batches, 1);
+        for (l, nodes) in batch.drain(..).zip(found) {
+            let mut sent = false;
+            for node in nodes {
+                if *node == *self.node {
+                    if l.from_bus {
+                        sent = true;
+                        if self.local.try_send((l.user.clone(), Arc::clone(&l.msg))).is_err() {
+                            self.stats.dropped(ClusterDrop::QueueFull, 1);
+                        }
+                    }
+                    continue;
+                }
+                if !bus::valid_tail(&node) || node.contains('.') || !bus::valid_header(&l.user) {
+                    self.stats.dropped(ClusterDrop::BadMessage, 1);
+                    continue;
+                }
+                sent = true;
+                let mut headers = HeaderMap::new();
+                headers.insert(bus::H_ORIGIN, &*self.node);
+                headers.insert(bus::H_ID, l.msg.id.to_string().as_str());
+                headers.insert(bus::H_USER, &*l.user);
+                let out =
+                    Out { subject: bus::node_subject(&node), headers, msg: Arc::clone(&l.msg) };
+                if self.out.try_send(out).is_err() {
+                    self.stats.dropped(ClusterDrop::QueueFull, 1);
+                }
+            }
+            if !sent {
+                ClusterStats::bump(&self.stats.lookups_empty, 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The push registry in Redis: which nodes hold a user.
+//!
+//! Schema (Redis 7.0 has no per-field TTL, so expiry lives in scores):
+//!
+//! ```text
+//!  c10m:u:<user>   sorted set   member = node id, score = expiry (unix ms)
+//!                               the key itself has PEXPIRE = registry_ttl_ms
+//! ```
+//!
+//! - online (and every `registry_ttl_ms / 3` while online): `ZADD key now+ttl node` and
+//!   `PEXPIRE key ttl`;
+//! - offline (last connection of the user on this node closed): `ZREM key node` (an empty
+//!   set disappears);
+//! - lookup: `ZRANGEBYSCORE key now +inf`: the nodes whose entry has not expired.
+//!
+//! A crashed node stops refreshing: its members fall out of lookups when their score passes,
+//! and the whole key expires once no node refreshes it. A user on several nodes is one key
+//! with one member per node, so each node's entry expires on its own.
+//!
+//! Writes are coalesced and pipelined: a change marks the user dirty (so a user who comes
+//! and goes within one flush costs nothing), and every [`FLUSH_MS`] the writer sends the
+//! dirty users in pipelines of `registry_batch_max` commands, one pipeline in flight at a
+//! time, so a reconnect wave of hundreds of thousands of users becomes a few hundred round
+//! trips that Redis serves back to back instead of a flood of single commands.
+#![forbid(unsafe_code)]
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+
+use super::stats::ClusterStats;
+
+/// Longest a presence change waits before it is written (the batching window).
+pub const FLUSH_MS: u64 = 20;
+/// Longest wait between attempts to reach Redis.
+pub const BACKOFF_MS_MAX: u64 = 2000;
+/// With nothing to write for this long, the writer PINGs Redis: a node without users still
+/// notices an outage (and reconnects) before its next lookup needs the connection.
+pub const PING_IDLE_MS: u64 = 1000;
+
+/// Capacity the dirty set keeps once empty.
+const DIRTY_KEPT: usize = 1024;
+
+/// The Redis key of a user's entry.
+pub fn key(user: &str) -> String {
+    format!("c10m:u:{user}")
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The users with connections on this node, and those whose entry must be written.
+#[derive(Default)]
+pub struct Presence {
+    /// Connections per user on this node; a user is present while in the map.
+    online: HashMap<Arc<str>, u32>,
+    dirty: HashSet<Arc<str>>,
+    /// A batch taken from `dirty` is being written.
+    in_flight: bool,
+}
+
+impl Presence {
+    /// One more connection of `user`. Returns whether the user just came online.
+    pub fn connect(&mut self, user: &str) -> bool {
+        if let Some(n) = self.online.get_mut(user) {
+            *n += 1;
+            return false;
+        }
+        let name: Arc<str> = user.into();
+        self.online.insert(Arc::clone(&name), 1);
+        self.dirty.insert(name);
+        true
+    }
+
+    /// One connection of `user` closed. Returns whether it was the user's last.
+    pub fn disconnect(&mut self, user: &str) -> bool {
+        let Some(n) = self.online.get_mut(user) else {
+            debug_assert!(false, "offline without online: {user}");
+            return false;
+        };
+        *n -= 1;
+        if *n > 0 {
+            return false;
+        }
+        let (name, _) = self.online.remove_entry(user).expect("present above");
+        self.dirty.insert(name);
+        true
+    }
+
+    /// Whether changes wait to be written (or a batch of them is in flight).
+    pub fn pending(&self) -> bool {
+        !self.dirty.is_empty() || self.in_flight
+    }
+
+    pub fn users(&self) -> usize {
+        self.online.len()
+    }
+
+    /// Takes up to `max` dirty users, each with whether it is online now.
+    fn take_dirty(&mut self, max: usize, out: &mut Vec<(Arc<str>, bool)>) {
+        let take: Vec<Arc<str>> = self.dirty.iter().take(max).cloned().collect();
+        for name in take {
+            self.dirty.remove(&name);
+            let online = self.online.contains_key(&name);
+            out.push((name, online));
+        }
+        // A reconnect wave leaves a large empty table behind: give it back.
+        if self.dirty.is_empty() && self.dirty.capacity() > DIRTY_KEPT {
+            self.dirty.shrink_to(DIRTY_KEPT);
+        }
+    }
+
+    fn mark_dirty(&mut self, names: impl IntoIterator<Item = Arc<str>>) {
+        self.dirty.extend(names);
+    }
+
+    fn snapshot(&self) -> Vec<Arc<str>> {
+        self.online.keys().cloned().collect()
+    }
+}
+
+/// The Redis connection of the bridge's tasks: one multiplexed connection that connects on
+/// first use and reconnects by itself. A request while Redis is down fails within about a
+/// second (three quick attempts), so callers drop and count instead of waiting.
+pub fn connection(client: redis::Client) -> redis::RedisResult<ConnectionManager> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_number_of_retries(2)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(BACKOFF_MS_MAX))
+        .set_connection_timeout(Some(Duration::from_millis(1000)))
+        .set_response_timeout(Some(Duration::from_millis(5000)));
+    ConnectionManager::new_lazy_with_config(client, config)
+}
+
+/// Writes presence changes and refreshes every present user every `ttl_ms / 3`.
+pub async fn writer(
+    mut con: ConnectionManager,
+    presence: Rc<RefCell<Presence>>,
+    node_id: Rc<str>,
+    ttl_ms: u64,
+    batch_max: usize,
+    stats: Arc<ClusterStats>,
+) {
+    let users_per_batch = (batch_max / 2).max(1);
+    let period = Duration::from_millis(ttl_ms / 3);
+    let mut next_refresh = Instant::now() + period;
+    let mut refresh: Vec<Arc<str>> = Vec::new();
+    let mut backoff = FLUSH_MS;
+    let mut batch = Vec::with_capacity(users_per_batch);
+    // Zero: the first tick connects (and says whether Redis is there).
+    let mut last_io = Instant::now()
+        .checked_sub(Duration::from_millis(PING_IDLE_MS))
+        .unwrap_or_else(Instant::now);
+    loop {
+        tokio::time::sleep(Duration::from_millis(backoff)).await;
+        if refresh.is_empty() && Instant::now() >= next_refresh {
+            refresh = presence.borrow().snapshot();
+            next_refresh = Instant::now() + period;
+        }
+        backoff = FLUSH_MS;
+        loop {
+            batch.clear();
+            presence.borrow_mut().take_dirty(users_per_batch, &mut batch);
+            while batch.len() < users_per_batch {
+                let Some(name) = refresh.pop() else { break };
+                // Gone since the snapshot: its removal is in the dirty set already.
+                if presence.borrow().online.contains_key(&name) {
+                    batch.push((name, true));
+                }
+            }
+            if batch.is_empty() {
+                if last_io.elapsed() >= Duration::from_millis(PING_IDLE_MS) {
+                    last_io = Instant::now();
+                    let up = redis::cmd("PING").query_async::<String>(&mut con).await.is_ok();
+                    stats.registry_connected.store(up, Relaxed);
+                }
+                break;
+            }
+            last_io = Instant::now();
+            presence.borrow_mut().in_flight = true;
+            let expiry = unix_ms() + ttl_ms;
+            let mut pipe = redis::pipe();
+            let mut commands = 0;
+            for (name, online) in &batch {
+                let k = key(name);
+                if *online {
+                    pipe.cmd("ZADD").arg(&k).arg(expiry).arg(&*node_id).ignore();
+                    pipe.cmd("PEXPIRE").arg(&k).arg(ttl_ms).ignore();
+                    commands += 2;
+                } else {
+                    pipe.cmd("ZREM").arg(&k).arg(&*node_id).ignore();
+                    commands += 1;
+                }
+            }
+            let written = pipe.query_async::<()>(&mut con).await;
+            presence.borrow_mut().in_flight = false;
+            match written {
+                Ok(()) => {
+                    ClusterStats::bump(&stats.registry_writes, commands);
+                    ClusterStats::bump(&stats.registry_batches, 1);
+                    stats.registry_connected.store(true, Relaxed);
+                }
+                Err(_) => {
+                    // Written again once Redis is back: entries are idempotent.
+                    ClusterStats::bump(&stats.registry_errors, 1);
+                    stats.registry_connected.store(false, Relaxed);
+                    presence.borrow_mut().mark_dirty(batch.drain(..).map(|(n, _)| n));
+                    backoff = BACKOFF_MS_MAX;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presence_reports_transitions_only() {
+        let mut p = Presence::default();
+        assert!(p.connect("bob"));
+        assert!(!p.connect("bob"));
+        assert!(!p.disconnect("bob"));
+        assert!(p.disconnect("bob"));
+        assert_eq!(p.users(), 0);
+        // Came and went: one dirty entry, written as a removal.
+        let mut out = Vec::new();
+        p.take_dirty(10, &mut out);
+        assert_eq!(out, vec![(Arc::from("bob"), false)]);
+        p.take_dirty(10, &mut out);
+        assert_eq!(out.len(), 1, "nothing left dirty");
+    }
+}

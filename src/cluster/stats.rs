@@ -1,0 +1,175 @@
+//! Counters of the bridge thread, read by any shard for `/stats` and `/metrics`. The bridge is
+//! their only writer (relaxed atomics), like a shard with its own counters.
+#![forbid(unsafe_code)]
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+/// Why the bridge dropped a message (at-most-once: nothing is retried).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterDrop {
+    /// The bridge's lookup or bus-publish queue was at `bridge_queue_max`.
+    QueueFull,
+    /// Redis was unreachable or answered an error, so the user could not be looked up.
+    RegistryDown,
+    /// NATS was not connected, or refused the publish.
+    BusDown,
+    /// A mesh ring from the bridge to a shard and its backlog were full.
+    MeshFull,
+    /// A message from the bus without the headers its subject needs, over
+    /// `message_bytes_max`, or naming a user or topic that cannot travel in a header.
+    BadMessage,
+}
+
+impl ClusterDrop {
+    pub const ALL: [ClusterDrop; 5] = [
+        ClusterDrop::QueueFull,
+        ClusterDrop::RegistryDown,
+        ClusterDrop::BusDown,
+        ClusterDrop::MeshFull,
+        ClusterDrop::BadMessage,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ClusterDrop::QueueFull => "queue_full",
+            ClusterDrop::RegistryDown => "registry_down",
+            ClusterDrop::BusDown => "bus_down",
+            ClusterDrop::MeshFull => "mesh_full",
+            ClusterDrop::BadMessage => "bad_message",
+        }
+    }
+}
+
+/// The bridge's counters.
+#[derive(Default)]
+pub struct ClusterStats {
+    pub node_id: String,
+    pub registry_connected: AtomicBool,
+    pub bus_connected: AtomicBool,
+    /// Users with at least one connection on this node (gauge).
+    pub online_users: AtomicU64,
+    /// Redis commands written (ZADD, PEXPIRE, ZREM), and the pipelines that carried them.
+    pub registry_writes: AtomicU64,
+    pub registry_batches: AtomicU64,
+    /// Pipelines that failed (their users are written again on the next batch or refresh).
+    pub registry_errors: AtomicU64,
+    /// Users looked up, and the pipelines that carried the lookups.
+    pub lookups: AtomicU64,
+    pub lookup_batches: AtomicU64,
+    /// User publishes whose user was on no other node.
+    pub lookups_empty: AtomicU64,
+    pub bus_out: AtomicU64,
+    pub bus_in: AtomicU64,
+    /// Topic and broadcast messages from the bus that this node published itself (skipped:
+    /// it delivered them locally when it accepted them).
+    pub bus_in_own: AtomicU64,
+    pub drops: [AtomicU64; 5],
+}
+
+impl ClusterStats {
+    pub fn new(node_id: &str) -> ClusterStats {
+        ClusterStats { node_id: node_id.to_owned(), ..Default::default() }
+    }
+
+    pub fn bump(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    pub fn dropped(&self, why: ClusterDrop, n: u64) {
+        self.drops[why as usize].fetch_add(n, Relaxed);
+    }
+
+    /// The `cluster` object of `/stats`.
+    pub fn json(&self) -> serde_json::Value {
+        let drops: serde_json::Map<String, serde_json::Value> = ClusterDrop::ALL
+            .iter()
+            .map(|&d| (d.name().to_owned(), self.drops[d as usize].load(Relaxed).into()))
+            .collect();
+        serde_json::json!({
+            "node_id": self.node_id,
+            "registry_connected": self.registry_connected.load(Relaxed),
+            "bus_connected": self.bus_connected.load(Relaxed),
+            "online_users": self.online_users.load(Relaxed),
+            "registry_writes": self.registry_writes.load(Relaxed),
+            "registry_batches": self.registry_batches.load(Relaxed),
+            "registry_errors": self.registry_errors.load(Relaxed),
+            "lookups": self.lookups.load(Relaxed),
+            "lookup_batches": self.lookup_batches.load(Relaxed),
+            "lookups_empty": self.lookups_empty.load(Relaxed),
+            "bus_out": self.bus_out.load(Relaxed),
+            "bus_in": self.bus_in.load(Relaxed),
+            "bus_in_own": self.bus_in_own.load(Relaxed),
+            "dropped": drops,
+        })
+    }
+
+    /// The `c10m_cluster_*` families of `/metrics`.
+    pub fn prometheus(&self, out: &mut String) {
+        let mut one = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP c10m_cluster_{name} {help}\n# TYPE c10m_cluster_{name} {kind}\n\
+                 c10m_cluster_{name} {v}"
+            );
+        };
+        let b = |f: &AtomicBool| f.load(Relaxed) as u64;
+        one(
+            "registry_connected",
+            "gauge",
+            "Redis registry reachable.",
+            b(&self.registry_connected),
+        );
+        one("bus_connected", "gauge", "NATS bus connected.", b(&self.bus_connected));
+        one(
+            "online_users",
+            "gauge",
+            "Users connected to this node.",
+            self.online_users.load(Relaxed),
+        );
+        let counters: [(&str, &str, &AtomicU64); 9] = [
+            ("registry_writes_total", "Redis registry commands written.", &self.registry_writes),
+            ("registry_batches_total", "Redis registry pipelines written.", &self.registry_batches),
+            (
+                "registry_errors_total",
+                "Redis registry pipelines that failed.",
+                &self.registry_errors,
+            ),
+            ("lookups_total", "Users looked up in the registry.", &self.lookups),
+            ("lookup_batches_total", "Registry lookup pipelines.", &self.lookup_batches),
+            ("lookups_empty_total", "User publishes with no other node.", &self.lookups_empty),
+            ("bus_out_total", "Messages published to NATS.", &self.bus_out),
+            ("bus_in_total", "Messages received from NATS.", &self.bus_in),
+            ("bus_in_own_total", "Own topic/broadcast messages skipped.", &self.bus_in_own),
+        ];
+        for (name, help, v) in counters {
+            one(name, "counter", help, v.load(Relaxed));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP c10m_cluster_dropped_total Messages the bridge dropped, by reason.\n\
+             # TYPE c10m_cluster_dropped_total counter"
+        );
+        for d in ClusterDrop::ALL {
+            let v = self.drops[d as usize].load(Relaxed);
+            let _ = writeln!(out, "c10m_cluster_dropped_total{{reason=\"{}\"}} {v}", d.name());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_drop_reason() {
+        let s = ClusterStats::new("n1");
+        s.dropped(ClusterDrop::BusDown, 2);
+        let mut text = String::new();
+        s.prometheus(&mut text);
+        assert!(text.contains("c10m_cluster_dropped_total{reason=\"bus_down\"} 2"), "{text}");
+        assert!(text.contains("c10m_cluster_dropped_total{reason=\"queue_full\"} 0"));
+        assert_eq!(s.json()["dropped"]["bus_down"], 2);
+        assert_eq!(s.json()["node_id"], "n1");
+    }
+}

@@ -1,0 +1,413 @@
+//! Cluster nodes against real Redis and NATS servers: each test starts `redis-server` and
+//! `nats-server` on free loopback ports (killed on drop) and several `c10m serve --node-id`
+//! processes, then checks delivery across nodes and registry expiry. `scripts/test.sh`
+//! installs both servers when they are missing.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{wait_until, ws_text, Server, STEP};
+
+/// A server process of the test, killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn(program: &str, args: &[&str]) -> Proc {
+    match Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+        Ok(child) => Proc(child),
+        Err(e) => panic!(
+            "cannot start {program} ({e}): run scripts/test.sh, which installs redis-server \
+             and nats-server (apt-get install redis-server nats-server)"
+        ),
+    }
+}
+
+/// Real Redis and NATS for one test.
+struct Backends {
+    redis: Option<Proc>,
+    nats: Option<Proc>,
+    redis_port: u16,
+    redis_url: String,
+    nats_url: String,
+    nats_port: u16,
+    nats_monitor: u16,
+}
+
+impl Backends {
+    fn start() -> Backends {
+        let (rp, np, mp) = (free_port(), free_port(), free_port());
+        let mut b = Backends {
+            redis: None,
+            nats: None,
+            redis_port: rp,
+            redis_url: format!("redis://127.0.0.1:{rp}"),
+            nats_url: format!("nats://127.0.0.1:{np}"),
+            nats_port: np,
+            nats_monitor: mp,
+        };
+        b.start_redis();
+        b.start_nats();
+        b
+    }
+
+    /// (Re)starts redis-server on its port, empty, and waits until it answers.
+    fn start_redis(&mut self) {
+        let port = self.redis_port.to_string();
+        let args = ["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+        self.redis = Some(spawn("redis-server", &args));
+        wait_until("redis-server answers PING", STEP, || {
+            let mut con =
+                redis::Client::open(self.redis_url.as_str()).ok()?.get_connection().ok()?;
+            redis::cmd("PING").query::<String>(&mut con).ok()
+        });
+    }
+
+    /// (Re)starts nats-server on its ports and waits until its monitoring answers.
+    fn start_nats(&mut self) {
+        let (port, monitor) = (self.nats_port.to_string(), self.nats_monitor.to_string());
+        self.nats = Some(spawn("nats-server", &["-a", "127.0.0.1", "-p", &port, "-m", &monitor]));
+        wait_until("nats-server monitoring answers", STEP, || self.nats_subscriptions());
+    }
+
+    fn redis(&self) -> redis::Connection {
+        redis::Client::open(self.redis_url.as_str()).unwrap().get_connection().unwrap()
+    }
+
+    /// The nodes whose entry for `user` has not expired.
+    fn nodes_of(&self, user: &str) -> Vec<String> {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+                as u64;
+        redis::cmd("ZRANGEBYSCORE")
+            .arg(format!("c10m:u:{user}"))
+            .arg(now)
+            .arg("+inf")
+            .query(&mut self.redis())
+            .unwrap()
+    }
+
+    fn key_exists(&self, user: &str) -> bool {
+        redis::cmd("EXISTS").arg(format!("c10m:u:{user}")).query::<i64>(&mut self.redis()).unwrap()
+            == 1
+    }
+
+    /// Subscriptions the NATS server holds, from its monitoring endpoint.
+    fn nats_subscriptions(&self) -> Option<u64> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.nats_monitor)).ok()?;
+        s.set_read_timeout(Some(STEP)).ok()?;
+        s.write_all(b"GET /subsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let body = text.split_once("\r\n\r\n")?.1;
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        v["num_subscriptions"].as_u64()
+    }
+
+    /// Starts a node and waits until it reaches Redis and NATS and its subscriptions are in
+    /// place (each node holds four).
+    fn node(&self, id: &str, extra: &[&str], nodes_before: u64) -> Server {
+        let mut args =
+            vec!["--node-id", id, "--registry", &self.redis_url, "--bus", &self.nats_url];
+        args.extend_from_slice(extra);
+        let server = Server::start(&args);
+        wait_until(&format!("node {id} connected to Redis and NATS"), STEP, || {
+            let c = &server.stats()["cluster"];
+            (c["registry_connected"] == true && c["bus_connected"] == true).then_some(())
+        });
+        let want = 4 * (nodes_before + 1);
+        wait_until(&format!("{want} NATS subscriptions"), STEP, || {
+            self.nats_subscriptions().filter(|&n| n >= want)
+        });
+        server
+    }
+
+    /// Publishes raw NATS protocol as a backend would, and waits for the server's PONG, so
+    /// the messages have been processed when this returns.
+    fn backend_publish(&self, msgs: &[(&str, &str)]) {
+        let s = TcpStream::connect(("127.0.0.1", self.nats_port)).unwrap();
+        s.set_read_timeout(Some(STEP)).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.starts_with("INFO "), "{line}");
+        let mut w = s;
+        let mut out = String::from("CONNECT {\"verbose\":false,\"pedantic\":false}\r\n");
+        for (subject, body) in msgs {
+            out.push_str(&format!("PUB {subject} {}\r\n{body}\r\n", body.len()));
+        }
+        out.push_str("PING\r\n");
+        w.write_all(out.as_bytes()).unwrap();
+        let deadline = Instant::now() + STEP;
+        loop {
+            assert!(Instant::now() < deadline, "no PONG from nats-server");
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            assert!(!line.starts_with("-ERR"), "{line}");
+            if line.starts_with("PONG") {
+                return;
+            }
+        }
+    }
+}
+
+fn cluster_stat(server: &Server, name: &str) -> u64 {
+    server.stats()["cluster"][name].as_u64().unwrap_or_else(|| panic!("no cluster.{name}"))
+}
+
+#[test]
+fn publish_at_one_node_reaches_a_user_on_another() {
+    let b = Backends::start();
+    let a_node = b.node("a", &[], 0);
+    let b_node = b.node("b", &[], 1);
+    let mut bob = b_node.ws_connect("/ws?user=bob");
+    let mut carol = b_node.sse_connect("user=carol");
+    wait_until("bob and carol registered on b", STEP, || {
+        (b.nodes_of("bob") == ["b"] && b.nodes_of("carol") == ["b"]).then_some(())
+    });
+    let (status, body) = a_node.publish("user=bob", "hello bob");
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(ws_text(&mut bob), "hello bob");
+    // The id the accepting node gave is the id the user sees on the other node.
+    let (status, body) = a_node.publish("user=carol", "hello carol");
+    assert_eq!(status, 202, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_u64().unwrap();
+    let (event_id, data) = carol.next_event();
+    assert_eq!(data, b"hello carol");
+    assert_eq!(event_id, Some(id.to_string()));
+    assert_eq!(cluster_stat(&a_node, "lookups"), 2);
+    assert_eq!(cluster_stat(&b_node, "bus_in"), 2);
+    // A clean disconnect removes the entry.
+    drop(bob);
+    wait_until("bob's entry removed", STEP, || (!b.key_exists("bob")).then_some(()));
+    assert_eq!(b.nodes_of("carol"), ["b"]);
+    let metrics = b_node.metrics();
+    assert_eq!(common::metric_sum(&metrics, "c10m_cluster_dropped_total", &[]), 0.0, "{metrics}");
+}
+
+#[test]
+fn topic_and_broadcast_reach_every_node_exactly_once() {
+    let b = Backends::start();
+    let nodes: Vec<Server> =
+        ["a", "b", "c"].iter().enumerate().map(|(i, id)| b.node(id, &[], i as u64)).collect();
+    let mut clients: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| n.ws_connect(&format!("/ws?user=u{i}&topics=news")))
+        .collect();
+    for n in &nodes {
+        n.wait_connections(1);
+    }
+    let mut expect_everywhere = |what: &str| {
+        for (i, c) in clients.iter_mut().enumerate() {
+            assert_eq!(ws_text(c), what, "client on node {i}");
+        }
+    };
+    assert_eq!(nodes[0].publish("topic=news", "t1").0, 202);
+    expect_everywhere("t1");
+    assert_eq!(nodes[1].publish("all", "b1").0, 202);
+    expect_everywhere("b1");
+    // A topic name that is no NATS subject token travels in a header.
+    let mut odd = nodes.iter().map(|n| n.ws_connect("/ws?user=o&topics=a%20b")).collect::<Vec<_>>();
+    for n in &nodes {
+        n.wait_connections(2);
+    }
+    assert_eq!(nodes[2].publish("topic=a%20b", "spaced").0, 202);
+    for c in odd.iter_mut() {
+        assert_eq!(ws_text(c), "spaced");
+    }
+    // A duplicate of anything above would arrive before this marker.
+    assert_eq!(nodes[2].publish("topic=news", "end").0, 202);
+    expect_everywhere("end");
+    let own: Vec<u64> = nodes.iter().map(|n| cluster_stat(n, "bus_in_own")).collect();
+    assert_eq!(own, [1, 1, 2], "each origin skipped its own messages");
+    for n in &nodes {
+        let text = n.metrics();
+        assert_eq!(common::metric_sum(&text, "c10m_cluster_dropped_total", &[]), 0.0, "{text}");
+    }
+}
+
+#[test]
+fn backend_publishes_straight_to_nats_reach_users_topics_and_everyone() {
+    let b = Backends::start();
+    let a_node = b.node("a", &[], 0);
+    let b_node = b.node("b", &[], 1);
+    let mut on_a = a_node.ws_connect("/ws?user=ann&topics=news");
+    let mut on_b = b_node.ws_connect("/ws?user=bob&topics=news");
+    wait_until("both registered", STEP, || {
+        (b.nodes_of("ann") == ["a"] && b.nodes_of("bob") == ["b"]).then_some(())
+    });
+    // Whichever node the queue group picks, each user gets its message once.
+    b.backend_publish(&[("c10m.user.bob", "to bob"), ("c10m.user.ann", "to ann")]);
+    assert_eq!(ws_text(&mut on_b), "to bob");
+    assert_eq!(ws_text(&mut on_a), "to ann");
+    b.backend_publish(&[("c10m.topic.news", "news"), ("c10m.all", "all")]);
+    for c in [&mut on_a, &mut on_b] {
+        assert_eq!(ws_text(c), "news");
+        assert_eq!(ws_text(c), "all");
+    }
+    // A message for a user with no node is counted, not delivered anywhere.
+    b.backend_publish(&[("c10m.user.nobody", "x")]);
+    wait_until("lookup of nobody counted", STEP, || {
+        (cluster_stat(&a_node, "lookups_empty") + cluster_stat(&b_node, "lookups_empty") == 1)
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_killed_nodes_entries_expire_and_a_live_nodes_are_refreshed() {
+    let b = Backends::start();
+    let ttl = ["--registry-ttl-ms", "1500"];
+    let a_node = b.node("a", &ttl, 0);
+    let b_node = b.node("b", &ttl, 1);
+    let _ann = a_node.ws_connect("/ws?user=ann");
+    let _dave = b_node.ws_connect("/ws?user=dave");
+    wait_until("both registered", STEP, || {
+        (b.nodes_of("ann") == ["a"] && b.nodes_of("dave") == ["b"]).then_some(())
+    });
+    // Past twice the TTL, refreshes keep live entries (observed every 100 ms for 3.2 s).
+    let until = Instant::now() + Duration::from_millis(3200);
+    while Instant::now() < until {
+        assert_eq!(b.nodes_of("dave"), ["b"], "a live node's entry lapsed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b_node.signal(libc::SIGKILL);
+    wait_until("dave's entry expired after b was killed", STEP, || {
+        (!b.key_exists("dave")).then_some(())
+    });
+    assert_eq!(b.nodes_of("ann"), ["a"]);
+    assert!(cluster_stat(&a_node, "registry_batches") >= 2, "refreshes are batched writes");
+}
+
+#[test]
+fn a_partial_cluster_configuration_is_refused_with_advice() {
+    let out = Command::new(env!("CARGO_BIN_EXE_c10m"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--node-id", "n1"])
+        .args(["--bus", "nats://127.0.0.1:4222"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("add --registry"), "{err}");
+}
+
+#[test]
+fn a_node_that_shuts_down_cleanly_removes_its_entries() {
+    let b = Backends::start();
+    let mut node = b.node("a", &[], 0);
+    // SSE clients: a shutdown ends their streams at once (no close handshake to wait for),
+    // so the node exits right after their last announcements reach its bridge.
+    let _erin = node.sse_connect("user=erin");
+    let _sam = node.sse_connect("user=sam");
+    wait_until("erin and sam registered", STEP, || {
+        (b.nodes_of("erin") == ["a"] && b.nodes_of("sam") == ["a"]).then_some(())
+    });
+    node.signal(libc::SIGINT);
+    assert!(node.wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()));
+    // Removed by the node on its way out, not by the 60 s expiry.
+    assert!(!b.key_exists("erin") && !b.key_exists("sam"));
+}
+
+fn dropped(server: &Server, reason: &str) -> u64 {
+    server.stats()["cluster"]["dropped"][reason].as_u64().unwrap()
+}
+
+#[test]
+fn with_redis_or_nats_down_local_delivery_goes_on_and_drops_are_counted() {
+    let mut b = Backends::start();
+    let ttl = ["--registry-ttl-ms", "1500"];
+    let a_node = b.node("a", &ttl, 0);
+    let b_node = b.node("b", &ttl, 1);
+    let mut ann = a_node.ws_connect("/ws?user=ann&topics=news");
+    wait_until("ann registered", STEP, || (b.nodes_of("ann") == ["a"]).then_some(()));
+
+    b.redis = None;
+    for n in [&a_node, &b_node] {
+        wait_until("the nodes see Redis down", STEP, || {
+            (n.stats()["cluster"]["registry_connected"] == false).then_some(())
+        });
+    }
+    assert_eq!(a_node.publish("user=ann", "local 1").0, 202);
+    assert_eq!(ws_text(&mut ann), "local 1");
+    wait_until("lookup drop counted", STEP, || {
+        (dropped(&a_node, "registry_down") == 1).then_some(())
+    });
+
+    b.nats = None;
+    wait_until("a sees NATS down", STEP, || {
+        (a_node.stats()["cluster"]["bus_connected"] == false).then_some(())
+    });
+    assert_eq!(a_node.publish("topic=news", "local 2").0, 202);
+    assert_eq!(ws_text(&mut ann), "local 2");
+    wait_until("bus drop counted", STEP, || (dropped(&a_node, "bus_down") == 1).then_some(()));
+    let text = a_node.metrics();
+    assert_eq!(
+        common::metric_sum(&text, "c10m_cluster_dropped_total", &["reason=\"bus_down\""]),
+        1.0,
+        "{text}"
+    );
+
+    // Both come back (empty): the nodes reconnect on their own, the refresh writes ann again,
+    // and publishes cross nodes again.
+    b.start_redis();
+    b.start_nats();
+    wait_until("ann registered again", STEP, || (b.nodes_of("ann") == ["a"]).then_some(()));
+    wait_until("b reconnected to Redis", STEP, || {
+        (b_node.stats()["cluster"]["registry_connected"] == true).then_some(())
+    });
+    wait_until("both nodes resubscribed", STEP, || b.nats_subscriptions().filter(|&n| n >= 8));
+    assert_eq!(b_node.publish("user=ann", "remote").0, 202);
+    assert_eq!(ws_text(&mut ann), "remote");
+    assert_eq!(b_node.publish("topic=news", "remote topic").0, 202);
+    assert_eq!(ws_text(&mut ann), "remote topic");
+}
+
+#[test]
+fn a_user_on_several_nodes_gets_each_publish_once_on_each() {
+    let b = Backends::start();
+    let nodes: Vec<Server> =
+        ["a", "b", "c"].iter().enumerate().map(|(i, id)| b.node(id, &[], i as u64)).collect();
+    let mut conns: Vec<_> = nodes.iter().map(|n| n.ws_connect("/ws?user=multi")).collect();
+    // Two connections on c: still one registry member for c.
+    conns.push(nodes[2].ws_connect("/ws?user=multi"));
+    wait_until("multi registered on every node", STEP, || {
+        let mut on = b.nodes_of("multi");
+        on.sort();
+        (on == ["a", "b", "c"]).then_some(())
+    });
+    for (i, text) in ["one", "two"].iter().enumerate() {
+        assert_eq!(nodes[i].publish("user=multi", text).0, 202);
+        for (j, c) in conns.iter_mut().enumerate() {
+            assert_eq!(ws_text(c), *text, "connection {j}");
+        }
+    }
+    // Closing one of c's two connections keeps c registered; closing both removes it.
+    conns.pop();
+    nodes[2].wait_connections(1);
+    assert_eq!(nodes[2].publish("user=multi", "three").0, 202);
+    for c in conns.iter_mut() {
+        assert_eq!(ws_text(c), "three");
+    }
+    let mut on = b.nodes_of("multi");
+    on.sort();
+    assert_eq!(on, ["a", "b", "c"]);
+    conns.pop();
+    wait_until("c's member removed", STEP, || {
+        let mut on = b.nodes_of("multi");
+        on.sort();
+        (on == ["a", "b"]).then_some(())
+    });
+}
