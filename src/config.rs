@@ -151,6 +151,11 @@ pub struct Config {
     /// A file whose first line is the bearer key the admin API requires. Required when an
     /// admin listener is not on loopback.
     pub admin_key_file: Option<PathBuf>,
+    // TLS: both or neither. When set, every client listener speaks TLS; admin stays plain.
+    /// PEM certificate chain (server certificate first) for the client listeners.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     pub limits: Limits,
 }
 
@@ -167,6 +172,8 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             admin_key_file: None,
             goaway_endpoint: None,
+            tls_cert: None,
+            tls_key: None,
             limits: Limits::default(),
         }
     }
@@ -305,6 +312,12 @@ pub struct ServeArgs {
     /// Endpoint that goaways send clients to (at most 64 bytes). Default: none (come back).
     #[arg(long, value_name = "URL")]
     pub goaway_endpoint: Option<String>,
+    /// TLS on every client listener: PEM certificate chain. Needs --tls-key. SIGHUP reloads it.
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for --tls-cert.
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -374,6 +387,12 @@ impl ServeArgs {
         if self.goaway_endpoint.is_some() {
             cfg.goaway_endpoint = self.goaway_endpoint.clone();
         }
+        if self.tls_cert.is_some() {
+            cfg.tls_cert = self.tls_cert.clone();
+        }
+        if self.tls_key.is_some() {
+            cfg.tls_key = self.tls_key.clone();
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -416,6 +435,11 @@ impl Config {
         }
         if self.shards > 1024 {
             return err(format!("shards = {} is more than 1024; use one per core", self.shards));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return err("--tls-cert needs --tls-key PATH (tls_key)".into()),
+            (None, Some(_)) => return err("--tls-key needs --tls-cert PATH (tls_cert)".into()),
+            _ => {}
         }
         if l.conns_per_shard_max == 0 || l.conns_per_shard_max > RING_FILES_KERNEL_MAX {
             return err(format!(

@@ -21,6 +21,7 @@
 //! - [`sys`]: OS wrappers: resource limits, listeners, signals.
 //! - [`auth`]: JWT for clients, a bearer key for the admin API, allowed origins.
 //! - [`config`]: every limit, its default and why.
+//! - [`tls`]: rustls sessions for the client listeners (unbuffered API) and certificate reload.
 
 pub mod auth;
 pub mod config;
@@ -33,3 +34,4 @@ pub mod ring;
 pub mod server;
 pub mod shard;
 pub mod sys;
+pub mod tls;

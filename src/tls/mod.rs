@@ -1,0 +1,452 @@
+//! TLS on the client listeners, with rustls's unbuffered API.
+//!
+//! The shard keeps its I/O: a receive copies ciphertext out of the provided-buffer ring, a
+//! [`Session`] decrypts it in that copy and hands back plaintext, which goes to the protocol
+//! code exactly as plain bytes do; plaintext queued for a connection is encrypted per
+//! connection into an owned chunk that lives only until its send completes. rustls's
+//! unbuffered connection owns no I/O buffer, so an idle TLS connection costs its record keys and
+//! handshake-derived state, plus the bytes of an incomplete record when one is pending.
+//!
+//! One [`TlsServer`] is built at start from the PEM files of `--tls-cert` and `--tls-key` and
+//! shared by every shard. [`TlsServer::reload`] (SIGHUP) re-reads both files and swaps the
+//! certificate that new handshakes present; connections already up keep their keys. A reload
+//! that fails keeps the certificate in use.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use rustls::server::{ClientHello, ResolvesServerCert, UnbufferedServerConnection};
+use rustls::sign::CertifiedKey;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::{AlertDescription, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The only application protocol offered: WebSocket and SSE both start as HTTP/1.1.
+pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// Bytes of TLS framing added per record, at most: 5 header bytes, an 8-byte explicit nonce
+/// (TLS 1.2 GCM), a 16-byte tag and the inner content type (TLS 1.3), rounded up.
+const RECORD_OVERHEAD_BYTES: usize = 64;
+/// Largest plaintext of one record.
+const RECORD_PLAINTEXT_BYTES: usize = 16_384;
+/// Most ciphertext an incomplete record may hold back: one record of the largest size TLS
+/// allows (2^14 + 2048 bytes of expansion + 5 of header). rustls refuses larger records itself;
+/// this bounds what a connection keeps between receives.
+pub const PENDING_BYTES_MAX: usize = RECORD_PLAINTEXT_BYTES + 2048 + 5;
+
+/// Why a TLS connection failed, one counter each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The bytes were not TLS (a plain HTTP request on a TLS listener, noise).
+    NotTls,
+    /// The client refused our certificate (it does not trust it, or it names another host).
+    CertRejected,
+    /// The client speaks TLS, but nothing we accept (versions, suites, ALPN), or broke the
+    /// protocol; or any other alert it sent.
+    Handshake,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 3] = [Failure::NotTls, Failure::CertRejected, Failure::Handshake];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Failure::NotTls => "not_tls",
+            Failure::CertRejected => "cert_rejected",
+            Failure::Handshake => "handshake",
+        }
+    }
+
+    fn of(e: &rustls::Error) -> Failure {
+        use rustls::Error as E;
+        match e {
+            E::InvalidMessage(_) => Failure::NotTls,
+            E::AlertReceived(
+                AlertDescription::BadCertificate
+                | AlertDescription::UnsupportedCertificate
+                | AlertDescription::CertificateRevoked
+                | AlertDescription::CertificateExpired
+                | AlertDescription::CertificateUnknown
+                | AlertDescription::UnknownCA
+                | AlertDescription::AccessDenied,
+            ) => Failure::CertRejected,
+            _ => Failure::Handshake,
+        }
+    }
+}
+
+/// An operator's TLS configuration mistake, naming the flag to fix.
+#[derive(Debug)]
+pub struct TlsConfigError(pub String);
+
+impl fmt::Display for TlsConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsConfigError {}
+
+/// Presents whichever certificate was loaded last.
+#[derive(Debug)]
+struct Resolver(RwLock<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner)))
+    }
+}
+
+/// The TLS configuration every shard shares: built once, its certificate swappable.
+pub struct TlsServer {
+    config: Arc<ServerConfig>,
+    resolver: Arc<Resolver>,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+impl fmt::Debug for TlsServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsServer")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .finish()
+    }
+}
+
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// Reads and checks a certificate chain and its key; errors name the flag at fault.
+fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsConfigError> {
+    let bad = |flag: &str, path: &Path, why: String| {
+        TlsConfigError(format!("{flag} {}: {why}", path.display()))
+    };
+    let cert_text = std::fs::read(cert).map_err(|e| bad("--tls-cert", cert, e.to_string()))?;
+    let chain = CertificateDer::pem_slice_iter(&cert_text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("--tls-cert", cert, format!("not a PEM certificate chain: {e}")))?;
+    if chain.is_empty() {
+        let why = "no CERTIFICATE section: give the server certificate (then its \
+                   intermediates) in PEM";
+        return Err(bad("--tls-cert", cert, why.into()));
+    }
+    let key_text = std::fs::read(key).map_err(|e| bad("--tls-key", key, e.to_string()))?;
+    let der = PrivateKeyDer::from_pem_slice(&key_text).map_err(|e| {
+        let why = format!("no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {e}");
+        bad("--tls-key", key, why)
+    })?;
+    let ck = CertifiedKey::from_der(chain, der, &provider()).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => bad(
+            "--tls-key",
+            key,
+            format!("does not match the certificate of --tls-cert {}", cert.display()),
+        ),
+        other => bad("--tls-key", key, format!("unusable key: {other}")),
+    })?;
+    // The chain must parse as X.509 for clients to accept it; check now, not per handshake.
+    ck.end_entity_cert()
+        .ok()
+        .and_then(|c| rustls::server::ParsedCertificate::try_from(c).ok())
+        .ok_or_else(|| {
+            bad("--tls-cert", cert, "the first certificate is not valid X.509".into())
+        })?;
+    Ok(ck)
+}
+
+impl TlsServer {
+    /// Loads the PEM files and builds the configuration: TLS 1.3 and 1.2, rustls's default
+    /// cipher suites, ALPN `http/1.1`, no client certificates.
+    pub fn load(cert: &Path, key: &Path) -> Result<TlsServer, TlsConfigError> {
+        let ck = load_certified_key(cert, key)?;
+        let resolver = Arc::new(Resolver(RwLock::new(Arc::new(ck))));
+        let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsConfigError(format!("TLS setup: {e}")))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+        Ok(TlsServer {
+            config: Arc::new(config),
+            resolver,
+            cert_path: cert.to_owned(),
+            key_path: key.to_owned(),
+        })
+    }
+
+    /// Re-reads the PEM files; new handshakes present the new certificate. On error the
+    /// certificate in use stays.
+    pub fn reload(&self) -> Result<(), TlsConfigError> {
+        let ck = load_certified_key(&self.cert_path, &self.key_path)?;
+        *self.resolver.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ck);
+        Ok(())
+    }
+
+    /// A server session for a newly accepted connection.
+    pub fn session(&self) -> Result<Session, rustls::Error> {
+        Ok(Session {
+            conn: UnbufferedServerConnection::new(Arc::clone(&self.config))?,
+            pending: Vec::new(),
+            established: false,
+            failed: false,
+        })
+    }
+}
+
+/// What one batch of received ciphertext produced, besides plaintext and bytes to send.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The handshake completed during this batch.
+    pub established: bool,
+    /// The peer sent close_notify: it will send nothing more.
+    pub peer_closed: bool,
+}
+
+/// One connection's TLS state.
+pub struct Session {
+    conn: UnbufferedServerConnection,
+    /// Ciphertext of an incomplete record, kept between receives; empty (no allocation) when
+    /// every record received was whole. len <= PENDING_BYTES_MAX.
+    pending: Vec<u8>,
+    established: bool,
+    /// A fatal error was seen: everything further is discarded.
+    failed: bool,
+}
+
+impl Session {
+    /// The handshake is complete: application data may flow.
+    pub fn is_established(&self) -> bool {
+        self.established
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Bytes held for an incomplete record.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Feeds ciphertext just received: appends the plaintext it carried to `plain` and any TLS
+    /// bytes to send (handshake flights, alerts) to `out`. On failure `out` may hold an alert
+    /// to send before closing; the session then ignores all further input.
+    pub fn receive(
+        &mut self,
+        rx: &mut [u8],
+        plain: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<Progress, Failure> {
+        if self.failed {
+            return Err(Failure::Handshake);
+        }
+        let result = if self.pending.is_empty() {
+            let r = self.process(rx, plain, out);
+            if let Ok((used, _)) = r {
+                self.pending.extend_from_slice(&rx[used..]);
+            }
+            r
+        } else {
+            let mut buf = std::mem::take(&mut self.pending);
+            buf.extend_from_slice(rx);
+            let r = self.process(&mut buf, plain, out);
+            if let Ok((used, _)) = r {
+                buf.drain(..used);
+                self.pending = buf;
+            }
+            r
+        };
+        match result {
+            Ok((_, progress)) => {
+                if self.pending.len() > PENDING_BYTES_MAX {
+                    self.failed = true;
+                    return Err(Failure::NotTls);
+                }
+                if self.pending.is_empty() {
+                    // Idle connections hold no input buffer.
+                    self.pending = Vec::new();
+                } else {
+                    self.pending.shrink_to_fit();
+                }
+                Ok(progress)
+            }
+            Err(e) => {
+                self.pending = Vec::new();
+                self.failed = true;
+                self.flush_alert(out);
+                Err(Failure::of(&e))
+            }
+        }
+    }
+
+    /// Runs the state machine over `buf`; returns how many bytes it consumed.
+    fn process(
+        &mut self,
+        buf: &mut [u8],
+        plain: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<(usize, Progress), rustls::Error> {
+        let mut used = 0;
+        let mut progress = Progress::default();
+        // Each turn consumes a record or emits one; the bound only guards against a state
+        // machine that stops making progress.
+        for _ in 0..buf.len() + 64 {
+            let UnbufferedStatus { discard, state } =
+                self.conn.process_tls_records(&mut buf[used..]);
+            let state = state?;
+            let mut stop = false;
+            match state {
+                ConnectionState::ReadTraffic(mut r) => {
+                    while let Some(record) = r.next_record() {
+                        plain.extend_from_slice(record?.payload);
+                    }
+                }
+                ConnectionState::EncodeTlsData(mut e) => {
+                    encode_into(out, |o| e.encode(o))?;
+                }
+                ConnectionState::TransmitTlsData(t) => t.done(),
+                ConnectionState::PeerClosed => progress.peer_closed = true,
+                // Also reached in TLS 1.3 before the client's Finished (0.5-RTT data): the
+                // handshake counts as complete only once rustls says so, below.
+                ConnectionState::WriteTraffic(_)
+                | ConnectionState::BlockedHandshake
+                | ConnectionState::Closed => stop = true,
+                // Early data is not enabled; any future state is not understood.
+                _ => return Err(rustls::Error::General("unexpected TLS state".into())),
+            }
+            used += discard;
+            if !self.established && !self.conn.is_handshaking() {
+                self.established = true;
+                progress.established = true;
+            }
+            if stop {
+                return Ok((used, progress));
+            }
+        }
+        Err(rustls::Error::General("TLS state machine made no progress".into()))
+    }
+
+    /// Encrypts application data for sending; appends the ciphertext to `out`. Fails when the
+    /// handshake is not complete or the session is closing (the data is then dropped).
+    pub fn encrypt(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), Failure> {
+        self.with_write(out, |w, out| {
+            let records = data.len() / RECORD_PLAINTEXT_BYTES + 1;
+            let want = data.len() + records * RECORD_OVERHEAD_BYTES;
+            encrypt_into(out, want, |o| w.encrypt(data, o))
+        })
+    }
+
+    /// Appends a close_notify alert to `out`, when the handshake is complete.
+    pub fn close_notify(&mut self, out: &mut Vec<u8>) -> Result<(), Failure> {
+        self.with_write(out, |w, out| {
+            encrypt_into(out, RECORD_OVERHEAD_BYTES, |o| w.queue_close_notify(o))
+        })
+    }
+
+    fn with_write(
+        &mut self,
+        out: &mut Vec<u8>,
+        f: impl FnOnce(
+            &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+            &mut Vec<u8>,
+        ) -> Result<(), rustls::Error>,
+    ) -> Result<(), Failure> {
+        if self.failed || !self.established {
+            return Err(Failure::Handshake);
+        }
+        // Handshake messages may be owed first (a session ticket, a key update); the pending
+        // bytes go in too so rustls sees the input stream as it is, but they hold no whole
+        // record (receive consumed those), so nothing is read here.
+        let mut f = Some(f);
+        for _ in 0..16 {
+            let UnbufferedStatus { discard, state } =
+                self.conn.process_tls_records(&mut self.pending);
+            debug_assert_eq!(discard, 0, "pending holds no whole record");
+            match state.map_err(|e| Failure::of(&e))? {
+                ConnectionState::WriteTraffic(mut w) => {
+                    let f = f.take().ok_or(Failure::Handshake)?;
+                    return f(&mut w, out).map_err(|e| Failure::of(&e));
+                }
+                ConnectionState::EncodeTlsData(mut e) => {
+                    encode_into(out, |o| e.encode(o)).map_err(|e| Failure::of(&e))?;
+                }
+                ConnectionState::TransmitTlsData(t) => t.done(),
+                _ => return Err(Failure::Handshake),
+            }
+        }
+        Err(Failure::Handshake)
+    }
+
+    /// After a fatal error rustls queues an alert for the peer; collect it.
+    fn flush_alert(&mut self, out: &mut Vec<u8>) {
+        for _ in 0..4 {
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            match state {
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    if encode_into(out, |o| e.encode(o)).is_err() {
+                        return;
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                _ => return,
+            }
+        }
+    }
+}
+
+/// Appends what `encode` writes to `out`, growing it to the size rustls asks for.
+fn encode_into(
+    out: &mut Vec<u8>,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> Result<(), rustls::Error> {
+    let start = out.len();
+    let mut want = 512;
+    for _ in 0..2 {
+        out.resize(start + want, 0);
+        match encode(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(s)) => want = s.required_size,
+            Err(e) => {
+                out.truncate(start);
+                return Err(rustls::Error::General(e.to_string()));
+            }
+        }
+    }
+    out.truncate(start);
+    Err(rustls::Error::General("TLS record does not fit".into()))
+}
+
+/// Appends what `encrypt` writes to `out`, growing it to the size rustls asks for.
+fn encrypt_into(
+    out: &mut Vec<u8>,
+    mut want: usize,
+    mut encrypt: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+) -> Result<(), rustls::Error> {
+    let start = out.len();
+    for _ in 0..2 {
+        out.resize(start + want, 0);
+        match encrypt(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncryptError::InsufficientSize(s)) => want = s.required_size,
+            Err(e) => {
+                out.truncate(start);
+                return Err(rustls::Error::General(e.to_string()));
+            }
+        }
+    }
+    out.truncate(start);
+    Err(rustls::Error::General("TLS record does not fit".into()))
+}
+
+#[cfg(test)]
+mod tests;
