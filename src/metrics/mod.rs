@@ -111,7 +111,7 @@ pub struct ShardStats {
     /// TLS handshakes completed on client listeners.
     pub tls_handshakes: AtomicU64,
     /// TLS connections that failed, by [`crate::tls::Failure`].
-    pub tls_failures: [AtomicU64; 3],
+    pub tls_failures: [AtomicU64; 4],
     /// SIGHUP certificate reloads that took effect / that failed (the old one stays).
     pub tls_reloads: AtomicU64,
     pub tls_reload_failures: AtomicU64,

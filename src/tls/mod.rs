@@ -13,13 +13,15 @@
 //! that fails keeps the certificate in use.
 #![forbid(unsafe_code)]
 
+pub mod record;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::server::{ClientHello, ResolvesServerCert, UnbufferedServerConnection};
 use rustls::sign::CertifiedKey;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::{AlertDescription, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -27,15 +29,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 /// The only application protocol offered: WebSocket and SSE both start as HTTP/1.1.
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 
-/// Bytes of TLS framing added per record, at most: 5 header bytes, an 8-byte explicit nonce
-/// (TLS 1.2 GCM), a 16-byte tag and the inner content type (TLS 1.3), rounded up.
-const RECORD_OVERHEAD_BYTES: usize = 64;
-/// Largest plaintext of one record.
-const RECORD_PLAINTEXT_BYTES: usize = 16_384;
 /// Most ciphertext an incomplete record may hold back: one record of the largest size TLS
-/// allows (2^14 + 2048 bytes of expansion + 5 of header). rustls refuses larger records itself;
-/// this bounds what a connection keeps between receives.
-pub const PENDING_BYTES_MAX: usize = RECORD_PLAINTEXT_BYTES + 2048 + 5;
+/// allows, with its header. Larger records are refused; this bounds what a connection keeps
+/// between receives.
+pub const PENDING_BYTES_MAX: usize = record::CIPHERTEXT_BYTES_MAX + 5;
 
 /// Why a TLS connection failed, one counter each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,16 +44,21 @@ pub enum Failure {
     /// The client speaks TLS, but nothing we accept (versions, suites, ALPN), or broke the
     /// protocol; or any other alert it sent.
     Handshake,
+    /// After the handshake: a record that does not decrypt, a fatal alert, or a message the
+    /// record layer does not follow (a TLS 1.3 KeyUpdate, a TLS 1.2 renegotiation).
+    Record,
 }
 
 impl Failure {
-    pub const ALL: [Failure; 3] = [Failure::NotTls, Failure::CertRejected, Failure::Handshake];
+    pub const ALL: [Failure; 4] =
+        [Failure::NotTls, Failure::CertRejected, Failure::Handshake, Failure::Record];
 
     pub fn name(self) -> &'static str {
         match self {
             Failure::NotTls => "not_tls",
             Failure::CertRejected => "cert_rejected",
             Failure::Handshake => "handshake",
+            Failure::Record => "record",
         }
     }
 
@@ -170,6 +172,12 @@ impl TlsServer {
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+        // The record layer takes over from rustls after the handshake (see `record`).
+        config.enable_secret_extraction = true;
+        // Resumption tickets are sealed by the server instead of stored in it: a reconnect
+        // wave resumes cheaply and no per-session state is kept.
+        config.ticketer = rustls::crypto::ring::Ticketer::new()
+            .map_err(|e| TlsConfigError(format!("TLS ticket key: {e}")))?;
         Ok(TlsServer {
             config: Arc::new(config),
             resolver,
@@ -188,12 +196,8 @@ impl TlsServer {
 
     /// A server session for a newly accepted connection.
     pub fn session(&self) -> Result<Session, rustls::Error> {
-        Ok(Session {
-            conn: UnbufferedServerConnection::new(Arc::clone(&self.config))?,
-            pending: Vec::new(),
-            established: false,
-            failed: false,
-        })
+        let conn = UnbufferedServerConnection::new(Arc::clone(&self.config))?;
+        Ok(Session { state: State::Handshake(Box::new(conn)), pending: Vec::new() })
     }
 }
 
@@ -206,25 +210,30 @@ pub struct Progress {
     pub peer_closed: bool,
 }
 
-/// One connection's TLS state.
+/// One connection's TLS state: rustls while the handshake runs, then only the record keys.
 pub struct Session {
-    conn: UnbufferedServerConnection,
+    state: State,
     /// Ciphertext of an incomplete record, kept between receives; empty (no allocation) when
     /// every record received was whole. len <= PENDING_BYTES_MAX.
     pending: Vec<u8>,
-    established: bool,
+}
+
+enum State {
+    Handshake(Box<UnbufferedServerConnection>),
+    /// The handshake is done: rustls's connection is dropped, its traffic secrets kept.
+    Traffic(record::Records),
     /// A fatal error was seen: everything further is discarded.
-    failed: bool,
+    Failed,
 }
 
 impl Session {
     /// The handshake is complete: application data may flow.
     pub fn is_established(&self) -> bool {
-        self.established
+        matches!(self.state, State::Traffic(_))
     }
 
     pub fn is_failed(&self) -> bool {
-        self.failed
+        matches!(self.state, State::Failed)
     }
 
     /// Bytes held for an incomplete record.
@@ -241,8 +250,8 @@ impl Session {
         plain: &mut Vec<u8>,
         out: &mut Vec<u8>,
     ) -> Result<Progress, Failure> {
-        if self.failed {
-            return Err(Failure::Handshake);
+        if self.is_failed() {
+            return Err(Failure::Record);
         }
         let result = if self.pending.is_empty() {
             let r = self.process(rx, plain, out);
@@ -263,7 +272,8 @@ impl Session {
         match result {
             Ok((_, progress)) => {
                 if self.pending.len() > PENDING_BYTES_MAX {
-                    self.failed = true;
+                    self.state = State::Failed;
+                    self.pending = Vec::new();
                     return Err(Failure::NotTls);
                 }
                 if self.pending.is_empty() {
@@ -274,126 +284,128 @@ impl Session {
                 }
                 Ok(progress)
             }
-            Err(e) => {
+            Err(why) => {
+                if let State::Handshake(conn) = &mut self.state {
+                    flush_alert(conn, out);
+                }
+                self.state = State::Failed;
                 self.pending = Vec::new();
-                self.failed = true;
-                self.flush_alert(out);
-                Err(Failure::of(&e))
+                Err(why)
             }
         }
     }
 
-    /// Runs the state machine over `buf`; returns how many bytes it consumed.
+    /// Runs the handshake and then the record layer over `buf`; returns how many bytes whole
+    /// records took.
     fn process(
         &mut self,
         buf: &mut [u8],
         plain: &mut Vec<u8>,
         out: &mut Vec<u8>,
-    ) -> Result<(usize, Progress), rustls::Error> {
+    ) -> Result<(usize, Progress), Failure> {
         let mut used = 0;
         let mut progress = Progress::default();
-        // Each turn consumes a record or emits one; the bound only guards against a state
-        // machine that stops making progress.
-        for _ in 0..buf.len() + 64 {
-            let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(&mut buf[used..]);
-            let state = state?;
-            let mut stop = false;
-            match state {
-                ConnectionState::ReadTraffic(mut r) => {
-                    while let Some(record) = r.next_record() {
-                        plain.extend_from_slice(record?.payload);
-                    }
-                }
-                ConnectionState::EncodeTlsData(mut e) => {
-                    encode_into(out, |o| e.encode(o))?;
-                }
-                ConnectionState::TransmitTlsData(t) => t.done(),
-                ConnectionState::PeerClosed => progress.peer_closed = true,
-                // Also reached in TLS 1.3 before the client's Finished (0.5-RTT data): the
-                // handshake counts as complete only once rustls says so, below.
-                ConnectionState::WriteTraffic(_)
-                | ConnectionState::BlockedHandshake
-                | ConnectionState::Closed => stop = true,
-                // Early data is not enabled; any future state is not understood.
-                _ => return Err(rustls::Error::General("unexpected TLS state".into())),
-            }
-            used += discard;
-            if !self.established && !self.conn.is_handshaking() {
-                self.established = true;
+        if let State::Handshake(conn) = &mut self.state {
+            used = handshake(conn, buf, plain, out, &mut progress).map_err(|e| Failure::of(&e))?;
+            if !conn.is_handshaking() {
+                self.enter_traffic()?;
                 progress.established = true;
             }
-            if stop {
-                return Ok((used, progress));
+        }
+        if let State::Traffic(records) = &mut self.state {
+            if !progress.peer_closed {
+                let opened = records.open(&mut buf[used..], plain).map_err(|_| Failure::Record)?;
+                used += opened.used;
+                progress.peer_closed = opened.peer_closed;
             }
         }
-        Err(rustls::Error::General("TLS state machine made no progress".into()))
+        Ok((used, progress))
+    }
+
+    /// Swaps the finished rustls connection for its traffic secrets.
+    fn enter_traffic(&mut self) -> Result<(), Failure> {
+        let State::Handshake(conn) = std::mem::replace(&mut self.state, State::Failed) else {
+            return Err(Failure::Handshake);
+        };
+        let version = conn.protocol_version().ok_or(Failure::Handshake)?;
+        // The kernel-connection half (for key updates) is dropped: see `record`.
+        let (secrets, _) =
+            conn.dangerous_into_kernel_connection().map_err(|_| Failure::Handshake)?;
+        self.state =
+            State::Traffic(record::Records::new(version, secrets).ok_or(Failure::Handshake)?);
+        Ok(())
     }
 
     /// Encrypts application data for sending; appends the ciphertext to `out`. Fails when the
     /// handshake is not complete or the session is closing (the data is then dropped).
     pub fn encrypt(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), Failure> {
-        self.with_write(out, |w, out| {
-            let records = data.len() / RECORD_PLAINTEXT_BYTES + 1;
-            let want = data.len() + records * RECORD_OVERHEAD_BYTES;
-            encrypt_into(out, want, |o| w.encrypt(data, o))
-        })
+        match &mut self.state {
+            State::Traffic(r) => r.seal(data, out).map_err(|_| Failure::Record),
+            _ => Err(Failure::Handshake),
+        }
     }
 
     /// Appends a close_notify alert to `out`, when the handshake is complete.
     pub fn close_notify(&mut self, out: &mut Vec<u8>) -> Result<(), Failure> {
-        self.with_write(out, |w, out| {
-            encrypt_into(out, RECORD_OVERHEAD_BYTES, |o| w.queue_close_notify(o))
-        })
-    }
-
-    fn with_write(
-        &mut self,
-        out: &mut Vec<u8>,
-        f: impl FnOnce(
-            &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
-            &mut Vec<u8>,
-        ) -> Result<(), rustls::Error>,
-    ) -> Result<(), Failure> {
-        if self.failed || !self.established {
-            return Err(Failure::Handshake);
+        match &mut self.state {
+            State::Traffic(r) => r.seal_close_notify(out).map_err(|_| Failure::Record),
+            _ => Err(Failure::Handshake),
         }
-        // Handshake messages may be owed first (a session ticket, a key update); the pending
-        // bytes go in too so rustls sees the input stream as it is, but they hold no whole
-        // record (receive consumed those), so nothing is read here.
-        let mut f = Some(f);
-        for _ in 0..16 {
-            let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(&mut self.pending);
-            debug_assert_eq!(discard, 0, "pending holds no whole record");
-            match state.map_err(|e| Failure::of(&e))? {
-                ConnectionState::WriteTraffic(mut w) => {
-                    let f = f.take().ok_or(Failure::Handshake)?;
-                    return f(&mut w, out).map_err(|e| Failure::of(&e));
-                }
-                ConnectionState::EncodeTlsData(mut e) => {
-                    encode_into(out, |o| e.encode(o)).map_err(|e| Failure::of(&e))?;
-                }
-                ConnectionState::TransmitTlsData(t) => t.done(),
-                _ => return Err(Failure::Handshake),
-            }
-        }
-        Err(Failure::Handshake)
     }
+}
 
-    /// After a fatal error rustls queues an alert for the peer; collect it.
-    fn flush_alert(&mut self, out: &mut Vec<u8>) {
-        for _ in 0..4 {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
-            match state {
-                Ok(ConnectionState::EncodeTlsData(mut e)) => {
-                    if encode_into(out, |o| e.encode(o)).is_err() {
-                        return;
-                    }
+/// Runs rustls over `buf` until it needs more bytes or the handshake is done; returns how
+/// many bytes it consumed. Plaintext that came with the handshake goes to `plain`.
+fn handshake(
+    conn: &mut UnbufferedServerConnection,
+    buf: &mut [u8],
+    plain: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    progress: &mut Progress,
+) -> Result<usize, rustls::Error> {
+    let mut used = 0;
+    // Each turn consumes a record or emits one; the bound only guards against a state
+    // machine that stops making progress.
+    for _ in 0..buf.len() + 64 {
+        let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut buf[used..]);
+        let mut stop = false;
+        match state? {
+            ConnectionState::ReadTraffic(mut r) => {
+                while let Some(record) = r.next_record() {
+                    plain.extend_from_slice(record?.payload);
                 }
-                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-                _ => return,
             }
+            ConnectionState::EncodeTlsData(mut e) => encode_into(out, |o| e.encode(o))?,
+            ConnectionState::TransmitTlsData(t) => t.done(),
+            ConnectionState::PeerClosed => progress.peer_closed = true,
+            // Also reached in TLS 1.3 before the client's Finished (0.5-RTT data): the
+            // handshake is complete only once rustls says so.
+            ConnectionState::WriteTraffic(_)
+            | ConnectionState::BlockedHandshake
+            | ConnectionState::Closed => stop = true,
+            // Early data is not enabled; any future state is not understood.
+            _ => return Err(rustls::Error::General("unexpected TLS state".into())),
+        }
+        used += discard;
+        if stop {
+            return Ok(used);
+        }
+    }
+    Err(rustls::Error::General("TLS state machine made no progress".into()))
+}
+
+/// After a fatal error rustls queues an alert for the peer; collect it.
+fn flush_alert(conn: &mut UnbufferedServerConnection, out: &mut Vec<u8>) {
+    for _ in 0..4 {
+        let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut []);
+        match state {
+            Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                if encode_into(out, |o| e.encode(o)).is_err() {
+                    return;
+                }
+            }
+            Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+            _ => return,
         }
     }
 }
@@ -413,31 +425,6 @@ fn encode_into(
                 return Ok(());
             }
             Err(EncodeError::InsufficientSize(s)) => want = s.required_size,
-            Err(e) => {
-                out.truncate(start);
-                return Err(rustls::Error::General(e.to_string()));
-            }
-        }
-    }
-    out.truncate(start);
-    Err(rustls::Error::General("TLS record does not fit".into()))
-}
-
-/// Appends what `encrypt` writes to `out`, growing it to the size rustls asks for.
-fn encrypt_into(
-    out: &mut Vec<u8>,
-    mut want: usize,
-    mut encrypt: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
-) -> Result<(), rustls::Error> {
-    let start = out.len();
-    for _ in 0..2 {
-        out.resize(start + want, 0);
-        match encrypt(&mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
-            }
-            Err(EncryptError::InsufficientSize(s)) => want = s.required_size,
             Err(e) => {
                 out.truncate(start);
                 return Err(rustls::Error::General(e.to_string()));
