@@ -172,6 +172,9 @@ impl TlsServer {
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+        // The server's order (rustls's: AES-256-GCM, AES-128-GCM, ChaCha20-Poly1305; forward
+        // secret suites only) decides, not the client's.
+        config.ignore_client_order = true;
         // The record layer takes over from rustls after the handshake (see `record`).
         config.enable_secret_extraction = true;
         // Resumption tickets are sealed by the server instead of stored in it: a reconnect

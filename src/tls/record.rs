@@ -22,6 +22,8 @@ use rustls::{ConnectionTrafficSecrets, ProtocolVersion};
 pub const RECORDS_PER_KEY_MAX: u64 = 1 << 24;
 const CONTENT_APPLICATION_DATA: u8 = 23;
 const CONTENT_ALERT: u8 = 21;
+const ALERT_CLOSE_NOTIFY: u8 = 0;
+const ALERT_USER_CANCELED: u8 = 90;
 const HEADER_BYTES: usize = 5;
 const TAG_BYTES: usize = 16;
 const EXPLICIT_NONCE_BYTES: usize = 8;
@@ -257,7 +259,11 @@ impl Records {
             match content {
                 CONTENT_APPLICATION_DATA => plain.extend_from_slice(data),
                 // close_notify (warning or fatal level, description 0) ends the stream.
-                CONTENT_ALERT if data.len() == 2 && data[1] == 0 => opened.peer_closed = true,
+                CONTENT_ALERT if data.len() == 2 && data[1] == ALERT_CLOSE_NOTIFY => {
+                    opened.peer_closed = true
+                }
+                // user_canceled precedes a close_notify; it ends nothing by itself.
+                CONTENT_ALERT if data.len() == 2 && data[1] == ALERT_USER_CANCELED => {}
                 _ => return Err(RecordError::Unsupported),
             }
             opened.used += HEADER_BYTES + len;
