@@ -31,7 +31,8 @@ trap cleanup EXIT
 start() {
   local name=$1; shift
   "$BIN" serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 --shards 1 --no-pin \
-    --conns-per-shard-max $((N + 1000)) --ping-interval-ms 3600000 "$@" \
+    --conns-per-shard-max $((N + 1000)) --ping-interval-ms 3600000 \
+    --handshake-timeout-ms 120000 "$@" \
     >"$TMP/$name.out" 2>"$TMP/$name.err" &
   local pid=$!
   PIDS+=("$pid")
