@@ -5,6 +5,7 @@
 # the chain of trust is checked as a real deployment's would be.
 #
 #   scripts/tls_testssl.sh [--rsa]      --rsa: an RSA-2048 certificate instead
+#   TESTSSL_OUT=DIR scripts/tls_testssl.sh   also keeps testssl's text and JSON output in DIR
 # Needs openssl and testssl.sh (`apt-get install testssl.sh`; installed when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,9 @@ PORT=$(sed -nE 's/.*clients=127.0.0.1:([0-9]+).*/\1/p' "$TMP/out")
 
 testssl --quiet --color 0 --warnings off --add-ca "$TMP/ca.pem" --jsonfile "$TMP/testssl.json" \
   "https://localhost:$PORT/" >"$TMP/testssl.txt" 2>&1 || true
+if [[ -n "${TESTSSL_OUT:-}" ]]; then
+  mkdir -p "$TESTSSL_OUT" && cp "$TMP/testssl.json" "$TMP/testssl.txt" "$TESTSSL_OUT/"
+fi
 python3 - "$TMP/testssl.json" <<'EOF'
 import collections, json, sys
 findings = json.load(open(sys.argv[1]))
