@@ -562,6 +562,11 @@ mod tests {
         assert_eq!(cfg.limits.ping_interval_ms, 5000);
         assert_eq!(cfg.limits.pong_timeout_ms, Limits::default().pong_timeout_ms);
         assert!(toml::from_str::<Config>("shardz = 2").is_err());
+        let tls: Config = toml::from_str("tls_cert = \"c.pem\"\ntls_key = \"k.pem\"").unwrap();
+        assert_eq!(tls.tls_cert.as_deref(), Some(std::path::Path::new("c.pem")));
+        assert!(tls.validate().is_ok());
+        let half: Config = toml::from_str("tls_cert = \"c.pem\"").unwrap();
+        assert!(half.validate().unwrap_err().0.contains("--tls-key"));
     }
 
     /// The example file in the repository root states exactly the embedded defaults.

@@ -249,6 +249,20 @@ fn sighup_reloads_the_certificate_without_dropping_connections() {
     assert_eq!(tls_metric(&server, "c10m_connections", &[]), 1.0);
 }
 
+#[test]
+fn tls_from_the_config_file() {
+    let dir = TempDir::new("config");
+    let file = dir.0.join("c10m.toml");
+    let toml = format!(
+        "tls_cert = {:?}\ntls_key = {:?}\n",
+        fixture_str("server.pem"),
+        fixture_str("server.key")
+    );
+    std::fs::write(&file, toml).unwrap();
+    let server = Server::start(&["--config", file.to_str().unwrap()]);
+    assert_eq!(presented_cert(server.client), cert_der("server.pem"));
+}
+
 /// A server started with a bad certificate or key exits at once, naming the flag.
 #[test]
 fn bad_certificate_or_key_refuses_to_start_naming_the_flag() {

@@ -110,7 +110,8 @@ impl Shard {
     }
 
     /// Encrypts a chunk for a TLS connection; other connections get it back unchanged. None:
-    /// the connection cannot send application data (handshake not complete, closing).
+    /// the connection cannot send application data (handshake not complete, closing), or its
+    /// record layer gave up (it is then closed).
     pub(super) fn tls_encrypt(
         &mut self,
         slot: u32,
@@ -121,8 +122,17 @@ impl Shard {
             return Some(chunk);
         };
         let mut out = Vec::new();
-        session.encrypt(chunk.bytes(), &mut out).ok()?;
-        Some(Chunk::Owned(out))
+        match session.encrypt(chunk.bytes(), &mut out) {
+            Ok(()) => Some(Chunk::Owned(out)),
+            Err(why) => {
+                if session.is_established() {
+                    // The keys are spent (RECORDS_PER_KEY_MAX): the client reconnects.
+                    bump(&self.stats().tls_failures[why as usize], 1);
+                    self.abort(slot, generation, CloseReason::ProtocolError);
+                }
+                None
+            }
+        }
     }
 
     /// Queues a close_notify on a TLS connection whose handshake completed.
