@@ -3,7 +3,9 @@
 #
 # Starts two servers side by side (one plain, one with --tls-cert), one shard each, opens N idle
 # WebSocket connections to each (scripts/ws_hold.py, plain and --tls-ca), and prints each
-# server's RSS growth per connection and the difference. The certificate is the test fixture
+# server's RSS growth per connection and the difference. Then it broadcasts BROADCASTS 32-byte
+# messages to both and prints the server CPU time per delivery (per-connection encryption is
+# the TLS part), from /proc/PID/stat (10 ms ticks: hence several broadcasts). The certificate is the test fixture
 # (ECDSA P-256); clients negotiate what Python's OpenSSL prefers (TLS 1.3, AES-256-GCM).
 #
 #   scripts/tls_idle.sh [N]        N defaults to 10000 (one shard holds up to ~19,900 here)
@@ -13,6 +15,7 @@ cd "$(dirname "$0")/.."
 N=${1:-10000}
 PROCS=2                    # client processes per server (each is limited to ~20,000 fds)
 UP_S=300                   # the longest the clients may take to open their connections
+BROADCASTS=20              # broadcasts for the CPU figure
 python3 -c 'import asyncio, ssl' || { echo "tls_idle.sh: python3 with ssl is needed"; exit 1; }
 
 cargo build --release -q -p c10m
@@ -101,6 +104,31 @@ tls_conns=$(connections "$tls_ADMIN")
 handshakes=$(curl -s "http://127.0.0.1:$tls_ADMIN/metrics" |
   awk '/^c10m_tls_handshakes_total\{/ {s += $2} END {print s + 0}')
 
+# CPU ticks (user + system) of a process.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+metric() {
+  curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 ~ "^"m"\\{" {s += $2} END {print s + 0}'
+}
+# broadcast NAME: BROADCASTS broadcasts, waits (bounded) until all are queued and sent; prints
+# the server's CPU ticks spent.
+broadcast() {
+  local name=$1 admin_var="${1}_ADMIN" pid_var="${1}_PID"
+  local admin=${!admin_var} pid=${!pid_var}
+  local before want
+  before=$(ticks "$pid")
+  want=$(( $(metric "$admin" c10m_messages_delivered_total) + BROADCASTS * N ))
+  for _ in $(seq "$BROADCASTS"); do
+    curl -s -o /dev/null -X POST --data 'tls-idle-broadcast-32-bytes-abc.' \
+      "http://127.0.0.1:$admin/publish?all"
+  done
+  for _ in $(seq 600); do
+    (( $(metric "$admin" c10m_messages_delivered_total) >= want )) && break
+    sleep 0.1
+  done
+  sleep 1   # the sends complete after queueing
+  echo $(( $(ticks "$pid") - before ))
+}
+
 (( plain_conns == N && tls_conns == N )) ||
   { echo "tls_idle.sh: expected $N each, plain=$plain_conns tls=$tls_conns"; exit 1; }
 awk -v n="$N" -v pb="$plain_base" -v pa="$plain_after" -v tb="$tls_base" -v ta="$tls_after" \
@@ -110,4 +138,12 @@ awk -v n="$N" -v pb="$plain_base" -v pa="$plain_after" -v tb="$tls_base" -v ta="
   printf "plain server RSS  %d -> %d KiB: %.0f B per idle connection\n", pb, pa, p
   printf "TLS server RSS    %d -> %d KiB: %.0f B per idle connection\n", tb, ta, t
   printf "TLS extra         %.0f B per idle connection\n", t - p
+}'
+hz=$(getconf CLK_TCK)
+plain_ticks=$(broadcast plain)
+tls_ticks=$(broadcast tls)
+awk -v n="$N" -v b="$BROADCASTS" -v hz="$hz" -v p="$plain_ticks" -v t="$tls_ticks" 'BEGIN {
+  d = n * b
+  printf "broadcast CPU     %d x 32 B to %d each: plain %.2f us, TLS %.2f us per delivery\n", \
+    b, n, p * 1e6 / hz / d, t * 1e6 / hz / d
 }'
