@@ -1,11 +1,13 @@
-//! TLS on the client listeners, with rustls's unbuffered API.
+//! TLS on the client listeners: rustls's unbuffered API for the handshake, then a record
+//! layer of our own over the traffic secrets rustls hands over ([`record`]).
 //!
 //! The shard keeps its I/O: a receive copies ciphertext out of the provided-buffer ring, a
 //! [`Session`] decrypts it in that copy and hands back plaintext, which goes to the protocol
-//! code exactly as plain bytes do; plaintext queued for a connection is encrypted per
-//! connection into an owned chunk that lives only until its send completes. rustls's
-//! unbuffered connection owns no I/O buffer, so an idle TLS connection costs its record keys and
-//! handshake-derived state, plus the bytes of an incomplete record when one is pending.
+//! code exactly as plain bytes do; plaintext queued for a connection is encrypted when it is
+//! queued, per connection, into an owned chunk freed when its send completes. rustls's
+//! unbuffered connection owns no I/O buffer, and it lives only until the handshake completes:
+//! an idle TLS connection then keeps two keys, two IVs and two sequence numbers, plus the
+//! bytes of an incomplete record while one is pending.
 //!
 //! One [`TlsServer`] is built at start from the PEM files of `--tls-cert` and `--tls-key` and
 //! shared by every shard. [`TlsServer::reload`] (SIGHUP) re-reads both files and swaps the
