@@ -5,7 +5,8 @@
 #   server and for the load generator.
 # Needs the Rust toolchain (cargo, rustfmt, clippy) and a Linux 6.11+ kernel with io_uring
 # enabled; redis-server and nats-server (for the cluster tests) are installed with apt-get
-# when missing; everything else the tests use is built from this workspace.
+# when missing, and so are the TLS tests' clients (Python websockets, curl); everything else
+# the tests use is built from this workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,14 +14,23 @@ for tool in cargo rustfmt cargo-clippy; do
   command -v "$tool" >/dev/null || { echo "test.sh: $tool is missing (install the Rust toolchain)"; exit 1; }
 done
 
-# ---- cluster: tests/cluster.rs runs real Redis and NATS servers (Debian packages) ----
-if ! command -v redis-server >/dev/null || ! command -v nats-server >/dev/null; then
-  echo "test.sh: installing redis-server and nats-server for tests/cluster.rs"
+# What the tests run against besides the server: real Redis and NATS servers
+# (tests/cluster.rs), and curl and Python websockets as TLS clients (tests/tls.rs).
+missing=()
+for pkg in redis-server nats-server curl; do
+  command -v "$pkg" >/dev/null || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "test.sh: installing ${missing[*]} with apt-get"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
-  apt-get install -y -qq redis-server nats-server >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-# ---- end cluster ----
+if ! python3 -c 'import websockets' 2>/dev/null; then
+  echo "test.sh: installing Python websockets with pip"
+  export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+  pip install -q websockets 2>/dev/null || pip install -q --break-system-packages websockets
+fi
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -8,14 +8,17 @@ file descriptors here) so one server holds more connections than one process cou
              --expect 1 --hold-s 120
 
 Prints `up N` once all connections are open, then `got N` when every connection has
-received --expect messages (or `timeout ...` when --hold-s passes first), and exits. With
+received --expect messages (or `timeout ...` when --hold-s passes first), and exits;
+with --expect 0 the connections stay idle, unread, for --hold-s. With
 --until-close it waits for each connection's close frame instead and also prints
-`closes N goaways M first T last T` (Unix times of the first and last close).
+`closes N goaways M first T last T` (Unix times of the first and last close). With
+--tls-ca CA.pem it speaks TLS (wss), trusting that CA.
 """
 import argparse
 import asyncio
 import base64
 import os
+import ssl
 import sys
 import time
 
@@ -34,7 +37,7 @@ async def read_frame(reader):
 async def one(args, idx, up, got, done_events, closes):
     key = base64.b64encode(os.urandom(16)).decode()
     reader, writer = await asyncio.open_connection(
-        args.host, args.port, local_addr=(args.source, 0))
+        args.host, args.port, local_addr=(args.source, 0), ssl=args.ssl)
     user = f"{args.user_prefix}{idx}"
     writer.write((f"GET /ws?user={user} HTTP/1.1\r\nHost: {args.host}\r\n"
                   f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -46,6 +49,10 @@ async def one(args, idx, up, got, done_events, closes):
     if up[0] == args.conns:
         print(f"up {up[0]}", flush=True)
     seen = 0
+    if args.expect == 0 and not args.until_close:
+        # Idle holding (memory measurements): stay connected, read nothing, until killed.
+        await asyncio.sleep(args.hold_s)
+        return
     while args.until_close:
         op, payload = await read_frame(reader)
         if op == 0x8:
@@ -114,4 +121,10 @@ if __name__ == "__main__":
     p.add_argument("--until-close", action="store_true",
                    help="wait for the server's close frame on every connection and report "
                         "close codes and goaways (instead of counting --expect messages)")
-    asyncio.run(main(p.parse_args()))
+    p.add_argument("--tls-ca", help="speak TLS, trusting the CA certificate in this PEM file")
+    a = p.parse_args()
+    a.ssl = None
+    if a.tls_ca:
+        a.ssl = ssl.create_default_context(cafile=a.tls_ca)
+        a.ssl.set_alpn_protocols(["http/1.1"])
+    asyncio.run(main(a))

@@ -155,6 +155,11 @@ pub struct Config {
     /// A file whose first line is the bearer key the admin API requires. Required when an
     /// admin listener is not on loopback.
     pub admin_key_file: Option<PathBuf>,
+    // TLS: both or neither. When set, every client listener speaks TLS; admin stays plain.
+    /// PEM certificate chain (server certificate first) for the client listeners.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     pub limits: Limits,
     /// Cluster membership (`[cluster]`); off unless node_id, registry and bus are all set.
     pub cluster: Cluster,
@@ -272,6 +277,8 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             admin_key_file: None,
             goaway_endpoint: None,
+            tls_cert: None,
+            tls_key: None,
             limits: Limits::default(),
             cluster: Cluster::default(),
         }
@@ -434,6 +441,12 @@ pub struct ServeArgs {
     /// Lookups and bus publishes queued in the bridge before drops. Default 65536.
     #[arg(long)]
     pub bridge_queue_max: Option<u32>,
+    /// TLS on every client listener: PEM certificate chain. Needs --tls-key. SIGHUP reloads it.
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for --tls-cert.
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -524,6 +537,13 @@ impl ServeArgs {
         if let Some(v) = self.bridge_queue_max {
             c.bridge_queue_max = v;
         }
+        // ---- TLS ----
+        if self.tls_cert.is_some() {
+            cfg.tls_cert = self.tls_cert.clone();
+        }
+        if self.tls_key.is_some() {
+            cfg.tls_key = self.tls_key.clone();
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -566,6 +586,11 @@ impl Config {
         }
         if self.shards > 1024 {
             return err(format!("shards = {} is more than 1024; use one per core", self.shards));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return err("--tls-cert needs --tls-key PATH (tls_key)".into()),
+            (None, Some(_)) => return err("--tls-key needs --tls-cert PATH (tls_cert)".into()),
+            _ => {}
         }
         if l.conns_per_shard_max == 0 || l.conns_per_shard_max > RING_FILES_KERNEL_MAX {
             return err(format!(
@@ -689,6 +714,11 @@ mod tests {
         assert_eq!(cfg.limits.ping_interval_ms, 5000);
         assert_eq!(cfg.limits.pong_timeout_ms, Limits::default().pong_timeout_ms);
         assert!(toml::from_str::<Config>("shardz = 2").is_err());
+        let tls: Config = toml::from_str("tls_cert = \"c.pem\"\ntls_key = \"k.pem\"").unwrap();
+        assert_eq!(tls.tls_cert.as_deref(), Some(std::path::Path::new("c.pem")));
+        assert!(tls.validate().is_ok());
+        let half: Config = toml::from_str("tls_cert = \"c.pem\"").unwrap();
+        assert!(half.validate().unwrap_err().0.contains("--tls-key"));
     }
 
     /// The example file in the repository root states exactly the embedded defaults.

@@ -23,6 +23,7 @@
 //! - [`config`]: every limit, its default and why.
 //! - [`cluster`]: the bridge thread to the Redis push registry and the NATS bus (cluster
 //!   nodes only; the mesh's last participant).
+//! - [`tls`]: rustls sessions for the client listeners (unbuffered API) and certificate reload.
 
 pub mod auth;
 pub mod cluster;
@@ -36,3 +37,4 @@ pub mod ring;
 pub mod server;
 pub mod shard;
 pub mod sys;
+pub mod tls;

@@ -97,6 +97,13 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
         ),
         None => None,
     };
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            crate::tls::TlsServer::load(cert, key)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
+        ),
+        _ => None,
+    };
     let shards = if cfg.shards == 0 { sys::online_cpus() } else { cfg.shards };
     let nofile = sys::raise_nofile()?;
     // The table holds the registry's connections plus a reserve for answering 503.
@@ -140,6 +147,7 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
         rss_bytes: std::sync::atomic::AtomicU64::new(sys::rss_bytes()),
         started: AtomicBool::new(false),
         cluster: bridge.as_ref().map(|b| Arc::clone(&b.stats)),
+        tls,
         cfg,
     });
     let cores = core_affinity::get_core_ids().unwrap_or_default();

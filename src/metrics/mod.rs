@@ -110,6 +110,13 @@ pub struct ShardStats {
     pub delivered: AtomicU64,
     pub dropped_mesh_full: AtomicU64,
     pub dropped_slow_consumer: AtomicU64,
+    /// TLS handshakes completed on client listeners.
+    pub tls_handshakes: AtomicU64,
+    /// TLS connections that failed, by [`crate::tls::Failure`].
+    pub tls_failures: [AtomicU64; 4],
+    /// SIGHUP certificate reloads that took effect / that failed (the old one stays).
+    pub tls_reloads: AtomicU64,
+    pub tls_reload_failures: AtomicU64,
 }
 
 /// Adds to a counter this shard owns.
@@ -230,6 +237,15 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
     family("messages_delivered_total", "counter", "Messages queued to a connection.", &|s| {
         s.delivered.load(Relaxed)
     });
+    family("tls_handshakes_total", "counter", "TLS handshakes completed.", &|s| {
+        s.tls_handshakes.load(Relaxed)
+    });
+    family("tls_reloads_total", "counter", "TLS certificate reloads (SIGHUP).", &|s| {
+        s.tls_reloads.load(Relaxed)
+    });
+    family("tls_reload_failures_total", "counter", "Failed reloads; old cert kept.", &|s| {
+        s.tls_reload_failures.load(Relaxed)
+    });
     let _ = writeln!(
         out,
         "# HELP c10m_messages_dropped_total Messages not delivered, by reason.\n\
@@ -254,6 +270,18 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
         for r in CloseReason::ALL {
             let v = s.closes[r as usize].load(Relaxed);
             let _ = writeln!(out, "c10m_closes_total{{shard=\"{i}\",reason=\"{}\"}} {v}", r.name());
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP c10m_tls_failures_total TLS connections failed, by reason.\n\
+         # TYPE c10m_tls_failures_total counter"
+    );
+    for (i, s) in shards.iter().enumerate() {
+        for f in crate::tls::Failure::ALL {
+            let v = s.tls_failures[f as usize].load(Relaxed);
+            let name = f.name();
+            let _ = writeln!(out, "c10m_tls_failures_total{{shard=\"{i}\",reason=\"{name}\"}} {v}");
         }
     }
     let _ = writeln!(

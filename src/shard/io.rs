@@ -136,11 +136,11 @@ impl Shard {
                 source = super::lifecycle::source_key(a);
             }
         }
+        let admin = l.admin;
         if l.sock.is_none() && c.result >= 0 {
             // Accepted just before the cancel: the listener is closed, so is this.
-            return self.refuse(c.result as u32);
+            return self.refuse(c.result as u32, admin);
         }
-        let admin = l.admin;
         if c.result < 0 {
             if c.result == -libc::ENFILE {
                 // Every slot of the fixed-file table is taken: new connections wait in the
@@ -155,10 +155,10 @@ impl Shard {
         let fd = c.result as u32;
         bump(&self.stats().accepts, 1);
         if !admin && source.is_some_and(|key| !self.admit_source(key)) {
-            return self.refuse_with(fd, REFUSAL_SOURCE);
+            return self.refuse_with(fd, false, REFUSAL_SOURCE);
         }
         if !admin && !self.admit_connection() {
-            return self.refuse(fd);
+            return self.refuse(fd, admin);
         }
         let kind = if admin { Kind::Admin } else { Kind::Handshake };
         match self.conns.insert(Conn::new(fd, kind, self.now_ms)) {
@@ -171,11 +171,14 @@ impl Shard {
                 if !admin || l.idle_timeout_ms > 0 {
                     self.schedule(slot, generation, at);
                 }
+                if !admin && !self.tls_accept(slot, generation) {
+                    return;
+                }
                 self.arm_poll(slot, generation);
             }
             Err(_) => {
                 bump(&self.stats().accepts_refused, 1);
-                self.refuse(fd);
+                self.refuse(fd, admin);
             }
         }
     }
@@ -256,11 +259,11 @@ impl Shard {
             }
             self.bufs.recycle(bid);
         }
-        self.on_recv_bytes(slot, generation, c.result, &rx);
+        self.on_recv_bytes(slot, generation, c.result, &mut rx);
         self.scratch.rx = rx;
     }
 
-    fn on_recv_bytes(&mut self, slot: u32, generation: u32, result: i32, rx: &[u8]) {
+    fn on_recv_bytes(&mut self, slot: u32, generation: u32, result: i32, rx: &mut [u8]) {
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
         };
@@ -269,24 +272,7 @@ impl Shard {
             return self.maybe_close(slot, generation);
         }
         match result {
-            0 => {
-                // The peer finished sending. Answers still queued (pipelined admin requests
-                // before a half-close, a close frame) are sent before the close; nothing
-                // more is read.
-                let flush =
-                    conn.queued_bytes() > 0 && (conn.kind == Kind::Admin || !conn.is_open());
-                if flush {
-                    if conn.is_open() {
-                        self.finish(slot, generation, CloseReason::PeerGone);
-                    }
-                    return;
-                }
-                let reason = match conn.closing {
-                    Closing::Flushing(r) => r,
-                    _ => CloseReason::PeerGone,
-                };
-                return self.abort(slot, generation, reason);
-            }
+            0 => return self.on_peer_eof(slot, generation),
             r if r == -libc::ENOBUFS => {
                 self.recv_retry.push((slot, generation));
                 return;
@@ -306,14 +292,33 @@ impl Shard {
         }
         conn.last_rx = super::conn::stamp(self.now_ms);
         conn.awaiting_pong = false;
-        match conn.kind {
-            Kind::Handshake => client::on_head_bytes(self, slot, generation, rx),
-            Kind::Ws | Kind::Echo => client::on_ws_bytes(self, slot, generation, rx),
-            Kind::Sse => client::on_sse_bytes(self, slot, generation, rx),
-            Kind::Admin => admin::on_bytes(self, slot, generation, rx),
+        let kind = conn.kind;
+        let full = rx.len() == self.bufs.buffer_bytes() as usize;
+        let mut plain = std::mem::take(&mut self.scratch.plain);
+        plain.clear();
+        let (data, peer_closed): (&[u8], bool) =
+            match self.tls_receive(slot, generation, rx, &mut plain) {
+                super::tls::Received::Plain => (rx, false),
+                super::tls::Received::Decrypted { peer_closed } => (&plain, peer_closed),
+                super::tls::Received::Failed => {
+                    self.scratch.plain = plain;
+                    return;
+                }
+            };
+        if !data.is_empty() {
+            match kind {
+                Kind::Handshake => client::on_head_bytes(self, slot, generation, data),
+                Kind::Ws | Kind::Echo => client::on_ws_bytes(self, slot, generation, data),
+                Kind::Sse => client::on_sse_bytes(self, slot, generation, data),
+                Kind::Admin => admin::on_bytes(self, slot, generation, data),
+            }
+        }
+        self.scratch.plain = plain;
+        if peer_closed {
+            // close_notify: the peer sends nothing more, as at EOF.
+            return self.on_peer_eof(slot, generation);
         }
         // A full buffer may mean more is waiting: read again at once instead of polling.
-        let full = rx.len() == self.bufs.buffer_bytes() as usize;
         if full && self.conns.get(slot, generation).is_some_and(|c| !c.in_flight_read()) {
             self.submit_recv(slot, generation);
         } else {
@@ -321,9 +326,43 @@ impl Shard {
         }
     }
 
+    /// The peer finished sending (EOF, or a TLS close_notify). Answers still queued
+    /// (pipelined admin requests before a half-close, a close frame) are sent before the
+    /// close; nothing more is read.
+    fn on_peer_eof(&mut self, slot: u32, generation: u32) {
+        let Some(conn) = self.conns.get(slot, generation) else {
+            return;
+        };
+        if matches!(conn.closing, Closing::Cancelling(_) | Closing::Closed) {
+            return;
+        }
+        let flush = conn.queued_bytes() > 0 && (conn.kind == Kind::Admin || !conn.is_open());
+        if flush {
+            if conn.is_open() {
+                self.finish(slot, generation, CloseReason::PeerGone);
+            }
+            return;
+        }
+        let reason = match conn.closing {
+            Closing::Flushing(r) => r,
+            _ => CloseReason::PeerGone,
+        };
+        self.abort(slot, generation, reason)
+    }
+
     /// Queues bytes for a connection and starts a send if none is in flight. A connection
     /// whose queue passes `outbox_bytes_max` is closed as a slow consumer; returns false then.
+    /// On a TLS connection the bytes are encrypted first; they are dropped (false) when the
+    /// session cannot send application data (handshake incomplete, closing).
     pub(super) fn queue(&mut self, slot: u32, generation: u32, chunk: Chunk) -> bool {
+        match self.tls_encrypt(slot, generation, chunk) {
+            Some(chunk) => self.queue_raw(slot, generation, chunk),
+            None => false,
+        }
+    }
+
+    /// [`Shard::queue`] for bytes that go on the wire as they are.
+    pub(super) fn queue_raw(&mut self, slot: u32, generation: u32, chunk: Chunk) -> bool {
         let max = self.shared.cfg.limits.outbox_bytes_max as usize;
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return false;
@@ -421,6 +460,7 @@ impl Shard {
             return;
         }
         self.leave_open(slot, generation, reason);
+        self.tls_close_notify(slot, generation);
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
         };
@@ -520,12 +560,16 @@ impl Shard {
     /// Answers 503 on a connection the registry has no room for, and closes it. The send
     /// and the close are hard-linked (the close runs even if the send fails) and name only
     /// static bytes, so nothing of the connection needs a registry slot.
-    fn refuse(&mut self, fd: u32) {
-        self.refuse_with(fd, REFUSAL)
+    fn refuse(&mut self, fd: u32, admin: bool) {
+        self.refuse_with(fd, admin, REFUSAL)
     }
 
-    /// Answers a connection that is not admitted with `response` and closes it.
-    fn refuse_with(&mut self, fd: u32, response: &'static [u8]) {
+    /// Answers a connection that is not admitted with `response` and closes it. On a TLS
+    /// listener there is no session to say it in: the connection is just closed.
+    fn refuse_with(&mut self, fd: u32, admin: bool, response: &'static [u8]) {
+        if !admin && self.shared.tls.is_some() {
+            return self.submit_close_fd(fd, u32::MAX, 0);
+        }
         let send = opcode::Send::new(types::Fixed(fd), response.as_ptr(), response.len() as u32)
             .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
             .build()
@@ -548,6 +592,7 @@ impl Shard {
 
     pub(super) fn on_close(&mut self, slot: u32, generation: u32) {
         if slot != u32::MAX {
+            self.tls_forget(slot, generation);
             let conn = self.conns.remove(slot, generation);
             debug_assert!(conn.as_ref().is_some_and(|c| c.closing == Closing::Closed));
         }

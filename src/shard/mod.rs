@@ -23,6 +23,7 @@ pub mod client;
 pub mod conn;
 pub mod io;
 pub mod lifecycle;
+pub mod tls;
 pub mod wheel;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,6 +69,8 @@ pub struct Shared {
     pub started: AtomicBool,
     /// The bridge's counters on a cluster node.
     pub cluster: Option<Arc<crate::cluster::ClusterStats>>,
+    /// TLS for every client listener, when `--tls-cert` is given.
+    pub tls: Option<crate::tls::TlsServer>,
 }
 
 /// One client or admin listener of this shard.
@@ -130,6 +133,8 @@ pub struct Shard {
     local: std::collections::VecDeque<Msg>,
     /// Connections whose receive found no free buffer; retried next turn.
     recv_retry: Vec<(u32, u32)>,
+    /// TLS sessions of client connections (empty without TLS).
+    tls: tls::Sessions,
     scratch: Scratch,
 }
 
@@ -141,6 +146,8 @@ struct Scratch {
     fired: Vec<(u64, u64)>,
     doorbells: Vec<i32>,
     rx: Vec<u8>,
+    /// Plaintext decrypted from `rx` on TLS connections.
+    plain: Vec<u8>,
     targets: Vec<(u32, u32)>,
 }
 
@@ -189,6 +196,7 @@ impl Shard {
                     ^ ((id as u64 + 1) << 32),
             ),
             recv_retry: Vec::new(),
+            tls: tls::Sessions::default(),
             scratch: Scratch::default(),
         }
     }
@@ -213,6 +221,7 @@ impl Shard {
                 self.begin_drain(self.shared.cfg.limits.drain_rate_per_s as f64);
             }
             self.drive_drain();
+            self.tls_reload_if_asked();
             if self.id == 0 && self.now_ms >= self.rss_sampled_ms + 1000 {
                 self.rss_sampled_ms = self.now_ms;
                 self.shared.rss_bytes.store(crate::sys::rss_bytes(), Ordering::Relaxed);

@@ -91,12 +91,15 @@ pub struct Signals {
     pub stop: Arc<AtomicBool>,
     /// SIGTERM: drain at `drain_rate_per_s`, then exit.
     pub drain: Arc<AtomicBool>,
+    /// SIGHUP: reload the TLS certificate and key; cleared by the shard that does it.
+    pub reload: Arc<AtomicBool>,
 }
 
-/// Registers SIGINT and SIGTERM.
+/// Registers SIGINT, SIGTERM and SIGHUP.
 pub fn signals() -> io::Result<Signals> {
     let s = Signals::default();
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&s.stop))?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&s.drain))?;
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&s.reload))?;
     Ok(s)
 }

@@ -1,0 +1,437 @@
+//! TLS on the client listeners, over real sockets: the rustls client for the bulk, and real
+//! third-party clients (Python `websockets`, curl) for delivery. Certificates are fixtures
+//! under tests/fixtures/tls: a test CA, and two server certificates it signed for localhost
+//! and 127.0.0.1.
+
+mod common;
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use common::{wait_until, Server, STEP};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tungstenite::Message;
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+type TlsWs = tungstenite::WebSocket<TlsStream>;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls").join(name)
+}
+
+fn fixture_str(name: &str) -> String {
+    fixture(name).to_str().expect("UTF-8 path").to_owned()
+}
+
+/// A TLS server with the first fixture certificate, plus `extra` flags.
+fn tls_server(extra: &[&str]) -> Server {
+    let (cert, key) = (fixture_str("server.pem"), fixture_str("server.key"));
+    let mut args = vec!["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A client configuration that trusts the certificates in `roots` (PEM fixture names).
+fn client_config(
+    roots: &[&str],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(CertificateDer::from_pem_file(fixture(r)).expect("fixture PEM")).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+fn trusting() -> Arc<rustls::ClientConfig> {
+    client_config(&["ca.pem"], rustls::DEFAULT_VERSIONS)
+}
+
+/// Connects and completes the TLS handshake (bounded by the socket timeouts).
+fn tls_connect(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> io::Result<TlsStream> {
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(cfg, name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, common::tcp(addr));
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock)?;
+    }
+    Ok(s)
+}
+
+/// The server certificate a fresh handshake presents.
+fn presented_cert(addr: SocketAddr) -> Vec<u8> {
+    let s = tls_connect(addr, trusting()).expect("TLS handshake");
+    s.conn.peer_certificates().expect("a certificate")[0].to_vec()
+}
+
+fn cert_der(name: &str) -> Vec<u8> {
+    CertificateDer::from_pem_file(fixture(name)).unwrap().to_vec()
+}
+
+fn tls_ws(server: &Server, cfg: Arc<rustls::ClientConfig>, path: &str) -> TlsWs {
+    let stream = tls_connect(server.client, cfg).expect("TLS handshake");
+    let url = format!("wss://localhost:{}{path}", server.client.port());
+    let (ws, resp) = tungstenite::client::client(url, stream)
+        .unwrap_or_else(|e| panic!("WebSocket handshake over TLS on {path}: {e}"));
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// The next text or binary message, answering nothing (pings are answered by tungstenite).
+fn next_data(ws: &mut TlsWs) -> Vec<u8> {
+    let deadline = Instant::now() + STEP;
+    loop {
+        assert!(Instant::now() < deadline, "no message within {STEP:?}");
+        match ws.read().expect("WebSocket read over TLS") {
+            Message::Text(t) => return t.as_bytes().to_vec(),
+            Message::Binary(b) => return b.to_vec(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn tls_metric(server: &Server, name: &str, labels: &[&str]) -> f64 {
+    common::metric_sum(&server.metrics(), name, labels)
+}
+
+#[test]
+fn websocket_delivery_over_tls13_and_tls12() {
+    let server = tls_server(&[]);
+    for (i, version) in [&rustls::version::TLS13, &rustls::version::TLS12].into_iter().enumerate() {
+        let cfg = client_config(&["ca.pem"], &[version]);
+        let user = format!("v{i}");
+        let mut ws = tls_ws(&server, cfg, &format!("/ws?user={user}"));
+        {
+            let conn = &ws.get_ref().conn;
+            assert_eq!(conn.protocol_version(), Some(version.version));
+            assert_eq!(conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+        }
+        server.wait_connections(1);
+        // One message within a record, one spanning several 16 KiB records.
+        let big: String = "0123456789abcdef".repeat(3000);
+        for body in ["hello over tls", big.as_str()] {
+            let (status, _) = server.publish(&format!("user={user}"), body);
+            assert_eq!(status, 202);
+            assert_eq!(next_data(&mut ws), body.as_bytes());
+        }
+        ws.close(None).unwrap();
+        // The close handshake completes over TLS, then the connection is gone.
+        let deadline = Instant::now() + STEP;
+        while !matches!(ws.read(), Err(tungstenite::Error::ConnectionClosed)) {
+            assert!(Instant::now() < deadline, "no close handshake");
+        }
+        server.wait_connections(0);
+    }
+    server.wait_metric("c10m_tls_handshakes_total", &[], 2.0);
+    assert_eq!(tls_metric(&server, "c10m_tls_failures_total", &[]), 0.0);
+}
+
+#[test]
+fn echo_of_large_messages_crosses_records_and_receives() {
+    let server = tls_server(&["--echo", "--recv-buffer-bytes", "1024"]);
+    let mut ws = tls_ws(&server, trusting(), "/echo");
+    for len in [1usize, 1000, 20_000, 60_000] {
+        let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        ws.send(Message::Binary(payload.clone())).unwrap();
+        assert_eq!(next_data(&mut ws), payload, "echo of {len} bytes");
+    }
+}
+
+#[test]
+fn sse_delivery_over_tls_with_rustls_and_curl() {
+    let server = tls_server(&[]);
+    // rustls client, SSE.
+    let mut s = tls_connect(server.client, trusting()).unwrap();
+    s.write_all(b"GET /sse?topics=news HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(s);
+    let (status, _) = common::read_head(&mut reader).expect("SSE head over TLS");
+    assert_eq!(status, 200);
+    // curl, SSE, the same topic.
+    let url = format!("https://localhost:{}/sse?topics=news", server.client.port());
+    let ca = fixture_str("ca.pem");
+    let mut curl = LineChild::spawn(Command::new("curl").args([
+        "-sS",
+        "-N",
+        "--max-time",
+        "20",
+        "--cacert",
+        &ca,
+        &url,
+    ]));
+    curl.expect_line(|l| l.starts_with("retry:"));
+    server.wait_connections(2);
+    let (status, _) = server.publish("topic=news", "sse over tls");
+    assert_eq!(status, 202);
+    curl.expect_line(|l| l == "data: sse over tls");
+    let deadline = Instant::now() + STEP;
+    let mut line = String::new();
+    while line.trim_end() != "data: sse over tls" {
+        line.clear();
+        assert!(Instant::now() < deadline, "no event on the rustls SSE client");
+        reader.read_line(&mut line).expect("SSE line over TLS");
+    }
+}
+
+#[test]
+fn python_websockets_client_gets_published_messages() {
+    let server = tls_server(&[]);
+    let script = r#"
+import ssl, sys
+from websockets.sync.client import connect
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+ctx.set_alpn_protocols(["http/1.1"])
+with connect(sys.argv[1], ssl=ctx, open_timeout=5) as ws:
+    print("open", ws.socket.version(), ws.socket.selected_alpn_protocol(), flush=True)
+    print("msg", ws.recv(timeout=5), flush=True)
+"#;
+    let url = format!("wss://127.0.0.1:{}/ws?user=py", server.client.port());
+    let mut py = LineChild::spawn(Command::new("python3").args([
+        "-c",
+        script,
+        &url,
+        &fixture_str("ca.pem"),
+    ]));
+    let open = py.expect_line(|l| l.starts_with("open "));
+    assert!(open.contains("TLSv1.3") && open.contains("http/1.1"), "{open}");
+    server.wait_connections(1);
+    let (status, _) = server.publish("user=py", "hello python");
+    assert_eq!(status, 202);
+    py.expect_line(|l| l == "msg hello python");
+    server.wait_connections(0);
+}
+
+#[test]
+fn sighup_reloads_the_certificate_without_dropping_connections() {
+    let dir = TempDir::new("reload");
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    std::fs::copy(fixture("server.pem"), &cert).unwrap();
+    std::fs::copy(fixture("server.key"), &key).unwrap();
+    let server =
+        Server::start(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let mut old = tls_ws(&server, trusting(), "/ws?user=keep");
+    server.wait_connections(1);
+    assert_eq!(presented_cert(server.client), cert_der("server.pem"));
+
+    // A new pair: new handshakes present it, the open connection keeps working.
+    std::fs::copy(fixture("server2.pem"), &cert).unwrap();
+    std::fs::copy(fixture("server2.key"), &key).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_metric("c10m_tls_reloads_total", &[], 1.0);
+    assert_eq!(presented_cert(server.client), cert_der("server2.pem"));
+    server.publish("user=keep", "after reload");
+    assert_eq!(next_data(&mut old), b"after reload");
+    old.send(Message::Ping(b"still here".to_vec())).unwrap();
+
+    // A broken file: the reload fails, the certificate in use stays.
+    std::fs::write(&cert, b"not a certificate").unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_metric("c10m_tls_reload_failures_total", &[], 1.0);
+    assert!(server.stderr().contains("keeping the current certificate"), "{}", server.stderr());
+    assert_eq!(presented_cert(server.client), cert_der("server2.pem"));
+    server.publish("user=keep", "after failed reload");
+    assert_eq!(next_data(&mut old), b"after failed reload");
+    assert_eq!(tls_metric(&server, "c10m_connections", &[]), 1.0);
+}
+
+#[test]
+fn tls_from_the_config_file() {
+    let dir = TempDir::new("config");
+    let file = dir.0.join("c10m.toml");
+    let toml = format!(
+        "tls_cert = {:?}\ntls_key = {:?}\n",
+        fixture_str("server.pem"),
+        fixture_str("server.key")
+    );
+    std::fs::write(&file, toml).unwrap();
+    let server = Server::start(&["--config", file.to_str().unwrap()]);
+    assert_eq!(presented_cert(server.client), cert_der("server.pem"));
+}
+
+/// A server started with a bad certificate or key exits at once, naming the flag.
+#[test]
+fn bad_certificate_or_key_refuses_to_start_naming_the_flag() {
+    let base = ["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--shards", "1"];
+    let missing = fixture_str("missing.pem");
+    let cases = [
+        (missing.clone(), fixture_str("server.key"), "--tls-cert"),
+        (fixture_str("garbage.pem"), fixture_str("server.key"), "--tls-cert"),
+        (fixture_str("server.pem"), fixture_str("garbage.pem"), "--tls-key"),
+        (fixture_str("server.pem"), missing, "--tls-key"),
+        (fixture_str("server.pem"), fixture_str("server2.key"), "--tls-key"),
+        // A certificate where the key belongs is no key.
+        (fixture_str("server.pem"), fixture_str("server.pem"), "--tls-key"),
+    ];
+    for (cert, key, flag) in cases {
+        let mut args = base.to_vec();
+        args.extend(["--tls-cert", cert.as_str(), "--tls-key", key.as_str()]);
+        let (code, err) = run_to_exit(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(flag), "{args:?}: the message names {flag}: {err}");
+    }
+    let mut args = base.to_vec();
+    let cert = fixture_str("server.pem");
+    args.extend(["--tls-cert", cert.as_str()]);
+    let (code, err) = run_to_exit(&args);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--tls-key"), "{err}");
+}
+
+#[test]
+fn untrusting_clients_fail_the_handshake_and_are_counted() {
+    let server = tls_server(&[]);
+    let mut ws = tls_ws(&server, trusting(), "/ws?user=bystander");
+    server.wait_connections(1);
+    // rustls trusting only the other certificate: it refuses ours with an alert.
+    let stranger = client_config(&["server2.pem"], rustls::DEFAULT_VERSIONS);
+    let err = tls_connect(server.client, stranger).map(|_| ()).expect_err("handshake must fail");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    // curl without our CA.
+    let url = format!("https://localhost:{}/sse", server.client.port());
+    let out = Command::new("curl").args(["-sS", "--max-time", "5", &url]).output().unwrap();
+    assert_eq!(out.status.code(), Some(60), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    server.wait_metric("c10m_tls_failures_total", &["reason=\"cert_rejected\""], 2.0);
+    // The server is healthy: the bystander still gets publishes, new clients connect.
+    server.publish("user=bystander", "still served");
+    assert_eq!(next_data(&mut ws), b"still served");
+    let mut again = tls_ws(&server, trusting(), "/ws?user=new");
+    server.publish("user=new", "new one");
+    assert_eq!(next_data(&mut again), b"new one");
+}
+
+#[test]
+fn plain_http_on_a_tls_listener_is_closed_and_counted() {
+    let server = tls_server(&[]);
+    let mut ws = tls_ws(&server, trusting(), "/ws?user=bystander");
+    server.wait_connections(1);
+    let mut plain = server.client_tcp();
+    plain.write_all(b"GET /ws?user=x HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let answer = common::read_to_eof(&mut plain);
+    assert!(!answer.starts_with(b"HTTP/"), "no HTTP answer: {:?}", common::lossy(&answer));
+    // At most a TLS alert record (content type 21).
+    assert!(answer.is_empty() || answer[0] == 21, "{answer:?}");
+    server.wait_metric("c10m_tls_failures_total", &["reason=\"not_tls\""], 1.0);
+    server.publish("user=bystander", "unaffected");
+    assert_eq!(next_data(&mut ws), b"unaffected");
+    assert_eq!(tls_metric(&server, "c10m_connections_handshake", &[]), 0.0);
+}
+
+#[test]
+fn a_handshake_that_never_finishes_times_out() {
+    let server = tls_server(&["--handshake-timeout-ms", "300"]);
+    let mut s = server.client_tcp();
+    // A TLS record header that promises more than ever comes.
+    s.write_all(&[22, 3, 1, 0, 200, 1]).unwrap();
+    let answer = common::read_to_eof(&mut s);
+    assert!(answer.is_empty(), "nothing in plaintext: {answer:?}");
+    server.wait_metric("c10m_closes_total", &["reason=\"handshake_timeout\""], 1.0);
+    assert_eq!(tls_metric(&server, "c10m_connections_handshake", &[]), 0.0);
+}
+
+#[test]
+fn graceful_closes_send_close_notify() {
+    let server = tls_server(&[]);
+    let s = tls_connect(server.client, trusting()).unwrap();
+    let mut s = s;
+    // An error answer: the server closes after it, with close_notify (a clean TLS EOF).
+    s.write_all(b"GET /nowhere HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("a clean TLS end (close_notify), not a truncation");
+    assert!(out.starts_with(b"HTTP/1.1 404 "), "{:?}", common::lossy(&out));
+}
+
+/// Runs `c10m` with `args`, expecting it to exit by itself within a few seconds.
+fn run_to_exit(args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_c10m"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let status = wait_until("c10m to exit", STEP, || child.try_wait().unwrap());
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status.code().unwrap_or(-1), err)
+}
+
+/// A child process whose stdout lines arrive on a channel; killed on drop.
+struct LineChild {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl LineChild {
+    fn spawn(cmd: &mut Command) -> LineChild {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn client");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        LineChild { child, lines, seen: Vec::new() }
+    }
+
+    /// Waits (bounded) for a line that matches.
+    fn expect_line(&mut self, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if want(&l) => return l,
+                Ok(l) => self.seen.push(l),
+                Err(_) => panic!("no expected line within 10 s; saw {:?}", self.seen),
+            }
+        }
+    }
+}
+
+impl Drop for LineChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("c10m-tls-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
