@@ -153,13 +153,14 @@ fn memory_admission_refuses_with_503_and_spares_open_connections() {
     let mut refused = None;
     for i in 0..3_000 {
         let mut s = server.client_tcp();
-        write!(
+        // A refused connection is answered and closed at accept, maybe before the request
+        // arrives: the write may then fail (EPIPE), and the answer is still there to read.
+        let _ = write!(
             s,
             "GET /ws?user=m{i} HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
              Sec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .unwrap();
+        );
         let mut head = [0u8; 12];
         s.read_exact(&mut head).expect("a status line");
         if &head == b"HTTP/1.1 503" {
