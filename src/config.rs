@@ -180,8 +180,15 @@ pub struct Cluster {
     /// NATS URL of the bus, e.g. `nats://10.0.0.1:4222`.
     pub bus: Option<String>,
     /// Lifetime of a registry entry; the bridge refreshes its users every third of it, so a
-    /// crashed node's entries are gone within it. Default 60 s.
+    /// crashed node's entries are gone within it. Routing stops using a crashed node much
+    /// sooner (`node_ttl_ms`), so this only bounds garbage and sets the refresh load: every
+    /// user is written twice per third of it. Default 600 s (2.5M users per node: 25,000
+    /// Redis commands a second per node).
     pub registry_ttl_ms: u64,
+    /// Lifetime of a node's heartbeat in the registry (refreshed every third of it): publishes
+    /// stop going to a node this long after it stopped, whatever its users' entries say.
+    /// Capped at `registry_ttl_ms`. Default 5 s.
+    pub node_ttl_ms: u64,
     /// Redis commands per pipelined batch. Default 1000: a reconnect wave of 500,000 users is
     /// 1000 round trips, not 500,000.
     pub registry_batch_max: u32,
@@ -196,7 +203,8 @@ impl Default for Cluster {
             node_id: None,
             registry: None,
             bus: None,
-            registry_ttl_ms: 60_000,
+            registry_ttl_ms: 600_000,
+            node_ttl_ms: 5_000,
             registry_batch_max: 1000,
             bridge_queue_max: 65_536,
         }
@@ -248,6 +256,9 @@ impl Cluster {
                 "registry_ttl_ms = {} must be within 1000..=86400000",
                 self.registry_ttl_ms
             ));
+        }
+        if !(300..=3_600_000).contains(&self.node_ttl_ms) {
+            return err(format!("node_ttl_ms = {} must be within 300..=3600000", self.node_ttl_ms));
         }
         if !(2..=100_000).contains(&self.registry_batch_max) {
             return err(format!(
@@ -432,9 +443,13 @@ pub struct ServeArgs {
     /// NATS bus URL, e.g. nats://10.0.0.1:4222 (with --node-id and --registry).
     #[arg(long, value_name = "URL")]
     pub bus: Option<String>,
-    /// Milliseconds a registry entry lives without a refresh. Default 60000.
+    /// Milliseconds a registry entry lives without a refresh. Default 600000.
     #[arg(long)]
     pub registry_ttl_ms: Option<u64>,
+    /// Milliseconds a node's heartbeat lives: publishes stop going to a dead node after it.
+    /// Default 5000.
+    #[arg(long)]
+    pub node_ttl_ms: Option<u64>,
     /// Redis commands per pipelined batch. Default 1000.
     #[arg(long)]
     pub registry_batch_max: Option<u32>,
@@ -530,6 +545,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.registry_ttl_ms {
             c.registry_ttl_ms = v;
+        }
+        if let Some(v) = self.node_ttl_ms {
+            c.node_ttl_ms = v;
         }
         if let Some(v) = self.registry_batch_max {
             c.registry_batch_max = v;

@@ -100,6 +100,11 @@ impl Backends {
             .unwrap()
     }
 
+    /// The node ids in the heartbeat set, expired or not.
+    fn heartbeats(&self) -> Vec<String> {
+        redis::cmd("ZRANGE").arg("c10m:nodes").arg(0).arg(-1).query(&mut self.redis()).unwrap()
+    }
+
     fn key_exists(&self, user: &str) -> bool {
         redis::cmd("EXISTS").arg(format!("c10m:u:{user}")).query::<i64>(&mut self.redis()).unwrap()
             == 1
@@ -317,8 +322,46 @@ fn a_node_that_shuts_down_cleanly_removes_its_entries() {
     });
     node.signal(libc::SIGINT);
     assert!(node.wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()));
-    // Removed by the node on its way out, not by the 60 s expiry.
+    // Removed by the node on its way out, not by the expiry; its heartbeat too.
     assert!(!b.key_exists("erin") && !b.key_exists("sam"));
+    assert!(b.heartbeats().is_empty(), "heartbeat left: {:?}", b.heartbeats());
+}
+
+#[test]
+fn a_killed_node_gets_no_publishes_once_its_heartbeat_expires() {
+    let b = Backends::start();
+    // Users' entries live 600 s (the default); the node heartbeat 600 ms.
+    let args = ["--node-ttl-ms", "600"];
+    let a_node = b.node("a", &args, 0);
+    let b_node = b.node("b", &args, 1);
+    let _dave = b_node.ws_connect("/ws?user=dave");
+    wait_until("dave registered", STEP, || (b.nodes_of("dave") == ["b"]).then_some(()));
+    wait_until("a sees two live nodes", STEP, || {
+        (cluster_stat(&a_node, "live_nodes") == 2).then_some(())
+    });
+    assert_eq!(a_node.publish("user=dave", "x").0, 202);
+    wait_until("a forwarded it to b", STEP, || {
+        (cluster_stat(&a_node, "bus_out") == 1).then_some(())
+    });
+    b_node.signal(libc::SIGKILL);
+    wait_until("a skips the dead node", STEP, || {
+        assert_eq!(a_node.publish("user=dave", "y").0, 202);
+        (cluster_stat(&a_node, "lookups_dead_node") >= 1).then_some(())
+    });
+    assert_eq!(b.nodes_of("dave"), ["b"], "dave's entry itself has not expired");
+    // From now on nothing goes to b: three more publishes, three more lookups, no bus out.
+    let out = cluster_stat(&a_node, "bus_out");
+    let looked = cluster_stat(&a_node, "lookups");
+    for _ in 0..3 {
+        assert_eq!(a_node.publish("user=dave", "z").0, 202);
+    }
+    wait_until("three more lookups", STEP, || {
+        (cluster_stat(&a_node, "lookups") >= looked + 3).then_some(())
+    });
+    assert_eq!(cluster_stat(&a_node, "bus_out"), out, "nothing more went to the dead node");
+    wait_until("a counts one live node", STEP, || {
+        (cluster_stat(&a_node, "live_nodes") == 1).then_some(())
+    });
 }
 
 fn dropped(server: &Server, reason: &str) -> u64 {

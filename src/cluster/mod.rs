@@ -12,7 +12,8 @@
 //! - **Registry** ([`registry`]): shards announce each user connection (`Msg::Online`) and
 //!   its close (`Msg::Offline`); the bridge counts connections per user and writes only
 //!   transitions, coalesced and pipelined, and refreshes every present user every third of
-//!   `registry_ttl_ms`. Why per connection and not per transition on the user's home shard:
+//!   `registry_ttl_ms`; a heartbeat every third of `node_ttl_ms` tells the other nodes this
+//!   one is alive, and lookups skip nodes whose heartbeat has expired. Why per connection and not per transition on the user's home shard:
 //!   the home shard's index holds only the keyed hash of a user id, not the name Redis needs,
 //!   and carrying names in `UserAdd` would push `Msg` past 32 bytes. One more small mesh
 //!   message per connect is what `UserAdd` already costs; the bridge's count turns them into
@@ -182,7 +183,17 @@ impl Prepared {
         let conn = registry::connection(redis)
             .map_err(|e| io::Error::other(format!("--registry: {e}")))?;
         let presence = Rc::new(RefCell::new(Presence::default()));
+        let liveness = Rc::new(RefCell::new(registry::Liveness::default()));
         let node: Rc<str> = node_id.as_str().into();
+        let node_ttl_ms = cfg.node_ttl_ms.min(cfg.registry_ttl_ms);
+        tokio::task::spawn_local(registry::heartbeat(
+            conn.clone(),
+            Rc::clone(&liveness),
+            Rc::clone(&node),
+            node_ttl_ms,
+            Arc::clone(&stats),
+        ));
+        let last_con = conn.clone();
 
         tokio::task::spawn_local(registry::writer(
             conn.clone(),
@@ -195,6 +206,7 @@ impl Prepared {
         tokio::task::spawn_local(publisher(nats.clone(), out_rx, Arc::clone(&stats)));
         let lookups = Lookups {
             conn,
+            liveness,
             node: Rc::clone(&node),
             out: out_tx.clone(),
             local: local_tx,
@@ -232,6 +244,13 @@ impl Prepared {
                 while bridge.presence.borrow().pending() && std::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(registry::FLUSH_MS)).await;
                 }
+                // Gone on purpose: others need not wait for the heartbeat to expire.
+                let mut con = last_con;
+                let mut cmd = redis::cmd("ZREM");
+                cmd.arg(registry::NODES_KEY).arg(&*bridge.node);
+                let zrem = cmd.query_async::<()>(&mut con);
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let _ = tokio::time::timeout(left.max(Duration::from_millis(100)), zrem).await;
                 return Ok(());
             }
             let backlog = bridge.turn()?;
@@ -461,6 +480,7 @@ async fn publisher(
 /// Looks users up in the registry, in pipelines, and forwards to their nodes.
 struct Lookups {
     conn: redis::aio::ConnectionManager,
+    liveness: Rc<RefCell<registry::Liveness>>,
     node: Rc<str>,
     out: mpsc::Sender<Out>,
     local: mpsc::Sender<(Box<str>, Arc<Message>)>,
@@ -502,9 +522,14 @@ impl Lookups {
         self.stats.registry_connected.store(true, Relaxed);
         ClusterStats::bump(&self.stats.lookups, n);
         ClusterStats::bump(&self.stats.lookup_batches, 1);
+        let liveness = self.liveness.borrow();
         for (l, nodes) in batch.drain(..).zip(found) {
             let mut sent = false;
             for node in nodes {
+                if !liveness.usable(&node, now) {
+                    ClusterStats::bump(&self.stats.lookups_dead_node, 1);
+                    continue;
+                }
                 if *node == *self.node {
                     if l.from_bus {
                         sent = true;

@@ -5,7 +5,6 @@
 //! ```text
 //!  c10m:u:<user>   sorted set   member = node id, score = expiry (unix ms)
 //!                               the key itself has PEXPIRE = registry_ttl_ms
-//! ```
 //!
 //! - online (and every `registry_ttl_ms / 3` while online): `ZADD key now+ttl node` and
 //!   `PEXPIRE key ttl`;
@@ -13,9 +12,22 @@
 //!   set disappears);
 //! - lookup: `ZRANGEBYSCORE key now +inf`: the nodes whose entry has not expired.
 //!
-//! A crashed node stops refreshing: its members fall out of lookups when their score passes,
-//! and the whole key expires once no node refreshes it. A user on several nodes is one key
-//! with one member per node, so each node's entry expires on its own.
+//!  c10m:nodes      sorted set   member = node id, score = heartbeat expiry (unix ms)
+//! ```
+//!
+//! - every `node_ttl_ms / 3`: `ZADD c10m:nodes now+node_ttl node`, and read the whole set
+//!   back, so every bridge knows each node's last heartbeat expiry ([`Liveness`]).
+//!
+//! A crashed node stops its heartbeat: within `node_ttl_ms` every other node stops sending
+//! it publishes (lookups skip members whose node's heartbeat has expired, counted as
+//! `lookups_dead_node`), however long its users' entries still live. It stops refreshing
+//! those too: its members fall out of lookups when their score passes, and the whole key
+//! expires once no node refreshes it. So `registry_ttl_ms` only bounds garbage and sets the
+//! refresh load (two commands per user per third of it), and can be long; `node_ttl_ms`
+//! decides how fast a crash is noticed, and costs one command per node per third of it. A
+//! node that is not in the heartbeat set at all (just started, not yet read back) is used.
+//! A user on several nodes is one key with one member per node, so each node's entry expires
+//! on its own. A clean shutdown removes the node's users and its heartbeat.
 //!
 //! Writes are coalesced and pipelined: a change marks the user dirty (so a user who comes
 //! and goes within one flush costs nothing), and every [`FLUSH_MS`] the writer sends the
@@ -45,6 +57,67 @@ pub const PING_IDLE_MS: u64 = 1000;
 
 /// Capacity the dirty set keeps once empty.
 const DIRTY_KEPT: usize = 1024;
+
+/// The Redis key of the node heartbeats.
+pub const NODES_KEY: &str = "c10m:nodes";
+/// Heartbeats expired this long are removed from [`NODES_KEY`]; by then every user entry of
+/// that node has expired too (`registry_ttl_ms` is at most a day).
+const NODE_FORGET_MS: u64 = 86_400_000 + 60_000;
+
+/// Each node's heartbeat expiry, as last read from Redis.
+#[derive(Default)]
+pub struct Liveness {
+    expiry_ms: HashMap<Box<str>, u64>,
+}
+
+impl Liveness {
+    /// Whether publishes may go to `node` at `now_ms`: its heartbeat has not expired, or it
+    /// has none yet.
+    pub fn usable(&self, node: &str, now_ms: u64) -> bool {
+        self.expiry_ms.get(node).is_none_or(|&e| e > now_ms)
+    }
+
+    fn replace(&mut self, nodes: Vec<(String, f64)>) {
+        self.expiry_ms = nodes.into_iter().map(|(n, e)| (n.into_boxed_str(), e as u64)).collect();
+    }
+
+    /// Nodes whose heartbeat has not expired.
+    pub fn alive(&self, now_ms: u64) -> usize {
+        self.expiry_ms.values().filter(|&&e| e > now_ms).count()
+    }
+}
+
+/// Writes this node's heartbeat every `node_ttl_ms / 3` and reads every node's back.
+pub async fn heartbeat(
+    mut con: ConnectionManager,
+    liveness: Rc<RefCell<Liveness>>,
+    node_id: Rc<str>,
+    node_ttl_ms: u64,
+    stats: Arc<ClusterStats>,
+) {
+    let period = Duration::from_millis(node_ttl_ms / 3);
+    loop {
+        let now = unix_ms();
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD").arg(NODES_KEY).arg(now + node_ttl_ms).arg(&*node_id).ignore();
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(NODES_KEY)
+            .arg("-inf")
+            .arg(now.saturating_sub(NODE_FORGET_MS))
+            .ignore();
+        pipe.cmd("ZRANGE").arg(NODES_KEY).arg(0).arg(-1).arg("WITHSCORES");
+        match pipe.query_async::<(Vec<(String, f64)>,)>(&mut con).await {
+            Ok((nodes,)) => {
+                liveness.borrow_mut().replace(nodes);
+                let alive = liveness.borrow().alive(unix_ms()) as u64;
+                stats.live_nodes.store(alive, Relaxed);
+            }
+            // Unknown is not dead: lookups use every node until Redis answers again.
+            Err(_) => liveness.borrow_mut().replace(Vec::new()),
+        }
+        tokio::time::sleep(period).await;
+    }
+}
 
 /// The Redis key of a user's entry.
 pub fn key(user: &str) -> String {
@@ -224,6 +297,18 @@ pub async fn writer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn liveness_skips_expired_heartbeats_only() {
+        let mut l = Liveness::default();
+        assert!(l.usable("new", 1_000), "a node never seen is used");
+        l.replace(vec![("a".into(), 2_000.0), ("b".into(), 500.0)]);
+        assert!(l.usable("a", 1_000));
+        assert!(!l.usable("b", 1_000), "b's heartbeat expired");
+        assert!(l.usable("c", 1_000), "c started since the last read");
+        assert!(!l.usable("a", 2_000));
+        assert_eq!(l.alive(1_000), 1);
+    }
 
     #[test]
     fn presence_reports_transitions_only() {

@@ -59,6 +59,10 @@ pub struct ClusterStats {
     pub lookup_batches: AtomicU64,
     /// User publishes whose user was on no other node.
     pub lookups_empty: AtomicU64,
+    /// Registry entries skipped because their node's heartbeat had expired (a dead node).
+    pub lookups_dead_node: AtomicU64,
+    /// Nodes with a live heartbeat at the last read (gauge).
+    pub live_nodes: AtomicU64,
     pub bus_out: AtomicU64,
     pub bus_in: AtomicU64,
     /// Topic and broadcast messages from the bus that this node published itself (skipped:
@@ -97,6 +101,8 @@ impl ClusterStats {
             "lookups": self.lookups.load(Relaxed),
             "lookup_batches": self.lookup_batches.load(Relaxed),
             "lookups_empty": self.lookups_empty.load(Relaxed),
+            "lookups_dead_node": self.lookups_dead_node.load(Relaxed),
+            "live_nodes": self.live_nodes.load(Relaxed),
             "bus_out": self.bus_out.load(Relaxed),
             "bus_in": self.bus_in.load(Relaxed),
             "bus_in_own": self.bus_in_own.load(Relaxed),
@@ -127,7 +133,13 @@ impl ClusterStats {
             "Users connected to this node.",
             self.online_users.load(Relaxed),
         );
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        one(
+            "live_nodes",
+            "gauge",
+            "Nodes with a live heartbeat in the registry.",
+            self.live_nodes.load(Relaxed),
+        );
+        let counters: [(&str, &str, &AtomicU64); 10] = [
             ("registry_writes_total", "Redis registry commands written.", &self.registry_writes),
             ("registry_batches_total", "Redis registry pipelines written.", &self.registry_batches),
             (
@@ -138,6 +150,11 @@ impl ClusterStats {
             ("lookups_total", "Users looked up in the registry.", &self.lookups),
             ("lookup_batches_total", "Registry lookup pipelines.", &self.lookup_batches),
             ("lookups_empty_total", "User publishes with no other node.", &self.lookups_empty),
+            (
+                "lookups_dead_node_total",
+                "Registry entries skipped: their node's heartbeat expired.",
+                &self.lookups_dead_node,
+            ),
             ("bus_out_total", "Messages published to NATS.", &self.bus_out),
             ("bus_in_total", "Messages received from NATS.", &self.bus_in),
             ("bus_in_own_total", "Own topic/broadcast messages skipped.", &self.bus_in_own),
