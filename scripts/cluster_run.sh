@@ -389,6 +389,18 @@ if red and tot and nin and nout:
     say(f"  Redis during the wave: peak {max(red)} ops/s, {tot[-1] - tot[0]} commands; "
         f"NATS: {nin[-1] - nin[0]} msgs in, {nout[-1] - nout[0]} msgs out "
         f"(t={wave[0][0]:.0f}..{wave[-1][0]:.0f} s)")
+steady_rows = [r for r in rows if ramp_s + 2 <= r[0] < kill_at - 0.5]
+if len(steady_rows) >= 2 and all(r[nodes + 2] is not None and r[nodes + 3] is not None
+                                 for r in steady_rows):
+    span = steady_rows[-1][0] - steady_rows[0][0]
+    say(f"  for comparison, steady state (t={steady_rows[0][0]:.0f}..{steady_rows[-1][0]:.0f} s): "
+        f"Redis {(steady_rows[-1][nodes + 2] - steady_rows[0][nodes + 2]) / span:.0f} commands/s "
+        f"(peak {max(r[nodes + 1] or 0 for r in steady_rows)} ops/s, the TTL refreshes); NATS "
+        f"{(steady_rows[-1][nodes + 3] - steady_rows[0][nodes + 3]) / span:.0f} msgs in/s")
+if len(wave) >= 2 and tot and nin:
+    span = wave[-1][0] - wave[0][0]
+    say(f"  wave rate: Redis {(tot[-1] - tot[0]) / span:.0f} commands/s, NATS "
+        f"{(nin[-1] - nin[0]) / span:.0f} msgs in/s, {(nout[-1] - nout[0]) / span:.0f} out/s")
 say(f"restart: n{kill_node} started at t={events['start']:.2f} s; connections per node:")
 say("     t  " + " ".join(f"{'n' + str(k):>7}" for k in range(1, nodes + 1)))
 for r in rows:
