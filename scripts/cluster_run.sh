@@ -25,7 +25,7 @@
 # publishes reach the users that reconnected elsewhere. Everything is bounded in time (the run
 # lasts RUN_S seconds plus a drain) and goes only to the cluster's own namespaces.
 #
-# Environment (defaults): CONNS=30000 RATE=3000 PUBLISH_RATE=200 RUN_S=90 KILL_NODE=2
+# Environment (defaults): FRESH=1 (restart every node first) CONNS=30000 RATE=3000 PUBLISH_RATE=200 RUN_S=90 KILL_NODE=2
 # KILL_AT=20 START_AT=35 LIFETIME_MS=45000 REGISTRY_TTL_MS=12000
 # C10M_CLUSTER_DIR=/tmp/c10m-cluster
 set -euo pipefail
@@ -57,6 +57,13 @@ node_args="--conn-lifetime-ms-max $LIFETIME_MS --goaway-reconnect-ms-max 2000"
 [ -x target/release/c10m ] || cargo build --release -q --workspace
 if target/release/c10m serve --help | grep -q -- '--registry-ttl-ms'; then
   node_args+=" --registry-ttl-ms $REGISTRY_TTL_MS"
+fi
+# Every run starts on fresh nodes (FRESH=1): RSS growth and the bridges' counters are then
+# this run's alone. A clean stop also takes the node's entries out of the registry.
+if [ "${FRESH:-1}" = 1 ] && [ -s "$C10M_CLUSTER_DIR/nodes" ]; then
+  for k in $(seq "$(cat "$C10M_CLUSTER_DIR/nodes")"); do
+    bash scripts/cluster.sh stop "$k" >/dev/null
+  done
 fi
 C10M_NODE_ARGS=$node_args bash scripts/cluster.sh up "$NODES"
 [ -x target/release/c10m-loadgen ] || cargo build --release -q -p c10m-loadgen
