@@ -118,6 +118,9 @@ def node_conns(k):
     return node_stats(k)[0]
 
 
+probe_commands = [0]  # the drill's own Redis lookups, kept out of the load figures
+
+
 def registry_nodes(users, deadline_s=10.0):
     """For each user, the nodes the Redis registry lists with a live score (the nodes'
     own lookup: ZRANGEBYSCORE c10m:u:<user> now +inf), pipelined on one connection; None
@@ -127,6 +130,7 @@ def registry_nodes(users, deadline_s=10.0):
         b"*4\r\n$13\r\nZRANGEBYSCORE\r\n$%d\r\n%s\r\n$%d\r\n%d\r\n$4\r\n+inf\r\n"
         % (len(k), k, len(str(now)), now)
         for k in (f"c10m:u:{u}".encode() for u in users))
+    probe_commands[0] += len(users)
     try:
         with socket.create_connection((gw, redis_port), timeout=deadline_s) as s:
             s.sendall(req)
@@ -181,7 +185,7 @@ t0 = time.time()
 def sampler():
     cols = ["t_s"] + [f"n{k}" for k in range(1, nodes + 1)] + [
         "redis_ops_per_sec", "redis_total_commands", "nats_in_msgs", "nats_out_msgs"] + [
-        f"n{k}_rss" for k in range(1, nodes + 1)]
+        f"n{k}_rss" for k in range(1, nodes + 1)] + ["drill_probe_commands"]
     with open(os.path.join(run_dir, "timeline.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
@@ -192,6 +196,7 @@ def sampler():
             st = [node_stats(k) for k in range(1, nodes + 1)]
             row = [round(time.time() - t0, 2)] + [c for c, _ in st]
             row += list(redis_stats()) + list(nats_varz()) + [r for _, r in st]
+            row.append(probe_commands[0])
             rows.append(row)
             w.writerow(["" if v is None else v for v in row])
             f.flush()
@@ -387,27 +392,36 @@ m = report["messages"]
 say(f"  whole run (report): published {m['published']}, accepted {m['accepted']}, "
     f"admin request errors {m['publish_errors']}, expected {m['expected']}, "
     f"delivered {m['delivered']}, lost {m['lost']}, duplicated {m['duplicated']}")
-wave = [r for r in rows if events["kill"] - 1 <= r[0] <= end]
-red = [r[nodes + 1] for r in wave if r[nodes + 1] is not None]
-tot = [r[nodes + 2] for r in wave if r[nodes + 2] is not None]
-nin = [r[nodes + 3] for r in wave if r[nodes + 3] is not None]
-nout = [r[nodes + 4] for r in wave if r[nodes + 4] is not None]
-if red and tot and nin and nout:
-    say(f"  Redis during the wave: peak {max(red)} ops/s, {tot[-1] - tot[0]} commands; "
-        f"NATS: {nin[-1] - nin[0]} msgs in, {nout[-1] - nout[0]} msgs out "
-        f"(t={wave[0][0]:.0f}..{wave[-1][0]:.0f} s)")
-steady_rows = [r for r in rows if ramp_s + 2 <= r[0] < kill_at - 0.5]
-if len(steady_rows) >= 2 and all(r[nodes + 2] is not None and r[nodes + 3] is not None
-                                 for r in steady_rows):
-    span = steady_rows[-1][0] - steady_rows[0][0]
-    say(f"  for comparison, steady state (t={steady_rows[0][0]:.0f}..{steady_rows[-1][0]:.0f} s): "
-        f"Redis {(steady_rows[-1][nodes + 2] - steady_rows[0][nodes + 2]) / span:.0f} commands/s "
-        f"(peak {max(r[nodes + 1] or 0 for r in steady_rows)} ops/s, the TTL refreshes); NATS "
-        f"{(steady_rows[-1][nodes + 3] - steady_rows[0][nodes + 3]) / span:.0f} msgs in/s")
-if len(wave) >= 2 and tot and nin:
-    span = wave[-1][0] - wave[0][0]
-    say(f"  wave rate: Redis {(tot[-1] - tot[0]) / span:.0f} commands/s, NATS "
-        f"{(nin[-1] - nin[0]) / span:.0f} msgs in/s, {(nout[-1] - nout[0]) / span:.0f} out/s")
+# Redis and NATS load. Redis commands are counted net of the drill's own registry probes
+# (column drill_probe_commands); every ttl/3 each node rewrites all its users (2 commands
+# each), so a window's commands include those refreshes.
+PROBE = 2 * nodes + 5
+rs = [r for r in rows if None not in (r[nodes + 2], r[nodes + 3], r[nodes + 4])]
+net = lambda r: r[nodes + 2] - r[PROBE]
+
+
+def load(a, b):
+    """(seconds, Redis net commands, peak net commands in one sample interval, NATS in, out)
+    between the samples nearest after a and at or before b."""
+    w = [r for r in rs if a <= r[0] <= b]
+    if len(w) < 2:
+        return None
+    peak = max(net(y) - net(x) for x, y in zip(w, w[1:]))
+    return (w[-1][0] - w[0][0], net(w[-1]) - net(w[0]), peak,
+            w[-1][nodes + 3] - w[0][nodes + 3], w[-1][nodes + 4] - w[0][nodes + 4])
+
+
+wl = load(events["kill"] - 1, end)
+sl = load(ramp_s + 2, kill_at - 0.5)
+if wl:
+    say(f"  Redis during the wave (t={events['kill'] - 1:.0f}..{end:.0f} s, {wl[0]:.0f} s): "
+        f"{wl[1]} commands ({wl[1] / wl[0]:.0f}/s, peak {wl[2]} in one second); NATS: {wl[3]} "
+        f"msgs in, {wl[4]} out ({wl[3] / wl[0]:.0f}/s, {wl[4] / wl[0]:.0f}/s)")
+if sl:
+    say(f"  steady state before it (t={ramp_s + 2:.0f}..{kill_at - 0.5:.0f} s): Redis "
+        f"{sl[1] / sl[0]:.0f} commands/s (peak {sl[2]} in one second: the refresh of "
+        f"{conns} users); NATS {sl[3] / sl[0]:.0f} msgs in/s, {sl[4] / sl[0]:.0f} out/s")
+say(f"  the drill's own registry probes: {probe_commands[0]} Redis commands (not counted above)")
 say(f"restart: n{kill_node} started at t={events['start']:.2f} s; connections per node:")
 say("     t  " + " ".join(f"{'n' + str(k):>7}" for k in range(1, nodes + 1)))
 for r in rows:
