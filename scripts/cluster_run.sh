@@ -411,10 +411,11 @@ def load(a, b):
             w[-1][nodes + 3] - w[0][nodes + 3], w[-1][nodes + 4] - w[0][nodes + 4])
 
 
-wl = load(events["kill"] - 1, end)
+# From the sample taken at the kill (its interval holds the pre-kill probe and no wave).
+wl = load(events["kill"] - 0.5, end)
 sl = load(ramp_s + 2, kill_at - 0.5)
 if wl:
-    say(f"  Redis during the wave (t={events['kill'] - 1:.0f}..{end:.0f} s, {wl[0]:.0f} s): "
+    say(f"  Redis during the wave (t={events['kill']:.0f}..{end:.0f} s, {wl[0]:.0f} s): "
         f"{wl[1]} commands ({wl[1] / wl[0]:.0f}/s, peak {wl[2]} in one second); NATS: {wl[3]} "
         f"msgs in, {wl[4]} out ({wl[3] / wl[0]:.0f}/s, {wl[4] / wl[0]:.0f}/s)")
 if sl:
