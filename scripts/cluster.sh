@@ -340,16 +340,19 @@ cmd_status() {
   local n k pid stats
   n=$(node_count)
   [ "$n" -gt 0 ] || { say "not up"; return 1; }
-  printf '%-5s %-16s %-8s %-7s %8s %8s %8s\n' node address pid alive ws sse total
+  # bridge: "-" for a standalone node; else registry and bus connected (yes/NO), the users
+  # it has announced and the cluster drops.
+  printf '%-5s %-16s %-8s %-7s %8s %8s %8s  %s\n' node address pid alive ws sse total bridge
   for k in $(seq "$n"); do
     if pid=$(alive_pid "$STATE/node$k.pid" c10m); then
       stats=$(admin_get "$k" /stats)
-      printf '%-5s %-16s %-8s %-7s %8s %8s %8s\n' "n$k" "$(node_ip "$k")" "$pid" yes \
+      printf '%-5s %-16s %-8s %-7s %8s %8s %8s  %s\n' "n$k" "$(node_ip "$k")" "$pid" yes \
         "$(jq -r '.ws // "?"' <<<"$stats" 2>/dev/null || echo '?')" \
         "$(jq -r '.sse // "?"' <<<"$stats" 2>/dev/null || echo '?')" \
-        "$(jq -r '(.ws + .sse) // "?"' <<<"$stats" 2>/dev/null || echo '?')"
+        "$(jq -r '(.ws + .sse) // "?"' <<<"$stats" 2>/dev/null || echo '?')" \
+        "$(jq -r 'if .cluster then .cluster as $c | "\($c.node_id): registry \(if $c.registry_connected then "yes" else "NO" end), bus \(if $c.bus_connected then "yes" else "NO" end), users \($c.online_users), dropped \([$c.dropped[]] | add)" else "-" end' <<<"$stats" 2>/dev/null || echo '?')"
     else
-      printf '%-5s %-16s %-8s %-7s %8s %8s %8s\n' "n$k" "$(node_ip "$k")" - no - - -
+      printf '%-5s %-16s %-8s %-7s %8s %8s %8s  %s\n' "n$k" "$(node_ip "$k")" - no - - - -
     fi
   done
   local info

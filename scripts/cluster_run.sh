@@ -15,19 +15,26 @@
 # 20 % jitter) they reconnect elsewhere and load spreads back onto it.
 #
 # Once a second a sampler writes timeline.csv: connections per node, Redis
-# instantaneous_ops_per_sec and total_commands_processed, NATS in_msgs/out_msgs. The
-# summary prints connections per node, delivery latency, the kill timeline, messages lost
-# and the Redis/NATS load during the reconnect wave. Everything is bounded in time (the run
+# instantaneous_ops_per_sec and total_commands_processed, NATS in_msgs/out_msgs, each node's
+# RSS. The summary prints connections per node, RSS growth per connection, delivery
+# latency, the kill timeline, messages lost and the Redis/NATS load during the reconnect
+# wave. With the bridge, nodes get a registry TTL of REGISTRY_TTL_MS (short, so that the
+# registry forgetting the killed node is seen within the run: the drill counts, about every
+# half second after the kill, the users whose sorted set still holds the killed node with a
+# live score, one pipelined ZSCORE per user), and after the restart it checks that
+# publishes reach the users that reconnected elsewhere. Everything is bounded in time (the run
 # lasts RUN_S seconds plus a drain) and goes only to the cluster's own namespaces.
 #
-# Environment (defaults): CONNS=30000 RATE=3000 PUBLISH_RATE=200 RUN_S=90 KILL_NODE=2
-# KILL_AT=20 START_AT=35 LIFETIME_MS=45000 C10M_CLUSTER_DIR=/tmp/c10m-cluster
+# Environment (defaults): FRESH=1 (restart every node first) CONNS=30000 RATE=3000 PUBLISH_RATE=200 RUN_S=90 KILL_NODE=2
+# KILL_AT=20 START_AT=35 LIFETIME_MS=45000 REGISTRY_TTL_MS=12000
+# C10M_CLUSTER_DIR=/tmp/c10m-cluster
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODES=${1:-4}
 export CONNS=${CONNS:-30000} RATE=${RATE:-3000} PUBLISH_RATE=${PUBLISH_RATE:-200}
 export RUN_S=${RUN_S:-90} KILL_NODE=${KILL_NODE:-2} KILL_AT=${KILL_AT:-20}
 export START_AT=${START_AT:-35} LIFETIME_MS=${LIFETIME_MS:-45000}
+export REGISTRY_TTL_MS=${REGISTRY_TTL_MS:-12000}
 export C10M_CLUSTER_DIR=${C10M_CLUSTER_DIR:-/tmp/c10m-cluster}
 STATE=$C10M_CLUSTER_DIR
 
@@ -46,8 +53,19 @@ if [ "$ramp_s" -ge "$KILL_AT" ]; then
 fi
 
 # Goaways ask for a reconnect within 2 s; the lifetime makes connections cycle.
-C10M_NODE_ARGS="--conn-lifetime-ms-max $LIFETIME_MS --goaway-reconnect-ms-max 2000" \
-  bash scripts/cluster.sh up "$NODES"
+node_args="--conn-lifetime-ms-max $LIFETIME_MS --goaway-reconnect-ms-max 2000"
+[ -x target/release/c10m ] || cargo build --release -q --workspace
+if target/release/c10m serve --help | grep -q -- '--registry-ttl-ms'; then
+  node_args+=" --registry-ttl-ms $REGISTRY_TTL_MS"
+fi
+# Every run starts on fresh nodes (FRESH=1): RSS growth and the bridges' counters are then
+# this run's alone. A clean stop also takes the node's entries out of the registry.
+if [ "${FRESH:-1}" = 1 ] && [ -s "$C10M_CLUSTER_DIR/nodes" ]; then
+  for k in $(seq "$(cat "$C10M_CLUSTER_DIR/nodes")"); do
+    bash scripts/cluster.sh stop "$k" >/dev/null
+  done
+fi
+C10M_NODE_ARGS=$node_args bash scripts/cluster.sh up "$NODES"
 [ -x target/release/c10m-loadgen ] || cargo build --release -q -p c10m-loadgen
 
 RUN_DIR=$STATE/run-$(date -u +%Y%m%dT%H%M%SZ)
@@ -71,6 +89,7 @@ kill_node, kill_at, start_at = int(env["KILL_NODE"]), float(env["KILL_AT"]), flo
 nodes, run_dir, state = int(env["NODES"]), env["RUN_DIR"], env["C10M_CLUSTER_DIR"]
 bridged = env["BRIDGED"] == "1"
 lifetime_ms = int(env["LIFETIME_MS"])
+ttl_ms = int(env["REGISTRY_TTL_MS"])
 gw, redis_port, nats_mon = "10.77.0.1", int(env.get("C10M_REDIS_PORT", 6379)), int(
     env.get("C10M_NATS_MON_PORT", 8222))
 key = open(os.path.join(state, "admin.key")).read().split()[0]
@@ -82,14 +101,51 @@ ramp_s = conns / rate
 hold_s = max(1, round(run_s - ramp_s))
 
 
-def node_conns(k):
-    """Client connections (ws + sse) on node k, or None when it does not answer."""
+def node_stats(k):
+    """(client connections (ws + sse), RSS bytes) of node k, or (None, None)."""
     req = urllib.request.Request(f"http://{ip(k)}:8081/stats",
                                  headers={"Authorization": f"Bearer {key}"})
     try:
         with urllib.request.urlopen(req, timeout=0.5) as r:
             s = json.load(r)
-        return s["ws"] + s["sse"]
+        return s["ws"] + s["sse"], s.get("rss_bytes")
+    except Exception:
+        return None, None
+
+
+def node_conns(k):
+    """Client connections (ws + sse) on node k, or None when it does not answer."""
+    return node_stats(k)[0]
+
+
+probe_commands = [0]  # the drill's own Redis lookups, kept out of the load figures
+
+
+def registry_nodes(users, deadline_s=10.0):
+    """For each user, the nodes the Redis registry lists with a live score (the nodes'
+    own lookup: ZRANGEBYSCORE c10m:u:<user> now +inf), pipelined on one connection; None
+    when Redis does not answer in time."""
+    now = int(time.time() * 1000)
+    req = b"".join(
+        b"*4\r\n$13\r\nZRANGEBYSCORE\r\n$%d\r\n%s\r\n$%d\r\n%d\r\n$4\r\n+inf\r\n"
+        % (len(k), k, len(str(now)), now)
+        for k in (f"c10m:u:{u}".encode() for u in users))
+    probe_commands[0] += len(users)
+    try:
+        with socket.create_connection((gw, redis_port), timeout=deadline_s) as s:
+            s.sendall(req)
+            f = s.makefile("rb")
+            out = []
+            for _ in users:
+                head = f.readline()
+                if not head.startswith(b"*"):
+                    return None
+                members = []
+                for _ in range(int(head[1:])):
+                    n = int(f.readline()[1:])
+                    members.append(f.read(n + 2)[:-2].decode())
+                out.append(members)
+            return out
     except Exception:
         return None
 
@@ -128,7 +184,8 @@ t0 = time.time()
 
 def sampler():
     cols = ["t_s"] + [f"n{k}" for k in range(1, nodes + 1)] + [
-        "redis_ops_per_sec", "redis_total_commands", "nats_in_msgs", "nats_out_msgs"]
+        "redis_ops_per_sec", "redis_total_commands", "nats_in_msgs", "nats_out_msgs"] + [
+        f"n{k}_rss" for k in range(1, nodes + 1)] + ["drill_probe_commands"]
     with open(os.path.join(run_dir, "timeline.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
@@ -136,8 +193,10 @@ def sampler():
             due = t0 + i
             if stop.wait(max(0.0, due - time.time())):
                 return
-            row = [round(time.time() - t0, 2)] + [node_conns(k) for k in range(1, nodes + 1)]
-            row += list(redis_stats()) + list(nats_varz())
+            st = [node_stats(k) for k in range(1, nodes + 1)]
+            row = [round(time.time() - t0, 2)] + [c for c, _ in st]
+            row += list(redis_stats()) + list(nats_varz()) + [r for _, r in st]
+            row.append(probe_commands[0])
             rows.append(row)
             w.writerow(["" if v is None else v for v in row])
             f.flush()
@@ -190,6 +249,13 @@ def sleep_until(t):
 
 sleep_until(kill_at - 0.5)
 before = {k: node_conns(k) for k in range(1, nodes + 1)}
+users = [f"u{n}" for n in range(conns)]
+victims = None
+if bridged:
+    # The killed node's users as the registry has them just before the kill.
+    reg = registry_nodes(users)
+    if reg is not None:
+        victims = [u for u, m in zip(users, reg) if f"n{kill_node}" in m]
 sleep_until(kill_at)
 events["kill"] = time.time() - t0
 cluster("kill", kill_node)
@@ -207,6 +273,20 @@ while time.time() - t0 < start_at - 0.2:
         break
     time.sleep(0.1)
 events["recovered"] = recovered
+# The registry forgetting the dead node: until no user lists it with a live score (at most
+# one TTL after the kill), poll every half second (bounded by the restart).
+forget = []  # (t after the kill, victims still listing the dead node, victims listed elsewhere)
+if victims:
+    while time.time() - t0 < start_at - 0.6:
+        t_poll = time.time() - t0
+        reg = registry_nodes(victims, deadline_s=2.0)
+        if reg is not None:
+            dead = sum(1 for m in reg if f"n{kill_node}" in m)
+            moved = sum(1 for m in reg if any(x != f"n{kill_node}" for x in m))
+            forget.append((t_poll - events["kill"], dead, moved))
+            if dead == 0:
+                break
+        time.sleep(max(0.0, 0.5 - (time.time() - t0 - t_poll)))
 sleep_until(start_at)
 events["start"] = time.time() - t0
 cluster("start", kill_node)
@@ -248,6 +328,16 @@ say(f"  {conns} WebSocket connections at {int(rate)}/s, user publishes {publish_
     f"lifetime {lifetime_ms} ms (-20 % jitter), run {run_s} s")
 say("connections per node before the kill: " +
     "  ".join(f"n{k} {before[k]}" for k in sorted(before)))
+rss_col = lambda k: nodes + 4 + k
+base = next((r for r in rows if all(r[rss_col(k)] for k in range(1, nodes + 1))), None)
+full = [r for r in rows if r[0] < kill_at and all(r[k] for k in range(1, nodes + 1))
+        and all(r[rss_col(k)] for k in range(1, nodes + 1))]
+if base and full:
+    last = full[-1]
+    say(f"RSS growth per connection (t={base[0]:.0f} s to t={last[0]:.0f} s): " + "  ".join(
+        f"n{k} {(last[rss_col(k)] - base[rss_col(k)]) / last[k]:.0f} B" for k in range(1, nodes + 1))
+        + f"  (RSS at t={last[0]:.0f} s: " + " ".join(
+        f"{last[rss_col(k)] / 2**20:.1f}" for k in range(1, nodes + 1)) + " MiB)")
 steady = [l for l in lines if ramp_s + 2 <= l[0] < kill_at and l[2] > 0]
 if steady:
     say(f"delivery latency, steady state (t={ramp_s + 2:.0f}..{kill_at:.0f} s, "
@@ -266,6 +356,20 @@ if recovered is not None:
 else:
     say(f"  NOT all clients back before the restart at {start_at:.0f} s: " +
         "  ".join(f"n{k} {after.get(k)}" for k in sorted(after)))
+if victims is not None:
+    say(f"  registry: {len(victims)} users listed n{kill_node} (live score) just before the "
+        f"kill; TTL {ttl_ms} ms")
+    for i, (dt, dead, moved) in enumerate(forget):
+        if i in (0, len(forget) - 1) or i % 4 == 0:
+            say(f"    {dt:5.2f} s after the kill: {dead} still list n{kill_node}, {moved} "
+                f"listed on another node")
+    if forget and forget[-1][1] == 0:
+        say(f"  registry forgot n{kill_node} {forget[-2][0] if len(forget) > 1 else 0:.2f}.."
+            f"{forget[-1][0]:.2f} s after the kill (TTL {ttl_ms / 1e3:g} s)")
+    else:
+        say(f"  registry still listed n{kill_node} for some users at the restart")
+elif bridged:
+    say("  registry: Redis did not answer the pre-kill lookup")
 end = (recovered or start_at) + 3
 wave_lines = [l for l in lines if events["kill"] <= l[0] <= end + 1]
 if wave_lines:
@@ -279,24 +383,66 @@ say(f"  from the kill to 3 s after recovery: {at(end + 2, 5) - at(events['kill']
     f"{at(end + 2, 6) - at(events['kill'] + 2, 6)} publishes found their user "
     f"disconnected (at-most-once: not delivered)")
 say(f"  whole run (progress): lost {at(1e9, 5)}, user disconnected {at(1e9, 6)}")
+after_lines = [l for l in lines if l[0] >= end + 2]
+if after_lines:
+    say(f"  after the wave (t={end + 2:.0f} s to the end, restart included): "
+        f"{sum(l[2] for l in after_lines)} deliveries, "
+        f"{at(1e9, 5) - at(end + 2, 5)} lost, {at(1e9, 6) - at(end + 2, 6)} user disconnected")
 m = report["messages"]
 say(f"  whole run (report): published {m['published']}, accepted {m['accepted']}, "
     f"admin request errors {m['publish_errors']}, expected {m['expected']}, "
     f"delivered {m['delivered']}, lost {m['lost']}, duplicated {m['duplicated']}")
-wave = [r for r in rows if events["kill"] - 1 <= r[0] <= end]
-red = [r[nodes + 1] for r in wave if r[nodes + 1] is not None]
-tot = [r[nodes + 2] for r in wave if r[nodes + 2] is not None]
-nin = [r[nodes + 3] for r in wave if r[nodes + 3] is not None]
-nout = [r[nodes + 4] for r in wave if r[nodes + 4] is not None]
-if red and tot and nin and nout:
-    say(f"  Redis during the wave: peak {max(red)} ops/s, {tot[-1] - tot[0]} commands; "
-        f"NATS: {nin[-1] - nin[0]} msgs in, {nout[-1] - nout[0]} msgs out "
-        f"(t={wave[0][0]:.0f}..{wave[-1][0]:.0f} s)")
+# Redis and NATS load. Redis commands are counted net of the drill's own registry probes
+# (column drill_probe_commands); every ttl/3 each node rewrites all its users (2 commands
+# each), so a window's commands include those refreshes.
+PROBE = 2 * nodes + 5
+rs = [r for r in rows if None not in (r[nodes + 2], r[nodes + 3], r[nodes + 4])]
+net = lambda r: r[nodes + 2] - r[PROBE]
+
+
+def load(a, b):
+    """(seconds, Redis net commands, peak net commands in one sample interval, NATS in, out)
+    between the samples nearest after a and at or before b."""
+    w = [r for r in rs if a <= r[0] <= b]
+    if len(w) < 2:
+        return None
+    peak = max(net(y) - net(x) for x, y in zip(w, w[1:]))
+    return (w[-1][0] - w[0][0], net(w[-1]) - net(w[0]), peak,
+            w[-1][nodes + 3] - w[0][nodes + 3], w[-1][nodes + 4] - w[0][nodes + 4])
+
+
+# From the sample taken at the kill (its interval holds the pre-kill probe and no wave).
+wl = load(events["kill"] - 0.5, end)
+sl = load(ramp_s + 2, kill_at - 0.5)
+if wl:
+    say(f"  Redis during the wave (t={events['kill']:.0f}..{end:.0f} s, {wl[0]:.0f} s): "
+        f"{wl[1]} commands ({wl[1] / wl[0]:.0f}/s, peak {wl[2]} in one second); NATS: {wl[3]} "
+        f"msgs in, {wl[4]} out ({wl[3] / wl[0]:.0f}/s, {wl[4] / wl[0]:.0f}/s)")
+if sl:
+    say(f"  steady state before it (t={ramp_s + 2:.0f}..{kill_at - 0.5:.0f} s): Redis "
+        f"{sl[1] / sl[0]:.0f} commands/s (peak {sl[2]} in one second: the refresh of "
+        f"{conns} users); NATS {sl[3] / sl[0]:.0f} msgs in/s, {sl[4] / sl[0]:.0f} out/s")
+say(f"  the drill's own registry probes: {probe_commands[0]} Redis commands (not counted above)")
 say(f"restart: n{kill_node} started at t={events['start']:.2f} s; connections per node:")
 say("     t  " + " ".join(f"{'n' + str(k):>7}" for k in range(1, nodes + 1)))
 for r in rows:
     if r[0] <= events["end"] and r[0] >= kill_at - 5 and (int(r[0]) % 5 == 0 or abs(r[0] - events["kill"]) < 1.5):
         say(f"  {r[0]:5.0f}  " + " ".join(f"{'-' if v is None else v:>7}" for v in r[1:nodes + 1]))
+if bridged:
+    # The bridges' own counts (n{kill_node}'s since its restart).
+    for k in range(1, nodes + 1):
+        req = urllib.request.Request(f"http://{ip(k)}:8081/stats",
+                                     headers={"Authorization": f"Bearer {key}"})
+        try:
+            with urllib.request.urlopen(req, timeout=1) as r:
+                cl = json.load(r).get("cluster", {})
+            say(f"  bridge n{k}: lookups {cl['lookups']} ({cl['lookups_empty']} empty, "
+                f"{cl['lookup_batches']} pipelines), bus out {cl['bus_out']}, in "
+                f"{cl['bus_in']}, registry writes {cl['registry_writes']} in "
+                f"{cl['registry_batches']} pipelines, dropped " + (", ".join(
+                    f"{why} {v}" for why, v in cl["dropped"].items() if v) or "none"))
+        except Exception:
+            say(f"  bridge n{k}: no /stats")
 c = report["connections"]
 say(f"loadgen: established {c['established']}, reconnects {c['reconnects']}, "
     f"failures {c['failures']}, up at end {c['up_at_end']}")
