@@ -454,3 +454,18 @@ fn a_user_on_several_nodes_gets_each_publish_once_on_each() {
         (on == ["a", "b"]).then_some(())
     });
 }
+
+#[test]
+fn a_redis_restart_is_noticed_and_the_registry_rewritten_at_once() {
+    let mut b = Backends::start();
+    // The default registry TTL (600 s) would bring ann back only at the next refresh, 200 s
+    // away; the vanished heartbeat (every 200 ms here) brings her back at once.
+    let a_node = b.node("a", &["--node-ttl-ms", "600"], 0);
+    let _ann = a_node.ws_connect("/ws?user=ann");
+    wait_until("ann registered", STEP, || (b.nodes_of("ann") == ["a"]).then_some(()));
+    assert_eq!(cluster_stat(&a_node, "registry_resyncs"), 0);
+    b.redis = None;
+    b.start_redis();
+    wait_until("ann registered again", STEP, || (b.nodes_of("ann") == ["a"]).then_some(()));
+    assert_eq!(cluster_stat(&a_node, "registry_resyncs"), 1);
+}

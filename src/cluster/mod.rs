@@ -189,6 +189,7 @@ impl Prepared {
         tokio::task::spawn_local(registry::heartbeat(
             conn.clone(),
             Rc::clone(&liveness),
+            Rc::clone(&presence),
             Rc::clone(&node),
             node_ttl_ms,
             Arc::clone(&stats),

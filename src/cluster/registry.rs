@@ -26,6 +26,8 @@
 //! refresh load (two commands per user per third of it), and can be long; `node_ttl_ms`
 //! decides how fast a crash is noticed, and costs one command per node per third of it. A
 //! node that is not in the heartbeat set at all (just started, not yet read back) is used.
+//! A node that finds its own heartbeat gone (Redis restarted without persistence) rewrites
+//! every present user at once rather than at the next refresh.
 //! A user on several nodes is one key with one member per node, so each node's entry expires
 //! on its own. A clean shutdown removes the node's users and its heartbeat.
 //!
@@ -87,18 +89,24 @@ impl Liveness {
     }
 }
 
-/// Writes this node's heartbeat every `node_ttl_ms / 3` and reads every node's back.
+/// Writes this node's heartbeat every `node_ttl_ms / 3` and reads every node's back. A
+/// heartbeat of this node that vanished means Redis lost its data (a restart without
+/// persistence): the writer is told to rewrite every present user at once instead of within
+/// `registry_ttl_ms / 3`.
 pub async fn heartbeat(
     mut con: ConnectionManager,
     liveness: Rc<RefCell<Liveness>>,
+    presence: Rc<RefCell<Presence>>,
     node_id: Rc<str>,
     node_ttl_ms: u64,
     stats: Arc<ClusterStats>,
 ) {
     let period = Duration::from_millis(node_ttl_ms / 3);
+    let mut written = false;
     loop {
         let now = unix_ms();
         let mut pipe = redis::pipe();
+        pipe.cmd("ZSCORE").arg(NODES_KEY).arg(&*node_id);
         pipe.cmd("ZADD").arg(NODES_KEY).arg(now + node_ttl_ms).arg(&*node_id).ignore();
         pipe.cmd("ZREMRANGEBYSCORE")
             .arg(NODES_KEY)
@@ -106,8 +114,13 @@ pub async fn heartbeat(
             .arg(now.saturating_sub(NODE_FORGET_MS))
             .ignore();
         pipe.cmd("ZRANGE").arg(NODES_KEY).arg(0).arg(-1).arg("WITHSCORES");
-        match pipe.query_async::<(Vec<(String, f64)>,)>(&mut con).await {
-            Ok((nodes,)) => {
+        match pipe.query_async::<(Option<f64>, Vec<(String, f64)>)>(&mut con).await {
+            Ok((mine, nodes)) => {
+                if written && mine.is_none() {
+                    ClusterStats::bump(&stats.registry_resyncs, 1);
+                    presence.borrow_mut().resync = true;
+                }
+                written = true;
                 liveness.borrow_mut().replace(nodes);
                 let alive = liveness.borrow().alive(unix_ms()) as u64;
                 stats.live_nodes.store(alive, Relaxed);
@@ -138,6 +151,8 @@ pub struct Presence {
     dirty: HashSet<Arc<str>>,
     /// A batch taken from `dirty` is being written.
     in_flight: bool,
+    /// Rewrite every present user now: Redis lost this node's entries (restarted empty).
+    pub resync: bool,
 }
 
 impl Presence {
@@ -234,7 +249,8 @@ pub async fn writer(
         .unwrap_or_else(Instant::now);
     loop {
         tokio::time::sleep(Duration::from_millis(backoff)).await;
-        if refresh.is_empty() && Instant::now() >= next_refresh {
+        let resync = std::mem::take(&mut presence.borrow_mut().resync);
+        if (refresh.is_empty() && Instant::now() >= next_refresh) || resync {
             refresh = presence.borrow().snapshot();
             next_refresh = Instant::now() + period;
         }

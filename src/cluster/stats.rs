@@ -54,6 +54,9 @@ pub struct ClusterStats {
     pub registry_batches: AtomicU64,
     /// Pipelines that failed (their users are written again on the next batch or refresh).
     pub registry_errors: AtomicU64,
+    /// Times Redis had lost this node's entries (its heartbeat vanished) and every present
+    /// user was rewritten at once.
+    pub registry_resyncs: AtomicU64,
     /// Users looked up, and the pipelines that carried the lookups.
     pub lookups: AtomicU64,
     pub lookup_batches: AtomicU64,
@@ -98,6 +101,7 @@ impl ClusterStats {
             "registry_writes": self.registry_writes.load(Relaxed),
             "registry_batches": self.registry_batches.load(Relaxed),
             "registry_errors": self.registry_errors.load(Relaxed),
+            "registry_resyncs": self.registry_resyncs.load(Relaxed),
             "lookups": self.lookups.load(Relaxed),
             "lookup_batches": self.lookup_batches.load(Relaxed),
             "lookups_empty": self.lookups_empty.load(Relaxed),
@@ -139,13 +143,18 @@ impl ClusterStats {
             "Nodes with a live heartbeat in the registry.",
             self.live_nodes.load(Relaxed),
         );
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
             ("registry_writes_total", "Redis registry commands written.", &self.registry_writes),
             ("registry_batches_total", "Redis registry pipelines written.", &self.registry_batches),
             (
                 "registry_errors_total",
                 "Redis registry pipelines that failed.",
                 &self.registry_errors,
+            ),
+            (
+                "registry_resyncs_total",
+                "Full rewrites after Redis lost this node's entries.",
+                &self.registry_resyncs,
             ),
             ("lookups_total", "Users looked up in the registry.", &self.lookups),
             ("lookup_batches_total", "Registry lookup pipelines.", &self.lookup_batches),
