@@ -3,35 +3,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// Runs `c10m` with `args`, expecting it to exit by itself within a few seconds.
-fn run_to_exit(args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_c10m"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let deadline = Instant::now() + common::STEP;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("c10m {args:?} did not exit within {:?}", common::STEP);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    (status.code().unwrap_or(-1), err)
-}
-
 #[test]
 fn bad_limits_are_refused_naming_the_limit() {
     let base = ["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--shards", "1"];
@@ -44,7 +15,7 @@ fn bad_limits_are_refused_naming_the_limit() {
     ] {
         let mut args = base.to_vec();
         args.extend([flag, value]);
-        let (code, err) = run_to_exit(&args);
+        let (code, err) = common::run_to_exit(&args);
         assert_eq!(code, 1, "{flag} {value}: {err}");
         assert!(err.contains(name), "{flag} {value}: message should name {name}: {err}");
     }
@@ -55,20 +26,22 @@ fn an_address_in_use_is_an_error() {
     // A plain listener (no SO_REUSEPORT) holds a port the server then cannot bind.
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let held = holder.local_addr().unwrap().to_string();
-    let (code, err) = run_to_exit(&["serve", "--listen", &held, "--admin", "127.0.0.1:0"]);
+    let (code, err) = common::run_to_exit(&["serve", "--listen", &held, "--admin", "127.0.0.1:0"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&held), "the message names the address: {err}");
 }
 
 #[test]
 fn exposed_listeners_need_an_explicit_auth_choice() {
-    let (code, err) = run_to_exit(&["serve", "--listen", "0.0.0.0:0", "--admin", "127.0.0.1:0"]);
+    let (code, err) =
+        common::run_to_exit(&["serve", "--listen", "0.0.0.0:0", "--admin", "127.0.0.1:0"]);
     assert_eq!(code, 1);
     assert!(err.contains("--auth jwt") && err.contains("--auth none"), "{err}");
-    let (code, err) = run_to_exit(&["serve", "--listen", "127.0.0.1:0", "--admin", "0.0.0.0:0"]);
+    let (code, err) =
+        common::run_to_exit(&["serve", "--listen", "127.0.0.1:0", "--admin", "0.0.0.0:0"]);
     assert_eq!(code, 1);
     assert!(err.contains("--admin-key-file"), "{err}");
-    let (code, err) = run_to_exit(&[
+    let (code, err) = common::run_to_exit(&[
         "serve",
         "--listen",
         "127.0.0.1:0",

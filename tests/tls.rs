@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Server, STEP};
+use common::{Server, STEP};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tungstenite::Message;
@@ -280,14 +280,14 @@ fn bad_certificate_or_key_refuses_to_start_naming_the_flag() {
     for (cert, key, flag) in cases {
         let mut args = base.to_vec();
         args.extend(["--tls-cert", cert.as_str(), "--tls-key", key.as_str()]);
-        let (code, err) = run_to_exit(&args);
+        let (code, err) = common::run_to_exit(&args);
         assert_eq!(code, 1, "{args:?}: {err}");
         assert!(err.contains(flag), "{args:?}: the message names {flag}: {err}");
     }
     let mut args = base.to_vec();
     let cert = fixture_str("server.pem");
     args.extend(["--tls-cert", cert.as_str()]);
-    let (code, err) = run_to_exit(&args);
+    let (code, err) = common::run_to_exit(&args);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--tls-key"), "{err}");
 }
@@ -353,21 +353,6 @@ fn graceful_closes_send_close_notify() {
     let mut out = Vec::new();
     s.read_to_end(&mut out).expect("a clean TLS end (close_notify), not a truncation");
     assert!(out.starts_with(b"HTTP/1.1 404 "), "{:?}", common::lossy(&out));
-}
-
-/// Runs `c10m` with `args`, expecting it to exit by itself within a few seconds.
-fn run_to_exit(args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_c10m"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let status = wait_until("c10m to exit", STEP, || child.try_wait().unwrap());
-    let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    (status.code().unwrap_or(-1), err)
 }
 
 /// A child process whose stdout lines arrive on a channel; killed on drop.

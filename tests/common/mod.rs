@@ -17,6 +17,33 @@ use tungstenite::Message;
 /// The longest any single wait in a test may take before it fails.
 pub const STEP: Duration = Duration::from_secs(5);
 
+/// Runs `c10m` with `args`, expecting it to exit by itself within [`STEP`] (a refused
+/// configuration); returns its exit code and stderr. Kills it and fails otherwise.
+pub fn run_to_exit(args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_c10m"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn c10m");
+    let deadline = Instant::now() + STEP;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("c10m {args:?} did not exit within {STEP:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status.code().unwrap_or(-1), err)
+}
+
 /// A running `c10m serve`, killed on drop.
 pub struct Server {
     child: Child,
