@@ -39,7 +39,8 @@
 #![forbid(unsafe_code)]
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -56,9 +57,6 @@ pub const BACKOFF_MS_MAX: u64 = 2000;
 /// With nothing to write for this long, the writer PINGs Redis: a node without users still
 /// notices an outage (and reconnects) before its next lookup needs the connection.
 pub const PING_IDLE_MS: u64 = 1000;
-
-/// Capacity the dirty set keeps once empty.
-const DIRTY_KEPT: usize = 1024;
 
 /// The Redis key of the node heartbeats.
 pub const NODES_KEY: &str = "c10m:nodes";
@@ -144,11 +142,16 @@ pub fn unix_ms() -> u64 {
 }
 
 /// The users with connections on this node, and those whose entry must be written.
+///
+/// B-trees rather than hash tables: they grow node by node (a 19,000-user wave leaves no
+/// doubled table behind, nor the old one it was copied from), cost about as much per user as
+/// a half-full hash table, and let the refresh walk the users in order from where it stopped
+/// instead of copying every name first.
 #[derive(Default)]
 pub struct Presence {
     /// Connections per user on this node; a user is present while in the map.
-    online: HashMap<Arc<str>, u32>,
-    dirty: HashSet<Arc<str>>,
+    online: BTreeMap<Arc<str>, u32>,
+    dirty: BTreeSet<Arc<str>>,
     /// A batch taken from `dirty` is being written.
     in_flight: bool,
     /// Rewrite every present user now: Redis lost this node's entries (restarted empty).
@@ -194,15 +197,10 @@ impl Presence {
 
     /// Takes up to `max` dirty users, each with whether it is online now.
     fn take_dirty(&mut self, max: usize, out: &mut Vec<(Arc<str>, bool)>) {
-        let take: Vec<Arc<str>> = self.dirty.iter().take(max).cloned().collect();
-        for name in take {
-            self.dirty.remove(&name);
+        for _ in 0..max {
+            let Some(name) = self.dirty.pop_first() else { break };
             let online = self.online.contains_key(&name);
             out.push((name, online));
-        }
-        // A reconnect wave leaves a large empty table behind: give it back.
-        if self.dirty.is_empty() && self.dirty.capacity() > DIRTY_KEPT {
-            self.dirty.shrink_to(DIRTY_KEPT);
         }
     }
 
@@ -210,8 +208,31 @@ impl Presence {
         self.dirty.extend(names);
     }
 
-    fn snapshot(&self) -> Vec<Arc<str>> {
-        self.online.keys().cloned().collect()
+    /// Appends present users after `cursor` (all of them from `None`) until `out` holds
+    /// `max`, and moves `cursor` to the last one taken; `None` once the walk has passed the
+    /// last user.
+    fn refresh_from(
+        &self,
+        cursor: &mut Option<Arc<str>>,
+        max: usize,
+        out: &mut Vec<(Arc<str>, bool)>,
+    ) {
+        let from = match cursor.as_deref() {
+            Some(last) => Bound::Excluded(last),
+            None => Bound::Unbounded,
+        };
+        let room = max.saturating_sub(out.len());
+        if room == 0 {
+            return;
+        }
+        let before = out.len();
+        let range = self.online.range::<str, _>((from, Bound::Unbounded));
+        out.extend(range.take(room).map(|(name, _)| (Arc::clone(name), true)));
+        *cursor = if out.len() - before < room {
+            None
+        } else {
+            out.last().map(|(name, _)| Arc::clone(name))
+        };
     }
 }
 
@@ -240,7 +261,10 @@ pub async fn writer(
     let users_per_batch = (batch_max / 2).max(1);
     let period = Duration::from_millis(ttl_ms / 3);
     let mut next_refresh = Instant::now() + period;
-    let mut refresh: Vec<Arc<str>> = Vec::new();
+    // A refresh is under way; it has written the users up to `refresh_cursor` (from the
+    // first one when `None`).
+    let mut refreshing = false;
+    let mut refresh_cursor: Option<Arc<str>> = None;
     let mut backoff = FLUSH_MS;
     let mut batch = Vec::with_capacity(users_per_batch);
     // Zero: the first tick connects (and says whether Redis is there).
@@ -250,20 +274,18 @@ pub async fn writer(
     loop {
         tokio::time::sleep(Duration::from_millis(backoff)).await;
         let resync = std::mem::take(&mut presence.borrow_mut().resync);
-        if (refresh.is_empty() && Instant::now() >= next_refresh) || resync {
-            refresh = presence.borrow().snapshot();
+        if (!refreshing && Instant::now() >= next_refresh) || resync {
+            refreshing = true;
+            refresh_cursor = None;
             next_refresh = Instant::now() + period;
         }
         backoff = FLUSH_MS;
         loop {
             batch.clear();
             presence.borrow_mut().take_dirty(users_per_batch, &mut batch);
-            while batch.len() < users_per_batch {
-                let Some(name) = refresh.pop() else { break };
-                // Gone since the snapshot: its removal is in the dirty set already.
-                if presence.borrow().online.contains_key(&name) {
-                    batch.push((name, true));
-                }
+            if refreshing && batch.len() < users_per_batch {
+                presence.borrow().refresh_from(&mut refresh_cursor, users_per_batch, &mut batch);
+                refreshing = refresh_cursor.is_some();
             }
             if batch.is_empty() {
                 if last_io.elapsed() >= Duration::from_millis(PING_IDLE_MS) {
@@ -340,5 +362,30 @@ mod tests {
         assert_eq!(out, vec![(Arc::from("bob"), false)]);
         p.take_dirty(10, &mut out);
         assert_eq!(out.len(), 1, "nothing left dirty");
+    }
+
+    #[test]
+    fn refresh_walks_every_present_user_once() {
+        let mut p = Presence::default();
+        for u in ["d", "a", "c", "b", "e"] {
+            p.connect(u);
+        }
+        let mut cursor = None;
+        let mut out = Vec::new();
+        p.refresh_from(&mut cursor, 2, &mut out);
+        assert_eq!(cursor.as_deref(), Some("b"));
+        // Left since the walk passed it, and joined behind the cursor: neither is refreshed
+        // again; one joining ahead of it is.
+        p.disconnect("a");
+        p.connect("aa");
+        p.connect("f");
+        p.refresh_from(&mut cursor, 4, &mut out);
+        assert_eq!(cursor.as_deref(), Some("d"), "a full batch keeps the cursor");
+        out.clear();
+        p.refresh_from(&mut cursor, 4, &mut out);
+        let names: Vec<&str> = out.iter().map(|(n, _)| &**n).collect();
+        assert_eq!(names, ["e", "f"]);
+        assert!(out.iter().all(|&(_, online)| online));
+        assert_eq!(cursor, None, "the walk is over");
     }
 }
