@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::mesh::{MeshEnd, Peer};
 use crate::metrics::{bump, CloseReason, ShardStats};
-use crate::push::{home_shard, Message, Msg, TopicIndex, UserIndex};
+use crate::push::{home_shard, Message, Msg, PublishUser, TopicIndex, UserIndex};
 use crate::registry::{ConnId, Registry};
 use crate::ring::{parse_user_data, BufRing, Completion, Op, Ring};
 use conn::{Closing, Conn, Kind};
@@ -316,47 +316,35 @@ impl Shard {
         let text = std::str::from_utf8(&payload).is_ok();
         let msg = Arc::new(Message { id, payload: payload.into_boxed_slice(), text });
         bump(&self.stats().published, 1);
+        // Topics and broadcasts go to every other shard, and on a cluster node to the bridge.
         let me = self.id;
-        if let Some(bridge) = self.mesh.bridge() {
-            let m = match &target {
-                admin::Target::User(user) => {
-                    let hash = self.shared.user_keys.hash(user);
-                    let p = crate::push::PublishUser {
-                        user: user.as_str().into(),
-                        hash,
-                        msg: Arc::clone(&msg),
-                    };
-                    Msg::PublishUser(Box::new(p))
-                }
-                admin::Target::Topic(topic) => {
-                    Msg::PublishTopic { topic: topic.as_str().into(), msg: Arc::clone(&msg) }
-                }
-                admin::Target::All => Msg::PublishAll { msg: Arc::clone(&msg) },
-            };
-            self.send_mesh(bridge, m);
-        }
+        let others = (0..self.shards()).filter(move |&s| s != me).chain(self.mesh.bridge());
         match target {
             admin::Target::User(user) => {
                 let hash = self.shared.user_keys.hash(&user);
+                let user: Box<str> = user.into();
+                if let Some(bridge) = self.mesh.bridge() {
+                    let p = PublishUser { user: user.clone(), hash, msg: Arc::clone(&msg) };
+                    self.send_mesh(bridge, Msg::PublishUser(Box::new(p)));
+                }
                 let home = home_shard(hash, self.shards());
+                let m = Msg::PublishUser(Box::new(PublishUser { user, hash, msg }));
                 if home == self.id {
-                    let p = crate::push::PublishUser { user: user.into(), hash, msg };
-                    self.local.push_back(Msg::PublishUser(Box::new(p)));
+                    self.local.push_back(m);
                 } else {
-                    let p = crate::push::PublishUser { user: user.into(), hash, msg };
-                    self.send_mesh(home, Msg::PublishUser(Box::new(p)));
+                    self.send_mesh(home, m);
                 }
             }
             admin::Target::Topic(topic) => {
-                for to in (0..self.shards()).filter(|&s| s != me) {
-                    let m =
-                        Msg::PublishTopic { topic: topic.as_str().into(), msg: Arc::clone(&msg) };
+                let topic: Box<str> = topic.into();
+                for to in others {
+                    let m = Msg::PublishTopic { topic: topic.clone(), msg: Arc::clone(&msg) };
                     self.send_mesh(to, m);
                 }
-                self.local.push_back(Msg::PublishTopic { topic: topic.into(), msg });
+                self.local.push_back(Msg::PublishTopic { topic, msg });
             }
             admin::Target::All => {
-                for to in (0..self.shards()).filter(|&s| s != me) {
+                for to in others {
                     self.send_mesh(to, Msg::PublishAll { msg: Arc::clone(&msg) });
                 }
                 self.local.push_back(Msg::PublishAll { msg });
