@@ -165,8 +165,6 @@ pub struct Config {
     pub cluster: Cluster,
 }
 
-// ---- cluster (see src/cluster) ----
-
 /// `[cluster]`: the bridge to the Redis push registry and the NATS bus. All of `node_id`,
 /// `registry` and `bus` or none of them; without them no bridge thread runs.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -272,8 +270,6 @@ impl Cluster {
         Ok(())
     }
 }
-
-// ---- end cluster ----
 
 impl Default for Config {
     fn default() -> Self {
@@ -433,7 +429,7 @@ pub struct ServeArgs {
     /// Endpoint that goaways send clients to (at most 64 bytes). Default: none (come back).
     #[arg(long, value_name = "URL")]
     pub goaway_endpoint: Option<String>,
-    // ---- cluster (see src/cluster) ----
+    // Cluster (see src/cluster).
     /// This node's id in the cluster (with --registry and --bus).
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
@@ -494,11 +490,12 @@ impl ServeArgs {
             cfg.admin_key_file = self.admin_key_file.clone();
         }
         cfg.pin &= !self.no_pin;
-        let l = &mut cfg.limits;
+        // Each flag given replaces the same-named field of `$into`.
         macro_rules! take {
-            ($($f:ident),*) => { $( if let Some(v) = self.$f { l.$f = v; } )* };
+            ($into:expr; $($f:ident),*) => { $( if let Some(v) = self.$f { $into.$f = v; } )* };
         }
         take!(
+            cfg.limits;
             conns_per_shard_max,
             head_bytes_max,
             headers_max,
@@ -532,7 +529,6 @@ impl ServeArgs {
         if self.goaway_endpoint.is_some() {
             cfg.goaway_endpoint = self.goaway_endpoint.clone();
         }
-        // ---- cluster ----
         let c = &mut cfg.cluster;
         for (flag, field) in [
             (&self.node_id, &mut c.node_id),
@@ -543,19 +539,7 @@ impl ServeArgs {
                 field.clone_from(flag);
             }
         }
-        if let Some(v) = self.registry_ttl_ms {
-            c.registry_ttl_ms = v;
-        }
-        if let Some(v) = self.node_ttl_ms {
-            c.node_ttl_ms = v;
-        }
-        if let Some(v) = self.registry_batch_max {
-            c.registry_batch_max = v;
-        }
-        if let Some(v) = self.bridge_queue_max {
-            c.bridge_queue_max = v;
-        }
-        // ---- TLS ----
+        take!(cfg.cluster; registry_ttl_ms, node_ttl_ms, registry_batch_max, bridge_queue_max);
         if self.tls_cert.is_some() {
             cfg.tls_cert = self.tls_cert.clone();
         }

@@ -120,7 +120,8 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
     let sndbuf = cfg.limits.socket_send_buffer_bytes;
     let (first_client, listen) = bind_first(&cfg.listen, backlog, sndbuf)?;
     let (first_admin, admin) = bind_first(&cfg.admin, backlog, 0)?;
-    // ---- cluster: the bridge is the mesh's last participant ----
+    // On a cluster node the bridge is the mesh's last participant: it takes the last end, and
+    // its doorbell ring is the last peer.
     let bridge = if cfg.cluster.enabled() {
         Some(crate::cluster::Prepared::new(&cfg.cluster)?)
     } else {
@@ -132,11 +133,10 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
         cfg.limits.mesh_backlog_max as usize,
         bridge.is_some(),
     );
-    let bridge_end = bridge.as_ref().and_then(|b| {
+    let bridge = bridge.map(|b| {
         peers[shards].ring_fd.store(b.bell_fd(), Ordering::Release);
-        ends.pop()
+        (b, ends.pop().expect("build made the bridge's end last"))
     });
-    // ---- end cluster ----
     let shared = Arc::new(Shared {
         stats: (0..shards).map(|_| ShardStats::default()).collect(),
         peers: Arc::clone(&peers),
@@ -146,7 +146,7 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
         signals,
         rss_bytes: std::sync::atomic::AtomicU64::new(sys::rss_bytes()),
         started: AtomicBool::new(false),
-        cluster: bridge.as_ref().map(|b| Arc::clone(&b.stats)),
+        cluster: bridge.as_ref().map(|(b, _)| Arc::clone(&b.stats)),
         tls,
         cfg,
     });
@@ -208,13 +208,13 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
             Err(_) => return Err(io::Error::other("a shard thread died during start")),
         }
     }
-    let bridge = match (bridge, bridge_end) {
-        (Some(bridge), Some(end)) => {
+    let bridge = match bridge {
+        Some((bridge, end)) => {
             let bytes_max = shared.cfg.limits.message_bytes_max as usize;
             let stop = Arc::clone(&shared.signals.stop);
             Some(bridge.spawn(end, shared.user_keys.clone(), bytes_max, stop)?)
         }
-        _ => None,
+        None => None,
     };
     shared.started.store(true, Ordering::Release);
     let conns_per_shard = files - crate::shard::ACCEPT_REFUSE_RESERVE;

@@ -152,7 +152,7 @@ impl ShardStats {
 }
 
 /// `/stats`: connections per shard and totals, as JSON.
-pub fn render_stats(shards: &[ShardStats], rss_bytes: u64) -> String {
+pub fn render_stats(shards: &[ShardStats], rss_bytes: u64) -> serde_json::Value {
     let mut per = Vec::new();
     let (mut ws, mut sse, mut admin, mut hs) = (0, 0, 0, 0);
     for (i, s) in shards.iter().enumerate() {
@@ -179,7 +179,6 @@ pub fn render_stats(shards: &[ShardStats], rss_bytes: u64) -> String {
         "rss_bytes": rss_bytes,
         "shards": per,
     })
-    .to_string()
 }
 
 /// `/metrics`: Prometheus text format, one sample per shard.
@@ -304,7 +303,7 @@ mod tests {
         let text = render_prometheus(&shards, 100);
         assert!(text.contains("c10m_connections{shard=\"1\"} 3"));
         assert!(text.contains("c10m_closes_total{shard=\"0\",reason=\"slow_consumer\"} 1"));
-        let json: serde_json::Value = serde_json::from_str(&render_stats(&shards, 1)).unwrap();
+        let json = render_stats(&shards, 1);
         assert_eq!(json["connections"], 3);
         assert_eq!(json["shards"][1]["ws"], 3);
     }

@@ -223,13 +223,11 @@ fn route(
         }
         ("/drain", _) => (405, JSON, err("use POST"), Some("POST")),
         ("/stats", "GET") => {
-            let mut text = render_stats(&shard.shared.stats, crate::sys::rss_bytes());
+            let mut stats = render_stats(&shard.shared.stats, crate::sys::rss_bytes());
             if let Some(cluster) = &shard.shared.cluster {
-                let mut v: serde_json::Value = serde_json::from_str(&text).expect("our JSON");
-                v["cluster"] = cluster.json();
-                text = v.to_string();
+                stats["cluster"] = cluster.json();
             }
-            (200, JSON, text, None)
+            (200, JSON, stats.to_string(), None)
         }
         ("/metrics", "GET") => {
             let mut text = render_prometheus(&shard.shared.stats, crate::sys::rss_bytes());
