@@ -350,10 +350,7 @@ impl Bridge {
                 }
             }
             Msg::PublishUser(p) => {
-                let l = Lookup { user: p.user, msg: p.msg, from_bus: false };
-                if self.lookups.try_send(l).is_err() {
-                    self.stats.dropped(ClusterDrop::QueueFull, 1);
-                }
+                self.look_up(Lookup { user: p.user, msg: p.msg, from_bus: false });
             }
             Msg::PublishTopic { topic, msg } => {
                 let (subject, in_header) = bus::topic_subject(&topic);
@@ -383,6 +380,12 @@ impl Bridge {
 
     fn publish(&self, out: Out) {
         if self.out.try_send(out).is_err() {
+            self.stats.dropped(ClusterDrop::QueueFull, 1);
+        }
+    }
+
+    fn look_up(&self, l: Lookup) {
+        if self.lookups.try_send(l).is_err() {
             self.stats.dropped(ClusterDrop::QueueFull, 1);
         }
     }
@@ -438,10 +441,7 @@ impl Bridge {
                 if !name_ok(&user) {
                     return self.stats.dropped(ClusterDrop::BadMessage, 1);
                 }
-                let l = Lookup { user: user.into(), msg, from_bus: true };
-                if self.lookups.try_send(l).is_err() {
-                    self.stats.dropped(ClusterDrop::QueueFull, 1);
-                }
+                self.look_up(Lookup { user: user.into(), msg, from_bus: true });
             }
             bus::Route::Unknown => self.stats.dropped(ClusterDrop::BadMessage, 1),
         }
