@@ -68,6 +68,11 @@ pub struct Limits {
     pub idle_timeout_ms: u64,
     /// Time a closing WebSocket waits for the peer's close frame. Default 2 s.
     pub close_timeout_ms: u64,
+    /// The fewest liveness timeouts (ping or idle) in one second of one shard that can engage
+    /// the mass-timeout guard, which then postpones them: that many at once, and more than
+    /// half of the pongs the shard expects in a second, is evidence of a local problem (a
+    /// stalled host or NIC), not of that many dead clients. Default 64; 0 turns the guard off.
+    pub mass_timeout_min: u32,
     /// Bound on a shutdown (SIGINT) or a drain (SIGTERM, `POST /drain`). Default 10 s.
     pub shutdown_timeout_ms: u64,
     /// Goaways per second during a drain, for the whole process; 0 closes all at once.
@@ -116,6 +121,7 @@ impl Default for Limits {
             sse_retry_ms: 2_000,
             idle_timeout_ms: 120_000,
             close_timeout_ms: 2_000,
+            mass_timeout_min: 64,
             shutdown_timeout_ms: 10_000,
             drain_rate_per_s: 0,
             conn_lifetime_ms_max: 0,
@@ -398,6 +404,10 @@ pub struct ServeArgs {
     /// Milliseconds a closing WebSocket waits for the peer's close frame. Default 2000.
     #[arg(long)]
     pub close_timeout_ms: Option<u64>,
+    /// Fewest liveness timeouts in a second of one shard that engage the mass-timeout guard;
+    /// 0: off. Default 64.
+    #[arg(long)]
+    pub mass_timeout_min: Option<u32>,
     /// Milliseconds a shutdown or drain may take. Default 10000.
     #[arg(long)]
     pub shutdown_timeout_ms: Option<u64>,
@@ -516,6 +526,7 @@ impl ServeArgs {
             sse_retry_ms,
             idle_timeout_ms,
             close_timeout_ms,
+            mass_timeout_min,
             shutdown_timeout_ms,
             drain_rate_per_s,
             conn_lifetime_ms_max,

@@ -117,6 +117,24 @@ pub struct ShardStats {
     /// SIGHUP certificate reloads that took effect / that failed (the old one stays).
     pub tls_reloads: AtomicU64,
     pub tls_reload_failures: AtomicU64,
+    /// Gauge: how late the loop woke, at worst, in the last full second: the time past the
+    /// deadline it asked to wake at (ms).
+    pub loop_lag_ms: AtomicU64,
+    /// Gauge: the longest loop turn (work between two waits) in the last full second (ms).
+    pub loop_turn_ms: AtomicU64,
+    /// Milliseconds the liveness clock did not count because the shard itself stalled (turns
+    /// longer than the credit a turn gets): time no client is blamed for.
+    pub liveness_uncredited_ms: AtomicU64,
+    /// Ping and idle timeouts postponed by the mass-timeout guard.
+    pub timeouts_postponed: AtomicU64,
+    /// Times the mass-timeout guard engaged.
+    pub mass_timeout_guards: AtomicU64,
+    /// Pong deadlines extended because the client was still draining a backlog.
+    pub liveness_draining: AtomicU64,
+    /// Connections reset (SO_LINGER 0) on a forced close, so their send queue is freed at once.
+    pub closes_reset: AtomicU64,
+    /// Connections closed with a FIN after their queued bytes.
+    pub closes_graceful: AtomicU64,
 }
 
 /// Adds to a counter this shard owns.
@@ -244,6 +262,39 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
     });
     family("tls_reload_failures_total", "counter", "Failed reloads; old cert kept.", &|s| {
         s.tls_reload_failures.load(Relaxed)
+    });
+    family("loop_lag_ms", "gauge", "Worst lateness of a loop wake in the last second.", &|s| {
+        s.loop_lag_ms.load(Relaxed)
+    });
+    family("loop_turn_ms", "gauge", "Longest loop turn in the last second.", &|s| {
+        s.loop_turn_ms.load(Relaxed)
+    });
+    family(
+        "liveness_uncredited_ms_total",
+        "counter",
+        "Shard stall time the liveness clock did not count against clients.",
+        &|s| s.liveness_uncredited_ms.load(Relaxed),
+    );
+    family(
+        "liveness_postponed_total",
+        "counter",
+        "Ping and idle timeouts postponed by the mass-timeout guard.",
+        &|s| s.timeouts_postponed.load(Relaxed),
+    );
+    family("mass_timeout_guards_total", "counter", "Mass-timeout guard engagements.", &|s| {
+        s.mass_timeout_guards.load(Relaxed)
+    });
+    family(
+        "liveness_draining_total",
+        "counter",
+        "Pong deadlines extended for a client still draining its backlog.",
+        &|s| s.liveness_draining.load(Relaxed),
+    );
+    family("closes_reset_total", "counter", "Forced closes by reset (send queue freed).", &|s| {
+        s.closes_reset.load(Relaxed)
+    });
+    family("closes_graceful_total", "counter", "Closes with a FIN after queued bytes.", &|s| {
+        s.closes_graceful.load(Relaxed)
     });
     let _ = writeln!(
         out,

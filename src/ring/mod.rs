@@ -40,6 +40,8 @@ pub enum Op {
     Cancel = 5,
     /// Close of a connection's direct descriptor.
     Close = 6,
+    /// SIOCOUTQ on a connection (IORING_OP_URING_CMD): its unacknowledged send bytes.
+    KernelQueue = 7,
     /// A doorbell from another shard (MSG_RING); carries no connection.
     Doorbell = 8,
     /// Our own MSG_RING submission completing on this ring.
@@ -55,6 +57,7 @@ impl Op {
             4 => Op::Send,
             5 => Op::Cancel,
             6 => Op::Close,
+            7 => Op::KernelQueue,
             8 => Op::Doorbell,
             9 => Op::DoorbellSent,
             _ => return None,
@@ -120,6 +123,7 @@ const REQUIRED_OPS: &[(u8, &str, &str)] = &[
     (opcode::Close::CODE, "IORING_OP_CLOSE", "5.15"),
     (opcode::Shutdown::CODE, "IORING_OP_SHUTDOWN", "5.11"),
     (opcode::MsgRingData::CODE, "IORING_OP_MSG_RING", "5.18"),
+    (opcode::UringCmd16::CODE, "IORING_OP_URING_CMD", "6.7"),
 ];
 
 impl Ring {

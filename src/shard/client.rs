@@ -325,7 +325,11 @@ fn become_subscriber(
     user: Option<String>,
     topics: Vec<String>,
 ) {
-    let now = shard.now_ms;
+    // The first ping comes after a random 25-100 % of the interval, so connections accepted
+    // in one burst do not ping in the same tick ever after.
+    let ping_ms = shard.shared.cfg.limits.ping_interval_ms;
+    let head_start_ms = (shard.jitter.unit() * 0.75 * ping_ms as f64) as u64;
+    let first_ping = shard.live.now_ms.wrapping_sub(head_start_ms);
     let id = shard.conn_id(slot, generation);
     let Some(conn) = shard.conns.get_mut(slot, generation) else {
         return;
@@ -333,7 +337,7 @@ fn become_subscriber(
     debug_assert_eq!(conn.kind, Kind::Handshake);
     conn.kind = kind;
     conn.partial = None;
-    conn.last_ping = super::conn::stamp(now);
+    conn.last_ping = super::conn::stamp(first_ping);
     conn.ident = super::conn::Ident::new(user.as_deref(), &[]);
     let stats = &shard.shared.stats[shard.id];
     crate::metrics::drop_gauge(&stats.conns_handshake);
@@ -497,9 +501,11 @@ pub(super) fn slow_consumer(shard: &mut Shard, slot: u32, generation: u32) {
         out.bytes = out.chunks.front().map_or(0, |c| c.bytes().len() - out.sent);
     }
     if matches!(kind, Kind::Ws | Kind::Echo) {
+        // The close frame gets close_timeout_ms to reach a reader that catches up; after
+        // that the connection is reset and its kernel send queue freed.
         close_ws(shard, slot, generation, 1008, "slow consumer", CloseReason::SlowConsumer);
     } else {
-        shard.abort(slot, generation, CloseReason::SlowConsumer);
+        shard.reset(slot, generation, CloseReason::SlowConsumer);
     }
 }
 

@@ -63,6 +63,11 @@ pub struct Outbox {
     pub bytes: usize,
     /// A send of the front chunk is in flight: the front chunk must not move or drop.
     pub in_flight: bool,
+    /// Unsent bytes up to and including the end of a queued ping; 0: no ping waits here.
+    /// The ping's pong deadline starts when this reaches 0 (`liveness`).
+    pub ping_end: usize,
+    /// Liveness-clock [`stamp`] of the outbox's creation or its last send progress.
+    pub last_tx: u32,
 }
 
 /// A connection's user id and topics packed in one string, `user\0topic\0topic`, so an
@@ -167,14 +172,16 @@ pub struct Conn {
     pub recv_armed: bool,
     /// A cancel is in flight.
     pub cancel_armed: bool,
-    /// A ping was sent and no frame has arrived since.
+    /// A ping was queued and no bytes have arrived since.
     pub awaiting_pong: bool,
     /// Deadline of the timer-wheel entry that is live for this connection, as a [`stamp`];
     /// 0: none.
     pub timer: u32,
-    /// [`stamp`] of the last bytes received.
+    /// Liveness-clock [`stamp`] of the last bytes received (or readiness to receive).
     pub last_rx: u32,
-    /// [`stamp`] of the last ping sent, or of the handshake.
+    /// Liveness-clock [`stamp`] of when the last ping left the outbox, or of the handshake
+    /// less a random part of the ping interval (so a burst of connections does not ping in
+    /// step).
     pub last_ping: u32,
     /// The user id and topics, in one allocation.
     pub ident: Ident,

@@ -161,7 +161,7 @@ impl Shard {
             return self.refuse(fd, admin);
         }
         let kind = if admin { Kind::Admin } else { Kind::Handshake };
-        match self.conns.insert(Conn::new(fd, kind, self.now_ms)) {
+        match self.conns.insert(Conn::new(fd, kind, self.live.now_ms)) {
             Ok((slot, generation)) => {
                 let stats = self.stats();
                 bump(if admin { &stats.conns_admin } else { &stats.conns_handshake }, 1);
@@ -214,6 +214,10 @@ impl Shard {
         if result < 0 {
             return self.abort(slot, generation, CloseReason::IoError);
         }
+        // Bytes (or the peer's EOF) are waiting: a sign of life now, even if the receive
+        // completes only after a timer turn has run.
+        conn.last_rx = super::conn::stamp(self.live.now_ms);
+        conn.awaiting_pong = false;
         self.submit_recv(slot, generation);
     }
 
@@ -290,9 +294,10 @@ impl Shard {
             }
             _ => {}
         }
-        conn.last_rx = super::conn::stamp(self.now_ms);
+        conn.last_rx = super::conn::stamp(self.live.now_ms);
         conn.awaiting_pong = false;
         let kind = conn.kind;
+        self.live.forget(slot);
         let full = rx.len() == self.bufs.buffer_bytes() as usize;
         let mut plain = std::mem::take(&mut self.scratch.plain);
         plain.clear();
@@ -370,7 +375,9 @@ impl Shard {
         if matches!(conn.closing, Closing::Cancelling(_) | Closing::Closed) {
             return false;
         }
-        let out = conn.outbox.get_or_insert_with(Box::<Outbox>::default);
+        let last_tx = super::conn::stamp(self.live.now_ms);
+        let out =
+            conn.outbox.get_or_insert_with(|| Box::new(Outbox { last_tx, ..Outbox::default() }));
         out.bytes += chunk.bytes().len();
         out.chunks.push_back(chunk);
         if out.bytes > max && conn.is_open() {
@@ -433,6 +440,16 @@ impl Shard {
         let n = result as usize;
         out.sent += n;
         out.bytes -= n;
+        out.last_tx = super::conn::stamp(self.live.now_ms);
+        if out.ping_end > 0 {
+            if n >= out.ping_end {
+                // The ping has left: its pong deadline starts now.
+                out.ping_end = 0;
+                conn.last_ping = out.last_tx;
+            } else {
+                out.ping_end -= n;
+            }
+        }
         if out.chunks.front().is_some_and(|f| out.sent >= f.bytes().len()) {
             out.chunks.pop_front();
             out.sent = 0;
@@ -472,8 +489,21 @@ impl Shard {
         self.schedule(slot, generation, at);
     }
 
-    /// Closes now: cancels whatever is in flight, then closes the descriptor.
+    /// Closes now: cancels whatever is in flight, then closes the descriptor; the kernel
+    /// still sends what it holds, then a FIN.
     pub(crate) fn abort(&mut self, slot: u32, generation: u32, reason: CloseReason) {
+        self.close_now(slot, generation, reason, false)
+    }
+
+    /// Closes now by reset (SO_LINGER 0): for connections the server gives up on (a slow
+    /// consumer, a ping timeout, a close that did not drain in `close_timeout_ms`), so the
+    /// kernel frees their send queue at once instead of holding it in FIN-WAIT for a peer that
+    /// does not read.
+    pub(crate) fn reset(&mut self, slot: u32, generation: u32, reason: CloseReason) {
+        self.close_now(slot, generation, reason, true)
+    }
+
+    fn close_now(&mut self, slot: u32, generation: u32, reason: CloseReason, reset: bool) {
         let Some(conn) = self.conns.get(slot, generation) else {
             return;
         };
@@ -487,6 +517,28 @@ impl Shard {
         };
         conn.closing = Closing::Cancelling(reason);
         conn.partial = None;
+        let fd = conn.fd;
+        if reset {
+            // Linked to the shutdown or close pushed next, so it takes effect before either.
+            static LINGER_RESET: libc::linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            let entry = opcode::SetSockOpt::new(
+                types::Fixed(fd),
+                libc::SOL_SOCKET as u32,
+                libc::SO_LINGER as u32,
+                (&raw const LINGER_RESET).cast(),
+                std::mem::size_of::<libc::linger>() as u32,
+            )
+            .build()
+            .flags(squeue::Flags::IO_HARDLINK)
+            .user_data(user_data(Op::Cancel, 0, u32::MAX));
+            // SAFETY: the option value is a static, valid for the program's life.
+            unsafe { self.ring.push(&entry) };
+        }
+        let stats = &self.shared.stats[self.id];
+        bump(if reset { &stats.closes_reset } else { &stats.closes_graceful }, 1);
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
         if let Some(out) = conn.outbox.as_mut() {
             // Keep only the chunk the kernel may be reading.
             let keep = if out.in_flight { 1 } else { 0 };
@@ -593,6 +645,7 @@ impl Shard {
     pub(super) fn on_close(&mut self, slot: u32, generation: u32) {
         if slot != u32::MAX {
             self.tls_forget(slot, generation);
+            self.live.forget(slot);
             let conn = self.conns.remove(slot, generation);
             debug_assert!(conn.as_ref().is_some_and(|c| c.closing == Closing::Closed));
         }
@@ -630,6 +683,19 @@ impl Shard {
                 |s, g| conns.get(s, g).is_some_and(|c: &Conn| c.ident.has_topic(topic));
             self.topics.forget(topic, subscribed);
         }
+    }
+
+    /// Asks the kernel how many sent bytes the client has not acknowledged (SIOCOUTQ); the
+    /// answer goes to `liveness::on_kernel_queue`.
+    pub(super) fn ask_kernel_queue(&mut self, slot: u32, generation: u32) {
+        /// `SOCKET_URING_OP_SIOCOUTQ` of `linux/io_uring.h` (Linux 6.7).
+        const SOCKET_URING_OP_SIOCOUTQ: u32 = 1;
+        let Some(conn) = self.conns.get(slot, generation) else { return };
+        let entry = opcode::UringCmd16::new(types::Fixed(conn.fd), SOCKET_URING_OP_SIOCOUTQ)
+            .build()
+            .user_data(user_data(Op::KernelQueue, generation, slot));
+        // SAFETY: the command names no user memory; its answer is the completion's result.
+        unsafe { self.ring.push(&entry) };
     }
 
     pub(super) fn submit_doorbell(&mut self, ring_fd: i32) {

@@ -23,6 +23,7 @@ pub mod client;
 pub mod conn;
 pub mod io;
 pub mod lifecycle;
+pub mod liveness;
 pub mod tls;
 pub mod wheel;
 
@@ -135,6 +136,8 @@ pub struct Shard {
     recv_retry: Vec<(u32, u32)>,
     /// TLS sessions of client connections (empty without TLS).
     tls: tls::Sessions,
+    /// The liveness clock, loop lag and pending liveness verdicts.
+    live: liveness::Liveness,
     scratch: Scratch,
 }
 
@@ -197,6 +200,7 @@ impl Shard {
             ),
             recv_retry: Vec::new(),
             tls: tls::Sessions::default(),
+            live: liveness::Liveness::default(),
             scratch: Scratch::default(),
         }
     }
@@ -212,7 +216,7 @@ impl Shard {
     /// The event loop. Returns when a shutdown has finished or run out of time.
     pub fn run(mut self) -> std::io::Result<()> {
         loop {
-            self.now_ms = self.clock.elapsed().as_millis() as u64;
+            self.read_clock();
             if self.shared.signals.stop.load(Ordering::Relaxed) && !self.stopping {
                 self.stopping = true;
                 self.begin_shutdown();
@@ -237,7 +241,7 @@ impl Shard {
             self.retry_recvs();
             let backlog = self.mesh.flush_backlog();
             self.ring_doorbells();
-            let busy = backlog || !self.recv_retry.is_empty();
+            let busy = backlog || !self.recv_retry.is_empty() || self.live.busy();
             let wait_ms = if busy {
                 0
             } else {
@@ -245,17 +249,31 @@ impl Shard {
             };
             let sleeping = wait_ms > 0 && self.mesh.prepare_sleep();
             let timeout = if sleeping { Duration::from_millis(wait_ms) } else { Duration::ZERO };
+            self.live.before_wait(self.now_ms, self.now_ms + timeout.as_millis() as u64);
             self.ring.submit_and_wait(timeout)?;
             if sleeping {
                 self.mesh.awake();
             }
             let mut completions = std::mem::take(&mut self.scratch.completions);
             self.ring.drain(&mut completions);
-            self.now_ms = self.clock.elapsed().as_millis() as u64;
+            self.read_clock();
+            if let Some((lag_ms, turn_ms)) = self.live.after_wait(self.now_ms) {
+                self.stats().loop_lag_ms.store(lag_ms, Ordering::Relaxed);
+                self.stats().loop_turn_ms.store(turn_ms, Ordering::Relaxed);
+            }
             for c in completions.drain(..) {
                 self.complete(c);
             }
             self.scratch.completions = completions;
+        }
+    }
+
+    /// Reads the shard's clock and moves the liveness clock with it.
+    fn read_clock(&mut self) {
+        self.now_ms = self.clock.elapsed().as_millis() as u64;
+        let uncredited = self.live.advance(self.now_ms);
+        if uncredited > 0 {
+            bump(&self.stats().liveness_uncredited_ms, uncredited);
         }
     }
 
@@ -271,6 +289,7 @@ impl Shard {
             Op::Send => self.on_send(slot, generation, c.result),
             Op::Cancel => self.on_cancel(slot, generation),
             Op::Close => self.on_close(slot, generation),
+            Op::KernelQueue => liveness::on_kernel_queue(self, slot, generation, c.result),
             Op::Doorbell | Op::DoorbellSent => {}
         }
     }
@@ -524,21 +543,22 @@ impl Shard {
             }
         }
         self.scratch.fired = fired;
+        liveness::decide(self);
     }
 
     fn on_timer(&mut self, slot: u32, generation: u32) {
         let l = &self.shared.cfg.limits;
-        let (ping_ms, pong_ms, idle_ms, hb_ms) =
-            (l.ping_interval_ms, l.pong_timeout_ms, l.idle_timeout_ms, l.sse_heartbeat_ms);
+        let (idle_ms, hb_ms) = (l.idle_timeout_ms, l.sse_heartbeat_ms);
         let now = self.now_ms;
+        let live = self.live.now_ms;
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
         };
         conn.timer = 0;
-        let since_rx = conn::elapsed_ms(now, conn.last_rx);
-        let since_ping = conn::elapsed_ms(now, conn.last_ping);
+        let since_rx = conn::elapsed_ms(live, conn.last_rx);
         match (conn.closing, conn.kind) {
-            (Closing::Flushing(reason), _) => self.abort(slot, generation, reason),
+            // The close frame or error answer did not drain within close_timeout_ms.
+            (Closing::Flushing(reason), _) => self.reset(slot, generation, reason),
             (Closing::Cancelling(_), _) => self.cancel_stragglers(slot, generation),
             (Closing::Closed, _) => {}
             (Closing::Open, Kind::Handshake) => {
@@ -571,41 +591,22 @@ impl Shard {
                 }
                 self.schedule(slot, generation, now + hb_ms);
             }
-            (Closing::Open, Kind::Ws | Kind::Echo) => {
-                if conn.awaiting_pong && since_ping >= pong_ms {
-                    return self.abort(slot, generation, CloseReason::PingTimeout);
-                }
-                if idle_ms > 0 && since_rx >= idle_ms {
-                    let reason = CloseReason::IdleTimeout;
-                    return client::close_ws(self, slot, generation, 1001, "idle timeout", reason);
-                }
-                if !conn.awaiting_pong && since_ping >= ping_ms {
-                    conn.awaiting_pong = true;
-                    conn.last_ping = conn::stamp(now);
-                    let mut frame = Vec::with_capacity(2);
-                    crate::proto::ws::write_frame(&mut frame, crate::proto::ws::OpCode::Ping, &[]);
-                    self.queue(slot, generation, conn::Chunk::Owned(frame));
-                }
-                self.schedule_ws(slot, generation);
-            }
+            (Closing::Open, Kind::Ws | Kind::Echo) => liveness::on_ws_timer(self, slot, generation),
         }
     }
 
-    /// The next WebSocket deadline: a pong due, a ping to send, or the idle limit.
+    /// Arms the connection's next WebSocket look: a ping to send, a pong or drain deadline,
+    /// or the idle limit, whichever comes first on the liveness clock. The liveness clock
+    /// never runs ahead of the shard's, so the wheel fires on time or early, never late.
     fn schedule_ws(&mut self, slot: u32, generation: u32) {
-        let l = &self.shared.cfg.limits;
-        let now = self.now_ms;
         let Some(conn) = self.conns.get(slot, generation) else {
             return;
         };
-        let since_ping = conn::elapsed_ms(now, conn.last_ping);
-        let period = if conn.awaiting_pong { l.pong_timeout_ms } else { l.ping_interval_ms };
-        let mut wait = period.saturating_sub(since_ping);
-        if l.idle_timeout_ms > 0 {
-            let since_rx = conn::elapsed_ms(now, conn.last_rx);
-            wait = wait.min(l.idle_timeout_ms.saturating_sub(since_rx));
-        }
-        self.schedule(slot, generation, now + wait.max(1));
+        let wait = match liveness::judge(conn, &self.shared.cfg.limits, self.live.now_ms) {
+            liveness::Verdict::Wait(ms) => ms,
+            _ => 1,
+        };
+        self.schedule(slot, generation, self.now_ms + wait);
     }
 
     fn begin_shutdown(&mut self) {
