@@ -457,6 +457,7 @@ impl Shard {
         if out.chunks.is_empty() {
             debug_assert_eq!(out.bytes, 0);
             conn.outbox = None;
+            self.outboxes_freed += 1;
             if let Closing::Flushing(reason) = conn.closing {
                 if !conn.awaiting_close_frame() {
                     return self.abort(slot, generation, reason);

@@ -138,6 +138,11 @@ pub struct Shard {
     tls: tls::Sessions,
     /// The liveness clock, loop lag and pending liveness verdicts.
     live: liveness::Liveness,
+    /// Outboxes freed since the last second began, and whether a burst of them (a broadcast)
+    /// ended without its pages given back yet.
+    outboxes_freed: u64,
+    release_pending: bool,
+    memory_checked_ms: u64,
     scratch: Scratch,
 }
 
@@ -201,6 +206,9 @@ impl Shard {
             recv_retry: Vec::new(),
             tls: tls::Sessions::default(),
             live: liveness::Liveness::default(),
+            outboxes_freed: 0,
+            release_pending: false,
+            memory_checked_ms: 0,
             scratch: Scratch::default(),
         }
     }
@@ -230,6 +238,7 @@ impl Shard {
                 self.rss_sampled_ms = self.now_ms;
                 self.shared.rss_bytes.store(crate::sys::rss_bytes(), Ordering::Relaxed);
             }
+            self.release_memory_after_bursts();
             if let Some(deadline) = self.shutdown_deadline_ms {
                 if self.conns.is_empty() || self.now_ms >= deadline {
                     return Ok(());
@@ -265,6 +274,25 @@ impl Shard {
                 self.complete(c);
             }
             self.scratch.completions = completions;
+        }
+    }
+
+    /// Once a second: after a second that freed many outboxes (a broadcast went out), wait for
+    /// a quiet second, then give the freed pages back, so a connection's memory after a
+    /// broadcast returns to its idle figure.
+    fn release_memory_after_bursts(&mut self) {
+        /// Frees in one second that make a burst: far above what pings alone cause.
+        const BURST_FREES: u64 = 4096;
+        if self.now_ms < self.memory_checked_ms + 1000 {
+            return;
+        }
+        self.memory_checked_ms = self.now_ms;
+        let freed = std::mem::take(&mut self.outboxes_freed);
+        if freed >= BURST_FREES {
+            self.release_pending = true;
+        } else if self.release_pending {
+            self.release_pending = false;
+            crate::sys::release_free_memory();
         }
     }
 

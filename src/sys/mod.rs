@@ -79,6 +79,14 @@ pub fn rss_bytes() -> u64 {
     pages * page.max(0) as u64
 }
 
+/// Returns this thread's freed allocator pages to the OS (mimalloc, the global allocator of
+/// the binary). A shard calls it once a burst of outbox frees (a broadcast) is over, because
+/// mimalloc purges idle pages only on later allocator calls, which an idle shard rarely makes.
+pub fn release_free_memory() {
+    // SAFETY: mi_collect has no preconditions; it only walks the calling thread's heap.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
 /// Online CPUs, the default shard count.
 pub fn online_cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
