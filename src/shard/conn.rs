@@ -181,7 +181,7 @@ pub struct Conn {
     pub last_rx: u32,
     /// Liveness-clock [`stamp`] of when the last ping left the outbox, or of the handshake
     /// less a random part of the ping interval (so a burst of connections does not ping in
-    /// step).
+    /// step); before the handshake, of the accept.
     pub last_ping: u32,
     /// The user id and topics, in one allocation.
     pub ident: Ident,

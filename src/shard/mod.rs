@@ -590,6 +590,12 @@ impl Shard {
             (Closing::Cancelling(_), _) => self.cancel_stragglers(slot, generation),
             (Closing::Closed, _) => {}
             (Closing::Open, Kind::Handshake) => {
+                // On the liveness clock too: a head that waited for a busy shard is not late.
+                let waited = conn::elapsed_ms(live, conn.last_ping);
+                let limit = self.shared.cfg.limits.handshake_timeout_ms;
+                if waited < limit {
+                    return self.schedule(slot, generation, now + limit - waited);
+                }
                 client::reject(self, slot, generation, 408, CloseReason::HandshakeTimeout)
             }
             (Closing::Open, Kind::Admin) => {
