@@ -110,6 +110,9 @@ struct RunArgs {
     /// Publishes per second during the hold; 0 disables publishing.
     #[arg(long, default_value_t = 0.0)]
     publish_rate: f64,
+    /// Wait this long after the hold begins before the first publish (e.g. 30s).
+    #[arg(long, default_value = "0s")]
+    publish_delay: String,
     /// Audience of each publish: a user (by --users bucket), a topic (first --topics
     /// pattern), or everyone.
     #[arg(long, value_enum, default_value = "all")]
@@ -191,6 +194,7 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
         admins,
         admin_key,
         publish_rate: args.publish_rate,
+        publish_delay: config::parse_duration(&args.publish_delay)?,
         publish_to,
         publish_count: args.publish_count,
         payload_bytes: args.payload_bytes.min(c10m_loadgen::payload::PAYLOAD_BYTES_MAX),

@@ -63,6 +63,8 @@ pub struct Plan {
     /// Bearer key for the admin API (`--admin-key-file`).
     pub admin_key: Option<String>,
     pub publish_rate: f64,
+    /// Wait this long after the hold begins before the first publish.
+    pub publish_delay: Duration,
     pub publish_to: PublishTo,
     pub publish_count: Option<u64>,
     pub payload_bytes: usize,

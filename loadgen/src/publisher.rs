@@ -123,6 +123,13 @@ pub fn run(plan: Arc<Plan>, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> Publi
             *size += 1;
         }
     }
+    let delay_end = Instant::now() + plan.publish_delay;
+    while Instant::now() < delay_end {
+        if stop.load(Relaxed) {
+            return result;
+        }
+        std::thread::sleep((delay_end - Instant::now()).min(Duration::from_millis(20)));
+    }
     let seq_max = shared.records.len() as u64 - 1;
     let count = plan.publish_count.unwrap_or(u64::MAX).min(seq_max);
     let mut rng = sys::realtime_ns() | 1;

@@ -11,7 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::shared::latency_histogram;
 
-pub const REPORT_VERSION: u32 = 1;
+/// 2: loop lag and turn times, pongs, per-publish rows (reports of version 1 still merge:
+/// the new fields default to empty).
+pub const REPORT_VERSION: u32 = 2;
+
+/// Per-publish rows kept in a report; a run with more keeps the first ones.
+pub const PUBLISH_ROWS_MAX: usize = 1000;
 
 /// A histogram's summary plus its non-empty buckets, so reports merge exactly.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -96,7 +101,30 @@ pub struct Messages {
     pub foreign: u64,
     pub heartbeats: u64,
     pub pings: u64,
+    /// Pongs sent (send completed) in answer to pings.
+    #[serde(default)]
+    pub pongs: u64,
+    /// Pongs that waited for an earlier send of their connection to complete.
+    #[serde(default)]
+    pub pongs_deferred: u64,
     pub received_per_s: f64,
+}
+
+/// One accepted publish: what its audience received and when (times from its send stamp).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PublishRow {
+    pub seq: u64,
+    /// Send stamp, CLOCK_REALTIME ns.
+    pub sent_ns: u64,
+    /// Connections up in the audience when it was sent.
+    pub expected: u64,
+    /// Connections of the audience, up or not.
+    pub audience: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    /// Send stamp to first and to last delivery, µs (0: none delivered).
+    pub first_us: u64,
+    pub last_us: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -133,6 +161,26 @@ pub struct Report {
     pub fanout_complete_us: Summary,
     pub publish_request_us: Summary,
     pub backoff_us: Summary,
+    /// How late each shard's loop got to a completion due at a known time (the lag probe,
+    /// every 50 ms), µs.
+    #[serde(default)]
+    pub loop_lag_us: Summary,
+    /// Busy time of each loop turn, µs; its max is the longest single turn.
+    #[serde(default)]
+    pub loop_turn_us: Summary,
+    /// Each shard's largest loop lag, µs, by shard.
+    #[serde(default)]
+    pub loop_lag_max_us_by_shard: Vec<u64>,
+    /// Ping read to its pong's send completion, µs.
+    #[serde(default)]
+    pub pong_us: Summary,
+    /// Ping readiness (poll completion seen) to its pong's send completion, µs: adds the
+    /// wait for a read behind other readable connections.
+    #[serde(default)]
+    pub pong_ready_us: Summary,
+    /// Accepted publishes, in sequence order (at most `PUBLISH_ROWS_MAX`).
+    #[serde(default)]
+    pub publishes: Vec<PublishRow>,
     pub memory: Memory,
     pub notes: Vec<String>,
 }
@@ -182,6 +230,8 @@ impl Report {
             a.foreign += b.foreign;
             a.heartbeats += b.heartbeats;
             a.pings += b.pings;
+            a.pongs += b.pongs;
+            a.pongs_deferred += b.pongs_deferred;
             a.received_per_s += b.received_per_s;
             out.connect_us = out.connect_us.merge(&r.connect_us);
             out.upgrade_us = out.upgrade_us.merge(&r.upgrade_us);
@@ -190,6 +240,12 @@ impl Report {
             out.fanout_complete_us = out.fanout_complete_us.merge(&r.fanout_complete_us);
             out.publish_request_us = out.publish_request_us.merge(&r.publish_request_us);
             out.backoff_us = out.backoff_us.merge(&r.backoff_us);
+            out.loop_lag_us = out.loop_lag_us.merge(&r.loop_lag_us);
+            out.loop_turn_us = out.loop_turn_us.merge(&r.loop_turn_us);
+            out.loop_lag_max_us_by_shard.extend_from_slice(&r.loop_lag_max_us_by_shard);
+            out.pong_us = out.pong_us.merge(&r.pong_us);
+            out.pong_ready_us = out.pong_ready_us.merge(&r.pong_ready_us);
+            out.publishes.extend_from_slice(&r.publishes);
             let (a, b) = (&mut out.memory, &r.memory);
             a.loadgen_rss_start += b.loadgen_rss_start;
             a.loadgen_rss_held += b.loadgen_rss_held;
@@ -255,9 +311,30 @@ impl Report {
         );
         let _ = writeln!(
             t,
-            "  received           {} ({:.0}/s), foreign {}, heartbeats {}, pings {}",
-            m.received, m.received_per_s, m.foreign, m.heartbeats, m.pings
+            "  received           {} ({:.0}/s), foreign {}, heartbeats {}, pings {}, pongs {} \
+             (waited for a send {})",
+            m.received,
+            m.received_per_s,
+            m.foreign,
+            m.heartbeats,
+            m.pings,
+            m.pongs,
+            m.pongs_deferred
         );
+        if !self.publishes.is_empty() && self.publishes.len() <= PUBLISH_ROWS_SHOWN {
+            for p in &self.publishes {
+                let _ = writeln!(
+                    t,
+                    "  publish #{:<10} delivered {} of {} expected, lost {}, first {} last {}",
+                    p.seq,
+                    p.delivered,
+                    p.expected,
+                    p.lost,
+                    micros(p.first_us),
+                    micros(p.last_us)
+                );
+            }
+        }
         let _ = writeln!(
             t,
             "{:<22}{:>10}{:>10}{:>10}{:>10}{:>10}{:>12}",
@@ -271,6 +348,10 @@ impl Report {
             ("  fan-out send→last", &self.fanout_complete_us),
             ("  publish request", &self.publish_request_us),
             ("  reconnect backoff", &self.backoff_us),
+            ("  pong read→sent", &self.pong_us),
+            ("  pong ready→sent", &self.pong_ready_us),
+            ("  loop lag", &self.loop_lag_us),
+            ("  loop turn", &self.loop_turn_us),
         ] {
             if s.count == 0 {
                 continue;
@@ -325,6 +406,9 @@ impl Memory {
     }
 }
 
+/// Per-publish rows the table prints (more are only in the JSON).
+const PUBLISH_ROWS_SHOWN: usize = 10;
+
 /// Formats microseconds with a unit that keeps the number short.
 pub fn micros(us: u64) -> String {
     match us {
@@ -361,6 +445,9 @@ mod tests {
         };
         let mut b = a.clone();
         b.latency_us = Summary::from_histogram(&h2);
+        b.loop_lag_us = Summary::from_histogram(&h2);
+        b.loop_lag_max_us_by_shard = vec![500];
+        b.messages.pongs = 7;
         let m = Report::merge(&[a, b]);
         assert_eq!(m.runs, 2);
         assert_eq!(m.latency_us.count, 3);
@@ -368,7 +455,24 @@ mod tests {
         assert_eq!(m.messages.lost, 4);
         assert_eq!(m.connections.failures["refused"], 6);
         assert_eq!(m.memory.loadgen_bytes_per_conn, 10.0);
+        assert_eq!(m.loop_lag_us.max, 500);
+        assert_eq!(m.loop_lag_max_us_by_shard, vec![500]);
+        assert_eq!(m.messages.pongs, 7);
+        assert!(m.table().contains("loop lag"));
         assert!(m.table().contains("delivery latency"));
+    }
+
+    #[test]
+    fn version_1_reports_still_parse() {
+        let mut v = serde_json::to_value(Report::default()).unwrap();
+        let o = v.as_object_mut().unwrap();
+        for k in ["loop_lag_us", "loop_turn_us", "loop_lag_max_us_by_shard", "pong_us"] {
+            o.remove(k);
+        }
+        o.remove("publishes");
+        o["messages"].as_object_mut().unwrap().remove("pongs");
+        let r: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(r.loop_lag_us.count, 0);
     }
 
     #[test]

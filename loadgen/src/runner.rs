@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::plan::Plan;
 use crate::publisher::{self, PublishResult};
-use crate::report::{Connections, Memory, Messages, Report, Summary, REPORT_VERSION};
+use crate::report::{
+    Connections, Memory, Messages, PublishRow, Report, Summary, PUBLISH_ROWS_MAX, REPORT_VERSION,
+};
 use crate::shard::{Shard, ShardResult};
 use crate::shared::{latency_histogram, Reason, Shared};
 use crate::sys;
@@ -209,16 +211,27 @@ fn assemble(input: AssembleInput<'_>) -> Report {
     let mut upgrade = latency_histogram();
     let mut latency = latency_histogram();
     let mut backoff = latency_histogram();
+    let mut loop_lag = latency_histogram();
+    let mut loop_turn = latency_histogram();
+    let mut pong = latency_histogram();
+    let mut pong_ready = latency_histogram();
+    let mut lag_by_shard = Vec::with_capacity(results.len());
     for r in &results {
         let _ = connect.add(&r.connect_us);
         let _ = upgrade.add(&r.upgrade_us);
         let _ = latency.add(&r.latency_us);
         let _ = backoff.add(&r.backoff_us);
+        let _ = loop_lag.add(&r.loop_lag_us);
+        let _ = loop_turn.add(&r.loop_turn_us);
+        let _ = pong.add(&r.pong_us);
+        let _ = pong_ready.add(&r.pong_ready_us);
+        lag_by_shard.push(if r.loop_lag_us.is_empty() { 0 } else { r.loop_lag_us.max() });
     }
     let mut fanout = latency_histogram();
     let mut complete = latency_histogram();
     let (mut expected, mut delivered, mut lost) = (0u64, 0u64, 0u64);
-    for record in shared.records.iter().skip(1) {
+    let mut publishes = Vec::new();
+    for (seq, record) in shared.records.iter().enumerate().skip(1) {
         if !record.accepted.load(Relaxed) {
             continue;
         }
@@ -228,10 +241,24 @@ fn assemble(input: AssembleInput<'_>) -> Report {
         delivered += d;
         lost += e.saturating_sub(d);
         let last = record.last_ns.load(Relaxed);
+        let sent = record.sent_ns.load(Relaxed);
+        let mut row = PublishRow {
+            seq: seq as u64,
+            sent_ns: sent,
+            expected: e,
+            audience: u64::from(record.audience.load(Relaxed)),
+            delivered: d,
+            lost: e.saturating_sub(d),
+            ..PublishRow::default()
+        };
         if let Some(first) = record.first_ns() {
             fanout.saturating_record(((last - first) / 1000).max(1));
-            let sent = record.sent_ns.load(Relaxed);
             complete.saturating_record((last.saturating_sub(sent) / 1000).max(1));
+            row.first_us = (first.saturating_sub(sent) / 1000).max(1);
+            row.last_us = (last.saturating_sub(sent) / 1000).max(1);
+        }
+        if publishes.len() < PUBLISH_ROWS_MAX {
+            publishes.push(row);
         }
     }
     let established = shared.established.load(Relaxed);
@@ -298,6 +325,8 @@ fn assemble(input: AssembleInput<'_>) -> Report {
             foreign: shared.foreign.load(Relaxed),
             heartbeats: shared.heartbeats.load(Relaxed),
             pings: shared.pings.load(Relaxed),
+            pongs: shared.pongs.load(Relaxed),
+            pongs_deferred: shared.pongs_deferred.load(Relaxed),
             received_per_s: received as f64 / (elapsed_s - ramp_s).max(1e-3),
         },
         connect_us: Summary::from_histogram(&connect),
@@ -309,6 +338,12 @@ fn assemble(input: AssembleInput<'_>) -> Report {
             .map(|p| Summary::from_histogram(&p.request_us))
             .unwrap_or_default(),
         backoff_us: Summary::from_histogram(&backoff),
+        loop_lag_us: Summary::from_histogram(&loop_lag),
+        loop_turn_us: Summary::from_histogram(&loop_turn),
+        loop_lag_max_us_by_shard: lag_by_shard,
+        pong_us: Summary::from_histogram(&pong),
+        pong_ready_us: Summary::from_histogram(&pong_ready),
+        publishes,
         memory,
         notes,
     }
@@ -324,6 +359,7 @@ struct Progress {
     last: Instant,
     last_established: u64,
     last_received: u64,
+    last_pongs: u64,
     /// Sequence numbers up to this one are settled and in `lost` and `absent`.
     settled_seq: usize,
     lost: u64,
@@ -338,6 +374,7 @@ impl Progress {
             last: start,
             last_established: 0,
             last_received: 0,
+            last_pongs: 0,
             settled_seq: 0,
             lost: 0,
             absent: 0,
@@ -388,13 +425,20 @@ impl Progress {
             .map(|(r, v)| format!("{}={v}", r.name()))
             .collect();
         let failures = if failures.is_empty() { "0".to_string() } else { failures.join(",") };
+        // The largest of the last second, over all shards (then reset).
+        let lag_max = shared.lag_max_us.swap(0, Relaxed);
+        let turn_max = shared.turn_max_us.swap(0, Relaxed);
+        let pong_max = shared.pong_max_us.swap(0, Relaxed);
+        let pongs = shared.pongs.load(Relaxed);
+        let pong_rate = (pongs - self.last_pongs) as f64 / dt;
+        self.last_pongs = pongs;
         if plan.quiet {
             return;
         }
         self.settle(shared);
         eprintln!(
             "[{:>6.1}s] up {}/{} +{:.0}/s reconnects {} fail {} | msgs {:.0}/s p50 {} p99 {} \
-             lost {} absent {} | rss {:.1} MiB",
+             lost {} absent {} | lag max {} turn max {} | pongs {:.0}/s max {} | rss {:.1} MiB",
             self.start.elapsed().as_secs_f64(),
             shared.up.load(Relaxed),
             plan.conns,
@@ -406,6 +450,10 @@ impl Progress {
             crate::report::micros(p99),
             self.lost,
             self.absent,
+            crate::report::micros(lag_max),
+            crate::report::micros(turn_max),
+            pong_rate,
+            crate::report::micros(pong_max),
             sys::rss_bytes(None).unwrap_or(0) as f64 / (1024.0 * 1024.0),
         );
     }

@@ -12,6 +12,13 @@
 //! shard-wide buffer pool, so an idle connection holds no buffer. A connection with
 //! operations in flight is never closed: it cancels them, drains, then closes its slot.
 //!
+//! The loop is measured as well as the server: a probe (an absolute `IORING_OP_TIMEOUT`,
+//! always one in flight) says how late the loop got to a completion that was due at a known
+//! time (the loop lag), and every turn's busy time is recorded. A WebSocket ping is
+//! answered in the turn it is read: the pong is queued at once, or, when a send is still in
+//! flight, as soon as it completes (never dropped), and its time from the ping's readiness
+//! and from its read to the pong's send completion is histogrammed.
+//!
 //! user_data layout (64 bits):
 //!
 //! ```text
@@ -22,7 +29,7 @@
 //! ```
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -44,14 +51,26 @@ use crate::shared::{latency_histogram, MessageCounts, Reason, Shared};
 use crate::sys;
 
 /// Read buffers per shard, shared by all its connections; a buffer is held only between
-/// a readiness event and the end of the read that follows.
-pub const READ_BUFS: usize = 64;
-pub const READ_BUF_BYTES: usize = 16 * 1024;
+/// a readiness event and the end of the read that follows. Many small buffers rather than
+/// a few large ones (1 MiB per shard either way): when a broadcast makes every connection
+/// readable at once, a turn reads `READ_BUFS` of them, so the queue of readable connections
+/// (and a ping behind it) drains in few turns. A read that fills its buffer is followed
+/// by another at once, so larger messages only take more reads.
+pub const READ_BUFS: usize = 256;
+pub const READ_BUF_BYTES: usize = 4 * 1024;
 /// Attempts in their connect/upgrade phase at once per shard, so a fast `--rate` cannot
 /// overflow the server's listen backlog.
 pub const CONNECTING_MAX: u32 = 1024;
-/// Longest the shard sleeps in the kernel: bounds how late it sees `stop`.
-const WAIT_MAX: Duration = Duration::from_millis(50);
+/// Attempts (first ones and reconnects) started per loop turn, so a `--rate 0` ramp or a
+/// reconnect wave does not make one turn long while established connections wait.
+const ATTEMPTS_PER_TURN: u32 = 256;
+/// Timers handled per loop turn; the rest wait for the next turn.
+const TIMERS_PER_TURN: usize = 4096;
+/// Longest the shard sleeps in the kernel. The lag probe completes every `PROBE_EVERY`,
+/// which bounds how late the shard sees `stop`.
+const WAIT_MAX: Duration = Duration::from_millis(250);
+/// Period of the loop-lag probe.
+pub const PROBE_EVERY: Duration = Duration::from_millis(50);
 /// How often shard-local counters are added to the shared ones.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Backoff doubles at most this many times before `--backoff-max` caps it anyway.
@@ -67,6 +86,9 @@ const OP_RECV: u8 = 7;
 const OP_SEND: u8 = 8;
 const OP_CANCEL: u8 = 9;
 const OP_CLOSE: u8 = 10;
+/// The loop-lag probe (an absolute timeout); its index names no connection.
+const OP_PROBE: u8 = 11;
+const PROBE_INDEX: u32 = u32::MAX;
 
 const GEN_MASK: u32 = 0x00ff_ffff;
 
@@ -134,6 +156,30 @@ pub struct ShardResult {
     pub upgrade_us: Histogram<u64>,
     pub latency_us: Histogram<u64>,
     pub backoff_us: Histogram<u64>,
+    /// How late the loop reaped each lag probe after its deadline.
+    pub loop_lag_us: Histogram<u64>,
+    /// Busy time of each loop turn (from waking up to sleeping again).
+    pub loop_turn_us: Histogram<u64>,
+    /// Ping read (its bytes parsed) to the pong's send completion.
+    pub pong_us: Histogram<u64>,
+    /// Ping readiness (the poll completion reaped) to the pong's send completion: includes
+    /// the wait for a read buffer behind other readable connections.
+    pub pong_ready_us: Histogram<u64>,
+}
+
+/// Times of a ping being answered: when its connection was seen readable and when it was
+/// read (shard clock, ns).
+#[derive(Clone, Copy, Debug, Default)]
+struct PingTimes {
+    ready_ns: u64,
+    read_ns: u64,
+}
+
+/// A pong that waits for the connection's in-flight send to complete.
+struct WaitingPong {
+    gen: u32,
+    frame: Vec<u8>,
+    times: PingTimes,
 }
 
 pub struct Shard {
@@ -149,11 +195,29 @@ pub struct Shard {
     sources: Vec<RawAddr>,
     bufs: Vec<Box<[u8]>>,
     free_bufs: Vec<u16>,
-    /// Readable connections waiting for a buffer: (index, generation).
-    want_read: VecDeque<(u32, u32)>,
+    /// When each buffer's connection was seen readable (shard clock, ns).
+    buf_ready_ns: Vec<u64>,
+    /// Readable connections waiting for a buffer: (index, generation, seen readable ns).
+    want_read: VecDeque<(u32, u32, u64)>,
+    /// The ping times of the read being interpreted now.
+    reading: PingTimes,
+    /// Pongs in flight: index → (generation, ping times). Only connections with a pong in
+    /// flight have an entry, so an idle connection costs nothing here.
+    pongs_sent: HashMap<u32, (u32, PingTimes)>,
+    /// Pongs waiting for an in-flight send of their connection.
+    pongs_waiting: HashMap<u32, WaitingPong>,
     /// (deadline ns, index, generation): connect timeouts and reconnect delays.
     timers: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    /// Reconnects whose delay is over, waiting for room under `CONNECTING_MAX`.
+    connect_ready: VecDeque<(u32, u32)>,
     connecting: u32,
+    /// The lag probe's absolute deadline (CLOCK_MONOTONIC); the kernel reads it when the
+    /// probe is submitted, so it lives in a box that never moves.
+    probe_ts: Box<types::Timespec>,
+    probe_deadline_ns: u64,
+    /// Largest turn and pong time since the last flush, µs (for the progress line).
+    turn_max_us: u64,
+    pong_max_us: u64,
     epoch: Instant,
     rng: u64,
     counts: MessageCounts,
@@ -194,9 +258,18 @@ impl Shard {
             sources,
             bufs: (0..READ_BUFS).map(|_| vec![0u8; READ_BUF_BYTES].into_boxed_slice()).collect(),
             free_bufs: (0..READ_BUFS as u16).rev().collect(),
+            buf_ready_ns: vec![0; READ_BUFS],
             want_read: VecDeque::new(),
+            reading: PingTimes::default(),
+            pongs_sent: HashMap::new(),
+            pongs_waiting: HashMap::new(),
             timers: BinaryHeap::new(),
+            connect_ready: VecDeque::new(),
             connecting: 0,
+            probe_ts: Box::new(types::Timespec::new()),
+            probe_deadline_ns: 0,
+            turn_max_us: 0,
+            pong_max_us: 0,
             epoch: Instant::now(),
             rng: seed | 1,
             counts: MessageCounts::default(),
@@ -210,6 +283,10 @@ impl Shard {
                 upgrade_us: latency_histogram(),
                 latency_us: latency_histogram(),
                 backoff_us: latency_histogram(),
+                loop_lag_us: latency_histogram(),
+                loop_turn_us: latency_histogram(),
+                pong_us: latency_histogram(),
+                pong_ready_us: latency_histogram(),
             },
             cqes: Vec::with_capacity(crate::ring::CQ_ENTRIES as usize),
         })
@@ -224,12 +301,13 @@ impl Shard {
         self.epoch = Instant::now();
         let rate = self.plan.rate / self.plan.shards as f64;
         let mut last_flush = Instant::now();
+        self.arm_probe(sys::monotonic_ns())?;
+        // One turn: handle every completion the last wait brought (a ping read there gets
+        // its pong queued at once), hand out read buffers, then start what the ramp and the
+        // timers allow, and sleep until the next completion or deadline. The wait submits
+        // what the turn queued in that order, so pongs go out ahead of new connects.
         while !self.shared.stop.load(Relaxed) {
-            let now = self.now_ns();
-            let due = self.ramp(now, rate)?;
-            self.fire_timers(now)?;
-            let wait = self.next_wakeup(now, due);
-            self.ring.wait(wait)?;
+            let woke = Instant::now();
             self.ring.reap(&mut self.cqes);
             let cqes = std::mem::take(&mut self.cqes);
             for c in &cqes {
@@ -237,13 +315,47 @@ impl Shard {
             }
             self.cqes = cqes;
             self.serve_readers()?;
+            let now = self.now_ns();
+            let due = self.ramp(now, rate)?;
+            self.fire_timers(now)?;
             if last_flush.elapsed() >= FLUSH_EVERY {
                 self.flush();
                 last_flush = Instant::now();
             }
+            let turn_us = (woke.elapsed().as_micros() as u64).max(1);
+            self.result.loop_turn_us.saturating_record(turn_us);
+            self.turn_max_us = self.turn_max_us.max(turn_us);
+            let wait = self.next_wakeup(self.now_ns(), due);
+            self.ring.wait(wait)?;
         }
         self.flush();
         Ok(self.result)
+    }
+
+    /// Arms the lag probe: an absolute timeout `PROBE_EVERY` after `now` (CLOCK_MONOTONIC).
+    fn arm_probe(&mut self, now: u64) -> io::Result<()> {
+        let deadline = now + PROBE_EVERY.as_nanos() as u64;
+        self.probe_deadline_ns = deadline;
+        *self.probe_ts = types::Timespec::new()
+            .sec(deadline / 1_000_000_000)
+            .nsec((deadline % 1_000_000_000) as u32);
+        let entry = opcode::Timeout::new(&*self.probe_ts)
+            .flags(types::TimeoutFlags::ABS)
+            .build()
+            .user_data(user_data(OP_PROBE, 0, PROBE_INDEX));
+        // SAFETY: the timespec is boxed and owned by the shard, which outlives the ring's
+        // use of it (the kernel copies it when the entry is submitted).
+        unsafe { self.ring.push(&[entry]) }
+    }
+
+    /// The probe completed: how late after its deadline this loop got to it is the loop
+    /// lag (time asleep past a due completion, waiting for a CPU, or busy in a turn).
+    fn on_probe(&mut self) -> io::Result<()> {
+        let now = sys::monotonic_ns();
+        let lag_us = (now.saturating_sub(self.probe_deadline_ns) / 1000).max(1);
+        self.result.loop_lag_us.saturating_record(lag_us);
+        self.shared.lag_max_us.fetch_max(lag_us, Relaxed);
+        self.arm_probe(now)
     }
 
     fn now_ns(&self) -> u64 {
@@ -271,7 +383,12 @@ impl Shard {
         let allowed =
             if rate > 0.0 { ((now as f64 / 1e9) * rate).floor() as u64 + 1 } else { u64::MAX };
         let mut i = started;
-        while i < self.total && u64::from(i) < allowed && self.connecting < CONNECTING_MAX {
+        let limit = started.saturating_add(ATTEMPTS_PER_TURN);
+        while i < self.total
+            && i < limit
+            && u64::from(i) < allowed
+            && self.connecting < CONNECTING_MAX
+        {
             let (target, _) = self.plan.route(self.global_index(i));
             self.conns.push(Conn {
                 held: None,
@@ -292,8 +409,16 @@ impl Shard {
             self.start_attempt(i, now)?;
             i += 1;
         }
-        if i >= self.total || rate <= 0.0 {
+        if i >= self.total {
             return Ok(None);
+        }
+        if self.connecting >= CONNECTING_MAX {
+            // A completion (or a connect timeout) makes room; spinning would not.
+            return Ok(None);
+        }
+        if i >= limit || rate <= 0.0 {
+            // More are due now: come back after the completions this turn brings.
+            return Ok(Some(now));
         }
         Ok(Some(((i as f64 / rate) * 1e9) as u64))
     }
@@ -303,6 +428,9 @@ impl Shard {
         if let Some(due) = due {
             next = next.min(due);
         }
+        if !self.connect_ready.is_empty() && self.connecting < CONNECTING_MAX {
+            next = now;
+        }
         if let Some(Reverse((deadline, _, _))) = self.timers.peek() {
             next = next.min(*deadline);
         }
@@ -310,10 +438,12 @@ impl Shard {
     }
 
     fn fire_timers(&mut self, now: u64) -> io::Result<()> {
+        let mut fired = 0;
         while let Some(Reverse((deadline, i, gen))) = self.timers.peek().copied() {
-            if deadline > now {
+            if deadline > now || fired >= TIMERS_PER_TURN {
                 break;
             }
+            fired += 1;
             self.timers.pop();
             let c = &self.conns[i as usize];
             if c.gen != gen {
@@ -321,16 +451,32 @@ impl Shard {
             }
             match c.state {
                 State::Connecting | State::Upgrading => self.fail(i, Reason::Timeout)?,
-                State::Backoff => {
-                    let r = self.random();
-                    let from = usize::from(self.conns[i as usize].target);
-                    let next = next_target(self.plan.targets.len(), from, r);
-                    self.conns[i as usize].target = next as u16;
-                    self.pending_reconnects += 1;
-                    self.start_attempt(i, now)?;
-                }
+                State::Backoff => self.connect_ready.push_back((i, gen)),
                 _ => {}
             }
+        }
+        self.start_reconnects(now)
+    }
+
+    /// Starts reconnects whose delay is over, as many as `CONNECTING_MAX` and
+    /// `ATTEMPTS_PER_TURN` allow; the rest wait for a later turn.
+    fn start_reconnects(&mut self, now: u64) -> io::Result<()> {
+        let mut started = 0;
+        while self.connecting < CONNECTING_MAX && started < ATTEMPTS_PER_TURN {
+            let Some((i, gen)) = self.connect_ready.pop_front() else {
+                break;
+            };
+            let c = &self.conns[i as usize];
+            if c.gen != gen || c.state != State::Backoff {
+                continue;
+            }
+            let from = usize::from(c.target);
+            let r = self.random();
+            let next = next_target(self.plan.targets.len(), from, r);
+            self.conns[i as usize].target = next as u16;
+            self.pending_reconnects += 1;
+            self.start_attempt(i, now)?;
+            started += 1;
         }
         Ok(())
     }
@@ -423,6 +569,9 @@ impl Shard {
 
     fn complete(&mut self, cqe: Completion) -> io::Result<()> {
         let (op, gen, i) = split_user_data(cqe.user_data);
+        if op == OP_PROBE {
+            return self.on_probe();
+        }
         let now = self.now_ns();
         let Some(c) = self.conns.get_mut(i as usize) else {
             return Ok(());
@@ -449,10 +598,19 @@ impl Shard {
                 }
                 self.result.connect_us.saturating_record(us.max(1));
             }
-            OP_SEND_UPGRADE | OP_SEND => {
+            OP_SEND_UPGRADE => {
                 c.out = None;
                 if res < 0 {
                     self.fail(i, Reason::from_errno(-res))?;
+                }
+            }
+            OP_SEND => {
+                c.out = None;
+                self.pong_done(i, gen, res >= 0, now);
+                if res < 0 {
+                    self.fail(i, Reason::from_errno(-res))?;
+                } else {
+                    self.send_waiting_pong(i)?;
                 }
             }
             OP_POLL => {
@@ -460,7 +618,7 @@ impl Shard {
                 if res < 0 {
                     self.fail(i, Reason::from_errno(-res))?;
                 } else if matches!(state, State::Upgrading | State::Open) {
-                    self.want_read.push_back((i, gen));
+                    self.want_read.push_back((i, gen, now));
                 }
             }
             OP_RECV => self.on_recv(i, res)?,
@@ -473,23 +631,25 @@ impl Shard {
     /// Gives waiting readable connections a buffer and a receive.
     fn serve_readers(&mut self) -> io::Result<()> {
         while !self.want_read.is_empty() && !self.free_bufs.is_empty() {
-            let Some((i, gen)) = self.want_read.pop_front() else {
+            let Some((i, gen, ready_ns)) = self.want_read.pop_front() else {
                 break;
             };
             let c = &self.conns[i as usize];
             if c.gen != gen || !matches!(c.state, State::Upgrading | State::Open) {
                 continue;
             }
-            self.recv(i)?;
+            self.recv(i, ready_ns)?;
         }
         Ok(())
     }
 
-    fn recv(&mut self, i: u32) -> io::Result<()> {
+    /// Reads connection `i`, readable since `ready_ns`.
+    fn recv(&mut self, i: u32, ready_ns: u64) -> io::Result<()> {
         let Some(b) = self.free_bufs.pop() else {
-            self.want_read.push_back((i, self.conns[i as usize].gen));
+            self.want_read.push_back((i, self.conns[i as usize].gen, ready_ns));
             return Ok(());
         };
+        self.buf_ready_ns[b as usize] = ready_ns;
         let buf = &mut self.bufs[b as usize];
         let c = &mut self.conns[i as usize];
         c.read_buf = b;
@@ -521,6 +681,8 @@ impl Shard {
         let readable = matches!(c.state, State::Upgrading | State::Open);
         let b = c.read_buf as usize;
         let buf = std::mem::take(&mut self.bufs[b]);
+        let ready_ns = self.buf_ready_ns[b];
+        self.reading = PingTimes { ready_ns, read_ns: self.now_ns() };
         let outcome = match res {
             n if n > 0 && readable => {
                 self.feed(i, &buf[..n as usize]).map(|()| n as usize == buf.len())
@@ -537,13 +699,65 @@ impl Shard {
             Err(reason) => self.fail(i, reason),
             Ok(_) if !still_readable => Ok(()),
             // A full buffer: more is probably queued, read again at once.
-            Ok(true) => self.recv(i),
+            Ok(true) => self.recv(i, ready_ns),
             Ok(false) => self.arm_poll(i),
         }
     }
 
-    /// Sends a control frame; dropped when a send is already in flight (the server's next
-    /// ping gets the answer instead).
+    /// Sends the pong of a ping read now (`self.reading`). The server sends no further ping
+    /// until this one is answered, so a pong is never dropped: when a send of the connection
+    /// is still in flight, the pong waits for its completion (a newer ping's pong replaces a
+    /// waiting one; the earliest ping's times are kept).
+    pub(super) fn pong(&mut self, i: u32, frame: Vec<u8>) -> io::Result<()> {
+        let times = self.reading;
+        let c = &self.conns[i as usize];
+        if c.state != State::Open {
+            return Ok(());
+        }
+        let gen = c.gen;
+        if c.out.is_some() {
+            self.counts.pongs_deferred += 1;
+            let times = match self.pongs_waiting.get(&i) {
+                Some(w) if w.gen == gen => w.times,
+                _ => times,
+            };
+            self.pongs_waiting.insert(i, WaitingPong { gen, frame, times });
+            return Ok(());
+        }
+        self.pongs_sent.insert(i, (gen, times));
+        self.send(i, frame)
+    }
+
+    /// A send of connection `i` completed: if it was a pong, record its times.
+    fn pong_done(&mut self, i: u32, gen: u32, ok: bool, now: u64) {
+        let Some((sent_gen, times)) = self.pongs_sent.remove(&i) else {
+            return;
+        };
+        if sent_gen != gen || !ok {
+            return;
+        }
+        self.counts.pongs += 1;
+        let read_us = (now.saturating_sub(times.read_ns) / 1000).max(1);
+        let ready_us = (now.saturating_sub(times.ready_ns) / 1000).max(1);
+        self.result.pong_us.saturating_record(read_us);
+        self.result.pong_ready_us.saturating_record(ready_us);
+        self.pong_max_us = self.pong_max_us.max(ready_us);
+    }
+
+    /// Sends the pong that waited for connection `i`'s previous send, if any.
+    fn send_waiting_pong(&mut self, i: u32) -> io::Result<()> {
+        let Some(w) = self.pongs_waiting.remove(&i) else {
+            return Ok(());
+        };
+        let c = &self.conns[i as usize];
+        if w.gen != c.gen || c.state != State::Open || c.out.is_some() {
+            return Ok(());
+        }
+        self.pongs_sent.insert(i, (w.gen, w.times));
+        self.send(i, w.frame)
+    }
+
+    /// Sends a control frame (the caller checked that no send is in flight).
     fn send(&mut self, i: u32, bytes: Vec<u8>) -> io::Result<()> {
         let c = &mut self.conns[i as usize];
         if c.out.is_some() || c.state != State::Open {
@@ -579,6 +793,9 @@ impl Shard {
             self.pending_first_done += 1;
         }
         c.state = State::Closing;
+        if !self.pongs_waiting.is_empty() {
+            self.pongs_waiting.remove(&i);
+        }
         self.settle(i)
     }
 
@@ -639,6 +856,8 @@ impl Shard {
         s.established.fetch_add(std::mem::take(&mut self.pending_established), Relaxed);
         s.first_done.fetch_add(std::mem::take(&mut self.pending_first_done), Relaxed);
         s.add_messages(&std::mem::take(&mut self.counts));
+        s.turn_max_us.fetch_max(std::mem::take(&mut self.turn_max_us), Relaxed);
+        s.pong_max_us.fetch_max(std::mem::take(&mut self.pong_max_us), Relaxed);
         if !self.live.is_empty() {
             if let Ok(mut live) = s.live_latency.lock() {
                 let _ = live.add(&self.live);
@@ -671,6 +890,19 @@ mod tests {
         let ud = user_data(OP_RECV, 0x12_3456, 0xdead_beef);
         assert_eq!(split_user_data(ud), (OP_RECV, 0x12_3456, 0xdead_beef));
         assert_eq!(split_user_data(user_data(OP_POLL, 0x1ff_ffff, 7)).1, 0xff_ffff);
+    }
+
+    #[test]
+    fn an_idle_connection_stays_small() {
+        // The per-connection footprint (`loadgen_bytes_per_conn`): measuring the loop and
+        // the pongs must not grow it; their state is per shard or per pong in flight.
+        assert!(std::mem::size_of::<Conn>() <= 80, "{}", std::mem::size_of::<Conn>());
+    }
+
+    #[test]
+    fn probe_user_data_names_no_connection() {
+        let (op, _, i) = split_user_data(user_data(OP_PROBE, 0, PROBE_INDEX));
+        assert_eq!((op, i), (OP_PROBE, u32::MAX));
     }
 
     #[test]

@@ -115,6 +115,10 @@ pub struct MessageCounts {
     pub foreign: u64,
     pub heartbeats: u64,
     pub pings: u64,
+    /// Pongs whose send completed.
+    pub pongs: u64,
+    /// Pongs that had to wait for an earlier send of their connection.
+    pub pongs_deferred: u64,
 }
 
 pub struct Shared {
@@ -135,6 +139,13 @@ pub struct Shared {
     pub foreign: AtomicU64,
     pub heartbeats: AtomicU64,
     pub pings: AtomicU64,
+    pub pongs: AtomicU64,
+    pub pongs_deferred: AtomicU64,
+    /// Largest loop lag, loop turn and pong time (ready → sent) of any shard since the
+    /// progress printer last looked, µs.
+    pub lag_max_us: AtomicU64,
+    pub turn_max_us: AtomicU64,
+    pub pong_max_us: AtomicU64,
     /// Connections up per user bucket and per bucket of the first topic pattern.
     pub user_up: Vec<AtomicU32>,
     pub topic_up: Vec<AtomicU32>,
@@ -164,6 +175,11 @@ impl Shared {
             foreign: AtomicU64::new(0),
             heartbeats: AtomicU64::new(0),
             pings: AtomicU64::new(0),
+            pongs: AtomicU64::new(0),
+            pongs_deferred: AtomicU64::new(0),
+            lag_max_us: AtomicU64::new(0),
+            turn_max_us: AtomicU64::new(0),
+            pong_max_us: AtomicU64::new(0),
             user_up: (0..user_buckets).map(|_| AtomicU32::new(0)).collect(),
             topic_up: (0..topic_buckets).map(|_| AtomicU32::new(0)).collect(),
             records: (0..=seq_max).map(|_| SeqRecord::default()).collect(),
@@ -206,6 +222,8 @@ impl Shared {
         self.foreign.fetch_add(c.foreign, Relaxed);
         self.heartbeats.fetch_add(c.heartbeats, Relaxed);
         self.pings.fetch_add(c.pings, Relaxed);
+        self.pongs.fetch_add(c.pongs, Relaxed);
+        self.pongs_deferred.fetch_add(c.pongs_deferred, Relaxed);
     }
 }
 

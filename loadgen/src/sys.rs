@@ -47,3 +47,12 @@ pub fn local_ports() -> Option<u64> {
     let (lo, hi) = (it.next()??, it.next()??);
     Some(hi.saturating_sub(lo) + 1)
 }
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the ring's absolute timeouts (the loop-lag
+/// probe), so a probe's deadline and its completion are read from the same clock.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

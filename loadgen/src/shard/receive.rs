@@ -88,7 +88,7 @@ impl Shard {
                     let mask = (self.random() as u32).to_ne_bytes();
                     let mut pong = Vec::with_capacity(frame.payload.len() + 6);
                     ws::encode_control(&mut pong, ws::OP_PONG, frame.payload, mask);
-                    self.send(i, pong).map_err(|_| Reason::Other)?;
+                    self.pong(i, pong).map_err(|_| Reason::Other)?;
                 }
                 ws::OP_CLOSE => return Err(Reason::ServerClosed),
                 _ => {}
@@ -147,6 +147,17 @@ impl Shard {
             self.counts.foreign += 1;
             return;
         };
+        // A process that publishes knows each of its sends by sequence number and stamp;
+        // a message it did not send (another publishing load generator's) is foreign, so
+        // side-by-side publishers do not confuse each other's accounting.
+        let records = &self.shared.records;
+        if records.len() > 1
+            && records.get(stamp.seq as usize).map(|r| r.sent_ns.load(Relaxed))
+                != Some(stamp.sent_ns)
+        {
+            self.counts.foreign += 1;
+            return;
+        }
         let now = sys::realtime_ns();
         let us = now.saturating_sub(stamp.sent_ns) / 1000;
         self.counts.received += 1;
