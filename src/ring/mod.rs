@@ -215,6 +215,11 @@ impl Ring {
         }
     }
 
+    /// Gives back the room completions spilled in a burst took, down to `keep` entries.
+    pub fn shrink(&mut self, keep: usize) {
+        self.spilled.shrink_to(keep);
+    }
+
     /// Moves every ready completion into `out`.
     pub fn drain(&mut self, out: &mut Vec<Completion>) {
         out.append(&mut self.spilled);

@@ -159,6 +159,21 @@ struct Scratch {
     targets: Vec<(u32, u32)>,
 }
 
+impl Scratch {
+    /// Entries each reused vector keeps after a burst: a broadcast grows them to one entry
+    /// per connection of the shard (tens of bytes per connection in all), which an idle
+    /// shard does not need.
+    const KEEP: usize = 1024;
+
+    fn shrink(&mut self) {
+        self.completions.shrink_to(Self::KEEP);
+        self.inbox.shrink_to(Self::KEEP);
+        self.fired.shrink_to(Self::KEEP);
+        self.doorbells.shrink_to(Self::KEEP);
+        self.targets.shrink_to(Self::KEEP);
+    }
+}
+
 impl Shard {
     pub fn new(
         id: usize,
@@ -292,6 +307,8 @@ impl Shard {
             self.release_pending = true;
         } else if self.release_pending {
             self.release_pending = false;
+            self.scratch.shrink();
+            self.ring.shrink(Scratch::KEEP);
             crate::sys::release_free_memory();
         }
     }
