@@ -4,29 +4,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
 use c10m_loadgen::{payload, proto::ws};
-use support::run_loadgen;
+use support::{read_head, run_loadgen};
 
 type Clients = Arc<Mutex<Vec<TcpStream>>>;
-
-fn read_head(reader: &mut BufReader<TcpStream>) -> Option<Vec<String>> {
-    let mut lines = Vec::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let line = line.trim_end().to_string();
-        if line.is_empty() {
-            return Some(lines);
-        }
-        lines.push(line);
-    }
-}
 
 fn header<'a>(head: &'a [String], name: &str) -> Option<&'a str> {
     head.iter().find_map(|l| {

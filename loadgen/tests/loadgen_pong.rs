@@ -6,33 +6,18 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use c10m_loadgen::proto::ws;
-use support::run_loadgen;
+use support::{read_head, run_loadgen};
 
 const CONNS: usize = 20;
 
 /// Pong payloads received, per connection (in accept order).
 type Pongs = Arc<Mutex<Vec<Vec<Vec<u8>>>>>;
-
-fn read_head(reader: &mut BufReader<TcpStream>) -> Option<Vec<String>> {
-    let mut lines = Vec::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let line = line.trim_end().to_string();
-        if line.is_empty() {
-            return Some(lines);
-        }
-        lines.push(line);
-    }
-}
 
 fn ping(payload: &[u8]) -> Vec<u8> {
     let mut frame = vec![0x89, payload.len() as u8];

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -156,5 +156,21 @@ pub fn wait_bounded(mut child: Child, limit: Duration) -> std::process::Output {
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => panic!("waiting for child: {e}"),
         }
+    }
+}
+
+/// Reads an HTTP request head line by line (for the in-test servers); None at EOF.
+pub fn read_head(reader: &mut BufReader<TcpStream>) -> Option<Vec<String>> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end().to_string();
+        if line.is_empty() {
+            return Some(lines);
+        }
+        lines.push(line);
     }
 }
