@@ -36,7 +36,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+mod connect;
+mod keepalive;
 mod receive;
+
+use keepalive::{PingTimes, WaitingPong};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -165,21 +169,6 @@ pub struct ShardResult {
     /// Ping readiness (the poll completion reaped) to the pong's send completion: includes
     /// the wait for a read buffer behind other readable connections.
     pub pong_ready_us: Histogram<u64>,
-}
-
-/// Times of a ping being answered: when its connection was seen readable and when it was
-/// read (shard clock, ns).
-#[derive(Clone, Copy, Debug, Default)]
-struct PingTimes {
-    ready_ns: u64,
-    read_ns: u64,
-}
-
-/// A pong that waits for the connection's in-flight send to complete.
-struct WaitingPong {
-    gen: u32,
-    frame: Vec<u8>,
-    times: PingTimes,
 }
 
 pub struct Shard {
@@ -332,32 +321,6 @@ impl Shard {
         Ok(self.result)
     }
 
-    /// Arms the lag probe: an absolute timeout `PROBE_EVERY` after `now` (CLOCK_MONOTONIC).
-    fn arm_probe(&mut self, now: u64) -> io::Result<()> {
-        let deadline = now + PROBE_EVERY.as_nanos() as u64;
-        self.probe_deadline_ns = deadline;
-        *self.probe_ts = types::Timespec::new()
-            .sec(deadline / 1_000_000_000)
-            .nsec((deadline % 1_000_000_000) as u32);
-        let entry = opcode::Timeout::new(&*self.probe_ts)
-            .flags(types::TimeoutFlags::ABS)
-            .build()
-            .user_data(user_data(OP_PROBE, 0, PROBE_INDEX));
-        // SAFETY: the timespec is boxed and owned by the shard, which outlives the ring's
-        // use of it (the kernel copies it when the entry is submitted).
-        unsafe { self.ring.push(&[entry]) }
-    }
-
-    /// The probe completed: how late after its deadline this loop got to it is the loop
-    /// lag (time asleep past a due completion, waiting for a CPU, or busy in a turn).
-    fn on_probe(&mut self) -> io::Result<()> {
-        let now = sys::monotonic_ns();
-        let lag_us = (now.saturating_sub(self.probe_deadline_ns) / 1000).max(1);
-        self.result.loop_lag_us.saturating_record(lag_us);
-        self.shared.lag_max_us.fetch_max(lag_us, Relaxed);
-        self.arm_probe(now)
-    }
-
     fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
@@ -374,55 +337,6 @@ impl Shard {
         u64::from(i) * self.plan.shards as u64 + self.id as u64
     }
 
-    /// Starts the connections the ramp allows by now; returns when the next one is due.
-    fn ramp(&mut self, now: u64, rate: f64) -> io::Result<Option<u64>> {
-        let started = self.conns.len() as u32;
-        if started >= self.total {
-            return Ok(None);
-        }
-        let allowed =
-            if rate > 0.0 { ((now as f64 / 1e9) * rate).floor() as u64 + 1 } else { u64::MAX };
-        let mut i = started;
-        let limit = started.saturating_add(ATTEMPTS_PER_TURN);
-        while i < self.total
-            && i < limit
-            && u64::from(i) < allowed
-            && self.connecting < CONNECTING_MAX
-        {
-            let (target, _) = self.plan.route(self.global_index(i));
-            self.conns.push(Conn {
-                held: None,
-                out: None,
-                window: SeqWindow::default(),
-                attempt_ns: 0,
-                connected_ns: 0,
-                gen: 0,
-                state: State::Dead,
-                flags: 0,
-                inflight: 0,
-                backoffs: 0,
-                target: target as u16,
-                chunked: None,
-                sse: sse::Reader::default(),
-                read_buf: 0,
-            });
-            self.start_attempt(i, now)?;
-            i += 1;
-        }
-        if i >= self.total {
-            return Ok(None);
-        }
-        if self.connecting >= CONNECTING_MAX {
-            // A completion (or a connect timeout) makes room; spinning would not.
-            return Ok(None);
-        }
-        if i >= limit || rate <= 0.0 {
-            // More are due now: come back after the completions this turn brings.
-            return Ok(Some(now));
-        }
-        Ok(Some(((i as f64 / rate) * 1e9) as u64))
-    }
-
     fn next_wakeup(&self, now: u64, due: Option<u64>) -> Duration {
         let mut next = now + WAIT_MAX.as_nanos() as u64;
         if let Some(due) = due {
@@ -435,136 +349,6 @@ impl Shard {
             next = next.min(*deadline);
         }
         Duration::from_nanos(next.saturating_sub(now).max(100_000))
-    }
-
-    fn fire_timers(&mut self, now: u64) -> io::Result<()> {
-        let mut fired = 0;
-        while let Some(Reverse((deadline, i, gen))) = self.timers.peek().copied() {
-            if deadline > now || fired >= TIMERS_PER_TURN {
-                break;
-            }
-            fired += 1;
-            self.timers.pop();
-            let c = &self.conns[i as usize];
-            if c.gen != gen {
-                continue;
-            }
-            match c.state {
-                State::Connecting | State::Upgrading => self.fail(i, Reason::Timeout)?,
-                State::Backoff => self.connect_ready.push_back((i, gen)),
-                _ => {}
-            }
-        }
-        self.start_reconnects(now)
-    }
-
-    /// Starts reconnects whose delay is over, as many as `CONNECTING_MAX` and
-    /// `ATTEMPTS_PER_TURN` allow; the rest wait for a later turn.
-    fn start_reconnects(&mut self, now: u64) -> io::Result<()> {
-        let mut started = 0;
-        while self.connecting < CONNECTING_MAX && started < ATTEMPTS_PER_TURN {
-            let Some((i, gen)) = self.connect_ready.pop_front() else {
-                break;
-            };
-            let c = &self.conns[i as usize];
-            if c.gen != gen || c.state != State::Backoff {
-                continue;
-            }
-            let from = usize::from(c.target);
-            let r = self.random();
-            let next = next_target(self.plan.targets.len(), from, r);
-            self.conns[i as usize].target = next as u16;
-            self.pending_reconnects += 1;
-            self.start_attempt(i, now)?;
-            started += 1;
-        }
-        Ok(())
-    }
-
-    fn start_attempt(&mut self, i: u32, now: u64) -> io::Result<()> {
-        let n = self.global_index(i);
-        let (_, s) = self.plan.route(n);
-        let path = self.plan.path(n);
-        let c = &mut self.conns[i as usize];
-        let t = usize::from(c.target);
-        debug_assert_eq!(c.inflight, 0);
-        debug_assert_eq!(c.flags & SLOT_OPEN, 0);
-        c.gen = c.gen.wrapping_add(1) & GEN_MASK;
-        c.state = State::Connecting;
-        c.flags &= FIRST_DONE;
-        c.attempt_ns = now;
-        c.chunked = None;
-        c.sse = sse::Reader::default();
-        c.held = None;
-        let gen = c.gen;
-        let mut request = Vec::with_capacity(256);
-        let host = &self.target_hosts[t];
-        match self.plan.proto {
-            Proto::Ws => ws::upgrade_request(&mut request, host, &path, &ws_key(n, gen)),
-            Proto::Sse => sse::request(&mut request, host, &path),
-        }
-        let request = Box::new(request);
-        let fd = types::Fixed(i);
-        let link = squeue::Flags::IO_LINK;
-        let mut chain: Vec<squeue::Entry> = Vec::with_capacity(6);
-        let slot = types::DestinationSlot::try_from_slot_target(i)
-            .map_err(|_| io::Error::other("slot index out of range"))?;
-        chain.push(
-            opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM, 0)
-                .file_index(Some(slot))
-                .build()
-                .flags(link)
-                .user_data(user_data(OP_SOCKET, gen, i)),
-        );
-        if let Some(s) = s {
-            chain.push(
-                opcode::SetSockOpt::new(
-                    fd,
-                    libc::IPPROTO_IP as u32,
-                    libc::IP_BIND_ADDRESS_NO_PORT as u32,
-                    (&ONE as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as u32,
-                )
-                .build()
-                .flags(link)
-                .user_data(user_data(OP_SOCKOPT, gen, i)),
-            );
-            chain.push(
-                opcode::Bind::new(fd, self.sources[s].as_ptr(), RawAddr::LEN)
-                    .build()
-                    .flags(link)
-                    .user_data(user_data(OP_BIND, gen, i)),
-            );
-        }
-        chain.push(
-            opcode::Connect::new(fd, self.targets[t].as_ptr(), RawAddr::LEN)
-                .build()
-                .flags(link)
-                .user_data(user_data(OP_CONNECT, gen, i)),
-        );
-        chain.push(
-            opcode::Send::new(fd, request.as_ptr(), request.len() as u32)
-                .build()
-                .flags(link)
-                .user_data(user_data(OP_SEND_UPGRADE, gen, i)),
-        );
-        chain.push(
-            opcode::PollAdd::new(fd, libc::POLLIN as u32)
-                .build()
-                .user_data(user_data(OP_POLL, gen, i)),
-        );
-        let c = &mut self.conns[i as usize];
-        c.out = Some(request);
-        c.inflight += chain.len() as u8;
-        c.flags |= POLL_ARMED;
-        self.connecting += 1;
-        self.pending_attempts += 1;
-        let deadline = now + self.plan.connect_timeout.as_nanos() as u64;
-        self.timers.push(Reverse((deadline, i, gen)));
-        // SAFETY: the addresses live in `self.targets`/`self.sources` and `ONE` is static,
-        // none of which move or drop while the shard runs; the request buffer is owned by
-        // `conns[i].out`, which is only dropped once the connection has nothing in flight.
-        unsafe { self.ring.push(&chain) }
     }
 
     fn complete(&mut self, cqe: Completion) -> io::Result<()> {
@@ -702,59 +486,6 @@ impl Shard {
             Ok(true) => self.recv(i, ready_ns),
             Ok(false) => self.arm_poll(i),
         }
-    }
-
-    /// Sends the pong of a ping read now (`self.reading`). The server sends no further ping
-    /// until this one is answered, so a pong is never dropped: when a send of the connection
-    /// is still in flight, the pong waits for its completion (a newer ping's pong replaces a
-    /// waiting one; the earliest ping's times are kept).
-    pub(super) fn pong(&mut self, i: u32, frame: Vec<u8>) -> io::Result<()> {
-        let times = self.reading;
-        let c = &self.conns[i as usize];
-        if c.state != State::Open {
-            return Ok(());
-        }
-        let gen = c.gen;
-        if c.out.is_some() {
-            self.counts.pongs_deferred += 1;
-            let times = match self.pongs_waiting.get(&i) {
-                Some(w) if w.gen == gen => w.times,
-                _ => times,
-            };
-            self.pongs_waiting.insert(i, WaitingPong { gen, frame, times });
-            return Ok(());
-        }
-        self.pongs_sent.insert(i, (gen, times));
-        self.send(i, frame)
-    }
-
-    /// A send of connection `i` completed: if it was a pong, record its times.
-    fn pong_done(&mut self, i: u32, gen: u32, ok: bool, now: u64) {
-        let Some((sent_gen, times)) = self.pongs_sent.remove(&i) else {
-            return;
-        };
-        if sent_gen != gen || !ok {
-            return;
-        }
-        self.counts.pongs += 1;
-        let read_us = (now.saturating_sub(times.read_ns) / 1000).max(1);
-        let ready_us = (now.saturating_sub(times.ready_ns) / 1000).max(1);
-        self.result.pong_us.saturating_record(read_us);
-        self.result.pong_ready_us.saturating_record(ready_us);
-        self.pong_max_us = self.pong_max_us.max(ready_us);
-    }
-
-    /// Sends the pong that waited for connection `i`'s previous send, if any.
-    fn send_waiting_pong(&mut self, i: u32) -> io::Result<()> {
-        let Some(w) = self.pongs_waiting.remove(&i) else {
-            return Ok(());
-        };
-        let c = &self.conns[i as usize];
-        if w.gen != c.gen || c.state != State::Open || c.out.is_some() {
-            return Ok(());
-        }
-        self.pongs_sent.insert(i, (w.gen, w.times));
-        self.send(i, w.frame)
     }
 
     /// Sends a control frame (the caller checked that no send is in flight).
