@@ -5,7 +5,7 @@
 //!
 //! The rules, each of which closes a way a live client used to be timed out:
 //!
-//! 1. **A liveness clock.** Client deadlines (pong, idle) run on a clock that advances by at
+//! 1. **A liveness clock.** Client deadlines (pong, idle, handshake) run on a clock that advances by at
 //!    most [`STEP_CREDIT_MS_MAX`] each time the loop reads the time. A shard that stalls (CPU
 //!    starvation, SIGSTOP, a turn spent on a huge broadcast) does not count the stall against
 //!    its clients; what it did not count is in `c10m_liveness_uncredited_ms_total`.
@@ -24,7 +24,7 @@
 //!    postpones them all; otherwise they are closed, at most [`CLOSES_PER_TURN_MAX`] per loop
 //!    turn, so a close wave cannot starve the loop.
 //!
-//! **The guard.** It engages when one window holds more than `mass_timeout_min` verdicts
+//! **The guard.** It engages when one window holds at least `mass_timeout_min` verdicts
 //! *and* more than half of the pongs the shard expects per window (its WebSocket connections
 //! × `WINDOW_MS / ping_interval_ms`): with 30 s pings, 1.7 % of the shard's connections
 //! failing within one second. Phones that die on their own do so a few at a time; so many at
