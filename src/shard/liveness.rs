@@ -14,8 +14,9 @@
 //!    the client is judged by whether its outbox drains (`Outbox::last_tx`).
 //! 3. **Any bytes are a sign of life**: a pong, any other frame, or the socket becoming
 //!    readable (the shard stamps `last_rx` on each).
-//! 4. **The kernel is asked before a verdict.** When a pong is overdue and nothing waits in
-//!    user space, SIOCOUTQ tells how many bytes the client has not acknowledged. More than
+//! 4. **The kernel is asked before a verdict.** When a pong is overdue, or a ping still waits
+//!    behind an outbox that sent nothing for a pong timeout, SIOCOUTQ tells how many bytes
+//!    the client has not acknowledged. More than
 //!    [`KERNEL_QUEUE_SLACK_BYTES`] means the ping sits behind a backlog: if that backlog
 //!    shrank since the last look (or this is the first look), the client is still reading
 //!    its way to the ping and gets another `pong_timeout_ms`.
@@ -74,7 +75,8 @@ pub enum Verdict {
     Wait(u64),
     /// Time for a ping.
     Ping,
-    /// The pong is overdue and nothing waits in user space: ask the kernel's send queue.
+    /// The pong is overdue, or the outbox has not drained for a pong timeout: ask the
+    /// kernel's send queue.
     AskKernel,
     /// Gone, for this reason (the verdict still waits for its window).
     Dead(CloseReason),
@@ -97,10 +99,12 @@ pub fn judge(conn: &Conn, l: &Limits, live_ms: u64) -> Verdict {
     }
     let out = conn.outbox.as_deref();
     if let Some(o) = out.filter(|o| o.ping_end > 0) {
-        // The ping has not left: the client is judged by whether its outbox drains.
+        // The ping has not left: the client is judged by whether its outbox drains. A send
+        // blocked on a full socket completes only once a third of the buffer is free, so a
+        // slow reader can go a while without one: the kernel's queue has the last word.
         let since_tx = elapsed_ms(live_ms, o.last_tx);
         if since_tx >= l.pong_timeout_ms {
-            return Verdict::Dead(CloseReason::PingTimeout);
+            return Verdict::AskKernel;
         }
         return wait(l.pong_timeout_ms - since_tx);
     }
@@ -111,11 +115,6 @@ pub fn judge(conn: &Conn, l: &Limits, live_ms: u64) -> Verdict {
     }
     if quiet < l.pong_timeout_ms {
         return wait(l.pong_timeout_ms - quiet);
-    }
-    if out.is_some() {
-        // Bytes wait in user space and none left for a whole pong timeout: the kernel's
-        // queue is full and the client does not read it.
-        return Verdict::Dead(CloseReason::PingTimeout);
     }
     Verdict::AskKernel
 }
@@ -244,13 +243,16 @@ pub(super) fn on_kernel_queue(shard: &mut Shard, slot: u32, generation: u32, res
     let seen = shard.live.kernel_queue.insert(slot, (generation, bytes));
     match seen {
         Some((g, before)) if g == generation && bytes >= before => {
-            shard.live.kernel_queue.remove(&slot);
+            // The reading stays: a postponed connection is judged against it next time.
             let reason = CloseReason::PingTimeout;
             shard.live.verdicts.push(Doomed { slot, generation, reason });
         }
         _ => {
             // Still reading its way to the ping: another pong timeout from now.
             conn.last_ping = stamp(live);
+            if let Some(out) = conn.outbox.as_mut() {
+                out.last_tx = stamp(live);
+            }
             bump(&shard.stats().liveness_draining, 1);
             shard.schedule_ws(slot, generation);
         }
@@ -407,8 +409,8 @@ mod tests {
         c.outbox = Some(Box::new(out));
         // 55 s after the ping was queued, but the outbox sent bytes 5 s ago: alive.
         assert_eq!(judge(&c, &l, 55_000), Verdict::Wait(5_000));
-        // Nothing drained for a whole pong timeout: gone.
-        assert_eq!(judge(&c, &l, 60_000), Verdict::Dead(CloseReason::PingTimeout));
+        // Nothing drained for a whole pong timeout: the kernel's queue decides.
+        assert_eq!(judge(&c, &l, 60_000), Verdict::AskKernel);
     }
 
     #[test]
@@ -423,7 +425,7 @@ mod tests {
         let out = Outbox { bytes: 10, last_tx: stamp(39_000), ..Default::default() };
         c.outbox = Some(Box::new(out));
         assert_eq!(judge(&c, &l, 40_000), Verdict::Wait(9_000));
-        assert_eq!(judge(&c, &l, 49_000), Verdict::Dead(CloseReason::PingTimeout));
+        assert_eq!(judge(&c, &l, 49_000), Verdict::AskKernel);
     }
 
     #[test]
