@@ -265,7 +265,10 @@ fn the_mass_timeout_guard_postpones_a_wave_and_dead_peers_still_close_in_bound()
     // Jitter spreads the verdicts over two or three windows; the one that engaged the guard
     // held at least the threshold (6 here), and all of those were postponed.
     assert!(metric(&server, "c10m_liveness_postponed_total", &[]) >= 6.0);
-    assert!(server.stderr().contains("postponing them"), "{}", server.stderr());
+    // Logged once, right after the counter moved.
+    wait_until("the guard's log line", Duration::from_secs(5), || {
+        server.stderr().contains("postponing them").then_some(())
+    });
     // Bound on a dead peer (see src/shard/liveness.rs): ping + 4 pong timeouts + 2 windows,
     // plus timer rounding.
     let bound = Duration::from_millis(ping_ms + 4 * pong_ms + 2 * 1000 + 1000);
