@@ -8,8 +8,8 @@ use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
-use c10m_loadgen::{payload, proto::ws};
-use support::{read_head, run_loadgen};
+use c10m_loadgen::payload;
+use support::{accept_upgrade, read_head, run_loadgen};
 
 type Clients = Arc<Mutex<Vec<TcpStream>>>;
 
@@ -21,18 +21,9 @@ fn header<'a>(head: &'a [String], name: &str) -> Option<&'a str> {
 }
 
 fn serve_client(stream: TcpStream, clients: Clients) {
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-    let Some(head) = read_head(&mut reader) else {
+    let Some((mut reader, out)) = accept_upgrade(stream) else {
         return;
     };
-    let key = header(&head, "sec-websocket-key").unwrap_or_default().to_string();
-    let mut out = stream;
-    let _ = write!(
-        out,
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\n\r\n",
-        ws::accept(&key)
-    );
     clients.lock().unwrap().push(out);
     // Swallow whatever the client sends (pongs) until it goes away.
     let mut sink = [0u8; 1024];

@@ -11,8 +11,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use c10m_loadgen::proto::ws;
-use support::{read_head, run_loadgen};
+use support::{accept_upgrade, run_loadgen};
 
 const CONNS: usize = 20;
 
@@ -52,24 +51,9 @@ fn read_pongs(mut reader: BufReader<TcpStream>, pongs: Pongs, slot: usize) {
 }
 
 fn serve_client(stream: TcpStream, pongs: Pongs) {
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-    let Some(head) = read_head(&mut reader) else {
+    let Some((reader, mut out)) = accept_upgrade(stream) else {
         return;
     };
-    let key = head
-        .iter()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("sec-websocket-key").then(|| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    let mut out = stream;
-    let _ = write!(
-        out,
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\n\r\n",
-        ws::accept(&key)
-    );
     let slot = {
         let mut p = pongs.lock().unwrap();
         p.push(Vec::new());

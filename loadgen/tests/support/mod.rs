@@ -174,3 +174,26 @@ pub fn read_head(reader: &mut BufReader<TcpStream>) -> Option<Vec<String>> {
         lines.push(line);
     }
 }
+
+/// The in-test servers' side of a WebSocket upgrade: reads the request head, answers 101
+/// with the key's accept value, and returns the reader (any bytes after the head stay in it)
+/// and the writer. None if the client went away first.
+pub fn accept_upgrade(stream: TcpStream) -> Option<(BufReader<TcpStream>, TcpStream)> {
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let head = read_head(&mut reader)?;
+    let key = head
+        .iter()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("sec-websocket-key").then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let mut out = stream;
+    let _ = write!(
+        out,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        c10m_loadgen::proto::ws::accept(&key)
+    );
+    Some((reader, out))
+}
