@@ -230,33 +230,27 @@ pub(super) fn on_kernel_queue(shard: &mut Shard, slot: u32, generation: u32, res
     if !conn.is_open() {
         return;
     }
-    if !conn.awaiting_pong || result <= KERNEL_QUEUE_SLACK_BYTES {
-        // Answered meanwhile, or nothing but the ping in flight: judge again now.
+    if !conn.awaiting_pong {
+        // Answered meanwhile.
         shard.live.kernel_queue.remove(&slot);
-        if conn.awaiting_pong {
-            let reason = CloseReason::PingTimeout;
-            return shard.live.verdicts.push(Doomed { slot, generation, reason });
-        }
         return shard.schedule_ws(slot, generation);
     }
-    let bytes = result as u32;
+    let bytes = result.max(0) as u32;
+    // The reading stays with a verdict: a postponed connection is judged against it next time.
     let seen = shard.live.kernel_queue.insert(slot, (generation, bytes));
-    match seen {
-        Some((g, before)) if g == generation && bytes >= before => {
-            // The reading stays: a postponed connection is judged against it next time.
-            let reason = CloseReason::PingTimeout;
-            shard.live.verdicts.push(Doomed { slot, generation, reason });
-        }
-        _ => {
-            // Still reading its way to the ping: another pong timeout from now.
-            conn.last_ping = stamp(live);
-            if let Some(out) = conn.outbox.as_mut() {
-                out.last_tx = stamp(live);
-            }
-            bump(&shard.stats().liveness_draining, 1);
-            shard.schedule_ws(slot, generation);
-        }
+    let stalled = seen.is_some_and(|(g, before)| g == generation && bytes >= before);
+    if result <= KERNEL_QUEUE_SLACK_BYTES || stalled {
+        // Nothing but the ping in flight, or a backlog that did not shrink since the last look.
+        let reason = CloseReason::PingTimeout;
+        return shard.live.verdicts.push(Doomed { slot, generation, reason });
     }
+    // Still reading its way to the ping: another pong timeout from now.
+    conn.last_ping = stamp(live);
+    if let Some(out) = conn.outbox.as_mut() {
+        out.last_tx = stamp(live);
+    }
+    bump(&shard.stats().liveness_draining, 1);
+    shard.schedule_ws(slot, generation);
 }
 
 /// Once per loop turn: at the end of a window, postpones its verdicts (guard) or queues them
