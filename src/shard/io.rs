@@ -23,6 +23,10 @@ Retry-After: 1\r\nConnection: close\r\nContent-Length: 39\r\n\r\ntoo many connec
 /// to take a burst per loop turn without the multishot accept's batching.
 pub const ACCEPT_SINGLE: usize = 8;
 
+/// Slots beyond the listen backlog that a multishot accept needs free: connections that
+/// complete their handshake while it drains the queue.
+const MULTISHOT_MARGIN: u32 = 256;
+
 /// Where one single-shot accept writes its peer's address.
 pub struct AcceptAddr {
     pub addr: libc::sockaddr_storage,
@@ -38,20 +42,37 @@ impl Default for AcceptAddr {
 
 impl Shard {
     /// Arms the accepts of every listener that has none armed, unless the table is full or
-    /// the shard is shutting down: one multishot accept, or, on client listeners when a
-    /// per-source connect rate is set, [`ACCEPT_SINGLE`] single-shot accepts, which (unlike
-    /// the multishot one) report each peer's address.
+    /// the shard is shutting down: one multishot accept, or [`ACCEPT_SINGLE`] single-shot
+    /// accepts on client listeners when a per-source connect rate is set (unlike the
+    /// multishot one, they report each peer's address) and on every listener once the
+    /// fixed-file table is nearly full.
+    ///
+    /// Near the table's end every accept in flight is backed by a free slot: a multishot
+    /// accept takes the whole listen queue in one go, and a connection the kernel accepts
+    /// into a full table is closed unanswered (ENFILE), where it should have been told 503.
     pub(super) fn arm_accepts(&mut self) {
         if self.now_ms < self.accept_blocked_until_ms || self.shutdown_deadline_ms.is_some() {
             return;
         }
         let per_source = self.shared.cfg.limits.accept_rate_per_source_per_s_max > 0;
+        let free = self.free_slots();
+        let tight = free <= self.multishot_floor();
+        let singles: u32 = self.listeners.iter().map(|l| l.pending.count_ones()).sum();
+        let mut budget = free.saturating_sub(singles);
         for i in 0..self.listeners.len() {
             let l = &self.listeners[i];
             let Some(sock) = l.sock.as_ref() else { continue };
             let fd = types::Fd(sock.as_raw_fd());
-            if per_source && !l.admin {
+            if tight || (per_source && !l.admin) {
+                if l.armed {
+                    // Its end (ECANCELED) clears `armed`; single-shot accepts follow then.
+                    self.stop_multishot(i);
+                    continue;
+                }
                 for k in 0..ACCEPT_SINGLE {
+                    if budget == 0 {
+                        break;
+                    }
                     if self.listeners[i].pending & (1 << k) != 0 {
                         continue;
                     }
@@ -70,6 +91,7 @@ impl Shard {
                     // this accept completes (its `pending` bit).
                     unsafe { self.ring.push(&entry) };
                     self.listeners[i].pending |= 1 << k;
+                    budget -= 1;
                 }
                 continue;
             }
@@ -82,8 +104,34 @@ impl Shard {
                 .user_data(user_data(Op::Accept, 0, i as u32));
             // SAFETY: a multishot accept into the fixed table names no user memory.
             unsafe { self.ring.push(&entry) };
-            self.listeners[i].armed = true;
+            let l = &mut self.listeners[i];
+            l.armed = true;
+            l.stopping = false;
         }
+    }
+
+    /// Fixed-file slots not held by a connection or by a refusal still being answered.
+    fn free_slots(&self) -> u32 {
+        let held = self.conns.len() as u64 + self.refusing as u64;
+        (self.ring.files() as u64).saturating_sub(held) as u32
+    }
+
+    /// Free slots at or below which accepts go single-shot: a multishot accept may take a
+    /// full listen queue, and what arrives while it runs, before the shard sees any of it.
+    fn multishot_floor(&self) -> u32 {
+        self.shared.cfg.limits.listen_backlog.saturating_add(MULTISHOT_MARGIN)
+    }
+
+    /// Cancels listener `i`'s multishot accept, once.
+    fn stop_multishot(&mut self, i: usize) {
+        if std::mem::replace(&mut self.listeners[i].stopping, true) {
+            return;
+        }
+        let entry = opcode::AsyncCancel::new(user_data(Op::Accept, 0, i as u32))
+            .build()
+            .user_data(user_data(Op::Cancel, 0, u32::MAX));
+        // SAFETY: a cancel names no user memory.
+        unsafe { self.ring.push(&entry) };
     }
 
     /// Stops accepting: cancels the accepts and closes the listeners, the client ones only
@@ -131,7 +179,10 @@ impl Shard {
         } else {
             let k = single as usize - 1;
             l.pending &= !(1u8 << k);
-            if c.result >= 0 {
+            // Near a full table every listener accepts single-shot: only a per-source
+            // connect rate makes the address count.
+            let per_source = self.shared.cfg.limits.accept_rate_per_source_per_s_max > 0;
+            if c.result >= 0 && per_source && !l.admin {
                 let a = &self.accept_addrs[listener as usize * ACCEPT_SINGLE + k];
                 source = super::lifecycle::source_key(a);
             }
@@ -620,6 +671,8 @@ impl Shard {
     /// Answers a connection that is not admitted with `response` and closes it. On a TLS
     /// listener there is no session to say it in: the connection is just closed.
     fn refuse_with(&mut self, fd: u32, admin: bool, response: &'static [u8]) {
+        // The slot stays taken until the close completes (`on_close` with no connection).
+        self.refusing += 1;
         if !admin && self.shared.tls.is_some() {
             return self.submit_close_fd(fd, u32::MAX, 0);
         }
@@ -627,7 +680,7 @@ impl Shard {
             .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
             .build()
             .flags(squeue::Flags::IO_HARDLINK)
-            .user_data(user_data(Op::Close, 0, u32::MAX));
+            .user_data(user_data(Op::Cancel, 0, u32::MAX));
         // SAFETY: the bytes are a static, valid for the program's life.
         unsafe { self.ring.push(&send) };
         self.submit_close_fd(fd, u32::MAX, 0);
@@ -649,6 +702,8 @@ impl Shard {
             self.live.forget(slot);
             let conn = self.conns.remove(slot, generation);
             debug_assert!(conn.as_ref().is_some_and(|c| c.closing == Closing::Closed));
+        } else {
+            self.refusing = self.refusing.saturating_sub(1);
         }
         // A slot of the fixed-file table is free again.
         self.accept_blocked_until_ms = 0;

@@ -84,11 +84,13 @@ pub struct Listener {
     /// Which of the listener's single-shot accepts (used when a per-source connect rate is
     /// set, because only they report the peer's address) are armed, one bit each.
     pub pending: u8,
+    /// The multishot accept's cancel was sent (the table is nearly full).
+    pub stopping: bool,
 }
 
 impl Listener {
     pub fn new(sock: socket2::Socket, admin: bool) -> Listener {
-        Listener { sock: Some(sock), admin, armed: false, pending: 0 }
+        Listener { sock: Some(sock), admin, armed: false, pending: 0, stopping: false }
     }
 }
 
@@ -114,6 +116,8 @@ pub struct Shard {
     msg_seq: u64,
     /// The fixed-file table was full: accepts wait until a connection closes or this time.
     accept_blocked_until_ms: u64,
+    /// Refused connections whose answer and close are still in flight: each holds a slot.
+    refusing: u32,
     /// Deadline of a graceful shutdown in progress.
     shutdown_deadline_ms: Option<u64>,
     /// Topic patterns granted by the tokens of this shard's connections, by slot (with the
@@ -203,6 +207,7 @@ impl Shard {
             now_ms: 0,
             msg_seq: 0,
             accept_blocked_until_ms: 0,
+            refusing: 0,
             shutdown_deadline_ms: None,
             local: std::collections::VecDeque::new(),
             grants: std::collections::HashMap::new(),
