@@ -73,6 +73,17 @@ pub struct Limits {
     /// half of the pongs the shard expects in a second, is evidence of a local problem (a
     /// stalled host or NIC), not of that many dead clients. Default 64; 0 turns the guard off.
     pub mass_timeout_min: u32,
+    /// How long published messages stay in the history that reconnecting clients resume
+    /// from. Default 120 s: a phone switching networks, a deploy's paced drain and a
+    /// node's restart all fit; 0 turns history off (every resume reports a gap).
+    pub history_ttl_ms: u64,
+    /// Messages kept per user and per topic within the window. Default 100; a client that
+    /// missed more is told so (a gap) instead of getting part of them.
+    pub history_per_stream_max: u32,
+    /// Bytes of history (payloads plus 32 B per message and 96 B per stream that has any)
+    /// for the whole process, split over the shards; past it the oldest messages leave
+    /// early. Counts in memory admission. Default 64 MiB.
+    pub history_bytes_max: u64,
     /// Bound on a shutdown (SIGINT) or a drain (SIGTERM, `POST /drain`). Default 10 s.
     pub shutdown_timeout_ms: u64,
     /// Goaways per second during a drain, for the whole process; 0 closes all at once.
@@ -122,6 +133,9 @@ impl Default for Limits {
             idle_timeout_ms: 120_000,
             close_timeout_ms: 2_000,
             mass_timeout_min: 64,
+            history_ttl_ms: 120_000,
+            history_per_stream_max: 100,
+            history_bytes_max: 64 << 20,
             shutdown_timeout_ms: 10_000,
             drain_rate_per_s: 0,
             conn_lifetime_ms_max: 0,
@@ -408,6 +422,15 @@ pub struct ServeArgs {
     /// 0: off. Default 64.
     #[arg(long)]
     pub mass_timeout_min: Option<u32>,
+    /// Milliseconds messages stay in the history clients resume from; 0: off. Default 120000.
+    #[arg(long)]
+    pub history_ttl_ms: Option<u64>,
+    /// Messages kept per user and per topic in the history. Default 100.
+    #[arg(long)]
+    pub history_per_stream_max: Option<u32>,
+    /// Bytes of history for the process. Default 67108864.
+    #[arg(long)]
+    pub history_bytes_max: Option<u64>,
     /// Milliseconds a shutdown or drain may take. Default 10000.
     #[arg(long)]
     pub shutdown_timeout_ms: Option<u64>,
@@ -527,6 +550,9 @@ impl ServeArgs {
             idle_timeout_ms,
             close_timeout_ms,
             mass_timeout_min,
+            history_ttl_ms,
+            history_per_stream_max,
+            history_bytes_max,
             shutdown_timeout_ms,
             drain_rate_per_s,
             conn_lifetime_ms_max,

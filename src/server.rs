@@ -148,6 +148,8 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
         started: AtomicBool::new(false),
         cluster: bridge.as_ref().map(|(b, _)| Arc::clone(&b.stats)),
         tls,
+        history_epoch: history_epoch(),
+        clock_origin: std::time::Instant::now(),
         cfg,
     });
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -238,4 +240,11 @@ fn bind_all(addrs: &[SocketAddr], backlog: u32, sndbuf: u32) -> io::Result<Vec<s
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))
         })
         .collect()
+}
+
+/// A random, non-zero epoch for this run's history positions.
+fn history_epoch() -> u32 {
+    use std::hash::BuildHasher;
+    let h = std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now());
+    (h as u32).max(1)
 }

@@ -43,7 +43,7 @@ fn ws_user_publish_arrives_as_text_frame() {
 }
 
 #[test]
-fn sse_event_carries_the_publish_id_and_one_data_line_per_payload_line() {
+fn sse_event_carries_a_position_id_and_one_data_line_per_payload_line() {
     let server = Server::start(&[]);
     let mut sse = server.sse_connect("user=bob");
     assert_eq!(sse.retry_ms, Some(2000));
@@ -51,18 +51,19 @@ fn sse_event_carries_the_publish_id_and_one_data_line_per_payload_line() {
     assert_eq!(sse.header("cache-control"), Some("no-cache"));
     server.wait_connections(1);
     let mut admin = server.admin_conn();
-    let id = admin.publish("user=bob", "first line\nsecond line\r\nthird");
+    admin.publish("user=bob", "first line\nsecond line\r\nthird");
     let (got_id, data) = sse.next_event();
-    assert_eq!(got_id, Some(id.to_string()));
+    let first = common::position(&got_id.expect("an id"));
     assert_eq!(
         common::lossy(&data),
         "first line\nsecond line\nthird",
         "the client joins data: lines with LF"
     );
-    let id2 = admin.publish("user=bob", "");
-    assert_ne!(id, id2, "message ids are unique");
+    admin.publish("user=bob", "");
     let (got_id, data) = sse.next_event();
-    assert_eq!(got_id, Some(id2.to_string()));
+    let second = common::position(&got_id.expect("an id"));
+    assert_eq!(second.epoch, first.epoch);
+    assert!(second.user > first.user, "the user's position moves: {first:?} {second:?}");
     assert!(data.is_empty(), "an empty payload is one empty data: line");
 }
 
@@ -71,19 +72,28 @@ fn sse_wire_format_is_exact() {
     let server = Server::start(&[]);
     let mut sse = server.sse_connect("user=wire");
     server.wait_connections(1);
-    let id = server.admin_conn().publish("user=wire", "a\nb");
-    let mut raw = Vec::new();
-    let expected = format!("id: {id}\ndata: a\ndata: b\n\n");
-    while raw.len() < expected.len() {
-        let mut line = Vec::new();
-        std::io::BufRead::read_until(&mut sse.reader, b'\n', &mut line).expect("read");
-        assert!(!line.is_empty(), "EOF after {:?}", common::lossy(&raw));
-        if raw.is_empty() && line.starts_with(b":") {
-            continue;
+    server.admin_conn().publish("user=wire", "a\nb");
+    // Blocks before the event carry only a position (or a heartbeat): skip them.
+    let block = loop {
+        let mut block = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            std::io::BufRead::read_until(&mut sse.reader, b'\n', &mut line).expect("read");
+            assert!(!line.is_empty(), "EOF after {:?}", common::lossy(&block));
+            block.extend_from_slice(&line);
+            if line == b"\n" {
+                break;
+            }
         }
-        raw.extend_from_slice(&line);
-    }
-    assert_eq!(common::lossy(&raw), expected);
+        let text = common::lossy(&block);
+        if text.contains("data:") {
+            break text;
+        }
+    };
+    let (id_line, rest) = block.split_once('\n').expect("an id line");
+    let id = id_line.strip_prefix("id: ").expect("the event starts with its id");
+    common::position(id);
+    assert_eq!(rest, "data: a\ndata: b\n\n");
 }
 
 #[test]
@@ -107,10 +117,10 @@ fn maximum_size_payload_arrives_unchanged_over_ws_and_sse() {
     let mut sse = server.sse_connect("user=big");
     server.wait_connections(2);
     let payload: String = (0..65536).map(|i| (b'a' + (i % 26) as u8) as char).collect();
-    let id = server.admin_conn().publish("user=big", &payload);
+    server.admin_conn().publish("user=big", &payload);
     assert_eq!(ws_text(&mut ws), payload);
     let (got_id, data) = sse.next_event();
-    assert_eq!(got_id, Some(id.to_string()));
+    common::position(&got_id.expect("an id"));
     assert_eq!(data, payload.as_bytes());
 }
 
@@ -122,9 +132,9 @@ fn user_with_ws_and_sse_connections_gets_the_message_on_both() {
     let mut other = server.ws_connect("/ws?user=dave");
     server.wait_connections(3);
     let mut admin = server.admin_conn();
-    let id = admin.publish("user=carol", "for carol");
+    admin.publish("user=carol", "for carol");
     assert_eq!(ws_text(&mut ws), "for carol");
-    assert_eq!(sse.next_event(), (Some(id.to_string()), b"for carol".to_vec()));
+    assert_eq!(sse.next_event().1, b"for carol".to_vec());
     admin.publish("all", END);
     expect_end_ws(&mut ws, "carol ws");
     expect_end_sse(&mut sse, "carol sse");
@@ -169,7 +179,7 @@ fn cross_shard_user_routing_delivers_each_message_to_its_user_only() {
     for (i, c) in &mut sse {
         let (id, data) = c.next_event();
         assert_eq!(common::lossy(&data), format!("for u{i}"), "sse user u{i}");
-        assert_eq!(id, Some(ids[*i].to_string()));
+        common::position(&id.expect("an id"));
     }
     admin.publish("all", END);
     for (i, c) in &mut ws {
@@ -203,14 +213,17 @@ fn topic_publish_reaches_subscribers_only() {
     let total = (subs_ws.len() + subs_sse.len() + others_ws.len() + others_sse.len()) as u64;
     server.wait_connections(total);
     let mut admin = server.admin_conn();
-    let id = admin.publish("topic=news", "breaking");
+    admin.publish("topic=news", "breaking");
     admin.publish("all", END);
     for (i, c) in subs_ws.iter_mut().enumerate() {
         assert_eq!(ws_text(c), "breaking", "ws subscriber {i}");
         expect_end_ws(c, &format!("ws subscriber {i}"));
     }
     for (i, c) in subs_sse.iter_mut().enumerate() {
-        assert_eq!(c.next_event(), (Some(id.to_string()), b"breaking".to_vec()));
+        let (got, data) = c.next_event();
+        assert_eq!(data, b"breaking".to_vec());
+        // The first message the sequencer numbered.
+        assert_eq!(common::position(&got.expect("an id")).topics, 1);
         expect_end_sse(c, &format!("sse subscriber {i}"));
     }
     for (i, c) in others_ws.iter_mut().enumerate() {
@@ -238,14 +251,16 @@ fn broadcast_reaches_every_ws_and_sse_connection_exactly_once() {
         "both shards hold connections: {stats}"
     );
     let mut admin = server.admin_conn();
-    let id = admin.publish("all", "to everyone");
+    admin.publish("all", "to everyone");
     admin.publish("all", END);
     for (i, c) in ws.iter_mut().enumerate() {
         assert_eq!(ws_text(c), "to everyone", "ws {i}");
         expect_end_ws(c, &format!("ws {i}"));
     }
     for (i, c) in sse.iter_mut().enumerate() {
-        assert_eq!(c.next_event(), (Some(id.to_string()), b"to everyone".to_vec()));
+        let (got, data) = c.next_event();
+        assert_eq!(data, b"to everyone".to_vec());
+        common::position(&got.expect("an id"));
         expect_end_sse(c, &format!("sse {i}"));
     }
     assert_eq!(total_delivered(&server), 2 * n);

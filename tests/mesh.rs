@@ -104,20 +104,22 @@ fn a_full_mesh_without_backlog_drops_publishes_and_counts_them() {
             *counts.entry(u).or_insert(0) += 1;
         }
     }
-    // The shard that accepted the publishes delivers its own share in full; the other shard
-    // may have lost some, and each loss is counted.
+    // Some deliveries are lost, and each loss is counted.
     let dropped = server.wait_metric("c10m_messages_dropped_total", &["reason=\"mesh_full\""], 0.0);
     let missing: usize = (0..ws.len()).map(|u| 600 - counts.get(&u).copied().unwrap_or(0)).sum();
     assert!(missing > 0 && dropped >= 1.0, "a 16-entry ring with no backlog must overflow");
-    // Each dropped broadcast misses exactly the connections of the shard it was sent to.
+    // A broadcast goes to the sequencer (shard 0), which sends it on to every shard: a drop
+    // on the way to the sequencer misses every connection, one on the way out the
+    // connections of the shard it was sent to.
     let per_shard: Vec<u64> = server.stats()["shards"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| s["connections"].as_u64().unwrap())
         .collect();
+    let (least, all) = (*per_shard.iter().min().unwrap(), per_shard.iter().sum::<u64>());
     assert!(
-        per_shard.iter().any(|&k| missing as f64 == dropped * k as f64),
+        (dropped * least as f64..=dropped * all as f64).contains(&(missing as f64)),
         "{missing} missing deliveries for {dropped} drops with shards {per_shard:?}"
     );
     // Registrations are never dropped: a user that connects now is reachable.

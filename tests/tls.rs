@@ -8,11 +8,11 @@ mod common;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
 
-use common::{Server, STEP};
+use common::{LineChild, Server, STEP};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tungstenite::Message;
@@ -356,54 +356,6 @@ fn graceful_closes_send_close_notify() {
     let mut out = Vec::new();
     s.read_to_end(&mut out).expect("a clean TLS end (close_notify), not a truncation");
     assert!(out.starts_with(b"HTTP/1.1 404 "), "{:?}", common::lossy(&out));
-}
-
-/// A child process whose stdout lines arrive on a channel; killed on drop.
-struct LineChild {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl LineChild {
-    fn spawn(cmd: &mut Command) -> LineChild {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn client");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        LineChild { child, lines, seen: Vec::new() }
-    }
-
-    /// Waits (bounded) for a line that matches.
-    fn expect_line(&mut self, want: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if want(&l) => return l,
-                Ok(l) => self.seen.push(l),
-                Err(_) => panic!("no expected line within 10 s; saw {:?}", self.seen),
-            }
-        }
-    }
-}
-
-impl Drop for LineChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A directory removed on drop.

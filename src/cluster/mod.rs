@@ -413,7 +413,7 @@ impl Bridge {
         };
         let payload: Box<[u8]> = m.payload.to_vec().into_boxed_slice();
         let text = std::str::from_utf8(&payload).is_ok();
-        let msg = Arc::new(Message { id, payload, text });
+        let msg = Arc::new(Message { id, seq: 0, part: 0, payload, text });
         let name_ok = |n: &str| !n.is_empty() && n.len() <= crate::shard::client::NAME_BYTES_MAX;
         match route {
             bus::Route::Node => match header(bus::H_USER) {
@@ -425,16 +425,12 @@ impl Bridge {
                 if !name_ok(&topic) {
                     return self.stats.dropped(ClusterDrop::BadMessage, 1);
                 }
-                for s in 0..self.mesh.shards() {
-                    let m =
-                        Msg::PublishTopic { topic: topic.as_str().into(), msg: Arc::clone(&msg) };
-                    self.send(s, m);
-                }
+                // The sequencer numbers it and sends it on to every shard.
+                let m = Msg::PublishTopic { topic: topic.as_str().into(), msg };
+                self.send(crate::history::SEQUENCER, m);
             }
             bus::Route::All => {
-                for s in 0..self.mesh.shards() {
-                    self.send(s, Msg::PublishAll { msg: Arc::clone(&msg) });
-                }
+                self.send(crate::history::SEQUENCER, Msg::PublishAll { msg });
             }
             bus::Route::User(tail) => {
                 let user = header(bus::H_USER).unwrap_or_else(|| tail.to_owned());

@@ -85,6 +85,8 @@ pub enum DropReason {
 pub struct ShardStats {
     pub conns_ws: AtomicU64,
     pub conns_sse: AtomicU64,
+    /// Long polls being held (`GET /poll`).
+    pub conns_poll: AtomicU64,
     pub conns_admin: AtomicU64,
     /// Connections accepted but not yet past their request head.
     pub conns_handshake: AtomicU64,
@@ -107,6 +109,15 @@ pub struct ShardStats {
     pub http_4xx: AtomicU64,
     pub ws_protocol_errors: AtomicU64,
     pub published: AtomicU64,
+    /// Messages retained in this shard's history log, and the bytes they cost (gauges).
+    pub history_messages: AtomicU64,
+    pub history_bytes: AtomicU64,
+    /// Connections that came back with a position token.
+    pub resumes: AtomicU64,
+    /// Messages sent again from the history to a connection that resumed.
+    pub replayed: AtomicU64,
+    /// Streams a connection could not resume (told with a gap report).
+    pub history_gaps: AtomicU64,
     pub delivered: AtomicU64,
     pub dropped_mesh_full: AtomicU64,
     pub dropped_slow_consumer: AtomicU64,
@@ -165,14 +176,14 @@ impl ShardStats {
     }
 
     fn clients(&self) -> u64 {
-        self.conns_ws.load(Relaxed) + self.conns_sse.load(Relaxed)
+        self.conns_ws.load(Relaxed) + self.conns_sse.load(Relaxed) + self.conns_poll.load(Relaxed)
     }
 }
 
 /// `/stats`: connections per shard and totals, as JSON.
 pub fn render_stats(shards: &[ShardStats], rss_bytes: u64) -> serde_json::Value {
     let mut per = Vec::new();
-    let (mut ws, mut sse, mut admin, mut hs) = (0, 0, 0, 0);
+    let (mut ws, mut sse, mut admin, mut hs, mut poll) = (0, 0, 0, 0, 0);
     for (i, s) in shards.iter().enumerate() {
         let (w, e, a, h) = (
             s.conns_ws.load(Relaxed),
@@ -180,20 +191,22 @@ pub fn render_stats(shards: &[ShardStats], rss_bytes: u64) -> serde_json::Value 
             s.conns_admin.load(Relaxed),
             s.conns_handshake.load(Relaxed),
         );
+        let p = s.conns_poll.load(Relaxed);
+        poll += p;
         ws += w;
         sse += e;
         admin += a;
         hs += h;
         per.push(serde_json::json!({
-            "shard": i, "ws": w, "sse": e, "admin": a, "handshake": h,
-            "connections": w + e,
+            "shard": i, "ws": w, "sse": e, "poll": p, "admin": a, "handshake": h,
+            "connections": w + e + p,
             "published": s.published.load(Relaxed),
             "delivered": s.delivered.load(Relaxed),
         }));
     }
     serde_json::json!({
-        "connections": ws + sse,
-        "ws": ws, "sse": sse, "admin": admin, "handshake": hs,
+        "connections": ws + sse + poll,
+        "ws": ws, "sse": sse, "poll": poll, "admin": admin, "handshake": hs,
         "rss_bytes": rss_bytes,
         "shards": per,
     })
@@ -211,6 +224,7 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
     family("connections", "gauge", "Open client connections.", &|s| s.clients());
     family("connections_ws", "gauge", "Open WebSocket connections.", &|s| s.conns_ws.load(Relaxed));
     family("connections_sse", "gauge", "Open SSE connections.", &|s| s.conns_sse.load(Relaxed));
+    family("connections_poll", "gauge", "Long polls held.", &|s| s.conns_poll.load(Relaxed));
     family("connections_admin", "gauge", "Open admin connections.", &|s| {
         s.conns_admin.load(Relaxed)
     });
@@ -250,6 +264,21 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
     });
     family("messages_published_total", "counter", "Publishes accepted.", &|s| {
         s.published.load(Relaxed)
+    });
+    family("history_messages", "gauge", "Messages retained in the history.", &|s| {
+        s.history_messages.load(Relaxed)
+    });
+    family("history_bytes", "gauge", "Bytes of retained history (payload + index).", &|s| {
+        s.history_bytes.load(Relaxed)
+    });
+    family("resumes_total", "counter", "Connections that resumed from a position.", &|s| {
+        s.resumes.load(Relaxed)
+    });
+    family("replayed_total", "counter", "Messages replayed from the history.", &|s| {
+        s.replayed.load(Relaxed)
+    });
+    family("history_gaps_total", "counter", "Streams that could not be resumed.", &|s| {
+        s.history_gaps.load(Relaxed)
     });
     family("messages_delivered_total", "counter", "Messages queued to a connection.", &|s| {
         s.delivered.load(Relaxed)

@@ -41,8 +41,15 @@ pub fn write_stream_head_with(out: &mut Vec<u8>, retry_ms: u32, headers: &[(&str
 /// in the event name would end its field early, so they are left out. Non-UTF-8 payload
 /// bytes are written as given: what to publish over SSE is the engine's decision.
 pub fn write_event(out: &mut Vec<u8>, id: u64, event: Option<&str>, data: &[u8]) {
+    let mut digits = Vec::with_capacity(20);
+    push_decimal(&mut digits, id);
+    write_event_with_id(out, &digits, event, data);
+}
+
+/// [`write_event`] with an id of any bytes (a position token); it must hold no CR, LF or NUL.
+pub fn write_event_with_id(out: &mut Vec<u8>, id: &[u8], event: Option<&str>, data: &[u8]) {
     out.extend_from_slice(b"id: ");
-    push_decimal(out, id);
+    out.extend_from_slice(id);
     out.push(b'\n');
     if let Some(name) = event {
         out.extend_from_slice(b"event: ");

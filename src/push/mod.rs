@@ -22,6 +22,10 @@ pub struct Message {
     /// Unique per process: the accepting shard's sequence × shards + its index. Used as the
     /// SSE event id.
     pub id: u64,
+    /// Position in its partition's log ([`crate::history`]); 0 until the partition numbers it.
+    pub seq: u64,
+    /// The partition (shard) that numbers it.
+    pub part: u16,
     pub payload: Box<[u8]>,
     /// Valid UTF-8: sent as a WebSocket text frame, else binary.
     pub text: bool,
@@ -30,8 +34,8 @@ pub struct Message {
 /// What one shard asks of another over the mesh.
 #[derive(Debug)]
 pub enum Msg {
-    /// To the user's home shard: `conn` now serves the user whose [`UserKeys::hash`] is `user`.
-    UserAdd { user: u64, conn: ConnId },
+    /// To the user's home shard: `conn` now serves the user; replay what it missed.
+    UserAdd(Box<UserAdd>),
     /// To the user's home shard: `conn` no longer serves the user.
     UserRemove { user: u64, conn: ConnId },
     /// To the user's home shard: deliver to every connection of `user`.
@@ -46,10 +50,54 @@ pub enum Msg {
     Drain { rate_per_s: u32 },
     /// To the owning shard: the user of `conn` is over `conns_per_user_max`; close it.
     Evict { conn: ConnId },
+    /// From a partition to every shard: its log's top, so idle positions advance.
+    Top { part: u16, seq: u64 },
+    /// To the [`crate::history::SEQUENCER`]: replay the broadcast stream and these topics
+    /// after `since` to `conn`, which subscribes to them when the answer arrives.
+    Replay(Box<Replay>),
+    /// A partition's answer to [`Msg::UserAdd`] or [`Msg::Replay`].
+    Replayed(Box<Replayed>),
     /// To the cluster bridge: one more connection of this user on this node.
     Online(Box<str>),
     /// To the cluster bridge: one connection of this user on this node closed.
     Offline(Box<str>),
+}
+
+/// See [`Msg::UserAdd`].
+#[derive(Debug)]
+pub struct UserAdd {
+    /// The user's [`UserKeys::hash`].
+    pub user: u64,
+    pub name: Box<str>,
+    pub conn: ConnId,
+    /// Replay the user's messages after this sequence of the home partition...
+    pub since: u64,
+    /// ...or, for a connection that did not resume, those numbered after this time (µs of
+    /// the shards' common clock): what was published while it was registering.
+    pub fresh: Option<u64>,
+}
+
+/// See [`Msg::Replay`].
+#[derive(Debug)]
+pub struct Replay {
+    pub conn: ConnId,
+    pub topics: Vec<Box<str>>,
+    pub since: u64,
+}
+
+/// See [`Msg::Replayed`]. Stream indexes: 0 for the user ([`Msg::UserAdd`]); 0 for the
+/// broadcast stream, 1 + i for topic i ([`Msg::Replay`]).
+#[derive(Debug)]
+pub struct Replayed {
+    pub conn: ConnId,
+    pub part: u16,
+    /// Answers [`Msg::UserAdd`] (else [`Msg::Replay`]).
+    pub for_user: bool,
+    /// The partition's top when it answered: everything up to it is in this answer or
+    /// was sent before it.
+    pub top: u64,
+    pub messages: Vec<(u16, Arc<Message>)>,
+    pub gaps: Vec<(u16, crate::history::GapReason)>,
 }
 
 /// See [`Msg::PublishUser`]; boxed so that every mesh slot stays small.
@@ -78,8 +126,10 @@ impl Msg {
     pub fn is_droppable(&self) -> bool {
         !matches!(
             self,
-            Msg::UserAdd { .. }
+            Msg::UserAdd(_)
                 | Msg::UserRemove { .. }
+                | Msg::Replay(_)
+                | Msg::Replayed(_)
                 | Msg::Drain { .. }
                 | Msg::Evict { .. }
                 | Msg::Online(_)

@@ -5,8 +5,10 @@
 use std::rc::Rc;
 
 use super::conn::{Chunk, Closing, Kind, Partial};
+use super::resume::{self, Framing};
 use super::Shard;
 use crate::auth;
+use crate::history::Stream;
 use crate::metrics::{bump, CloseReason};
 use crate::proto::http1::{self, HeadLimits, Request};
 use crate::proto::{sse, ws};
@@ -102,6 +104,7 @@ fn on_request(shard: &mut Shard, slot: u32, generation: u32, req: Request, rest:
         "/ws" => accept_ws(shard, slot, generation, &req, rest, false),
         "/echo" if echo => accept_ws(shard, slot, generation, &req, rest, true),
         "/sse" if req.method == "GET" => accept_sse(shard, slot, generation, &req),
+        "/poll" if req.method == "GET" => accept_poll(shard, slot, generation, &req),
         "/sse" if req.method == "OPTIONS" => preflight(shard, slot, generation, &req),
         "/sse" => {
             let mut out = Vec::new();
@@ -140,6 +143,26 @@ struct Admission {
     user: Option<String>,
     topics: Vec<String>,
     grant: Option<auth::Grant>,
+    /// The position to resume from: `Last-Event-ID`, else `?last_event_id=`. A token this
+    /// server does not write counts as another run's (a gap report for every stream).
+    resume: Option<crate::history::Token>,
+}
+
+/// The resume position a client sent, if any.
+fn resume_token(req: &Request) -> Option<crate::history::Token> {
+    let given = match req.header("Last-Event-ID") {
+        Some(v) => v.to_vec(),
+        None => req.query_param("last_event_id")?.into_bytes(),
+    };
+    let given = given.trim_ascii();
+    if given.is_empty() {
+        return None;
+    }
+    Some(crate::history::Token::parse(given).unwrap_or(crate::history::Token {
+        epoch: 0,
+        topics: 0,
+        user: None,
+    }))
 }
 
 /// Origin, identity and token checks shared by WebSocket and SSE. On refusal the answer is
@@ -170,14 +193,15 @@ fn admit(shard: &mut Shard, slot: u32, generation: u32, req: &Request) -> Option
         Ok(g) => g,
         Err(e) => return refuse(shard, 401, e.reason()),
     };
-    let Some(grant) = grant else { return Some(Admission { user, topics, grant: None }) };
+    let resume = resume_token(req);
+    let Some(grant) = grant else { return Some(Admission { user, topics, grant: None, resume }) };
     if user.as_ref().is_some_and(|u| *u != grant.user) {
         return refuse(shard, 403, "user does not match the token's sub".into());
     }
     if let Some(t) = topics.iter().find(|t| !grant.allows(t)) {
         return refuse(shard, 403, format!("topic {t} is not allowed by the token"));
     }
-    Some(Admission { user: Some(grant.user.clone()), topics, grant: Some(grant) })
+    Some(Admission { user: Some(grant.user.clone()), topics, grant: Some(grant), resume })
 }
 
 /// Records a token's topic grant and arms the close at its expiry.
@@ -212,7 +236,12 @@ fn accept_ws(
     let kind = if echo { Kind::Echo } else { Kind::Ws };
     // The answer goes first: registering may already queue a close (a user over its cap).
     shard.queue(slot, generation, Chunk::Owned(out));
-    become_subscriber(shard, slot, generation, kind, adm.user, adm.topics);
+    let json = req.query_param("format").as_deref() == Some("json");
+    if let Some(conn) = shard.conns.get_mut(slot, generation) {
+        conn.json = json && !echo;
+    }
+    let resume = if json { adm.resume } else { None };
+    become_subscriber(shard, slot, generation, kind, adm.user, adm.topics, resume);
     if let Some(grant) = adm.grant {
         remember_grant(shard, slot, generation, grant);
     }
@@ -241,11 +270,47 @@ fn accept_sse(shard: &mut Shard, slot: u32, generation: u32, req: &Request) {
     let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     sse::write_stream_head_with(&mut out, shard.shared.cfg.limits.sse_retry_ms, &headers);
     shard.queue(slot, generation, Chunk::Owned(out));
-    become_subscriber(shard, slot, generation, Kind::Sse, adm.user, adm.topics);
+    become_subscriber(shard, slot, generation, Kind::Sse, adm.user, adm.topics, adm.resume);
     if let Some(grant) = adm.grant {
         remember_grant(shard, slot, generation, grant);
     }
     let at = shard.now_ms + shard.shared.cfg.limits.sse_heartbeat_ms;
+    shard.schedule(slot, generation, at);
+}
+
+/// `GET /poll`: held until a message, a gap or `timeout_ms`; answered at once without
+/// `since` (the first poll learns its position).
+fn accept_poll(shard: &mut Shard, slot: u32, generation: u32, req: &Request) {
+    let timeout = match super::poll::timeout_ms(req) {
+        Ok(ms) => ms,
+        Err(why) => {
+            let mut out = Vec::new();
+            let body = format!("{why}\n");
+            http1::write_response(
+                &mut out,
+                400,
+                &[("Content-Type", "text/plain")],
+                body.as_bytes(),
+                false,
+            );
+            return respond_and_close(shard, slot, generation, out, CloseReason::HttpDone);
+        }
+    };
+    let Some(mut adm) = admit(shard, slot, generation, req) else { return };
+    if let Some(since) = req.query_param("since").filter(|s| !s.is_empty()) {
+        let t = crate::history::Token::parse(since.as_bytes());
+        adm.resume = Some(t.unwrap_or(crate::history::Token { epoch: 0, topics: 0, user: None }));
+    }
+    let first = adm.resume.is_none();
+    shard.polls.insert(slot, super::poll::Poll::new(generation, cors(req)));
+    become_subscriber(shard, slot, generation, Kind::Poll, adm.user, adm.topics, adm.resume);
+    if first {
+        return shard.answer_poll(slot, generation);
+    }
+    if let Some(grant) = adm.grant {
+        remember_grant(shard, slot, generation, grant);
+    }
+    let at = shard.now_ms + timeout.max(1);
     shard.schedule(slot, generation, at);
 }
 
@@ -286,8 +351,8 @@ pub(super) fn over_user_cap(shard: &mut Shard, slot: u32, generation: u32) {
             close_ws(shard, slot, generation, 1008, "too many connections for this user", reason)
         }
         Some(Kind::Sse) => {
-            let mut out = Vec::new();
-            sse::write_event(&mut out, 0, Some("error"), b"too many connections for this user");
+            let out =
+                shard.sse_named(slot, generation, "error", b"too many connections for this user");
             shard.queue(slot, generation, Chunk::Owned(out));
             shard.finish(slot, generation, reason);
         }
@@ -307,11 +372,12 @@ pub(super) fn token_expired(shard: &mut Shard, slot: u32, generation: u32) {
             close_ws(shard, slot, generation, 4001, "token expired", CloseReason::TokenExpired)
         }
         Kind::Sse => {
-            let mut out = Vec::new();
-            sse::write_event(&mut out, 0, Some("expired"), b"token expired");
+            let out = shard.sse_named(slot, generation, "expired", b"token expired");
             shard.queue(slot, generation, Chunk::Owned(out));
             shard.finish(slot, generation, CloseReason::TokenExpired);
         }
+        // Answered now; the next poll meets the expired token at its handshake (401).
+        Kind::Poll => shard.answer_poll(slot, generation),
         Kind::Handshake | Kind::Admin => {}
     }
 }
@@ -324,13 +390,13 @@ fn become_subscriber(
     kind: Kind,
     user: Option<String>,
     topics: Vec<String>,
+    resume: Option<crate::history::Token>,
 ) {
     // The first ping comes after a random 25-100 % of the interval, so connections accepted
     // in one burst do not ping in the same tick ever after.
     let ping_ms = shard.shared.cfg.limits.ping_interval_ms;
     let head_start_ms = (shard.jitter.unit() * 0.75 * ping_ms as f64) as u64;
     let first_ping = shard.live.now_ms.wrapping_sub(head_start_ms);
-    let id = shard.conn_id(slot, generation);
     let Some(conn) = shard.conns.get_mut(slot, generation) else {
         return;
     };
@@ -341,19 +407,20 @@ fn become_subscriber(
     conn.ident = super::conn::Ident::new(user.as_deref(), &[]);
     let stats = &shard.shared.stats[shard.id];
     crate::metrics::drop_gauge(&stats.conns_handshake);
-    bump(if kind == Kind::Sse { &stats.conns_sse } else { &stats.conns_ws }, 1);
-    if let Some(user) = user {
-        shard.register_user(&user, id);
-    }
+    bump(
+        match kind {
+            Kind::Sse => &stats.conns_sse,
+            Kind::Poll => &stats.conns_poll,
+            _ => &stats.conns_ws,
+        },
+        1,
+    );
     shard.schedule_lifetime(slot, generation);
-    for topic in topics {
-        // identity() already refused more than TOPICS_PER_CONN_MAX topics.
-        let _ = subscribe(shard, slot, generation, &topic);
-    }
+    shard.start_streams(slot, generation, user.as_deref(), topics, resume);
 }
 
 /// Subscribes a connection to a topic. Subscribing twice is not an error.
-fn subscribe(
+pub(super) fn subscribe(
     shard: &mut Shard,
     slot: u32,
     generation: u32,
@@ -511,10 +578,14 @@ pub(super) fn slow_consumer(shard: &mut Shard, slot: u32, generation: u32) {
 
 impl Shard {
     /// Queues `msg` on each listed local connection that still subscribes. The frame (and
-    /// the SSE event) is encoded once per shard and shared by every recipient.
-    pub(super) fn deliver(&mut self, targets: &[(u32, u32)], msg: &Message) {
-        let mut ws_frame: Option<Rc<[u8]>> = None;
-        let mut sse_event: Option<Rc<[u8]>> = None;
+    /// the SSE event) is encoded once per shard and shared by every recipient; with ids
+    /// (SSE, `format=json`) once per user partition, since a position names the user's.
+    pub(super) fn deliver(&mut self, targets: &[(u32, u32)], msg: &Message, stream: Stream<'_>) {
+        let mut raw: Option<Rc<[u8]>> = None;
+        // Index: the user's partition, or `shards` for a connection without a user.
+        let shards = self.shards();
+        let mut framed: [Vec<Option<Rc<[u8]>>>; 2] = [Vec::new(), Vec::new()];
+        let from_sequencer = !matches!(stream, Stream::User(_));
         let mut delivered = 0;
         for &(slot, generation) in targets {
             let Some(conn) = self.conns.get(slot, generation) else {
@@ -523,21 +594,49 @@ impl Shard {
             if !conn.is_subscriber() {
                 continue;
             }
-            let bytes = if conn.kind == Kind::Sse {
-                sse_event.get_or_insert_with(|| {
-                    let mut v = Vec::with_capacity(msg.payload.len() + 32);
-                    sse::write_event(&mut v, msg.id, None, &msg.payload);
-                    v.into()
-                })
-            } else {
-                ws_frame.get_or_insert_with(|| {
-                    let op = if msg.text { ws::OpCode::Text } else { ws::OpCode::Binary };
+            let Some(framing) = self.framing(slot, generation) else { continue };
+            if from_sequencer && self.awaits_topic_replay(slot, generation) {
+                // The replay on its way holds this message.
+                continue;
+            }
+            let bytes = if framing == Framing::Raw {
+                Rc::clone(raw.get_or_insert_with(|| {
                     let mut v = Vec::with_capacity(msg.payload.len() + 10);
-                    ws::write_frame(&mut v, op, &msg.payload);
+                    resume::encode(
+                        &mut v,
+                        framing,
+                        stream,
+                        msg,
+                        &crate::history::Token { epoch: 0, topics: 0, user: None },
+                    );
                     v.into()
-                })
+                }))
+            } else if framing == Framing::Poll || self.resuming.contains_key(&slot) {
+                // Its position is not the shard's while a replay is on its way.
+                if self.deliver_one(slot, generation, stream, msg, None) {
+                    delivered += 1;
+                }
+                continue;
+            } else {
+                let part = conn.ident.user().map(|u| self.user_part(u));
+                let cache = &mut framed[usize::from(framing == Framing::Json)];
+                if cache.is_empty() {
+                    cache.resize(shards + 1, None);
+                }
+                let entry = &mut cache[part.unwrap_or(shards)];
+                match entry {
+                    Some(b) => Rc::clone(b),
+                    None => {
+                        let token = self.position(slot, generation, part);
+                        let mut v = Vec::with_capacity(msg.payload.len() + 64);
+                        resume::encode(&mut v, framing, stream, msg, &token);
+                        let b: Rc<[u8]> = v.into();
+                        *entry = Some(Rc::clone(&b));
+                        b
+                    }
+                }
             };
-            if self.queue(slot, generation, Chunk::Shared(Rc::clone(bytes))) {
+            if self.queue(slot, generation, Chunk::Shared(bytes)) {
                 delivered += 1;
             }
         }

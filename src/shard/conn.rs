@@ -20,6 +20,8 @@ pub enum Kind {
     /// WebSocket on `/echo`: every message comes back.
     Echo,
     Sse,
+    /// `GET /poll`: one held response.
+    Poll,
 }
 
 /// Where a connection is on its way out.
@@ -174,6 +176,8 @@ pub struct Conn {
     pub cancel_armed: bool,
     /// A ping was queued and no bytes have arrived since.
     pub awaiting_pong: bool,
+    /// A WebSocket that asked for `format=json`: messages come in an envelope with ids.
+    pub json: bool,
     /// Deadline of the timer-wheel entry that is live for this connection, as a [`stamp`];
     /// 0: none.
     pub timer: u32,
@@ -200,6 +204,7 @@ impl Conn {
             recv_armed: false,
             cancel_armed: false,
             awaiting_pong: false,
+            json: false,
             timer: 0,
             last_rx: stamp(now_ms),
             last_ping: stamp(now_ms),
@@ -224,7 +229,7 @@ impl Conn {
 
     /// A client connection that receives publishes.
     pub fn is_subscriber(&self) -> bool {
-        matches!(self.kind, Kind::Ws | Kind::Sse) && self.is_open()
+        matches!(self.kind, Kind::Ws | Kind::Sse | Kind::Poll) && self.is_open()
     }
 
     pub fn queued_bytes(&self) -> usize {

@@ -365,7 +365,7 @@ impl Shard {
             match kind {
                 Kind::Handshake => client::on_head_bytes(self, slot, generation, data),
                 Kind::Ws | Kind::Echo => client::on_ws_bytes(self, slot, generation, data),
-                Kind::Sse => client::on_sse_bytes(self, slot, generation, data),
+                Kind::Sse | Kind::Poll => client::on_sse_bytes(self, slot, generation, data),
                 Kind::Admin => admin::on_bytes(self, slot, generation, data),
             }
         }
@@ -721,12 +721,19 @@ impl Shard {
         if self.grants.get(&slot).is_some_and(|(g, _)| *g == generation) {
             self.grants.remove(&slot);
         }
+        if self.resuming.get(&slot).is_some_and(|p| p.generation == generation) {
+            self.resuming.remove(&slot);
+        }
+        if self.polls.get(&slot).is_some_and(|p| p.generation == generation) {
+            self.polls.remove(&slot);
+        }
         let stats = &self.shared.stats[self.id];
         drop_gauge(match kind {
             Kind::Handshake => &stats.conns_handshake,
             Kind::Admin => &stats.conns_admin,
             Kind::Ws | Kind::Echo => &stats.conns_ws,
             Kind::Sse => &stats.conns_sse,
+            Kind::Poll => &stats.conns_poll,
         });
         stats.closed(reason);
         if let Some(user) = ident.user() {

@@ -240,6 +240,10 @@ pub(super) fn goaway(shard: &mut Shard, slot: u32, generation: u32, reason: Clos
         return;
     }
     let kind = conn.kind;
+    if kind == Kind::Poll {
+        // A poll is short: it is answered now with its position, and comes back as usual.
+        return shard.answer_poll(slot, generation);
+    }
     let l = &shard.shared.cfg.limits;
     let after = (l.goaway_reconnect_ms_max as f64 * shard.jitter.unit()) as u64;
     let mut body = format!("{{\"goaway\":true,\"reconnect_after_ms\":{after}");
@@ -251,7 +255,7 @@ pub(super) fn goaway(shard: &mut Shard, slot: u32, generation: u32, reason: Clos
     if kind == Kind::Sse {
         let mut out = Vec::with_capacity(body.len() + 48);
         sse::write_retry(&mut out, after.min(u32::MAX as u64) as u32);
-        sse::write_event(&mut out, 0, Some("goaway"), body.as_bytes());
+        out.extend_from_slice(&shard.sse_named(slot, generation, "goaway", body.as_bytes()));
         shard.queue(slot, generation, Chunk::Owned(out));
         shard.finish(slot, generation, reason);
     } else {

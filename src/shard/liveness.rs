@@ -207,6 +207,8 @@ pub(super) fn on_ws_timer(shard: &mut Shard, slot: u32, generation: u32) {
     match judge(conn, &shard.shared.cfg.limits, live) {
         Verdict::Wait(_) => shard.schedule_ws(slot, generation),
         Verdict::Ping => {
+            // A `format=json` client cannot see pings: it gets its position with each.
+            shard.send_position(slot, generation);
             if shard.queue(slot, generation, Chunk::Static(PING_FRAME)) {
                 if let Some(conn) = shard.conns.get_mut(slot, generation) {
                     conn.awaiting_pong = true;

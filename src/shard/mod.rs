@@ -24,6 +24,8 @@ pub mod conn;
 pub mod io;
 pub mod lifecycle;
 pub mod liveness;
+pub mod poll;
+pub mod resume;
 pub mod tls;
 pub mod wheel;
 
@@ -32,6 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::history::{Stream, SEQUENCER};
 use crate::mesh::{MeshEnd, Peer};
 use crate::metrics::{bump, CloseReason, ShardStats};
 use crate::push::{home_shard, Message, Msg, PublishUser, TopicIndex, UserIndex};
@@ -72,6 +75,10 @@ pub struct Shared {
     pub cluster: Option<Arc<crate::cluster::ClusterStats>>,
     /// TLS for every client listener, when `--tls-cert` is given.
     pub tls: Option<crate::tls::TlsServer>,
+    /// This run's history epoch: positions from another run cannot be resumed.
+    pub history_epoch: u32,
+    /// The origin of every shard's clock, so times compare across shards.
+    pub clock_origin: Instant,
 }
 
 /// One client or admin listener of this shard.
@@ -147,6 +154,17 @@ pub struct Shard {
     outboxes_freed: u64,
     release_pending: bool,
     memory_checked_ms: u64,
+    /// This shard's partition of the history, and what it has handled of the others.
+    history: crate::history::Log,
+    heard: crate::history::Heard,
+    /// The top last announced to the other shards ([`Msg::Top`]).
+    beacon_top: u64,
+    history_ticked_ms: u64,
+    /// Connections waiting for a replay, by slot.
+    resuming: std::collections::HashMap<u32, resume::Pending>,
+    /// Long polls being held, by slot, and those that got something this turn.
+    polls: std::collections::HashMap<u32, poll::Poll>,
+    polls_ready: Vec<(u32, u32)>,
     scratch: Scratch,
 }
 
@@ -189,6 +207,9 @@ impl Shard {
     ) -> Shard {
         assert!(ring.files() > ACCEPT_REFUSE_RESERVE, "server::start sizes the table");
         let capacity = (ring.files() - ACCEPT_REFUSE_RESERVE) as usize;
+        let shards = mesh.shards();
+        let clock = shared.clock_origin;
+        let history = crate::history::Log::new(history_limits(&shared.cfg, shards));
         Shard {
             id,
             ring,
@@ -203,7 +224,7 @@ impl Shard {
             mesh,
             users: UserIndex::default(),
             topics: TopicIndex::default(),
-            clock: Instant::now(),
+            clock,
             now_ms: 0,
             msg_seq: 0,
             accept_blocked_until_ms: 0,
@@ -229,6 +250,13 @@ impl Shard {
             outboxes_freed: 0,
             release_pending: false,
             memory_checked_ms: 0,
+            history,
+            heard: crate::history::Heard::new(shards),
+            beacon_top: 0,
+            history_ticked_ms: 0,
+            resuming: std::collections::HashMap::new(),
+            polls: std::collections::HashMap::new(),
+            polls_ready: Vec::new(),
             scratch: Scratch::default(),
         }
     }
@@ -259,6 +287,10 @@ impl Shard {
                 self.shared.rss_bytes.store(crate::sys::rss_bytes(), Ordering::Relaxed);
             }
             self.release_memory_after_bursts();
+            if self.now_ms >= self.history_ticked_ms + 1000 {
+                self.history_ticked_ms = self.now_ms;
+                self.history_tick();
+            }
             if let Some(deadline) = self.shutdown_deadline_ms {
                 if self.conns.is_empty() || self.now_ms >= deadline {
                     return Ok(());
@@ -266,6 +298,7 @@ impl Shard {
             }
             self.arm_accepts();
             self.process_mesh();
+            self.answer_ready_polls();
             self.process_timers();
             self.retry_recvs();
             let backlog = self.mesh.flush_backlog();
@@ -358,18 +391,42 @@ impl Shard {
 
     fn on_mesh(&mut self, msg: Msg) {
         match msg {
-            Msg::UserAdd { user, conn } => self.add_user_conn(user, conn),
+            Msg::UserAdd(add) => self.on_user_add(&add),
             Msg::UserRemove { user, conn } => self.users.remove(user, conn),
-            Msg::PublishUser(p) => self.publish_user_home(&p.user, p.hash, &p.msg),
+            Msg::PublishUser(p) => {
+                let PublishUser { user, hash, mut msg } = *p;
+                self.publish_user_home(&user, hash, &mut msg)
+            }
             Msg::Deliver(d) => {
+                self.heard_message(&d.msg);
                 let mut targets = std::mem::take(&mut self.scratch.targets);
                 targets.extend(d.conns.iter().map(|c| (c.slot, c.generation)));
                 self.deliver_to_user(d.user.as_deref(), &mut targets, &d.msg);
                 targets.clear();
                 self.scratch.targets = targets;
             }
-            Msg::PublishTopic { topic, msg } => self.deliver_topic(&topic, &msg),
-            Msg::PublishAll { msg } => self.deliver_all(&msg),
+            Msg::PublishTopic { topic, mut msg } => {
+                if msg.seq == 0 {
+                    self.number(Stream::Topic(&topic), &mut msg);
+                    self.fan_out(|| Msg::PublishTopic {
+                        topic: topic.clone(),
+                        msg: Arc::clone(&msg),
+                    });
+                }
+                self.heard_message(&msg);
+                self.deliver_topic(&topic, &msg)
+            }
+            Msg::PublishAll { mut msg } => {
+                if msg.seq == 0 {
+                    self.number(Stream::All, &mut msg);
+                    self.fan_out(|| Msg::PublishAll { msg: Arc::clone(&msg) });
+                }
+                self.heard_message(&msg);
+                self.deliver_all(&msg)
+            }
+            Msg::Top { part, seq } => self.heard.advance(part as usize, seq),
+            Msg::Replay(req) => self.replay_topics(&req),
+            Msg::Replayed(a) => self.on_replayed(&a),
             Msg::Drain { rate_per_s } => self.begin_drain(rate_per_s as f64),
             Msg::Evict { conn } => client::over_user_cap(self, conn.slot, conn.generation),
             Msg::Online(_) | Msg::Offline(_) => debug_assert!(false, "only the bridge gets these"),
@@ -383,11 +440,18 @@ impl Shard {
         self.msg_seq += 1;
         let id = self.msg_seq * self.shards() as u64 + self.id as u64;
         let text = std::str::from_utf8(&payload).is_ok();
-        let msg = Arc::new(Message { id, payload: payload.into_boxed_slice(), text });
+        let payload = payload.into_boxed_slice();
+        let msg = Arc::new(Message { id, seq: 0, part: 0, payload, text });
         bump(&self.stats().published, 1);
-        // Topics and broadcasts go to every other shard, and on a cluster node to the bridge.
-        let me = self.id;
-        let others = (0..self.shards()).filter(move |&s| s != me).chain(self.mesh.bridge());
+        // Topics and broadcasts go to the sequencer, which numbers them and sends them to
+        // every shard, and on a cluster node to the bridge.
+        let to_sequencer = |shard: &mut Shard, m: Msg| {
+            if shard.id == SEQUENCER {
+                shard.local.push_back(m);
+            } else {
+                shard.send_mesh(SEQUENCER, m);
+            }
+        };
         match target {
             admin::Target::User(user) => {
                 let hash = self.shared.user_keys.hash(&user);
@@ -406,20 +470,28 @@ impl Shard {
             }
             admin::Target::Topic(topic) => {
                 let topic: Box<str> = topic.into();
-                for to in others {
+                if let Some(bridge) = self.mesh.bridge() {
                     let m = Msg::PublishTopic { topic: topic.clone(), msg: Arc::clone(&msg) };
-                    self.send_mesh(to, m);
+                    self.send_mesh(bridge, m);
                 }
-                self.local.push_back(Msg::PublishTopic { topic, msg });
+                to_sequencer(self, Msg::PublishTopic { topic, msg });
             }
             admin::Target::All => {
-                for to in others {
-                    self.send_mesh(to, Msg::PublishAll { msg: Arc::clone(&msg) });
+                if let Some(bridge) = self.mesh.bridge() {
+                    self.send_mesh(bridge, Msg::PublishAll { msg: Arc::clone(&msg) });
                 }
-                self.local.push_back(Msg::PublishAll { msg });
+                to_sequencer(self, Msg::PublishAll { msg });
             }
         }
         id
+    }
+
+    /// On the sequencer: sends a numbered message to every other shard (not the bridge).
+    fn fan_out(&mut self, mut msg: impl FnMut() -> Msg) {
+        let me = self.id;
+        for to in (0..self.shards()).filter(|&s| s != me) {
+            self.send_mesh(to, msg());
+        }
     }
 
     fn send_mesh(&mut self, to: usize, msg: Msg) {
@@ -430,7 +502,11 @@ impl Shard {
 
     /// On the user's home shard: forward to every shard that holds one of the user's
     /// connections.
-    fn publish_user_home(&mut self, user: &str, hash: u64, msg: &Arc<Message>) {
+    fn publish_user_home(&mut self, user: &str, hash: u64, msg: &mut Arc<Message>) {
+        if msg.seq == 0 {
+            self.number(Stream::User(user), msg);
+        }
+        let msg = &*msg;
         let mut conns = Vec::new();
         self.users.connections(hash, &mut conns);
         let mut local = std::mem::take(&mut self.scratch.targets);
@@ -463,7 +539,7 @@ impl Shard {
             let conns = &self.conns;
             targets.retain(|&(s, g)| conns.get(s, g).is_some_and(|c| c.ident.user() == Some(user)));
         }
-        self.deliver(targets, msg);
+        self.deliver(targets, msg, Stream::User(user.unwrap_or("")));
     }
 
     fn deliver_topic(&mut self, topic: &str, msg: &Message) {
@@ -471,7 +547,7 @@ impl Shard {
         // Every entry is a live subscription or a closed connection: unsubscribes remove their
         // entry at once, and `deliver` skips connections that are no longer open.
         targets.extend_from_slice(self.topics.subscribers(topic));
-        self.deliver(&targets, msg);
+        self.deliver(&targets, msg, Stream::Topic(topic));
         targets.clear();
         self.scratch.targets = targets;
     }
@@ -481,28 +557,31 @@ impl Shard {
         targets.extend(
             self.conns.iter().filter(|(_, _, c)| c.is_subscriber()).map(|(s, g, _)| (s, g)),
         );
-        self.deliver(&targets, msg);
+        self.deliver(&targets, msg, Stream::All);
         targets.clear();
         self.scratch.targets = targets;
     }
 
-    /// Registers a connection's user with the user's home shard (and the cluster bridge).
-    fn register_user(&mut self, user: &str, id: ConnId) {
+    /// Registers a connection's user with the user's home shard (and the cluster bridge),
+    /// which replays the user's messages after `since` to it, or for a new connection
+    /// (`fresh`: when it connected) those numbered since then.
+    fn register_user(&mut self, user: &str, id: ConnId, since: u64, fresh: Option<u64>) {
         if let Some(bridge) = self.mesh.bridge() {
             self.send_mesh(bridge, Msg::Online(user.into()));
         }
         let hash = self.shared.user_keys.hash(user);
         let home = home_shard(hash, self.shards());
+        let add = crate::push::UserAdd { user: hash, name: user.into(), conn: id, since, fresh };
         if home == self.id {
-            self.add_user_conn(hash, id);
+            self.on_user_add(&add);
         } else {
-            self.send_mesh(home, Msg::UserAdd { user: hash, conn: id });
+            self.send_mesh(home, Msg::UserAdd(Box::new(add)));
         }
     }
 
     /// On the home shard: indexes a user's connection, or evicts it when the user already
-    /// holds `conns_per_user_max`.
-    fn add_user_conn(&mut self, user: u64, conn: ConnId) {
+    /// holds `conns_per_user_max` (false).
+    fn add_user_conn(&mut self, user: u64, conn: ConnId) -> bool {
         let cap = self.shared.cfg.limits.conns_per_user_max as usize;
         if cap > 0 && self.users.count(user) >= cap {
             if conn.shard as usize == self.id {
@@ -510,9 +589,10 @@ impl Shard {
             } else {
                 self.send_mesh(conn.shard as usize, Msg::Evict { conn });
             }
-            return;
+            return false;
         }
         self.users.add(user, conn);
+        true
     }
 
     /// Starts a drain on every shard (`POST /drain`).
@@ -642,12 +722,12 @@ impl Shard {
             }
             (Closing::Open, Kind::Sse) => {
                 if conn.queued_bytes() == 0 {
-                    let hb = conn::Chunk::Static(crate::proto::sse::HEARTBEAT);
-                    self.queue(slot, generation, hb);
+                    self.send_sse_heartbeat(slot, generation);
                 }
                 self.schedule(slot, generation, now + hb_ms);
             }
             (Closing::Open, Kind::Ws | Kind::Echo) => liveness::on_ws_timer(self, slot, generation),
+            (Closing::Open, Kind::Poll) => self.answer_poll(slot, generation),
         }
     }
 
@@ -685,10 +765,21 @@ impl Shard {
                     CloseReason::Shutdown,
                 ),
                 Kind::Sse => self.finish(slot, generation, CloseReason::Shutdown),
+                Kind::Poll => self.answer_poll(slot, generation),
                 Kind::Admin | Kind::Handshake => {
                     self.abort(slot, generation, CloseReason::Shutdown)
                 }
             }
         }
+    }
+}
+
+/// One shard's share of the history limits.
+fn history_limits(cfg: &Config, shards: usize) -> crate::history::Limits {
+    let l = &cfg.limits;
+    crate::history::Limits {
+        ttl_ms: l.history_ttl_ms,
+        per_stream: l.history_per_stream_max as usize,
+        bytes: (l.history_bytes_max / shards.max(1) as u64) as usize,
     }
 }

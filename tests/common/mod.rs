@@ -279,15 +279,28 @@ impl Server {
 
     /// `GET /sse?{query}`; checks the 200 head and the first `retry:` block.
     pub fn sse_connect(&self, query: &str) -> Sse {
-        let mut s = self.client_tcp();
+        self.sse_connect_with(query, "")
+    }
+
+    /// [`Server::sse_connect`] with extra header lines (each ending in CRLF).
+    pub fn sse_connect_with(&self, query: &str, headers: &str) -> Sse {
+        sse_connect_to(self.client, query, headers)
+    }
+}
+
+/// [`Server::sse_connect_with`] on a client listener's address (for other threads).
+pub fn sse_connect_to(client: SocketAddr, query: &str, headers: &str) -> Sse {
+    {
+        let mut s = tcp(client);
         let req = format!(
-            "GET /sse?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+            "GET /sse?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\
+             {headers}\r\n"
         );
         s.write_all(req.as_bytes()).expect("write SSE request");
         let mut reader = BufReader::new(s);
         let (status, headers) = read_head(&mut reader).expect("SSE response head");
         assert_eq!(status, 200, "SSE status; headers {headers:?}");
-        let mut sse = Sse { reader, headers, retry_ms: None };
+        let mut sse = Sse { reader, headers, retry_ms: None, last_id: None };
         match sse.next_item().expect("SSE retry block") {
             Some(SseItem::Retry(ms)) => sse.retry_ms = Some(ms),
             other => panic!("SSE stream must open with retry:, got {other:?}"),
@@ -558,11 +571,13 @@ pub enum SseItem {
     /// A block of comment lines only (`: hb`), without the leading colon and space.
     Comment(String),
     Retry(u32),
-    /// An event with an `event:` name (the server's `goaway`, `expired`, `error`).
+    /// An event with an `event:` name (the server's `goaway`, `expired`, `error`, `c10m-gap`).
     Named {
         event: String,
         data: Vec<u8>,
     },
+    /// A block with only an `id:`: the server moving the client's position (no event fires).
+    Position(String),
 }
 
 /// An SSE client over a raw TCP stream.
@@ -570,6 +585,8 @@ pub struct Sse {
     pub reader: BufReader<TcpStream>,
     pub headers: Vec<(String, String)>,
     pub retry_ms: Option<u32>,
+    /// The last `id:` seen in any block, as a browser's `EventSource.lastEventId`.
+    pub last_id: Option<String>,
 }
 
 impl Sse {
@@ -577,8 +594,19 @@ impl Sse {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
-    /// The next block; `Ok(None)` at a clean EOF between blocks.
+    /// The next block but position blocks (whose id lands in `last_id`); `Ok(None)` at a
+    /// clean EOF between blocks.
     pub fn next_item(&mut self) -> io::Result<Option<SseItem>> {
+        loop {
+            match self.next_block()? {
+                Some(SseItem::Position(_)) => continue,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// The next block of any kind.
+    pub fn next_block(&mut self) -> io::Result<Option<SseItem>> {
         let mut id = None;
         let mut data: Option<Vec<Vec<u8>>> = None;
         let mut comments: Vec<String> = Vec::new();
@@ -603,6 +631,9 @@ impl Sse {
                 if !started {
                     continue;
                 }
+                if id.is_some() {
+                    self.last_id.clone_from(&id);
+                }
                 if let Some(lines) = data {
                     let data = lines.join(&b'\n');
                     if let Some(event) = event {
@@ -612,6 +643,9 @@ impl Sse {
                 }
                 if let Some(ms) = retry {
                     return Ok(Some(SseItem::Retry(ms)));
+                }
+                if let (Some(id), true) = (id, comments.is_empty()) {
+                    return Ok(Some(SseItem::Position(id)));
                 }
                 return Ok(Some(SseItem::Comment(comments.join("\n"))));
             }
@@ -665,5 +699,96 @@ impl Sse {
                 other => panic!("expected the SSE stream to end, got {other:?}"),
             }
         }
+    }
+}
+
+/// A position token (`epoch-topics[-user]`, base 36) as SSE ids and JSON envelopes carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub epoch: u64,
+    pub topics: u64,
+    pub user: Option<u64>,
+}
+
+/// Parses a position token; panics on anything else.
+pub fn position(id: &str) -> Position {
+    let n = |s: &str| u64::from_str_radix(s, 36).unwrap_or_else(|_| panic!("bad token {id:?}"));
+    let parts: Vec<&str> = id.split('-').collect();
+    assert!((2..=3).contains(&parts.len()), "bad token {id:?}");
+    Position { epoch: n(parts[0]), topics: n(parts[1]), user: parts.get(2).map(|p| n(p)) }
+}
+
+// ---------------------------------------------------------------------------------------
+// Client processes (curl, Python)
+
+/// A child process whose stdout lines arrive on a channel; killed on drop.
+pub struct LineChild {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl LineChild {
+    pub fn spawn(cmd: &mut Command) -> LineChild {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn client");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        LineChild { child, lines, seen: Vec::new() }
+    }
+
+    /// Waits (bounded) for a line that matches.
+    pub fn expect_line(&mut self, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if want(&l) => return l,
+                Ok(l) => self.seen.push(l),
+                Err(_) => panic!("no expected line within 20 s; saw {:?}", self.seen),
+            }
+        }
+    }
+
+    /// The next line, if one comes within `wait`.
+    pub fn try_line(&mut self, wait: Duration) -> Option<String> {
+        self.lines.recv_timeout(wait).ok()
+    }
+
+    /// Every line up to and including the first that matches (bounded as `expect_line`).
+    pub fn lines_until(&mut self, want: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let done = want(&l);
+                    got.push(l);
+                    if done {
+                        return got;
+                    }
+                }
+                Err(_) => panic!("no expected line within 20 s; got {got:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for LineChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,472 @@
+//! The shard's side of history and resume ([`crate::history`] holds the log and the
+//! tokens): numbering the messages of this shard's partition, the position of each
+//! connection, and replays. The shard loop reaches it through four doors: [`Shard::number`]
+//! when it publishes, [`Shard::heard_message`] when it delivers, [`Shard::on_replayed`] when
+//! an answer arrives, and [`Shard::history_tick`] once a second.
+//!
+//! A connection reads two partitions: its user's home and [`SEQUENCER`] (topics and the
+//! broadcast stream). Its position in each is what this shard has handled of it
+//! ([`Heard`]), except while a replay for it is on its way: then it is the position the
+//! replay started from, held in [`Pending`], the only per-connection state resume has.
+
+use std::sync::Arc;
+
+use super::conn::{Chunk, Kind};
+use super::Shard;
+use crate::history::{GapReason, Stream, Token, SEQUENCER};
+use crate::metrics::bump;
+use crate::proto::{sse, ws};
+use crate::push::{home_shard, Message, Msg, Replay, Replayed, UserAdd};
+use crate::registry::ConnId;
+
+/// A connection waiting for a replay; removed when the answers are in.
+pub struct Pending {
+    pub generation: u32,
+    /// From [`SEQUENCER`]: the position asked from, and the topics to subscribe to once the
+    /// answer is in (live topic and broadcast messages skip the connection until then).
+    pub topics: Option<(u64, Vec<Box<str>>)>,
+    /// From the user's home: the position asked from.
+    pub user: Option<u64>,
+}
+
+/// How a connection wants its messages.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// WebSocket frames of the bare payload: no ids, no resume.
+    Raw,
+    /// WebSocket text frames of `{"id":…,"stream":…,"data":…}`.
+    Json,
+    /// SSE events with `id:`.
+    Sse,
+    /// Collected for a long poll's JSON answer ([`super::poll`]).
+    Poll,
+}
+
+impl Shard {
+    /// Now on the shards' common clock, in microseconds: orders a publish on one shard and
+    /// a connection on another that follows it.
+    fn precise_us(&self) -> u64 {
+        self.shared.clock_origin.elapsed().as_micros() as u64
+    }
+
+    /// The partition of a user's stream.
+    pub(super) fn user_part(&self, user: &str) -> usize {
+        home_shard(self.shared.user_keys.hash(user), self.shards())
+    }
+
+    /// What this shard has handled of partition `part`: for its own partition, everything
+    /// (its messages are delivered here as they are numbered).
+    fn heard_of(&self, part: usize) -> u64 {
+        if part == self.id {
+            self.history.top()
+        } else {
+            self.heard.get(part)
+        }
+    }
+
+    /// The position token of a connection, given its user's partition.
+    pub(super) fn position(&self, slot: u32, generation: u32, user_part: Option<usize>) -> Token {
+        let mut t = Token {
+            epoch: self.shared.history_epoch,
+            topics: self.heard_of(SEQUENCER),
+            user: user_part.map(|p| self.heard_of(p)),
+        };
+        if let Some(p) = self.resuming.get(&slot).filter(|p| p.generation == generation) {
+            if let Some((since, _)) = &p.topics {
+                t.topics = *since;
+            }
+            if p.user.is_some() {
+                t.user = p.user;
+            }
+        }
+        t
+    }
+
+    /// Numbers a message of this shard's partition and retains it in the history. The
+    /// message is shared only when a cluster bridge holds it too; then it is copied.
+    pub(super) fn number(&mut self, stream: Stream<'_>, msg: &mut Arc<Message>) {
+        let seq = self.history.next_seq();
+        let part = self.id as u16;
+        match Arc::get_mut(msg) {
+            Some(m) => {
+                m.seq = seq;
+                m.part = part;
+            }
+            None => {
+                let m = Message { seq, part, payload: msg.payload.clone(), ..**msg };
+                *msg = Arc::new(m);
+            }
+        }
+        let now_us = self.precise_us();
+        self.history.retain(stream, msg, now_us);
+    }
+
+    /// A numbered message from another partition is being delivered here.
+    pub(super) fn heard_message(&mut self, msg: &Message) {
+        if msg.seq > 0 {
+            self.heard.advance(msg.part as usize, msg.seq);
+        }
+    }
+
+    /// Whether live topic and broadcast messages skip this connection: its replay from
+    /// [`SEQUENCER`] is on its way and holds them.
+    pub(super) fn awaits_topic_replay(&self, slot: u32, generation: u32) -> bool {
+        !self.resuming.is_empty()
+            && self
+                .resuming
+                .get(&slot)
+                .is_some_and(|p| p.generation == generation && p.topics.is_some())
+    }
+
+    /// Once a second: trim the log, tell the other shards how far this partition got.
+    pub(super) fn history_tick(&mut self) {
+        self.history.trim(self.now_ms * 1000);
+        let (messages, bytes) = self.history.usage();
+        let stats = self.stats();
+        stats.history_messages.store(messages as u64, std::sync::atomic::Ordering::Relaxed);
+        stats.history_bytes.store(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        let top = self.history.top();
+        if top == self.beacon_top {
+            return;
+        }
+        self.beacon_top = top;
+        let part = self.id as u16;
+        let me = self.id;
+        for to in (0..self.shards()).filter(|&s| s != me) {
+            self.send_mesh(to, Msg::Top { part, seq: top });
+        }
+    }
+
+    /// Starts a connection's streams: registers its user with the home partition (which
+    /// replays what the user got since `resume`, or since now), and subscribes its topics —
+    /// at once for a new connection, after the replay for a resuming one.
+    pub(super) fn start_streams(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        user: Option<&str>,
+        topics: Vec<String>,
+        resume: Option<Token>,
+    ) {
+        let id = self.conn_id(slot, generation);
+        let epoch_ok = resume.is_some_and(|t| t.epoch == self.shared.history_epoch);
+        let topics: Vec<Box<str>> = topics.into_iter().map(Into::into).collect();
+        // Both positions are set before either request goes out: an answer may come at once
+        // (this shard is the partition), and each message it holds names both.
+        let mut pending = Pending { generation, topics: None, user: None };
+        let user_since = user.map(|u| match resume {
+            Some(t) if epoch_ok => t.user.unwrap_or(0),
+            _ => self.heard_of(self.user_part(u)),
+        });
+        pending.user = user_since;
+        let resume_topics = resume.filter(|_| epoch_ok).map(|t| t.topics);
+        if let Some(since) = resume_topics {
+            pending.topics = Some((since, topics.clone()));
+            bump(&self.stats().resumes, 1);
+        }
+        if pending.user.is_some() || pending.topics.is_some() {
+            self.resuming.insert(slot, pending);
+        }
+        if resume.is_some() && !epoch_ok {
+            // Another run's position: nothing can be proven about what was missed.
+            let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+            for stream in self.conn_streams(slot, generation, &topics) {
+                self.send_gap(slot, generation, stream, GapReason::Epoch);
+            }
+        }
+        if let (Some(user), Some(since)) = (user, user_since) {
+            let fresh = (!epoch_ok).then(|| self.precise_us());
+            self.register_user(user, id, since, fresh);
+        }
+        match resume_topics {
+            Some(since) => {
+                let req = Replay { conn: id, topics, since };
+                if self.id == SEQUENCER {
+                    self.replay_topics(&req);
+                } else {
+                    self.send_mesh(SEQUENCER, Msg::Replay(Box::new(req)));
+                }
+            }
+            None => {
+                for topic in topics {
+                    // identity() already refused more than TOPICS_PER_CONN_MAX topics.
+                    let _ = super::client::subscribe(self, slot, generation, &topic);
+                }
+            }
+        }
+        if !self.resuming.contains_key(&slot) {
+            self.send_position(slot, generation);
+        }
+    }
+
+    /// The labels of a connection's streams, for gap reports.
+    fn conn_streams(&self, slot: u32, generation: u32, topics: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.conns.get(slot, generation).is_some_and(|c| c.ident.user().is_some()) {
+            out.push(Stream::User("").label());
+        }
+        out.push(Stream::All.label());
+        out.extend(topics.iter().map(|t| Stream::Topic(t).label()));
+        out
+    }
+
+    /// On the home shard: a connection of the user registers; answer with what it missed.
+    pub(super) fn on_user_add(&mut self, add: &UserAdd) {
+        if !self.add_user_conn(add.user, add.conn) {
+            return;
+        }
+        let max = self.replay_bytes_max();
+        let stream = [Stream::User(&add.name)];
+        let r = match add.fresh {
+            Some(at_ms) => self.history.replay_from_time(&stream, at_ms),
+            None => self.history.replay(&stream, add.since, max),
+        };
+        self.answer(add.conn, true, r);
+    }
+
+    /// On [`SEQUENCER`]: a resuming connection asks for its broadcast and topic streams.
+    pub(super) fn replay_topics(&mut self, req: &Replay) {
+        let mut streams = vec![Stream::All];
+        streams.extend(req.topics.iter().map(|t| Stream::Topic(t)));
+        let r = self.history.replay(&streams, req.since, self.replay_bytes_max());
+        self.answer(req.conn, false, r);
+    }
+
+    fn replay_bytes_max(&self) -> usize {
+        self.shared.cfg.limits.outbox_bytes_max as usize / 2
+    }
+
+    fn answer(&mut self, conn: ConnId, for_user: bool, r: crate::history::Replay) {
+        let a = Replayed {
+            conn,
+            part: self.id as u16,
+            for_user,
+            top: self.history.top(),
+            messages: r.messages.into_iter().map(|(i, m)| (i as u16, m)).collect(),
+            gaps: r.gaps.into_iter().map(|(i, g)| (i as u16, g)).collect(),
+        };
+        if conn.shard as usize == self.id {
+            self.on_replayed(&a);
+        } else {
+            self.send_mesh(conn.shard as usize, Msg::Replayed(Box::new(a)));
+        }
+    }
+
+    /// A replay arrived for one of this shard's connections: gaps first, then the missed
+    /// messages in order, then (for topics) the subscriptions, so live ones follow.
+    pub(super) fn on_replayed(&mut self, a: &Replayed) {
+        let (slot, generation) = (a.conn.slot, a.conn.generation);
+        self.heard.advance(a.part as usize, a.top);
+        // A late answer for an earlier connection in the same slot must not take this one's.
+        if self.resuming.get(&slot).is_none_or(|p| p.generation != generation) {
+            return;
+        }
+        let Some(mut p) = self.resuming.remove(&slot) else { return };
+        let Some(conn) = self.conns.get(slot, generation) else { return };
+        let user: Option<Box<str>> = conn.ident.user().map(Into::into);
+        let topics = if a.for_user {
+            p.user = None;
+            Vec::new()
+        } else {
+            p.topics.take().map(|(_, t)| t).unwrap_or_default()
+        };
+        let still = p.user.is_some() || p.topics.is_some();
+        if still {
+            self.resuming.insert(slot, p);
+        }
+        let stream_of = |i: u16| -> Stream<'_> {
+            match (a.for_user, i) {
+                (true, _) => Stream::User(user.as_deref().unwrap_or("")),
+                (false, 0) => Stream::All,
+                (false, i) => Stream::Topic(topics.get(i as usize - 1).map_or("", |t| t)),
+            }
+        };
+        for &(i, why) in &a.gaps {
+            let label = stream_of(i).label();
+            self.send_gap(slot, generation, label, why);
+        }
+        if !a.messages.is_empty() {
+            bump(&self.stats().replayed, a.messages.len() as u64);
+        }
+        for (i, m) in &a.messages {
+            self.deliver_one(slot, generation, stream_of(*i), m, Some(m.seq));
+        }
+        for topic in &topics {
+            let _ = super::client::subscribe(self, slot, generation, topic);
+        }
+        if !still {
+            self.send_position(slot, generation);
+        }
+    }
+
+    /// Tells a connection that `stream` cannot be resumed, and why.
+    fn send_gap(&mut self, slot: u32, generation: u32, stream: String, why: GapReason) {
+        bump(&self.stats().history_gaps, 1);
+        let Some(framing) = self.framing(slot, generation) else { return };
+        let token = self.conn_position(slot, generation);
+        let body = format!(r#"{{"stream":{},"reason":"{}"}}"#, json_str(&stream), why.as_str());
+        let mut out = Vec::new();
+        match framing {
+            Framing::Raw => return,
+            Framing::Poll => return self.poll_gap(slot, generation, &body),
+            Framing::Sse => {
+                out.extend_from_slice(b"event: c10m-gap\nid: ");
+                token.write(&mut out);
+                out.extend_from_slice(b"\ndata: ");
+                out.extend_from_slice(body.as_bytes());
+                out.extend_from_slice(b"\n\n");
+            }
+            Framing::Json => {
+                let text = format!(r#"{{"id":"{}","gap":{body}}}"#, token.to_text());
+                ws::write_frame(&mut out, ws::OpCode::Text, text.as_bytes());
+            }
+        }
+        self.queue(slot, generation, Chunk::Owned(out));
+    }
+
+    /// Sends a connection its position alone (SSE: an `id:` with no data, which moves
+    /// `lastEventId` without an event; JSON WebSocket: `{"id":…}`).
+    pub(super) fn send_position(&mut self, slot: u32, generation: u32) {
+        let Some(framing) = self.framing(slot, generation) else { return };
+        let token = self.conn_position(slot, generation);
+        let mut out = Vec::with_capacity(32);
+        match framing {
+            Framing::Raw | Framing::Poll => return,
+            Framing::Sse => {
+                out.extend_from_slice(b"id: ");
+                token.write(&mut out);
+                out.extend_from_slice(b"\n\n");
+            }
+            Framing::Json => {
+                let text = format!(r#"{{"id":"{}"}}"#, token.to_text());
+                ws::write_frame(&mut out, ws::OpCode::Text, text.as_bytes());
+            }
+        }
+        self.queue(slot, generation, Chunk::Owned(out));
+    }
+
+    /// A named SSE event (goaway, expired, error) carrying the connection's position, so
+    /// the `lastEventId` a browser resumes from stays right.
+    pub(super) fn sse_named(&self, slot: u32, generation: u32, name: &str, data: &[u8]) -> Vec<u8> {
+        let mut id = Vec::with_capacity(24);
+        self.conn_position(slot, generation).write(&mut id);
+        let mut out = Vec::with_capacity(data.len() + 64);
+        sse::write_event_with_id(&mut out, &id, Some(name), data);
+        out
+    }
+
+    /// An SSE heartbeat (a comment) that also moves the client's position (an `id:`).
+    pub(super) fn send_sse_heartbeat(&mut self, slot: u32, generation: u32) {
+        let token = self.conn_position(slot, generation);
+        let mut out = Vec::with_capacity(40);
+        out.extend_from_slice(&sse::HEARTBEAT[..sse::HEARTBEAT.len() - 1]);
+        out.extend_from_slice(b"id: ");
+        token.write(&mut out);
+        out.extend_from_slice(b"\n\n");
+        self.queue(slot, generation, Chunk::Owned(out));
+    }
+
+    pub(super) fn framing(&self, slot: u32, generation: u32) -> Option<Framing> {
+        let conn = self.conns.get(slot, generation)?;
+        match conn.kind {
+            Kind::Sse => Some(Framing::Sse),
+            Kind::Poll => Some(Framing::Poll),
+            Kind::Ws if conn.json => Some(Framing::Json),
+            Kind::Ws => Some(Framing::Raw),
+            _ => None,
+        }
+    }
+
+    /// The position of one connection, from its user.
+    pub(super) fn conn_position(&self, slot: u32, generation: u32) -> Token {
+        let part = self
+            .conns
+            .get(slot, generation)
+            .and_then(|c| c.ident.user())
+            .map(|u| self.user_part(u));
+        self.position(slot, generation, part)
+    }
+
+    /// Queues one message on one connection with its own position (a replayed message, or
+    /// a live one while the connection's position is not the shard's). `seq_override`
+    /// is the message's own place in the position when it is replayed.
+    pub(super) fn deliver_one(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        stream: Stream<'_>,
+        msg: &Message,
+        seq_override: Option<u64>,
+    ) -> bool {
+        let Some(framing) = self.framing(slot, generation) else { return false };
+        let mut token = self.conn_position(slot, generation);
+        if let Some(seq) = seq_override {
+            if msg.part as usize == SEQUENCER && !matches!(stream, Stream::User(_)) {
+                token.topics = seq;
+            } else {
+                token.user = Some(seq);
+            }
+        }
+        if framing == Framing::Poll {
+            return self.poll_add(slot, generation, stream, msg, &token);
+        }
+        let mut out = Vec::with_capacity(msg.payload.len() + 64);
+        encode(&mut out, framing, stream, msg, &token);
+        self.queue(slot, generation, Chunk::Owned(out))
+    }
+}
+
+/// Encodes one message for a connection: the raw frame, the JSON envelope, or the SSE event
+/// with its position.
+pub(super) fn encode(
+    out: &mut Vec<u8>,
+    framing: Framing,
+    stream: Stream<'_>,
+    msg: &Message,
+    token: &Token,
+) {
+    match framing {
+        Framing::Raw => {
+            let op = if msg.text { ws::OpCode::Text } else { ws::OpCode::Binary };
+            ws::write_frame(out, op, &msg.payload);
+        }
+        Framing::Sse => {
+            let mut id = Vec::with_capacity(24);
+            token.write(&mut id);
+            sse::write_event_with_id(out, &id, None, &msg.payload);
+        }
+        Framing::Json => {
+            let mut text = Vec::with_capacity(msg.payload.len() + 64);
+            text.extend_from_slice(b"{\"id\":\"");
+            token.write(&mut text);
+            text.extend_from_slice(b"\",\"stream\":");
+            text.extend_from_slice(json_str(&stream.label()).as_bytes());
+            push_data(&mut text, &msg.payload);
+            text.push(b'}');
+            ws::write_frame(out, ws::OpCode::Text, &text);
+        }
+        Framing::Poll => debug_assert!(false, "polls collect, see poll_add"),
+    }
+}
+
+/// `,"data":"…"` for a UTF-8 payload, else `,"data_b64":"…"`.
+pub(super) fn push_data(out: &mut Vec<u8>, payload: &[u8]) {
+    match std::str::from_utf8(payload) {
+        Ok(s) => {
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(json_str(s).as_bytes());
+        }
+        Err(_) => {
+            use base64::Engine as _;
+            out.extend_from_slice(b",\"data_b64\":\"");
+            let b64 = base64::engine::general_purpose::STANDARD.encode(payload);
+            out.extend_from_slice(b64.as_bytes());
+            out.push(b'"');
+        }
+    }
+}
+
+/// A JSON string literal.
+pub(super) fn json_str(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
