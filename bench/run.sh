@@ -4,7 +4,9 @@
 #
 #   bench/run.sh                       everything: install peers, build, run, report
 #   CONNS=15000 REPS=3 bench/run.sh    the defaults
-#   SERVERS="c10m tokio" bench/run.sh  a subset (c10m tokio glommio nchan)
+#   SERVERS="c10m tokio" bench/run.sh  a subset (c10m tokio glommio nchan; c10m-nohist is
+#                                      c10m with --history-ttl-ms 0, for the cost of history)
+#   REPORT_MD=F REPORT_SVG=F ...       write the table and chart there instead
 #   SKIP_INSTALL=1 SKIP_BUILD=1 ...    reuse what is installed and built
 #   REPORT_ONLY=DIR bench/run.sh       redo the table and chart from an earlier results folder
 #   RESULTS_DIR=DIR REPS_FROM=3 SERVERS=glommio bench/run.sh
@@ -41,9 +43,10 @@ log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 report() {
     local dir=$1
+    local md=${REPORT_MD:-$here/RESULTS.md} svg=${REPORT_SVG:-$here/results.svg}
     "$here/chart/target/release/c10m-bench-chart" --results "$dir" \
-        --md "$here/RESULTS.md" --svg "$here/results.svg" --svg-link results.svg
-    log "wrote $here/RESULTS.md and $here/results.svg from $dir"
+        --md "$md" --svg "$svg" --svg-link "$(basename "$svg")"
+    log "wrote $md and $svg from $dir"
 }
 
 if [[ -n ${REPORT_ONLY:-} ]]; then
@@ -74,7 +77,7 @@ build() {
 [[ -n ${SKIP_BUILD:-} ]] || build
 
 # Ports per server: client, admin.
-declare -A PORT=([c10m]=29080 [tokio]=29180 [glommio]=29280 [nchan]=29380)
+declare -A PORT=([c10m]=29080 [tokio]=29180 [glommio]=29280 [nchan]=29380 [c10m-nohist]=29480)
 
 server_pid=
 wrapper=
@@ -84,6 +87,8 @@ start_server() {
     case $name in
     c10m) timeout 3600 "$root/target/release/c10m" serve --shards "$SHARDS" \
             --listen "$listen" --admin "$admin" >>"$out" 2>&1 & ;;
+    c10m-nohist) timeout 3600 "$root/target/release/c10m" serve --shards "$SHARDS" \
+            --history-ttl-ms 0 --listen "$listen" --admin "$admin" >>"$out" 2>&1 & ;;
     tokio) timeout 3600 "$here/peers/tokio-push/target/release/tokio-push" \
             --listen "$listen" --admin "$admin" >>"$out" 2>&1 & ;;
     glommio) timeout 3600 "$here/peers/glommio-push/target/release/glommio-push" \

@@ -80,7 +80,7 @@ pub struct Limits {
     /// Messages kept per user and per topic within the window. Default 100; a client that
     /// missed more is told so (a gap) instead of getting part of them.
     pub history_per_stream_max: u32,
-    /// Bytes of history (payloads plus 32 B per message and 96 B per stream that has any)
+    /// Bytes of history (payloads plus 96 B per message and 160 B per stream that has any)
     /// for the whole process, split over the shards; past it the oldest messages leave
     /// early. Counts in memory admission. Default 64 MiB.
     pub history_bytes_max: u64,

@@ -33,12 +33,15 @@ pub const SEQUENCER: usize = 0;
 /// Longest position token accepted from a client.
 pub const TOKEN_BYTES_MAX: usize = 64;
 
-/// Bytes one retained message costs the log beyond its [`Message`]: the log entry (24) and
-/// its stream's index slot (8).
-pub const ENTRY_BYTES: usize = 32;
+/// Bytes one retained message costs beyond its payload, as counted against
+/// `history_bytes_max`: the log entry (24), its stream's index slot (8), and the shared
+/// message's own allocation (64: reference counts, id, number, payload pointer), which the
+/// history keeps alive. Measured with `scripts/history_memory.sh`: 146 B of RSS over the
+/// payload per message (1,000 topics × 100), the rest being deque slack and size classes.
+pub const ENTRY_BYTES: usize = 96;
 
 /// Bytes a stream costs while it has retained entries: its index entry, name and deque.
-pub const STREAM_BYTES: usize = 96;
+pub const STREAM_BYTES: usize = 160;
 
 /// A stream of messages: a user's, a topic's, or the broadcast stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

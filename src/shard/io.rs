@@ -27,6 +27,13 @@ pub const ACCEPT_SINGLE: usize = 8;
 /// complete their handshake while it drains the queue.
 const MULTISHOT_MARGIN: u32 = 256;
 
+/// Address-less single-shot accepts kept armed per listener near a full table: enough to
+/// take a burst per loop turn on an overloaded shard.
+pub const ACCEPT_TIGHT: usize = 64;
+
+/// The `single` of an address-less single-shot accept (see [`Shard::on_accept`]).
+const ACCEPT_PLAIN: u32 = 0xFFFF;
+
 /// Where one single-shot accept writes its peer's address.
 pub struct AcceptAddr {
     pub addr: libc::sockaddr_storage,
@@ -42,14 +49,16 @@ impl Default for AcceptAddr {
 
 impl Shard {
     /// Arms the accepts of every listener that has none armed, unless the table is full or
-    /// the shard is shutting down: one multishot accept, or [`ACCEPT_SINGLE`] single-shot
+    /// the shard is shutting down: one multishot accept; or [`ACCEPT_SINGLE`] single-shot
     /// accepts on client listeners when a per-source connect rate is set (unlike the
-    /// multishot one, they report each peer's address) and on every listener once the
-    /// fixed-file table is nearly full.
+    /// multishot one, they report each peer's address); or, on every listener once the
+    /// fixed-file table is nearly full, up to [`ACCEPT_TIGHT`] single-shot accepts without
+    /// an address.
     ///
     /// Near the table's end every accept in flight is backed by a free slot: a multishot
     /// accept takes the whole listen queue in one go, and a connection the kernel accepts
     /// into a full table is closed unanswered (ENFILE), where it should have been told 503.
+    /// Accepts wait exclusively (one wakes per connection), so many armed cost nothing.
     pub(super) fn arm_accepts(&mut self) {
         if self.now_ms < self.accept_blocked_until_ms || self.shutdown_deadline_ms.is_some() {
             return;
@@ -57,18 +66,33 @@ impl Shard {
         let per_source = self.shared.cfg.limits.accept_rate_per_source_per_s_max > 0;
         let free = self.free_slots();
         let tight = free <= self.multishot_floor();
-        let singles: u32 = self.listeners.iter().map(|l| l.pending.count_ones()).sum();
+        let singles: u32 =
+            self.listeners.iter().map(|l| l.pending.count_ones() + u32::from(l.plain)).sum();
         let mut budget = free.saturating_sub(singles);
         for i in 0..self.listeners.len() {
             let l = &self.listeners[i];
             let Some(sock) = l.sock.as_ref() else { continue };
             let fd = types::Fd(sock.as_raw_fd());
-            if tight || (per_source && !l.admin) {
-                if l.armed {
-                    // Its end (ECANCELED) clears `armed`; single-shot accepts follow then.
-                    self.stop_multishot(i);
-                    continue;
+            let with_address = per_source && !l.admin;
+            if (tight || with_address) && l.armed {
+                // Its end (ECANCELED) clears `armed`; single-shot accepts follow then.
+                self.stop_multishot(i);
+                continue;
+            }
+            if tight && !with_address {
+                while budget > 0 && usize::from(self.listeners[i].plain) < ACCEPT_TIGHT {
+                    let entry = opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut())
+                        .file_index(Some(types::DestinationSlot::auto_target()))
+                        .build()
+                        .user_data(user_data(Op::Accept, ACCEPT_PLAIN, i as u32));
+                    // SAFETY: an accept without an address names no user memory.
+                    unsafe { self.ring.push(&entry) };
+                    self.listeners[i].plain += 1;
+                    budget -= 1;
                 }
+                continue;
+            }
+            if with_address {
                 for k in 0..ACCEPT_SINGLE {
                     if budget == 0 {
                         break;
@@ -166,7 +190,8 @@ impl Shard {
         }
     }
 
-    /// `single` is 0 for the multishot accept, k + 1 for single-shot accept k.
+    /// `single` is 0 for the multishot accept, k + 1 for single-shot accept k (with an
+    /// address slot), [`ACCEPT_PLAIN`] for one without.
     pub(super) fn on_accept(&mut self, listener: u32, single: u32, c: Completion) {
         let Some(l) = self.listeners.get_mut(listener as usize) else {
             return;
@@ -176,13 +201,12 @@ impl Shard {
             if !c.more() {
                 l.armed = false;
             }
+        } else if single == ACCEPT_PLAIN {
+            l.plain = l.plain.saturating_sub(1);
         } else {
             let k = single as usize - 1;
             l.pending &= !(1u8 << k);
-            // Near a full table every listener accepts single-shot: only a per-source
-            // connect rate makes the address count.
-            let per_source = self.shared.cfg.limits.accept_rate_per_source_per_s_max > 0;
-            if c.result >= 0 && per_source && !l.admin {
+            if c.result >= 0 {
                 let a = &self.accept_addrs[listener as usize * ACCEPT_SINGLE + k];
                 source = super::lifecycle::source_key(a);
             }

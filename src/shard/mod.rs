@@ -93,11 +93,13 @@ pub struct Listener {
     pub pending: u8,
     /// The multishot accept's cancel was sent (the table is nearly full).
     pub stopping: bool,
+    /// Address-less single-shot accepts armed (the table is nearly full).
+    pub plain: u16,
 }
 
 impl Listener {
     pub fn new(sock: socket2::Socket, admin: bool) -> Listener {
-        Listener { sock: Some(sock), admin, armed: false, pending: 0, stopping: false }
+        Listener { sock: Some(sock), admin, armed: false, pending: 0, stopping: false, plain: 0 }
     }
 }
 
@@ -346,6 +348,8 @@ impl Shard {
         } else if self.release_pending {
             self.release_pending = false;
             self.scratch.shrink();
+            self.resuming.shrink_to(Scratch::KEEP);
+            self.polls.shrink_to(Scratch::KEEP);
             self.ring.shrink(Scratch::KEEP);
             crate::sys::release_free_memory();
         }
