@@ -35,3 +35,4 @@ fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+bash clients/js/test.sh

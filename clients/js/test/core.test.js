@@ -1,0 +1,273 @@
+// The connection state machine driven with fake transports and a virtual clock: goaways
+// obeyed to the millisecond, fallback order, resume positions, dedup, the online spread.
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import { Connection } from '../core.js';
+
+/** A virtual clock with timers that run only when the test advances time. */
+function virtualIo() {
+  let now = 0;
+  let seq = 0;
+  /** @type {Map<number, {at: number, fn: () => void}>} */
+  const timers = new Map();
+  const io = {
+    now: () => now,
+    random: () => 0.5,
+    setTimeout: (fn, ms) => {
+      const id = ++seq;
+      timers.set(id, { at: now + Math.max(0, ms), fn });
+      return id;
+    },
+    clearTimeout: (id) => timers.delete(id),
+    /** Runs due timers in time order up to now + ms (bounded: 10,000 timers). */
+    async advance(ms) {
+      const end = now + ms;
+      for (let i = 0; i < 10000; i++) {
+        await flush();
+        let next = null;
+        for (const [id, t] of timers) if (t.at <= end && (!next || t.at < next[1].at)) next = [id, t];
+        if (!next) break;
+        timers.delete(next[0]);
+        now = next[1].at;
+        next[1].fn();
+      }
+      now = end;
+      await flush();
+    },
+  };
+  return io;
+}
+
+/** Lets pending promises and microtasks run (bounded). */
+async function flush() {
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+}
+
+/** A WebSocket stand-in the test opens, feeds and closes. */
+function fakeWebSocketClass() {
+  const made = [];
+  class FakeWs {
+    constructor(url) {
+      this.url = url;
+      this.sent = [];
+      made.push(this);
+    }
+    send(s) { this.sent.push(s); }
+    close() { this.closed = true; }
+    open() { this.onopen?.(); }
+    text(s) { this.onmessage?.({ data: s }); }
+    end(code, reason = '') { this.onclose?.({ code, reason }); }
+  }
+  return { FakeWs, made };
+}
+
+/** fetch that answers 404 to everything, recording the URLs. */
+function fetch404(urls) {
+  return async (url) => {
+    urls.push(String(url));
+    return new Response('no', { status: 404 });
+  };
+}
+
+function states(conn) {
+  const log = [];
+  conn.on('state', (s) => log.push(s));
+  return log;
+}
+
+test('a goaway is obeyed exactly: no attempt before the delay, then to its endpoint', async () => {
+  const io = virtualIo();
+  const { FakeWs, made } = fakeWebSocketClass();
+  const conn = new Connection({ endpoints: ['http://a:1'], user: 'u', io, WebSocket: FakeWs,
+    fetch: fetch404([]) });
+  const log = states(conn);
+  await flush();
+  assert.equal(made.length, 1);
+  assert.match(made[0].url, /^ws:\/\/a:1\/ws\?user=u&format=json$/);
+  made[0].open();
+  made[0].text('{"id":"p-5"}');
+  made[0].end(1001, '{"goaway":true,"reconnect_after_ms":3000,"endpoint":"ws://b:2"}');
+  assert.deepEqual(log.at(-1), { state: 'waiting', transport: null, endpoint: 'http://a:1',
+    delayMs: 3000, reason: 'goaway' });
+  await io.advance(2999);
+  assert.equal(made.length, 1, 'no attempt before reconnect_after_ms');
+  await io.advance(1);
+  assert.equal(made.length, 2);
+  assert.match(made[1].url, /^ws:\/\/b:2\/ws\?.*last_event_id=p-5/);
+  // The goaway was planned: the backoff did not grow.
+  assert.equal(conn.attempt, 0);
+  conn.close();
+});
+
+test('reconnect: false in a goaway stops the client', async () => {
+  const io = virtualIo();
+  const { FakeWs, made } = fakeWebSocketClass();
+  const conn = new Connection({ endpoints: 'a:1', io, WebSocket: FakeWs, fetch: fetch404([]) });
+  await flush();
+  made[0].open();
+  made[0].end(1001, '{"goaway":true,"reconnect_after_ms":0,"reconnect":false}');
+  assert.equal(conn.state, 'closed');
+  await io.advance(60000);
+  assert.equal(made.length, 1);
+});
+
+test('fallback: WebSocket fails, then SSE, then long polling, then a backoff', async () => {
+  const io = virtualIo();
+  const { FakeWs, made } = fakeWebSocketClass();
+  const urls = [];
+  const conn = new Connection({ endpoints: 'a:1', user: 'u', topics: ['t'], io,
+    WebSocket: FakeWs, fetch: fetch404(urls) });
+  const log = states(conn);
+  await flush();
+  made[0].end(1006);
+  await io.advance(0);
+  await flush();
+  assert.match(urls[0], /^http:\/\/a:1\/sse\?user=u&topics=t$/);
+  await io.advance(0);
+  assert.match(urls[1], /^http:\/\/a:1\/poll\?user=u&topics=t&timeout_ms=25000$/);
+  await flush();
+  const wait = log.at(-1);
+  assert.equal(wait.state, 'waiting');
+  assert.equal(wait.reason, 'unreachable');
+  assert.equal(wait.delayMs, 500 + 0.5 * 500); // backoff attempt 0 with random 0.5
+  const tried = log.filter((s) => s.state === 'connecting').map((s) => s.transport);
+  assert.deepEqual(tried, ['ws', 'sse', 'poll']);
+  conn.close();
+});
+
+test('503 with Retry-After waits as told and keeps the transport', async () => {
+  const io = virtualIo();
+  const conn = new Connection({ endpoints: 'a:1', transports: ['sse'], io,
+    fetch: async () => new Response('busy', { status: 503, headers: { 'Retry-After': '4' } }) });
+  const log = states(conn);
+  await flush();
+  await flush();
+  assert.equal(log.at(-1).reason, 'busy');
+  assert.equal(log.at(-1).delayMs, 4000 + 250);
+  conn.close();
+});
+
+test('resume: the newest position goes back on reconnect; replayed ids are dropped', async () => {
+  const io = virtualIo();
+  const { FakeWs, made } = fakeWebSocketClass();
+  const conn = new Connection({ endpoints: 'a:1', io, WebSocket: FakeWs, fetch: fetch404([]) });
+  const got = [];
+  const gaps = [];
+  conn.on('message', (m) => got.push(m));
+  conn.on('gap', (g) => gaps.push(g));
+  await flush();
+  made[0].open();
+  made[0].text('{"id":"p-1"}');
+  made[0].text('{"id":"m-1","stream":"topic:news","data":"one"}');
+  made[0].text('{"id":"m-2","stream":"user","data_b64":"AP8="}');
+  made[0].end(1006);
+  await io.advance(1000);
+  assert.match(made[1].url, /last_event_id=m-2/);
+  made[1].open();
+  made[1].text('{"id":"m-2","stream":"user","data_b64":"AP8="}'); // replayed overlap
+  made[1].text('{"id":"m-3","stream":"all","data":"three"}');
+  made[1].text('{"id":"g-1","gap":{"stream":"topic:news","reason":"expired"}}');
+  made[1].text('{"subscribed":"x"}'); // in envelope mode a control reply, not a message
+  assert.deepEqual(got.map((m) => m.id), ['m-1', 'm-2', 'm-3']);
+  assert.equal(got[0].topic, 'news');
+  assert.deepEqual([...got[1].data], [0, 255]);
+  assert.deepEqual(gaps, [{ stream: 'topic:news', topic: 'news', reason: 'expired' }]);
+  assert.equal(conn.position, 'g-1');
+  conn.close();
+});
+
+test('a raw-payload server (no format=json) delivers frames as they are', async () => {
+  const io = virtualIo();
+  const { FakeWs, made } = fakeWebSocketClass();
+  const conn = new Connection({ endpoints: 'a:1', io, WebSocket: FakeWs, fetch: fetch404([]) });
+  const got = [];
+  conn.on('message', (m) => got.push(m.data));
+  await flush();
+  made[0].open();
+  made[0].text('hello');
+  made[0].text('{"id":"looks-like-an-envelope"}');
+  assert.deepEqual(got, ['hello', '{"id":"looks-like-an-envelope"}']);
+  // Topic changes go in-band, and their answer is a control event, not a message.
+  const controls = [];
+  conn.on('control', (c) => controls.push(c));
+  conn.subscribe('t');
+  assert.deepEqual(made[0].sent, ['{"subscribe":"t"}']);
+  made[0].text('{"subscribed":"t"}');
+  assert.deepEqual(controls, [{ subscribed: 't' }]);
+  assert.equal(got.length, 2);
+  conn.close();
+});
+
+test('close codes: slow consumer backs off harder, protocol errors stop', async () => {
+  const io = virtualIo();
+  const { FakeWs, made } = fakeWebSocketClass();
+  const conn = new Connection({ endpoints: 'a:1', io, WebSocket: FakeWs, fetch: fetch404([]) });
+  const log = states(conn);
+  await flush();
+  made[0].open();
+  made[0].end(1008, 'slow consumer');
+  assert.equal(log.at(-1).reason, 'shed');
+  assert.equal(log.at(-1).delayMs, 500 + 0.5 * 4000); // attempt 3
+  await io.advance(log.at(-1).delayMs);
+  made[1].open();
+  made[1].end(1002, 'protocol error');
+  assert.equal(conn.state, 'failed');
+  await io.advance(100000);
+  assert.equal(made.length, 2);
+});
+
+test('token expiry fetches a new token before reconnecting', async () => {
+  const io = virtualIo();
+  const { FakeWs, made } = fakeWebSocketClass();
+  let n = 0;
+  const conn = new Connection({ endpoints: 'a:1', io, WebSocket: FakeWs, fetch: fetch404([]),
+    token: async () => `tok${++n}` });
+  await flush();
+  assert.match(made[0].url, /token=tok1/);
+  made[0].open();
+  made[0].end(4001, 'token expired');
+  await io.advance(1000);
+  assert.match(made[1].url, /token=tok2/);
+  conn.close();
+});
+
+test('the online event pulls a long backoff in, but never a goaway wait', async () => {
+  const io = virtualIo();
+  const { FakeWs, made } = fakeWebSocketClass();
+  const conn = new Connection({ endpoints: 'a:1', io, WebSocket: FakeWs, fetch: fetch404([]),
+    backoffMinMs: 10000, backoffMaxMs: 60000, transports: ['ws'] });
+  const log = states(conn);
+  await flush();
+  made[0].end(1006); // never opened: a round failed, backoff 10–20 s
+  assert.ok(log.at(-1).delayMs >= 10000);
+  conn.spreadAfterOnline();
+  assert.equal(log.at(-1).reason, 'online');
+  assert.ok(log.at(-1).delayMs <= 2000);
+  await io.advance(2000);
+  made[1].open();
+  made[1].end(1001, '{"goaway":true,"reconnect_after_ms":30000}');
+  conn.spreadAfterOnline();
+  assert.equal(log.at(-1).reason, 'goaway');
+  assert.equal(log.at(-1).delayMs, 30000);
+  conn.close();
+});
+
+test('endpoints: a failing one is left for a working one, by probe', async () => {
+  const io = virtualIo();
+  const { FakeWs, made } = fakeWebSocketClass();
+  const probes = [];
+  const conn = new Connection({ endpoints: ['http://dead:1', 'http://live:1'], io,
+    WebSocket: FakeWs, transports: ['ws'],
+    fetch: async (url) => {
+      probes.push(String(url));
+      if (String(url).startsWith('http://dead')) throw new TypeError('refused');
+      return new Response('not found', { status: 404 });
+    } });
+  const chosen = [];
+  conn.on('endpoint', (e) => chosen.push(e.url));
+  await flush();
+  assert.deepEqual(chosen, ['http://live:1']);
+  assert.match(made[0].url, /^ws:\/\/live:1\//);
+  assert.equal(probes.length, 2);
+  conn.close();
+});
