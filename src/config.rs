@@ -77,8 +77,9 @@ pub struct Limits {
     /// from. Default 120 s: a phone switching networks, a deploy's paced drain and a
     /// node's restart all fit; 0 turns history off (every resume reports a gap).
     pub history_ttl_ms: u64,
-    /// Messages kept per user and per topic within the window. Default 100; a client that
-    /// missed more is told so (a gap) instead of getting part of them.
+    /// Messages kept per user and per topic within the window. Default 1000: a price topic
+    /// at 8 ticks a second fills the 2-minute window; a client that missed more is told so
+    /// (a gap) instead of getting part of them. Memory is bounded by `history_bytes_max`.
     pub history_per_stream_max: u32,
     /// Bytes of history (payloads plus 96 B per message and 160 B per stream that has any)
     /// for the whole process, split over the shards; past it the oldest messages leave
@@ -134,7 +135,7 @@ impl Default for Limits {
             close_timeout_ms: 2_000,
             mass_timeout_min: 64,
             history_ttl_ms: 120_000,
-            history_per_stream_max: 100,
+            history_per_stream_max: 1000,
             history_bytes_max: 64 << 20,
             shutdown_timeout_ms: 10_000,
             drain_rate_per_s: 0,
@@ -425,7 +426,7 @@ pub struct ServeArgs {
     /// Milliseconds messages stay in the history clients resume from; 0: off. Default 120000.
     #[arg(long)]
     pub history_ttl_ms: Option<u64>,
-    /// Messages kept per user and per topic in the history. Default 100.
+    /// Messages kept per user and per topic in the history. Default 1000.
     #[arg(long)]
     pub history_per_stream_max: Option<u32>,
     /// Bytes of history for the process. Default 67108864.
