@@ -173,6 +173,10 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Where a goaway sends clients (an alternative endpoint, at most 64 bytes); none: here.
     pub goaway_endpoint: Option<String>,
+    /// History per topic prefix, as `PREFIX=COUNT`: topics that start with PREFIX keep
+    /// COUNT messages instead of `history_per_stream_max` (0: no history for them, e.g. for
+    /// ticks nobody needs again). The longest matching prefix wins. Default: none.
+    pub history_topics: Vec<String>,
     /// A file whose first line is the bearer key the admin API requires. Required when an
     /// admin listener is not on loopback.
     pub admin_key_file: Option<PathBuf>,
@@ -303,6 +307,7 @@ impl Default for Config {
             auth: None,
             jwt_key: None,
             allowed_origins: Vec::new(),
+            history_topics: Vec::new(),
             admin_key_file: None,
             goaway_endpoint: None,
             tls_cert: None,
@@ -314,6 +319,30 @@ impl Default for Config {
 }
 
 /// An operator's configuration mistake, with what to change.
+impl Config {
+    /// `history_topics` parsed: (prefix, messages per topic), longest prefix first.
+    pub fn history_topic_limits(&self) -> Result<Vec<(String, usize)>, String> {
+        let mut out = Vec::new();
+        for entry in &self.history_topics {
+            let parsed =
+                entry.rsplit_once('=').and_then(|(p, n)| Some((p, n.parse::<u32>().ok()?)));
+            match parsed {
+                Some((prefix, count)) if !prefix.is_empty() && prefix.len() <= 256 => {
+                    out.push((prefix.to_owned(), count as usize))
+                }
+                _ => {
+                    return Err(format!(
+                        "history_topics entry {entry:?} must be PREFIX=COUNT, e.g. \"ticker.=0\" \
+                         (a prefix of 1-256 bytes, COUNT messages per topic, 0 for none)"
+                    ))
+                }
+            }
+        }
+        out.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        Ok(out)
+    }
+}
+
 #[derive(Debug)]
 pub struct ConfigError(pub String);
 
@@ -355,6 +384,10 @@ pub struct ServeArgs {
     /// Browser origin allowed to connect (repeatable). Default: any.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub allowed_origins: Vec<String>,
+    /// History for topics starting with PREFIX: COUNT messages per topic, 0 for none
+    /// (repeatable). Default: `history_per_stream_max` for every topic.
+    #[arg(long = "history-topic", value_name = "PREFIX=COUNT")]
+    pub history_topics: Vec<String>,
     /// File with the admin API's bearer key. Required for an admin listener not on loopback.
     #[arg(long, value_name = "PATH")]
     pub admin_key_file: Option<PathBuf>,
@@ -519,6 +552,9 @@ impl ServeArgs {
         }
         if !self.allowed_origins.is_empty() {
             cfg.allowed_origins = self.allowed_origins.clone();
+        }
+        if !self.history_topics.is_empty() {
+            cfg.history_topics = self.history_topics.clone();
         }
         if self.admin_key_file.is_some() {
             cfg.admin_key_file = self.admin_key_file.clone();
@@ -697,6 +733,9 @@ impl Config {
                 l.conn_lifetime_jitter_pct
             ));
         }
+        if let Err(e) = self.history_topic_limits() {
+            return err(e);
+        }
         if self.goaway_endpoint.as_ref().is_some_and(|e| e.len() > 64 || e.contains('"')) {
             return err("goaway_endpoint must be at most 64 bytes without quotes: it travels in \
                  a WebSocket close reason (123 bytes)"
@@ -728,6 +767,22 @@ mod tests {
         cfg.limits.outbox_bytes_max = 1000;
         let e = cfg.validate().unwrap_err();
         assert!(e.0.contains("outbox_bytes_max"), "{e}");
+    }
+
+    #[test]
+    fn history_topics_are_prefix_count_pairs_longest_first() {
+        let mut cfg = Config {
+            history_topics: vec!["a=1".into(), "abc.=0".into(), "x=y=2".into()],
+            ..Config::default()
+        };
+        let limits = cfg.history_topic_limits().unwrap();
+        assert_eq!(limits[0], ("abc.".to_owned(), 0));
+        assert!(limits.contains(&("x=y".to_owned(), 2)));
+        for bad in ["nocount", "=3", "a=-1", "a=lots"] {
+            cfg.history_topics = vec![bad.into()];
+            let e = cfg.validate().unwrap_err();
+            assert!(e.0.contains("history_topics") && e.0.contains("PREFIX=COUNT"), "{e}");
+        }
     }
 
     #[test]

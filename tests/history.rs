@@ -404,3 +404,35 @@ fn clients_that_resume_across_the_servers_own_goaways_lose_nothing() {
     }
     assert!(common::metric_sum(&server.metrics(), "c10m_goaways_total", &[]) >= 8.0);
 }
+
+#[test]
+fn a_topic_prefix_without_history_reports_off_and_others_still_resume() {
+    let server = Server::start(&["--history-topic", "tick.=0"]);
+    let mut sse = server.sse_connect("topics=tick.eur,news");
+    server.wait_connections(1);
+    server.publish("topic=news", "seen");
+    assert_eq!(sse.next_text(), "seen");
+    let last = sse.last_id.clone().expect("an id");
+    drop(sse);
+    server.wait_connections(0);
+    server.publish("topic=tick.eur", "1.08");
+    server.publish("topic=news", "missed");
+    let mut sse =
+        server.sse_connect_with("topics=tick.eur,news", &format!("Last-Event-ID: {last}\r\n"));
+    let mut items = Vec::new();
+    while items.len() < 2 {
+        match sse.next_item().expect("read") {
+            Some(SseItem::Comment(_)) => continue,
+            Some(item) => items.push(item),
+            None => panic!("EOF"),
+        }
+    }
+    assert!(
+        items.contains(&SseItem::Named {
+            event: "c10m-gap".into(),
+            data: br#"{"stream":"topic:tick.eur","reason":"off"}"#.to_vec(),
+        }),
+        "{items:?}"
+    );
+    assert!(items.iter().any(|i| matches!(i, SseItem::Event { data, .. } if data == b"missed")));
+}

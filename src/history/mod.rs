@@ -88,6 +88,8 @@ pub enum GapReason {
     Epoch,
     /// The position is not one this server hands out.
     Unknown,
+    /// The topic keeps no history (`history_topics` gives its prefix 0) and had messages.
+    Off,
 }
 
 impl GapReason {
@@ -97,6 +99,7 @@ impl GapReason {
             GapReason::TooMany => "too_many",
             GapReason::Epoch => "epoch",
             GapReason::Unknown => "unknown",
+            GapReason::Off => "off",
         }
     }
 }
@@ -207,6 +210,9 @@ pub struct Limits {
     pub bytes: usize,
 }
 
+/// Per topic prefix, messages kept per topic (longest prefix first; 0: none).
+pub type TopicLimits = std::sync::Arc<[(String, usize)]>;
+
 struct Entry {
     /// When it was numbered, in microseconds of the shards' common clock.
     at_us: u64,
@@ -240,6 +246,9 @@ pub struct Replay {
 /// One partition's log. Lives on its shard; nothing here is shared.
 pub struct Log {
     limits: Limits,
+    topic_limits: TopicLimits,
+    /// Per topic prefix without history, the last message numbered for one of its topics.
+    off_last: Vec<u64>,
     keys: RandomState,
     /// Sequence of `entries[0]`.
     first_seq: u64,
@@ -260,8 +269,15 @@ pub struct Log {
 
 impl Log {
     pub fn new(limits: Limits) -> Log {
+        Log::with_topics(limits, TopicLimits::from([]))
+    }
+
+    /// A log whose topics keep what their prefix says ([`TopicLimits`]).
+    pub fn with_topics(limits: Limits, topic_limits: TopicLimits) -> Log {
         Log {
             limits,
+            off_last: vec![0; topic_limits.len()],
+            topic_limits,
             keys: RandomState::new(),
             first_seq: 1,
             top: 0,
@@ -285,6 +301,17 @@ impl Log {
         (self.retained, self.bytes)
     }
 
+    /// Messages kept for `stream`, and the index of its topic prefix if one matched.
+    fn per_stream(&self, stream: Stream<'_>) -> (usize, Option<usize>) {
+        let prefix = match stream {
+            Stream::Topic(t) => {
+                self.topic_limits.iter().position(|(p, _)| t.starts_with(p.as_str()))
+            }
+            _ => None,
+        };
+        (prefix.map_or(self.limits.per_stream, |i| self.topic_limits[i].1), prefix)
+    }
+
     fn key(&self, stream: Stream<'_>) -> u64 {
         self.keys.hash_one((stream.tag(), stream.name()))
     }
@@ -302,6 +329,14 @@ impl Log {
         debug_assert_eq!(msg.seq, self.top);
         if stream == Stream::All {
             self.last_all = msg.seq;
+        }
+        let (per_stream, prefix) = self.per_stream(stream);
+        if per_stream == 0 {
+            if let Some(i) = prefix {
+                // This topic keeps no history: a resume from before it reports a gap.
+                self.off_last[i] = msg.seq;
+                return;
+            }
         }
         if self.limits.ttl_ms == 0 || self.limits.per_stream == 0 {
             // History off: the log stays empty; its horizon moves with the numbers.
@@ -337,7 +372,7 @@ impl Log {
         let index = self.streams.get_mut(&key).expect("inserted above");
         let new_stream = index.seqs.is_empty();
         index.seqs.push_back(msg.seq);
-        let over = (index.seqs.len() > self.limits.per_stream).then(|| index.seqs.pop_front());
+        let over = (index.seqs.len() > per_stream).then(|| index.seqs.pop_front());
         if let Some(Some(old)) = over {
             index.evicted_upto = index.evicted_upto.max(old);
         }
@@ -442,6 +477,12 @@ impl Log {
                 .streams
                 .get(&key)
                 .filter(|x| x.tag == stream.tag() && &*x.name == stream.name());
+            if let (0, Some(p)) = self.per_stream(*stream) {
+                if since < self.off_last[p] {
+                    out.gaps.push((i, GapReason::Off));
+                }
+                continue;
+            }
             let Some(index) = index else {
                 // Nothing retained: fine if nothing after `since` could have left.
                 let silent = *stream == Stream::All && self.last_all <= since;

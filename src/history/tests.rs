@@ -128,3 +128,23 @@ fn a_new_connection_gets_what_its_user_got_while_it_registered_and_nothing_older
     assert!(l.replay_from_time(&[Stream::User("a")], 200_000).messages.is_empty());
     assert!(l.replay_from_time(&[Stream::User("c")], 0).messages.is_empty());
 }
+
+#[test]
+fn topic_prefixes_set_their_own_window_and_off_reports_a_gap_only_after_a_message() {
+    let prefixes = TopicLimits::from([("tick.".to_owned(), 0), ("chat.".to_owned(), 2)]);
+    let mut l =
+        Log::with_topics(Limits { ttl_ms: 60_000, per_stream: 100, bytes: 1 << 20 }, prefixes);
+    let before = l.top();
+    assert!(l.replay(&[Stream::Topic("tick.eur")], before, 1 << 20).gaps.is_empty());
+    publish(&mut l, Stream::Topic("tick.eur"), "1.08", 0);
+    assert_eq!(l.usage().0, 0, "no history for tick.*");
+    let r = l.replay(&[Stream::Topic("tick.usd"), Stream::Topic("news")], before, 1 << 20);
+    assert_eq!(r.gaps, [(0, GapReason::Off)]);
+    for i in 0..3 {
+        publish(&mut l, Stream::Topic("chat.room"), &format!("c{i}"), 1);
+    }
+    let r = l.replay(&[Stream::Topic("chat.room")], before, 1 << 20);
+    assert_eq!(r.gaps, [(0, GapReason::TooMany)], "chat.* keeps 2");
+    // Other streams are untouched by either.
+    assert!(l.replay(&[Stream::User("u")], before, 1 << 20).gaps.is_empty());
+}

@@ -211,7 +211,9 @@ impl Shard {
         let capacity = (ring.files() - ACCEPT_REFUSE_RESERVE) as usize;
         let shards = mesh.shards();
         let clock = shared.clock_origin;
-        let history = crate::history::Log::new(history_limits(&shared.cfg, shards));
+        let topics = shared.cfg.history_topic_limits().expect("validated with the config");
+        let history =
+            crate::history::Log::with_topics(history_limits(&shared.cfg, shards), topics.into());
         Shard {
             id,
             ring,
