@@ -87,6 +87,19 @@ fn an_sse_client_resuming_with_last_event_id_gets_exactly_what_it_missed_then_li
     assert_eq!(common::metric_sum(&metrics, "c10m_replayed_total", &[]), 100.0);
 }
 
+/// The next `n` SSE blocks that are not heartbeats (events, named events, retries).
+fn next_items(sse: &mut common::Sse, n: usize) -> Vec<SseItem> {
+    let mut items = Vec::new();
+    while items.len() < n {
+        match sse.next_item().expect("read") {
+            Some(SseItem::Comment(_)) => continue,
+            Some(item) => items.push(item),
+            None => panic!("EOF after {items:?}"),
+        }
+    }
+    items
+}
+
 /// A Python `websockets` client that prints every text frame it gets, one per line.
 const PY_WS: &str = r#"
 import sys
@@ -252,14 +265,7 @@ fn a_gap_beyond_the_window_is_reported_with_its_stream_and_reason_never_a_partia
     server.publish("topic=b", "b0");
     let mut sse =
         server.sse_connect_with("user=gus&topics=a,b", &format!("Last-Event-ID: {last}\r\n"));
-    let mut items = Vec::new();
-    while items.len() < 2 {
-        match sse.next_item().expect("read") {
-            Some(SseItem::Comment(_)) => continue,
-            Some(item) => items.push(item),
-            None => panic!("EOF"),
-        }
-    }
+    let items = next_items(&mut sse, 2);
     // The user's stream overflowed its window: one gap, none of its messages; topic b's
     // message comes as usual.
     assert!(
@@ -419,14 +425,7 @@ fn a_topic_prefix_without_history_reports_off_and_others_still_resume() {
     server.publish("topic=news", "missed");
     let mut sse =
         server.sse_connect_with("topics=tick.eur,news", &format!("Last-Event-ID: {last}\r\n"));
-    let mut items = Vec::new();
-    while items.len() < 2 {
-        match sse.next_item().expect("read") {
-            Some(SseItem::Comment(_)) => continue,
-            Some(item) => items.push(item),
-            None => panic!("EOF"),
-        }
-    }
+    let items = next_items(&mut sse, 2);
     assert!(
         items.contains(&SseItem::Named {
             event: "c10m-gap".into(),

@@ -594,7 +594,7 @@ impl Shard {
             if !conn.is_subscriber() {
                 continue;
             }
-            let Some(framing) = self.framing(slot, generation) else { continue };
+            let Some(framing) = resume::framing_of(conn) else { continue };
             if from_sequencer && self.awaits_topic_replay(slot, generation) {
                 // The replay on its way holds this message.
                 continue;

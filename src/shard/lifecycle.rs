@@ -82,7 +82,7 @@ impl SourceBuckets {
 
 /// The rate-limit key of a peer address: an IPv4 address (also when IPv4-mapped), or the
 /// /64 prefix of an IPv6 address (one host usually owns a whole /64). None for other families.
-pub fn source_key(a: &super::io::AcceptAddr) -> Option<u128> {
+pub fn source_key(a: &super::accept::AcceptAddr) -> Option<u128> {
     match a.addr.ss_family as libc::c_int {
         libc::AF_INET if a.len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
             // SAFETY: the family says the storage holds a sockaddr_in, and it is long enough.
@@ -299,7 +299,7 @@ mod tests {
     #[test]
     fn source_keys_group_v4_mapped_and_v6_prefixes() {
         let v4 = |ip: [u8; 4]| {
-            let mut a = super::super::io::AcceptAddr::default();
+            let mut a = super::super::accept::AcceptAddr::default();
             // SAFETY: sockaddr_in fits in sockaddr_storage.
             let sin = unsafe { &mut *(&raw mut a.addr).cast::<libc::sockaddr_in>() };
             sin.sin_family = libc::AF_INET as libc::sa_family_t;
@@ -308,7 +308,7 @@ mod tests {
             a
         };
         let v6 = |ip: std::net::Ipv6Addr| {
-            let mut a = super::super::io::AcceptAddr::default();
+            let mut a = super::super::accept::AcceptAddr::default();
             // SAFETY: sockaddr_in6 fits in sockaddr_storage.
             let sin6 = unsafe { &mut *(&raw mut a.addr).cast::<libc::sockaddr_in6>() };
             sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
@@ -325,7 +325,7 @@ mod tests {
         let c = source_key(&v6("2001:db8:1:3::1".parse().unwrap()));
         assert_eq!(a, b);
         assert_ne!(a, c);
-        assert_eq!(source_key(&super::super::io::AcceptAddr::default()), None);
+        assert_eq!(source_key(&super::super::accept::AcceptAddr::default()), None);
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! connections are announced to the bridge in [`Shard::register_user`] and
 //! [`Shard::unregister_user`]. Those three functions are the only places that know of it.
 
+pub mod accept;
 pub mod admin;
 pub mod client;
 pub mod conn;
@@ -109,9 +110,9 @@ pub struct Shard {
     /// in flight) before the buffers it names are freed.
     ring: Ring,
     bufs: BufRing,
-    /// Where the single-shot accepts write peer addresses, [`io::ACCEPT_SINGLE`] per
+    /// Where the single-shot accepts write peer addresses, [`accept::ACCEPT_SINGLE`] per
     /// listener; after the ring for the same reason as `bufs`.
-    accept_addrs: Box<[io::AcceptAddr]>,
+    accept_addrs: Box<[accept::AcceptAddr]>,
     shared: Arc<Shared>,
     listeners: Vec<Listener>,
     conns: Registry<Conn>,
@@ -219,8 +220,8 @@ impl Shard {
             ring,
             bufs,
             shared,
-            accept_addrs: (0..listeners.len() * io::ACCEPT_SINGLE)
-                .map(|_| io::AcceptAddr::default())
+            accept_addrs: (0..listeners.len() * accept::ACCEPT_SINGLE)
+                .map(|_| accept::AcceptAddr::default())
                 .collect(),
             listeners,
             conns: Registry::new(capacity),

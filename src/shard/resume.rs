@@ -367,14 +367,7 @@ impl Shard {
     }
 
     pub(super) fn framing(&self, slot: u32, generation: u32) -> Option<Framing> {
-        let conn = self.conns.get(slot, generation)?;
-        match conn.kind {
-            Kind::Sse => Some(Framing::Sse),
-            Kind::Poll => Some(Framing::Poll),
-            Kind::Ws if conn.json => Some(Framing::Json),
-            Kind::Ws => Some(Framing::Raw),
-            _ => None,
-        }
+        framing_of(self.conns.get(slot, generation)?)
     }
 
     /// The position of one connection, from its user.
@@ -413,6 +406,17 @@ impl Shard {
         let mut out = Vec::with_capacity(msg.payload.len() + 64);
         encode(&mut out, framing, stream, msg, &token);
         self.queue(slot, generation, Chunk::Owned(out))
+    }
+}
+
+/// How a subscriber connection wants its messages; None for the others.
+pub(super) fn framing_of(conn: &super::conn::Conn) -> Option<Framing> {
+    match conn.kind {
+        Kind::Sse => Some(Framing::Sse),
+        Kind::Poll => Some(Framing::Poll),
+        Kind::Ws if conn.json => Some(Framing::Json),
+        Kind::Ws => Some(Framing::Raw),
+        _ => None,
     }
 }
 

@@ -290,23 +290,21 @@ impl Server {
 
 /// [`Server::sse_connect_with`] on a client listener's address (for other threads).
 pub fn sse_connect_to(client: SocketAddr, query: &str, headers: &str) -> Sse {
-    {
-        let mut s = tcp(client);
-        let req = format!(
-            "GET /sse?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\
-             {headers}\r\n"
-        );
-        s.write_all(req.as_bytes()).expect("write SSE request");
-        let mut reader = BufReader::new(s);
-        let (status, headers) = read_head(&mut reader).expect("SSE response head");
-        assert_eq!(status, 200, "SSE status; headers {headers:?}");
-        let mut sse = Sse { reader, headers, retry_ms: None, last_id: None };
-        match sse.next_item().expect("SSE retry block") {
-            Some(SseItem::Retry(ms)) => sse.retry_ms = Some(ms),
-            other => panic!("SSE stream must open with retry:, got {other:?}"),
-        }
-        sse
+    let mut s = tcp(client);
+    let req = format!(
+        "GET /sse?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\
+         {headers}\r\n"
+    );
+    s.write_all(req.as_bytes()).expect("write SSE request");
+    let mut reader = BufReader::new(s);
+    let (status, headers) = read_head(&mut reader).expect("SSE response head");
+    assert_eq!(status, 200, "SSE status; headers {headers:?}");
+    let mut sse = Sse { reader, headers, retry_ms: None, last_id: None };
+    match sse.next_item().expect("SSE retry block") {
+        Some(SseItem::Retry(ms)) => sse.retry_ms = Some(ms),
+        other => panic!("SSE stream must open with retry:, got {other:?}"),
     }
+    sse
 }
 
 impl Drop for Server {
