@@ -87,6 +87,19 @@ fn an_sse_client_resuming_with_last_event_id_gets_exactly_what_it_missed_then_li
     assert_eq!(common::metric_sum(&metrics, "c10m_replayed_total", &[]), 100.0);
 }
 
+/// Connects an SSE client with `query`, publishes `payload` to `target`, checks it arrives,
+/// disconnects, and returns the client's last position.
+fn position_after_one(server: &Server, query: &str, target: &str, payload: &str) -> String {
+    let mut sse = server.sse_connect(query);
+    server.wait_connections(1);
+    server.publish(target, payload);
+    assert_eq!(sse.next_text(), payload);
+    let last = sse.last_id.clone().expect("an id");
+    drop(sse);
+    server.wait_connections(0);
+    last
+}
+
 /// The next `n` SSE blocks that are not heartbeats (events, named events, retries).
 fn next_items(sse: &mut common::Sse, n: usize) -> Vec<SseItem> {
     let mut items = Vec::new();
@@ -252,13 +265,7 @@ fn a_long_poll_client_loses_nothing_over_a_thousand_polls() {
 #[test]
 fn a_gap_beyond_the_window_is_reported_with_its_stream_and_reason_never_a_partial_history() {
     let server = Server::start(&["--history-per-stream-max", "5"]);
-    let mut sse = server.sse_connect("user=gus&topics=a,b");
-    server.wait_connections(1);
-    server.publish("topic=a", "first");
-    assert_eq!(sse.next_text(), "first");
-    let last = sse.last_id.clone().expect("an id");
-    drop(sse);
-    server.wait_connections(0);
+    let last = position_after_one(&server, "user=gus&topics=a,b", "topic=a", "first");
     for i in 0..10 {
         server.publish("user=gus", format!("u{i}"));
     }
@@ -301,12 +308,7 @@ fn a_gap_beyond_the_window_is_reported_with_its_stream_and_reason_never_a_partia
 fn messages_older_than_the_window_leave_and_a_resume_from_before_them_is_a_gap() {
     // Longer than the once-a-second gauge update, so the gauge sees it come and go.
     let server = Server::start(&["--history-ttl-ms", "1500"]);
-    let mut sse = server.sse_connect("topics=t");
-    server.wait_connections(1);
-    server.publish("topic=t", "seen");
-    assert_eq!(sse.next_text(), "seen");
-    let last = sse.last_id.clone().expect("an id");
-    drop(sse);
+    let last = position_after_one(&server, "topics=t", "topic=t", "seen");
     server.publish("topic=t", "missed");
     server.wait_metric("c10m_history_messages", &[], 1.0);
     // Bounded wait for the window to pass (the log is trimmed once a second).
@@ -414,13 +416,7 @@ fn clients_that_resume_across_the_servers_own_goaways_lose_nothing() {
 #[test]
 fn a_topic_prefix_without_history_reports_off_and_others_still_resume() {
     let server = Server::start(&["--history-topic", "tick.=0"]);
-    let mut sse = server.sse_connect("topics=tick.eur,news");
-    server.wait_connections(1);
-    server.publish("topic=news", "seen");
-    assert_eq!(sse.next_text(), "seen");
-    let last = sse.last_id.clone().expect("an id");
-    drop(sse);
-    server.wait_connections(0);
+    let last = position_after_one(&server, "topics=tick.eur,news", "topic=news", "seen");
     server.publish("topic=tick.eur", "1.08");
     server.publish("topic=news", "missed");
     let mut sse =

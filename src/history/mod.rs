@@ -115,6 +115,15 @@ pub struct Token {
 }
 
 impl Token {
+    /// What a position this server did not write stands for: another run's, so every
+    /// stream reports an `epoch` gap.
+    pub const FOREIGN: Token = Token { epoch: 0, topics: 0, user: None };
+
+    /// A position a client sent; anything unparsable is [`Token::FOREIGN`].
+    pub fn from_client(text: &[u8]) -> Token {
+        Token::parse(text).unwrap_or(Token::FOREIGN)
+    }
+
     pub fn write(&self, out: &mut Vec<u8>) {
         push_base36(out, u64::from(self.epoch));
         out.push(b'-');

@@ -158,11 +158,7 @@ fn resume_token(req: &Request) -> Option<crate::history::Token> {
     if given.is_empty() {
         return None;
     }
-    Some(crate::history::Token::parse(given).unwrap_or(crate::history::Token {
-        epoch: 0,
-        topics: 0,
-        user: None,
-    }))
+    Some(crate::history::Token::from_client(given))
 }
 
 /// Origin, identity and token checks shared by WebSocket and SSE. On refusal the answer is
@@ -298,8 +294,7 @@ fn accept_poll(shard: &mut Shard, slot: u32, generation: u32, req: &Request) {
     };
     let Some(mut adm) = admit(shard, slot, generation, req) else { return };
     if let Some(since) = req.query_param("since").filter(|s| !s.is_empty()) {
-        let t = crate::history::Token::parse(since.as_bytes());
-        adm.resume = Some(t.unwrap_or(crate::history::Token { epoch: 0, topics: 0, user: None }));
+        adm.resume = Some(crate::history::Token::from_client(since.as_bytes()));
     }
     let first = adm.resume.is_none();
     shard.polls.insert(slot, super::poll::Poll::new(generation, cors(req)));
@@ -602,13 +597,7 @@ impl Shard {
             let bytes = if framing == Framing::Raw {
                 Rc::clone(raw.get_or_insert_with(|| {
                     let mut v = Vec::with_capacity(msg.payload.len() + 10);
-                    resume::encode(
-                        &mut v,
-                        framing,
-                        stream,
-                        msg,
-                        &crate::history::Token { epoch: 0, topics: 0, user: None },
-                    );
+                    resume::encode(&mut v, framing, stream, msg, &crate::history::Token::FOREIGN);
                     v.into()
                 }))
             } else if framing == Framing::Poll || self.resuming.contains_key(&slot) {
