@@ -89,6 +89,19 @@ fn a_full_mesh_without_backlog_drops_publishes_and_counts_them() {
         (0..600).map(|i| ("all".to_owned(), format!("b{i}"))).collect();
     let mut admin = server.admin_conn();
     pipelined_publishes(&mut admin, &reqs);
+    // The end marker goes through the same 16-entry rings: send it once they have drained
+    // (deliveries and drops stop moving), or it may be dropped too.
+    let mut last = (-1.0, -1.0);
+    common::wait_until("the flood to drain", common::STEP, || {
+        let m = server.metrics();
+        let now = (
+            common::metric_sum(&m, "c10m_messages_delivered_total", &[]),
+            common::metric_sum(&m, "c10m_messages_dropped_total", &[]),
+        );
+        let settled = now == last;
+        last = now;
+        settled.then_some(())
+    });
     admin.publish("all", "--end--");
     let mut counts = HashMap::new();
     for (u, c) in ws.iter_mut().enumerate() {
