@@ -108,6 +108,10 @@ pub struct Limits {
     /// New client connections per second from one source address (an IPv4 address or an
     /// IPv6 /64); over it they get 429. 0: no limit. Default 0.
     pub accept_rate_per_source_per_s_max: u32,
+    /// permessage-deflate: messages shorter than this go uncompressed. Default 128.
+    pub compression_min_bytes: u32,
+    /// permessage-deflate: zlib level 1 (fastest) ..= 9 (smallest). Default 6.
+    pub compression_level: u32,
 }
 
 impl Default for Limits {
@@ -146,6 +150,8 @@ impl Default for Limits {
             conns_per_user_max: 0,
             accept_rate_per_s_max: 0,
             accept_rate_per_source_per_s_max: 0,
+            compression_min_bytes: 128,
+            compression_level: 6,
         }
     }
 }
@@ -162,6 +168,11 @@ pub struct Config {
     pub shards: usize,
     /// Serve the `/echo` WebSocket endpoint (conformance runs, round trips).
     pub echo: bool,
+    /// permessage-deflate on WebSocket listeners, for clients that offer it. Default on.
+    pub compression: bool,
+    /// With `compression`: the client listeners that agree to it (each one of `listen`);
+    /// empty: all of them.
+    pub compression_listen: Vec<SocketAddr>,
     /// Pin shard threads to cores.
     pub pin: bool,
     /// Client authentication: "jwt" or "none". Unset means none on loopback listeners and
@@ -303,6 +314,8 @@ impl Default for Config {
             admin: vec![SocketAddr::from(([127, 0, 0, 1], 8081))],
             shards: 0,
             echo: false,
+            compression: true,
+            compression_listen: Vec::new(),
             pin: true,
             auth: None,
             jwt_key: None,
@@ -493,6 +506,19 @@ pub struct ServeArgs {
     /// Default 0.
     #[arg(long)]
     pub accept_rate_per_source_per_s_max: Option<u32>,
+    /// permessage-deflate for WebSocket clients that offer it: on or off. Default on.
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    pub compression: Option<bool>,
+    /// Agree to permessage-deflate only on this client listener (repeatable; each also a
+    /// --listen). Default: every client listener.
+    #[arg(long = "compression-listen", value_name = "ADDR")]
+    pub compression_listen: Vec<SocketAddr>,
+    /// Messages shorter than this are sent uncompressed. Default 128.
+    #[arg(long)]
+    pub compression_min_bytes: Option<u32>,
+    /// zlib level, 1 (fastest) ..= 9 (smallest). Default 6.
+    #[arg(long)]
+    pub compression_level: Option<u32>,
     /// Endpoint that goaways send clients to (at most 64 bytes). Default: none (come back).
     #[arg(long, value_name = "URL")]
     pub goaway_endpoint: Option<String>,
@@ -525,6 +551,15 @@ pub struct ServeArgs {
     /// TLS private key (PEM) for --tls-cert.
     #[arg(long, value_name = "PATH")]
     pub tls_key: Option<PathBuf>,
+}
+
+/// `on` / `off` for a switch flag.
+fn on_off(v: &str) -> Result<bool, String> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{v:?}: use on or off")),
+    }
 }
 
 impl ServeArgs {
@@ -560,6 +595,12 @@ impl ServeArgs {
             cfg.admin_key_file = self.admin_key_file.clone();
         }
         cfg.pin &= !self.no_pin;
+        if let Some(on) = self.compression {
+            cfg.compression = on;
+        }
+        if !self.compression_listen.is_empty() {
+            cfg.compression_listen = self.compression_listen.clone();
+        }
         // Each flag given replaces the same-named field of `$into`.
         macro_rules! take {
             ($into:expr; $($f:ident),*) => { $( if let Some(v) = self.$f { $into.$f = v; } )* };
@@ -598,7 +639,9 @@ impl ServeArgs {
             memory_bytes_max,
             conns_per_user_max,
             accept_rate_per_s_max,
-            accept_rate_per_source_per_s_max
+            accept_rate_per_source_per_s_max,
+            compression_min_bytes,
+            compression_level
         );
         if self.goaway_endpoint.is_some() {
             cfg.goaway_endpoint = self.goaway_endpoint.clone();
@@ -659,6 +702,17 @@ impl Config {
                     "admin listener {open} is not on loopback: give --admin-key-file PATH"
                 ));
             }
+        }
+        if let Some(a) = self.compression_listen.iter().find(|a| !self.listen.contains(a)) {
+            return err(format!(
+                "compression_listen {a} is not a client listener: give it with --listen too"
+            ));
+        }
+        if !(1..=9).contains(&l.compression_level) {
+            return err(format!(
+                "compression_level = {} must be within 1..=9",
+                l.compression_level
+            ));
         }
         if self.shards > 1024 {
             return err(format!("shards = {} is more than 1024; use one per core", self.shards));

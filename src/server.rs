@@ -172,9 +172,19 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
                     Some(p) => p,
                     None => (bind_all(&listen, backlog, sndbuf)?, bind_all(&admin, backlog, 0)?),
                 };
-                let mut listeners: Vec<Listener> =
-                    c.into_iter().map(|sock| Listener::new(sock, false)).collect();
-                listeners.extend(a.into_iter().map(|sock| Listener::new(sock, true)));
+                // As configured (a port may be 0): `c` is in the order of `cfg.listen`.
+                let cfg = &shared.cfg;
+                let compress = |addr: &SocketAddr| {
+                    cfg.compression
+                        && (cfg.compression_listen.is_empty()
+                            || cfg.compression_listen.contains(addr))
+                };
+                let mut listeners: Vec<Listener> = c
+                    .into_iter()
+                    .zip(&cfg.listen)
+                    .map(|(sock, addr)| Listener::new(sock, false, compress(addr)))
+                    .collect();
+                listeners.extend(a.into_iter().map(|sock| Listener::new(sock, true, false)));
                 let l = &shared.cfg.limits;
                 let mut ring = Ring::new(l.ring_entries, files)?;
                 let bufs =

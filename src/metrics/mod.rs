@@ -108,6 +108,12 @@ pub struct ShardStats {
     /// HTTP error answers by class of request problem.
     pub http_4xx: AtomicU64,
     pub ws_protocol_errors: AtomicU64,
+    /// WebSocket handshakes that agreed to permessage-deflate.
+    pub ws_deflate_agreed: AtomicU64,
+    /// Compressed frames built (once per shard and message for a broadcast).
+    pub ws_deflated_frames: AtomicU64,
+    /// Compressed client messages over `message_bytes_max` once inflated (closed with 1009).
+    pub ws_inflate_refused: AtomicU64,
     pub published: AtomicU64,
     /// Messages retained in this shard's history log, and the bytes they cost (gauges).
     pub history_messages: AtomicU64,
@@ -262,6 +268,24 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
     family("ws_protocol_errors_total", "counter", "WebSocket protocol violations.", &|s| {
         s.ws_protocol_errors.load(Relaxed)
     });
+    family(
+        "ws_deflate_agreed_total",
+        "counter",
+        "WebSocket handshakes that agreed to permessage-deflate.",
+        &|s| s.ws_deflate_agreed.load(Relaxed),
+    );
+    family(
+        "ws_deflated_frames_total",
+        "counter",
+        "Compressed frames built, each shared by its shard's recipients.",
+        &|s| s.ws_deflated_frames.load(Relaxed),
+    );
+    family(
+        "ws_inflate_refused_total",
+        "counter",
+        "Compressed client messages refused with 1009 for inflating past message_bytes_max.",
+        &|s| s.ws_inflate_refused.load(Relaxed),
+    );
     family("messages_published_total", "counter", "Publishes accepted.", &|s| {
         s.published.load(Relaxed)
     });

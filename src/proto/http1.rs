@@ -110,7 +110,10 @@ impl Request {
         self.version_minor >= 1 || self.header_has_token("connection", "keep-alive")
     }
 
-    fn headers_named<'a: 'n, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + 'n {
+    pub fn headers_named<'a: 'n, 'n>(
+        &'a self,
+        name: &'n str,
+    ) -> impl Iterator<Item = &'a [u8]> + 'n {
         self.headers
             .iter()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))

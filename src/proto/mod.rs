@@ -4,11 +4,13 @@
 //! - [`http1`]: request head parsing, request bodies for the admin API, plain responses.
 //! - [`ws`]: the RFC 6455 handshake, the frame encoder and the per-connection receive session.
 //! - [`sse`]: the Server-Sent Events encoder.
+//! - [`deflate`]: permessage-deflate negotiation and the per-shard compressor and inflater.
 //!
 //! Every function here takes peer bytes as untrusted: malformed input becomes an error value
 //! or a close code, never a panic.
 #![forbid(unsafe_code)]
 
+pub mod deflate;
 pub mod http1;
 pub mod sse;
 pub mod ws;

@@ -14,6 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
+use super::deflate::{Agreed, InflateError, Inflater};
 use super::http1::{self, Request};
 
 /// The constant appended to the client's key before hashing (RFC 6455 section 1.3).
@@ -90,8 +91,9 @@ pub fn check_handshake(req: &Request) -> Result<String, HandshakeError> {
     Ok(accept_key(key))
 }
 
-/// Writes the 101 response that completes the upgrade; no subprotocol, no extension.
-pub fn write_handshake_response(out: &mut Vec<u8>, accept: &str) {
+/// Writes the 101 response that completes the upgrade; no subprotocol, and
+/// permessage-deflate when it was agreed.
+pub fn write_handshake_response(out: &mut Vec<u8>, accept: &str, deflate: Option<&Agreed>) {
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\n\
           Upgrade: websocket\r\n\
@@ -99,7 +101,11 @@ pub fn write_handshake_response(out: &mut Vec<u8>, accept: &str) {
           Sec-WebSocket-Accept: ",
     );
     out.extend_from_slice(accept.as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(b"\r\n");
+    if let Some(agreed) = deflate {
+        agreed.write_header(out);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes the refusal of an upgrade: status, the headers the status calls for, a short
@@ -165,8 +171,13 @@ impl OpCode {
 /// The header of a final, unmasked server frame: `(bytes, len)` with `len` in 2..=10. Shared
 /// broadcast frames are built from one header and one payload.
 pub fn frame_header(opcode: OpCode, payload_len: usize) -> ([u8; 10], usize) {
+    frame_header_with(opcode, false, payload_len)
+}
+
+/// [`frame_header`] with RSV1, the permessage-deflate bit ([`super::deflate`]), set or not.
+pub fn frame_header_with(opcode: OpCode, rsv1: bool, payload_len: usize) -> ([u8; 10], usize) {
     let mut header = [0u8; 10];
-    header[0] = 0x80 | opcode.bits();
+    header[0] = 0x80 | if rsv1 { 0x40 } else { 0 } | opcode.bits();
     let len = payload_len as u64;
     if len < 126 {
         header[1] = len as u8;
@@ -249,6 +260,20 @@ pub enum Event {
 pub struct Session {
     partial: Option<Box<Partial>>,
     closed: bool,
+    deflate: Deflate,
+}
+
+/// Where a session stands with permessage-deflate ([`super::deflate`]); one byte, so the
+/// idle session stays 16 bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Deflate {
+    /// Not agreed (yet); the listener would agree to it.
+    #[default]
+    Allowed,
+    /// Not agreed, and the listener never agrees to it.
+    Refused,
+    /// Agreed, with the server window (bits) the client allows.
+    On(u8),
 }
 
 /// Everything a session holds between reads while a frame or message is incomplete.
@@ -262,6 +287,8 @@ struct Partial {
     frame: Option<Frame>,
     /// The unmasked payload so far of the current control frame (at most 125 bytes).
     control: Vec<u8>,
+    /// permessage-deflate was agreed: RSV1 may mark a message as compressed.
+    deflate: bool,
     /// The data message being received, from its first frame until its final one.
     message: Option<Message>,
 }
@@ -280,6 +307,9 @@ struct Frame {
 #[derive(Debug)]
 struct Message {
     text: bool,
+    /// RSV1 was set on its first frame: `data` is deflated and is inflated (and, for text,
+    /// validated) once the message is complete.
+    compressed: bool,
     /// Unmasked payload of every frame so far.
     data: Vec<u8>,
     /// For text, `data[..validated]` is valid UTF-8 and what follows is an incomplete
@@ -299,17 +329,52 @@ const fn protocol_error(reason: &'static str) -> Failure {
 
 const INVALID_UTF8: Failure = Failure { code: 1007, reason: "invalid UTF-8 in text message" };
 
+/// The close reason of a decompression bomb; the shard counts closes with it.
+pub const INFLATE_TOO_BIG: &str = "message too big when inflated";
+
+fn inflate_failure(e: InflateError) -> Failure {
+    match e {
+        InflateError::TooBig => Failure { code: 1009, reason: INFLATE_TOO_BIG },
+        InflateError::Invalid => Failure { code: 1007, reason: "invalid compressed data" },
+    }
+}
+
 impl Session {
     pub fn new() -> Session {
         Session::default()
     }
 
+    /// A session on a listener that never agrees to permessage-deflate.
+    pub fn without_compression() -> Session {
+        Session { deflate: Deflate::Refused, ..Session::default() }
+    }
+
+    /// Whether the handshake may agree to permessage-deflate.
+    pub fn compression_allowed(&self) -> bool {
+        self.deflate == Deflate::Allowed
+    }
+
+    /// Records what the handshake agreed.
+    pub fn agree_compression(&mut self, agreed: &Agreed) {
+        self.deflate = Deflate::On(agreed.server_max_window_bits);
+    }
+
+    /// What was agreed, if permessage-deflate is on.
+    pub fn compression(&self) -> Option<Agreed> {
+        match self.deflate {
+            Deflate::On(bits) => Some(Agreed::with_server_bits(bits)),
+            _ => None,
+        }
+    }
+
     /// Consumes received bytes, split anywhere. Appends events to `events` and protocol
     /// replies (Pong, Close) to `out`. Input after `Closed` or `Fail` is ignored.
+    /// Compressed messages are inflated with `inflater`, which keeps nothing between them.
     pub fn feed(
         &mut self,
         input: &[u8],
         limits: &WsLimits,
+        inflater: &mut Inflater,
         events: &mut Vec<Event>,
         out: &mut Vec<u8>,
     ) {
@@ -317,12 +382,13 @@ impl Session {
             return;
         }
         // An idle session parses on the stack and boxes state only if some is left over.
-        let mut local = Partial::default();
+        let mut local =
+            Partial { deflate: matches!(self.deflate, Deflate::On(_)), ..Partial::default() };
         let partial = match self.partial.as_deref_mut() {
             Some(boxed) => boxed,
             None => &mut local,
         };
-        if let Err(failure) = partial.feed(input, limits, events, out) {
+        if let Err(failure) = partial.feed(input, limits, inflater, events, out) {
             if let Some(failure) = failure {
                 write_close(out, failure.code, failure.reason);
                 events.push(Event::Fail { code: failure.code, reason: failure.reason });
@@ -365,6 +431,7 @@ impl Partial {
         &mut self,
         mut input: &[u8],
         limits: &WsLimits,
+        inflater: &mut Inflater,
         events: &mut Vec<Event>,
         out: &mut Vec<u8>,
     ) -> Result<(), Option<Failure>> {
@@ -378,7 +445,7 @@ impl Partial {
             self.read_payload(&mut input)?;
             match self.frame.take() {
                 Some(frame) if frame.remaining_bytes == 0 => {
-                    self.finish_frame(frame, events, out)?
+                    self.finish_frame(frame, limits, inflater, events, out)?
                 }
                 unfinished => {
                     self.frame = unfinished;
@@ -421,10 +488,19 @@ impl Partial {
 
     fn check_first_bytes(&self) -> Result<(), Failure> {
         let [b0, b1, ..] = self.head;
-        if b0 & 0x70 != 0 {
+        if b0 & 0x30 != 0 {
             return Err(protocol_error("reserved bits set without an extension"));
         }
         let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(protocol_error("reserved opcode"))?;
+        if b0 & 0x40 != 0 {
+            // RSV1 marks a compressed message, on its first frame only (RFC 7692 6.1).
+            if !self.deflate {
+                return Err(protocol_error("reserved bits set without an extension"));
+            }
+            if !matches!(opcode, OpCode::Text | OpCode::Binary) {
+                return Err(protocol_error("RSV1 on a control or continuation frame"));
+            }
+        }
         if b1 & 0x80 == 0 {
             return Err(protocol_error("client frame not masked"));
         }
@@ -475,7 +551,8 @@ impl Partial {
         let remaining_bytes = usize::try_from(length).map_err(|_| protocol_error("length"))?;
         if matches!(opcode, OpCode::Text | OpCode::Binary) {
             let text = opcode == OpCode::Text;
-            self.message = Some(Message { text, data: Vec::new(), validated: 0 });
+            let compressed = b0 & 0x40 != 0;
+            self.message = Some(Message { text, compressed, data: Vec::new(), validated: 0 });
         }
         let fin = b0 & 0x80 != 0;
         Ok(Frame { opcode, fin, mask, remaining_bytes, done_bytes: 0 })
@@ -500,7 +577,7 @@ impl Partial {
         }
         let message = self.message.as_mut().ok_or(protocol_error("no message"))?;
         message.data.extend(unmasked);
-        if message.text {
+        if message.text && !message.compressed {
             message.validate()?;
         }
         Ok(())
@@ -510,14 +587,24 @@ impl Partial {
     fn finish_frame(
         &mut self,
         frame: Frame,
+        limits: &WsLimits,
+        inflater: &mut Inflater,
         events: &mut Vec<Event>,
         out: &mut Vec<u8>,
     ) -> Result<(), Option<Failure>> {
         match frame.opcode {
             OpCode::Text | OpCode::Binary | OpCode::Continuation if frame.fin => {
-                let Some(message) = self.message.take() else {
+                let Some(mut message) = self.message.take() else {
                     return Err(Some(protocol_error("no message")));
                 };
+                if message.compressed {
+                    message.data = inflater
+                        .inflate(&message.data, limits.message_bytes_max)
+                        .map_err(|e| Some(inflate_failure(e)))?;
+                    if message.text {
+                        message.validate()?;
+                    }
+                }
                 if message.text {
                     if message.validated != message.data.len() {
                         return Err(Some(INVALID_UTF8));

@@ -18,7 +18,7 @@ fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
 fn run_with(input: &[u8], limits: &WsLimits) -> (Vec<Event>, Vec<u8>, Session) {
     let mut session = Session::new();
     let (mut events, mut out) = (Vec::new(), Vec::new());
-    session.feed(input, limits, &mut events, &mut out);
+    session.feed(input, limits, &mut Inflater::new(), &mut events, &mut out);
     (events, out, session)
 }
 
@@ -60,7 +60,7 @@ fn handshake_accepts_the_rfc_example() {
     let req = request(&[]);
     let accept = check_handshake(&req).unwrap();
     let mut out = Vec::new();
-    write_handshake_response(&mut out, &accept);
+    write_handshake_response(&mut out, &accept, None);
     assert_eq!(
         out,
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -166,7 +166,7 @@ fn messages_arrive_at_any_split() {
         let mut session = Session::new();
         let (mut events, mut out) = (Vec::new(), Vec::new());
         for chunk in wire.chunks(step) {
-            session.feed(chunk, &LIMITS, &mut events, &mut out);
+            session.feed(chunk, &LIMITS, &mut Inflater::new(), &mut events, &mut out);
         }
         assert_eq!(events, expected, "step {step}");
         assert_eq!(out, expected_out);
@@ -179,11 +179,11 @@ fn partial_state_is_buffered_then_freed() {
     let wire = frame(0x01, b"abc");
     let mut session = Session::new();
     let (mut events, mut out) = (Vec::new(), Vec::new());
-    session.feed(&wire[..4], &LIMITS, &mut events, &mut out);
+    session.feed(&wire[..4], &LIMITS, &mut Inflater::new(), &mut events, &mut out);
     assert_eq!(session.buffered_bytes(), 4);
-    session.feed(&wire[4..], &LIMITS, &mut events, &mut out);
+    session.feed(&wire[4..], &LIMITS, &mut Inflater::new(), &mut events, &mut out);
     assert_eq!(session.buffered_bytes(), 3);
-    session.feed(&frame(0x80, b""), &LIMITS, &mut events, &mut out);
+    session.feed(&frame(0x80, b""), &LIMITS, &mut Inflater::new(), &mut events, &mut out);
     assert_eq!(events, [Event::Text(b"abc".to_vec())]);
     assert!(session.partial.is_none());
 }
@@ -237,7 +237,7 @@ fn invalid_utf8_fails_fast() {
     let wire = frame(0x81, b"abc\xF4\x90def");
     let mut session = Session::new();
     let (mut events, mut out) = (Vec::new(), Vec::new());
-    session.feed(&wire[..6 + 5], &LIMITS, &mut events, &mut out);
+    session.feed(&wire[..6 + 5], &LIMITS, &mut Inflater::new(), &mut events, &mut out);
     assert!(matches!(events[..], [Event::Fail { code: 1007, .. }]));
     // An incomplete sequence at the end of the final fragment fails.
     assert_fails(&frame(0x81, b"ab\xE2\x82"), 1007);
@@ -284,7 +284,7 @@ fn input_after_the_end_is_ignored() {
     assert_eq!(events.len(), 2);
     assert_eq!(out, close_frame(1000));
     let (mut more, mut more_out) = (Vec::new(), Vec::new());
-    session.feed(&frame(0x89, b""), &LIMITS, &mut more, &mut more_out);
+    session.feed(&frame(0x89, b""), &LIMITS, &mut Inflater::new(), &mut more, &mut more_out);
     assert!(more.is_empty() && more_out.is_empty());
     let (events, _, session) = run_with(&[frame(0x90, b""), frame(0x81, b"a")].concat(), &LIMITS);
     assert_eq!(events.len(), 1);
@@ -347,4 +347,96 @@ fn interoperates_with_tungstenite() {
     client.get_mut().to_client = Cursor::new(out);
     assert_eq!(client.read().unwrap(), Message::Pong(b"p".to_vec()));
     assert!(matches!(client.read(), Ok(Message::Close(_)) | Err(_)));
+}
+
+/// A client's compressed message: raw deflate with the sync-flush tail stripped.
+fn deflated(payload: &[u8]) -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress};
+    let mut c = Compress::new(Compression::new(6), false);
+    let mut z = Vec::with_capacity(payload.len() + 64);
+    c.compress_vec(payload, &mut z, FlushCompress::Sync).unwrap();
+    z.truncate(z.len() - 4);
+    z
+}
+
+fn deflate_session() -> Session {
+    let mut s = Session::new();
+    s.agree_compression(&Agreed::with_server_bits(15));
+    s
+}
+
+fn feed_all(session: &mut Session, input: &[u8], limits: &WsLimits) -> (Vec<Event>, Vec<u8>) {
+    let (mut events, mut out) = (Vec::new(), Vec::new());
+    session.feed(input, limits, &mut Inflater::new(), &mut events, &mut out);
+    (events, out)
+}
+
+#[test]
+fn a_compressed_message_is_inflated_split_anywhere() {
+    let text = "ünïcode and a repeated line; a repeated line; a repeated line".repeat(4);
+    let wire = frame(0x80 | 0x40 | 0x1, &deflated(text.as_bytes()));
+    let mut inflater = Inflater::new();
+    for cut in 0..=wire.len() {
+        let mut s = deflate_session();
+        let (mut events, mut out) = (Vec::new(), Vec::new());
+        s.feed(&wire[..cut], &LIMITS, &mut inflater, &mut events, &mut out);
+        s.feed(&wire[cut..], &LIMITS, &mut inflater, &mut events, &mut out);
+        assert_eq!(events, [Event::Text(text.as_bytes().to_vec())], "cut at {cut}");
+        assert_eq!(s.buffered_bytes(), 0);
+    }
+}
+
+#[test]
+fn a_fragmented_compressed_message_carries_rsv1_on_its_first_frame_only() {
+    let z = deflated(b"binary binary binary binary");
+    let (a, b) = z.split_at(z.len() / 2);
+    let mut wire = frame(0x40 | 0x2, a);
+    wire.extend(frame(0x80, b));
+    let (events, _) = feed_all(&mut deflate_session(), &wire, &LIMITS);
+    assert_eq!(events, [Event::Binary(b"binary binary binary binary".to_vec())]);
+    // RSV1 on the continuation is a protocol error.
+    let mut wire = frame(0x40 | 0x2, a);
+    wire.extend(frame(0x80 | 0x40, b));
+    let (events, _) = feed_all(&mut deflate_session(), &wire, &LIMITS);
+    assert!(matches!(events.last(), Some(Event::Fail { code: 1002, .. })), "{events:?}");
+}
+
+#[test]
+fn rsv1_without_the_extension_or_on_a_control_frame_fails() {
+    let z = deflated(b"hello hello");
+    let (events, _) = run(&frame(0x80 | 0x40 | 0x1, &z));
+    assert!(matches!(events.last(), Some(Event::Fail { code: 1002, .. })), "{events:?}");
+    let (events, _) = feed_all(&mut deflate_session(), &frame(0x80 | 0x40 | 0x9, b""), &LIMITS);
+    assert!(matches!(events.last(), Some(Event::Fail { code: 1002, .. })), "{events:?}");
+    // RSV2 stays reserved with the extension.
+    let (events, _) = feed_all(&mut deflate_session(), &frame(0x80 | 0x20 | 0x1, b"x"), &LIMITS);
+    assert!(matches!(events.last(), Some(Event::Fail { code: 1002, .. })), "{events:?}");
+}
+
+#[test]
+fn a_decompression_bomb_gets_1009_and_bad_data_1007() {
+    let bomb = deflated(&vec![b'a'; 1 << 20]);
+    assert!(bomb.len() < 4096);
+    let (events, out) = feed_all(&mut deflate_session(), &frame(0x82 | 0x40, &bomb), &LIMITS);
+    assert_eq!(events, [Event::Fail { code: 1009, reason: INFLATE_TOO_BIG }]);
+    assert_eq!(&out[2..4], &1009u16.to_be_bytes());
+    let (events, _) = feed_all(&mut deflate_session(), &frame(0x81 | 0x40, &[0xff; 8]), &LIMITS);
+    assert!(matches!(events.last(), Some(Event::Fail { code: 1007, .. })), "{events:?}");
+    // Valid deflate of invalid UTF-8 in a text message.
+    let bad = deflated(&[0xc3, 0x28, b'a', b'b']);
+    let (events, _) = feed_all(&mut deflate_session(), &frame(0x81 | 0x40, &bad), &LIMITS);
+    assert!(matches!(events.last(), Some(Event::Fail { code: 1007, .. })), "{events:?}");
+}
+
+#[test]
+fn the_101_names_the_extension_only_when_agreed() {
+    let mut out = Vec::new();
+    write_handshake_response(&mut out, "k", Some(&Agreed::with_server_bits(10)));
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("\r\nSec-WebSocket-Extensions: permessage-deflate; "), "{text}");
+    assert!(text.ends_with("; server_max_window_bits=10\r\n\r\n"), "{text}");
+    let mut out = Vec::new();
+    write_handshake_response(&mut out, "k", None);
+    assert!(!String::from_utf8(out).unwrap().contains("Extensions"));
+    assert_eq!(std::mem::size_of::<Session>(), 16, "the idle session stays 16 bytes");
 }

@@ -203,7 +203,7 @@ impl Shard {
                 source = super::lifecycle::source_key(a);
             }
         }
-        let admin = l.admin;
+        let (admin, compress) = (l.admin, l.compress);
         if l.sock.is_none() && c.result >= 0 {
             // Accepted just before the cancel: the listener is closed, so is this.
             return self.refuse(c.result as u32, admin);
@@ -228,7 +228,11 @@ impl Shard {
             return self.refuse(fd, admin);
         }
         let kind = if admin { Kind::Admin } else { Kind::Handshake };
-        match self.conns.insert(Conn::new(fd, kind, self.live.now_ms)) {
+        let mut conn = Conn::new(fd, kind, self.live.now_ms);
+        if !compress {
+            conn.ws = crate::proto::ws::Session::without_compression();
+        }
+        match self.conns.insert(conn) {
             Ok((slot, generation)) => {
                 let stats = self.stats();
                 bump(if admin { &stats.conns_admin } else { &stats.conns_handshake }, 1);

@@ -11,7 +11,7 @@ use crate::auth;
 use crate::history::Stream;
 use crate::metrics::{bump, CloseReason};
 use crate::proto::http1::{self, HeadLimits, Request};
-use crate::proto::{sse, ws};
+use crate::proto::{deflate, sse, ws};
 use crate::push::Message;
 
 /// Bytes of a user id or topic name.
@@ -227,8 +227,9 @@ fn accept_ws(
         }
     };
     let Some(adm) = admit(shard, slot, generation, req) else { return };
-    let mut out = Vec::with_capacity(160);
-    ws::write_handshake_response(&mut out, &accept);
+    let deflate = agree_compression(shard, slot, generation, req);
+    let mut out = Vec::with_capacity(256);
+    ws::write_handshake_response(&mut out, &accept, deflate.as_ref());
     let kind = if echo { Kind::Echo } else { Kind::Ws };
     // The answer goes first: registering may already queue a close (a user over its cap).
     shard.queue(slot, generation, Chunk::Owned(out));
@@ -245,6 +246,24 @@ fn accept_ws(
     if !rest.is_empty() {
         on_ws_bytes(shard, slot, generation, rest);
     }
+}
+
+/// permessage-deflate, when the listener allows it and the client offers it; recorded in the
+/// connection's session.
+fn agree_compression(
+    shard: &mut Shard,
+    slot: u32,
+    generation: u32,
+    req: &Request,
+) -> Option<deflate::Agreed> {
+    let conn = shard.conns.get_mut(slot, generation)?;
+    if !conn.ws.compression_allowed() {
+        return None;
+    }
+    let agreed = deflate::negotiate(req.headers_named("sec-websocket-extensions"))?;
+    conn.ws.agree_compression(&agreed);
+    bump(&shard.stats().ws_deflate_agreed, 1);
+    Some(agreed)
 }
 
 /// CORS headers for a browser on another (allowed) origin.
@@ -459,7 +478,7 @@ pub(super) fn on_ws_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u
     };
     let mut events = Vec::new();
     let mut out = Vec::new();
-    conn.ws.feed(rx, &limits, &mut events, &mut out);
+    conn.ws.feed(rx, &limits, &mut shard.inflater, &mut events, &mut out);
     let closing = conn.closing;
     let kind = conn.kind;
     if let Closing::Flushing(reason) = closing {
@@ -490,8 +509,11 @@ pub(super) fn on_ws_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u
             ws::Event::Closed { .. } => {
                 return shard.finish(slot, generation, CloseReason::WsClose);
             }
-            ws::Event::Fail { .. } => {
+            ws::Event::Fail { reason, .. } => {
                 bump(&shard.stats().ws_protocol_errors, 1);
+                if reason == ws::INFLATE_TOO_BIG {
+                    bump(&shard.stats().ws_inflate_refused, 1);
+                }
                 return shard.finish(slot, generation, CloseReason::ProtocolError);
             }
         }
@@ -500,7 +522,14 @@ pub(super) fn on_ws_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u
 
 fn echo(shard: &mut Shard, slot: u32, generation: u32, op: ws::OpCode, data: &[u8]) {
     let mut frame = Vec::with_capacity(data.len() + 10);
-    ws::write_frame(&mut frame, op, data);
+    let agreed = shard.conns.get(slot, generation).and_then(|c| c.ws.compression());
+    let compressed =
+        agreed.is_some_and(|a| a.fits(data.len())) && shard.deflater.frame(&mut frame, op, data);
+    if compressed {
+        bump(&shard.stats().ws_deflated_frames, 1);
+    } else {
+        ws::write_frame(&mut frame, op, data);
+    }
     shard.queue(slot, generation, Chunk::Owned(frame));
 }
 
@@ -574,14 +603,19 @@ pub(super) fn slow_consumer(shard: &mut Shard, slot: u32, generation: u32) {
 impl Shard {
     /// Queues `msg` on each listed local connection that still subscribes. The frame (and
     /// the SSE event) is encoded once per shard and shared by every recipient; with ids
-    /// (SSE, `format=json`) once per user partition, since a position names the user's.
+    /// (SSE, `format=json`) once per user partition, since a position names the user's. A
+    /// compressed frame (permessage-deflate) is one more encoding of each, shared the same
+    /// way by the recipients that agreed to the extension.
     pub(super) fn deliver(&mut self, targets: &[(u32, u32)], msg: &Message, stream: Stream<'_>) {
-        let mut raw: Option<Rc<[u8]>> = None;
-        // Index: the user's partition, or `shards` for a connection without a user.
+        // Index: compressed or not.
+        let mut raw: [Option<Rc<[u8]>>; 2] = [None, None];
+        // Index: SSE, JSON, compressed JSON; then the user's partition, or `shards` for a
+        // connection without a user.
         let shards = self.shards();
-        let mut framed: [Vec<Option<Rc<[u8]>>>; 2] = [Vec::new(), Vec::new()];
+        let mut framed: [Vec<Option<Rc<[u8]>>>; 3] = [Vec::new(), Vec::new(), Vec::new()];
         let from_sequencer = !matches!(stream, Stream::User(_));
         let mut delivered = 0;
+        let mut deflated = 0;
         for &(slot, generation) in targets {
             let Some(conn) = self.conns.get(slot, generation) else {
                 continue;
@@ -594,10 +628,14 @@ impl Shard {
                 // The replay on its way holds this message.
                 continue;
             }
+            let z = resume::wants_deflate(conn, framing, msg, &self.deflater);
             let bytes = if framing == Framing::Raw {
-                Rc::clone(raw.get_or_insert_with(|| {
+                let deflater = &mut self.deflater;
+                Rc::clone(raw[usize::from(z)].get_or_insert_with(|| {
                     let mut v = Vec::with_capacity(msg.payload.len() + 10);
-                    resume::encode(&mut v, framing, stream, msg, &crate::history::Token::FOREIGN);
+                    let token = &crate::history::Token::FOREIGN;
+                    let d = z.then_some(deflater);
+                    deflated += u64::from(resume::encode(&mut v, framing, stream, msg, token, d));
                     v.into()
                 }))
             } else if framing == Framing::Poll || self.resuming.contains_key(&slot) {
@@ -608,19 +646,21 @@ impl Shard {
                 continue;
             } else {
                 let part = conn.ident.user().map(|u| self.user_part(u));
-                let cache = &mut framed[usize::from(framing == Framing::Json)];
+                let kind = if framing == Framing::Json { 1 + usize::from(z) } else { 0 };
+                let cache = &mut framed[kind];
                 if cache.is_empty() {
                     cache.resize(shards + 1, None);
                 }
-                let entry = &mut cache[part.unwrap_or(shards)];
-                match entry {
+                match &cache[part.unwrap_or(shards)] {
                     Some(b) => Rc::clone(b),
                     None => {
                         let token = self.position(slot, generation, part);
                         let mut v = Vec::with_capacity(msg.payload.len() + 64);
-                        resume::encode(&mut v, framing, stream, msg, &token);
+                        let d = z.then_some(&mut self.deflater);
+                        deflated +=
+                            u64::from(resume::encode(&mut v, framing, stream, msg, &token, d));
                         let b: Rc<[u8]> = v.into();
-                        *entry = Some(Rc::clone(&b));
+                        framed[kind][part.unwrap_or(shards)] = Some(Rc::clone(&b));
                         b
                     }
                 }
@@ -629,6 +669,7 @@ impl Shard {
                 delivered += 1;
             }
         }
+        bump(&self.stats().ws_deflated_frames, deflated);
         bump(&self.stats().delivered, delivered);
     }
 }

@@ -96,11 +96,21 @@ pub struct Listener {
     pub stopping: bool,
     /// Address-less single-shot accepts armed (the table is nearly full).
     pub plain: u16,
+    /// WebSocket handshakes on it may agree to permessage-deflate.
+    pub compress: bool,
 }
 
 impl Listener {
-    pub fn new(sock: socket2::Socket, admin: bool) -> Listener {
-        Listener { sock: Some(sock), admin, armed: false, pending: 0, stopping: false, plain: 0 }
+    pub fn new(sock: socket2::Socket, admin: bool, compress: bool) -> Listener {
+        Listener {
+            sock: Some(sock),
+            admin,
+            armed: false,
+            pending: 0,
+            stopping: false,
+            plain: 0,
+            compress,
+        }
     }
 }
 
@@ -168,6 +178,10 @@ pub struct Shard {
     /// Long polls being held, by slot, and those that got something this turn.
     polls: std::collections::HashMap<u32, poll::Poll>,
     polls_ready: Vec<(u32, u32)>,
+    /// permessage-deflate for every connection of the shard: no context is kept per
+    /// connection or between messages ([`crate::proto::deflate`]).
+    deflater: crate::proto::deflate::Deflater,
+    inflater: crate::proto::deflate::Inflater,
     scratch: Scratch,
 }
 
@@ -215,6 +229,11 @@ impl Shard {
         let topics = shared.cfg.history_topic_limits().expect("validated with the config");
         let history =
             crate::history::Log::with_topics(history_limits(&shared.cfg, shards), topics.into());
+        let l = &shared.cfg.limits;
+        let deflater = crate::proto::deflate::Deflater::new(
+            l.compression_level,
+            l.compression_min_bytes as usize,
+        );
         Shard {
             id,
             ring,
@@ -262,6 +281,8 @@ impl Shard {
             resuming: std::collections::HashMap::new(),
             polls: std::collections::HashMap::new(),
             polls_ready: Vec::new(),
+            deflater,
+            inflater: crate::proto::deflate::Inflater::new(),
             scratch: Scratch::default(),
         }
     }

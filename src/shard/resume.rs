@@ -15,6 +15,7 @@ use super::conn::{Chunk, Kind};
 use super::Shard;
 use crate::history::{GapReason, Stream, Token, SEQUENCER};
 use crate::metrics::bump;
+use crate::proto::deflate::Deflater;
 use crate::proto::{sse, ws};
 use crate::push::{home_shard, Message, Msg, Replay, Replayed, UserAdd};
 use crate::registry::ConnId;
@@ -403,8 +404,14 @@ impl Shard {
         if framing == Framing::Poll {
             return self.poll_add(slot, generation, stream, msg, &token);
         }
+        let conn = self.conns.get(slot, generation);
+        let deflater = conn
+            .is_some_and(|c| wants_deflate(c, framing, msg, &self.deflater))
+            .then_some(&mut self.deflater);
         let mut out = Vec::with_capacity(msg.payload.len() + 64);
-        encode(&mut out, framing, stream, msg, &token);
+        if encode(&mut out, framing, stream, msg, &token, deflater) {
+            bump(&self.stats().ws_deflated_frames, 1);
+        }
         self.queue(slot, generation, Chunk::Owned(out))
     }
 }
@@ -422,22 +429,47 @@ pub(super) fn framing_of(conn: &super::conn::Conn) -> Option<Framing> {
 
 /// Encodes one message for a connection: the raw frame, the JSON envelope, or the SSE event
 /// with its position.
+/// Whether `msg` goes to `conn` compressed: it agreed to permessage-deflate, the message is
+/// long enough to try, and short enough for the window it allows (for the JSON envelope,
+/// bounded from above: the payload escaped as a string, plus id and stream).
+pub(super) fn wants_deflate(
+    conn: &super::conn::Conn,
+    framing: Framing,
+    msg: &Message,
+    deflater: &Deflater,
+) -> bool {
+    let len = msg.payload.len();
+    let bound = if framing == Framing::Json { len.saturating_mul(6) + 512 } else { len };
+    deflater.wants(len) && conn.ws.compression().is_some_and(|a| a.fits(bound))
+}
+
+/// Appends `msg` as `framing` wants it. WebSocket frames are compressed with `deflater` when
+/// one is given and the payload shrinks; returns whether it was.
 pub(super) fn encode(
     out: &mut Vec<u8>,
     framing: Framing,
     stream: Stream<'_>,
     msg: &Message,
     token: &Token,
-) {
+    deflater: Option<&mut Deflater>,
+) -> bool {
+    let ws_frame = |out: &mut Vec<u8>, op, payload: &[u8]| {
+        if deflater.is_some_and(|d| d.frame(out, op, payload)) {
+            return true;
+        }
+        ws::write_frame(out, op, payload);
+        false
+    };
     match framing {
         Framing::Raw => {
             let op = if msg.text { ws::OpCode::Text } else { ws::OpCode::Binary };
-            ws::write_frame(out, op, &msg.payload);
+            ws_frame(out, op, &msg.payload)
         }
         Framing::Sse => {
             let mut id = Vec::with_capacity(24);
             token.write(&mut id);
             sse::write_event_with_id(out, &id, None, &msg.payload);
+            false
         }
         Framing::Json => {
             let mut text = Vec::with_capacity(msg.payload.len() + 64);
@@ -447,9 +479,12 @@ pub(super) fn encode(
             text.extend_from_slice(json_str(&stream.label()).as_bytes());
             push_data(&mut text, &msg.payload);
             text.push(b'}');
-            ws::write_frame(out, ws::OpCode::Text, &text);
+            ws_frame(out, ws::OpCode::Text, &text)
         }
-        Framing::Poll => debug_assert!(false, "polls collect, see poll_add"),
+        Framing::Poll => {
+            debug_assert!(false, "polls collect, see poll_add");
+            false
+        }
     }
 }
 

@@ -51,6 +51,8 @@ pub fn run_to_exit(args: &[&str]) -> (i32, String) {
 pub struct Server {
     child: Child,
     pub client: SocketAddr,
+    /// Every client listener, in the order given (`client` is the first).
+    pub clients: Vec<SocketAddr>,
     pub admin: SocketAddr,
     stdout: mpsc::Receiver<String>,
     stderr: Arc<Mutex<String>>,
@@ -107,16 +109,19 @@ impl Server {
                 }
             }
         };
-        let field = |key: &str| -> SocketAddr {
+        let field = |key: &str| -> Vec<SocketAddr> {
             let value = line
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix(key))
                 .unwrap_or_else(|| panic!("no {key} in start line {line:?}"));
-            let first = value.split(',').next().unwrap_or_default();
-            first.parse().unwrap_or_else(|e| panic!("bad address {first:?} in {line:?}: {e}"))
+            value
+                .split(',')
+                .map(|a| a.parse().unwrap_or_else(|e| panic!("bad address {a:?} in {line:?}: {e}")))
+                .collect()
         };
-        let (client, admin) = (field("clients="), field("admin="));
-        Server { child, client, admin, stdout: rx, stderr }
+        let clients = field("clients=");
+        let (client, admin) = (clients[0], field("admin=")[0]);
+        Server { child, client, clients, admin, stdout: rx, stderr }
     }
 
     pub fn pid(&self) -> i32 {
@@ -250,29 +255,13 @@ impl Server {
 
     /// A WebSocket client that speaks raw frames, for what tungstenite refuses to send.
     pub fn raw_ws(&self, path_and_query: &str) -> RawWs {
-        let mut stream = self.client_tcp();
-        let req = format!(
-            "GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: 13\r\n\r\n"
-        );
-        stream.write_all(req.as_bytes()).expect("write handshake");
-        // Byte by byte, so no frame byte after the head is swallowed.
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut b = [0u8; 1];
-            match stream.read(&mut b) {
-                Ok(1) => head.push(b[0]),
-                other => panic!("handshake head cut short: {other:?} after {head:?}"),
-            }
-        }
-        let head = String::from_utf8(head).expect("ASCII head");
-        assert!(head.starts_with("HTTP/1.1 101 "), "expected 101, got {head:?}");
-        assert!(
-            head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
-            "{head:?}"
-        );
-        RawWs::from_stream(stream)
+        self.raw_ws_with(path_and_query, "").0
+    }
+
+    /// [`Server::raw_ws`] with more request headers (each ending in CRLF); also returns the
+    /// 101's head.
+    pub fn raw_ws_with(&self, path_and_query: &str, headers: &str) -> (RawWs, String) {
+        raw_ws_to(self.client, path_and_query, headers)
     }
 
     // ---- SSE ----
@@ -332,6 +321,30 @@ fn forward_lines(stdout: ChildStdout, tx: mpsc::Sender<String>) {
 
 /// Connects with a bounded connect, read and write timeouts.
 /// Shrinks a client's receive buffer so that, not reading, it backs up the server quickly.
+/// A raw-frame WebSocket to `client` with extra request headers; returns it and the 101 head.
+pub fn raw_ws_to(client: SocketAddr, path_and_query: &str, headers: &str) -> (RawWs, String) {
+    let mut stream = tcp(client);
+    let req = format!(
+        "GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n{headers}\r\n"
+    );
+    stream.write_all(req.as_bytes()).expect("write handshake");
+    // Byte by byte, so no frame byte after the head is swallowed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        match stream.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            other => panic!("handshake head cut short: {other:?} after {head:?}"),
+        }
+    }
+    let head = String::from_utf8(head).expect("ASCII head");
+    assert!(head.starts_with("HTTP/1.1 101 "), "expected 101, got {head:?}");
+    assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{head:?}");
+    (RawWs::from_stream(stream), head)
+}
+
 pub fn set_rcvbuf(stream: &TcpStream, bytes: usize) {
     socket2::SockRef::from(stream).set_recv_buffer_size(bytes).expect("SO_RCVBUF");
 }

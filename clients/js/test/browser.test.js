@@ -171,3 +171,40 @@ test('a goaway in the browser: the close reason is read and its delay obeyed', a
     await short.stop();
   }
 });
+
+test('permessage-deflate in the browser: a plain WebSocket gets compressed publishes intact',
+  async () => {
+    const context = await browser.newContext();
+    try {
+      const page = await context.newPage();
+      await page.goto(`${origin}/`);
+      const url = `${server.base.replace('http', 'ws')}/ws?topics=deflate-browser`;
+      const extensions = await page.evaluate((u) => new Promise((ok, fail) => {
+        const ws = new WebSocket(u);
+        window.got = [];
+        ws.onmessage = (e) => window.got.push(e.data);
+        ws.onopen = () => ok(ws.extensions);
+        ws.onerror = () => fail(new Error('WebSocket error'));
+        window.deflateWs = ws;
+      }), url);
+      assert.match(extensions, /permessage-deflate/);
+      assert.match(extensions, /server_no_context_takeover/);
+      await waitFor(async () => (await server.stats()).ws >= 1, 'the browser connected');
+      const metric = async () => {
+        const text = await (await fetch(`${server.adminBase}/metrics`)).text();
+        return text.split('\n').filter((l) => l.startsWith('c10m_ws_deflated_frames_total'))
+          .reduce((sum, l) => sum + Number(l.split(' ').pop()), 0);
+      };
+      const before = await metric();
+      // A 500-byte JSON notification (compressed) and a 32-byte tick (under the minimum).
+      const big = JSON.stringify({ type: 'notification', body: 'a comment on your post '.repeat(20) });
+      const small = '{"px":101.25,"sym":"ABC","t":1}';
+      await server.publish('topic=deflate-browser', big);
+      await server.publish('topic=deflate-browser', small);
+      await page.waitForFunction(() => window.got.length >= 2, null, { timeout: 10000 });
+      assert.deepEqual(await page.evaluate(() => window.got), [big, small]);
+      assert.ok((await metric()) > before, 'the server built a compressed frame');
+    } finally {
+      await context.close();
+    }
+  });
