@@ -48,6 +48,12 @@ enum ProtoArg {
     Sse,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FillArg {
+    X,
+    Json,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum PublishToArg {
     User,
@@ -123,6 +129,14 @@ struct RunArgs {
     /// Payload size; never below the stamp (`s=<seq> t=<ns> `).
     #[arg(long, default_value_t = 64)]
     payload_bytes: usize,
+    /// Padding after the stamp: x (a run of one byte) or json (a realistic notification,
+    /// for compression runs).
+    #[arg(long, value_enum, default_value = "x")]
+    payload_fill: FillArg,
+    /// Offer permessage-deflate on WebSocket connections (what browsers offer) and inflate
+    /// compressed messages.
+    #[arg(long)]
+    deflate: bool,
     /// Wait this long after the hold for late deliveries before reporting.
     #[arg(long, default_value = "2s")]
     drain: String,
@@ -198,6 +212,8 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
         publish_to,
         publish_count: args.publish_count,
         payload_bytes: args.payload_bytes.min(c10m_loadgen::payload::PAYLOAD_BYTES_MAX),
+        payload_json: args.payload_fill == FillArg::Json,
+        deflate: args.deflate,
         drain: config::parse_duration(&args.drain)?,
         json: args.json.clone(),
         server_pid: args.server_pid,

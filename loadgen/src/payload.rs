@@ -9,13 +9,23 @@
 /// Largest payload the publisher builds.
 pub const PAYLOAD_BYTES_MAX: usize = 1 << 20;
 
+/// Padding of `--payload-fill json`: a realistic notification, so compression runs see the
+/// ratio of real JSON rather than of a run of `x`.
+pub const JSON_FILL: &[u8] = br#"{"type":"notification","id":"n_8f3a2c91","user":"u_1029384","created_at":"2026-12-02T19:20:11.482Z","title":"New comment on your post","body":"Alice replied: Great write-up, thanks for sharing the numbers on connection cost!","actor":{"id":"u_5521","name":"Alice Martin","avatar":"https://cdn.example.com/a/5521.jpg"},"target":{"kind":"post","id":"p_77120","url":"https://example.com/p/77120#c_99812"},"read":false,"priority":"normal","tags":["comment","reply"]} "#;
+
 /// Appends the payload for `seq`, sent at `sent_ns` (CLOCK_REALTIME), padded to `bytes`.
 pub fn encode(out: &mut Vec<u8>, seq: u64, sent_ns: u64, bytes: usize) {
+    encode_with(out, seq, sent_ns, bytes, b"x")
+}
+
+/// [`encode`] with the padding taken from `fill`, repeated as needed.
+pub fn encode_with(out: &mut Vec<u8>, seq: u64, sent_ns: u64, bytes: usize, fill: &[u8]) {
     let start = out.len();
     out.extend_from_slice(format!("s={seq} t={sent_ns} ").as_bytes());
     let target = start + bytes.min(PAYLOAD_BYTES_MAX);
-    if out.len() < target {
-        out.resize(target, b'x');
+    let mut pad = fill.iter().cycle();
+    while out.len() < target {
+        out.push(pad.next().copied().unwrap_or(b'x'));
     }
 }
 

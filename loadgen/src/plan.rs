@@ -68,6 +68,10 @@ pub struct Plan {
     pub publish_to: PublishTo,
     pub publish_count: Option<u64>,
     pub payload_bytes: usize,
+    /// Pad payloads with realistic JSON ([`crate::payload::JSON_FILL`]) instead of `x`.
+    pub payload_json: bool,
+    /// Offer permessage-deflate on WebSocket connections.
+    pub deflate: bool,
     pub drain: Duration,
     pub json: Option<PathBuf>,
     pub server_pid: Option<u32>,

@@ -162,7 +162,8 @@ pub fn run(plan: Arc<Plan>, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> Publi
         record.audience.store(sizes.get(bucket as usize).copied().unwrap_or(0), Relaxed);
         record.sent_ns.store(sent_ns, Relaxed);
         body.clear();
-        payload::encode(&mut body, seq, sent_ns, plan.payload_bytes);
+        let fill = if plan.payload_json { payload::JSON_FILL } else { b"x" };
+        payload::encode_with(&mut body, seq, sent_ns, plan.payload_bytes, fill);
         let audience = plan.audience(bucket);
         let t = Instant::now();
         result.published += 1;

@@ -107,6 +107,12 @@ pub struct Messages {
     /// Pongs that waited for an earlier send of their connection to complete.
     #[serde(default)]
     pub pongs_deferred: u64,
+    /// Wire bytes of the WebSocket data frames received (0 for SSE).
+    #[serde(default)]
+    pub data_bytes: u64,
+    /// Data frames that came compressed.
+    #[serde(default)]
+    pub compressed: u64,
     pub received_per_s: f64,
 }
 
@@ -232,6 +238,8 @@ impl Report {
             a.pings += b.pings;
             a.pongs += b.pongs;
             a.pongs_deferred += b.pongs_deferred;
+            a.data_bytes += b.data_bytes;
+            a.compressed += b.compressed;
             a.received_per_s += b.received_per_s;
             out.connect_us = out.connect_us.merge(&r.connect_us);
             out.upgrade_us = out.upgrade_us.merge(&r.upgrade_us);
@@ -321,6 +329,15 @@ impl Report {
             m.pongs,
             m.pongs_deferred
         );
+        if m.data_bytes > 0 {
+            let _ = writeln!(
+                t,
+                "  data frames        {} wire bytes, {:.1} per message received, {} compressed",
+                m.data_bytes,
+                m.data_bytes as f64 / m.received.max(1) as f64,
+                m.compressed
+            );
+        }
         if !self.publishes.is_empty() && self.publishes.len() <= PUBLISH_ROWS_SHOWN {
             for p in &self.publishes {
                 let _ = writeln!(

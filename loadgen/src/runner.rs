@@ -327,6 +327,8 @@ fn assemble(input: AssembleInput<'_>) -> Report {
             pings: shared.pings.load(Relaxed),
             pongs: shared.pongs.load(Relaxed),
             pongs_deferred: shared.pongs_deferred.load(Relaxed),
+            data_bytes: shared.data_bytes.load(Relaxed),
+            compressed: shared.compressed.load(Relaxed),
             received_per_s: received as f64 / (elapsed_s - ramp_s).max(1e-3),
         },
         connect_us: Summary::from_histogram(&connect),

@@ -210,6 +210,10 @@ pub struct Shard {
     epoch: Instant,
     rng: u64,
     counts: MessageCounts,
+    /// permessage-deflate (`--deflate`): one inflater for the shard, made on first use, and
+    /// its reused output.
+    inflater: Option<flate2::Decompress>,
+    inflated: Vec<u8>,
     pending_attempts: u64,
     pending_reconnects: u64,
     pending_established: u64,
@@ -262,6 +266,8 @@ impl Shard {
             epoch: Instant::now(),
             rng: seed | 1,
             counts: MessageCounts::default(),
+            inflater: None,
+            inflated: Vec::new(),
             pending_attempts: 0,
             pending_reconnects: 0,
             pending_established: 0,

@@ -119,6 +119,10 @@ pub struct MessageCounts {
     pub pongs: u64,
     /// Pongs that had to wait for an earlier send of their connection.
     pub pongs_deferred: u64,
+    /// Wire bytes (header and payload) of the data frames received.
+    pub data_bytes: u64,
+    /// Data frames that came compressed (permessage-deflate).
+    pub compressed: u64,
 }
 
 pub struct Shared {
@@ -141,6 +145,8 @@ pub struct Shared {
     pub pings: AtomicU64,
     pub pongs: AtomicU64,
     pub pongs_deferred: AtomicU64,
+    pub data_bytes: AtomicU64,
+    pub compressed: AtomicU64,
     /// Largest loop lag, loop turn and pong time (ready → sent) of any shard since the
     /// progress printer last looked, µs.
     pub lag_max_us: AtomicU64,
@@ -177,6 +183,8 @@ impl Shared {
             pings: AtomicU64::new(0),
             pongs: AtomicU64::new(0),
             pongs_deferred: AtomicU64::new(0),
+            data_bytes: AtomicU64::new(0),
+            compressed: AtomicU64::new(0),
             lag_max_us: AtomicU64::new(0),
             turn_max_us: AtomicU64::new(0),
             pong_max_us: AtomicU64::new(0),
@@ -224,6 +232,8 @@ impl Shared {
         self.pings.fetch_add(c.pings, Relaxed);
         self.pongs.fetch_add(c.pongs, Relaxed);
         self.pongs_deferred.fetch_add(c.pongs_deferred, Relaxed);
+        self.data_bytes.fetch_add(c.data_bytes, Relaxed);
+        self.compressed.fetch_add(c.compressed, Relaxed);
     }
 }
 

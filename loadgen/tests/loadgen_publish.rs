@@ -119,3 +119,45 @@ fn user_publishes_reach_that_users_connections() {
     assert_eq!(m.delivered, m.expected, "{stdout}");
     assert_eq!(m.lost, 0);
 }
+
+#[test]
+fn deflate_runs_receive_compressed_broadcasts_and_count_their_wire_bytes() {
+    let server = Server::start(&[]);
+    let run = |name: &str, deflate: bool| {
+        let mut args = vec![
+            "--target",
+            &server.client,
+            "--admin",
+            &server.admin,
+            "--conns",
+            "50",
+            "--rate",
+            "0",
+            "--hold",
+            "2s",
+            "--publish-rate",
+            "20",
+            "--publish-count",
+            "10",
+            "--payload-bytes",
+            "500",
+            "--payload-fill",
+            "json",
+            "--drain",
+            "1s",
+        ];
+        if deflate {
+            args.push("--deflate");
+        }
+        run_loadgen(name, &args)
+    };
+    let (plain, out) = run("deflate-off", false);
+    assert_eq!((plain.messages.delivered, plain.messages.lost), (500, 0), "{out}");
+    assert_eq!(plain.messages.compressed, 0);
+    assert_eq!(plain.messages.data_bytes, 500 * 504, "4-byte header + 500 B each: {out}");
+    let (z, out) = run("deflate-on", true);
+    assert_eq!((z.messages.delivered, z.messages.lost), (500, 0), "{out}");
+    assert_eq!(z.messages.compressed, 500, "{out}");
+    let per = z.messages.data_bytes as f64 / 500.0;
+    assert!(per < 400.0, "{per} wire bytes per delivery compressed: {out}");
+}

@@ -32,21 +32,67 @@ pub fn accept(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
-/// Appends the upgrade request for `path_and_query`.
-pub fn upgrade_request(out: &mut Vec<u8>, host: &str, path_and_query: &str, key: &str) {
+/// The permessage-deflate offer of `--deflate`: what browsers send.
+pub const DEFLATE_OFFER: &str =
+    "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+
+/// Appends the upgrade request for `path_and_query`, offering permessage-deflate if asked.
+pub fn upgrade_request(
+    out: &mut Vec<u8>,
+    host: &str,
+    path_and_query: &str,
+    key: &str,
+    deflate: bool,
+) {
+    let offer = if deflate { DEFLATE_OFFER } else { "" };
     out.extend_from_slice(
         format!(
             "GET {path_and_query} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
+             {offer}\r\n"
         )
         .as_bytes(),
     );
+}
+
+/// Inflates one compressed message (RFC 7692: raw deflate whose sync-flush tail the sender
+/// stripped) into `out`, with the context reset first: c10m agrees to no context takeover.
+pub fn inflate(
+    d: &mut flate2::Decompress,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    d.reset(false);
+    out.clear();
+    out.reserve(payload.len() * 8 + 64);
+    for input in [payload, &[0, 0, 0xff, 0xff][..]] {
+        let start = d.total_in();
+        loop {
+            let used = (d.total_in() - start) as usize;
+            let status = d
+                .decompress_vec(&input[used..], out, flate2::FlushDecompress::Sync)
+                .map_err(|_| FrameError::BadDeflate)?;
+            if status == flate2::Status::StreamEnd {
+                return Ok(());
+            }
+            if out.len() < out.capacity() {
+                break;
+            }
+            if out.len() >= FRAME_BYTES_MAX {
+                return Err(FrameError::TooLong);
+            }
+            out.reserve(out.len());
+        }
+    }
+    Ok(())
 }
 
 /// One decoded frame, borrowing its payload from the input.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Frame<'a> {
     pub fin: bool,
+    /// RSV1: a permessage-deflate compressed message.
+    pub compressed: bool,
     pub opcode: u8,
     pub payload: &'a [u8],
     /// Bytes of input the frame used.
@@ -61,6 +107,8 @@ pub enum FrameError {
     ReservedBits,
     UnknownOpcode,
     TooLong,
+    /// A compressed payload that does not inflate.
+    BadDeflate,
     /// A control frame that is fragmented or longer than 125 bytes.
     BadControl,
 }
@@ -73,7 +121,9 @@ pub fn decode(bytes: &[u8]) -> Result<Option<Frame<'_>>, FrameError> {
     };
     let fin = b0 & 0x80 != 0;
     let opcode = b0 & 0x0f;
-    if b0 & 0x70 != 0 {
+    // RSV1 is permessage-deflate's; whether it was agreed is the caller's to check.
+    let compressed = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (compressed && !matches!(opcode, OP_TEXT | OP_BINARY)) {
         return Err(FrameError::ReservedBits);
     }
     if b1 & 0x80 != 0 {
@@ -107,7 +157,7 @@ pub fn decode(bytes: &[u8]) -> Result<Option<Frame<'_>>, FrameError> {
     if bytes.len() < len {
         return Ok(None);
     }
-    Ok(Some(Frame { fin, opcode, payload: &bytes[header_len..len], len }))
+    Ok(Some(Frame { fin, compressed, opcode, payload: &bytes[header_len..len], len }))
 }
 
 /// Appends a masked control frame (`payload` at most 125 bytes; longer is cut).
@@ -163,12 +213,30 @@ mod tests {
     #[test]
     fn rejects_bad_frames() {
         assert_eq!(decode(&[0x81, 0x81, 0, 0, 0, 0, 0]), Err(FrameError::Masked));
-        assert_eq!(decode(&[0xC1, 0]), Err(FrameError::ReservedBits));
+        assert_eq!(decode(&[0xA1, 0]), Err(FrameError::ReservedBits));
+        assert_eq!(decode(&[0xC9, 0]), Err(FrameError::ReservedBits), "RSV1 on a ping");
+        assert!(decode(&[0xC1, 0]).unwrap().unwrap().compressed);
         assert_eq!(decode(&[0x83, 0]), Err(FrameError::UnknownOpcode));
         assert_eq!(decode(&[0x09, 0]), Err(FrameError::BadControl));
         let mut huge = vec![0x82, 127];
         huge.extend_from_slice(&u64::MAX.to_be_bytes());
         assert_eq!(decode(&huge), Err(FrameError::TooLong));
+    }
+
+    #[test]
+    fn inflates_a_compressed_message() {
+        let text = b"s=1 t=2 {\"type\":\"notification\"} {\"type\":\"notification\"}".repeat(9);
+        let mut c = flate2::Compress::new(flate2::Compression::new(6), false);
+        let mut z = Vec::with_capacity(1024);
+        c.compress_vec(&text, &mut z, flate2::FlushCompress::Sync).unwrap();
+        z.truncate(z.len() - 4);
+        let mut d = flate2::Decompress::new(false);
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            inflate(&mut d, &z, &mut out).unwrap();
+            assert_eq!(out, text);
+        }
+        assert_eq!(inflate(&mut d, &[0xff; 8], &mut out), Err(FrameError::BadDeflate));
     }
 
     #[test]

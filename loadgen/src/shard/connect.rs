@@ -116,7 +116,9 @@ impl Shard {
         let mut request = Vec::with_capacity(256);
         let host = &self.target_hosts[t];
         match self.plan.proto {
-            Proto::Ws => ws::upgrade_request(&mut request, host, &path, &ws_key(n, gen)),
+            Proto::Ws => {
+                ws::upgrade_request(&mut request, host, &path, &ws_key(n, gen), self.plan.deflate)
+            }
             Proto::Sse => sse::request(&mut request, host, &path),
         }
         let request = Box::new(request);

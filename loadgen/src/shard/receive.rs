@@ -81,8 +81,25 @@ impl Shard {
             };
             used += frame.len;
             match frame.opcode {
+                ws::OP_TEXT | ws::OP_BINARY if frame.compressed => {
+                    if !self.plan.deflate {
+                        return Err(Reason::Protocol);
+                    }
+                    self.counts.data_bytes += frame.len as u64;
+                    self.counts.compressed += 1;
+                    let mut plain = std::mem::take(&mut self.inflated);
+                    let inflater =
+                        self.inflater.get_or_insert_with(|| flate2::Decompress::new(false));
+                    ws::inflate(inflater, frame.payload, &mut plain)
+                        .map_err(|_| Reason::Protocol)?;
+                    self.deliver(i, &plain);
+                    self.inflated = plain;
+                }
                 // A fragmented message carries its stamp in the first fragment.
-                ws::OP_TEXT | ws::OP_BINARY => self.deliver(i, frame.payload),
+                ws::OP_TEXT | ws::OP_BINARY => {
+                    self.counts.data_bytes += frame.len as u64;
+                    self.deliver(i, frame.payload)
+                }
                 ws::OP_PING => {
                     self.counts.pings += 1;
                     let mask = (self.random() as u32).to_ne_bytes();
