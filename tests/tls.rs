@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{LineChild, Server, STEP};
+use common::{metric_sum, LineChild, Server, STEP};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tungstenite::Message;
@@ -198,6 +198,8 @@ ctx = ssl.create_default_context(cafile=sys.argv[2])
 ctx.set_alpn_protocols(["http/1.1"])
 with connect(sys.argv[1], ssl=ctx, open_timeout=5) as ws:
     print("open", ws.socket.version(), ws.socket.selected_alpn_protocol(), flush=True)
+    print("ext", ws.response.headers.get("Sec-WebSocket-Extensions"), flush=True)
+    print("msg", ws.recv(timeout=5), flush=True)
     print("msg", ws.recv(timeout=5), flush=True)
 "#;
     let url = format!("wss://127.0.0.1:{}/ws?user=py", server.client.port());
@@ -209,10 +211,17 @@ with connect(sys.argv[1], ssl=ctx, open_timeout=5) as ws:
     ]));
     let open = py.expect_line(|l| l.starts_with("open "));
     assert!(open.contains("TLSv1.3") && open.contains("http/1.1"), "{open}");
+    // websockets offers permessage-deflate by default: compressed frames inside TLS records.
+    let ext = py.expect_line(|l| l.starts_with("ext "));
+    assert!(ext.contains("permessage-deflate"), "{ext}");
     server.wait_connections(1);
     let (status, _) = server.publish("user=py", "hello python");
     assert_eq!(status, 202);
     py.expect_line(|l| l == "msg hello python");
+    let long = r#"{"note":"a longer message, compressed before it is encrypted"},"#.repeat(8);
+    server.publish("user=py", &long);
+    py.expect_line(|l| l.strip_prefix("msg ") == Some(long.as_str()));
+    assert_eq!(metric_sum(&server.metrics(), "c10m_ws_deflated_frames_total", &[]), 1.0);
     server.wait_connections(0);
 }
 

@@ -4,6 +4,7 @@
 use std::hint::black_box;
 
 use c10m::proto::http1::{parse_request, HeadLimits};
+use c10m::proto::deflate::{Deflater, Inflater};
 use c10m::proto::ws::{write_frame, OpCode, Session, WsLimits};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -50,6 +51,7 @@ fn ws_session_feed(c: &mut Criterion) {
     let mut group = c.benchmark_group("ws::Session::feed");
     let mut events = Vec::new();
     let mut out = Vec::new();
+    let mut inflater = Inflater::new();
     for size in [32usize, 1024, 65536] {
         let input = masked_frame(0x1, &vec![b'x'; size]);
         group.throughput(Throughput::Bytes(input.len() as u64));
@@ -58,7 +60,7 @@ fn ws_session_feed(c: &mut Criterion) {
             b.iter(|| {
                 events.clear();
                 out.clear();
-                session.feed(black_box(input), &LIMITS, &mut events, &mut out);
+                session.feed(black_box(input), &LIMITS, &mut inflater, &mut events, &mut out);
                 black_box(events.len())
             })
         });
@@ -71,7 +73,7 @@ fn ws_session_feed(c: &mut Criterion) {
         b.iter(|| {
             events.clear();
             out.clear();
-            session.feed(black_box(&ping), &LIMITS, &mut events, &mut out);
+            session.feed(black_box(&ping), &LIMITS, &mut inflater, &mut events, &mut out);
             black_box(out.len())
         })
     });
@@ -84,7 +86,7 @@ fn ws_session_feed(c: &mut Criterion) {
             events.clear();
             out.clear();
             for piece in split.chunks(7) {
-                session.feed(black_box(piece), &LIMITS, &mut events, &mut out);
+                session.feed(black_box(piece), &LIMITS, &mut inflater, &mut events, &mut out);
             }
             black_box(events.len())
         })
@@ -115,5 +117,66 @@ fn http1_parse_request(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, ws_write_frame, ws_session_feed, http1_parse_request);
+/// A realistic notification (462 B) and a price tick (32 B).
+const NOTIFICATION: &[u8] = br#"{"type":"notification","id":"n_8f3a2c91","user":"u_1029384","created_at":"2026-12-02T19:20:11.482Z","title":"New comment on your post","body":"Alice replied: Great write-up, thanks for sharing the numbers on connection cost!","actor":{"id":"u_5521","name":"Alice Martin","avatar":"https://cdn.example.com/a/5521.jpg"},"target":{"kind":"post","id":"p_77120","url":"https://example.com/p/77120#c_99812"},"read":false,"priority":"normal","tags":["comment","reply"]}"#;
+const TICK: &[u8] = br#"{"px":101.25,"sym":"ABC","t":1}"#;
+
+/// permessage-deflate: c10m's per-shard compressor (flate2 + zlib-rs, reset per message) at
+/// levels 1 and 6, beside miniz_oxide and libdeflate on the same payloads, and the inflate
+/// of a client message. Prints each compressed size once.
+fn deflate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("deflate");
+    for (name, payload) in [("json462", NOTIFICATION), ("tick32", TICK)] {
+        group.throughput(Throughput::Bytes(payload.len() as u64));
+        for level in [1u32, 6] {
+            let mut d = Deflater::new(level, 0);
+            let mut out = Vec::with_capacity(1024);
+            out.clear();
+            let shrank = d.frame(&mut out, OpCode::Text, payload);
+            eprintln!("c10m zlib-rs L{level} {name}: frame {} B (compressed: {shrank})", out.len());
+            group.bench_function(format!("c10m_zlib_rs_L{level}/{name}"), |b| {
+                b.iter(|| {
+                    out.clear();
+                    black_box(d.frame(&mut out, OpCode::Text, black_box(payload)))
+                })
+            });
+            let flags = miniz_oxide::deflate::core::create_comp_flags_from_zip_params(
+                level as i32,
+                -15,
+                0,
+            );
+            let mut mz = miniz_oxide::deflate::core::CompressorOxide::new(flags);
+            let mut buf = vec![0u8; payload.len() + 64];
+            group.bench_function(format!("miniz_oxide_L{level}/{name}"), |b| {
+                b.iter(|| {
+                    mz.reset();
+                    let (_, _, n) = miniz_oxide::deflate::core::compress(
+                        &mut mz,
+                        black_box(payload),
+                        &mut buf,
+                        miniz_oxide::deflate::core::TDEFLFlush::Sync,
+                    );
+                    black_box(n)
+                })
+            });
+            let lvl = libdeflater::CompressionLvl::new(level as i32).unwrap();
+            let mut ld = libdeflater::Compressor::new(lvl);
+            group.bench_function(format!("libdeflate_L{level}/{name}"), |b| {
+                b.iter(|| black_box(ld.deflate_compress(black_box(payload), &mut buf).unwrap()))
+            });
+        }
+    }
+    let mut d = Deflater::new(6, 0);
+    let mut frame = Vec::new();
+    d.frame(&mut frame, OpCode::Text, NOTIFICATION);
+    let body = frame[4..].to_vec();
+    let mut inflater = Inflater::new();
+    group.throughput(Throughput::Bytes(NOTIFICATION.len() as u64));
+    group.bench_function("c10m_inflate/json462", |b| {
+        b.iter(|| black_box(inflater.inflate(black_box(&body), 1 << 16).unwrap().len()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, ws_write_frame, ws_session_feed, http1_parse_request, deflate);
 criterion_main!(benches);

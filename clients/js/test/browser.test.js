@@ -204,6 +204,16 @@ test('permessage-deflate in the browser: a plain WebSocket gets compressed publi
       await page.waitForFunction(() => window.got.length >= 2, null, { timeout: 10000 });
       assert.deepEqual(await page.evaluate(() => window.got), [big, small]);
       assert.ok((await metric()) > before, 'the server built a compressed frame');
+      // Chromium compresses what it sends; the same control message twice would refer back
+      // into the first if it kept its context, which the server's answer forbids.
+      const sub = JSON.stringify({ subscribe: 'deflate-browser-2', pad: 'x'.repeat(200) });
+      await page.evaluate((m) => { window.deflateWs.send(m); window.deflateWs.send(m); }, sub);
+      await page.waitForFunction(() => window.got.length >= 4, null, { timeout: 10000 });
+      const replies = (await page.evaluate(() => window.got)).slice(2);
+      assert.deepEqual(replies, Array(2).fill('{"subscribed":"deflate-browser-2"}'));
+      await server.publish('topic=deflate-browser-2', big);
+      await page.waitForFunction(() => window.got.length >= 5, null, { timeout: 10000 });
+      assert.equal(await page.evaluate(() => window.got[4]), big);
     } finally {
       await context.close();
     }
