@@ -1,5 +1,6 @@
 //! Checks shared by the WebSocket targets.
 
+use c10m::proto::deflate::{Agreed, Inflater};
 use c10m::proto::ws::{Event, Session, WsLimits};
 
 pub const LIMITS: WsLimits = WsLimits {
@@ -16,14 +17,19 @@ pub struct Outcome {
 }
 
 /// Feeds `chunks` in order, checking after each call that nothing follows the end and that
-/// buffering stays within the limits.
-pub fn feed_all<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Outcome {
+/// buffering stays within the limits. With `deflate`, the session has agreed to
+/// permessage-deflate, so RSV1 messages are inflated (within `message_bytes_max`).
+pub fn feed_all<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, deflate: bool) -> Outcome {
     let mut session = Session::new();
+    if deflate {
+        session.agree_compression(&Agreed::with_server_bits(15));
+    }
+    let mut inflater = Inflater::new();
     let (mut events, mut out) = (Vec::new(), Vec::new());
     for chunk in chunks {
         let was_closed = session.is_closed();
         let (events_before, out_before) = (events.len(), out.len());
-        session.feed(chunk, &LIMITS, &mut events, &mut out);
+        session.feed(chunk, &LIMITS, &mut inflater, &mut events, &mut out);
         if was_closed {
             assert_eq!((events.len(), out.len()), (events_before, out_before));
         }

@@ -6,5 +6,6 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 
 fuzz_target!(|data: &[u8]| {
-    common::feed_all([data]);
+    common::feed_all([data], false);
+    common::feed_all([data], true);
 });
