@@ -108,6 +108,10 @@ pub struct Limits {
     /// New client connections per second from one source address (an IPv4 address or an
     /// IPv6 /64); over it they get 429. 0: no limit. Default 0.
     pub accept_rate_per_source_per_s_max: u32,
+    /// `POST /publish/batch`: the most lines and body bytes of one batch (413 past them).
+    /// Defaults 10,000 and 8 MiB.
+    pub batch_lines_max: u32,
+    pub batch_bytes_max: u32,
     /// permessage-deflate: messages shorter than this go uncompressed. Default 128.
     pub compression_min_bytes: u32,
     /// permessage-deflate: zlib level 1 (fastest) ..= 9 (smallest). Default 6.
@@ -150,6 +154,8 @@ impl Default for Limits {
             conns_per_user_max: 0,
             accept_rate_per_s_max: 0,
             accept_rate_per_source_per_s_max: 0,
+            batch_lines_max: 10_000,
+            batch_bytes_max: 8 << 20,
             compression_min_bytes: 128,
             compression_level: 6,
         }
@@ -516,6 +522,12 @@ pub struct ServeArgs {
     /// Messages shorter than this are sent uncompressed. Default 128.
     #[arg(long)]
     pub compression_min_bytes: Option<u32>,
+    /// Lines one POST /publish/batch may hold. Default 10000.
+    #[arg(long)]
+    pub batch_lines_max: Option<u32>,
+    /// Body bytes of one POST /publish/batch. Default 8388608.
+    #[arg(long)]
+    pub batch_bytes_max: Option<u32>,
     /// zlib level, 1 (fastest) ..= 9 (smallest). Default 6.
     #[arg(long)]
     pub compression_level: Option<u32>,
@@ -641,7 +653,9 @@ impl ServeArgs {
             accept_rate_per_s_max,
             accept_rate_per_source_per_s_max,
             compression_min_bytes,
-            compression_level
+            compression_level,
+            batch_lines_max,
+            batch_bytes_max
         );
         if self.goaway_endpoint.is_some() {
             cfg.goaway_endpoint = self.goaway_endpoint.clone();
@@ -706,6 +720,18 @@ impl Config {
         if let Some(a) = self.compression_listen.iter().find(|a| !self.listen.contains(a)) {
             return err(format!(
                 "compression_listen {a} is not a client listener: give it with --listen too"
+            ));
+        }
+        if l.batch_lines_max == 0 || l.batch_lines_max > 1_000_000 {
+            return err(format!(
+                "batch_lines_max = {} must be within 1..=1000000",
+                l.batch_lines_max
+            ));
+        }
+        if l.batch_bytes_max < l.message_bytes_max || l.batch_bytes_max > 256 << 20 {
+            return err(format!(
+                "batch_bytes_max = {} must be within message_bytes_max ({})..=268435456",
+                l.batch_bytes_max, l.message_bytes_max
             ));
         }
         if !(1..=9).contains(&l.compression_level) {

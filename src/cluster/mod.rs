@@ -367,6 +367,7 @@ impl Bridge {
                 let headers = self.headers(msg.id);
                 self.publish(Out { subject: bus::ALL.into(), headers, msg });
             }
+            Msg::Batch(msgs) => msgs.into_iter().for_each(|m| self.on_mesh(m)),
             other => debug_assert!(false, "not for the bridge: {other:?}"),
         }
     }

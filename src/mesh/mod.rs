@@ -106,6 +106,11 @@ impl MeshEnd {
         self.shards
     }
 
+    /// Participants a message can go to, by index: the shards, then the bridge if any.
+    pub fn destinations(&self) -> usize {
+        self.tx.len()
+    }
+
     /// The bridge's index, when this process is a cluster node.
     pub fn bridge(&self) -> Option<usize> {
         (self.tx.len() > self.shards).then_some(self.shards)

@@ -108,6 +108,9 @@ pub struct ShardStats {
     /// HTTP error answers by class of request problem.
     pub http_4xx: AtomicU64,
     pub ws_protocol_errors: AtomicU64,
+    /// Mesh messages that carried a batch, and the messages they carried.
+    pub mesh_batches: AtomicU64,
+    pub mesh_batched: AtomicU64,
     /// WebSocket handshakes that agreed to permessage-deflate.
     pub ws_deflate_agreed: AtomicU64,
     /// Compressed frames built (once per shard and message for a broadcast).
@@ -268,6 +271,18 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
     family("ws_protocol_errors_total", "counter", "WebSocket protocol violations.", &|s| {
         s.ws_protocol_errors.load(Relaxed)
     });
+    family(
+        "mesh_batches_total",
+        "counter",
+        "Mesh messages that carried a batch of publishes (POST /publish/batch).",
+        &|s| s.mesh_batches.load(Relaxed),
+    );
+    family(
+        "mesh_batched_messages_total",
+        "counter",
+        "Messages carried inside mesh batches.",
+        &|s| s.mesh_batched.load(Relaxed),
+    );
     family(
         "ws_deflate_agreed_total",
         "counter",

@@ -61,6 +61,9 @@ pub enum Msg {
     Online(Box<str>),
     /// To the cluster bridge: one connection of this user on this node closed.
     Offline(Box<str>),
+    /// Several of the above for one participant, in order: what one batch of publishes
+    /// (`POST /publish/batch`) sends it, as one mesh message.
+    Batch(Box<Vec<Msg>>),
 }
 
 /// See [`Msg::UserAdd`].
@@ -121,9 +124,20 @@ pub struct Deliver {
 const _: () = assert!(std::mem::size_of::<Msg>() <= 32);
 
 impl Msg {
+    /// The messages this stands for: 1, or a batch's.
+    pub fn count(&self) -> u64 {
+        match self {
+            Msg::Batch(msgs) => msgs.len() as u64,
+            _ => 1,
+        }
+    }
+
     /// Publishes may be dropped (and counted) when a mesh backlog is full; registry updates
     /// may not, or the home shard's index would go wrong.
     pub fn is_droppable(&self) -> bool {
+        if let Msg::Batch(msgs) = self {
+            return msgs.iter().all(Msg::is_droppable);
+        }
         !matches!(
             self,
             Msg::UserAdd(_)

@@ -58,7 +58,8 @@ pub(super) fn on_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u8])
 /// closing and the partial state should be dropped.
 fn drive(shard: &mut Shard, slot: u32, generation: u32, p: &mut Partial) -> bool {
     let limits = super::client::head_limits(shard);
-    let body_max = shard.shared.cfg.limits.message_bytes_max as usize;
+    let l = &shard.shared.cfg.limits;
+    let (message_max, batch_max) = (l.message_bytes_max as usize, l.batch_bytes_max as usize);
     loop {
         if p.request.is_none() {
             match http1::parse_request(&p.bytes, &limits) {
@@ -66,7 +67,8 @@ fn drive(shard: &mut Shard, slot: u32, generation: u32, p: &mut Partial) -> bool
                 Err(e) => return fail(shard, slot, generation, e.status(), "bad request head"),
                 Ok(Some((req, head_len))) => {
                     p.bytes.drain(..head_len);
-                    match BodyReader::new(&req, body_max) {
+                    let batch = req.path == "/publish/batch";
+                    match BodyReader::new(&req, if batch { batch_max } else { message_max }) {
                         Ok(reader) => {
                             // A client that waits to be invited to send its body is invited.
                             if req.header_has_token("Expect", "100-continue") && !reader.is_done() {
@@ -76,13 +78,9 @@ fn drive(shard: &mut Shard, slot: u32, generation: u32, p: &mut Partial) -> bool
                             p.request = Some((req, reader));
                         }
                         Err(http1::BodyError::TooLarge) => {
-                            return fail(
-                                shard,
-                                slot,
-                                generation,
-                                413,
-                                "body over message_bytes_max",
-                            )
+                            let limit = if batch { "batch_bytes_max" } else { "message_bytes_max" };
+                            let why = format!("body over {limit}");
+                            return fail(shard, slot, generation, 413, &why);
                         }
                         Err(http1::BodyError::Invalid) => {
                             return fail(shard, slot, generation, 400, "bad body framing")
@@ -197,6 +195,11 @@ fn route(
             Err(why) => (400, JSON, err(why), None),
         },
         ("/publish", _) => (405, JSON, err("use POST"), Some("POST")),
+        ("/publish/batch", "POST") => {
+            let (status, answer) = shard.publish_batch(&body);
+            (status, JSON, answer, None)
+        }
+        ("/publish/batch", _) => (405, JSON, err("use POST"), Some("POST")),
         ("/drain", "POST") => {
             let default = shard.shared.cfg.limits.drain_rate_per_s;
             match req.query_param("rate").map(|r| r.parse::<u32>()) {

@@ -20,6 +20,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod batch;
 pub mod client;
 pub mod conn;
 pub mod io;
@@ -182,6 +183,9 @@ pub struct Shard {
     /// connection or between messages ([`crate::proto::deflate`]).
     deflater: crate::proto::deflate::Deflater,
     inflater: crate::proto::deflate::Inflater,
+    /// While a batch is routed: what each destination is sent, sent as one
+    /// [`Msg::Batch`] at its end ([`batch`]).
+    batch: Option<Vec<Vec<Msg>>>,
     scratch: Scratch,
 }
 
@@ -283,6 +287,7 @@ impl Shard {
             polls_ready: Vec::new(),
             deflater,
             inflater: crate::proto::deflate::Inflater::new(),
+            batch: None,
             scratch: Scratch::default(),
         }
     }
@@ -458,6 +463,9 @@ impl Shard {
             Msg::Drain { rate_per_s } => self.begin_drain(rate_per_s as f64),
             Msg::Evict { conn } => client::over_user_cap(self, conn.slot, conn.generation),
             Msg::Online(_) | Msg::Offline(_) => debug_assert!(false, "only the bridge gets these"),
+            Msg::Batch(msgs) => {
+                self.batched(|shard| msgs.into_iter().for_each(|m| shard.on_mesh(m)))
+            }
         }
     }
 
@@ -523,8 +531,12 @@ impl Shard {
     }
 
     fn send_mesh(&mut self, to: usize, msg: Msg) {
+        if let Some(batch) = self.batch.as_mut() {
+            return batch[to].push(msg);
+        }
+        let count = msg.count();
         if self.mesh.send(to, msg) == crate::mesh::Sent::Dropped {
-            self.stats().dropped(crate::metrics::DropReason::MeshFull, 1);
+            self.stats().dropped(crate::metrics::DropReason::MeshFull, count);
         }
     }
 

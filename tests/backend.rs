@@ -1,0 +1,113 @@
+//! The backend's API beyond `POST /publish`, against the real server with real clients:
+//! `POST /publish/batch` (newline-delimited JSON, one answer per line, one mesh message per
+//! shard per batch).
+
+mod common;
+
+use common::{metric_sum, ws_subscribe, ws_text, Server};
+
+fn batch(server: &Server, body: &str) -> (u16, serde_json::Value) {
+    let r = server.admin_conn().request("POST", "/publish/batch", body);
+    let v = serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.text()));
+    (r.status, v)
+}
+
+#[test]
+fn a_batch_reaches_users_topics_and_everyone_with_an_answer_per_line() {
+    let server = Server::start(&[]);
+    let mut alice = server.ws_connect("/ws?user=alice");
+    let mut bob = server.ws_connect("/ws?user=bob&topics=news");
+    server.wait_connections(2);
+    let body = [
+        r#"{"user":"alice","data":"for alice"}"#,
+        r#"{"topic":"news","data":{"headline":"batch"}}"#,
+        "",
+        r#"{"user":"bob","b64":"aGkgYm9i"}"#,
+        r#"{"user":"nobody-here","data":"into history"}"#,
+        r#"{"all":true,"data":"everyone"}"#,
+        r#"{"topic":"news"}"#,
+        "not json",
+    ]
+    .join("\n");
+    let (status, answer) = batch(&server, &body);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!((answer["published"].as_u64(), answer["failed"].as_u64()), (Some(5), Some(2)));
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 7, "no entry for the blank line: {answer}");
+    for r in &results[..5] {
+        assert!(r["id"].as_u64().is_some(), "{r}");
+    }
+    assert_eq!(results[5]["line"], 7);
+    assert!(results[5]["error"].as_str().unwrap().contains("missing \"data\""), "{answer}");
+    assert_eq!(results[6]["line"], 8);
+    assert!(results[6]["error"].as_str().unwrap().contains("invalid JSON"), "{answer}");
+
+    assert_eq!(ws_text(&mut alice), "for alice");
+    assert_eq!(ws_text(&mut alice), "everyone");
+    // Bob's stream: the topic and the user partitions are independent, so order them.
+    let mut got = vec![ws_text(&mut bob), ws_text(&mut bob), ws_text(&mut bob)];
+    got.sort();
+    assert_eq!(got, ["everyone", "hi bob", r#"{"headline":"batch"}"#]);
+}
+
+#[test]
+fn a_thousand_line_batch_goes_out_as_a_few_mesh_messages_and_arrives_in_order() {
+    let server = Server::start(&[]);
+    let mut clients: Vec<_> =
+        (0..20).map(|i| server.ws_connect(&format!("/ws?user=u{i}"))).collect();
+    server.wait_connections(20);
+    let body: String = (0..1000)
+        .map(|n| format!("{{\"user\":\"u{}\",\"data\":\"m{}\"}}\n", n % 20, n / 20))
+        .collect();
+    let before = metric_sum(&server.metrics(), "c10m_mesh_batches_total", &[]);
+    let (status, answer) = batch(&server, &body);
+    assert_eq!((status, answer["published"].as_u64()), (200, Some(1000)), "{answer}");
+    for (i, ws) in clients.iter_mut().enumerate() {
+        for k in 0..50 {
+            assert_eq!(ws_text(ws), format!("m{k}"), "client u{i}");
+        }
+    }
+    let m = server.metrics();
+    let batches = metric_sum(&m, "c10m_mesh_batches_total", &[]) - before;
+    // Two shards: the accepting shard sends one batch to the other home shard, and each home
+    // shard at most one batch of deliveries to the other: a handful, not a thousand.
+    assert!((1.0..=4.0).contains(&batches), "{batches} mesh batches for 1,000 lines");
+    assert!(metric_sum(&m, "c10m_mesh_batched_messages_total", &[]) >= 400.0);
+}
+
+#[test]
+fn oversized_batches_get_413_and_a_missing_key_401() {
+    let server = Server::start(&["--batch-lines-max", "10", "--batch-bytes-max", "65536"]);
+    let eleven: String = (0..11).map(|n| format!("{{\"all\":true,\"data\":{n}}}\n")).collect();
+    let (status, answer) = batch(&server, &eleven);
+    assert_eq!(status, 413);
+    assert!(answer["error"].as_str().unwrap().contains("batch_lines_max = 10"), "{answer}");
+    let r = server.admin_conn().request("POST", "/publish/batch", vec![b'\n'; 70_000]);
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.text().contains("batch_bytes_max"), "{}", r.text());
+    let r = server.admin_conn().request("GET", "/publish/batch", "");
+    assert_eq!((r.status, r.header("Allow")), (405, Some("POST")));
+
+    let dir = std::env::temp_dir().join(format!("c10m-backend-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("admin.key");
+    std::fs::write(&key, "backend-key-0123456789\n").unwrap();
+    let keyed = Server::start(&["--admin-key-file", key.to_str().unwrap()]);
+    let r = keyed.admin_conn().request("POST", "/publish/batch", r#"{"all":true,"data":1}"#);
+    assert_eq!(r.status, 401);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_subscriber_added_by_control_message_gets_batch_topic_publishes() {
+    let server = Server::start(&[]);
+    let mut ws = server.ws_connect("/ws");
+    ws_subscribe(&mut ws, "late");
+    let (status, _) = batch(
+        &server,
+        "{\"topic\":\"late\",\"data\":\"one\"}\n{\"topic\":\"late\",\"data\":\"two\"}",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(ws_text(&mut ws), "one");
+    assert_eq!(ws_text(&mut ws), "two");
+}
