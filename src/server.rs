@@ -148,6 +148,7 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
         started: AtomicBool::new(false),
         cluster: bridge.as_ref().map(|(b, _)| Arc::clone(&b.stats)),
         tls,
+        bans: crate::shard::command::Bans::default(),
         history_epoch: history_epoch(),
         clock_origin: std::time::Instant::now(),
         cfg,

@@ -111,3 +111,122 @@ fn a_subscriber_added_by_control_message_gets_batch_topic_publishes() {
     assert_eq!(ws_text(&mut ws), "one");
     assert_eq!(ws_text(&mut ws), "two");
 }
+
+fn post(server: &Server, target: &str) -> (u16, serde_json::Value) {
+    let r = server.admin_conn().request("POST", target, "");
+    let v = serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.text()));
+    (r.status, v)
+}
+
+/// The close frame a WebSocket gets next.
+fn close_of(ws: &mut common::Ws) -> (u16, serde_json::Value) {
+    match common::ws_next(ws) {
+        tungstenite::Message::Close(Some(f)) => {
+            (u16::from(f.code), serde_json::from_str(&f.reason).expect("a JSON reason"))
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+#[test]
+fn disconnect_closes_every_connection_of_the_user_and_a_ban_refuses_it_for_a_while() {
+    let server = Server::start(&[]);
+    let mut a = server.ws_connect("/ws?user=mallory");
+    let mut b = server.ws_connect("/ws?user=mallory");
+    let mut sse = server.sse_connect("user=mallory");
+    let mut good = server.ws_connect("/ws?user=good");
+    server.wait_connections(4);
+    let (status, v) = post(&server, "/disconnect?user=mallory&ban_s=2&reason=password%20changed");
+    assert_eq!((status, v["ban_s"].as_u64()), (202, Some(2)), "{v}");
+    for ws in [&mut a, &mut b] {
+        let (code, reason) = close_of(ws);
+        assert_eq!(code, 4001);
+        assert_eq!(reason["reconnect"], false);
+        assert_eq!(reason["reason"], "password changed");
+    }
+    loop {
+        match sse.next_item().expect("SSE read") {
+            Some(common::SseItem::Named { event, data }) if event == "disconnect" => {
+                let v: serde_json::Value = serde_json::from_slice(&data).unwrap();
+                assert_eq!(v["reconnect"], false);
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("SSE closed without a disconnect event"),
+        }
+    }
+    sse.expect_eof();
+    server.wait_connections(1);
+    // Banned: refused at the handshake with what to expect.
+    let r = server
+        .client_request(b"GET /sse?user=mallory HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 403);
+    assert!(r.text().contains("disconnected for"), "{}", r.text());
+    assert!(server.try_ws_connect("/ws?user=mallory").is_err());
+    // Others are untouched.
+    server.publish("user=good", "still here");
+    assert_eq!(ws_text(&mut good), "still here");
+    // The ban ends by itself.
+    common::wait_until("the ban to end", std::time::Duration::from_secs(10), || {
+        server.try_ws_connect("/ws?user=mallory").ok()
+    });
+    let m = server.metrics();
+    assert_eq!(metric_sum(&m, "c10m_disconnects_total", &[]), 3.0);
+    assert!(metric_sum(&m, "c10m_banned_refused_total", &[]) >= 2.0);
+    assert_eq!(metric_sum(&m, "c10m_closes_total", &["reason=\"disconnected\""]), 3.0);
+}
+
+#[test]
+fn server_side_subscribe_and_unsubscribe_reach_every_connection_of_the_user() {
+    let server = Server::start(&[]);
+    let mut ws = server.ws_connect("/ws?user=sam");
+    let mut sse = server.sse_connect("user=sam");
+    server.wait_connections(2);
+    let (status, _) = post(&server, "/subscribe?user=sam&topic=news");
+    assert_eq!(status, 202);
+    let said: serde_json::Value = serde_json::from_str(&ws_text(&mut ws)).unwrap();
+    assert_eq!((said["subscribed"].as_str(), said["server"].as_bool()), (Some("news"), Some(true)));
+    let named = |sse: &mut common::Sse, want: &str| loop {
+        match sse.next_item().expect("SSE read") {
+            Some(common::SseItem::Named { event, data }) if event == want => return data,
+            Some(common::SseItem::Event { data, .. }) => return data,
+            Some(_) => continue,
+            None => panic!("SSE closed"),
+        }
+    };
+    assert!(String::from_utf8(named(&mut sse, "subscribed")).unwrap().contains("\"news\""));
+    server.publish("topic=news", "headline");
+    assert_eq!(ws_text(&mut ws), "headline");
+    assert_eq!(named(&mut sse, "-"), b"headline");
+
+    let (status, _) = post(&server, "/unsubscribe?user=sam&topic=news");
+    assert_eq!(status, 202);
+    let said: serde_json::Value = serde_json::from_str(&ws_text(&mut ws)).unwrap();
+    assert_eq!(said["unsubscribed"], "news");
+    assert!(String::from_utf8(named(&mut sse, "unsubscribed")).unwrap().contains("\"news\""));
+    // No longer subscribed: the next thing either gets is the user's own message.
+    server.publish("topic=news", "not for sam");
+    server.publish("user=sam", "for sam");
+    assert_eq!(ws_text(&mut ws), "for sam");
+    assert_eq!(named(&mut sse, "-"), b"for sam");
+}
+
+#[test]
+fn command_errors_name_the_field() {
+    let server = Server::start(&[]);
+    for (target, field) in [
+        ("/disconnect", "user:"),
+        ("/disconnect?user=", "user:"),
+        ("/disconnect?user=u&ban_s=soon", "ban_s:"),
+        ("/disconnect?user=u&ban_s=99999999", "ban_s:"),
+        ("/disconnect?user=u&reason=%22quoted%22", "reason:"),
+        ("/subscribe?user=u", "topic:"),
+        ("/unsubscribe?topic=t", "user:"),
+    ] {
+        let (status, v) = post(&server, target);
+        assert_eq!(status, 400, "{target}: {v}");
+        assert!(v["error"].as_str().unwrap().starts_with(field), "{target}: {v}");
+    }
+    let r = server.admin_conn().request("GET", "/disconnect?user=u", "");
+    assert_eq!((r.status, r.header("Allow")), (405, Some("POST")));
+}

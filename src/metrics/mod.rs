@@ -31,10 +31,12 @@ pub enum CloseReason {
     Lifetime,
     /// The user already held `conns_per_user_max` connections.
     UserCap,
+    /// `POST /disconnect` for its user.
+    Disconnected,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 14] = [
+    pub const ALL: [CloseReason; 15] = [
         CloseReason::PeerGone,
         CloseReason::WsClose,
         CloseReason::ProtocolError,
@@ -49,6 +51,7 @@ impl CloseReason {
         CloseReason::Drain,
         CloseReason::Lifetime,
         CloseReason::UserCap,
+        CloseReason::Disconnected,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,6 +70,7 @@ impl CloseReason {
             CloseReason::Drain => "drain",
             CloseReason::Lifetime => "lifetime",
             CloseReason::UserCap => "user_cap",
+            CloseReason::Disconnected => "disconnected",
         }
     }
 }
@@ -93,7 +97,7 @@ pub struct ShardStats {
     pub accepts: AtomicU64,
     /// Accepts refused because the shard's table was full.
     pub accepts_refused: AtomicU64,
-    pub closes: [AtomicU64; 14],
+    pub closes: [AtomicU64; CloseReason::ALL.len()],
     /// Goaways sent (drain, lifetime).
     pub goaways: AtomicU64,
     /// New connections refused with 503 by the connect-rate limit.
@@ -108,6 +112,9 @@ pub struct ShardStats {
     /// HTTP error answers by class of request problem.
     pub http_4xx: AtomicU64,
     pub ws_protocol_errors: AtomicU64,
+    /// Connections closed by `POST /disconnect`, and handshakes refused during a ban.
+    pub disconnects: AtomicU64,
+    pub banned_refused: AtomicU64,
     /// Mesh messages that carried a batch, and the messages they carried.
     pub mesh_batches: AtomicU64,
     pub mesh_batched: AtomicU64,
@@ -271,6 +278,15 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
     family("ws_protocol_errors_total", "counter", "WebSocket protocol violations.", &|s| {
         s.ws_protocol_errors.load(Relaxed)
     });
+    family("disconnects_total", "counter", "Connections closed by POST /disconnect.", &|s| {
+        s.disconnects.load(Relaxed)
+    });
+    family(
+        "banned_refused_total",
+        "counter",
+        "Handshakes refused with 403 while their user was banned by POST /disconnect.",
+        &|s| s.banned_refused.load(Relaxed),
+    );
     family(
         "mesh_batches_total",
         "counter",

@@ -61,6 +61,10 @@ pub enum Msg {
     Online(Box<str>),
     /// To the cluster bridge: one connection of this user on this node closed.
     Offline(Box<str>),
+    /// To the user's home shard: do this to every connection of the user.
+    UserCommand(Box<UserCommand>),
+    /// To a shard holding some of the user's connections: do this to these.
+    ConnCommand(Box<ConnCommand>),
     /// Several of the above for one participant, in order: what one batch of publishes
     /// (`POST /publish/batch`) sends it, as one mesh message.
     Batch(Box<Vec<Msg>>),
@@ -101,6 +105,34 @@ pub struct Replayed {
     pub top: u64,
     pub messages: Vec<(u16, Arc<Message>)>,
     pub gaps: Vec<(u16, crate::history::GapReason)>,
+}
+
+/// What the backend does to a user's connections (`crate::shard::command`).
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Close them, telling the client not to reconnect.
+    Disconnect {
+        reason: Box<str>,
+    },
+    Subscribe(Box<str>),
+    Unsubscribe(Box<str>),
+}
+
+/// See [`Msg::UserCommand`].
+#[derive(Debug)]
+pub struct UserCommand {
+    /// The user's [`UserKeys::hash`].
+    pub user: u64,
+    pub name: Box<str>,
+    pub cmd: Command,
+}
+
+/// See [`Msg::ConnCommand`]: only connections that serve `name` are touched.
+#[derive(Debug)]
+pub struct ConnCommand {
+    pub conns: Vec<ConnId>,
+    pub name: Box<str>,
+    pub cmd: Command,
 }
 
 /// See [`Msg::PublishUser`]; boxed so that every mesh slot stays small.
@@ -148,6 +180,8 @@ impl Msg {
                 | Msg::Evict { .. }
                 | Msg::Online(_)
                 | Msg::Offline(_)
+                | Msg::UserCommand(_)
+                | Msg::ConnCommand(_)
         )
     }
 }

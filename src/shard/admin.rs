@@ -1,12 +1,15 @@
 //! The admin API on its own listener: HTTP/1.1 keep-alive, pipelining allowed.
 //!
 //! `POST /publish?user=ID | ?topic=T | ?all` (body = payload) → 202 `{"id":N}`;
-//! `GET /stats` (JSON), `GET /metrics` (Prometheus text), `GET /healthz`.
+//! `POST /publish/batch` ([`super::batch`]); `POST /disconnect`, `/subscribe`,
+//! `/unsubscribe` ([`super::command`]); `GET /stats` (JSON), `GET /metrics` (Prometheus
+//! text), `GET /healthz`.
 
 use super::conn::{Chunk, Closing, Partial};
 use super::Shard;
 use crate::metrics::{bump, render_prometheus, render_stats, CloseReason};
 use crate::proto::http1::{self, BodyReader, BodyStatus, Request};
+use crate::push::Command;
 
 /// Where a publish goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,6 +203,20 @@ fn route(
             (status, JSON, answer, None)
         }
         ("/publish/batch", _) => (405, JSON, err("use POST"), Some("POST")),
+        ("/disconnect" | "/subscribe" | "/unsubscribe", "POST") => match command(req) {
+            Ok((user, cmd, ban_s)) => {
+                if ban_s > 0 {
+                    shard.shared.bans.ban(&user, crate::auth::unix_now_s() + ban_s);
+                }
+                shard.command_user(&user, cmd);
+                let answer = serde_json::json!({ "user": user, "ban_s": ban_s });
+                (202, JSON, answer.to_string(), None)
+            }
+            Err(why) => (400, JSON, err(&why), None),
+        },
+        ("/disconnect" | "/subscribe" | "/unsubscribe", _) => {
+            (405, JSON, err("use POST"), Some("POST"))
+        }
         ("/drain", "POST") => {
             let default = shard.shared.cfg.limits.drain_rate_per_s;
             match req.query_param("rate").map(|r| r.parse::<u32>()) {
@@ -250,6 +267,48 @@ fn route(
         ("/stats" | "/metrics" | "/healthz", _) => (405, JSON, err("use GET"), Some("GET")),
         _ => (404, JSON, err("no such endpoint"), None),
     }
+}
+
+/// `/disconnect?user=U[&ban_s=N][&reason=R]`, `/subscribe?user=U&topic=T`,
+/// `/unsubscribe?user=U&topic=T`: the user, the command, and the ban in seconds.
+fn command(req: &Request) -> Result<(String, Command, u64), String> {
+    use super::command::{BAN_S_MAX, REASON_BYTES_MAX};
+    let name_ok = |v: &Option<String>| {
+        v.as_ref().is_some_and(|s| !s.is_empty() && s.len() <= super::client::NAME_BYTES_MAX)
+    };
+    let user = req.query_param("user");
+    if !name_ok(&user) {
+        return Err("user: give ?user=ID (1..=256 bytes)".into());
+    }
+    let user = user.unwrap_or_default();
+    if req.path == "/disconnect" {
+        let ban_s = match req.query_param("ban_s") {
+            None => 0,
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if n <= BAN_S_MAX => n,
+                _ => return Err(format!("ban_s: seconds within 0..={BAN_S_MAX}")),
+            },
+        };
+        let reason = req.query_param("reason").unwrap_or_default();
+        let plain = !reason.chars().any(|c| c.is_control() || c == '"' || c == '\\');
+        if reason.len() > REASON_BYTES_MAX || !plain {
+            return Err(format!(
+                "reason: at most {REASON_BYTES_MAX} bytes, no quotes, backslashes or control characters"
+            ));
+        }
+        return Ok((user, Command::Disconnect { reason: reason.into() }, ban_s));
+    }
+    let topic = req.query_param("topic");
+    if !name_ok(&topic) {
+        return Err("topic: give &topic=T (1..=256 bytes)".into());
+    }
+    let topic: Box<str> = topic.unwrap_or_default().into();
+    let cmd = if req.path == "/subscribe" {
+        Command::Subscribe(topic)
+    } else {
+        Command::Unsubscribe(topic)
+    };
+    Ok((user, cmd, 0))
 }
 
 /// Exactly one of `user=ID`, `topic=T`, `all`.

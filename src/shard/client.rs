@@ -190,6 +190,11 @@ fn admit(shard: &mut Shard, slot: u32, generation: u32, req: &Request) -> Option
         Err(e) => return refuse(shard, 401, e.reason()),
     };
     let resume = resume_token(req);
+    let named = grant.as_ref().map(|g| &g.user).or(user.as_ref());
+    if let Some(left) = named.and_then(|u| shard.shared.bans.left_s(u, auth::unix_now_s())) {
+        bump(&shard.stats().banned_refused, 1);
+        return refuse(shard, 403, format!("user is disconnected for {left} more seconds"));
+    }
     let Some(grant) = grant else { return Some(Admission { user, topics, grant: None, resume }) };
     if user.as_ref().is_some_and(|u| *u != grant.user) {
         return refuse(shard, 403, "user does not match the token's sub".into());
@@ -461,7 +466,7 @@ pub(super) fn subscribe(
     Ok(())
 }
 
-fn unsubscribe(shard: &mut Shard, slot: u32, generation: u32, topic: &str) -> bool {
+pub(super) fn unsubscribe(shard: &mut Shard, slot: u32, generation: u32, topic: &str) -> bool {
     let Some(conn) = shard.conns.get_mut(slot, generation) else { return false };
     if !conn.ident.remove_topic(topic) {
         return false;

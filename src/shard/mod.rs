@@ -22,6 +22,7 @@ pub mod accept;
 pub mod admin;
 pub mod batch;
 pub mod client;
+pub mod command;
 pub mod conn;
 pub mod io;
 pub mod lifecycle;
@@ -77,6 +78,8 @@ pub struct Shared {
     pub cluster: Option<Arc<crate::cluster::ClusterStats>>,
     /// TLS for every client listener, when `--tls-cert` is given.
     pub tls: Option<crate::tls::TlsServer>,
+    /// Users refused at the handshake for a while (`POST /disconnect?ban_s=N`).
+    pub bans: command::Bans,
     /// This run's history epoch: positions from another run cannot be resumed.
     pub history_epoch: u32,
     /// The origin of every shard's clock, so times compare across shards.
@@ -463,6 +466,8 @@ impl Shard {
             Msg::Drain { rate_per_s } => self.begin_drain(rate_per_s as f64),
             Msg::Evict { conn } => client::over_user_cap(self, conn.slot, conn.generation),
             Msg::Online(_) | Msg::Offline(_) => debug_assert!(false, "only the bridge gets these"),
+            Msg::UserCommand(c) => self.on_user_command(*c),
+            Msg::ConnCommand(c) => self.on_conn_command(*c),
             Msg::Batch(msgs) => {
                 self.batched(|shard| msgs.into_iter().for_each(|m| shard.on_mesh(m)))
             }
