@@ -230,3 +230,73 @@ fn command_errors_name_the_field() {
     let r = server.admin_conn().request("GET", "/disconnect?user=u", "");
     assert_eq!((r.status, r.header("Allow")), (405, Some("POST")));
 }
+
+fn presence(server: &Server, query: &str) -> serde_json::Value {
+    let r = server.admin_conn().request("GET", &format!("/presence?{query}"), "");
+    assert_eq!(r.status, 200, "{query}: {}", r.text());
+    r.json()
+}
+
+#[test]
+fn presence_counts_users_and_topic_subscribers_as_they_change() {
+    let server = Server::start(&[]);
+    let a = server.ws_connect("/ws?user=ann&topics=room");
+    let _sse = server.sse_connect("user=ann&topics=room");
+    let mut users: Vec<_> =
+        (0..6).map(|i| server.ws_connect(&format!("/ws?user=p{i}&topics=room"))).collect();
+    server.wait_connections(8);
+    let v = presence(&server, "user=ann");
+    assert_eq!((v["online"].as_bool(), v["connections"].as_u64()), (Some(true), Some(2)), "{v}");
+    let v = presence(&server, "user=nobody");
+    assert_eq!((v["online"].as_bool(), v["connections"].as_u64()), (Some(false), Some(0)), "{v}");
+    let v = presence(&server, "users=p0,p1,p2,p3,p4,p5,ghost");
+    for i in 0..6 {
+        assert_eq!(v["users"][format!("p{i}")]["connections"], 1, "{v}");
+    }
+    assert_eq!(v["users"]["ghost"]["online"], false, "{v}");
+    assert_eq!(presence(&server, "topic=room")["subscribers"], 8);
+    assert_eq!(presence(&server, "topic=empty")["subscribers"], 0);
+
+    drop(a);
+    users.truncate(3);
+    common::wait_until("counts to follow the closes", std::time::Duration::from_secs(5), || {
+        let ann = presence(&server, "user=ann")["connections"].as_u64();
+        let room = presence(&server, "topic=room")["subscribers"].as_u64();
+        (ann == Some(1) && room == Some(4)).then_some(())
+    });
+}
+
+#[test]
+fn pipelined_presence_requests_are_answered_in_order() {
+    let server = Server::start(&[]);
+    let _a = server.ws_connect("/ws?user=u1&topics=t");
+    server.wait_connections(1);
+    let mut admin = server.admin_conn();
+    let mut both = Vec::new();
+    for q in ["user=u1", "topic=t", "users=u1,u2"] {
+        both.extend_from_slice(format!("GET /presence?{q} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    }
+    both.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    admin.send_raw(&both);
+    assert_eq!(admin.read().json()["connections"], 1);
+    assert_eq!(admin.read().json()["subscribers"], 1);
+    assert_eq!(admin.read().json()["users"]["u2"]["connections"], 0);
+    assert_eq!(admin.read().status, 200);
+}
+
+#[test]
+fn presence_errors_name_the_field() {
+    let server = Server::start(&[]);
+    for (q, says) in [
+        ("", "exactly one of"),
+        ("user=a&topic=b", "exactly one of"),
+        ("users=a,,b", "users:"),
+        (&format!("users={}", vec!["x"; 1001].join(",")), "users: at most 1000"),
+    ] {
+        let r = server.admin_conn().request("GET", &format!("/presence?{q}"), "");
+        assert_eq!(r.status, 400, "{q}");
+        assert!(r.json()["error"].as_str().unwrap().contains(says), "{q}: {}", r.text());
+    }
+    let r = server.admin_conn().request("POST", "/presence?user=a", "");
+    assert_eq!((r.status, r.header("Allow")), (405, Some("GET")));
+}

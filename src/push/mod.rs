@@ -65,6 +65,11 @@ pub enum Msg {
     UserCommand(Box<UserCommand>),
     /// To a shard holding some of the user's connections: do this to these.
     ConnCommand(Box<ConnCommand>),
+    /// To the shards that know: how many connections these users have, how many subscribe
+    /// to this topic (`GET /presence`).
+    PresenceAsk(Box<PresenceAsk>),
+    /// The answer, to the shard holding the request.
+    PresenceAnswer(Box<PresenceAnswer>),
     /// Several of the above for one participant, in order: what one batch of publishes
     /// (`POST /publish/batch`) sends it, as one mesh message.
     Batch(Box<Vec<Msg>>),
@@ -116,6 +121,26 @@ pub enum Command {
     },
     Subscribe(Box<str>),
     Unsubscribe(Box<str>),
+}
+
+/// See [`Msg::PresenceAsk`].
+#[derive(Debug)]
+pub struct PresenceAsk {
+    pub reply_to: u16,
+    pub query: u64,
+    /// Users whose home is the asked shard: hash and name.
+    pub users: Vec<(u64, Box<str>)>,
+    pub topic: Option<Box<str>>,
+}
+
+/// See [`Msg::PresenceAnswer`].
+#[derive(Debug)]
+pub struct PresenceAnswer {
+    pub query: u64,
+    /// Connections per asked user.
+    pub users: Vec<(Box<str>, u32)>,
+    /// Live local subscribers of the asked topic.
+    pub subscribers: u64,
 }
 
 /// See [`Msg::UserCommand`].
@@ -182,6 +207,8 @@ impl Msg {
                 | Msg::Offline(_)
                 | Msg::UserCommand(_)
                 | Msg::ConnCommand(_)
+                | Msg::PresenceAsk(_)
+                | Msg::PresenceAnswer(_)
         )
     }
 }
@@ -347,6 +374,11 @@ impl TopicIndex {
                 self.topics.remove(topic);
             }
         }
+    }
+
+    /// Live subscribers of `topic` (its list less the entries of closed connections).
+    pub fn count(&self, topic: &str) -> usize {
+        self.topics.get(topic).map_or(0, |t| t.subs.len().saturating_sub(t.stale))
     }
 
     pub fn subscribers(&self, topic: &str) -> &[(u32, u32)] {

@@ -28,6 +28,10 @@ pub(super) fn on_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u8])
         return;
     }
     let now = shard.now_ms;
+    if let Some(p) = conn.partial.as_mut().filter(|p| p.waiting) {
+        // A request waits for other shards' answers; what follows it waits too.
+        return p.bytes.extend_from_slice(rx);
+    }
     let mut p = conn
         .partial
         .take()
@@ -37,7 +41,7 @@ pub(super) fn on_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u8])
     if !keep {
         return;
     }
-    let idle = p.bytes.is_empty() && p.request.is_none();
+    let idle = p.bytes.is_empty() && p.request.is_none() && !p.waiting;
     if idle {
         if let Some(conn) = shard.conns.get_mut(slot, generation) {
             conn.partial = None;
@@ -104,8 +108,14 @@ fn drive(shard: &mut Shard, slot: u32, generation: u32, p: &mut Partial) -> bool
                 p.bytes.drain(..used);
                 let (req, _) = p.request.take().expect("checked above");
                 let body = std::mem::take(&mut p.body);
-                if !handle(shard, slot, generation, &req, body) {
-                    return false;
+                match handle(shard, slot, generation, &req, body) {
+                    Next::Go => {}
+                    Next::Stop => return false,
+                    Next::Wait => {
+                        p.waiting = true;
+                        p.started_ms = shard.now_ms;
+                        return true;
+                    }
                 }
                 // Whatever follows is the next request: its deadline starts now.
                 p.started_ms = shard.now_ms;
@@ -154,8 +164,28 @@ fn fail_with(
 }
 
 /// Handles one complete request. Returns false if the connection closes after it.
-fn handle(shard: &mut Shard, slot: u32, generation: u32, req: &Request, body: Vec<u8>) -> bool {
+/// What the connection does after a request.
+enum Next {
+    /// Read the next request.
+    Go,
+    /// Closing.
+    Stop,
+    /// The answer comes later ([`super::presence`]); read nothing until then.
+    Wait,
+}
+
+fn handle(shard: &mut Shard, slot: u32, generation: u32, req: &Request, body: Vec<u8>) -> Next {
     let keep_alive = req.keep_alive();
+    if req.path == "/presence" && req.method == "GET" && authorized(shard, req) {
+        if let Ok(ask) = super::presence::parse(req) {
+            if !shard.ask_presence(slot, generation, keep_alive, ask) {
+                return Next::Wait;
+            }
+            let open =
+                shard.conns.get(slot, generation).is_some_and(|c| c.closing == Closing::Open);
+            return if keep_alive && open { Next::Go } else { Next::Stop };
+        }
+    }
     let (status, ctype, text, allow) = route(shard, req, body);
     let mut out = Vec::with_capacity(text.len() + 128);
     let mut headers = vec![("Content-Type", ctype)];
@@ -169,9 +199,22 @@ fn handle(shard: &mut Shard, slot: u32, generation: u32, req: &Request, body: Ve
     shard.queue(slot, generation, Chunk::Owned(out));
     if !keep_alive {
         shard.finish(slot, generation, CloseReason::HttpDone);
-        return false;
+        return Next::Stop;
     }
-    shard.conns.get(slot, generation).is_some_and(|c| c.closing == Closing::Open)
+    if shard.conns.get(slot, generation).is_some_and(|c| c.closing == Closing::Open) {
+        Next::Go
+    } else {
+        Next::Stop
+    }
+}
+
+/// Whether the request may use the admin API: always without a key, else with it
+/// (`/healthz` is always open).
+fn authorized(shard: &Shard, req: &Request) -> bool {
+    match &shard.shared.admin_key {
+        Some(key) => req.path == "/healthz" || crate::auth::admin_key_matches(key, req),
+        None => true,
+    }
 }
 
 const JSON: &str = "application/json";
@@ -184,10 +227,8 @@ fn route(
 ) -> (u16, &'static str, String, Option<&'static str>) {
     let method = req.method.as_str();
     let err = |why: &str| serde_json::json!({ "error": why }).to_string();
-    if let Some(key) = &shard.shared.admin_key {
-        if req.path != "/healthz" && !crate::auth::admin_key_matches(key, req) {
-            return (401, JSON, err("admin key required: Authorization: Bearer KEY"), None);
-        }
+    if !authorized(shard, req) {
+        return (401, JSON, err("admin key required: Authorization: Bearer KEY"), None);
     }
     match (req.path.as_str(), method) {
         ("/publish", "POST") => match target(req) {
@@ -214,6 +255,12 @@ fn route(
             }
             Err(why) => (400, JSON, err(&why), None),
         },
+        // Valid requests were handled before `route` (they may wait for other shards).
+        ("/presence", "GET") => match super::presence::parse(req) {
+            Err(why) => (400, JSON, err(&why), None),
+            Ok(_) => (500, JSON, err("presence request not handled"), None),
+        },
+        ("/presence", _) => (405, JSON, err("use GET"), Some("GET")),
         ("/disconnect" | "/subscribe" | "/unsubscribe", _) => {
             (405, JSON, err("use POST"), Some("POST"))
         }

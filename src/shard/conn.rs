@@ -160,6 +160,9 @@ pub struct Partial {
     /// Admin: shard ms when the pending request's first byte arrived; the request must be
     /// complete within `handshake_timeout_ms` of it, however slowly its bytes trickle.
     pub started_ms: u64,
+    /// Admin: a request waits for other shards' answers (`GET /presence`); what follows it
+    /// is held until it is answered.
+    pub waiting: bool,
 }
 
 /// A connection's slab entry. Idle, it is this struct and nothing else.

@@ -28,6 +28,7 @@ pub mod io;
 pub mod lifecycle;
 pub mod liveness;
 pub mod poll;
+pub mod presence;
 pub mod resume;
 pub mod tls;
 pub mod wheel;
@@ -189,6 +190,9 @@ pub struct Shard {
     /// While a batch is routed: what each destination is sent, sent as one
     /// [`Msg::Batch`] at its end ([`batch`]).
     batch: Option<Vec<Vec<Msg>>>,
+    /// Presence requests waiting for other shards' answers, by query id.
+    queries: std::collections::HashMap<u64, presence::Query>,
+    query_seq: u64,
     scratch: Scratch,
 }
 
@@ -291,6 +295,8 @@ impl Shard {
             deflater,
             inflater: crate::proto::deflate::Inflater::new(),
             batch: None,
+            queries: std::collections::HashMap::new(),
+            query_seq: 0,
             scratch: Scratch::default(),
         }
     }
@@ -467,6 +473,8 @@ impl Shard {
             Msg::Evict { conn } => client::over_user_cap(self, conn.slot, conn.generation),
             Msg::Online(_) | Msg::Offline(_) => debug_assert!(false, "only the bridge gets these"),
             Msg::UserCommand(c) => self.on_user_command(*c),
+            Msg::PresenceAsk(a) => self.on_presence_ask(*a),
+            Msg::PresenceAnswer(a) => self.on_presence_answer(*a),
             Msg::ConnCommand(c) => self.on_conn_command(*c),
             Msg::Batch(msgs) => {
                 self.batched(|shard| msgs.into_iter().for_each(|m| shard.on_mesh(m)))
