@@ -123,7 +123,7 @@ impl Backends {
     }
 
     /// Starts a node and waits until it reaches Redis and NATS and its subscriptions are in
-    /// place (each node holds four).
+    /// place (each node holds five).
     fn node(&self, id: &str, extra: &[&str], nodes_before: u64) -> Server {
         let mut args =
             vec!["--node-id", id, "--registry", &self.redis_url, "--bus", &self.nats_url];
@@ -133,7 +133,7 @@ impl Backends {
             let c = &server.stats()["cluster"];
             (c["registry_connected"] == true && c["bus_connected"] == true).then_some(())
         });
-        let want = 4 * (nodes_before + 1);
+        let want = 5 * (nodes_before + 1);
         wait_until(&format!("{want} NATS subscriptions"), STEP, || {
             self.nats_subscriptions().filter(|&n| n >= want)
         });
@@ -478,4 +478,57 @@ fn a_redis_restart_is_noticed_and_the_registry_rewritten_at_once() {
     b.start_redis();
     wait_until("ann registered again", STEP, || (b.nodes_of("ann") == ["a"]).then_some(()));
     assert_eq!(cluster_stat(&a_node, "registry_resyncs"), 1);
+}
+
+/// The close frame a WebSocket gets next, and its JSON reason.
+fn close_of(ws: &mut common::Ws) -> (u16, serde_json::Value) {
+    match common::ws_next(ws) {
+        tungstenite::Message::Close(Some(f)) => {
+            (u16::from(f.code), serde_json::from_str(&f.reason).expect("a JSON reason"))
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+#[test]
+fn disconnect_and_subscribe_reach_a_users_connections_on_every_node() {
+    let b = Backends::start();
+    let one = b.node("one", &[], 0);
+    let two = b.node("two", &[], 1);
+    let mut on_one = one.ws_connect("/ws?user=roam");
+    let mut on_two = two.ws_connect("/ws?user=roam");
+    let mut other = two.ws_connect("/ws?user=other");
+    one.wait_connections(1);
+    two.wait_connections(2);
+
+    // Server-side subscribe at node one: the connection on node two is subscribed too.
+    let r = one.admin_conn().request("POST", "/subscribe?user=roam&topic=cnews", "");
+    assert_eq!(r.status, 202, "{}", r.text());
+    for ws in [&mut on_one, &mut on_two] {
+        let said: serde_json::Value = serde_json::from_str(&ws_text(ws)).unwrap();
+        assert_eq!(said["subscribed"], "cnews");
+    }
+    two.publish("topic=cnews", "cluster headline");
+    assert_eq!(ws_text(&mut on_one), "cluster headline");
+    assert_eq!(ws_text(&mut on_two), "cluster headline");
+
+    // Disconnect with a ban at node one: both closed, and node two refuses the user too.
+    let r = one.admin_conn().request("POST", "/disconnect?user=roam&ban_s=30", "");
+    assert_eq!(r.status, 202, "{}", r.text());
+    for ws in [&mut on_one, &mut on_two] {
+        let (code, reason) = close_of(ws);
+        assert_eq!((code, reason["reconnect"].as_bool()), (4001, Some(false)));
+    }
+    wait_until("node two to refuse the banned user", STEP, || {
+        two.try_ws_connect("/ws?user=roam").is_err().then_some(())
+    });
+    let r =
+        two.client_request(b"GET /sse?user=roam HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    // A backend may send the command straight to NATS.
+    b.backend_publish(&[("c10m.cmd", r#"{"user":"other","cmd":"disconnect","reason":"logout"}"#)]);
+    let (code, reason) = close_of(&mut other);
+    assert_eq!((code, reason["reason"].as_str()), (4001, Some("logout")));
+    assert!(two.try_ws_connect("/ws?user=other").is_ok(), "no ban without ban_s");
 }

@@ -22,6 +22,10 @@ pub const USER_PREFIX: &str = "c10m.user.";
 pub const USER_WILDCARD: &str = "c10m.user.>";
 /// Queue group of `c10m.user.>`: one node of the cluster takes each backend publish.
 pub const USER_QUEUE: &str = "c10m";
+/// Commands on a user's connections, to every node: a JSON payload
+/// `{"user":U,"cmd":"disconnect"|"subscribe"|"unsubscribe","topic":T,"reason":R,"ban_s":N}`
+/// (see [`crate::push::Command::from_json`]); a backend may publish here too.
+pub const CMD: &str = "c10m.cmd";
 /// Subject tail used when the name travels in a header instead.
 pub const IN_HEADER: &str = "_";
 
@@ -67,12 +71,16 @@ pub enum Route<'a> {
     All,
     /// A backend's publish to a user, to be looked up.
     User(&'a str),
+    /// A command on a user's connections ([`CMD`]).
+    Command,
     Unknown,
 }
 
 pub fn route(subject: &str) -> Route<'_> {
     if subject == ALL {
         Route::All
+    } else if subject == CMD {
+        Route::Command
     } else if let Some(t) = subject.strip_prefix(TOPIC_PREFIX) {
         Route::Topic(t)
     } else if let Some(u) = subject.strip_prefix(USER_PREFIX) {

@@ -173,6 +173,7 @@ impl Prepared {
             nats.subscribe(bus::node_subject(&node_id)).await.map_err(sub_err)?,
             nats.subscribe(bus::TOPIC_WILDCARD).await.map_err(sub_err)?,
             nats.subscribe(bus::ALL).await.map_err(sub_err)?,
+            nats.subscribe(bus::CMD).await.map_err(sub_err)?,
             nats.queue_subscribe(bus::USER_WILDCARD, bus::USER_QUEUE.into())
                 .await
                 .map_err(sub_err)?,
@@ -368,6 +369,12 @@ impl Bridge {
                 self.publish(Out { subject: bus::ALL.into(), headers, msg });
             }
             Msg::Batch(msgs) => msgs.into_iter().for_each(|m| self.on_mesh(m)),
+            Msg::UserCommand(c) => {
+                let payload = c.cmd.to_json(&c.name).into_bytes().into_boxed_slice();
+                let msg = Arc::new(Message { id: 0, seq: 0, part: 0, payload, text: true });
+                let headers = self.headers(0);
+                self.publish(Out { subject: bus::CMD.into(), headers, msg });
+            }
             other => debug_assert!(false, "not for the bridge: {other:?}"),
         }
     }
@@ -439,6 +446,18 @@ impl Bridge {
                     return self.stats.dropped(ClusterDrop::BadMessage, 1);
                 }
                 self.look_up(Lookup { user: user.into(), msg, from_bus: true });
+            }
+            bus::Route::Command if own => ClusterStats::bump(&self.stats.bus_in_own, 1),
+            bus::Route::Command => {
+                match crate::push::Command::from_json(&msg.payload, crate::auth::unix_now_s()) {
+                    Ok((user, cmd)) => {
+                        let hash = self.user_keys.hash(&user);
+                        let home = home_shard(hash, self.mesh.shards());
+                        let c = crate::push::UserCommand { user: hash, name: user.into(), cmd };
+                        self.send(home, Msg::UserCommand(Box::new(c)));
+                    }
+                    Err(_) => self.stats.dropped(ClusterDrop::BadMessage, 1),
+                }
             }
             bus::Route::Unknown => self.stats.dropped(ClusterDrop::BadMessage, 1),
         }

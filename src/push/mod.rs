@@ -113,14 +113,64 @@ pub struct Replayed {
 }
 
 /// What the backend does to a user's connections (`crate::shard::command`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Close them, telling the client not to reconnect.
+    /// Close them, telling the client not to reconnect; refuse the user's handshakes until
+    /// `ban_until_s` (Unix seconds; 0: no ban).
     Disconnect {
         reason: Box<str>,
+        ban_until_s: u64,
     },
     Subscribe(Box<str>),
     Unsubscribe(Box<str>),
+}
+
+impl Command {
+    /// The bus form of a command for `user` (`c10m.cmd`).
+    pub fn to_json(&self, user: &str) -> String {
+        let v = match self {
+            Command::Disconnect { reason, ban_until_s } => serde_json::json!({
+                "user": user, "cmd": "disconnect", "reason": &**reason, "ban_until_s": ban_until_s,
+            }),
+            Command::Subscribe(t) => {
+                serde_json::json!({ "user": user, "cmd": "subscribe", "topic": &**t })
+            }
+            Command::Unsubscribe(t) => {
+                serde_json::json!({ "user": user, "cmd": "unsubscribe", "topic": &**t })
+            }
+        };
+        v.to_string()
+    }
+
+    /// Reads the bus form: the user and the command, or why not. A backend may give
+    /// `ban_s` (seconds from now) instead of `ban_until_s`.
+    pub fn from_json(bytes: &[u8], now_unix_s: u64) -> Result<(String, Command), String> {
+        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let text = |k: &str| v.get(k).and_then(|x| x.as_str());
+        let name_ok = |s: &&str| !s.is_empty() && s.len() <= 256;
+        let user = text("user").filter(name_ok).ok_or("user: a name of 1..=256 bytes")?;
+        let topic =
+            || text("topic").filter(name_ok).map(Box::from).ok_or("topic: a name of 1..=256 bytes");
+        let cmd = match text("cmd") {
+            Some("disconnect") => {
+                let reason = text("reason").unwrap_or_default();
+                let odd = reason.chars().any(|c| c.is_control() || c == '"' || c == '\\');
+                if reason.len() > 64 || odd {
+                    return Err("reason: at most 64 bytes, no quotes, backslashes or control \
+                                characters"
+                        .into());
+                }
+                let ban_s = v.get("ban_s").and_then(|x| x.as_u64()).unwrap_or(0).min(30 * 86_400);
+                let until = v.get("ban_until_s").and_then(|x| x.as_u64());
+                let ban_until_s = until.unwrap_or(if ban_s > 0 { now_unix_s + ban_s } else { 0 });
+                Command::Disconnect { reason: reason.into(), ban_until_s }
+            }
+            Some("subscribe") => Command::Subscribe(topic()?),
+            Some("unsubscribe") => Command::Unsubscribe(topic()?),
+            _ => return Err("cmd: disconnect, subscribe or unsubscribe".into()),
+        };
+        Ok((user.to_owned(), cmd))
+    }
 }
 
 /// See [`Msg::PresenceAsk`].

@@ -246,8 +246,10 @@ fn route(
         ("/publish/batch", _) => (405, JSON, err("use POST"), Some("POST")),
         ("/disconnect" | "/subscribe" | "/unsubscribe", "POST") => match command(req) {
             Ok((user, cmd, ban_s)) => {
-                if ban_s > 0 {
-                    shard.shared.bans.ban(&user, crate::auth::unix_now_s() + ban_s);
+                if let Command::Disconnect { ban_until_s, .. } = cmd {
+                    if ban_until_s > 0 {
+                        shard.shared.bans.ban(&user, ban_until_s);
+                    }
                 }
                 shard.command_user(&user, cmd);
                 let answer = serde_json::json!({ "user": user, "ban_s": ban_s });
@@ -343,7 +345,8 @@ fn command(req: &Request) -> Result<(String, Command, u64), String> {
                 "reason: at most {REASON_BYTES_MAX} bytes, no quotes, backslashes or control characters"
             ));
         }
-        return Ok((user, Command::Disconnect { reason: reason.into() }, ban_s));
+        let ban_until_s = if ban_s > 0 { crate::auth::unix_now_s() + ban_s } else { 0 };
+        return Ok((user, Command::Disconnect { reason: reason.into(), ban_until_s }, ban_s));
     }
     let topic = req.query_param("topic");
     if !name_ok(&topic) {

@@ -64,9 +64,14 @@ pub fn disconnect_body(reason: &str) -> String {
 }
 
 impl Shard {
-    /// Sends `cmd` for `user` on its way from the shard that accepted it.
+    /// Sends `cmd` for `user` on its way from the shard that accepted it: to the user's
+    /// home shard, and on a cluster node to the bridge, which tells every other node.
     pub(crate) fn command_user(&mut self, user: &str, cmd: Command) {
         let hash = self.shared.user_keys.hash(user);
+        if let Some(bridge) = self.mesh.bridge() {
+            let c = UserCommand { user: hash, name: user.into(), cmd: cmd.clone() };
+            self.send_mesh(bridge, Msg::UserCommand(Box::new(c)));
+        }
         let c = UserCommand { user: hash, name: user.into(), cmd };
         let home = home_shard(hash, self.shards());
         if home == self.id {
@@ -79,6 +84,12 @@ impl Shard {
     /// On the user's home shard: hands the command to every shard holding a connection of
     /// the user.
     pub(super) fn on_user_command(&mut self, c: UserCommand) {
+        if let Command::Disconnect { ban_until_s, .. } = c.cmd {
+            // From another node, the ban starts here; from this one, it is already set.
+            if ban_until_s > crate::auth::unix_now_s() {
+                self.shared.bans.ban(&c.name, ban_until_s);
+            }
+        }
         let mut conns = Vec::new();
         self.users.connections(c.user, &mut conns);
         for shard in 0..self.shards() {
@@ -107,7 +118,9 @@ impl Shard {
             }
             let kind = conn.kind;
             match &c.cmd {
-                Command::Disconnect { reason } => self.disconnect(slot, generation, kind, reason),
+                Command::Disconnect { reason, .. } => {
+                    self.disconnect(slot, generation, kind, reason)
+                }
                 Command::Subscribe(topic) => {
                     let said = match client::subscribe(self, slot, generation, topic) {
                         Ok(()) => serde_json::json!({ "subscribed": &**topic, "server": true }),
