@@ -532,3 +532,32 @@ fn disconnect_and_subscribe_reach_a_users_connections_on_every_node() {
     assert_eq!((code, reason["reason"].as_str()), (4001, Some("logout")));
     assert!(two.try_ws_connect("/ws?user=other").is_ok(), "no ban without ban_s");
 }
+
+#[test]
+fn a_batch_at_one_node_reaches_users_and_topics_on_another() {
+    let b = Backends::start();
+    let one = b.node("one", &[], 0);
+    let two = b.node("two", &[], 1);
+    let mut far: Vec<_> =
+        (0..5).map(|i| two.ws_connect(&format!("/ws?user=far{i}&topics=bt"))).collect();
+    two.wait_connections(5);
+    wait_until("the users in the registry", STEP, || {
+        (0..5).all(|i| b.key_exists(&format!("far{i}"))).then_some(())
+    });
+    let body: String = (0..50)
+        .map(|n| format!("{{\"user\":\"far{}\",\"data\":\"b{}\"}}\n", n % 5, n / 5))
+        .collect();
+    let body = format!("{body}{{\"topic\":\"bt\",\"data\":\"to the topic\"}}\n");
+    let r = one.admin_conn().request("POST", "/publish/batch", body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["published"], 51);
+    for (i, ws) in far.iter_mut().enumerate() {
+        let mut got: Vec<String> = (0..11).map(|_| ws_text(ws)).collect();
+        let topic = got
+            .iter()
+            .position(|m| m == "to the topic")
+            .unwrap_or_else(|| panic!("far{i}: {got:?}"));
+        got.remove(topic);
+        assert_eq!(got, (0..10).map(|k| format!("b{k}")).collect::<Vec<_>>(), "far{i}");
+    }
+}
