@@ -140,7 +140,7 @@ fn disconnect_closes_every_connection_of_the_user_and_a_ban_refuses_it_for_a_whi
     assert_eq!((status, v["ban_s"].as_u64()), (202, Some(2)), "{v}");
     for ws in [&mut a, &mut b] {
         let (code, reason) = close_of(ws);
-        assert_eq!(code, 4001);
+        assert_eq!(code, 4003);
         assert_eq!(reason["reconnect"], false);
         assert_eq!(reason["reason"], "password changed");
     }

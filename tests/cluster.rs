@@ -517,7 +517,7 @@ fn disconnect_and_subscribe_reach_a_users_connections_on_every_node() {
     assert_eq!(r.status, 202, "{}", r.text());
     for ws in [&mut on_one, &mut on_two] {
         let (code, reason) = close_of(ws);
-        assert_eq!((code, reason["reconnect"].as_bool()), (4001, Some(false)));
+        assert_eq!((code, reason["reconnect"].as_bool()), (4003, Some(false)));
     }
     wait_until("node two to refuse the banned user", STEP, || {
         two.try_ws_connect("/ws?user=roam").is_err().then_some(())
@@ -529,7 +529,7 @@ fn disconnect_and_subscribe_reach_a_users_connections_on_every_node() {
     // A backend may send the command straight to NATS.
     b.backend_publish(&[("c10m.cmd", r#"{"user":"other","cmd":"disconnect","reason":"logout"}"#)]);
     let (code, reason) = close_of(&mut other);
-    assert_eq!((code, reason["reason"].as_str()), (4001, Some("logout")));
+    assert_eq!((code, reason["reason"].as_str()), (4003, Some("logout")));
     assert!(two.try_ws_connect("/ws?user=other").is_ok(), "no ban without ban_s");
 }
 

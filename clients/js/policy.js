@@ -65,6 +65,8 @@ export function parseGoaway(text, retryMs = null) {
  * - `backoff`: the server shed us (1008 slow consumer or user cap): reconnect, starting the
  *   backoff higher so a consumer that cannot keep up does not come straight back.
  * - `token`: 4001 token expired: fetch a new token, then reconnect.
+ * - `fatal` too for 4003: the backend disconnected this user (`POST /disconnect`, reason
+ *   `{"disconnect":true,"reconnect":false}`): coming back would be refused or unwanted.
  * - `fatal`: 1002/1003/1007/1009 protocol errors: reconnecting would repeat them (a resume
  *   would replay the same message), so the client stops and reports.
  * @param {number} code
@@ -85,6 +87,7 @@ export function closeAction(code, reason) {
     case 1003:
     case 1007:
     case 1009:
+    case 4003:
       return { action: 'fatal' };
     default:
       return { action: 'retry' };

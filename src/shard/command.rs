@@ -20,7 +20,7 @@ use crate::registry::ConnId;
 
 /// The WebSocket close code of `POST /disconnect`; its reason is
 /// `{"disconnect":true,"reconnect":false[,"reason":"…"]}`.
-pub const DISCONNECT_CLOSE_CODE: u16 = 4001;
+pub const DISCONNECT_CLOSE_CODE: u16 = 4003;
 /// The longest operator reason carried in the close frame (it must fit 123 bytes with the
 /// rest of the JSON).
 pub const REASON_BYTES_MAX: usize = 64;

@@ -73,6 +73,7 @@ test('close codes map to actions', () => {
   assert.equal(closeAction(1006, '').action, 'retry');
   assert.equal(closeAction(1008, 'slow consumer').action, 'backoff');
   assert.equal(closeAction(4001, 'token expired').action, 'token');
+  assert.equal(closeAction(4003, '{"disconnect":true,"reconnect":false}').action, 'fatal');
   for (const c of [1002, 1003, 1007, 1009]) assert.equal(closeAction(c, '').action, 'fatal');
 });
 
