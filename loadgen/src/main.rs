@@ -137,6 +137,12 @@ struct RunArgs {
     /// compressed messages.
     #[arg(long)]
     deflate: bool,
+    /// Send publishes N at a time in one POST /publish/batch (1: one POST /publish each).
+    #[arg(long, default_value_t = 1)]
+    publish_batch: u32,
+    /// Write N single publish requests back to back, then read their N answers.
+    #[arg(long, default_value_t = 1)]
+    publish_pipeline: u32,
     /// Wait this long after the hold for late deliveries before reporting.
     #[arg(long, default_value = "2s")]
     drain: String,
@@ -214,6 +220,8 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
         payload_bytes: args.payload_bytes.min(c10m_loadgen::payload::PAYLOAD_BYTES_MAX),
         payload_json: args.payload_fill == FillArg::Json,
         deflate: args.deflate,
+        publish_batch: args.publish_batch.max(1),
+        publish_pipeline: args.publish_pipeline.max(1),
         drain: config::parse_duration(&args.drain)?,
         json: args.json.clone(),
         server_pid: args.server_pid,

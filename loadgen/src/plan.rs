@@ -72,6 +72,10 @@ pub struct Plan {
     pub payload_json: bool,
     /// Offer permessage-deflate on WebSocket connections.
     pub deflate: bool,
+    /// Publishes per `POST /publish/batch` request; 1: one `POST /publish` each.
+    pub publish_batch: u32,
+    /// Single publish requests written back to back before their answers are read.
+    pub publish_pipeline: u32,
     pub drain: Duration,
     pub json: Option<PathBuf>,
     pub server_pid: Option<u32>,

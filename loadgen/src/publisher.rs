@@ -22,7 +22,7 @@ use crate::sys;
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed publish so a dead server is not hammered.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
-const RESPONSE_BYTES_MAX: usize = 64 * 1024;
+const RESPONSE_BYTES_MAX: usize = 4 << 20;
 
 #[derive(Debug)]
 pub struct PublishResult {
@@ -41,7 +41,9 @@ struct Admin {
 }
 
 impl Admin {
-    fn publish(&mut self, request: &[u8]) -> Result<u16, String> {
+    /// Sends `request` (one or several pipelined HTTP requests) and reads `answers`
+    /// responses; returns their statuses.
+    fn publish(&mut self, request: &[u8], answers: usize) -> Result<Vec<u16>, String> {
         if self.stream.is_none() {
             let s = TcpStream::connect_timeout(
                 &self.host.parse().map_err(|_| "bad admin")?,
@@ -52,23 +54,28 @@ impl Admin {
             s.set_nodelay(true).ok();
             self.stream = Some(s);
         }
-        let result = self.exchange(request);
+        let result = self.exchange(request, answers);
         if result.is_err() {
             self.stream = None;
         }
         result
     }
 
-    fn exchange(&mut self, request: &[u8]) -> Result<u16, String> {
+    fn exchange(&mut self, request: &[u8], answers: usize) -> Result<Vec<u16>, String> {
         let stream = self.stream.as_mut().ok_or("no admin connection")?;
         stream.write_all(request).map_err(|e| format!("admin write: {e}"))?;
         self.buf.clear();
-        let mut chunk = [0u8; 4096];
+        let mut statuses = Vec::with_capacity(answers);
+        let mut chunk = [0u8; 16384];
         loop {
             match http::parse_response(&self.buf) {
                 Ok(Some((status, used))) => {
                     self.buf.drain(..used);
-                    return Ok(status);
+                    statuses.push(status);
+                    if statuses.len() == answers {
+                        return Ok(statuses);
+                    }
+                    continue;
                 }
                 Ok(None) if self.buf.len() > RESPONSE_BYTES_MAX => {
                     return Err("admin response too long".into())
@@ -136,6 +143,9 @@ pub fn run(plan: Arc<Plan>, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> Publi
     let start = Instant::now();
     let mut request = Vec::new();
     let mut body = Vec::new();
+    // Publishes made but not sent yet: a batch or a pipeline fills up first.
+    let group = plan.publish_batch.max(plan.publish_pipeline).max(1) as usize;
+    let mut pending: Vec<(u64, http::Audience, Vec<u8>)> = Vec::with_capacity(group);
     for seq in 1..=count {
         let due = start + Duration::from_secs_f64((seq - 1) as f64 / plan.publish_rate);
         while Instant::now() < due {
@@ -164,35 +174,69 @@ pub fn run(plan: Arc<Plan>, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> Publi
         body.clear();
         let fill = if plan.payload_json { payload::JSON_FILL } else { b"x" };
         payload::encode_with(&mut body, seq, sent_ns, plan.payload_bytes, fill);
-        let audience = plan.audience(bucket);
-        let t = Instant::now();
+        pending.push((seq, plan.audience(bucket), body.clone()));
         result.published += 1;
-        // Every admin gets the same sequence number: a client sits on one server, so it
-        // sees the message once whichever of them holds it.
-        let mut accepted = false;
-        for admin in &mut admins {
-            request.clear();
-            let key = plan.admin_key.as_deref();
-            http::publish_request(&mut request, &admin.host, key, &audience, &body);
-            match admin.publish(&request) {
-                Ok(202) => accepted = true,
-                Ok(status) => {
-                    result.errors += 1;
-                    result.last_error = Some(format!("{} answered {status}", admin.host));
-                }
-                Err(e) => {
-                    result.errors += 1;
-                    result.last_error = Some(format!("{}: {e}", admin.host));
-                }
-            }
+        if pending.len() < group && seq < count {
+            continue;
         }
-        if accepted {
-            record.accepted.store(true, Relaxed);
-            result.accepted += 1;
-            result.request_us.saturating_record((t.elapsed().as_micros() as u64).max(1));
-        } else {
-            std::thread::sleep(RETRY_PAUSE);
-        }
+        send(&plan, &shared, &mut admins, &mut request, &mut pending, &mut result);
+    }
+    if !pending.is_empty() {
+        send(&plan, &shared, &mut admins, &mut request, &mut pending, &mut result);
     }
     result
+}
+
+/// Sends what is pending to every admin: one batch request, or single requests pipelined.
+/// Every admin gets the same sequence numbers: a client sits on one server, so it sees each
+/// message once whichever of them holds it.
+fn send(
+    plan: &Plan,
+    shared: &Shared,
+    admins: &mut [Admin],
+    request: &mut Vec<u8>,
+    pending: &mut Vec<(u64, http::Audience, Vec<u8>)>,
+    result: &mut PublishResult,
+) {
+    let batch = plan.publish_batch > 1;
+    let t = Instant::now();
+    let mut accepted = false;
+    for admin in admins.iter_mut() {
+        request.clear();
+        let key = plan.admin_key.as_deref();
+        let answers = if batch {
+            let lines: Vec<(http::Audience, Vec<u8>)> =
+                pending.iter().map(|(_, a, b)| (a.clone(), b.clone())).collect();
+            http::batch_request(request, &admin.host, key, &lines);
+            1
+        } else {
+            for (_, audience, body) in pending.iter() {
+                http::publish_request(request, &admin.host, key, audience, body);
+            }
+            pending.len()
+        };
+        let ok = if batch { 200 } else { 202 };
+        match admin.publish(request, answers) {
+            Ok(statuses) if statuses.iter().all(|&s| s == ok) => accepted = true,
+            Ok(statuses) => {
+                result.errors += 1;
+                let bad = statuses.iter().find(|&&s| s != ok).copied().unwrap_or(0);
+                result.last_error = Some(format!("{} answered {bad}", admin.host));
+            }
+            Err(e) => {
+                result.errors += 1;
+                result.last_error = Some(format!("{}: {e}", admin.host));
+            }
+        }
+    }
+    if accepted {
+        for (seq, _, _) in pending.iter() {
+            shared.records[*seq as usize].accepted.store(true, Relaxed);
+        }
+        result.accepted += pending.len() as u64;
+        result.request_us.saturating_record((t.elapsed().as_micros() as u64).max(1));
+    } else {
+        std::thread::sleep(RETRY_PAUSE);
+    }
+    pending.clear();
 }

@@ -161,3 +161,45 @@ fn deflate_runs_receive_compressed_broadcasts_and_count_their_wire_bytes() {
     let per = z.messages.data_bytes as f64 / 500.0;
     assert!(per < 400.0, "{per} wire bytes per delivery compressed: {out}");
 }
+
+#[test]
+fn batched_and_pipelined_user_publishes_are_all_delivered() {
+    let server = Server::start(&[]);
+    for (name, flag, n) in
+        [("batch", "--publish-batch", "50"), ("pipeline", "--publish-pipeline", "20")]
+    {
+        let (report, stdout) = run_loadgen(
+            &format!("publish-{name}"),
+            &[
+                "--target",
+                &server.client,
+                "--admin",
+                &server.admin,
+                "--conns",
+                "60",
+                "--rate",
+                "0",
+                "--users",
+                "u{n%20}",
+                "--hold",
+                "2s",
+                "--publish-rate",
+                "200",
+                "--publish-count",
+                "200",
+                "--publish-to",
+                "user",
+                "--payload-fill",
+                "json",
+                flag,
+                n,
+                "--drain",
+                "1s",
+            ],
+        );
+        let m = &report.messages;
+        assert_eq!(m.accepted, 200, "{name}: {stdout}");
+        assert_eq!(m.expected, 200 * 3, "{name}: {stdout}");
+        assert_eq!((m.delivered, m.lost, m.duplicated), (m.expected, 0, 0), "{name}: {stdout}");
+    }
+}

@@ -167,6 +167,36 @@ pub fn publish_request(
 }
 
 /// A complete response with a Content-Length body: status and total bytes used.
+/// Appends one `POST /publish/batch` whose body has a JSON line per message.
+pub fn batch_request(
+    out: &mut Vec<u8>,
+    host: &str,
+    key: Option<&str>,
+    lines: &[(Audience, Vec<u8>)],
+) {
+    let mut body = Vec::with_capacity(lines.iter().map(|(_, p)| p.len() + 48).sum());
+    for (audience, payload) in lines {
+        let data = serde_json::Value::from(String::from_utf8_lossy(payload).into_owned());
+        let line = match audience {
+            Audience::User(u) => serde_json::json!({ "user": u, "data": data }),
+            Audience::Topic(t) => serde_json::json!({ "topic": t, "data": data }),
+            Audience::All => serde_json::json!({ "all": true, "data": data }),
+        };
+        body.extend_from_slice(line.to_string().as_bytes());
+        body.push(b'\n');
+    }
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    out.extend_from_slice(
+        format!(
+            "POST /publish/batch HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: \
+             application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&body);
+}
+
 pub fn parse_response(bytes: &[u8]) -> Result<Option<(u16, usize)>, HeadError> {
     let Some(head) = parse_head(bytes)? else {
         return Ok(None);
