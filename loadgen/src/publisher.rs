@@ -31,6 +31,8 @@ pub struct PublishResult {
     pub errors: u64,
     /// Admin request round trip, µs.
     pub request_us: Histogram<u64>,
+    /// From the first publish's send to the last one's answer, seconds.
+    pub elapsed_s: f64,
     pub last_error: Option<String>,
 }
 
@@ -100,6 +102,7 @@ pub fn run(plan: Arc<Plan>, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> Publi
         accepted: 0,
         errors: 0,
         request_us: latency_histogram(),
+        elapsed_s: 0.0,
         last_error: None,
     };
     while !shared.holding.load(Relaxed) {
@@ -157,6 +160,7 @@ pub fn run(plan: Arc<Plan>, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> Publi
         if stop.load(Relaxed) {
             break;
         }
+        result.elapsed_s = start.elapsed().as_secs_f64();
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
@@ -184,6 +188,7 @@ pub fn run(plan: Arc<Plan>, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> Publi
     if !pending.is_empty() {
         send(&plan, &shared, &mut admins, &mut request, &mut pending, &mut result);
     }
+    result.elapsed_s = start.elapsed().as_secs_f64();
     result
 }
 

@@ -107,6 +107,9 @@ pub struct Messages {
     /// Pongs that waited for an earlier send of their connection to complete.
     #[serde(default)]
     pub pongs_deferred: u64,
+    /// Seconds from the first publish to the last one's answer.
+    #[serde(default)]
+    pub publish_s: f64,
     /// Wire bytes of the WebSocket data frames received (0 for SSE).
     #[serde(default)]
     pub data_bytes: u64,
@@ -239,6 +242,7 @@ impl Report {
             a.pongs += b.pongs;
             a.pongs_deferred += b.pongs_deferred;
             a.data_bytes += b.data_bytes;
+            a.publish_s = a.publish_s.max(b.publish_s);
             a.compressed += b.compressed;
             a.received_per_s += b.received_per_s;
             out.connect_us = out.connect_us.merge(&r.connect_us);
@@ -309,8 +313,12 @@ impl Report {
         let _ = writeln!(t, "messages");
         let _ = writeln!(
             t,
-            "  published          {} (accepted {}, errors {})",
-            m.published, m.accepted, m.publish_errors
+            "  published          {} (accepted {}, errors {}) in {:.2} s ({:.0}/s)",
+            m.published,
+            m.accepted,
+            m.publish_errors,
+            m.publish_s,
+            m.accepted as f64 / m.publish_s.max(1e-3)
         );
         let _ = writeln!(
             t,

@@ -316,6 +316,7 @@ fn assemble(input: AssembleInput<'_>) -> Report {
             published: publish.map_or(0, |p| p.published),
             accepted: publish.map_or(0, |p| p.accepted),
             publish_errors: publish.map_or(0, |p| p.errors),
+            publish_s: publish.map_or(0.0, |p| p.elapsed_s),
             expected,
             delivered,
             lost,
