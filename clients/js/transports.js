@@ -92,7 +92,10 @@ function isEnvelope(v) {
 /** @param {any} v */
 function isControl(v) {
   const keys = v && typeof v === 'object' && !Array.isArray(v) ? Object.keys(v) : [];
-  return keys.length === 1 && CONTROL_KEYS.has(keys[0]);
+  // A reply names one of CONTROL_KEYS, plus `topic` (with an error) or `server` (a
+  // server-side subscription).
+  const extra = keys.filter((k) => !CONTROL_KEYS.has(k));
+  return keys.length - extra.length === 1 && extra.every((k) => k === 'topic' || k === 'server');
 }
 
 /** @param {string} text */
@@ -260,6 +263,19 @@ export function openSse(ctx) {
         g.emit({ type: 'end', kind: 'backoff', reason: b.data });
         ctl.abort();
         break;
+      case 'disconnect':
+        // The backend disconnected this user (POST /disconnect): do not come back.
+        g.emit({ type: 'end', kind: 'fatal', reason: b.data });
+        ctl.abort();
+        break;
+      case 'subscribed':
+      case 'unsubscribed': {
+        // A server-side (un)subscription, told as the WebSocket's control reply.
+        let v = null;
+        try { v = JSON.parse(b.data ?? ''); } catch { /* not ours */ }
+        if (v && isControl(v)) g.emit({ type: 'control', body: v });
+        break;
+      }
       default:
         break;
     }

@@ -56,6 +56,27 @@ for (const transport of ['ws', 'sse']) {
       }
     });
 
+  test(`${transport}: server-side subscribe arrives as control, a disconnect stops the client`,
+    async () => {
+      const user = `u-${transport}-cmd`;
+      const c = new C10m({ endpoints: plain.base, user, transports: [transport], share: 'none' });
+      const log = record(c);
+      const admin = (path) => fetch(`${plain.adminBase}${path}`, { method: 'POST' });
+      try {
+        await waitFor(() => c.state === 'connected', 'connected');
+        assert.equal((await admin(`/subscribe?user=${user}&topic=srv`)).status, 202);
+        await waitFor(() => log.some((e) => e.type === 'control' &&
+          e.v.subscribed === 'srv' && e.v.server === true), 'the control message');
+        await plain.publish('topic=srv', 'server-side');
+        await waitFor(() => messages(log).includes('server-side'), 'the topic message');
+        assert.equal((await admin(`/disconnect?user=${user}&reason=logout`)).status, 202);
+        await waitFor(() => c.state === 'failed', 'the client to stop');
+        assert.ok(log.some((e) => e.type === 'error'), 'an error event says why');
+      } finally {
+        c.close();
+      }
+    });
+
   test(`${transport}: a goaway's delay is obeyed: the client comes back after it, not before`,
     async () => {
       const c = new C10m({ endpoints: lifetime.base, user: `u-${transport}-2`,

@@ -163,7 +163,7 @@ export async function serverHasPoll(base) {
 /** Events a client emitted, with timestamps, for assertions. */
 export function record(client) {
   const log = [];
-  for (const type of ['state', 'message', 'gap', 'goaway', 'endpoint', 'error', 'tabs']) {
+  for (const type of ['state', 'message', 'gap', 'goaway', 'endpoint', 'error', 'tabs', 'control']) {
     client.on(type, (v) => log.push({ type, at: performance.now(), v }));
   }
   return log;
