@@ -5,7 +5,8 @@
 #   server and for the load generator.
 # Needs the Rust toolchain (cargo, rustfmt, clippy) and a Linux 6.11+ kernel with io_uring
 # enabled; redis-server and nats-server (for the cluster tests) are installed with apt-get
-# when missing, and so are the TLS tests' clients (Python websockets, curl); everything else
+# when missing, and so are the TLS tests' clients (Python websockets, curl) and promtool (Debian's
+# prometheus package, for tests/deploy.rs); everything else
 # the tests use is built from this workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,13 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# promtool (Debian's prometheus package) checks deploy/prometheus/alerts.yml (tests/deploy.rs).
+if ! command -v promtool >/dev/null; then
+  echo "test.sh: installing prometheus (for promtool) with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 if ! python3 -c 'import websockets' 2>/dev/null; then
   echo "test.sh: installing Python websockets with pip"
