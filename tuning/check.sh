@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compares the running host with tuning/sysctl.conf and c10m's other needs; prints a table
-# and exits 1 when anything is off (0 when all is well, 2 on bad usage).
+# and exits 1 when anything is off (0 when all is well, 2 on bad usage). A tool it reads with
+# that is missing is a row too, with the Debian package that provides it.
 #
 #   tuning/check.sh [--pid PID] [--shards N] [--conns N] [--iface IF] [--conf FILE] [--only-off]
 #
@@ -64,6 +65,16 @@ compare() {
 }
 
 printf '%-52s %-24s %-24s %-4s %s\n' CHECK WANT HAVE OK NOTE
+
+# tools the checks read with, and the Debian package of each
+lacking=0
+for tool in ethtool:ethtool ip:iproute2 pgrep:procps dmesg:util-linux; do
+  t=${tool%%:*} pkg=${tool#*:}
+  command -v "$t" >/dev/null && continue
+  lacking=$((lacking + 1))
+  row "tool $t" "installed" "(missing)" OFF "Debian package $pkg: apt-get install $pkg"
+done
+[ $lacking -gt 0 ] || row "tools (ethtool ip pgrep dmesg)" "installed" "installed" ok
 while IFS= read -r line; do
   line=${line%%#*}
   [[ $line == *=* ]] || continue
@@ -92,7 +103,7 @@ if [ -e /proc/sys/net/netfilter/nf_conntrack_count ]; then
 fi
 
 # process limits
-[ -n "$pid" ] || pid=$(pgrep -x c10m | head -1) || true
+[ -n "$pid" ] || pid=$(pgrep -x c10m 2>/dev/null | head -1) || true
 if [ -n "$pid" ] && [ -r "/proc/$pid/limits" ]; then who="c10m pid $pid"; lim=/proc/$pid/limits; st=/proc/$pid/status
 else who="this shell (c10m not running)"; lim=/proc/$$/limits; st=/proc/$$/status; fi
 nofile=$(awk '/Max open files/ {print $4}' "$lim")
@@ -110,7 +121,8 @@ ehash=$(cat /proc/sys/net/ipv4/tcp_ehash_entries 2>/dev/null | tr -d -) || true
 [ -n "$ehash" ] || ehash=$(dmesg 2>/dev/null | sed -n 's/.*TCP established hash table entries: \([0-9]*\).*/\1/p' | tail -1)
 if [ -z "$ehash" ]; then row "TCP established hash buckets" ">= $conns" "(boot log gone)" ok "check thash_entries= in /proc/cmdline"
 elif [ "$ehash" -ge "$conns" ]; then row "TCP established hash buckets" ">= $conns" "$ehash" ok
-else row "TCP established hash buckets" ">= $conns" "$ehash" OFF "boot with thash_entries=$(python3 -c "print(1 << ($conns - 1).bit_length())")"; fi
+else pow=1; while [ $pow -lt "$conns" ]; do pow=$((pow * 2)); done
+  row "TCP established hash buckets" ">= $conns" "$ehash" OFF "boot with thash_entries=$pow"; fi
 
 # kernel: io_uring features c10m needs (6.1: SINGLE_ISSUER/DEFER_TASKRUN; loadgen 6.11)
 kv=$(uname -r | cut -d. -f1-2)
@@ -128,13 +140,14 @@ if [ $((tcpmax * 4)) -le $((memkb / 2)) ]; then row "tcp_mem max vs RAM" "<= 50%
 else row "tcp_mem max vs RAM" "<= 50% of RAM" "$((tcpmax * 4 >> 20)) GiB" OFF "socket buffers could starve the slab sockets need"; fi
 
 # NIC: irqbalance off, queues per shard, IRQs pinned (details and fixes: tuning/nic.sh)
-if pgrep -x irqbalance >/dev/null; then row "irqbalance" "stopped" "running" OFF "it moves queue IRQs away from their shards: nic.sh --apply"
+if ! command -v pgrep >/dev/null; then row "irqbalance" "stopped" "(no pgrep)" OFF "apt-get install procps"
+elif pgrep -x irqbalance >/dev/null; then row "irqbalance" "stopped" "running" OFF "it moves queue IRQs away from their shards: nic.sh --apply"
 else row "irqbalance" "stopped" "not running" ok; fi
 [ -n "$iface" ] || iface=$(ip -o route show default 2>/dev/null | awk '{for (i=1;i<NF;i++) if ($i=="dev") print $(i+1)}' | head -1)
 if [ -z "$iface" ] || [ ! -e "/sys/class/net/$iface" ]; then
   row "NIC queues" "min(shards, max)" "(no NIC)" ok "no default-route interface"
 elif ! command -v ethtool >/dev/null; then
-  row "NIC queues ($iface)" "min(shards, max)" "(no ethtool)" OFF "install ethtool"
+  row "NIC queues ($iface)" "min(shards, max)" "(no ethtool)" OFF "apt-get install ethtool (or run nic.sh, which installs it)"
 else
   ch=$(ethtool -l "$iface" 2>/dev/null)
   if [ -z "$ch" ]; then

@@ -19,6 +19,9 @@
 #   --ring N       RX/TX descriptors per queue (default: the NIC's max, at most 4096)
 #   --rx-usecs N / --tx-usecs N   interrupt coalescing (default 50 / 50: a push tolerates
 #                  50 µs, and a broadcast of 1M frames then takes ~20k interrupts, not 1M)
+#
+# On a live NIC, the tools it reads the NIC with (ethtool, and ip and python3) are installed
+# with apt-get when missing (as root; otherwise it names the Debian packages to install).
 set -euo pipefail
 args=("$@")
 apply=0 iface='' shards='' cpus='' ring='' rxus=50 txus=50 describe=''
@@ -47,9 +50,21 @@ if [ -n "$describe" ]; then
   [ -n "$iface" ] || iface=$(awk '/^iface:/ {print $2}' "$describe/ethtool-i.txt" 2>/dev/null || true)
   iface=${iface:-eth0}
 else
+  missing=()
+  for tool in ethtool:ethtool ip:iproute2 python3:python3; do
+    command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+  done
+  if ((${#missing[@]})); then
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+      echo "nic.sh: ${missing[*]} not installed (as root: apt-get install ${missing[*]})" >&2; exit 1
+    fi
+    echo "nic.sh: installing ${missing[*]} with apt-get" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get update -qq && apt-get install -y -qq "${missing[@]}"; } >/dev/null ||
+      { echo "nic.sh: apt-get install ${missing[*]} failed" >&2; exit 1; }
+  fi
   [ -n "$iface" ] || iface=$(ip -o route show default | awk '{for (i=1;i<NF;i++) if ($i=="dev") print $(i+1)}' | head -1)
   [ -n "$iface" ] && [ -e "/sys/class/net/$iface" ] || { echo "nic.sh: no interface (use --iface)" >&2; exit 1; }
-  command -v ethtool >/dev/null || { echo "nic.sh: ethtool not installed (apt-get install ethtool)" >&2; exit 1; }
   drv=$(ethtool -i "$iface" 2>/dev/null || true); ch=$(ethtool -l "$iface" 2>/dev/null || true)
   rg=$(ethtool -g "$iface" 2>/dev/null || true); co=$(ethtool -c "$iface" 2>/dev/null || true)
   irqs_raw=$(grep -E "[[:space:]]$iface(-|$)|[[:space:]]$iface[-_]" /proc/interrupts || true)
@@ -104,7 +119,9 @@ print(",".join(h[i:i+8] for i in range(0, len(h), 8)))' "$@"; }
 setfs() { # setfs PATH VALUE
   local cur
   if [ -z "$describe" ] && [ -r "$1" ]; then
-    cur=$(tr -d ',\n' <"$1" | sed 's/^0*//'); [ "$cur" != "$(echo "$2" | tr -d , | sed 's/^0*//')" ] || return 0
+    # a listed file can still fail to read (xps_cpus of a single-queue virtual NIC): skip it
+    cur=$(tr -d ',\n' <"$1" 2>/dev/null) || { echo "#   ($1 cannot be read: left alone)"; return 0; }
+    cur=$(echo "$cur" | sed 's/^0*//'); [ "$cur" != "$(echo "$2" | tr -d , | sed 's/^0*//')" ] || return 0
   fi
   add "echo $2 > $1"
 }
