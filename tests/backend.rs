@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{metric_sum, ws_subscribe, ws_text, Server};
+use common::{metric_sum, ws_close_json, ws_subscribe, ws_text, Server};
 
 fn batch(server: &Server, body: &str) -> (u16, serde_json::Value) {
     let r = server.admin_conn().request("POST", "/publish/batch", body);
@@ -118,16 +118,6 @@ fn post(server: &Server, target: &str) -> (u16, serde_json::Value) {
     (r.status, v)
 }
 
-/// The close frame a WebSocket gets next.
-fn close_of(ws: &mut common::Ws) -> (u16, serde_json::Value) {
-    match common::ws_next(ws) {
-        tungstenite::Message::Close(Some(f)) => {
-            (u16::from(f.code), serde_json::from_str(&f.reason).expect("a JSON reason"))
-        }
-        other => panic!("expected a close frame, got {other:?}"),
-    }
-}
-
 #[test]
 fn disconnect_closes_every_connection_of_the_user_and_a_ban_refuses_it_for_a_while() {
     let server = Server::start(&[]);
@@ -139,7 +129,7 @@ fn disconnect_closes_every_connection_of_the_user_and_a_ban_refuses_it_for_a_whi
     let (status, v) = post(&server, "/disconnect?user=mallory&ban_s=2&reason=password%20changed");
     assert_eq!((status, v["ban_s"].as_u64()), (202, Some(2)), "{v}");
     for ws in [&mut a, &mut b] {
-        let (code, reason) = close_of(ws);
+        let (code, reason) = ws_close_json(ws);
         assert_eq!(code, 4003);
         assert_eq!(reason["reconnect"], false);
         assert_eq!(reason["reason"], "password changed");

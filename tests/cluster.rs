@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{wait_until, ws_text, Server, STEP};
+use common::{wait_until, ws_close_json, ws_text, Server, STEP};
 
 /// A server process of the test, killed on drop.
 struct Proc(Child);
@@ -480,16 +480,6 @@ fn a_redis_restart_is_noticed_and_the_registry_rewritten_at_once() {
     assert_eq!(cluster_stat(&a_node, "registry_resyncs"), 1);
 }
 
-/// The close frame a WebSocket gets next, and its JSON reason.
-fn close_of(ws: &mut common::Ws) -> (u16, serde_json::Value) {
-    match common::ws_next(ws) {
-        tungstenite::Message::Close(Some(f)) => {
-            (u16::from(f.code), serde_json::from_str(&f.reason).expect("a JSON reason"))
-        }
-        other => panic!("expected a close frame, got {other:?}"),
-    }
-}
-
 #[test]
 fn disconnect_and_subscribe_reach_a_users_connections_on_every_node() {
     let b = Backends::start();
@@ -516,7 +506,7 @@ fn disconnect_and_subscribe_reach_a_users_connections_on_every_node() {
     let r = one.admin_conn().request("POST", "/disconnect?user=roam&ban_s=30", "");
     assert_eq!(r.status, 202, "{}", r.text());
     for ws in [&mut on_one, &mut on_two] {
-        let (code, reason) = close_of(ws);
+        let (code, reason) = ws_close_json(ws);
         assert_eq!((code, reason["reconnect"].as_bool()), (4003, Some(false)));
     }
     wait_until("node two to refuse the banned user", STEP, || {
@@ -528,7 +518,7 @@ fn disconnect_and_subscribe_reach_a_users_connections_on_every_node() {
 
     // A backend may send the command straight to NATS.
     b.backend_publish(&[("c10m.cmd", r#"{"user":"other","cmd":"disconnect","reason":"logout"}"#)]);
-    let (code, reason) = close_of(&mut other);
+    let (code, reason) = ws_close_json(&mut other);
     assert_eq!((code, reason["reason"].as_str()), (4003, Some("logout")));
     assert!(two.try_ws_connect("/ws?user=other").is_ok(), "no ban without ban_s");
 }

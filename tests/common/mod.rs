@@ -12,10 +12,10 @@ use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tungstenite::Message;
-
 mod raw_ws;
 pub use raw_ws::*;
+mod ws_client;
+pub use ws_client::*;
 
 /// The longest any single wait in a test may take before it fails.
 pub const STEP: Duration = Duration::from_secs(5);
@@ -23,14 +23,31 @@ pub const STEP: Duration = Duration::from_secs(5);
 /// Runs `c10m` with `args`, expecting it to exit by itself within [`STEP`] (a refused
 /// configuration); returns its exit code and stderr. Kills it and fails otherwise.
 pub fn run_to_exit(args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_c10m"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_c10m"));
+    cmd.args(args);
+    let (status, _, err) = run_bounded(&mut cmd, STEP);
+    (status.code().unwrap_or(-1), err)
+}
+
+/// Runs `cmd` to its exit within `limit`, killing it and failing the test past that;
+/// returns its status, stdout and stderr (each read as it comes, so neither pipe fills).
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> (ExitStatus, String, String) {
+    let mut child = cmd
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn c10m");
-    let deadline = Instant::now() + STEP;
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
@@ -38,13 +55,11 @@ pub fn run_to_exit(args: &[&str]) -> (i32, String) {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("c10m {args:?} did not exit within {STEP:?}");
+            panic!("{cmd:?} did not finish within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    (status.code().unwrap_or(-1), err)
+    (status, out.join().unwrap(), err.join().unwrap())
 }
 
 /// A running `c10m serve`, killed on drop.
@@ -524,48 +539,6 @@ impl AdminConn {
         assert_eq!(r.status, 202, "publish {target}: {}", r.text());
         r.json()["id"].as_u64().unwrap_or_else(|| panic!("no id in {}", r.text()))
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// WebSocket with tungstenite
-
-pub type Ws = tungstenite::WebSocket<TcpStream>;
-
-/// The next data or close message, skipping pings and pongs (tungstenite answers pings).
-pub fn ws_next(ws: &mut Ws) -> Message {
-    loop {
-        match ws.read() {
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(m) => return m,
-            Err(e) => panic!("WebSocket read: {e}"),
-        }
-    }
-}
-
-/// The next text message; fails on anything else.
-pub fn ws_text(ws: &mut Ws) -> String {
-    match ws_next(ws) {
-        Message::Text(t) => t,
-        other => panic!("expected a text message, got {other:?}"),
-    }
-}
-
-/// Sends a JSON control message and returns the server's JSON reply.
-pub fn ws_control(ws: &mut Ws, msg: serde_json::Value) -> serde_json::Value {
-    ws.send(Message::text(msg.to_string())).expect("send control");
-    let reply = ws_text(ws);
-    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply {reply:?} not JSON: {e}"))
-}
-
-/// Subscribes to `topic` and waits for `{"subscribed":topic}`.
-pub fn ws_subscribe(ws: &mut Ws, topic: &str) {
-    let reply = ws_control(ws, serde_json::json!({ "subscribe": topic }));
-    assert_eq!(reply, serde_json::json!({ "subscribed": topic }));
-}
-
-pub fn ws_unsubscribe(ws: &mut Ws, topic: &str) {
-    let reply = ws_control(ws, serde_json::json!({ "unsubscribe": topic }));
-    assert_eq!(reply, serde_json::json!({ "unsubscribed": topic }));
 }
 
 // ---------------------------------------------------------------------------------------
