@@ -462,7 +462,11 @@ fn browser_style_upgrade_headers_are_accepted() {
     let mut r = std::io::BufReader::new(s);
     let (status, headers) = common::read_head(&mut r).unwrap();
     assert_eq!(status, 101, "{headers:?}");
-    let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
-    assert!(!has("sec-websocket-extensions"), "no extension is negotiated: {headers:?}");
+    let ext = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions"));
+    assert_eq!(
+        ext.map(|(_, v)| v.as_str()),
+        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
+        "the offered extension is agreed without context takeover: {headers:?}"
+    );
     server.wait_connections(1);
 }
