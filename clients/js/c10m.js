@@ -153,10 +153,21 @@ export class C10m extends Emitter {
         this.tabs = msg.n;
         this.emit('tabs', msg.n);
         break;
+      case 'control': {
+        // A server-side (un)subscription (POST /subscribe) becomes this tab's own, so its
+        // messages are not filtered out and a reconnect keeps it.
+        const b = msg.body ?? {};
+        if (b.server === true && typeof b.subscribed === 'string' && !this.topicSet.has(b.subscribed)) {
+          this.subscribe(b.subscribed);
+        } else if (b.server === true && typeof b.unsubscribed === 'string' && this.topicSet.has(b.unsubscribed)) {
+          this.unsubscribe(b.unsubscribed);
+        }
+        this.emit('control', b);
+        break;
+      }
       case 'gap':
       case 'goaway':
       case 'endpoint':
-      case 'control':
       case 'error':
         this.emit(msg.op, msg.g ?? msg.e ?? msg.body);
         break;
