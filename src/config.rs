@@ -563,6 +563,14 @@ pub struct ServeArgs {
     /// TLS private key (PEM) for --tls-cert.
     #[arg(long, value_name = "PATH")]
     pub tls_key: Option<PathBuf>,
+    /// Control socket for live upgrades (mode 0600, same user only), or `off`. Default
+    /// /run/c10m/c10m-PORT.sock, PORT being the first admin port.
+    #[arg(long, value_name = "PATH|off")]
+    pub control_socket: Option<String>,
+    /// Live upgrade: take over the listeners and connections of the server whose control
+    /// socket this is; it exits when it has handed everything over.
+    #[arg(long, value_name = "PATH")]
+    pub takeover: Option<PathBuf>,
 }
 
 /// `on` / `off` for a switch flag.

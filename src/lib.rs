@@ -28,6 +28,7 @@
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod handover;
 pub mod history;
 pub mod mesh;
 pub mod metrics;

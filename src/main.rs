@@ -36,13 +36,48 @@ fn main() {
     }
 }
 
+/// The command line without a `--takeover PATH` (SIGUSR2 adds its own).
+fn strip_takeover(argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::with_capacity(argv.len());
+    let mut skip = false;
+    for a in argv {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        if a == "--takeover" {
+            skip = true;
+            continue;
+        }
+        if a.to_str().is_some_and(|s| s.starts_with("--takeover=")) {
+            continue;
+        }
+        out.push(a);
+    }
+    out
+}
+
 fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let cfg = args.resolve()?;
     // SAFETY: setting SIGPIPE to ignored before any thread starts has no preconditions;
     // sends also pass MSG_NOSIGNAL, this covers any other write path.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let signals = c10m::sys::signals()?;
-    let server = c10m::server::start(cfg, signals)?;
+    let control = match args.control_socket.as_deref() {
+        Some("off") => None,
+        Some(path) => Some((std::path::PathBuf::from(path), true)),
+        None => Some((c10m::handover::default_control_path(&cfg.admin, &cfg.listen), false)),
+    };
+    // A takeover's successor keeps the control path it took over from, for the next one.
+    let control = control.map(|(path, explicit)| match &args.takeover {
+        Some(from) if !explicit => (from.clone(), false),
+        _ => (path, explicit),
+    });
+    let upgrade = c10m::server::Upgrade {
+        control,
+        takeover: args.takeover.clone(),
+        argv: strip_takeover(std::env::args_os().collect()),
+    };
+    let server = c10m::server::start_with(cfg, signals, upgrade)?;
     let list = |v: &[std::net::SocketAddr]| {
         v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
     };

@@ -82,8 +82,26 @@ fn bind_first(
     Ok((socks, bound))
 }
 
+/// How a server starts besides its configuration: its control socket, and what it takes
+/// over from a running server (a live upgrade, [`crate::handover`]).
+#[derive(Default)]
+pub struct Upgrade {
+    /// Serve takeovers on this control socket; `explicit`: a failure to bind it is an error,
+    /// not a warning.
+    pub control: Option<(std::path::PathBuf, bool)>,
+    /// Take over the listeners and connections of the server on this control socket.
+    pub takeover: Option<std::path::PathBuf>,
+    /// This process's command line, for SIGUSR2.
+    pub argv: Vec<std::ffi::OsString>,
+}
+
 /// Starts the shards and returns once every one is ready (or the first error).
 pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
+    start_with(cfg, signals, Upgrade::default())
+}
+
+/// [`start`], with a control socket and possibly a takeover.
+pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::Result<Server> {
     // Keys first: a bad key file is reported before any address is taken.
     let client_auth = match (cfg.auth.as_deref(), &cfg.jwt_key) {
         (Some("jwt"), Some(path)) => crate::auth::ClientAuth::jwt_from_file(path),
@@ -118,8 +136,41 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
     }
     let backlog = cfg.limits.listen_backlog;
     let sndbuf = cfg.limits.socket_send_buffer_bytes;
-    let (first_client, listen) = bind_first(&cfg.listen, backlog, sndbuf)?;
-    let (first_admin, admin) = bind_first(&cfg.admin, backlog, 0)?;
+    let mut inherited = match &upgrade.takeover {
+        Some(path) => Some(crate::handover::take_over(path, shards, &cfg.listen, &cfg.admin)?),
+        None => None,
+    };
+    let mut premade: Vec<Option<(Vec<socket2::Socket>, Vec<socket2::Socket>)>> =
+        (0..shards).map(|_| None).collect();
+    let (listen, admin) = match inherited.as_mut() {
+        Some(inh) => {
+            let local = |v: &[socket2::Socket]| -> io::Result<Vec<SocketAddr>> {
+                v.iter()
+                    .map(|s| {
+                        s.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not inet"))
+                    })
+                    .collect()
+            };
+            let (c, a) = &inh.listeners[0];
+            let addrs = (local(c)?, local(a)?);
+            for (slot, l) in premade.iter_mut().zip(std::mem::take(&mut inh.listeners)) {
+                *slot = Some(l);
+            }
+            addrs
+        }
+        None => {
+            let (first_client, listen) = bind_first(&cfg.listen, backlog, sndbuf)?;
+            let (first_admin, admin) = bind_first(&cfg.admin, backlog, 0)?;
+            premade[0] = Some((first_client, first_admin));
+            (listen, admin)
+        }
+    };
+    let hub = crate::handover::Hub::new(shards);
+    if let Some(inh) = inherited.as_mut() {
+        hub.admin_go.store(false, Ordering::Release);
+        *hub.inbound.lock().unwrap_or_else(|e| e.into_inner()) =
+            std::mem::take(&mut inh.channels).into_iter().map(Some).collect();
+    }
     // On a cluster node the bridge is the mesh's last participant: it takes the last end, and
     // its doorbell ring is the last peer.
     let bridge = if cfg.cluster.enabled() {
@@ -140,7 +191,7 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
     let shared = Arc::new(Shared {
         stats: (0..shards).map(|_| ShardStats::default()).collect(),
         peers: Arc::clone(&peers),
-        user_keys: crate::push::UserKeys::default(),
+        user_keys: inherited.as_ref().map_or_else(crate::push::UserKeys::default, |i| i.user_keys),
         client_auth,
         admin_key,
         signals,
@@ -149,20 +200,20 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
         cluster: bridge.as_ref().map(|(b, _)| Arc::clone(&b.stats)),
         tls,
         bans: crate::shard::command::Bans::default(),
-        history_epoch: history_epoch(),
+        history_epoch: inherited.as_ref().map_or_else(history_epoch, |i| i.epoch),
         clock_origin: std::time::Instant::now(),
+        hub,
         cfg,
     });
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
-    let mut first = Some((first_client, first_admin));
     let mut threads = Vec::new();
     for (id, mesh) in ends.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
         let ready = ready_tx.clone();
         let core =
             if shared.cfg.pin && !cores.is_empty() { Some(cores[id % cores.len()]) } else { None };
-        let premade = first.take();
+        let premade = premade[id].take();
         let (listen, admin) = (listen.clone(), admin.clone());
         let t = std::thread::Builder::new().name(format!("c10m-shard-{id}")).spawn(move || {
             if let Some(core) = core {
@@ -186,6 +237,13 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
                     .map(|(sock, addr)| Listener::new(sock, false, compress(addr)))
                     .collect();
                 listeners.extend(a.into_iter().map(|sock| Listener::new(sock, true, false)));
+                // Copies for a live upgrade, which passes every listener to the new process.
+                let copies: Vec<std::os::fd::OwnedFd> = listeners
+                    .iter()
+                    .filter_map(|l| l.sock.as_ref()?.try_clone().ok())
+                    .map(std::os::fd::OwnedFd::from)
+                    .collect();
+                shared.hub.listeners.lock().unwrap_or_else(|e| e.into_inner())[id] = copies;
                 let l = &shared.cfg.limits;
                 let mut ring = Ring::new(l.ring_entries, files)?;
                 let bufs =
@@ -225,7 +283,7 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
         Some((bridge, end)) => {
             let bytes_max = shared.cfg.limits.message_bytes_max as usize;
             let stop = Arc::clone(&shared.signals.stop);
-            Some(bridge.spawn(end, shared.user_keys.clone(), bytes_max, stop)?)
+            Some(bridge.spawn(end, shared.user_keys, bytes_max, stop)?)
         }
         None => None,
     };
@@ -239,6 +297,45 @@ pub fn start(cfg: Config, signals: sys::Signals) -> io::Result<Server> {
     };
     for w in sys::host::warnings(std::path::Path::new("/proc/sys"), &plan) {
         eprintln!("c10m: warning: {w}");
+    }
+    let replacing = match (&upgrade.control, &upgrade.takeover) {
+        (Some((path, _)), Some(from)) => (path == from).then(|| path.clone()),
+        _ => None,
+    };
+    if let Some((path, explicit)) = upgrade.control {
+        let serving = crate::handover::Serving {
+            shared: Arc::clone(&shared),
+            listen: listen.clone(),
+            admin: admin.clone(),
+            shards,
+            argv: upgrade.argv,
+        };
+        match crate::handover::serve(path, serving, replacing.is_some()) {
+            Ok(()) => {}
+            Err(e) if explicit => {
+                shared.signals.stop.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+            Err(e) => eprintln!("c10m: warning: no live upgrade: {e}"),
+        }
+    }
+    if let Some(inh) = inherited {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new().name("c10m-takeover".into()).spawn(move || {
+            let timeout = std::time::Duration::from_secs(600);
+            match crate::handover::finish(inh.control, &shared.hub, timeout) {
+                Ok(done) => eprintln!(
+                    "c10m: takeover: done: {} connections taken over in {} ms",
+                    shared.hub.received.load(Ordering::Relaxed),
+                    done["ms"]
+                ),
+                Err(e) => eprintln!("c10m: takeover: {e}; serving what was taken over"),
+            }
+            if let Some(path) = replacing {
+                // The old process is gone or going: the control path is this process's now.
+                let _ = std::fs::rename(crate::handover::replacement_path(&path), &path);
+            }
+        })?;
     }
     Ok(Server { listen, admin, shards, files_per_shard: files, conns_per_shard, threads, bridge })
 }

@@ -305,6 +305,17 @@ impl Log {
         self.top
     }
 
+    /// Continues the numbering of another process's log (a live upgrade): positions up to
+    /// `top` stay valid, but their messages are not here, so a resume from below it is
+    /// answered with a gap.
+    pub fn continue_after(&mut self, top: u64) {
+        if top > self.top && self.entries.is_empty() {
+            self.top = top;
+            self.first_seq = top + 1;
+            self.expired_upto = top;
+        }
+    }
+
     /// Messages retained and the bytes they cost.
     pub fn usage(&self) -> (usize, usize) {
         (self.retained, self.bytes)

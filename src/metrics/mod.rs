@@ -33,10 +33,12 @@ pub enum CloseReason {
     UserCap,
     /// `POST /disconnect` for its user.
     Disconnected,
+    /// Handed to a new process by a live upgrade (the connection itself stays open).
+    Handover,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 15] = [
+    pub const ALL: [CloseReason; 16] = [
         CloseReason::PeerGone,
         CloseReason::WsClose,
         CloseReason::ProtocolError,
@@ -52,6 +54,7 @@ impl CloseReason {
         CloseReason::Lifetime,
         CloseReason::UserCap,
         CloseReason::Disconnected,
+        CloseReason::Handover,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +74,7 @@ impl CloseReason {
             CloseReason::Lifetime => "lifetime",
             CloseReason::UserCap => "user_cap",
             CloseReason::Disconnected => "disconnected",
+            CloseReason::Handover => "handover",
         }
     }
 }
@@ -115,6 +119,9 @@ pub struct ShardStats {
     /// Connections closed by `POST /disconnect`, and handshakes refused during a ban.
     pub disconnects: AtomicU64,
     pub banned_refused: AtomicU64,
+    /// Live upgrade: connections handed to a new process, and taken over from an old one.
+    pub handover_sent: AtomicU64,
+    pub handover_received: AtomicU64,
     /// Mesh messages that carried a batch, and the messages they carried.
     pub mesh_batches: AtomicU64,
     pub mesh_batched: AtomicU64,
@@ -278,6 +285,18 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
     family("ws_protocol_errors_total", "counter", "WebSocket protocol violations.", &|s| {
         s.ws_protocol_errors.load(Relaxed)
     });
+    family(
+        "handover_sent_total",
+        "counter",
+        "Connections handed to a new process by a live upgrade.",
+        &|s| s.handover_sent.load(Relaxed),
+    );
+    family(
+        "handover_received_total",
+        "counter",
+        "Connections taken over from the previous process by a live upgrade.",
+        &|s| s.handover_received.load(Relaxed),
+    );
     family("disconnects_total", "counter", "Connections closed by POST /disconnect.", &|s| {
         s.disconnects.load(Relaxed)
     });

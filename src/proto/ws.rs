@@ -349,6 +349,29 @@ impl Session {
         Session { deflate: Deflate::Refused, ..Session::default() }
     }
 
+    /// The session in one byte for a live upgrade, or None while a frame or message is
+    /// incomplete or the close handshake has begun (such a session does not move yet).
+    pub fn handover_byte(&self) -> Option<u8> {
+        if self.partial.is_some() || self.closed {
+            return None;
+        }
+        Some(match self.deflate {
+            Deflate::Allowed => 0,
+            Deflate::Refused => 1,
+            Deflate::On(bits) => 0x80 | bits,
+        })
+    }
+
+    /// The session [`Session::handover_byte`] described.
+    pub fn from_handover_byte(b: u8) -> Session {
+        let deflate = match b {
+            0 => Deflate::Allowed,
+            1 => Deflate::Refused,
+            b => Deflate::On(b & 0x7f),
+        };
+        Session { deflate, ..Session::default() }
+    }
+
     /// Whether the handshake may agree to permessage-deflate.
     pub fn compression_allowed(&self) -> bool {
         self.deflate == Deflate::Allowed

@@ -34,6 +34,9 @@ pub struct Message {
 /// What one shard asks of another over the mesh.
 #[derive(Debug)]
 pub enum Msg {
+    /// A live upgrade's barrier: everything this shard sent before it has been handled
+    /// once it arrives (`crate::shard::handover`).
+    Fence { round: u8 },
     /// To the user's home shard: `conn` now serves the user; replay what it missed.
     UserAdd(Box<UserAdd>),
     /// To the user's home shard: `conn` no longer serves the user.
@@ -259,18 +262,33 @@ impl Msg {
                 | Msg::ConnCommand(_)
                 | Msg::PresenceAsk(_)
                 | Msg::PresenceAnswer(_)
+                | Msg::Fence { .. }
         )
     }
 }
 
 /// The process-wide keyed hash of user ids: every shard uses the same keys, chosen at random
 /// at start, so shards agree on home shards and peers cannot aim collisions at one bucket.
-#[derive(Clone, Default)]
-pub struct UserKeys(RandomState);
+/// The keys can be read and given to another process (a live upgrade keeps home shards and
+/// history positions), so they are two words fed to SipHash before the name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserKeys(pub u64, pub u64);
+
+impl Default for UserKeys {
+    fn default() -> UserKeys {
+        let r = RandomState::new();
+        UserKeys(r.hash_one(0x5eed_u64), r.hash_one(0xc10_u64))
+    }
+}
 
 impl UserKeys {
     pub fn hash(&self, user: &str) -> u64 {
-        self.0.hash_one(user)
+        use std::hash::Hash;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        h.write_u64(self.0);
+        h.write_u64(self.1);
+        user.hash(&mut h);
+        h.finish()
     }
 }
 
@@ -447,7 +465,7 @@ mod tests {
     #[test]
     fn home_shard_is_stable_and_in_range() {
         let keys = UserKeys::default();
-        let copy = keys.clone();
+        let copy = keys;
         for n in 1..8 {
             let h = home_shard(keys.hash("alice"), n);
             assert!(h < n);

@@ -46,6 +46,11 @@ pub enum Op {
     Doorbell = 8,
     /// Our own MSG_RING submission completing on this ring.
     DoorbellSent = 9,
+    /// A live upgrade's channel to the other process: its readiness poll (generation 0)
+    /// or the installation of a received batch into the fixed-file table (generation 1).
+    Channel = 10,
+    /// A live upgrade: a connection's direct descriptor made into a process fd.
+    FdInstall = 11,
 }
 
 impl Op {
@@ -60,6 +65,8 @@ impl Op {
             7 => Op::KernelQueue,
             8 => Op::Doorbell,
             9 => Op::DoorbellSent,
+            10 => Op::Channel,
+            11 => Op::FdInstall,
             _ => return None,
         })
     }

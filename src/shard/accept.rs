@@ -64,6 +64,9 @@ impl Shard {
         for i in 0..self.listeners.len() {
             let l = &self.listeners[i];
             let Some(sock) = l.sock.as_ref() else { continue };
+            if !self.handover_allows_accept(l.admin) {
+                continue;
+            }
             let fd = types::Fd(sock.as_raw_fd());
             let with_address = per_source && !l.admin;
             if (tight || with_address) && l.armed {

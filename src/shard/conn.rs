@@ -130,6 +130,20 @@ impl Ident {
         true
     }
 
+    /// The packed form, `user\0topic\0topic` (a live upgrade carries it as it is).
+    pub fn packed(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    /// An identity from its packed form; None if it holds an empty topic name.
+    pub fn from_packed(s: Option<String>) -> Option<Ident> {
+        match s {
+            Some(s) if s.split('\0').skip(1).any(str::is_empty) => None,
+            Some(s) => Some(Ident(Some(s.into_boxed_str()))),
+            None => Some(Ident(None)),
+        }
+    }
+
     /// Takes the identity out, leaving none.
     pub fn take(&mut self) -> Ident {
         Ident(self.0.take())

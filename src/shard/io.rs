@@ -20,7 +20,7 @@ Retry-After: 1\r\nConnection: close\r\nContent-Length: 39\r\n\r\ntoo many connec
 impl Shard {
     /// Arms a one-shot readiness poll: an idle connection costs the kernel this and its socket.
     pub(super) fn arm_poll(&mut self, slot: u32, generation: u32) {
-        let Some(conn) = self.conns.get_mut(slot, generation) else {
+        let Some(conn) = self.conns.get(slot, generation) else {
             return;
         };
         if conn.poll_armed
@@ -29,6 +29,11 @@ impl Shard {
         {
             return;
         }
+        if self.handover_freezes(conn) {
+            // A live upgrade: what arrives now is read by the new process.
+            return;
+        }
+        let conn = self.conns.get_mut(slot, generation).expect("looked up above");
         conn.poll_armed = true;
         let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
         let entry = opcode::PollAdd::new(types::Fixed(conn.fd), events)
@@ -39,12 +44,16 @@ impl Shard {
     }
 
     pub(super) fn on_poll(&mut self, slot: u32, generation: u32, result: i32) {
+        let frozen = self.handover_cancelled_poll(result);
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
         };
         conn.poll_armed = false;
         if matches!(conn.closing, Closing::Cancelling(_) | Closing::Closed) {
             return self.maybe_close(slot, generation);
+        }
+        if frozen {
+            return;
         }
         if result < 0 {
             return self.abort(slot, generation, CloseReason::IoError);
@@ -204,6 +213,10 @@ impl Shard {
     /// [`Shard::queue`] for bytes that go on the wire as they are.
     pub(super) fn queue_raw(&mut self, slot: u32, generation: u32, chunk: Chunk) -> bool {
         let max = self.shared.cfg.limits.outbox_bytes_max as usize;
+        if self.handover.is_exported(slot) {
+            // On its way to the new process, which writes from now on.
+            return false;
+        }
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return false;
         };
@@ -470,7 +483,7 @@ impl Shard {
         self.submit_close_fd(fd, u32::MAX, 0);
     }
 
-    fn submit_close_fd(&mut self, fd: u32, slot: u32, generation: u32) {
+    pub(super) fn submit_close_fd(&mut self, fd: u32, slot: u32, generation: u32) {
         let entry = opcode::Close::new(types::Fixed(fd)).build().user_data(user_data(
             Op::Close,
             generation,
@@ -494,7 +507,7 @@ impl Shard {
     }
 
     /// Leaves the open state once: gauges, counters, user and topic registrations.
-    fn leave_open(&mut self, slot: u32, generation: u32, reason: CloseReason) {
+    pub(super) fn leave_open(&mut self, slot: u32, generation: u32, reason: CloseReason) {
         let id = self.conn_id(slot, generation);
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
@@ -504,6 +517,9 @@ impl Shard {
         let ident = conn.ident.take();
         if self.grants.get(&slot).is_some_and(|(g, _)| *g == generation) {
             self.grants.remove(&slot);
+        }
+        if self.expiries.get(&slot).is_some_and(|(g, _)| *g == generation) {
+            self.expiries.remove(&slot);
         }
         if self.resuming.get(&slot).is_some_and(|p| p.generation == generation) {
             self.resuming.remove(&slot);

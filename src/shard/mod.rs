@@ -24,6 +24,7 @@ pub mod batch;
 pub mod client;
 pub mod command;
 pub mod conn;
+pub mod handover;
 pub mod io;
 pub mod lifecycle;
 pub mod liveness;
@@ -86,6 +87,8 @@ pub struct Shared {
     pub history_epoch: u32,
     /// The origin of every shard's clock, so times compare across shards.
     pub clock_origin: Instant,
+    /// A live upgrade's shared state ([`crate::handover`]).
+    pub hub: crate::handover::Hub,
 }
 
 /// One client or admin listener of this shard.
@@ -149,6 +152,8 @@ pub struct Shard {
     /// Topic patterns granted by the tokens of this shard's connections, by slot (with the
     /// generation), for tokens that carry a `topics` claim. Absent with JWT auth: no topics.
     grants: std::collections::HashMap<u32, (u32, Box<[String]>)>,
+    /// Token expiries (shard ms) by slot, with the generation: a live upgrade carries them.
+    expiries: std::collections::HashMap<u32, (u32, u64)>,
     /// When shard 0 last refreshed the shared RSS figure.
     rss_sampled_ms: u64,
     /// A paced drain in progress.
@@ -194,6 +199,8 @@ pub struct Shard {
     /// Presence requests waiting for other shards' answers, by query id.
     queries: std::collections::HashMap<u64, presence::Query>,
     query_seq: u64,
+    /// A live upgrade in progress, on either side ([`handover`]).
+    handover: handover::State,
     scratch: Scratch,
 }
 
@@ -242,6 +249,7 @@ impl Shard {
         let history =
             crate::history::Log::with_topics(history_limits(&shared.cfg, shards), topics.into());
         let l = &shared.cfg.limits;
+        let inbound = shared.hub.inbound.lock().unwrap_or_else(|e| e.into_inner())[id].take();
         let deflater = crate::proto::deflate::Deflater::new(
             l.compression_level,
             l.compression_min_bytes as usize,
@@ -268,6 +276,7 @@ impl Shard {
             shutdown_deadline_ms: None,
             local: std::collections::VecDeque::new(),
             grants: std::collections::HashMap::new(),
+            expiries: std::collections::HashMap::new(),
             drain: None,
             stopping: false,
             rss_sampled_ms: 0,
@@ -298,6 +307,7 @@ impl Shard {
             batch: None,
             queries: std::collections::HashMap::new(),
             query_seq: 0,
+            handover: handover::State::new(inbound),
             scratch: Scratch::default(),
         }
     }
@@ -339,6 +349,7 @@ impl Shard {
             }
             self.arm_accepts();
             self.process_mesh();
+            self.drive_handover();
             self.answer_ready_polls();
             self.process_timers();
             self.retry_recvs();
@@ -347,6 +358,8 @@ impl Shard {
             let busy = backlog || !self.recv_retry.is_empty() || self.live.busy();
             let wait_ms = if busy {
                 0
+            } else if self.handover.hurried() {
+                1
             } else {
                 self.wheel.next_wakeup_ms(self.now_ms).unwrap_or(TICK_MS).clamp(1, TICK_MS)
             };
@@ -416,6 +429,8 @@ impl Shard {
             Op::Cancel => self.on_cancel(slot, generation),
             Op::Close => self.on_close(slot, generation),
             Op::KernelQueue => liveness::on_kernel_queue(self, slot, generation, c.result),
+            Op::Channel => self.on_channel(generation, c.result),
+            Op::FdInstall => self.on_fd_install(slot, generation, c.result),
             Op::Doorbell | Op::DoorbellSent => {}
         }
     }
@@ -467,6 +482,7 @@ impl Shard {
                 self.heard_message(&msg);
                 self.deliver_all(&msg)
             }
+            Msg::Fence { round } => self.on_fence(round),
             Msg::Top { part, seq } => self.heard.advance(part as usize, seq),
             Msg::Replay(req) => self.replay_topics(&req),
             Msg::Replayed(a) => self.on_replayed(&a),
@@ -560,6 +576,7 @@ impl Shard {
     fn schedule_expiry(&mut self, slot: u32, generation: u32, at_ms: u64) {
         let key = ConnId { shard: 0, slot, generation }.timer_key() | EXPIRY_TIMER;
         self.wheel.insert(key, at_ms);
+        self.expiries.insert(slot, (generation, at_ms));
     }
 
     /// Arms a timer for a connection at `at_ms`; earlier entries for it become stale.
@@ -576,6 +593,10 @@ impl Shard {
         let mut fired = std::mem::take(&mut self.scratch.fired);
         self.wheel.expire(self.now_ms, &mut fired);
         for (key, deadline) in fired.drain(..) {
+            if self.handover.is_exported(key as u32) {
+                // On its way to the new process, which arms its own timers.
+                continue;
+            }
             let flags = key & (EXPIRY_TIMER | lifecycle::LIFETIME_TIMER);
             if flags != 0 {
                 let (slot, generation) = (key as u32, ((key & !flags) >> 32) as u32);

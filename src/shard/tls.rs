@@ -35,6 +35,10 @@ impl Sessions {
         }
     }
 
+    pub(super) fn has(&self, slot: u32, generation: u32) -> bool {
+        matches!(self.by_slot.get(slot as usize), Some(Some((g, _))) if *g == generation)
+    }
+
     fn remove(&mut self, slot: u32, generation: u32) {
         if let Some(e) = self.by_slot.get_mut(slot as usize) {
             if e.as_ref().is_some_and(|(g, _)| *g == generation) {

@@ -101,13 +101,16 @@ pub struct Signals {
     pub drain: Arc<AtomicBool>,
     /// SIGHUP: reload the TLS certificate and key; cleared by the shard that does it.
     pub reload: Arc<AtomicBool>,
+    /// SIGUSR2: start this binary anew and hand it every connection (a live upgrade).
+    pub upgrade: Arc<AtomicBool>,
 }
 
-/// Registers SIGINT, SIGTERM and SIGHUP.
+/// Registers SIGINT, SIGTERM, SIGHUP and SIGUSR2.
 pub fn signals() -> io::Result<Signals> {
     let s = Signals::default();
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&s.stop))?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&s.drain))?;
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&s.reload))?;
+    signal_hook::flag::register(signal_hook::consts::SIGUSR2, Arc::clone(&s.upgrade))?;
     Ok(s)
 }

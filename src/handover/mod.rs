@@ -1,0 +1,636 @@
+//! Live upgrade: a new process takes over the listeners and the open connections of a running
+//! one, without a reconnect (`docs/handover.md`).
+//!
+//! The process-level half lives here: the control socket every server listens on, the hello
+//! and version check, passing the listeners, and the end. The per-connection half runs inside
+//! each shard ([`crate::shard::handover`]): old shard i hands its connections to new shard i
+//! over a SOCK_SEQPACKET pair that the new process made, in batches of at most
+//! [`BATCH_MAX`] sockets (SCM_RIGHTS) with one [`Record`] each.
+//!
+//! ```text
+//!  new (N)                                old (O)
+//!  connect(control) ─ hello{layout, shards, addrs} + S channel ends ─▶ check uid, layout
+//!  ◀─ welcome{epoch, user keys} + every shard's listener sockets ─────
+//!  start the shards on those sockets
+//!  ready ──────────────────────────────────────────────────────────▶ shards: stop accepting,
+//!                                                                     freeze the admin API,
+//!                      (per shard, on its channel)                     fence the mesh, then
+//!  shard i ◀─ start{history top} · batch{records} + fds ·· ─────────── shard i
+//!  shard i ── ack{per record} ──────────────────────────────────────▶ close the old slot
+//!  ◀─ done{moved} ─────────────────────────────────────────────────── every shard is done
+//!  serve the admin API                                                exit
+//! ```
+//!
+//! Publishes stop at O's admin API for the length of the handover (they wait in the admin
+//! listener's queue and in the admin connections' sockets, which move to N last), so every
+//! publish is delivered by exactly one process: O before it freezes, N after.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub mod record;
+
+pub use record::Record;
+
+/// The layout of the records and messages this binary writes and reads. A new process
+/// refuses an old one whose layout it cannot read, and the old one keeps serving.
+pub const LAYOUT: u32 = 1;
+
+/// Sockets per SCM_RIGHTS message: the kernel's SCM_MAX_FD.
+pub const BATCH_MAX: usize = 253;
+
+/// Bytes of records in one batch message, well under a SOCK_SEQPACKET datagram's limit.
+pub const BATCH_BYTES_MAX: usize = 192 * 1024;
+
+/// Send and receive buffers of the per-shard channels: several batches fit.
+const CHANNEL_BUFFER_BYTES: usize = 4 << 20;
+
+/// How long the old process waits for the new one's hello and ready, and the new one for
+/// the old one's answers.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the shards of one process share about a handover.
+pub struct Hub {
+    /// Duplicates of every shard's listeners (client listeners, then admin), made at start,
+    /// so the control thread can pass them.
+    pub listeners: Mutex<Vec<Vec<OwnedFd>>>,
+    /// Old side: the channel to the new process, per shard, taken by the shard once `out_go`.
+    pub out: Mutex<Vec<Option<OwnedFd>>>,
+    pub out_go: AtomicBool,
+    /// Old side: the shard has nothing more to hand over.
+    pub out_done: Box<[AtomicBool]>,
+    /// Old side: a shard's channel failed: the handover is off, the shards serve on.
+    pub out_failed: AtomicBool,
+    /// New side: the channel from the old process, per shard, taken by the shard at start.
+    pub inbound: Mutex<Vec<Option<OwnedFd>>>,
+    /// New side: the old process is done; the admin API may serve.
+    pub admin_go: AtomicBool,
+    /// Connections handed over (old side) and taken over (new side).
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+}
+
+impl Hub {
+    /// The hub of a process that was not started by a takeover.
+    pub fn new(shards: usize) -> Hub {
+        Hub {
+            listeners: Mutex::new((0..shards).map(|_| Vec::new()).collect()),
+            out: Mutex::new((0..shards).map(|_| None).collect()),
+            out_go: AtomicBool::new(false),
+            out_done: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+            out_failed: AtomicBool::new(false),
+            inbound: Mutex::new((0..shards).map(|_| None).collect()),
+            admin_go: AtomicBool::new(true),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this process waits for its predecessor before serving the admin API.
+    pub fn admin_held(&self) -> bool {
+        !self.admin_go.load(Ordering::Acquire)
+    }
+}
+
+/// What the new process got from the old one before its shards start.
+pub struct Inherited {
+    /// Per shard: (client listeners, admin listeners), as the old shard held them.
+    pub listeners: Vec<(Vec<socket2::Socket>, Vec<socket2::Socket>)>,
+    /// Per shard: this process's end of the shard's channel.
+    pub channels: Vec<OwnedFd>,
+    pub epoch: u32,
+    pub user_keys: crate::push::UserKeys,
+    /// The control connection, to say ready and hear done ([`finish`]).
+    pub control: OwnedFd,
+}
+
+/// The control socket's path when none is given: one per server, named by its first admin
+/// (else client) port.
+pub fn default_control_path(admin: &[SocketAddr], listen: &[SocketAddr]) -> PathBuf {
+    let port = admin.first().or(listen.first()).map_or(0, SocketAddr::port);
+    PathBuf::from(format!("/run/c10m/c10m-{port}.sock"))
+}
+
+fn seqpacket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor this function owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn sockaddr_un(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: sockaddr_un is plain bytes; all zeroes is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("control socket path {} is longer than 107 bytes", path.display()),
+        ));
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    Ok((addr, len as libc::socklen_t))
+}
+
+fn connect(path: &Path) -> io::Result<OwnedFd> {
+    let fd = seqpacket()?;
+    let (addr, len) = sockaddr_un(path)?;
+    // SAFETY: addr is a valid sockaddr_un of `len` bytes.
+    let r = unsafe { libc::connect(fd.as_raw_fd(), (&raw const addr).cast(), len) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Binds the control socket (mode 0600), replacing a stale one that nobody answers on.
+fn bind_control(path: &Path) -> io::Result<OwnedFd> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("another server answers on {}", path.display()),
+            ));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let fd = seqpacket()?;
+    let (addr, len) = sockaddr_un(path)?;
+    // SAFETY: umask only changes this process's creation mask; restored right after.
+    let old = unsafe { libc::umask(0o177) };
+    // SAFETY: addr is a valid sockaddr_un of `len` bytes.
+    let r = unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) };
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: listen(2) on a descriptor this function owns.
+    if unsafe { libc::listen(fd.as_raw_fd(), 4) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// A connected pair of SOCK_SEQPACKET sockets with large buffers, non-blocking.
+pub fn channel_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    let flags = libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+    // SAFETY: socketpair writes two descriptors into the array.
+    if unsafe { libc::socketpair(libc::AF_UNIX, flags, 0, fds.as_mut_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are new and owned here.
+    let pair = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    for fd in [&pair.0, &pair.1] {
+        let sock = socket2::SockRef::from(fd);
+        let _ = sock.set_send_buffer_size(CHANNEL_BUFFER_BYTES);
+        let _ = sock.set_recv_buffer_size(CHANNEL_BUFFER_BYTES);
+    }
+    Ok(pair)
+}
+
+/// Sends one datagram with descriptors attached. `Ok(false)`: it would block.
+pub fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd], nonblock: bool) -> io::Result<bool> {
+    assert!(fds.len() <= BATCH_MAX);
+    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) } as usize;
+    let mut control = vec![0u8; space.max(1)];
+    // SAFETY: msghdr is plain data; all zeroes is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: the control buffer has room for one header of `fds.len()` descriptors.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as usize;
+            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast(), fds.len());
+        }
+    }
+    let flags = libc::MSG_NOSIGNAL | if nonblock { libc::MSG_DONTWAIT } else { 0 };
+    // SAFETY: msg points at live buffers for the duration of the call.
+    let n = unsafe { libc::sendmsg(sock, &raw const msg, flags) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    Ok(true)
+}
+
+/// Receives one datagram and the descriptors attached to it (close-on-exec). `Ok(None)`: it
+/// would block; `Ok(Some(0))` with no descriptors: the peer closed.
+pub fn recv_with_fds(
+    sock: RawFd,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    nonblock: bool,
+) -> io::Result<Option<usize>> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space =
+        unsafe { libc::CMSG_SPACE((BATCH_MAX * std::mem::size_of::<RawFd>()) as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: msghdr is plain data; all zeroes is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    let flags = libc::MSG_CMSG_CLOEXEC | if nonblock { libc::MSG_DONTWAIT } else { 0 };
+    // SAFETY: msg points at live buffers for the duration of the call.
+    let n = unsafe { libc::recvmsg(sock, &raw mut msg, flags) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    // SAFETY: the kernel filled the control buffer; the CMSG macros walk it within bounds.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let count =
+                    ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other("descriptors were cut off (MSG_CTRUNC)"));
+    }
+    Ok(Some(n as usize))
+}
+
+fn send_json(sock: &OwnedFd, v: &serde_json::Value, fds: &[RawFd]) -> io::Result<()> {
+    let bytes = serde_json::to_vec(v).map_err(io::Error::other)?;
+    send_with_fds(sock.as_raw_fd(), &bytes, fds, false).map(|_| ())
+}
+
+/// Waits up to `timeout` for one JSON message (and its descriptors).
+fn recv_json(
+    sock: &OwnedFd,
+    timeout: Duration,
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<serde_json::Value> {
+    let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one pollfd on the stack.
+    let r = unsafe { libc::poll(&raw mut pfd, 1, ms) };
+    if r == 0 {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time"));
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    match recv_with_fds(sock.as_raw_fd(), &mut buf, fds, false)? {
+        Some(0) | None => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed")),
+        Some(n) => serde_json::from_slice(&buf[..n])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+    }
+}
+
+fn peer_uid(sock: &OwnedFd) -> io::Result<u32> {
+    // SAFETY: ucred is plain data.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into cred.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &raw mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+fn addrs(v: &[SocketAddr]) -> serde_json::Value {
+    serde_json::Value::from(v.iter().map(ToString::to_string).collect::<Vec<_>>())
+}
+
+fn parse_addrs(v: &serde_json::Value) -> Vec<SocketAddr> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Whether a configured address (port 0: any port) names a bound one.
+fn same_addrs(wanted: &[SocketAddr], bound: &[SocketAddr]) -> bool {
+    wanted.len() == bound.len()
+        && wanted
+            .iter()
+            .zip(bound)
+            .all(|(w, b)| w.ip() == b.ip() && (w.port() == 0 || w.port() == b.port()))
+}
+
+/// What the old process's control thread needs to know.
+pub struct Serving {
+    pub shared: Arc<crate::shard::Shared>,
+    pub listen: Vec<SocketAddr>,
+    pub admin: Vec<SocketAddr>,
+    pub shards: usize,
+    /// The command line to start anew on SIGUSR2, with `--takeover PATH` added.
+    pub argv: Vec<std::ffi::OsString>,
+}
+
+/// Binds the control socket and serves takeovers on a thread until the process stops. A
+/// successor that took over `path` binds beside it first ([`replacement_path`]) and moves
+/// its socket over the old one once the old process is done.
+pub fn serve(path: PathBuf, s: Serving, replacing: bool) -> io::Result<()> {
+    let bind_at = if replacing { replacement_path(&path) } else { path.clone() };
+    let sock = bind_control(&bind_at).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "control socket {}: {e} (give --control-socket PATH, or --control-socket off)",
+                path.display()
+            ),
+        )
+    })?;
+    std::thread::Builder::new().name("c10m-control".into()).spawn(move || {
+        if !control_loop(&sock, &path, &s) {
+            let _ = std::fs::remove_file(&path);
+        }
+    })?;
+    Ok(())
+}
+
+/// Where a successor binds its control socket until it replaces its predecessor's.
+pub fn replacement_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".{}", std::process::id()));
+    PathBuf::from(p)
+}
+
+/// Serves takeovers until the process stops; true once one succeeded (the path belongs to
+/// the successor then).
+fn control_loop(sock: &OwnedFd, path: &Path, s: &Serving) -> bool {
+    let stop = &s.shared.signals.stop;
+    while !stop.load(Ordering::Relaxed) {
+        if s.shared.signals.upgrade.swap(false, Ordering::Relaxed) {
+            spawn_successor(path, s);
+        }
+        let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd on the stack.
+        if unsafe { libc::poll(&raw mut pfd, 1, 100) } <= 0 {
+            continue;
+        }
+        // SAFETY: accept4 on our listening socket; the result is checked.
+        let fd = unsafe {
+            libc::accept4(
+                sock.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            continue;
+        }
+        // SAFETY: a new descriptor owned here.
+        let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+        match hand_over(&conn, s) {
+            Ok(moved) => {
+                eprintln!("c10m: handover: done, {moved} connections handed over; exiting");
+                stop.store(true, Ordering::Relaxed);
+                return true;
+            }
+            Err(e) => {
+                eprintln!("c10m: handover refused or failed, still serving: {e}");
+                let _ = send_json(
+                    &conn,
+                    &serde_json::json!({"ok": false, "error": e.to_string()}),
+                    &[],
+                );
+            }
+        }
+    }
+    false
+}
+
+/// SIGUSR2: starts this binary anew with the same arguments and `--takeover`.
+fn spawn_successor(path: &Path, s: &Serving) {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return eprintln!("c10m: upgrade: cannot find this binary: {e}"),
+    };
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args(s.argv.iter().skip(1)).arg("--takeover").arg(path);
+    match cmd.spawn() {
+        Ok(child) => eprintln!("c10m: upgrade: started {} (pid {})", exe.display(), child.id()),
+        Err(e) => eprintln!("c10m: upgrade: cannot start {}: {e}", exe.display()),
+    }
+}
+
+/// The old side of one takeover. Returns the connections handed over once the new process
+/// has them all; an error before the shards start moving leaves everything as it was.
+fn hand_over(conn: &OwnedFd, s: &Serving) -> io::Result<u64> {
+    let me = unsafe { libc::geteuid() };
+    let uid = peer_uid(conn)?;
+    if uid != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("control peer runs as uid {uid}, this server as {me}"),
+        ));
+    }
+    let mut channels = Vec::new();
+    let hello = recv_json(conn, STEP_TIMEOUT, &mut channels)?;
+    let field = |k: &str| hello.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let (lo, hi) = (field("layout_min") as u32, field("layout_max") as u32);
+    if !(lo..=hi).contains(&LAYOUT) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "state layout {LAYOUT} of this server is not one the new binary reads \
+                 ({lo}..={hi}); use the paced drain (SIGTERM) instead"
+            ),
+        ));
+    }
+    let shared = &s.shared;
+    let reason = if field("shards") as usize != s.shards {
+        Some(format!("the new process has {} shards, this one {}", field("shards"), s.shards))
+    } else if channels.len() != s.shards {
+        Some(format!("{} channels for {} shards", channels.len(), s.shards))
+    } else if !same_addrs(&parse_addrs(&hello["listen"]), &s.listen)
+        || !same_addrs(&parse_addrs(&hello["admin"]), &s.admin)
+    {
+        Some(format!(
+            "listeners differ: this server has clients={:?} admin={:?}",
+            s.listen, s.admin
+        ))
+    } else if shared.cluster.is_some() {
+        Some("a cluster node cannot hand over yet; use the paced drain".into())
+    } else if shared.tls.is_some() {
+        Some("TLS connections cannot be handed over yet; use the paced drain".into())
+    } else if shared.signals.drain.load(Ordering::Relaxed)
+        || shared.hub.out_go.load(Ordering::Relaxed)
+    {
+        Some("a drain or handover is already under way".into())
+    } else {
+        None
+    };
+    if let Some(r) = reason {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, r));
+    }
+    let listeners = shared.hub.listeners.lock().unwrap_or_else(|e| e.into_inner());
+    let counts: Vec<serde_json::Value> = listeners
+        .iter()
+        .map(|l| serde_json::json!([s.listen.len(), l.len() - s.listen.len()]))
+        .collect();
+    let fds: Vec<RawFd> = listeners.iter().flatten().map(AsRawFd::as_raw_fd).collect();
+    let keys = shared.user_keys;
+    let welcome = serde_json::json!({
+        "ok": true, "layout": LAYOUT, "epoch": shared.history_epoch,
+        "keys": [keys.0.to_string(), keys.1.to_string()], "listeners": counts,
+        "listen": addrs(&s.listen), "admin": addrs(&s.admin),
+    });
+    for chunk in fds.chunks(BATCH_MAX).enumerate() {
+        let msg = if chunk.0 == 0 { welcome.clone() } else { serde_json::json!({"more": true}) };
+        send_json(conn, &msg, chunk.1)?;
+    }
+    drop(listeners);
+    let ready = recv_json(conn, STEP_TIMEOUT, &mut Vec::new())?;
+    if ready.get("ready").and_then(serde_json::Value::as_bool) != Some(true) {
+        return Err(io::Error::other(format!("the new process did not start: {ready}")));
+    }
+    let started = Instant::now();
+    eprintln!("c10m: handover: the new process is ready; handing over connections");
+    *shared.hub.out.lock().unwrap_or_else(|e| e.into_inner()) =
+        channels.into_iter().map(Some).collect();
+    shared.hub.out_go.store(true, Ordering::Release);
+    let mut logged = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(5));
+        if shared.hub.out_failed.load(Ordering::Acquire) {
+            return Err(io::Error::other("a shard's channel to the new process failed"));
+        }
+        if shared.hub.out_done.iter().all(|d| d.load(Ordering::Acquire)) {
+            break;
+        }
+        if logged.elapsed() >= Duration::from_secs(1) {
+            logged = Instant::now();
+            eprintln!(
+                "c10m: handover: {} connections handed over so far",
+                shared.hub.sent.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let moved = shared.hub.sent.load(Ordering::Relaxed);
+    let ms = started.elapsed().as_millis() as u64;
+    send_json(conn, &serde_json::json!({"done": true, "moved": moved, "ms": ms}), &[])?;
+    Ok(moved)
+}
+
+/// The new side's first step, before its shards start: hello, the version check, and the
+/// listeners. An `Err` names why the old process refused.
+pub fn take_over(
+    path: &Path,
+    shards: usize,
+    listen: &[SocketAddr],
+    admin: &[SocketAddr],
+) -> io::Result<Inherited> {
+    let control = connect(path).map_err(|e| {
+        io::Error::new(e.kind(), format!("takeover: cannot reach {}: {e}", path.display()))
+    })?;
+    let mut mine = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..shards {
+        let (a, b) = channel_pair()?;
+        mine.push(a);
+        theirs.push(b);
+    }
+    let hello = serde_json::json!({
+        "layout_min": LAYOUT, "layout_max": LAYOUT, "version": env!("CARGO_PKG_VERSION"),
+        "shards": shards, "listen": addrs(listen), "admin": addrs(admin),
+    });
+    let raw: Vec<RawFd> = theirs.iter().map(AsRawFd::as_raw_fd).collect();
+    send_json(&control, &hello, &raw)?;
+    drop(theirs);
+    let mut fds = Vec::new();
+    let welcome = recv_json(&control, STEP_TIMEOUT, &mut fds)?;
+    if welcome.get("ok").and_then(serde_json::Value::as_bool) != Some(true) {
+        let why = welcome.get("error").and_then(|e| e.as_str()).unwrap_or("no reason given");
+        return Err(io::Error::other(format!("takeover refused by the running server: {why}")));
+    }
+    let counts: Vec<(usize, usize)> = welcome["listeners"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| (c[0].as_u64().unwrap_or(0) as usize, c[1].as_u64().unwrap_or(0) as usize))
+                .collect()
+        })
+        .unwrap_or_default();
+    let total: usize = counts.iter().map(|(c, a)| c + a).sum();
+    while fds.len() < total {
+        recv_json(&control, STEP_TIMEOUT, &mut fds)?;
+    }
+    if counts.len() != shards || fds.len() != total {
+        return Err(io::Error::other("takeover: the listeners did not arrive"));
+    }
+    let mut fds = fds.into_iter().map(socket2::Socket::from);
+    let listeners = counts
+        .iter()
+        .map(|&(c, a)| {
+            let client: Vec<_> = fds.by_ref().take(c).collect();
+            (client, fds.by_ref().take(a).collect())
+        })
+        .collect();
+    let key = |i: usize| {
+        welcome["keys"][i].as_str().and_then(|s| s.parse::<u64>().ok()).unwrap_or_default()
+    };
+    Ok(Inherited {
+        listeners,
+        channels: mine,
+        epoch: welcome["epoch"].as_u64().unwrap_or(1) as u32,
+        user_keys: crate::push::UserKeys(key(0), key(1)),
+        control,
+    })
+}
+
+/// The new side's last step: says ready, waits for the old process to finish, then lets the
+/// admin API serve. Returns what the old process reported.
+pub fn finish(control: OwnedFd, hub: &Hub, timeout: Duration) -> io::Result<serde_json::Value> {
+    send_json(&control, &serde_json::json!({"ready": true}), &[])?;
+    let done = recv_json(&control, timeout, &mut Vec::new());
+    // Whatever the answer, the admin API must serve: this process holds the listeners now.
+    hub.admin_go.store(true, Ordering::Release);
+    let done = done?;
+    if done.get("done").and_then(serde_json::Value::as_bool) != Some(true) {
+        return Err(io::Error::other(format!("the old process stopped the handover: {done}")));
+    }
+    Ok(done)
+}

@@ -1,0 +1,206 @@
+//! What moves with one connection besides its socket, and the per-shard channel's messages.
+//! Little-endian, length-prefixed; a decoder never trusts a length it has not checked.
+
+/// One connection's user-space state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    /// 1 WebSocket, 2 echo WebSocket, 3 SSE, 4 admin.
+    pub kind: u8,
+    /// `format=json`.
+    pub json: bool,
+    pub awaiting_pong: bool,
+    /// The WebSocket session's permessage-deflate state (`ws::Session::handover_byte`).
+    pub ws: u8,
+    /// Milliseconds since the last bytes received, and since the last ping left.
+    pub rx_age_ms: u32,
+    pub ping_age_ms: u32,
+    /// The packed user id and topics (`user\0topic\0…`), if any.
+    pub ident: Option<String>,
+    /// Topic patterns the token granted, and milliseconds until it expires (0: no token).
+    pub grants: Vec<String>,
+    pub expires_in_ms: u64,
+    /// Bytes queued and not yet sent, in order, and where in them a ping ends (0: none).
+    pub outbox: Vec<u8>,
+    pub ping_end: u32,
+}
+
+/// Channel message kinds.
+pub const MSG_START: u8 = b'S';
+pub const MSG_BATCH: u8 = b'B';
+pub const MSG_ACK: u8 = b'A';
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn string(&mut self) -> Option<String> {
+        String::from_utf8(self.bytes()?.to_vec()).ok()
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+impl Record {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&[self.kind, self.json as u8, self.awaiting_pong as u8, self.ws]);
+        out.extend_from_slice(&self.rx_age_ms.to_le_bytes());
+        out.extend_from_slice(&self.ping_age_ms.to_le_bytes());
+        put_bytes(out, self.ident.as_deref().unwrap_or("").as_bytes());
+        out.extend_from_slice(&(self.grants.len() as u32).to_le_bytes());
+        for g in &self.grants {
+            put_bytes(out, g.as_bytes());
+        }
+        out.extend_from_slice(&self.expires_in_ms.to_le_bytes());
+        put_bytes(out, &self.outbox);
+        out.extend_from_slice(&self.ping_end.to_le_bytes());
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Option<Record> {
+        let head = r.take(4)?;
+        let mut rec = Record {
+            kind: head[0],
+            json: head[1] != 0,
+            awaiting_pong: head[2] != 0,
+            ws: head[3],
+            rx_age_ms: r.u32()?,
+            ping_age_ms: r.u32()?,
+            ..Record::default()
+        };
+        let ident = r.string()?;
+        rec.ident = (!ident.is_empty()).then_some(ident);
+        let grants = r.u32()? as usize;
+        for _ in 0..grants.min(4096) {
+            rec.grants.push(r.string()?);
+        }
+        rec.expires_in_ms = r.u64()?;
+        rec.outbox = r.bytes()?.to_vec();
+        rec.ping_end = r.u32()?;
+        Some(rec)
+    }
+}
+
+/// A batch: `B`, its number, the record count, the records.
+pub fn encode_batch(seq: u32, records: &[Record], out: &mut Vec<u8>) {
+    out.push(MSG_BATCH);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    for r in records {
+        r.encode(out);
+    }
+}
+
+/// The records of a batch message (after its kind byte), or None if it is malformed.
+pub fn decode_batch(body: &[u8]) -> Option<(u32, Vec<Record>)> {
+    let mut r = Reader(body);
+    let seq = r.u32()?;
+    let n = r.u32()? as usize;
+    if n > super::BATCH_MAX {
+        return None;
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(Record::decode(&mut r)?);
+    }
+    r.0.is_empty().then_some((seq, out))
+}
+
+/// The start of a shard's handover: its history top, what it heard of the other partitions,
+/// and its message counter, so positions and ids continue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Start {
+    pub top: u64,
+    pub heard: Vec<u64>,
+    pub msg_seq: u64,
+}
+
+pub fn encode_start(s: &Start, out: &mut Vec<u8>) {
+    out.push(MSG_START);
+    out.extend_from_slice(&s.top.to_le_bytes());
+    out.extend_from_slice(&s.msg_seq.to_le_bytes());
+    out.extend_from_slice(&(s.heard.len() as u32).to_le_bytes());
+    for h in &s.heard {
+        out.extend_from_slice(&h.to_le_bytes());
+    }
+}
+
+pub fn decode_start(body: &[u8]) -> Option<Start> {
+    let mut r = Reader(body);
+    let top = r.u64()?;
+    let msg_seq = r.u64()?;
+    let n = r.u32()? as usize;
+    let mut heard = Vec::with_capacity(n.min(4096));
+    for _ in 0..n {
+        heard.push(r.u64()?);
+    }
+    Some(Start { top, heard, msg_seq })
+}
+
+/// An ack: `A`, the batch number, one byte per record (1: taken, 0: refused).
+pub fn encode_ack(seq: u32, taken: &[bool], out: &mut Vec<u8>) {
+    out.push(MSG_ACK);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend(taken.iter().map(|&t| t as u8));
+}
+
+pub fn decode_ack(body: &[u8]) -> Option<(u32, Vec<bool>)> {
+    let mut r = Reader(body);
+    let seq = r.u32()?;
+    Some((seq, r.0.iter().map(|&b| b != 0).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_round_trip_and_truncation_is_refused() {
+        let a = Record {
+            kind: 1,
+            json: true,
+            ws: 17,
+            rx_age_ms: 5,
+            ping_age_ms: 700,
+            ident: Some("alice\0news".into()),
+            grants: vec!["news".into(), "p.*".into()],
+            expires_in_ms: 9000,
+            outbox: b"\x81\x02hi".to_vec(),
+            ping_end: 2,
+            ..Record::default()
+        };
+        let b = Record { kind: 3, ..Record::default() };
+        let mut out = Vec::new();
+        encode_batch(7, &[a.clone(), b.clone()], &mut out);
+        assert_eq!(out[0], MSG_BATCH);
+        assert_eq!(decode_batch(&out[1..]), Some((7, vec![a, b])));
+        for cut in 1..out.len() - 1 {
+            assert!(decode_batch(&out[1..cut]).is_none(), "cut at {cut}");
+        }
+        let s = Start { top: 42, heard: vec![1, 2], msg_seq: 9 };
+        let mut out = Vec::new();
+        encode_start(&s, &mut out);
+        assert_eq!(decode_start(&out[1..]), Some(s));
+        let mut out = Vec::new();
+        encode_ack(3, &[true, false], &mut out);
+        assert_eq!(decode_ack(&out[1..]), Some((3, vec![true, false])));
+    }
+}

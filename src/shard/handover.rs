@@ -1,0 +1,747 @@
+//! A live upgrade, inside one shard (the process-level half: [`crate::handover`]).
+//!
+//! Old shard, in order:
+//! 1. **Freeze**: stop accepting (the listeners stay open: the new process accepts from the
+//!    same sockets), cancel every idle connection's poll, and let busy ones finish the bytes
+//!    they are handling; nothing is read after that. Admin requests under way complete.
+//! 2. **Fence**: once no admin request of this shard is left, send [`FENCE_ROUNDS`] rounds of
+//!    [`Msg::Fence`] to every shard, each round after the previous one came from all; when
+//!    the last round is in, every publish accepted before the freeze has been delivered here
+//!    (a user publish takes two hops, admin shard → home shard → connection's shard).
+//! 3. **Move**: tell the new shard the history top, then in batches of at most
+//!    [`crate::handover::BATCH_MAX`]: make each idle connection's direct descriptor a
+//!    process fd (IORING_OP_FIXED_FD_INSTALL), send fds and records in one SCM_RIGHTS
+//!    message, close the fds, and wait for the ack; only then close the old slot. Client
+//!    connections go first, admin connections last.
+//!
+//! New shard: receives the batches, places them in its fixed-file table in one
+//! IORING_OP_FILES_UPDATE (IORING_FILE_INDEX_ALLOC), rebuilds each connection, registers its
+//! user and topics, arms its timers and its poll, and acks. It accepts clients once the start
+//! message is in (history positions continue), and serves the admin API once the old process
+//! is done ([`crate::handover::Hub::admin_go`]).
+
+use std::collections::{HashSet, VecDeque};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+
+use io_uring::{opcode, types};
+
+use super::conn::{stamp, Chunk, Conn, Ident, Kind};
+use super::Shard;
+use crate::handover::{self, record, Record};
+use crate::metrics::{bump, CloseReason};
+use crate::proto::ws;
+use crate::push::Msg;
+use crate::ring::{user_data, Op};
+
+/// Rounds of fences: one per mesh hop a publish can take, plus one for a shard's own queue.
+const FENCE_ROUNDS: u8 = 3;
+
+/// How long the old shard keeps trying to move connections that are busy.
+const MOVE_DEADLINE_MS: u64 = 30_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    /// Old side.
+    Freezing,
+    Fencing(u8),
+    Moving,
+    /// Old side: nothing more to move (the process exits soon).
+    Done,
+    /// New side: taking connections over; `started` once the start message is in.
+    Taking {
+        started: bool,
+    },
+}
+
+struct OutBatch {
+    conns: Vec<(u32, u32)>,
+    /// Process fds by position in `conns` (-1 until installed, or if the install failed).
+    fds: Vec<RawFd>,
+    installs_left: usize,
+    /// The positions in `conns` that went out, once sent.
+    sent: Option<Vec<usize>>,
+    seq: u32,
+}
+
+struct InBatch {
+    seq: u32,
+    records: Vec<Record>,
+    /// The received fds; the kernel writes the fixed-file slots it chose over them.
+    slots: Box<[RawFd]>,
+    /// Closed once the slots hold the files.
+    owned: Vec<OwnedFd>,
+}
+
+/// One shard's part of a live upgrade.
+pub struct State {
+    phase: Phase,
+    chan: Option<OwnedFd>,
+    chan_armed: bool,
+    /// Fences received, by round.
+    fences: [u32; FENCE_ROUNDS as usize + 1],
+    deadline_ms: u64,
+    /// Old side.
+    exported: HashSet<u32>,
+    refused: HashSet<u32>,
+    batch: Option<OutBatch>,
+    batch_seq: u32,
+    cursor: u32,
+    /// Admin connections move once no client connection is left to move.
+    admin_turn: bool,
+    /// New side.
+    installing: Option<InBatch>,
+    queued: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+    held_admin: Vec<(u32, u32)>,
+    buf: Vec<u8>,
+}
+
+impl State {
+    /// A new process's shard gets its channel from the hub at start.
+    pub fn new(chan: Option<OwnedFd>) -> State {
+        let phase = if chan.is_some() { Phase::Taking { started: false } } else { Phase::Idle };
+        State {
+            phase,
+            chan,
+            chan_armed: false,
+            fences: [0; FENCE_ROUNDS as usize + 1],
+            deadline_ms: 0,
+            exported: HashSet::new(),
+            refused: HashSet::new(),
+            batch: None,
+            batch_seq: 0,
+            cursor: 0,
+            admin_turn: false,
+            installing: None,
+            queued: VecDeque::new(),
+            held_admin: Vec::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The old side is handing over: connections are not read, accepts stay off.
+    fn out_active(&self) -> bool {
+        matches!(self.phase, Phase::Freezing | Phase::Fencing(_) | Phase::Moving | Phase::Done)
+    }
+
+    /// Whether the loop should look again within a millisecond rather than sleep a tick.
+    pub fn hurried(&self) -> bool {
+        matches!(self.phase, Phase::Freezing | Phase::Fencing(_) | Phase::Moving)
+    }
+
+    pub fn is_exported(&self, slot: u32) -> bool {
+        !self.exported.is_empty() && self.exported.contains(&slot)
+    }
+}
+
+/// What the sweep found of one connection.
+enum Movable {
+    Now,
+    /// Busy (bytes in flight, a frame half read, a handshake, a replay): look again later.
+    Later,
+    Never,
+}
+
+fn kind_code(kind: Kind) -> Option<u8> {
+    Some(match kind {
+        Kind::Ws => 1,
+        Kind::Echo => 2,
+        Kind::Sse => 3,
+        Kind::Admin => 4,
+        Kind::Handshake | Kind::Poll => return None,
+    })
+}
+
+impl Shard {
+    /// Whether accepts may be armed on a listener now.
+    pub(super) fn handover_allows_accept(&self, admin: bool) -> bool {
+        let s = &self.handover;
+        if s.out_active() {
+            return false;
+        }
+        if admin && self.shared.hub.admin_held() {
+            return false;
+        }
+        !matches!(s.phase, Phase::Taking { started: false }) || admin
+    }
+
+    /// Whether a connection's poll stays unarmed: the old side reads nothing once frozen,
+    /// except admin requests already under way.
+    pub(super) fn handover_freezes(&self, conn: &Conn) -> bool {
+        self.handover.out_active()
+            && match conn.kind {
+                Kind::Ws | Kind::Echo | Kind::Sse => true,
+                Kind::Admin => conn.partial.is_none(),
+                Kind::Handshake | Kind::Poll => false,
+            }
+    }
+
+    /// A poll ended by the freeze's cancel: the connection is frozen (true).
+    pub(super) fn handover_cancelled_poll(&self, result: i32) -> bool {
+        result == -libc::ECANCELED && self.handover.out_active()
+    }
+
+    pub(super) fn on_fence(&mut self, round: u8) {
+        if let Some(n) = self.handover.fences.get_mut(round as usize) {
+            *n += 1;
+        }
+    }
+
+    /// One step of the handover, every loop turn.
+    pub(super) fn drive_handover(&mut self) {
+        match self.handover.phase {
+            Phase::Idle => {
+                if self.shared.hub.out_go.load(Ordering::Acquire)
+                    && !self.shared.hub.out_failed.load(Ordering::Acquire)
+                {
+                    self.begin_handover();
+                }
+            }
+            Phase::Freezing => {
+                if self.admin_quiet() {
+                    self.send_fence(1);
+                }
+            }
+            Phase::Fencing(round) => {
+                let others = self.shards() as u32 - 1;
+                if self.handover.fences[round as usize] >= others {
+                    if round < FENCE_ROUNDS {
+                        self.send_fence(round + 1);
+                    } else {
+                        self.start_moving();
+                    }
+                }
+            }
+            Phase::Moving => self.move_some(),
+            Phase::Done => {}
+            Phase::Taking { .. } => {
+                if !self.handover.held_admin.is_empty() && !self.shared.hub.admin_held() {
+                    for (slot, generation) in std::mem::take(&mut self.handover.held_admin) {
+                        self.arm_poll(slot, generation);
+                    }
+                }
+            }
+        }
+        if self.handover.chan.is_some() && !self.handover.chan_armed {
+            self.arm_channel();
+        }
+    }
+
+    fn begin_handover(&mut self) {
+        let chan = self.shared.hub.out.lock().unwrap_or_else(|e| e.into_inner())[self.id].take();
+        let Some(chan) = chan else { return };
+        self.handover.chan = Some(chan);
+        self.handover.phase = Phase::Freezing;
+        self.handover.deadline_ms = self.now_ms + MOVE_DEADLINE_MS;
+        self.pause_accepts();
+        let idle: Vec<(u32, u32)> = self
+            .conns
+            .iter()
+            .filter(|(_, _, c)| c.is_open() && c.poll_armed && self.handover_freezes(c))
+            .map(|(s, g, _)| (s, g))
+            .collect();
+        for (slot, generation) in idle {
+            let entry = opcode::AsyncCancel::new(user_data(Op::Poll, generation, slot))
+                .build()
+                .user_data(user_data(Op::Cancel, 0, u32::MAX));
+            // SAFETY: a cancel names no user memory.
+            unsafe { self.ring.push(&entry) };
+        }
+    }
+
+    /// Cancels every accept; the listeners stay open (the new process accepts from them).
+    fn pause_accepts(&mut self) {
+        for l in &self.listeners {
+            let Some(sock) = l.sock.as_ref() else { continue };
+            let builder = types::CancelBuilder::fd(types::Fd(sock.as_raw_fd())).all();
+            let entry = opcode::AsyncCancel2::new(builder).build().user_data(user_data(
+                Op::Cancel,
+                0,
+                u32::MAX,
+            ));
+            // SAFETY: a cancel names no user memory.
+            unsafe { self.ring.push(&entry) };
+        }
+    }
+
+    /// No admin request of this shard is being read or handled.
+    fn admin_quiet(&self) -> bool {
+        self.conns.iter().all(|(_, _, c)| {
+            c.kind != Kind::Admin || !c.is_open() || (!c.in_flight_read() && c.partial.is_none())
+        })
+    }
+
+    fn send_fence(&mut self, round: u8) {
+        self.handover.phase = Phase::Fencing(round);
+        let me = self.id;
+        for to in (0..self.shards()).filter(|&s| s != me) {
+            self.send_mesh(to, Msg::Fence { round });
+        }
+    }
+
+    fn start_moving(&mut self) {
+        let start = record::Start {
+            top: self.history.top(),
+            heard: (0..self.shards()).map(|p| self.heard.get(p)).collect(),
+            msg_seq: self.msg_seq,
+        };
+        let mut out = Vec::new();
+        record::encode_start(&start, &mut out);
+        if !self.channel_send(&out, &[]) {
+            return;
+        }
+        self.handover.phase = Phase::Moving;
+    }
+
+    fn movable(&self, slot: u32, generation: u32, conn: &Conn) -> Movable {
+        if !conn.is_open() || self.handover.refused.contains(&slot) {
+            return Movable::Never;
+        }
+        let Some(_) = kind_code(conn.kind) else {
+            return if conn.kind == Kind::Handshake { Movable::Later } else { Movable::Never };
+        };
+        if self.tls.has(slot, generation) {
+            return Movable::Never;
+        }
+        if (conn.kind == Kind::Admin) != self.handover.admin_turn {
+            return Movable::Later;
+        }
+        let busy = conn.in_flight()
+            || conn.partial.is_some()
+            || conn.outbox.is_some()
+            || conn.ws.handover_byte().is_none()
+            || self.resuming.contains_key(&slot);
+        if busy {
+            Movable::Later
+        } else {
+            Movable::Now
+        }
+    }
+
+    /// Old side: starts the next batch, or finishes when nothing is left.
+    fn move_some(&mut self) {
+        if self.handover.batch.is_some() {
+            return;
+        }
+        let mut picked = Vec::new();
+        let mut later = 0usize;
+        let bound = self.conns.slot_bound();
+        let mut slot = self.handover.cursor;
+        while slot < bound && picked.len() < handover::BATCH_MAX {
+            if let Some((generation, conn)) = self.conns.get_at(slot) {
+                if !self.handover.exported.contains(&slot) {
+                    match self.movable(slot, generation, conn) {
+                        Movable::Now => picked.push((slot, generation)),
+                        Movable::Later => later += 1,
+                        Movable::Never => {}
+                    }
+                }
+            }
+            slot += 1;
+        }
+        let wrapped = slot >= bound;
+        self.handover.cursor = if wrapped { 0 } else { slot };
+        if picked.is_empty() {
+            if !wrapped {
+                return;
+            }
+            if later > 0 && self.now_ms < self.handover.deadline_ms {
+                // Busy ones: look again; the admin connections' turn waits for them.
+                let clients_busy = self.conns.iter().any(|(s, g, c)| {
+                    c.kind != Kind::Admin
+                        && matches!(self.movable(s, g, c), Movable::Later)
+                        && !self.handover.exported.contains(&s)
+                });
+                if !clients_busy {
+                    self.handover.admin_turn = true;
+                }
+                return;
+            }
+            if !self.handover.admin_turn {
+                self.handover.admin_turn = true;
+                return;
+            }
+            self.handover.phase = Phase::Done;
+            self.shared.hub.out_done[self.id].store(true, Ordering::Release);
+            return;
+        }
+        for &(slot, generation) in &picked {
+            self.handover.exported.insert(slot);
+            let fd = self.conns.get(slot, generation).map_or(0, |c| c.fd);
+            let entry = opcode::FixedFdInstall::new(types::Fixed(fd), 0)
+                .build()
+                .user_data(user_data(Op::FdInstall, generation, slot));
+            // SAFETY: the install names no user memory; its answer is the completion's result.
+            unsafe { self.ring.push(&entry) };
+        }
+        self.handover.batch_seq += 1;
+        self.handover.batch = Some(OutBatch {
+            fds: vec![-1; picked.len()],
+            installs_left: picked.len(),
+            conns: picked,
+            sent: None,
+            seq: self.handover.batch_seq,
+        });
+    }
+
+    pub(super) fn on_fd_install(&mut self, slot: u32, generation: u32, result: i32) {
+        let Some(b) = self.handover.batch.as_mut() else {
+            if result >= 0 {
+                // SAFETY: the install made this fd for us and nothing else holds it.
+                unsafe { libc::close(result) };
+            }
+            return;
+        };
+        if let Some(i) = b.conns.iter().position(|&c| c == (slot, generation)) {
+            b.fds[i] = result.max(-1);
+            b.installs_left -= 1;
+        }
+        if b.installs_left == 0 && b.sent.is_none() {
+            self.send_batch();
+        }
+    }
+
+    /// The record of a frozen connection.
+    fn record_of(&self, slot: u32, generation: u32) -> Option<Record> {
+        let c = self.conns.get(slot, generation)?;
+        let live = self.live.now_ms;
+        let grants = self
+            .grants
+            .get(&slot)
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, t)| t.to_vec())
+            .unwrap_or_default();
+        let expires_in_ms = self
+            .expiries
+            .get(&slot)
+            .filter(|(g, _)| *g == generation)
+            .map_or(0, |&(_, at)| at.saturating_sub(self.now_ms).max(1));
+        Some(Record {
+            kind: kind_code(c.kind)?,
+            json: c.json,
+            awaiting_pong: c.awaiting_pong,
+            ws: c.ws.handover_byte()?,
+            rx_age_ms: super::conn::elapsed_ms(live, c.last_rx) as u32,
+            ping_age_ms: super::conn::elapsed_ms(live, c.last_ping) as u32,
+            ident: c.ident.packed().map(str::to_owned),
+            grants,
+            expires_in_ms,
+            outbox: Vec::new(),
+            ping_end: 0,
+        })
+    }
+
+    fn send_batch(&mut self) {
+        let Some(mut b) = self.handover.batch.take() else { return };
+        let mut records = Vec::new();
+        let mut fds = Vec::new();
+        let mut sent = Vec::new();
+        for (i, &(slot, generation)) in b.conns.iter().enumerate() {
+            let rec = if b.fds[i] >= 0 { self.record_of(slot, generation) } else { None };
+            match rec {
+                Some(r) => {
+                    records.push(r);
+                    fds.push(b.fds[i]);
+                    sent.push(i);
+                }
+                None => self.thaw(slot, generation),
+            }
+        }
+        let mut out = Vec::new();
+        record::encode_batch(b.seq, &records, &mut out);
+        let ok = records.is_empty() || self.channel_send(&out, &fds);
+        for &fd in &b.fds {
+            if fd >= 0 {
+                // SAFETY: fds from our installs; the message holds its own references.
+                unsafe { libc::close(fd) };
+            }
+        }
+        if !ok || records.is_empty() {
+            for &i in &sent {
+                let (slot, generation) = b.conns[i];
+                self.thaw(slot, generation);
+            }
+            return;
+        }
+        b.sent = Some(sent);
+        self.handover.batch = Some(b);
+    }
+
+    /// A connection the new process did not take stays here, unread; the shutdown at the
+    /// end closes it with a goaway, so its client reconnects (to the new process).
+    fn thaw(&mut self, slot: u32, _generation: u32) {
+        self.handover.exported.remove(&slot);
+        self.handover.refused.insert(slot);
+    }
+
+    /// Sends one message on the channel (blocking briefly when it is full); false and the
+    /// handover is off when the channel failed.
+    fn channel_send(&mut self, bytes: &[u8], fds: &[RawFd]) -> bool {
+        let Some(chan) = self.handover.chan.as_ref() else { return false };
+        for _ in 0..1000 {
+            match handover::send_with_fds(chan.as_raw_fd(), bytes, fds, true) {
+                Ok(true) => return true,
+                Ok(false) => std::thread::sleep(std::time::Duration::from_micros(200)),
+                Err(e) => {
+                    eprintln!("c10m: handover: shard {}: channel failed: {e}", self.id);
+                    break;
+                }
+            }
+        }
+        self.channel_failed();
+        false
+    }
+
+    /// The other process is gone or refuses: the old side serves on.
+    fn channel_failed(&mut self) {
+        self.handover.chan = None;
+        match self.handover.phase {
+            Phase::Taking { .. } => self.handover.phase = Phase::Idle,
+            Phase::Done => {}
+            _ => {
+                self.shared.hub.out_failed.store(true, Ordering::Release);
+                self.handover.phase = Phase::Idle;
+                self.handover.batch = None;
+                self.handover.exported.clear();
+                self.handover.refused.clear();
+                let frozen: Vec<(u32, u32)> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, _, c)| c.is_open())
+                    .map(|(s, g, _)| (s, g))
+                    .collect();
+                for (slot, generation) in frozen {
+                    self.arm_poll(slot, generation);
+                }
+            }
+        }
+    }
+
+    fn arm_channel(&mut self) {
+        let Some(chan) = self.handover.chan.as_ref() else { return };
+        let entry = opcode::PollAdd::new(types::Fd(chan.as_raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(user_data(Op::Channel, 0, 0));
+        // SAFETY: a poll names no user memory.
+        unsafe { self.ring.push(&entry) };
+        self.handover.chan_armed = true;
+    }
+
+    /// The channel's poll or a batch's installation completed.
+    pub(super) fn on_channel(&mut self, what: u32, result: i32) {
+        if what == 1 {
+            return self.on_installed(result);
+        }
+        self.handover.chan_armed = false;
+        let mut buf = std::mem::take(&mut self.handover.buf);
+        buf.resize(handover::BATCH_BYTES_MAX + 64 * 1024, 0);
+        while let Some(chan) = self.handover.chan.as_ref() {
+            let mut fds = Vec::new();
+            match handover::recv_with_fds(chan.as_raw_fd(), &mut buf, &mut fds, true) {
+                Ok(None) => break,
+                Ok(Some(0)) => {
+                    self.channel_failed();
+                    break;
+                }
+                Ok(Some(n)) => self.on_channel_message(&buf[..n], fds),
+                Err(e) => {
+                    eprintln!("c10m: handover: shard {}: channel failed: {e}", self.id);
+                    self.channel_failed();
+                    break;
+                }
+            }
+        }
+        self.handover.buf = buf;
+        self.install_next();
+    }
+
+    fn on_channel_message(&mut self, msg: &[u8], fds: Vec<OwnedFd>) {
+        match (msg.first().copied(), self.handover.phase) {
+            (Some(record::MSG_ACK), Phase::Moving) => {
+                let Some((seq, taken)) = record::decode_ack(&msg[1..]) else { return };
+                self.on_ack(seq, &taken);
+            }
+            (Some(record::MSG_START), Phase::Taking { .. }) => {
+                if let Some(s) = record::decode_start(&msg[1..]) {
+                    self.history.continue_after(s.top);
+                    for (part, &seq) in s.heard.iter().enumerate() {
+                        if part < self.shards() {
+                            self.heard.advance(part, seq);
+                        }
+                    }
+                    self.msg_seq = self.msg_seq.max(s.msg_seq);
+                }
+                self.handover.phase = Phase::Taking { started: true };
+            }
+            (Some(record::MSG_BATCH), Phase::Taking { .. }) => {
+                self.handover.queued.push_back((msg.to_vec(), fds));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_ack(&mut self, seq: u32, taken: &[bool]) {
+        let Some(b) = self.handover.batch.take_if(|b| b.seq == seq) else { return };
+        let sent = b.sent.unwrap_or_default();
+        let mut moved = 0;
+        for (k, &i) in sent.iter().enumerate() {
+            let (slot, generation) = b.conns[i];
+            if taken.get(k).copied().unwrap_or(false) {
+                self.handover.exported.remove(&slot);
+                self.hand_over_done(slot, generation);
+                moved += 1;
+            } else {
+                self.thaw(slot, generation);
+            }
+        }
+        bump(&self.stats().handover_sent, moved);
+        self.shared.hub.sent.fetch_add(moved, Ordering::Relaxed);
+    }
+
+    /// The new process holds the connection: forget it here and close only our slot (the
+    /// socket stays open through the new process's).
+    fn hand_over_done(&mut self, slot: u32, generation: u32) {
+        self.leave_open(slot, generation, CloseReason::Handover);
+        if let Some(c) = self.conns.get_mut(slot, generation) {
+            c.closing = super::conn::Closing::Cancelling(CloseReason::Handover);
+        }
+        self.maybe_close(slot, generation);
+    }
+
+    /// New side: places the next received batch in the fixed-file table.
+    fn install_next(&mut self) {
+        while self.handover.installing.is_none() {
+            let Some((msg, owned)) = self.handover.queued.pop_front() else { return };
+            let Some((seq, records)) = record::decode_batch(&msg[1..]) else {
+                eprintln!("c10m: handover: shard {}: a malformed batch was refused", self.id);
+                let seq = u32::from_le_bytes(
+                    msg.get(1..5).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]),
+                );
+                self.ack(seq, &[]);
+                continue;
+            };
+            if records.len() != owned.len() || records.is_empty() {
+                self.ack(seq, &vec![false; records.len()]);
+                continue;
+            }
+            let slots: Box<[RawFd]> = owned.iter().map(AsRawFd::as_raw_fd).collect();
+            let entry = opcode::FilesUpdate::new(slots.as_ptr(), slots.len() as u32)
+                // IORING_FILE_INDEX_ALLOC (~0U): the kernel picks free slots and writes them back.
+                .offset(-1)
+                .build()
+                .user_data(user_data(Op::Channel, 1, 0));
+            // SAFETY: `slots` lives in `installing` until this completes (`on_installed`).
+            unsafe { self.ring.push(&entry) };
+            self.handover.installing = Some(InBatch { seq, records, slots, owned });
+        }
+    }
+
+    fn on_installed(&mut self, result: i32) {
+        let Some(b) = self.handover.installing.take() else { return };
+        let placed = result.max(0) as usize;
+        drop(b.owned);
+        let mut taken = Vec::with_capacity(b.records.len());
+        for (i, rec) in b.records.into_iter().enumerate() {
+            if i >= placed {
+                taken.push(false);
+                continue;
+            }
+            let fd = b.slots[i] as u32;
+            let ok = self.adopt(rec, fd);
+            if !ok {
+                // Not ours after all: free the slot (the old process keeps the connection).
+                self.refusing += 1;
+                self.submit_close_fd(fd, u32::MAX, 0);
+            }
+            taken.push(ok);
+        }
+        self.ack(b.seq, &taken);
+        self.install_next();
+    }
+
+    fn ack(&mut self, seq: u32, taken: &[bool]) {
+        let mut out = Vec::new();
+        record::encode_ack(seq, taken, &mut out);
+        let _ = self.channel_send(&out, &[]);
+    }
+
+    /// New side: rebuilds one connection from its record in fixed slot `fd`.
+    fn adopt(&mut self, rec: Record, fd: u32) -> bool {
+        let kind = match rec.kind {
+            1 => Kind::Ws,
+            2 => Kind::Echo,
+            3 => Kind::Sse,
+            4 => Kind::Admin,
+            _ => return false,
+        };
+        let Some(ident) = Ident::from_packed(rec.ident) else { return false };
+        let live = self.live.now_ms;
+        let mut conn = Conn::new(fd, kind, live);
+        conn.json = rec.json;
+        conn.awaiting_pong = rec.awaiting_pong;
+        conn.last_rx = stamp(live.wrapping_sub(rec.rx_age_ms as u64));
+        conn.last_ping = stamp(live.wrapping_sub(rec.ping_age_ms as u64));
+        conn.ws = ws::Session::from_handover_byte(rec.ws);
+        conn.ident = ident;
+        let Ok((slot, generation)) = self.conns.insert(conn) else { return false };
+        let stats = &self.shared.stats[self.id];
+        bump(
+            match kind {
+                Kind::Sse => &stats.conns_sse,
+                Kind::Admin => &stats.conns_admin,
+                _ => &stats.conns_ws,
+            },
+            1,
+        );
+        bump(&stats.handover_received, 1);
+        self.shared.hub.received.fetch_add(1, Ordering::Relaxed);
+        if !rec.grants.is_empty() {
+            self.grants.insert(slot, (generation, rec.grants.into_boxed_slice()));
+        }
+        if rec.expires_in_ms > 0 {
+            let at = self.now_ms + rec.expires_in_ms;
+            self.schedule_expiry(slot, generation, at);
+        }
+        let id = self.conn_id(slot, generation);
+        let (user, topics): (Option<String>, Vec<String>) = match self.conns.get(slot, generation) {
+            Some(c) => {
+                (c.ident.user().map(str::to_owned), c.ident.topics().map(str::to_owned).collect())
+            }
+            None => (None, Vec::new()),
+        };
+        if let Some(user) = user {
+            // No replay: the connection missed nothing (publishes waited for the handover).
+            self.register_user(&user, id, u64::MAX, None);
+        }
+        for topic in &topics {
+            self.topics.subscribe(topic, slot, generation);
+        }
+        let l = &self.shared.cfg.limits;
+        let (hb_ms, idle_ms) = (l.sse_heartbeat_ms, l.idle_timeout_ms);
+        match kind {
+            Kind::Ws | Kind::Echo => {
+                self.schedule_lifetime(slot, generation);
+                self.schedule_ws(slot, generation);
+            }
+            Kind::Sse => {
+                self.schedule_lifetime(slot, generation);
+                self.schedule(slot, generation, self.now_ms + hb_ms);
+            }
+            _ => {
+                if idle_ms > 0 {
+                    self.schedule(slot, generation, self.now_ms + idle_ms);
+                }
+            }
+        }
+        if !rec.outbox.is_empty() {
+            self.queue_raw(slot, generation, Chunk::Owned(rec.outbox));
+        }
+        if kind == Kind::Admin && self.shared.hub.admin_held() {
+            self.handover.held_admin.push((slot, generation));
+        } else {
+            self.arm_poll(slot, generation);
+        }
+        true
+    }
+}
