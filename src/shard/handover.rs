@@ -214,13 +214,12 @@ impl Shard {
                 }
             }
             Phase::Moving => self.move_some(),
-            Phase::Done => {}
-            Phase::Taking { .. } => {
-                if !self.handover.held_admin.is_empty() && !self.shared.hub.admin_held() {
-                    for (slot, generation) in std::mem::take(&mut self.handover.held_admin) {
-                        self.arm_poll(slot, generation);
-                    }
-                }
+            Phase::Done | Phase::Taking { .. } => {}
+        }
+        // New side: admin connections taken over wait for the old process to finish.
+        if !self.handover.held_admin.is_empty() && !self.shared.hub.admin_held() {
+            for (slot, generation) in std::mem::take(&mut self.handover.held_admin) {
+                self.arm_poll(slot, generation);
             }
         }
         if self.handover.chan.is_some() && !self.handover.chan_armed {

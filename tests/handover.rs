@@ -1,0 +1,215 @@
+//! Live upgrade: a second `c10m serve --takeover PATH` takes over the listeners and open
+//! connections of the first, whose control socket PATH is. Real clients on real sockets:
+//! the connections opened before the upgrade are the same TCP connections after it (the
+//! client never sees a close, an EOF or a reset: it keeps reading on the same socket), and
+//! every message published while it runs arrives exactly once, in order.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::ws_text;
+use common::{Server, SseItem};
+
+/// A control socket path of its own for each test.
+fn control_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("c10m-test-{}-{name}.sock", std::process::id()))
+}
+
+/// The flags of a successor: the same listeners (by their real ports) and shard count.
+fn successor_args(old: &Server, shards: &str, path: &str) -> Vec<String> {
+    [
+        "serve",
+        "--listen",
+        &old.client.to_string(),
+        "--admin",
+        &old.admin.to_string(),
+        "--shards",
+        shards,
+        "--takeover",
+        path,
+        "--control-socket",
+        path,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn sse_data(sse: &mut common::Sse) -> (Option<String>, String) {
+    loop {
+        match sse.next_item().expect("read SSE").expect("SSE stream ended") {
+            SseItem::Event { id, data } => return (id, String::from_utf8(data).unwrap()),
+            _ => continue,
+        }
+    }
+}
+
+#[test]
+fn upgrade_keeps_connections_and_delivers_every_publish_once() {
+    let path = control_path("exactly-once");
+    let p = path.to_str().unwrap();
+    let mut old = Server::start(&["--control-socket", p]);
+    let mut wss: Vec<_> =
+        (0..8).map(|i| old.ws_connect(&format!("/ws?user=u{i}&topics=news"))).collect();
+    let mut sses: Vec<_> = (0..4).map(|i| old.sse_connect(&format!("user=s{i}"))).collect();
+    old.wait_connections(12);
+    // Before: delivered by the old process.
+    old.publish("all", "before");
+    for ws in &mut wss {
+        assert_eq!(ws_text(ws), "before");
+    }
+    let mut epoch = Vec::new();
+    for sse in &mut sses {
+        let (id, data) = sse_data(sse);
+        assert_eq!(data, "before");
+        epoch.push(id.expect("an id").split('-').next().unwrap().to_owned());
+    }
+    let ports: Vec<u16> = wss.iter().map(|w| w.get_ref().local_addr().unwrap().port()).collect();
+
+    // A publisher on one keep-alive admin connection keeps publishing through the switch
+    // until the old process is gone; its connection moves too. Bounded in count and time.
+    let mut admin = old.admin_conn();
+    let published = Arc::new(AtomicUsize::new(0));
+    let switched = Arc::new(AtomicBool::new(false));
+    let (count, stop) = (Arc::clone(&published), Arc::clone(&switched));
+    let publisher = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut i = 0;
+        while i < 20 || !stop.load(Ordering::Acquire) {
+            assert!(Instant::now() < deadline && i < 20_000, "publishing did not end");
+            admin.publish("all", format!("m{i}"));
+            i += 1;
+            count.store(i, Ordering::Release);
+        }
+        (admin, i)
+    });
+    common::wait_until("publishing", Duration::from_secs(10), || {
+        (published.load(Ordering::Acquire) >= 10).then_some(())
+    });
+    let args = successor_args(&old, "2", p);
+    let before = published.load(Ordering::Acquire);
+    let new = Server::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let status = old.wait_exit(Duration::from_secs(60)).expect("the old process exits");
+    let during = published.load(Ordering::Acquire) - before;
+    switched.store(true, Ordering::Release);
+    assert!(status.success(), "old process: {status:?}\n{}", old.stderr());
+    assert!(old.stderr().contains("connections handed over"), "{}", old.stderr());
+    let (mut admin, n) = publisher.join().expect("publisher");
+    assert!(during > 0, "publishes went on while the connections moved");
+
+    // Every message exactly once and in order, on the same sockets.
+    for ws in &mut wss {
+        for i in 0..n {
+            assert_eq!(ws_text(ws), format!("m{i}"));
+        }
+    }
+    for (k, sse) in sses.iter_mut().enumerate() {
+        for i in 0..n {
+            let (id, data) = sse_data(sse);
+            assert_eq!(data, format!("m{i}"));
+            let e = id.expect("an id");
+            assert_eq!(e.split('-').next().unwrap(), epoch[k], "history epoch kept");
+        }
+    }
+    // After: user, topic and broadcast routes work in the new process, on the moved
+    // keep-alive admin connection too.
+    admin.publish("user=u3", "to-u3");
+    assert_eq!(ws_text(&mut wss[3]), "to-u3");
+    admin.publish("topic=news", "news-1");
+    for ws in &mut wss {
+        assert_eq!(ws_text(ws), "news-1");
+    }
+    new.publish("user=s2", "to-s2");
+    assert_eq!(sse_data(&mut sses[2]).1, "to-s2");
+    let after: Vec<u16> = wss.iter().map(|w| w.get_ref().local_addr().unwrap().port()).collect();
+    assert_eq!(ports, after, "the same TCP connections");
+    let received = new.wait_metric("c10m_handover_received_total", &[], 13.0);
+    assert!(received >= 13.0, "12 clients and the publisher's admin connection: {received}");
+    let stats = new.stats();
+    assert_eq!(stats["ws"], 8, "{stats}");
+    assert_eq!(stats["sse"], 4, "{stats}");
+    // A new client connects to the new process on the same port.
+    let mut fresh = new.ws_connect("/ws?user=fresh");
+    new.wait_connections(13);
+    new.publish("user=fresh", "hello");
+    assert_eq!(ws_text(&mut fresh), "hello");
+}
+
+#[test]
+fn a_refused_takeover_leaves_the_old_process_serving() {
+    let path = control_path("refused");
+    let p = path.to_str().unwrap();
+    let old = Server::start(&["--control-socket", p]);
+    let mut ws = old.ws_connect("/ws?user=alice");
+    old.wait_connections(1);
+    // Three shards cannot take over two: refused before anything moves.
+    let args = successor_args(&old, "3", p);
+    let (status, out, err) = common::run_bounded(
+        std::process::Command::new(env!("CARGO_BIN_EXE_c10m")).args(&args),
+        Duration::from_secs(30),
+    );
+    assert!(!status.success(), "refused takeover exits non-zero: {out}{err}");
+    assert!(err.contains("refused") && err.contains("shards"), "says why: {err}");
+    assert!(old.stderr().contains("still serving"), "{}", old.stderr());
+    old.publish("user=alice", "still here");
+    assert_eq!(ws_text(&mut ws), "still here");
+    let fresh = old.ws_connect("/ws?user=bob");
+    drop(fresh);
+}
+
+/// The successor started by SIGUSR2, found by its command line (it is the old process's
+/// child, not ours).
+fn successor_pid(path: &str) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        let takeover = args.windows(2).any(|w| w[0] == b"--takeover" && w[1] == path.as_bytes());
+        if takeover {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[test]
+fn sigusr2_starts_a_successor_that_takes_over() {
+    let path = control_path("usr2");
+    let p = path.to_str().unwrap().to_owned();
+    let mut old = Server::start(&["--control-socket", &p]);
+    let mut ws = old.ws_connect("/ws?user=carol");
+    let mut sse = old.sse_connect("user=dave");
+    old.wait_connections(2);
+    old.signal(libc::SIGUSR2);
+    let status = old.wait_exit(Duration::from_secs(60)).expect("the old process exits");
+    assert!(status.success(), "{}", old.stderr());
+    let pid = common::wait_until("the successor", Duration::from_secs(10), || successor_pid(&p));
+    let stop = Stopper(pid);
+    // The admin port is the same; the successor serves it.
+    let mut admin = common::tcp(old.admin);
+    let req = "POST /publish?user=carol HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+    std::io::Write::write_all(&mut admin, req.as_bytes()).unwrap();
+    let mut r = std::io::BufReader::new(admin);
+    let resp = common::read_response(&mut r).expect("answer");
+    assert_eq!(resp.status, 202);
+    assert_eq!(ws_text(&mut ws), "hello");
+    let req = "POST /publish?user=dave HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nsse";
+    std::io::Write::write_all(r.get_mut(), req.as_bytes()).unwrap();
+    assert_eq!(common::read_response(&mut r).expect("answer").status, 202);
+    assert_eq!(sse_data(&mut sse).1, "sse");
+    drop(stop);
+}
+
+/// Stops a process that is not our child when the test ends, however it ends.
+struct Stopper(i32);
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(self.0, libc::SIGINT) };
+    }
+}
