@@ -8,7 +8,7 @@
 # installs the limits for the c10m service: a systemd drop-in
 # (/etc/systemd/system/c10m.service.d/10-limits.conf: LimitNOFILE, LimitMEMLOCK) when
 # systemd runs, and /etc/security/limits.d/60-c10m.conf for login sessions either way; a
-# unit file (tuning/c10m.service) is installed when none exists.
+# unit file (deploy/c10m.service) is installed when none exists.
 #
 #   --dry-run       print what would change, change nothing
 #   --runtime       apply the sysctls to the running kernel only (no files under /etc)
@@ -112,7 +112,7 @@ LimitNOFILE=$nofile
 # CAP_IPC_LOCK: with many shards the 8 MiB default is not enough.
 LimitMEMLOCK=infinity
 L
-  [ -e /etc/systemd/system/c10m.service ] || run install -m 0644 "$here/c10m.service" /etc/systemd/system/c10m.service
+  [ -e /etc/systemd/system/c10m.service ] || run install -m 0644 "$here/../deploy/c10m.service" /etc/systemd/system/c10m.service
   run systemctl daemon-reload
 else
   echo "no systemd here: limits for the service go in its supervisor; the drop-in would be:"
