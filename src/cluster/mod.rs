@@ -19,7 +19,7 @@
 //!   message per connect is what `UserAdd` already costs; the bridge's count turns them into
 //!   transitions before Redis sees them. Its steady state is the name (an `Arc<str>`, shared
 //!   with the dirty set while a write waits) and one B-tree entry per online user; measured
-//!   as server RSS growth over a 19,000-user wave (README "Cluster"), a node with the
+//!   as server RSS growth over a 19,000-user wave (docs/measurements.md), a node with the
 //!   bridge grows about 230 bytes per user more than a standalone node, of which about 140
 //!   remain when the bridge keeps its presence but writes nothing to Redis.
 //! - **Publishes accepted here** are delivered locally by the shards as on a single node and
