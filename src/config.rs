@@ -571,6 +571,10 @@ pub struct ServeArgs {
     /// socket this is; it exits when it has handed everything over.
     #[arg(long, value_name = "PATH")]
     pub takeover: Option<PathBuf>,
+    /// Log lines on stderr: `text` (default) or `json`, one object per line. Filters come
+    /// from RUST_LOG (default `info`). A flag only: logging starts before the file is read.
+    #[arg(long, value_name = "text|json")]
+    pub log_format: Option<String>,
 }
 
 /// `on` / `off` for a switch flag.
@@ -695,7 +699,17 @@ impl Config {
     pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read --config {}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+        toml::from_str(&text).map_err(|e| {
+            // One line: where, and what (toml's own text draws the line over several).
+            let at = e.span().map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(":{line}:{column}")
+            });
+            let what = e.message().trim().replace('\n', " ");
+            ConfigError(format!("{}{}: {what}", path.display(), at.unwrap_or_default()))
+        })
     }
 
     /// Checks each limit and the relationships between them.

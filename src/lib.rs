@@ -23,6 +23,7 @@
 //! - [`config`]: every limit, its default and why.
 //! - [`cluster`]: the bridge thread to the Redis push registry and the NATS bus (cluster
 //!   nodes only; the mesh's last participant).
+//! - [`log`]: `tracing` to stderr, text or JSON, and the rate limit for peer-caused lines.
 //! - [`tls`]: rustls sessions for the client listeners (unbuffered API) and certificate reload.
 
 pub mod auth;
@@ -30,6 +31,7 @@ pub mod cluster;
 pub mod config;
 pub mod handover;
 pub mod history;
+pub mod log;
 pub mod mesh;
 pub mod metrics;
 pub mod proto;

@@ -30,8 +30,14 @@ fn main() {
         Some(Command::Serve(a)) => *a,
         None => ServeArgs::default(),
     };
+    let format = args.log_format.as_deref().unwrap_or("text").parse::<c10m::log::Format>();
+    if let Err(e) = format.and_then(c10m::log::init) {
+        eprintln!("c10m: error: {e}");
+        std::process::exit(2);
+    }
     if let Err(e) = run(&args) {
-        eprintln!("c10m: {e}");
+        // One line: what is wrong and what to change.
+        tracing::error!("{e}");
         std::process::exit(1);
     }
 }
@@ -81,14 +87,17 @@ fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let list = |v: &[std::net::SocketAddr]| {
         v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
     };
+    let (clients, admin) = (list(&server.listen), list(&server.admin));
+    let (shards, conns_per_shard) = (server.shards, server.conns_per_shard);
+    // The ready line, on stdout in every log format: scripts and supervisors wait for it.
     println!(
-        "c10m listening clients={} admin={} shards={} conns_per_shard={}",
-        list(&server.listen),
-        list(&server.admin),
-        server.shards,
-        server.conns_per_shard
+        "c10m listening clients={clients} admin={admin} shards={shards} \
+         conns_per_shard={conns_per_shard}"
     );
+    tracing::info!(clients, admin, shards, conns_per_shard, "listening");
+    c10m::sys::notify("READY=1");
     server.join()?;
+    tracing::info!("stopped");
     println!("c10m stopped");
     Ok(())
 }

@@ -296,7 +296,7 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
         listen_backlog: backlog as u64,
     };
     for w in sys::host::warnings(std::path::Path::new("/proc/sys"), &plan) {
-        eprintln!("c10m: warning: {w}");
+        tracing::warn!("{w}");
     }
     let replacing = match (&upgrade.control, &upgrade.takeover) {
         (Some((path, _)), Some(from)) => (path == from).then(|| path.clone()),
@@ -316,7 +316,7 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
                 shared.signals.stop.store(true, Ordering::Relaxed);
                 return Err(e);
             }
-            Err(e) => eprintln!("c10m: warning: no live upgrade: {e}"),
+            Err(e) => tracing::warn!("no live upgrade: {e}"),
         }
     }
     if let Some(inh) = inherited {
@@ -324,12 +324,16 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
         std::thread::Builder::new().name("c10m-takeover".into()).spawn(move || {
             let timeout = std::time::Duration::from_secs(600);
             match crate::handover::finish(inh.control, &shared.hub, timeout) {
-                Ok(done) => eprintln!(
-                    "c10m: takeover: done: {} connections taken over in {} ms",
-                    shared.hub.received.load(Ordering::Relaxed),
-                    done["ms"]
-                ),
-                Err(e) => eprintln!("c10m: takeover: {e}; serving what was taken over"),
+                Ok(done) => {
+                    let received = shared.hub.received.load(Ordering::Relaxed);
+                    let ms = done["ms"].as_u64().unwrap_or(0);
+                    tracing::info!(
+                        received,
+                        ms,
+                        "takeover: done: {received} connections taken over in {ms} ms"
+                    );
+                }
+                Err(e) => tracing::error!("takeover: {e}; serving what was taken over"),
             }
             if let Some(path) = replacing {
                 // The old process is gone or going: the control path is this process's now.

@@ -90,6 +90,8 @@ fn upgrade_keeps_connections_and_delivers_every_publish_once() {
     common::wait_until("publishing", Duration::from_secs(10), || {
         (published.load(Ordering::Acquire) >= 10).then_some(())
     });
+    // A status page's stream does not move: it ends, so the page reconnects to the new one.
+    let (mut page, _) = common::status_stream(old.admin, "");
     let args = successor_args(&old, "2", p);
     let before = published.load(Ordering::Acquire);
     let new = Server::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -99,6 +101,9 @@ fn upgrade_keeps_connections_and_delivers_every_publish_once() {
     assert!(status.success(), "old process: {status:?}\n{}", old.stderr());
     assert!(old.stderr().contains("connections handed over"), "{}", old.stderr());
     let (mut admin, n) = publisher.join().expect("publisher");
+    common::wait_until("the status stream ends", Duration::from_secs(10), || {
+        common::next_status(&mut page).is_none().then_some(())
+    });
     assert!(during > 0, "publishes went on while the connections moved");
 
     // Every message exactly once and in order, on the same sockets.
@@ -180,7 +185,26 @@ fn successor_pid(path: &str) -> Option<i32> {
 fn sigusr2_starts_a_successor_that_takes_over() {
     let path = control_path("usr2");
     let p = path.to_str().unwrap().to_owned();
-    let mut old = Server::start(&["--control-socket", &p]);
+    // A service manager's notify socket (what systemd gives a Type=notify unit): the old
+    // process says READY=1, its successor MAINPID=<its pid> before the old one exits.
+    let notify_path = control_path("usr2-notify");
+    let _ = std::fs::remove_file(&notify_path);
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let args = ["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--shards", "2"];
+    let args: Vec<&str> = args.iter().copied().chain(["--control-socket", &p]).collect();
+    let env = [("NOTIFY_SOCKET", notify_path.to_str().unwrap())];
+    // The old process runs a copy of the binary, and the deploy replaces that file (a new
+    // inode, as `install` or a package manager does): SIGUSR2 starts what is at the path now.
+    let bin = control_path("usr2-bin");
+    std::fs::copy(env!("CARGO_BIN_EXE_c10m"), &bin).expect("copy the binary");
+    let mut old = Server::spawn_bin(&bin, &args, &env);
+    let next = control_path("usr2-bin.next");
+    std::fs::copy(env!("CARGO_BIN_EXE_c10m"), &next).expect("copy the binary");
+    std::fs::rename(&next, &bin).expect("replace the binary");
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 from the old process");
+    assert_eq!(&buf[..n], b"READY=1");
     let mut ws = old.ws_connect("/ws?user=carol");
     let mut sse = old.sse_connect("user=dave");
     old.wait_connections(2);
@@ -189,6 +213,17 @@ fn sigusr2_starts_a_successor_that_takes_over() {
     assert!(status.success(), "{}", old.stderr());
     let pid = common::wait_until("the successor", Duration::from_secs(10), || successor_pid(&p));
     let stop = Stopper(pid);
+    // Sent before the old process exited: it is waiting in the socket already.
+    notify.set_nonblocking(true).unwrap();
+    let mut said = Vec::new();
+    while let Ok(n) = notify.recv(&mut buf) {
+        said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(said.contains(&format!("MAINPID={pid}")), "{said:?}");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("the successor's binary");
+    assert_eq!(exe, bin, "the successor runs the replaced file");
+    let _ = std::fs::remove_file(&bin);
+    let _ = std::fs::remove_file(&notify_path);
     // The admin port is the same; the successor serves it.
     let mut admin = common::tcp(old.admin);
     let req = "POST /publish?user=carol HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";

@@ -5,6 +5,7 @@
 #   test/server.test.js                      the library in Node against the real server
 #   test/browser.test.js                     headless Chromium (Debian's, driven by
 #                                            playwright-core) against the real server
+#   test/status_page.test.js                 the server's status page in headless Chromium
 # Installs what is missing: node_modules (npm ci from the committed lock file) and chromium
 # (apt-get). Builds the server with cargo unless C10M_BIN names a binary.
 set -euo pipefail
@@ -37,4 +38,5 @@ if [ "$(node -p 'typeof WebSocket')" != "function" ]; then flags+=(--experimenta
 # One file at a time: the server and browser tests time reconnects, and a shared 2-CPU
 # machine should not starve them.
 node "${flags[@]}" --test --test-concurrency=1 --test-timeout=120000 \
-  test/policy.test.js test/core.test.js test/server.test.js test/browser.test.js
+  test/policy.test.js test/core.test.js test/server.test.js test/browser.test.js \
+  test/status_page.test.js

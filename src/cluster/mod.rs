@@ -144,7 +144,7 @@ impl Prepared {
                 })
                 .map_err(|e| io::Error::new(e.kind(), format!("cluster bridge: {e}")));
             if let Err(e) = &result {
-                eprintln!("c10m: {e}; stopping");
+                tracing::error!("{e}; stopping");
                 shutdown.store(true, Relaxed);
             }
             result
@@ -223,7 +223,7 @@ impl Prepared {
         tokio::task::spawn_local(async move {
             loop {
                 let up = watch_nats.connection_state() == async_nats::connection::State::Connected;
-                watch_stats.bus_connected.store(up, Relaxed);
+                watch_stats.set_bus_up(up);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
@@ -535,11 +535,11 @@ impl Lookups {
             Ok(found) => found,
             Err(_) => {
                 ClusterStats::bump(&self.stats.registry_errors, 1);
-                self.stats.registry_connected.store(false, Relaxed);
+                self.stats.set_registry_up(false);
                 return self.stats.dropped(ClusterDrop::RegistryDown, n);
             }
         };
-        self.stats.registry_connected.store(true, Relaxed);
+        self.stats.set_registry_up(true);
         ClusterStats::bump(&self.stats.lookups, n);
         ClusterStats::bump(&self.stats.lookup_batches, 1);
         let liveness = self.liveness.borrow();

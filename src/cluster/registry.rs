@@ -291,7 +291,7 @@ pub async fn writer(
                 if last_io.elapsed() >= Duration::from_millis(PING_IDLE_MS) {
                     last_io = Instant::now();
                     let up = redis::cmd("PING").query_async::<String>(&mut con).await.is_ok();
-                    stats.registry_connected.store(up, Relaxed);
+                    stats.set_registry_up(up);
                 }
                 break;
             }
@@ -317,12 +317,12 @@ pub async fn writer(
                 Ok(()) => {
                     ClusterStats::bump(&stats.registry_writes, commands);
                     ClusterStats::bump(&stats.registry_batches, 1);
-                    stats.registry_connected.store(true, Relaxed);
+                    stats.set_registry_up(true);
                 }
                 Err(_) => {
                     // Written again once Redis is back: entries are idempotent.
                     ClusterStats::bump(&stats.registry_errors, 1);
-                    stats.registry_connected.store(false, Relaxed);
+                    stats.set_registry_up(false);
                     presence.borrow_mut().mark_dirty(batch.drain(..).map(|(n, _)| n));
                     backoff = BACKOFF_MS_MAX;
                     break;

@@ -79,6 +79,28 @@ impl ClusterStats {
         ClusterStats { node_id: node_id.to_owned(), ..Default::default() }
     }
 
+    /// Records whether Redis answers; a change is logged (once per change, not per request).
+    pub fn set_registry_up(&self, up: bool) {
+        if self.registry_connected.swap(up, Relaxed) != up {
+            if up {
+                tracing::info!(node = %self.node_id, "cluster: Redis registry connected");
+            } else {
+                tracing::warn!(node = %self.node_id, "cluster: Redis registry unreachable");
+            }
+        }
+    }
+
+    /// Records the NATS connection's state; a change is logged.
+    pub fn set_bus_up(&self, up: bool) {
+        if self.bus_connected.swap(up, Relaxed) != up {
+            if up {
+                tracing::info!(node = %self.node_id, "cluster: NATS bus connected");
+            } else {
+                tracing::warn!(node = %self.node_id, "cluster: NATS bus disconnected");
+            }
+        }
+    }
+
     pub fn bump(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Relaxed);
     }

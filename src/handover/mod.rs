@@ -425,12 +425,12 @@ fn control_loop(sock: &OwnedFd, path: &Path, s: &Serving) -> bool {
         let conn = unsafe { OwnedFd::from_raw_fd(fd) };
         match hand_over(&conn, s) {
             Ok(moved) => {
-                eprintln!("c10m: handover: done, {moved} connections handed over; exiting");
+                tracing::info!(moved, "handover: done, {moved} connections handed over; exiting");
                 stop.store(true, Ordering::Relaxed);
                 return true;
             }
             Err(e) => {
-                eprintln!("c10m: handover refused or failed, still serving: {e}");
+                tracing::warn!(error = %e, "handover refused or failed, still serving: {e}");
                 let _ = send_json(
                     &conn,
                     &serde_json::json!({"ok": false, "error": e.to_string()}),
@@ -445,14 +445,21 @@ fn control_loop(sock: &OwnedFd, path: &Path, s: &Serving) -> bool {
 /// SIGUSR2: starts this binary anew with the same arguments and `--takeover`.
 fn spawn_successor(path: &Path, s: &Serving) {
     let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => return eprintln!("c10m: upgrade: cannot find this binary: {e}"),
+        // The upgrade itself replaces the file: /proc/self/exe then reads "PATH (deleted)",
+        // and what is at PATH now is the binary to start.
+        Ok(e) => match e.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+            Some(path) => std::path::PathBuf::from(path),
+            None => e,
+        },
+        Err(e) => return tracing::error!("upgrade: cannot find this binary: {e}"),
     };
     let mut cmd = std::process::Command::new(&exe);
     cmd.args(s.argv.iter().skip(1)).arg("--takeover").arg(path);
     match cmd.spawn() {
-        Ok(child) => eprintln!("c10m: upgrade: started {} (pid {})", exe.display(), child.id()),
-        Err(e) => eprintln!("c10m: upgrade: cannot start {}: {e}", exe.display()),
+        Ok(child) => {
+            tracing::info!(exe = %exe.display(), pid = child.id(), "upgrade: successor started")
+        }
+        Err(e) => tracing::error!(exe = %exe.display(), "upgrade: cannot start the successor: {e}"),
     }
 }
 
@@ -528,7 +535,7 @@ fn hand_over(conn: &OwnedFd, s: &Serving) -> io::Result<u64> {
         return Err(io::Error::other(format!("the new process did not start: {ready}")));
     }
     let started = Instant::now();
-    eprintln!("c10m: handover: the new process is ready; handing over connections");
+    tracing::info!("handover: the new process is ready; handing over connections");
     *shared.hub.out.lock().unwrap_or_else(|e| e.into_inner()) =
         channels.into_iter().map(Some).collect();
     shared.hub.out_go.store(true, Ordering::Release);
@@ -543,15 +550,17 @@ fn hand_over(conn: &OwnedFd, s: &Serving) -> io::Result<u64> {
         }
         if logged.elapsed() >= Duration::from_secs(1) {
             logged = Instant::now();
-            eprintln!(
-                "c10m: handover: {} connections handed over so far",
-                shared.hub.sent.load(Ordering::Relaxed)
-            );
+            let sent = shared.hub.sent.load(Ordering::Relaxed);
+            tracing::info!(sent, "handover: {sent} connections handed over so far");
         }
     }
     let moved = shared.hub.sent.load(Ordering::Relaxed);
     let ms = started.elapsed().as_millis() as u64;
     send_json(conn, &serde_json::json!({"done": true, "moved": moved, "ms": ms}), &[])?;
+    // The new process tells the service manager it is the main process now, then says bye:
+    // under systemd this process must not exit first. Bounded; an older successor says
+    // nothing and costs the wait.
+    let _ = recv_json(conn, Duration::from_secs(2), &mut Vec::new());
     Ok(moved)
 }
 
@@ -632,5 +641,7 @@ pub fn finish(control: OwnedFd, hub: &Hub, timeout: Duration) -> io::Result<serd
     if done.get("done").and_then(serde_json::Value::as_bool) != Some(true) {
         return Err(io::Error::other(format!("the old process stopped the handover: {done}")));
     }
+    crate::sys::notify(&format!("MAINPID={}", std::process::id()));
+    let _ = send_json(&control, &serde_json::json!({"bye": true}), &[]);
     Ok(done)
 }

@@ -3,7 +3,8 @@
 //! `POST /publish?user=ID | ?topic=T | ?all` (body = payload) → 202 `{"id":N}`;
 //! `POST /publish/batch` ([`super::batch`]); `POST /disconnect`, `/subscribe`,
 //! `/unsubscribe` ([`super::command`]); `GET /stats` (JSON), `GET /metrics` (Prometheus
-//! text), `GET /healthz`.
+//! text), `GET /healthz`; `GET /` (the status page), `GET /status/events` and
+//! `POST /login` ([`super::status`]).
 
 use super::conn::{Chunk, Closing, Partial};
 use super::Shard;
@@ -28,6 +29,10 @@ pub(super) fn on_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u8])
         return;
     }
     let now = shard.now_ms;
+    if conn.partial.as_ref().is_some_and(|p| p.stream) {
+        // A status stream reads nothing more: what its client sends is dropped.
+        return;
+    }
     if let Some(p) = conn.partial.as_mut().filter(|p| p.waiting) {
         // A request waits for other shards' answers; what follows it waits too.
         return p.bytes.extend_from_slice(rx);
@@ -40,6 +45,11 @@ pub(super) fn on_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u8])
     let keep = drive(shard, slot, generation, &mut p);
     if !keep {
         return;
+    }
+    if p.stream {
+        let Some(conn) = shard.conns.get_mut(slot, generation) else { return };
+        conn.partial = Some(p);
+        return shard.schedule(slot, generation, now + super::status::INTERVAL_MS);
     }
     let idle = p.bytes.is_empty() && p.request.is_none() && !p.waiting;
     if idle {
@@ -116,6 +126,10 @@ fn drive(shard: &mut Shard, slot: u32, generation: u32, p: &mut Partial) -> bool
                         p.started_ms = shard.now_ms;
                         return true;
                     }
+                    Next::Stream => {
+                        shard.start_status_stream(slot, generation, p);
+                        return true;
+                    }
                 }
                 // Whatever follows is the next request: its deadline starts now.
                 p.started_ms = shard.now_ms;
@@ -172,6 +186,8 @@ enum Next {
     Stop,
     /// The answer comes later ([`super::presence`]); read nothing until then.
     Wait,
+    /// The connection becomes a status stream ([`super::status`]).
+    Stream,
 }
 
 fn handle(shard: &mut Shard, slot: u32, generation: u32, req: &Request, body: Vec<u8>) -> Next {
@@ -186,9 +202,20 @@ fn handle(shard: &mut Shard, slot: u32, generation: u32, req: &Request, body: Ve
             return if keep_alive && open { Next::Go } else { Next::Stop };
         }
     }
-    let (status, ctype, text, allow) = route(shard, req, body);
+    if req.path == "/status/events" && req.method == "GET" && status_allowed(shard, req) {
+        return Next::Stream;
+    }
+    let mut cookie = None;
+    let (status, ctype, text, allow) = if req.path == "/login" && req.method == "POST" {
+        login(shard, req, &body, &mut cookie)
+    } else {
+        route(shard, req, body)
+    };
     let mut out = Vec::with_capacity(text.len() + 128);
     let mut headers = vec![("Content-Type", ctype)];
+    if let Some(c) = cookie.as_deref() {
+        headers.push(("Set-Cookie", c));
+    }
     if let Some(allow) = allow {
         headers.push(("Allow", allow));
     }
@@ -217,6 +244,45 @@ fn authorized(shard: &Shard, req: &Request) -> bool {
     }
 }
 
+/// The status page and its stream also open with the status cookie (a browser can send no
+/// `Authorization` header on a page load or an `EventSource`).
+fn status_allowed(shard: &Shard, req: &Request) -> bool {
+    authorized(shard, req)
+        || shard.shared.admin_key.as_deref().is_some_and(|k| super::status::cookie_matches(k, req))
+}
+
+/// Tells the `auth_log` (rate-limited) of a request refused for the admin key.
+fn log_refused(shard: &mut Shard, req: &Request) {
+    if let Some(held) = shard.auth_log.allow(shard.now_ms) {
+        tracing::warn!(
+            shard = shard.id,
+            path = %req.path,
+            held_back = held,
+            "admin: request without the admin key refused with 401"
+        );
+    }
+}
+
+/// `POST /login` (body: the admin key): 204 with the status cookie, or 401.
+fn login(
+    shard: &mut Shard,
+    req: &Request,
+    body: &[u8],
+    cookie: &mut Option<String>,
+) -> (u16, &'static str, String, Option<&'static str>) {
+    let Some(key) = shard.shared.admin_key.as_deref() else {
+        return (204, TEXT, String::new(), None);
+    };
+    if super::status::login_matches(key, body) {
+        *cookie = Some(super::status::set_cookie(key));
+        return (204, TEXT, String::new(), None);
+    }
+    log_refused(shard, req);
+    let err = serde_json::json!({ "error": "wrong admin key" }).to_string();
+    (401, JSON, err, None)
+}
+
+const HTML: &str = "text/html; charset=utf-8";
 const JSON: &str = "application/json";
 const TEXT: &str = "text/plain; charset=utf-8";
 
@@ -227,7 +293,19 @@ fn route(
 ) -> (u16, &'static str, String, Option<&'static str>) {
     let method = req.method.as_str();
     let err = |why: &str| serde_json::json!({ "error": why }).to_string();
+    if req.path == "/" {
+        return match method {
+            "GET" if status_allowed(shard, req) => (200, HTML, super::status::PAGE.into(), None),
+            "GET" => (401, HTML, super::status::LOGIN.into(), None),
+            _ => (405, JSON, err("use GET"), Some("GET")),
+        };
+    }
+    if req.path == "/login" {
+        // POST /login is answered by `login`; it needs no key to be asked.
+        return (405, JSON, err("use POST"), Some("POST"));
+    }
     if !authorized(shard, req) {
+        log_refused(shard, req);
         return (401, JSON, err("admin key required: Authorization: Bearer KEY"), None);
     }
     match (req.path.as_str(), method) {
@@ -313,7 +391,9 @@ fn route(
                 (503, TEXT, "shutting down\n".into(), None)
             }
         }
-        ("/stats" | "/metrics" | "/healthz", _) => (405, JSON, err("use GET"), Some("GET")),
+        ("/stats" | "/metrics" | "/healthz" | "/status/events", _) => {
+            (405, JSON, err("use GET"), Some("GET"))
+        }
         _ => (404, JSON, err("no such endpoint"), None),
     }
 }

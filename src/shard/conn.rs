@@ -177,6 +177,9 @@ pub struct Partial {
     /// Admin: a request waits for other shards' answers (`GET /presence`); what follows it
     /// is held until it is answered.
     pub waiting: bool,
+    /// Admin: the connection is a status stream (`GET /status/events`): it reads nothing
+    /// more and gets a snapshot a second ([`super::status`]).
+    pub stream: bool,
 }
 
 /// A connection's slab entry. Idle, it is this struct and nothing else.

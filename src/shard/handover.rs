@@ -233,6 +233,7 @@ impl Shard {
         self.handover.chan = Some(chan);
         self.handover.phase = Phase::Freezing;
         self.handover.deadline_ms = self.now_ms + MOVE_DEADLINE_MS;
+        self.end_status_streams();
         self.pause_accepts();
         let idle: Vec<(u32, u32)> = self
             .conns
@@ -483,7 +484,7 @@ impl Shard {
                 Ok(true) => return true,
                 Ok(false) => std::thread::sleep(std::time::Duration::from_micros(200)),
                 Err(e) => {
-                    eprintln!("c10m: handover: shard {}: channel failed: {e}", self.id);
+                    tracing::error!(shard = self.id, "handover: channel failed: {e}");
                     break;
                 }
             }
@@ -545,7 +546,7 @@ impl Shard {
                 }
                 Ok(Some(n)) => self.on_channel_message(&buf[..n], fds),
                 Err(e) => {
-                    eprintln!("c10m: handover: shard {}: channel failed: {e}", self.id);
+                    tracing::error!(shard = self.id, "handover: channel failed: {e}");
                     self.channel_failed();
                     break;
                 }
@@ -613,7 +614,7 @@ impl Shard {
         while self.handover.installing.is_none() {
             let Some((msg, owned)) = self.handover.queued.pop_front() else { return };
             let Some((seq, records)) = record::decode_batch(&msg[1..]) else {
-                eprintln!("c10m: handover: shard {}: a malformed batch was refused", self.id);
+                tracing::error!(shard = self.id, "handover: a malformed batch was refused");
                 let seq = u32::from_le_bytes(
                     msg.get(1..5).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]),
                 );

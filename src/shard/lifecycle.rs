@@ -129,7 +129,15 @@ impl Shard {
         if self.shutdown_deadline_ms.is_some() {
             return;
         }
-        self.shutdown_deadline_ms = Some(self.now_ms + self.shared.cfg.limits.shutdown_timeout_ms);
+        let within_ms = self.shared.cfg.limits.shutdown_timeout_ms;
+        self.shutdown_deadline_ms = Some(self.now_ms + within_ms);
+        if self.id == 0 {
+            tracing::info!(
+                rate = rate_total,
+                "drain: goaways at {rate_total}/s to every client connection, then this process \
+                 exits (within {within_ms} ms)"
+            );
+        }
         self.cancel_accepts(true);
         let rate_per_s = rate_total.max(0.0) / self.shards() as f64;
         // The loop drives it from the next turn, so an admin answer queued after this call

@@ -290,14 +290,17 @@ fn decide_window(shard: &mut Shard, verdicts: &[Doomed]) {
         shard.live.guard_until_ms = now + l.pong_timeout_ms;
         shard.live.guard_rearm_ms = shard.live.guard_until_ms + rearm_ms(l);
         bump(&shard.stats().mass_timeout_guards, 1);
-        eprintln!(
-            "c10m: shard {}: {} liveness timeouts in {} ms of {} connections (a healthy shard \
-             expects under {}): postponing them for {} ms; this looks like a stalled host or \
-             network, not dead clients",
-            shard.id,
+        // Once per engagement: the guard re-arms only after `rearm_ms`.
+        tracing::warn!(
+            shard = shard.id,
+            timeouts = verdicts.len(),
+            window_ms = WINDOW_MS,
+            connections = conns,
+            "mass-timeout guard: {} liveness timeouts in {} ms (a healthy shard expects under \
+             {}): postponing them for {} ms; this looks like a stalled host or network, not \
+             dead clients",
             verdicts.len(),
             WINDOW_MS,
-            conns,
             min.max(expected / 2 + 1),
             l.pong_timeout_ms
         );

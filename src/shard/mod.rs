@@ -32,6 +32,7 @@ pub mod poll;
 pub mod presence;
 pub mod publish;
 pub mod resume;
+pub mod status;
 pub mod tls;
 pub mod wheel;
 
@@ -156,6 +157,9 @@ pub struct Shard {
     expiries: std::collections::HashMap<u32, (u32, u64)>,
     /// When shard 0 last refreshed the shared RSS figure.
     rss_sampled_ms: u64,
+    /// Admin requests refused for a missing key: a peer can send them, so they are logged
+    /// once per 10 s with a count.
+    auth_log: crate::log::Limited,
     /// A paced drain in progress.
     drain: Option<lifecycle::Drain>,
     /// SIGINT arrived: everything was closed at once, whatever drain was under way.
@@ -280,6 +284,7 @@ impl Shard {
             drain: None,
             stopping: false,
             rss_sampled_ms: 0,
+            auth_log: crate::log::Limited::new(10_000),
             // Starts full: the first burst up to the rate is admitted.
             bucket: lifecycle::Bucket { tokens: f64::MAX, last_ms: 0 },
             sources: lifecycle::SourceBuckets::default(),
@@ -642,6 +647,9 @@ impl Shard {
                 }
                 client::reject(self, slot, generation, 408, CloseReason::HandshakeTimeout)
             }
+            (Closing::Open, Kind::Admin) if conn.partial.as_ref().is_some_and(|p| p.stream) => {
+                self.status_tick(slot, generation)
+            }
             (Closing::Open, Kind::Admin) => {
                 let request_ms = self.shared.cfg.limits.handshake_timeout_ms;
                 let started = conn.partial.as_ref().map(|p| p.started_ms);
@@ -688,6 +696,10 @@ impl Shard {
     }
 
     fn begin_shutdown(&mut self) {
+        if self.id == 0 {
+            let ms = self.shared.cfg.limits.shutdown_timeout_ms;
+            tracing::info!("shutdown: closing every connection within {ms} ms");
+        }
         self.shutdown_deadline_ms = Some(self.now_ms + self.shared.cfg.limits.shutdown_timeout_ms);
         self.cancel_accepts(false);
         let all: Vec<(u32, u32, Kind)> = self

@@ -161,17 +161,17 @@ impl Shard {
             return;
         }
         let Some(tls) = self.shared.tls.as_ref() else {
-            eprintln!("c10m: SIGHUP: no --tls-cert configured, nothing to reload");
+            tracing::warn!("SIGHUP: no --tls-cert configured, nothing to reload");
             return;
         };
         match tls.reload() {
             Ok(()) => {
                 bump(&self.stats().tls_reloads, 1);
-                eprintln!("c10m: SIGHUP: TLS certificate reloaded");
+                tracing::info!("SIGHUP: TLS certificate reloaded");
             }
             Err(e) => {
                 bump(&self.stats().tls_reload_failures, 1);
-                eprintln!("c10m: SIGHUP: TLS reload failed, keeping the current certificate: {e}");
+                tracing::error!("SIGHUP: TLS reload failed, keeping the current certificate: {e}");
             }
         }
     }

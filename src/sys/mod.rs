@@ -79,6 +79,42 @@ pub fn rss_bytes() -> u64 {
     pages * page.max(0) as u64
 }
 
+/// Kernel memory of every TCP socket on the host (buffers queued in either direction), from
+/// the `mem` pages of /proc/net/sockstat: host-wide, an estimate of what connections cost
+/// beyond this process's RSS.
+pub fn tcp_mem_bytes() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    let pages = text
+        .lines()
+        .find_map(|l| l.strip_prefix("TCP: "))
+        .and_then(|l| {
+            let mut it = l.split_whitespace();
+            std::iter::from_fn(|| Some((it.next()?, it.next()?))).find(|(k, _)| *k == "mem")
+        })
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
+}
+
+/// Tells the service manager (systemd, `Type=notify`) `state`, e.g. `READY=1` or
+/// `MAINPID=N`, when it gave this process a `NOTIFY_SOCKET`; a no-op otherwise.
+pub fn notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let bytes = path.as_encoded_bytes();
+    let sent = match bytes.strip_prefix(b"@") {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr)),
+        None => sock.send_to(state.as_bytes(), &path),
+    };
+    if let Err(e) = sent {
+        tracing::warn!("NOTIFY_SOCKET: cannot tell the service manager {state:?}: {e}");
+    }
+}
+
 /// Returns this thread's freed allocator pages to the OS (mimalloc, the global allocator of
 /// the binary). A shard calls it once a burst of outbox frees (a broadcast) is over, because
 /// mimalloc purges idle pages only on later allocator calls, which an idle shard rarely makes.

@@ -87,8 +87,19 @@ impl Server {
 
     /// Runs the binary with exactly `args` and waits (bounded) for its start line.
     pub fn spawn(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_c10m"))
+        Server::spawn_with_env(args, &[])
+    }
+
+    /// [`Server::spawn`] with extra environment variables.
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::spawn_bin(env!("CARGO_BIN_EXE_c10m").as_ref(), args, env)
+    }
+
+    /// [`Server::spawn_with_env`] of the binary at `bin`.
+    pub fn spawn_bin(bin: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut child = Command::new(bin)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -372,6 +383,49 @@ pub fn tcp(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// Opens `GET /status/events` on the admin listener (with `headers`) and returns the stream
+/// after its head and first snapshot; [`next_status`] reads the following ones.
+pub fn status_stream(
+    admin: SocketAddr,
+    headers: &str,
+) -> (BufReader<TcpStream>, serde_json::Value) {
+    let mut s = tcp(admin);
+    let req = format!("GET /status/events HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
+    s.write_all(req.as_bytes()).expect("write request");
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    assert!(line.starts_with("HTTP/1.1 200"), "status stream refused: {line:?}");
+    let first = next_status(&mut r).expect("a first snapshot");
+    (r, first)
+}
+
+/// The next snapshot of a status stream; `None` at its end.
+pub fn next_status(r: &mut BufReader<TcpStream>) -> Option<serde_json::Value> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return None,
+            Err(e) => panic!("status stream: {e}"),
+        }
+        if let Some(json) = line.strip_prefix("data: ") {
+            return Some(serde_json::from_str(json.trim_end()).expect("a JSON snapshot"));
+        }
+    }
+}
+
+/// A file under a temporary directory of this test process, with `contents`.
+pub fn temp_file(tag: &str, name: &str, contents: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("c10m-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("write temp file");
+    path
+}
+
 /// Polls `f` until it returns `Some`, failing the test after `timeout`.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let mut unused = ();
@@ -514,9 +568,20 @@ pub struct AdminConn {
 
 impl AdminConn {
     pub fn request(&mut self, method: &str, target: &str, body: impl AsRef<[u8]>) -> Response {
+        self.request_with(method, target, "", body)
+    }
+
+    /// A request with extra header lines (`headers`: each ending in CRLF).
+    pub fn request_with(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &str,
+        body: impl AsRef<[u8]>,
+    ) -> Response {
         let body = body.as_ref();
         let mut req = format!(
-            "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+            "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Content-Length: {}\r\n\r\n",
             body.len()
         )
         .into_bytes();
