@@ -137,7 +137,13 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
     let backlog = cfg.limits.listen_backlog;
     let sndbuf = cfg.limits.socket_send_buffer_bytes;
     let mut inherited = match &upgrade.takeover {
-        Some(path) => Some(crate::handover::take_over(path, shards, &cfg.listen, &cfg.admin)?),
+        Some(path) => Some(crate::handover::take_over(
+            path,
+            shards,
+            &cfg.listen,
+            &cfg.admin,
+            cfg.tls_cert.is_some(),
+        )?),
         None => None,
     };
     let mut premade: Vec<Option<(Vec<socket2::Socket>, Vec<socket2::Socket>)>> =
@@ -168,6 +174,7 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
     let hub = crate::handover::Hub::new(shards);
     if let Some(inh) = inherited.as_mut() {
         hub.admin_go.store(false, Ordering::Release);
+        hub.layout.store(inh.layout, Ordering::Relaxed);
         *hub.inbound.lock().unwrap_or_else(|e| e.into_inner()) =
             std::mem::take(&mut inh.channels).into_iter().map(Some).collect();
     }

@@ -384,3 +384,60 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A live upgrade moves TLS connections with their record state: WebSocket clients on TLS 1.3
+/// and 1.2 keep their TCP connection and their TLS session, receive what the new process sends
+/// (a message spanning several records), and send to it (echo). A successor without TLS is
+/// refused and the old process keeps serving.
+#[test]
+fn a_live_upgrade_moves_tls_connections() {
+    let path = std::env::temp_dir().join(format!("c10m-tls-upgrade-{}.sock", std::process::id()));
+    let p = path.to_str().unwrap();
+    let mut old = tls_server(&["--control-socket", p, "--echo"]);
+    let mut clients: Vec<TlsWs> = [&rustls::version::TLS13, &rustls::version::TLS12]
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| tls_ws(&old, client_config(&["ca.pem"], &[v]), &format!("/ws?user=t{i}")))
+        .collect();
+    let mut echo = tls_ws(&old, trusting(), "/echo");
+    old.wait_connections(3);
+    for (i, ws) in clients.iter_mut().enumerate() {
+        old.publish(&format!("user=t{i}"), "before");
+        assert_eq!(next_data(ws), b"before");
+    }
+    let ports: Vec<u16> =
+        clients.iter().map(|w| w.get_ref().sock.local_addr().unwrap().port()).collect();
+    let (client, admin) = (old.client.to_string(), old.admin.to_string());
+    let (cert, key) = (fixture_str("server.pem"), fixture_str("server.key"));
+    let base = ["serve", "--listen", &client, "--admin", &admin, "--shards", "2"];
+
+    // Without TLS the successor is refused, naming what to change.
+    let plain: Vec<&str> = base.iter().copied().chain(["--takeover", p]).collect();
+    let (code, err) = common::run_to_exit(&plain);
+    assert_ne!(code, 0);
+    assert!(err.contains("TLS off, this one on"), "{err}");
+    old.publish("user=t0", "still the old one");
+    assert_eq!(next_data(&mut clients[0]), b"still the old one");
+
+    let args: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--tls-cert", &cert, "--tls-key", &key, "--echo", "--takeover", p])
+        .chain(["--control-socket", p])
+        .collect();
+    let new = Server::spawn(&args);
+    let status = old.wait_exit(std::time::Duration::from_secs(60)).expect("the old one exits");
+    assert!(status.success(), "{}", old.stderr());
+    assert_eq!(common::metric_sum(&new.metrics(), "c10m_handover_received_total", &[]), 3.0);
+    let big = "0123456789abcdef".repeat(3000);
+    for (i, ws) in clients.iter_mut().enumerate() {
+        let (status, _) = new.publish(&format!("user=t{i}"), &big);
+        assert_eq!(status, 202);
+        assert_eq!(next_data(ws), big.as_bytes(), "over TLS from the new process");
+        assert_eq!(ws.get_ref().sock.local_addr().unwrap().port(), ports[i], "same connection");
+    }
+    echo.send(Message::text("sent to the new process")).unwrap();
+    assert_eq!(next_data(&mut echo), b"sent to the new process");
+    assert_eq!(tls_metric(&new, "c10m_tls_failures_total", &[]), 0.0);
+    assert_eq!(tls_metric(&new, "c10m_tls_handshakes_total", &[]), 0.0, "no new handshake");
+}

@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,7 +40,10 @@ pub use record::Record;
 
 /// The layout of the records and messages this binary writes and reads. A new process
 /// refuses an old one whose layout it cannot read, and the old one keeps serving.
-pub const LAYOUT: u32 = 1;
+/// 2: a record carries the connection's TLS record state.
+pub const LAYOUT: u32 = 2;
+/// The oldest layout this binary reads (from an older process it takes over).
+pub const LAYOUT_MIN: u32 = 1;
 
 /// Sockets per SCM_RIGHTS message: the kernel's SCM_MAX_FD.
 pub const BATCH_MAX: usize = 253;
@@ -74,6 +77,8 @@ pub struct Hub {
     /// Connections handed over (old side) and taken over (new side).
     pub sent: AtomicU64,
     pub received: AtomicU64,
+    /// New side: the layout the old process writes its records in.
+    pub layout: AtomicU32,
 }
 
 impl Hub {
@@ -89,6 +94,7 @@ impl Hub {
             admin_go: AtomicBool::new(true),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            layout: AtomicU32::new(LAYOUT),
         }
     }
 
@@ -106,6 +112,8 @@ pub struct Inherited {
     pub channels: Vec<OwnedFd>,
     pub epoch: u32,
     pub user_keys: crate::push::UserKeys,
+    /// The layout the old process writes.
+    pub layout: u32,
     /// The control connection, to say ready and hear done ([`finish`]).
     pub control: OwnedFd,
 }
@@ -501,8 +509,13 @@ fn hand_over(conn: &OwnedFd, s: &Serving) -> io::Result<u64> {
         ))
     } else if shared.cluster.is_some() {
         Some("a cluster node cannot hand over yet; use the paced drain".into())
-    } else if shared.tls.is_some() {
-        Some("TLS connections cannot be handed over yet; use the paced drain".into())
+    } else if hello["tls"].as_bool() != Some(shared.tls.is_some()) {
+        let on = |b: bool| if b { "on" } else { "off" };
+        Some(format!(
+            "the new process has TLS {}, this one {}: give it the same --tls-cert and --tls-key",
+            on(hello["tls"].as_bool() == Some(true)),
+            on(shared.tls.is_some())
+        ))
     } else if shared.signals.drain.load(Ordering::Relaxed)
         || shared.hub.out_go.load(Ordering::Relaxed)
     {
@@ -571,6 +584,7 @@ pub fn take_over(
     shards: usize,
     listen: &[SocketAddr],
     admin: &[SocketAddr],
+    tls: bool,
 ) -> io::Result<Inherited> {
     let control = connect(path).map_err(|e| {
         io::Error::new(e.kind(), format!("takeover: cannot reach {}: {e}", path.display()))
@@ -583,8 +597,8 @@ pub fn take_over(
         theirs.push(b);
     }
     let hello = serde_json::json!({
-        "layout_min": LAYOUT, "layout_max": LAYOUT, "version": env!("CARGO_PKG_VERSION"),
-        "shards": shards, "listen": addrs(listen), "admin": addrs(admin),
+        "layout_min": LAYOUT_MIN, "layout_max": LAYOUT, "version": env!("CARGO_PKG_VERSION"),
+        "shards": shards, "listen": addrs(listen), "admin": addrs(admin), "tls": tls,
     });
     let raw: Vec<RawFd> = theirs.iter().map(AsRawFd::as_raw_fd).collect();
     send_json(&control, &hello, &raw)?;
@@ -626,6 +640,7 @@ pub fn take_over(
         channels: mine,
         epoch: welcome["epoch"].as_u64().unwrap_or(1) as u32,
         user_keys: crate::push::UserKeys(key(0), key(1)),
+        layout: welcome["layout"].as_u64().unwrap_or(1) as u32,
         control,
     })
 }

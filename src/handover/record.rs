@@ -22,6 +22,8 @@ pub struct Record {
     /// Bytes queued and not yet sent, in order, and where in them a ping ends (0: none).
     pub outbox: Vec<u8>,
     pub ping_end: u32,
+    /// TLS record state (`tls::Session::export`); empty for a plain connection. Layout 2.
+    pub tls: Vec<u8>,
 }
 
 /// Channel message kinds.
@@ -73,9 +75,11 @@ impl Record {
         out.extend_from_slice(&self.expires_in_ms.to_le_bytes());
         put_bytes(out, &self.outbox);
         out.extend_from_slice(&self.ping_end.to_le_bytes());
+        put_bytes(out, &self.tls);
     }
 
-    fn decode(r: &mut Reader<'_>) -> Option<Record> {
+    /// A record as the old process's `layout` wrote it (1: no TLS state).
+    fn decode(r: &mut Reader<'_>, layout: u32) -> Option<Record> {
         let head = r.take(4)?;
         let mut rec = Record {
             kind: head[0],
@@ -95,6 +99,9 @@ impl Record {
         rec.expires_in_ms = r.u64()?;
         rec.outbox = r.bytes()?.to_vec();
         rec.ping_end = r.u32()?;
+        if layout >= 2 {
+            rec.tls = r.bytes()?.to_vec();
+        }
         Some(rec)
     }
 }
@@ -109,8 +116,9 @@ pub fn encode_batch(seq: u32, records: &[Record], out: &mut Vec<u8>) {
     }
 }
 
-/// The records of a batch message (after its kind byte), or None if it is malformed.
-pub fn decode_batch(body: &[u8]) -> Option<(u32, Vec<Record>)> {
+/// The records of a batch message (after its kind byte) in the sender's `layout`, or None if
+/// it is malformed.
+pub fn decode_batch(body: &[u8], layout: u32) -> Option<(u32, Vec<Record>)> {
     let mut r = Reader(body);
     let seq = r.u32()?;
     let n = r.u32()? as usize;
@@ -119,7 +127,7 @@ pub fn decode_batch(body: &[u8]) -> Option<(u32, Vec<Record>)> {
     }
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        out.push(Record::decode(&mut r)?);
+        out.push(Record::decode(&mut r, layout)?);
     }
     r.0.is_empty().then_some((seq, out))
 }
@@ -185,16 +193,22 @@ mod tests {
             expires_in_ms: 9000,
             outbox: b"\x81\x02hi".to_vec(),
             ping_end: 2,
+            tls: vec![1; 106],
             ..Record::default()
         };
         let b = Record { kind: 3, ..Record::default() };
         let mut out = Vec::new();
         encode_batch(7, &[a.clone(), b.clone()], &mut out);
         assert_eq!(out[0], MSG_BATCH);
-        assert_eq!(decode_batch(&out[1..]), Some((7, vec![a, b])));
+        assert_eq!(decode_batch(&out[1..], 2), Some((7, vec![a, b.clone()])));
         for cut in 1..out.len() - 1 {
-            assert!(decode_batch(&out[1..cut]).is_none(), "cut at {cut}");
+            assert!(decode_batch(&out[1..cut], 2).is_none(), "cut at {cut}");
         }
+        // Layout 1 (no TLS state) is still read: the same bytes without the last field.
+        let mut out = Vec::new();
+        encode_batch(8, std::slice::from_ref(&b), &mut out);
+        out.truncate(out.len() - 4);
+        assert_eq!(decode_batch(&out[1..], 1), Some((8, vec![b])));
         let s = Start { top: 42, heard: vec![1, 2], msg_seq: 9 };
         let mut out = Vec::new();
         encode_start(&s, &mut out);

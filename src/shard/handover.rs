@@ -301,7 +301,10 @@ impl Shard {
         let Some(_) = kind_code(conn.kind) else {
             return if conn.kind == Kind::Handshake { Movable::Later } else { Movable::Never };
         };
-        if self.tls.has(slot, generation) {
+        // An established TLS session moves with its record state; one that failed does not.
+        let tls_stuck =
+            self.tls.has(slot, generation) && self.tls.export(slot, generation).is_none();
+        if tls_stuck {
             return Movable::Never;
         }
         if (conn.kind == Kind::Admin) != self.handover.admin_turn {
@@ -429,6 +432,7 @@ impl Shard {
             expires_in_ms,
             outbox: Vec::new(),
             ping_end: 0,
+            tls: self.tls.export(slot, generation).unwrap_or_default(),
         })
     }
 
@@ -613,7 +617,9 @@ impl Shard {
     fn install_next(&mut self) {
         while self.handover.installing.is_none() {
             let Some((msg, owned)) = self.handover.queued.pop_front() else { return };
-            let Some((seq, records)) = record::decode_batch(&msg[1..]) else {
+            let Some((seq, records)) =
+                record::decode_batch(&msg[1..], self.shared.hub.layout.load(Ordering::Relaxed))
+            else {
                 tracing::error!(shard = self.id, "handover: a malformed batch was refused");
                 let seq = u32::from_le_bytes(
                     msg.get(1..5).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]),
@@ -676,6 +682,13 @@ impl Shard {
             _ => return false,
         };
         let Some(ident) = Ident::from_packed(rec.ident) else { return false };
+        let tls = match rec.tls.is_empty() {
+            true => None,
+            false => match crate::tls::Session::import(&rec.tls) {
+                Some(s) => Some(s),
+                None => return false,
+            },
+        };
         let live = self.live.now_ms;
         let mut conn = Conn::new(fd, kind, live);
         conn.json = rec.json;
@@ -685,6 +698,9 @@ impl Shard {
         conn.ws = ws::Session::from_handover_byte(rec.ws);
         conn.ident = ident;
         let Ok((slot, generation)) = self.conns.insert(conn) else { return false };
+        if let Some(s) = tls {
+            self.tls.adopt(slot, generation, s);
+        }
         let stats = &self.shared.stats[self.id];
         bump(
             match kind {

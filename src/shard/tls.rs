@@ -39,6 +39,19 @@ impl Sessions {
         matches!(self.by_slot.get(slot as usize), Some(Some((g, _))) if *g == generation)
     }
 
+    /// A live upgrade: the session's state, for an established one.
+    pub(super) fn export(&self, slot: u32, generation: u32) -> Option<Vec<u8>> {
+        match self.by_slot.get(slot as usize) {
+            Some(Some((g, s))) if *g == generation => s.export(),
+            _ => None,
+        }
+    }
+
+    /// A live upgrade, new side: a connection's session from the old process.
+    pub(super) fn adopt(&mut self, slot: u32, generation: u32, s: Session) {
+        self.insert(slot, generation, s);
+    }
+
     fn remove(&mut self, slot: u32, generation: u32) {
         if let Some(e) = self.by_slot.get_mut(slot as usize) {
             if e.as_ref().is_some_and(|(g, _)| *g == generation) {

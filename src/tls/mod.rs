@@ -241,6 +241,26 @@ impl Session {
         matches!(self.state, State::Failed)
     }
 
+    /// An established session's state for a live upgrade: the record state, then the
+    /// ciphertext of an incomplete record. None during the handshake or after a failure.
+    pub fn export(&self) -> Option<Vec<u8>> {
+        let State::Traffic(records) = &self.state else { return None };
+        let mut out = Vec::with_capacity(record::EXPORT_BYTES + self.pending.len());
+        records.export(&mut out);
+        out.extend_from_slice(&self.pending);
+        Some(out)
+    }
+
+    /// The session [`Session::export`] wrote, in the new process.
+    pub fn import(b: &[u8]) -> Option<Session> {
+        if b.len() < record::EXPORT_BYTES || b.len() > record::EXPORT_BYTES + PENDING_BYTES_MAX {
+            return None;
+        }
+        let (state, pending) = b.split_at(record::EXPORT_BYTES);
+        let records = record::Records::import(state)?;
+        Some(Session { state: State::Traffic(records), pending: pending.to_vec() })
+    }
+
     /// Bytes held for an incomplete record.
     pub fn pending_bytes(&self) -> usize {
         self.pending.len()

@@ -130,7 +130,54 @@ fn direction(seq: u64, secrets: ConnectionTrafficSecrets) -> Option<(Alg, Direct
     Some((alg, d))
 }
 
+/// Bytes of [`Records::export`]: suite, version, and per direction key, IV and sequence number.
+pub const EXPORT_BYTES: usize = 2 + 2 * (32 + 12 + 8);
+
+impl Direction {
+    fn export(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.key);
+        out.extend_from_slice(&self.iv);
+        out.extend_from_slice(&self.seq.to_le_bytes());
+    }
+
+    fn import(b: &[u8]) -> Direction {
+        let mut d = Direction { key: [0; 32], iv: [0; 12], seq: 0 };
+        d.key.copy_from_slice(&b[..32]);
+        d.iv.copy_from_slice(&b[32..44]);
+        d.seq = u64::from_le_bytes(b[44..52].try_into().expect("8 bytes"));
+        d
+    }
+}
+
 impl Records {
+    /// The record state a live upgrade carries to the new process ([`EXPORT_BYTES`]): what
+    /// kernel TLS would be given, the same two keys, IVs and sequence numbers.
+    pub fn export(&self, out: &mut Vec<u8>) {
+        let alg = match self.alg {
+            Alg::Aes128Gcm => 1,
+            Alg::Aes256Gcm => 2,
+            Alg::Chacha20Poly1305 => 3,
+        };
+        out.extend_from_slice(&[alg, self.tls13 as u8]);
+        self.tx.export(out);
+        self.rx.export(out);
+    }
+
+    /// The state [`Records::export`] wrote; None if it is not one.
+    pub fn import(b: &[u8]) -> Option<Records> {
+        if b.len() != EXPORT_BYTES || b[1] > 1 {
+            return None;
+        }
+        let alg = match b[0] {
+            1 => Alg::Aes128Gcm,
+            2 => Alg::Aes256Gcm,
+            3 => Alg::Chacha20Poly1305,
+            _ => return None,
+        };
+        let (tx, rx) = (Direction::import(&b[2..54]), Direction::import(&b[54..106]));
+        Some(Records { alg, tls13: b[1] == 1, tx, rx })
+    }
+
     /// From the secrets rustls extracted after the handshake; None for a suite or version
     /// this layer does not frame (rustls's defaults are all covered).
     pub fn new(version: ProtocolVersion, secrets: rustls::ExtractedSecrets) -> Option<Records> {

@@ -201,3 +201,41 @@ fn session_inline_size_is_in_view() {
     eprintln!("Session: {size} bytes inline");
     assert!(size <= 160, "Session grew to {size} bytes");
 }
+
+/// A live upgrade moves an established session: the imported copy reads what the client
+/// sends next (here split so that half a record waits in the exported state) and seals what
+/// the client accepts, on both versions.
+#[test]
+fn an_exported_session_carries_on_in_its_import() {
+    for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12][..]] {
+        let tls = server();
+        let mut c = client(versions);
+        let mut s = tls.session().unwrap();
+        c.writer().write_all(b"hello").unwrap();
+        assert_eq!(pump(&mut c, &mut s, 4096), b"hello");
+        assert!(tls.session().unwrap().export().is_none(), "a handshake does not move");
+        // Half a record arrives before the upgrade, the rest after it.
+        c.writer().write_all(b"after the upgrade").unwrap();
+        let mut wire = Vec::new();
+        c.write_tls(&mut wire).unwrap();
+        let (first, rest) = wire.split_at_mut(9);
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        s.receive(first, &mut plain, &mut out).unwrap();
+        assert!(plain.is_empty() && s.pending_bytes() == 9);
+        let state = s.export().expect("established");
+        drop(s);
+        let mut moved = Session::import(&state).expect("imports");
+        assert!(moved.is_established() && moved.pending_bytes() == 9);
+        moved.receive(rest, &mut plain, &mut out).unwrap();
+        assert_eq!(plain, b"after the upgrade");
+        let mut sealed = Vec::new();
+        moved.encrypt(b"from the new process", &mut sealed).unwrap();
+        let mut rd = &sealed[..];
+        c.read_tls(&mut rd).unwrap();
+        c.process_new_packets().unwrap();
+        let mut back = [0u8; 64];
+        let n = c.reader().read(&mut back).unwrap();
+        assert_eq!(&back[..n], b"from the new process");
+        assert!(Session::import(&state[..50]).is_none(), "a cut state is refused");
+    }
+}
