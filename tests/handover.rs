@@ -248,3 +248,35 @@ impl Drop for Stopper {
         unsafe { libc::kill(self.0, libc::SIGINT) };
     }
 }
+
+/// A frame half received when the upgrade comes completes after it: an echo client sends a
+/// ping and the first half of a fragmented text message in one write (the pong says the old
+/// process read them), the connection moves, and the rest goes to the new process, which
+/// echoes the whole message on the same connection.
+#[test]
+fn a_half_received_message_completes_after_the_upgrade() {
+    let path = control_path("half-frame");
+    let p = path.to_str().unwrap();
+    let mut old = Server::start(&["--control-socket", p, "--echo"]);
+    let mut ws = old.raw_ws("/echo");
+    let port = ws.stream.local_addr().unwrap().port();
+    let first = common::client_frame(0x01, b"hello, ", true); // text, not final
+    let second = common::client_frame(0x80, b"new process", true); // continuation, final
+    let (head, tail) = second.split_at(4); // the final frame cut inside its header
+    let mut bytes = common::client_frame(0x89, b"sync", true);
+    bytes.extend_from_slice(&first);
+    bytes.extend_from_slice(head);
+    ws.send_bytes(&bytes);
+    let pong = ws.recv().expect("a pong");
+    assert_eq!((pong.opcode, pong.payload.as_slice()), (0xA, &b"sync"[..]));
+
+    let args = successor_args(&old, "2", p);
+    let new = Server::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let status = old.wait_exit(Duration::from_secs(60)).expect("the old process exits");
+    assert!(status.success(), "{}", old.stderr());
+    assert_eq!(common::metric_sum(&new.metrics(), "c10m_handover_received_total", &[]), 1.0);
+    ws.send_bytes(tail);
+    let echo = ws.recv_skip_pings().expect("the echo");
+    assert_eq!(echo.payload, b"hello, new process");
+    assert_eq!(ws.stream.local_addr().unwrap().port(), port, "the same connection");
+}

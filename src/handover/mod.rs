@@ -40,7 +40,7 @@ pub use record::Record;
 
 /// The layout of the records and messages this binary writes and reads. A new process
 /// refuses an old one whose layout it cannot read, and the old one keeps serving.
-/// 2: a record carries the connection's TLS record state.
+/// 2: a record carries the connection's TLS record state and a WebSocket frame in progress.
 pub const LAYOUT: u32 = 2;
 /// The oldest layout this binary reads (from an older process it takes over).
 pub const LAYOUT_MIN: u32 = 1;

@@ -24,6 +24,9 @@ pub struct Record {
     pub ping_end: u32,
     /// TLS record state (`tls::Session::export`); empty for a plain connection. Layout 2.
     pub tls: Vec<u8>,
+    /// A WebSocket frame or message still arriving (`ws::Session::handover_partial`);
+    /// empty when none. Layout 2.
+    pub ws_partial: Vec<u8>,
 }
 
 /// Channel message kinds.
@@ -76,6 +79,7 @@ impl Record {
         put_bytes(out, &self.outbox);
         out.extend_from_slice(&self.ping_end.to_le_bytes());
         put_bytes(out, &self.tls);
+        put_bytes(out, &self.ws_partial);
     }
 
     /// A record as the old process's `layout` wrote it (1: no TLS state).
@@ -101,6 +105,7 @@ impl Record {
         rec.ping_end = r.u32()?;
         if layout >= 2 {
             rec.tls = r.bytes()?.to_vec();
+            rec.ws_partial = r.bytes()?.to_vec();
         }
         Some(rec)
     }
@@ -194,6 +199,7 @@ mod tests {
             outbox: b"\x81\x02hi".to_vec(),
             ping_end: 2,
             tls: vec![1; 106],
+            ws_partial: vec![2; 40],
             ..Record::default()
         };
         let b = Record { kind: 3, ..Record::default() };
@@ -207,7 +213,7 @@ mod tests {
         // Layout 1 (no TLS state) is still read: the same bytes without the last field.
         let mut out = Vec::new();
         encode_batch(8, std::slice::from_ref(&b), &mut out);
-        out.truncate(out.len() - 4);
+        out.truncate(out.len() - 8);
         assert_eq!(decode_batch(&out[1..], 1), Some((8, vec![b])));
         let s = Start { top: 42, heard: vec![1, 2], msg_seq: 9 };
         let mut out = Vec::new();

@@ -349,10 +349,11 @@ impl Session {
         Session { deflate: Deflate::Refused, ..Session::default() }
     }
 
-    /// The session in one byte for a live upgrade, or None while a frame or message is
-    /// incomplete or the close handshake has begun (such a session does not move yet).
+    /// The session's agreement in one byte for a live upgrade, or None once the close
+    /// handshake has begun (such a session does not move). A frame or message still arriving
+    /// is [`Session::handover_partial`]'s part.
     pub fn handover_byte(&self) -> Option<u8> {
-        if self.partial.is_some() || self.closed {
+        if self.closed {
             return None;
         }
         Some(match self.deflate {
@@ -360,6 +361,91 @@ impl Session {
             Deflate::Refused => 1,
             Deflate::On(bits) => 0x80 | bits,
         })
+    }
+
+    /// A live upgrade of a connection in the middle of a frame or a fragmented message: what
+    /// [`Session::handover_byte`] leaves out, the parser's state (the header bytes so far, the
+    /// frame being received with its mask phase, a control payload, the message's data so
+    /// far). Empty when nothing is pending; None for a closed session.
+    pub fn handover_partial(&self) -> Option<Vec<u8>> {
+        if self.closed {
+            return None;
+        }
+        let Some(p) = self.partial.as_deref() else { return Some(Vec::new()) };
+        let mut out = Vec::with_capacity(48 + p.control.len());
+        out.push(p.head_len as u8);
+        out.extend_from_slice(&p.head);
+        match &p.frame {
+            None => out.push(0),
+            Some(f) => {
+                out.extend_from_slice(&[1, f.opcode.bits(), f.fin as u8]);
+                out.extend_from_slice(&f.mask);
+                out.extend_from_slice(&(f.remaining_bytes as u64).to_le_bytes());
+                out.extend_from_slice(&(f.done_bytes as u64).to_le_bytes());
+            }
+        }
+        out.push(p.control.len() as u8);
+        out.extend_from_slice(&p.control);
+        out.push(p.deflate as u8);
+        match &p.message {
+            None => out.push(0),
+            Some(m) => {
+                out.extend_from_slice(&[1, m.text as u8, m.compressed as u8]);
+                out.extend_from_slice(&(m.validated as u64).to_le_bytes());
+                out.extend_from_slice(&(m.data.len() as u64).to_le_bytes());
+                out.extend_from_slice(&m.data);
+            }
+        }
+        Some(out)
+    }
+
+    /// The session of [`Session::handover_byte`] and [`Session::handover_partial`]; None if
+    /// the state is not one this parser could have been in.
+    pub fn from_handover(b: u8, partial: &[u8]) -> Option<Session> {
+        let mut s = Session::from_handover_byte(b);
+        if partial.is_empty() {
+            return Some(s);
+        }
+        let mut r = partial;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let (a, rest) = (r.get(..n)?, r.get(n..)?);
+            r = rest;
+            Some(a)
+        };
+        let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize;
+        let mut p = Partial { head_len: take(1)?[0] as usize, ..Partial::default() };
+        p.head.copy_from_slice(take(HEADER_BYTES_MAX)?);
+        if take(1)?[0] == 1 {
+            let h = take(2)?;
+            let (opcode, fin) = (OpCode::from_bits(h[0])?, h[1] == 1);
+            let mut mask = [0; 4];
+            mask.copy_from_slice(take(4)?);
+            let remaining_bytes = u64_of(take(8)?);
+            let done_bytes = u64_of(take(8)?);
+            p.frame = Some(Frame { opcode, fin, mask, remaining_bytes, done_bytes });
+        }
+        let control = take(1)?[0] as usize;
+        if control > 125 {
+            return None;
+        }
+        p.control = take(control)?.to_vec();
+        p.deflate = take(1)?[0] == 1;
+        if take(1)?[0] == 1 {
+            let h = take(2)?;
+            let (text, compressed) = (h[0] == 1, h[1] == 1);
+            let validated = u64_of(take(8)?);
+            let len = u64_of(take(8)?);
+            let data = take(len)?.to_vec();
+            p.message = Some(Message { text, compressed, data, validated });
+        }
+        let sane = p.head_len <= HEADER_BYTES_MAX
+            && (p.frame.is_none() || p.head_len == 0)
+            && p.message.as_ref().is_none_or(|m| m.validated <= m.data.len());
+        if !sane || !r.is_empty() {
+            return None;
+        }
+        s.partial = Some(Box::new(p));
+        Some(s)
     }
 
     /// The session [`Session::handover_byte`] described.

@@ -440,3 +440,29 @@ fn the_101_names_the_extension_only_when_agreed() {
     assert!(!String::from_utf8(out).unwrap().contains("Extensions"));
     assert_eq!(std::mem::size_of::<Session>(), 16, "the idle session stays 16 bytes");
 }
+
+/// A live upgrade moves a session cut anywhere: a fragmented text message (with a ping in
+/// between) split at every byte, exported and imported at the cut, completes the same.
+#[test]
+fn a_session_cut_at_any_byte_resumes_after_a_handover() {
+    let mut input = frame(0x01, "héllo ".as_bytes()); // text, not final
+    let mut ping = frame(0x89, b"p");
+    ping[0] = 0x89;
+    input.extend_from_slice(&ping);
+    input.extend_from_slice(&frame(0x80, "wörld".as_bytes())); // continuation, final
+    let (whole, _) = run(&input);
+    assert_eq!(whole.last(), Some(&Event::Text("héllo wörld".as_bytes().to_vec())));
+    for cut in 0..=input.len() {
+        let mut s = Session::new();
+        let (mut events, mut out) = (Vec::new(), Vec::new());
+        let mut inflater = Inflater::new();
+        s.feed(&input[..cut], &LIMITS, &mut inflater, &mut events, &mut out);
+        let (b, partial) = (s.handover_byte().unwrap(), s.handover_partial().unwrap());
+        let mut moved = Session::from_handover(b, &partial).expect("imports");
+        moved.feed(&input[cut..], &LIMITS, &mut inflater, &mut events, &mut out);
+        assert_eq!(events, whole, "cut at {cut}");
+        if !partial.is_empty() {
+            assert!(Session::from_handover(b, &partial[..partial.len() - 1]).is_none());
+        }
+    }
+}

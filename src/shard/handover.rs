@@ -425,6 +425,7 @@ impl Shard {
             json: c.json,
             awaiting_pong: c.awaiting_pong,
             ws: c.ws.handover_byte()?,
+            ws_partial: c.ws.handover_partial()?,
             rx_age_ms: super::conn::elapsed_ms(live, c.last_rx) as u32,
             ping_age_ms: super::conn::elapsed_ms(live, c.last_ping) as u32,
             ident: c.ident.packed().map(str::to_owned),
@@ -695,7 +696,10 @@ impl Shard {
         conn.awaiting_pong = rec.awaiting_pong;
         conn.last_rx = stamp(live.wrapping_sub(rec.rx_age_ms as u64));
         conn.last_ping = stamp(live.wrapping_sub(rec.ping_age_ms as u64));
-        conn.ws = ws::Session::from_handover_byte(rec.ws);
+        let Some(session) = ws::Session::from_handover(rec.ws, &rec.ws_partial) else {
+            return false;
+        };
+        conn.ws = session;
         conn.ident = ident;
         let Ok((slot, generation)) = self.conns.insert(conn) else { return false };
         if let Some(s) = tls {
