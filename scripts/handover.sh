@@ -92,8 +92,26 @@ for k in $(seq "$UPGRADES"); do
   done
   t1=$(date +%s.%N)
   if [ "$MODE" = drain ]; then
-    "$BIN" serve --shards "$SHARDS" --no-pin --control-socket "$CTL" >>"$DIR/new.log" 2>&1 &
-    pids+=("$!")
+    # The restart. Right after a drain of many connections the old process's listeners can
+    # still be held for a moment after it exits (its rings are torn down after the process),
+    # and a bind then fails: retry, bounded, and say how long it took.
+    tries=0
+    while :; do
+      tries=$((tries + 1))
+      "$BIN" serve --shards "$SHARDS" --no-pin --control-socket "$CTL" >"$DIR/new.log" 2>&1 &
+      started=$!
+      pids+=("$started")
+      for _ in $(seq 100); do
+        grep -q '^c10m listening' "$DIR/new.log" && break
+        alive "$started" || break
+        sleep 0.05
+      done
+      grep -q '^c10m listening' "$DIR/new.log" && break
+      [ "$tries" -lt 50 ] || { cat "$DIR/new.log"; echo "the new server did not start"; exit 1; }
+      echo "restart $tries: $(grep -m1 -o 'cannot listen.*' "$DIR/new.log" || tail -1 "$DIR/new.log"); sockets on :8080: $(ss -Htan '( sport = :8080 )' | awk '{print $1}' | sort | uniq -c | tr -s ' ' | tr '\n' ',')"
+      sleep 0.1
+    done
+    echo "new server listening $(python3 -c "import time; print(round((time.time() - $t1) * 1000))") ms after the old one exited, after $tries start(s)"
     for _ in $(seq 100); do [ "$(conns_up)" -ge 1 ] && break; sleep 0.1; done
   fi
   NEW=$(server_pid)
