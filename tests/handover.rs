@@ -280,3 +280,47 @@ fn a_half_received_message_completes_after_the_upgrade() {
     assert_eq!(echo.payload, b"hello, new process");
     assert_eq!(ws.stream.local_addr().unwrap().port(), port, "the same connection");
 }
+
+/// A client that does not read holds bytes queued in the old process; they move with its
+/// connection and reach it, in order and once, from the new one.
+#[test]
+fn queued_bytes_of_a_client_that_does_not_read_move_with_it() {
+    let path = control_path("outbox");
+    let p = path.to_str().unwrap();
+    // A 32 KiB kernel send buffer (SO_SNDBUF 16384, doubled): the rest of what is published
+    // stays queued in the server.
+    let mut old = Server::start(&["--control-socket", p, "--socket-send-buffer-bytes", "16384"]);
+    // A small receive buffer from the SYN on, so the window the client offers stays small.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&old.client.into()).unwrap();
+    let tcp: std::net::TcpStream = sock.into();
+    tcp.set_read_timeout(Some(common::STEP)).unwrap();
+    let url = format!("ws://{}/ws?user=slow", old.client);
+    let (mut ws, _) = tungstenite::client::client(url, tcp).expect("WebSocket handshake");
+    old.wait_connections(1);
+    // 150 KB to a client that reads nothing: the socket buffers (about 40 KiB) fill, the rest
+    // is queued in the server (under the 192 KiB a handover batch carries and under
+    // outbox_bytes_max).
+    let body = |i: usize| format!("{i:05}:{}", "x".repeat(994));
+    let mut admin = old.admin_conn();
+    for i in 0..150 {
+        admin.publish("user=slow", body(i));
+    }
+    let port = ws.get_ref().local_addr().unwrap().port();
+    let args = successor_args(&old, "2", p);
+    let new = Server::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let status = old.wait_exit(Duration::from_secs(60)).expect("the old process exits");
+    assert!(status.success(), "{}", old.stderr());
+    let m = new.metrics();
+    // The client and the publisher's keep-alive admin connection.
+    assert_eq!(common::metric_sum(&m, "c10m_handover_received_total", &[]), 2.0);
+    let queued = common::metric_sum(&m, "c10m_handover_queued_bytes_total", &[]);
+    assert!(queued > 10_000.0, "bytes queued in the old process moved: {queued}");
+    for i in 0..150 {
+        assert_eq!(ws_text(&mut ws), body(i));
+    }
+    new.publish("user=slow", "after");
+    assert_eq!(ws_text(&mut ws), "after");
+    assert_eq!(ws.get_ref().local_addr().unwrap().port(), port, "the same connection");
+}

@@ -122,6 +122,8 @@ pub struct ShardStats {
     /// Live upgrade: connections handed to a new process, and taken over from an old one.
     pub handover_sent: AtomicU64,
     pub handover_received: AtomicU64,
+    /// Bytes queued to send that came with connections taken over.
+    pub handover_queued_bytes: AtomicU64,
     /// Mesh messages that carried a batch, and the messages they carried.
     pub mesh_batches: AtomicU64,
     pub mesh_batched: AtomicU64,
@@ -296,6 +298,12 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
         "counter",
         "Connections taken over from the previous process by a live upgrade.",
         &|s| s.handover_received.load(Relaxed),
+    );
+    family(
+        "handover_queued_bytes_total",
+        "counter",
+        "Bytes queued to send that came with the connections taken over.",
+        &|s| s.handover_queued_bytes.load(Relaxed),
     );
     family("disconnects_total", "counter", "Connections closed by POST /disconnect.", &|s| {
         s.disconnects.load(Relaxed)

@@ -95,6 +95,9 @@ pub struct State {
     queued: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
     held_admin: Vec<(u32, u32)>,
     buf: Vec<u8>,
+    /// Old side: connections whose send waiting on a full socket was cancelled by the
+    /// freeze; their queued bytes move with them.
+    sends_cancelled: HashSet<u32>,
 }
 
 impl State {
@@ -117,6 +120,7 @@ impl State {
             queued: VecDeque::new(),
             held_admin: Vec::new(),
             buf: Vec::new(),
+            sends_cancelled: HashSet::new(),
         }
     }
 
@@ -248,6 +252,53 @@ impl Shard {
             // SAFETY: a cancel names no user memory.
             unsafe { self.ring.push(&entry) };
         }
+        // A send waiting on a client that does not read would hold its connection back: it
+        // is cancelled (it has sent nothing: a send that sent some completes at once), and the
+        // queued bytes move with the connection.
+        let sending: Vec<(u32, u32)> = self
+            .conns
+            .iter()
+            .filter(|(_, _, c)| c.is_open() && self.handover_freezes(c))
+            .filter(|(_, _, c)| c.outbox.as_ref().is_some_and(|o| o.in_flight))
+            .map(|(s, g, _)| (s, g))
+            .collect();
+        for (slot, generation) in sending {
+            self.handover.sends_cancelled.insert(slot);
+            let entry = opcode::AsyncCancel::new(user_data(Op::Send, generation, slot))
+                .build()
+                .user_data(user_data(Op::Cancel, 0, u32::MAX));
+            // SAFETY: a cancel names no user memory.
+            unsafe { self.ring.push(&entry) };
+        }
+    }
+
+    /// Whether a connection's next send waits: while connections move, a frozen one's
+    /// queued bytes stay queued (they move with it), unless it was refused and stays here.
+    pub(super) fn handover_holds_sends(&self, slot: u32, conn: &Conn) -> bool {
+        self.handover.hurried()
+            && !self.handover.refused.contains(&slot)
+            && self.handover_freezes(conn)
+    }
+
+    /// A send completed with `ECANCELED` because the freeze cancelled it (true): nothing was
+    /// sent, and the bytes wait for the move (or for the handover's end).
+    pub(super) fn handover_cancelled_send(&mut self, slot: u32, result: i32) -> bool {
+        result == -libc::ECANCELED && self.handover.sends_cancelled.remove(&slot)
+    }
+
+    /// Sends held by the freeze go on (the handover ended, or refused these connections).
+    fn resume_sends(&mut self) {
+        let held: Vec<(u32, u32)> = self
+            .conns
+            .iter()
+            .filter(|(_, _, c)| c.is_open() && c.outbox.as_ref().is_some_and(|o| !o.in_flight))
+            .map(|(s, g, _)| (s, g))
+            .collect();
+        for (slot, generation) in held {
+            if !self.handover.is_exported(slot) {
+                self.submit_send(slot, generation);
+            }
+        }
     }
 
     /// Cancels every accept; the listeners stay open (the new process accepts from them).
@@ -312,7 +363,6 @@ impl Shard {
         }
         let busy = conn.in_flight()
             || conn.partial.is_some()
-            || conn.outbox.is_some()
             || conn.ws.handover_byte().is_none()
             || self.resuming.contains_key(&slot);
         if busy {
@@ -322,6 +372,21 @@ impl Shard {
         }
     }
 
+    /// At least what a connection's record takes in a batch: the fixed fields (under 128
+    /// bytes with their lengths) and the ones that grow: ident, grants, a frame in progress,
+    /// queued bytes, TLS state.
+    fn record_bytes(&self, slot: u32, generation: u32, conn: &Conn) -> usize {
+        let ident = conn.ident.packed().map_or(0, str::len);
+        let grants = self
+            .grants
+            .get(&slot)
+            .filter(|(g, _)| *g == generation)
+            .map_or(0, |(_, t)| t.iter().map(|g| g.len() + 4).sum());
+        let outbox = conn.outbox.as_ref().map_or(0, |o| o.bytes);
+        let tls = self.tls.export_bytes(slot, generation);
+        128 + ident + grants + conn.ws.buffered_bytes() + 64 + outbox + tls
+    }
+
     /// Old side: starts the next batch, or finishes when nothing is left.
     fn move_some(&mut self) {
         if self.handover.batch.is_some() {
@@ -329,19 +394,37 @@ impl Shard {
         }
         let mut picked = Vec::new();
         let mut later = 0usize;
+        let mut too_big = Vec::new();
+        // A batch is one SOCK_SEQPACKET message: its records stay under BATCH_BYTES_MAX.
+        let mut bytes = 0usize;
         let bound = self.conns.slot_bound();
         let mut slot = self.handover.cursor;
         while slot < bound && picked.len() < handover::BATCH_MAX {
             if let Some((generation, conn)) = self.conns.get_at(slot) {
                 if !self.handover.exported.contains(&slot) {
                     match self.movable(slot, generation, conn) {
-                        Movable::Now => picked.push((slot, generation)),
+                        Movable::Now => {
+                            let cost = self.record_bytes(slot, generation, conn);
+                            if cost > handover::BATCH_BYTES_MAX {
+                                too_big.push((slot, generation));
+                            } else if bytes + cost > handover::BATCH_BYTES_MAX {
+                                break;
+                            } else {
+                                bytes += cost;
+                                picked.push((slot, generation));
+                            }
+                        }
                         Movable::Later => later += 1,
                         Movable::Never => {}
                     }
                 }
             }
             slot += 1;
+        }
+        // More queued than one message carries: it stays, sends on, and is closed with a
+        // goaway at the end (its client reconnects to the new process).
+        for (s, g) in too_big {
+            self.thaw(s, g);
         }
         let wrapped = slot >= bound;
         self.handover.cursor = if wrapped { 0 } else { slot };
@@ -367,7 +450,7 @@ impl Shard {
             }
             self.handover.phase = Phase::Done;
             self.shared.hub.out_done[self.id].store(true, Ordering::Release);
-            return;
+            return self.resume_sends();
         }
         for &(slot, generation) in &picked {
             self.handover.exported.insert(slot);
@@ -431,8 +514,14 @@ impl Shard {
             ident: c.ident.packed().map(str::to_owned),
             grants,
             expires_in_ms,
-            outbox: Vec::new(),
-            ping_end: 0,
+            outbox: c.outbox.as_ref().map_or_else(Vec::new, |o| {
+                let mut bytes = Vec::with_capacity(o.bytes);
+                for (i, chunk) in o.chunks.iter().enumerate() {
+                    bytes.extend_from_slice(&chunk.bytes()[if i == 0 { o.sent } else { 0 }..]);
+                }
+                bytes
+            }),
+            ping_end: c.outbox.as_ref().map_or(0, |o| o.ping_end as u32),
             tls: self.tls.export(slot, generation).unwrap_or_default(),
         })
     }
@@ -475,9 +564,10 @@ impl Shard {
 
     /// A connection the new process did not take stays here, unread; the shutdown at the
     /// end closes it with a goaway, so its client reconnects (to the new process).
-    fn thaw(&mut self, slot: u32, _generation: u32) {
+    fn thaw(&mut self, slot: u32, generation: u32) {
         self.handover.exported.remove(&slot);
         self.handover.refused.insert(slot);
+        self.submit_send(slot, generation);
     }
 
     /// Sends one message on the channel (blocking briefly when it is full); false and the
@@ -519,6 +609,7 @@ impl Shard {
                 for (slot, generation) in frozen {
                     self.arm_poll(slot, generation);
                 }
+                self.resume_sends();
             }
         }
     }
@@ -755,7 +846,13 @@ impl Shard {
             }
         }
         if !rec.outbox.is_empty() {
+            bump(&self.shared.stats[self.id].handover_queued_bytes, rec.outbox.len() as u64);
+            // Already framed (and sealed, on TLS): it goes on the wire as it is, a ping in it
+            // keeping its place.
             self.queue_raw(slot, generation, Chunk::Owned(rec.outbox));
+            if let Some(o) = self.conns.get_mut(slot, generation).and_then(|c| c.outbox.as_mut()) {
+                o.ping_end = rec.ping_end as usize;
+            }
         }
         if kind == Kind::Admin && self.shared.hub.admin_held() {
             self.handover.held_admin.push((slot, generation));

@@ -237,7 +237,10 @@ impl Shard {
         true
     }
 
-    fn submit_send(&mut self, slot: u32, generation: u32) {
+    pub(super) fn submit_send(&mut self, slot: u32, generation: u32) {
+        // Only while a live upgrade moves connections does a send wait (one match here).
+        let held = self.handover.hurried()
+            && self.conns.get(slot, generation).is_some_and(|c| self.handover_holds_sends(slot, c));
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
         };
@@ -245,7 +248,7 @@ impl Shard {
         let Some(out) = conn.outbox.as_mut() else {
             return;
         };
-        if out.in_flight {
+        if out.in_flight || held {
             return;
         }
         let Some(front) = out.chunks.front() else {
@@ -274,6 +277,15 @@ impl Shard {
         };
         assert!(out.in_flight);
         out.in_flight = false;
+        if self.handover_cancelled_send(slot, result) {
+            return self.submit_send(slot, generation);
+        }
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        let Some(out) = conn.outbox.as_mut() else {
+            return;
+        };
         if matches!(conn.closing, Closing::Cancelling(_) | Closing::Closed) {
             return self.maybe_close(slot, generation);
         }

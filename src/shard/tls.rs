@@ -47,6 +47,16 @@ impl Sessions {
         }
     }
 
+    /// The bytes [`Sessions::export`] would write (0 for none).
+    pub(super) fn export_bytes(&self, slot: u32, generation: u32) -> usize {
+        match self.by_slot.get(slot as usize) {
+            Some(Some((g, s))) if *g == generation && s.is_established() => {
+                crate::tls::record::EXPORT_BYTES + s.pending_bytes()
+            }
+            _ => 0,
+        }
+    }
+
     /// A live upgrade, new side: a connection's session from the old process.
     pub(super) fn adopt(&mut self, slot: u32, generation: u32, s: Session) {
         self.insert(slot, generation, s);
