@@ -10,6 +10,8 @@
 #   CONNS=100000 scripts/handover.sh                 (SHARDS=ceil(CONNS/19000): RLIMIT_NOFILE)
 #   CONNS=100000 MODE=drain DRAIN_RATE=20000 scripts/handover.sh
 #   UPGRADES=100 CONNS=10000 scripts/handover.sh      back-to-back upgrades: fds, memory
+#   CONNS=1000000 scripts/handover.sh                 (53 shards; SOURCES=100 addresses; tcp_mem
+#                                                      raised for the run, restored on exit)
 #
 # Loopback only (127.0.0.1 and the loadgen's 127.0.0.2-11 sources); every wait is bounded;
 # everything started here is stopped on exit.
@@ -20,6 +22,8 @@ UPGRADES=${UPGRADES:-1}
 PUBLISH_RATE=${PUBLISH_RATE:-200}
 DRAIN_RATE=${DRAIN_RATE:-20000}
 HOLD=${HOLD:-}
+# Source addresses 127.0.0.2.. for the loadgen: 10,000 connections each.
+SOURCES=${SOURCES:-$(( (CONNS + 9999) / 10000 > 10 ? (CONNS + 9999) / 10000 : 10 ))}
 # Each shard's table is capped by RLIMIT_NOFILE (20,000 here): enough shards for CONNS.
 SHARDS=${SHARDS:-$(( (CONNS + 18999) / 19000 > $(nproc) ? (CONNS + 18999) / 19000 : $(nproc) ))}
 cd "$(dirname "$0")/.."
@@ -28,11 +32,19 @@ BIN=target/release/c10m
 DIR=$(mktemp -d)
 CTL=$DIR/control.sock
 pids=()
+saved_tcp_mem=$(cat /proc/sys/net/ipv4/tcp_mem)
 cleanup() {
   for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
   pkill -INT -f "$CTL" 2>/dev/null || true
   wait 2>/dev/null || true
+  echo "$saved_tcp_mem" >/proc/sys/net/ipv4/tcp_mem 2>/dev/null || true
 }
+if [ "$CONNS" -gt 200000 ]; then
+  # Millions of sockets: tcp_mem (pages) scaled to this RAM as scripts/c1m.sh does, pressure
+  # at 1/6 of it, max at 1/4; restored on exit.
+  pages=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 4 ))
+  echo "$((pages / 8)) $((pages / 6)) $((pages / 4))" >/proc/sys/net/ipv4/tcp_mem
+fi
 trap cleanup EXIT
 
 start_server() { # $1: extra flags; prints the pid
@@ -57,12 +69,12 @@ hold=${HOLD:-$((60 + UPGRADES * 3))s}
 extra=()
 [ "$MODE" = drain ] && extra+=(--reconnect)
 target/release/c10m-loadgen run --conns "$CONNS" --rate 0 --hold "$hold" \
-  --sources 127.0.0.2-127.0.0.11 --users 'u{n}' --publish-rate "$PUBLISH_RATE" \
+  --sources "127.0.0.2-127.0.0.$((1 + SOURCES))" --users 'u{n}' --publish-rate "$PUBLISH_RATE" \
   --publish-to user --publish-delay 5s "${extra[@]}" \
   --json "$DIR/loadgen.json" --quiet >"$DIR/loadgen.txt" 2>&1 &
 LOADGEN=$!
 pids+=("$LOADGEN")
-deadline=$(( $(date +%s) + 240 ))
+deadline=$(( $(date +%s) + 240 + CONNS / 2000 ))
 until [ "$(conns_up)" -ge "$CONNS" ]; do
   [ "$(date +%s)" -lt "$deadline" ] || { echo "only $(conns_up) of $CONNS connected"; exit 1; }
   sleep 1

@@ -79,6 +79,10 @@ pub struct Hub {
     pub received: AtomicU64,
     /// New side: the layout the old process writes its records in.
     pub layout: AtomicU32,
+    /// Old side: process fds the shards may still make for batches ([`fd_budget`]): a
+    /// shard takes what a batch needs before installing it and gives it back at the ack,
+    /// when the new process has placed them in its rings and closed its copies.
+    pub fds_free: std::sync::atomic::AtomicI64,
 }
 
 impl Hub {
@@ -95,6 +99,7 @@ impl Hub {
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             layout: AtomicU32::new(LAYOUT),
+            fds_free: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -450,6 +455,17 @@ fn control_loop(sock: &OwnedFd, path: &Path, s: &Serving) -> bool {
     false
 }
 
+/// How many connection fds may be out of the rings at once, in this process (installed for
+/// a batch), in the channel (SCM_RIGHTS in flight, charged to the user against
+/// RLIMIT_NOFILE) and in the new process until its rings hold them: half of what this
+/// process's limit leaves free, so both processes stay under it whatever it is; at least
+/// one batch.
+fn fd_budget() -> i64 {
+    let limit = crate::sys::raise_nofile().unwrap_or(1024) as i64;
+    let open = std::fs::read_dir("/proc/self/fd").map_or(64, |d| d.count()) as i64;
+    ((limit - open) / 2).max(BATCH_MAX as i64)
+}
+
 /// SIGUSR2: starts this binary anew with the same arguments and `--takeover`.
 fn spawn_successor(path: &Path, s: &Serving) {
     let exe = match std::env::current_exe() {
@@ -551,6 +567,9 @@ fn hand_over(conn: &OwnedFd, s: &Serving) -> io::Result<u64> {
     tracing::info!("handover: the new process is ready; handing over connections");
     *shared.hub.out.lock().unwrap_or_else(|e| e.into_inner()) =
         channels.into_iter().map(Some).collect();
+    let budget = fd_budget();
+    shared.hub.fds_free.store(budget, Ordering::Release);
+    tracing::info!(fds_in_flight_max = budget, "handover: at most {budget} descriptors in flight");
     shared.hub.out_go.store(true, Ordering::Release);
     let mut logged = Instant::now();
     loop {

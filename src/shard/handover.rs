@@ -82,6 +82,9 @@ pub struct State {
     /// Fences received, by round.
     fences: [u32; FENCE_ROUNDS as usize + 1],
     deadline_ms: u64,
+    /// Liveness-clock ms of the freeze: the ages a record carries are taken then, since a
+    /// frozen connection is not read and its client cannot be heard.
+    frozen_at_ms: u64,
     /// Old side.
     exported: HashSet<u32>,
     refused: HashSet<u32>,
@@ -110,6 +113,7 @@ impl State {
             chan_armed: false,
             fences: [0; FENCE_ROUNDS as usize + 1],
             deadline_ms: 0,
+            frozen_at_ms: 0,
             exported: HashSet::new(),
             refused: HashSet::new(),
             batch: None,
@@ -237,6 +241,7 @@ impl Shard {
         self.handover.chan = Some(chan);
         self.handover.phase = Phase::Freezing;
         self.handover.deadline_ms = self.now_ms + MOVE_DEADLINE_MS;
+        self.handover.frozen_at_ms = self.live.now_ms;
         self.end_status_streams();
         self.pause_accepts();
         let idle: Vec<(u32, u32)> = self
@@ -392,6 +397,9 @@ impl Shard {
         if self.handover.batch.is_some() {
             return;
         }
+        // Descriptors for this batch, from the process's budget; none left: look again
+        // next turn, once other shards' batches are acknowledged.
+        let Some(allowed) = self.take_fds(handover::BATCH_MAX) else { return };
         let mut picked = Vec::new();
         let mut later = 0usize;
         let mut too_big = Vec::new();
@@ -399,7 +407,7 @@ impl Shard {
         let mut bytes = 0usize;
         let bound = self.conns.slot_bound();
         let mut slot = self.handover.cursor;
-        while slot < bound && picked.len() < handover::BATCH_MAX {
+        while slot < bound && picked.len() < allowed {
             if let Some((generation, conn)) = self.conns.get_at(slot) {
                 if !self.handover.exported.contains(&slot) {
                     match self.movable(slot, generation, conn) {
@@ -426,6 +434,7 @@ impl Shard {
         for (s, g) in too_big {
             self.thaw(s, g);
         }
+        self.give_fds(allowed - picked.len());
         let wrapped = slot >= bound;
         self.handover.cursor = if wrapped { 0 } else { slot };
         if picked.is_empty() {
@@ -492,6 +501,7 @@ impl Shard {
     fn record_of(&self, slot: u32, generation: u32) -> Option<Record> {
         let c = self.conns.get(slot, generation)?;
         let live = self.live.now_ms;
+        let frozen = live.saturating_sub(self.handover.frozen_at_ms);
         let grants = self
             .grants
             .get(&slot)
@@ -509,8 +519,8 @@ impl Shard {
             awaiting_pong: c.awaiting_pong,
             ws: c.ws.handover_byte()?,
             ws_partial: c.ws.handover_partial()?,
-            rx_age_ms: super::conn::elapsed_ms(live, c.last_rx) as u32,
-            ping_age_ms: super::conn::elapsed_ms(live, c.last_ping) as u32,
+            rx_age_ms: super::conn::elapsed_ms(live, c.last_rx).saturating_sub(frozen) as u32,
+            ping_age_ms: super::conn::elapsed_ms(live, c.last_ping).saturating_sub(frozen) as u32,
             ident: c.ident.packed().map(str::to_owned),
             grants,
             expires_in_ms,
@@ -524,6 +534,26 @@ impl Shard {
             ping_end: c.outbox.as_ref().map_or(0, |o| o.ping_end as u32),
             tls: self.tls.export(slot, generation).unwrap_or_default(),
         })
+    }
+
+    /// Takes up to `want` descriptors from the process's budget; None when it is spent.
+    fn take_fds(&self, want: usize) -> Option<usize> {
+        let free = &self.shared.hub.fds_free;
+        let mut have = free.load(Ordering::Acquire);
+        loop {
+            let n = have.min(want as i64);
+            if n <= 0 {
+                return None;
+            }
+            match free.compare_exchange_weak(have, have - n, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(n as usize),
+                Err(now) => have = now,
+            }
+        }
+    }
+
+    fn give_fds(&self, n: usize) {
+        self.shared.hub.fds_free.fetch_add(n as i64, Ordering::AcqRel);
     }
 
     fn send_batch(&mut self) {
@@ -556,7 +586,7 @@ impl Shard {
                 let (slot, generation) = b.conns[i];
                 self.thaw(slot, generation);
             }
-            return;
+            return self.give_fds(b.conns.len());
         }
         b.sent = Some(sent);
         self.handover.batch = Some(b);
@@ -597,7 +627,9 @@ impl Shard {
             _ => {
                 self.shared.hub.out_failed.store(true, Ordering::Release);
                 self.handover.phase = Phase::Idle;
-                self.handover.batch = None;
+                if let Some(b) = self.handover.batch.take() {
+                    self.give_fds(b.conns.len());
+                }
                 self.handover.exported.clear();
                 self.handover.refused.clear();
                 let frozen: Vec<(u32, u32)> = self
@@ -679,6 +711,7 @@ impl Shard {
 
     fn on_ack(&mut self, seq: u32, taken: &[bool]) {
         let Some(b) = self.handover.batch.take_if(|b| b.seq == seq) else { return };
+        self.give_fds(b.conns.len());
         let sent = b.sent.unwrap_or_default();
         let mut moved = 0;
         for (k, &i) in sent.iter().enumerate() {

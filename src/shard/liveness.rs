@@ -204,6 +204,11 @@ impl Liveness {
 pub(super) fn on_ws_timer(shard: &mut Shard, slot: u32, generation: u32) {
     let live = shard.live.now_ms;
     let Some(conn) = shard.conns.get(slot, generation) else { return };
+    if shard.handover_holds_sends(slot, conn) {
+        // Frozen for a live upgrade: it is not read, so nothing from its client can be heard;
+        // it is judged after the move (with its ages as of the freeze), or here if it stays.
+        return shard.schedule(slot, generation, shard.now_ms + 1000);
+    }
     match judge(conn, &shard.shared.cfg.limits, live) {
         Verdict::Wait(_) => shard.schedule_ws(slot, generation),
         Verdict::Ping => {
