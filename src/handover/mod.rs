@@ -41,7 +41,8 @@ pub use record::Record;
 /// The layout of the records and messages this binary writes and reads. A new process
 /// refuses an old one whose layout it cannot read, and the old one keeps serving.
 /// 2: a record carries the connection's TLS record state and a WebSocket frame in progress.
-pub const LAYOUT: u32 = 2;
+/// 3: each shard's history log travels before its start message.
+pub const LAYOUT: u32 = 3;
 /// The oldest layout this binary reads (from an older process it takes over).
 pub const LAYOUT_MIN: u32 = 1;
 

@@ -33,6 +33,8 @@ pub struct Record {
 pub const MSG_START: u8 = b'S';
 pub const MSG_BATCH: u8 = b'B';
 pub const MSG_ACK: u8 = b'A';
+/// A piece of the partition's history log (`H`, 1 on the last piece, bytes), before `S`.
+pub const MSG_HISTORY: u8 = b'H';
 
 struct Reader<'a>(&'a [u8]);
 

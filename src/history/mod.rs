@@ -540,5 +540,7 @@ impl Log {
     }
 }
 
+mod carry;
+
 #[cfg(test)]
 mod tests;

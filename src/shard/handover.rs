@@ -101,6 +101,8 @@ pub struct State {
     /// Old side: connections whose send waiting on a full socket was cancelled by the
     /// freeze; their queued bytes move with them.
     sends_cancelled: HashSet<u32>,
+    /// New side: pieces of the old partition's history log received so far.
+    history_in: Vec<u8>,
 }
 
 impl State {
@@ -125,6 +127,7 @@ impl State {
             held_admin: Vec::new(),
             buf: Vec::new(),
             sends_cancelled: HashSet::new(),
+            history_in: Vec::new(),
         }
     }
 
@@ -337,6 +340,9 @@ impl Shard {
     }
 
     fn start_moving(&mut self) {
+        if !self.send_history() {
+            return;
+        }
         let start = record::Start {
             top: self.history.top(),
             heard: (0..self.shards()).map(|p| self.heard.get(p)).collect(),
@@ -348,6 +354,22 @@ impl Shard {
             return;
         }
         self.handover.phase = Phase::Moving;
+    }
+
+    /// The partition's history log, in pieces of one message each (publishes are paused and
+    /// fenced: it is final), so resumes from before the upgrade find their messages.
+    fn send_history(&mut self) -> bool {
+        let log = self.history.export(self.now_ms * 1000);
+        let pieces = log.len().div_ceil(handover::BATCH_BYTES_MAX).max(1);
+        for (i, piece) in log.chunks(handover::BATCH_BYTES_MAX).enumerate() {
+            let mut msg = Vec::with_capacity(piece.len() + 2);
+            msg.extend_from_slice(&[record::MSG_HISTORY, (i + 1 == pieces) as u8]);
+            msg.extend_from_slice(piece);
+            if !self.channel_send(&msg, &[]) {
+                return false;
+            }
+        }
+        true
     }
 
     fn movable(&self, slot: u32, generation: u32, conn: &Conn) -> Movable {
@@ -701,6 +723,24 @@ impl Shard {
                     self.msg_seq = self.msg_seq.max(s.msg_seq);
                 }
                 self.handover.phase = Phase::Taking { started: true };
+            }
+            (Some(record::MSG_HISTORY), Phase::Taking { started: false }) if msg.len() >= 2 => {
+                self.handover.history_in.extend_from_slice(&msg[2..]);
+                if msg[1] == 1 {
+                    let log = std::mem::take(&mut self.handover.history_in);
+                    if self.history.import(&log, self.now_ms * 1000) {
+                        let (messages, bytes) = self.history.usage();
+                        let stats = self.stats();
+                        stats.history_messages.store(messages as u64, Ordering::Relaxed);
+                        stats.history_bytes.store(bytes as u64, Ordering::Relaxed);
+                    } else {
+                        tracing::warn!(
+                            shard = self.id,
+                            "takeover: the history log did not import; positions continue, \
+                             resumes from before the upgrade get a gap"
+                        );
+                    }
+                }
             }
             (Some(record::MSG_BATCH), Phase::Taking { .. }) => {
                 self.handover.queued.push_back((msg.to_vec(), fds));
