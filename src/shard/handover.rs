@@ -359,7 +359,8 @@ impl Shard {
     /// The partition's history log, in pieces of one message each (publishes are paused and
     /// fenced: it is final), so resumes from before the upgrade find their messages.
     fn send_history(&mut self) -> bool {
-        let log = self.history.export(self.now_ms * 1000);
+        // On the clock the log's entries carry (the shards' common clock, microseconds).
+        let log = self.history.export(self.precise_us());
         let pieces = log.len().div_ceil(handover::BATCH_BYTES_MAX).max(1);
         for (i, piece) in log.chunks(handover::BATCH_BYTES_MAX).enumerate() {
             let mut msg = Vec::with_capacity(piece.len() + 2);
@@ -728,7 +729,7 @@ impl Shard {
                 self.handover.history_in.extend_from_slice(&msg[2..]);
                 if msg[1] == 1 {
                     let log = std::mem::take(&mut self.handover.history_in);
-                    if self.history.import(&log, self.now_ms * 1000) {
+                    if self.history.import(&log, self.precise_us()) {
                         let (messages, bytes) = self.history.usage();
                         let stats = self.stats();
                         stats.history_messages.store(messages as u64, Ordering::Relaxed);

@@ -46,7 +46,7 @@ pub enum Framing {
 impl Shard {
     /// Now on the shards' common clock, in microseconds: orders a publish on one shard and
     /// a connection on another that follows it.
-    fn precise_us(&self) -> u64 {
+    pub(super) fn precise_us(&self) -> u64 {
         self.shared.clock_origin.elapsed().as_micros() as u64
     }
 
