@@ -42,3 +42,4 @@ pub mod server;
 pub mod shard;
 pub mod sys;
 pub mod tls;
+mod wire;

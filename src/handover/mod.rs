@@ -491,6 +491,7 @@ fn spawn_successor(path: &Path, s: &Serving) {
 /// The old side of one takeover. Returns the connections handed over once the new process
 /// has them all; an error before the shards start moving leaves everything as it was.
 fn hand_over(conn: &OwnedFd, s: &Serving) -> io::Result<u64> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     let uid = peer_uid(conn)?;
     if uid != me {

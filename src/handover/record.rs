@@ -1,6 +1,8 @@
 //! What moves with one connection besides its socket, and the per-shard channel's messages.
 //! Little-endian, length-prefixed; a decoder never trusts a length it has not checked.
 
+use crate::wire::{put_bytes, Reader};
+
 /// One connection's user-space state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
@@ -35,37 +37,6 @@ pub const MSG_BATCH: u8 = b'B';
 pub const MSG_ACK: u8 = b'A';
 /// A piece of the partition's history log (`H`, 1 on the last piece, bytes), before `S`.
 pub const MSG_HISTORY: u8 = b'H';
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let n = self.u32()? as usize;
-        self.take(n)
-    }
-    fn string(&mut self) -> Option<String> {
-        String::from_utf8(self.bytes()?.to_vec()).ok()
-    }
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    out.extend_from_slice(b);
-}
 
 impl Record {
     pub fn encode(&self, out: &mut Vec<u8>) {

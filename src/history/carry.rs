@@ -11,51 +11,10 @@ use std::sync::Arc;
 
 use super::{Entry, Index, Log, ENTRY_BYTES, STREAM_BYTES};
 use crate::push::Message;
+use crate::wire::{put_bytes, put_u64, Reader};
 
 const VERSION: u8 = 1;
 const NO_STREAM: u32 = u32::MAX;
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        (self.0.len() >= n).then(|| {
-            let (a, b) = self.0.split_at(n);
-            self.0 = b;
-            a
-        })
-    }
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let n = self.u32()? as usize;
-        self.take(n)
-    }
-    /// A count of items of at least `item_bytes` each: never more than the bytes left hold.
-    fn count(&mut self, item_bytes: usize) -> Option<usize> {
-        let n = self.u32()? as usize;
-        (n.saturating_mul(item_bytes) <= self.0.len()).then_some(n)
-    }
-}
-
-fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    out.extend_from_slice(b);
-}
 
 impl Log {
     /// The whole log as of `now_us` (the shard clock the log's times are on).
