@@ -12,6 +12,9 @@
 #
 #   scripts/backend_api.sh                         USERS=100000 COUNT=100000 RATE=50000
 #   USERS=20000 COUNT=20000 scripts/backend_api.sh a quick look
+#   USERS=1000000 SHARDS=53 PRESENCE_ONLY=1 scripts/backend_api.sh
+#                                                  presence and memory at a million (the idle
+#                                                  run only; tcp_mem raised, restored on exit)
 #
 # All traffic on 127.0.0.0/8; every step under `timeout`. Prints a Markdown table; the raw
 # reports stay in target/backend_api/.
@@ -24,7 +27,9 @@ BATCH=${BATCH:-1000}
 PIPELINE=${PIPELINE:-64}
 SHARDS=${SHARDS:-6}
 PRESENCE_N=${PRESENCE_N:-2000}
-SOURCES=${SOURCES:-127.0.0.2-127.0.0.11}
+# 10,000 connections per source address, at least 10 sources.
+SOURCES=${SOURCES:-127.0.0.2-127.0.0.$(( (USERS + 9999) / 10000 > 10 ? 1 + (USERS + 9999) / 10000 : 11 ))}
+PRESENCE_ONLY=${PRESENCE_ONLY:-0}
 out=target/backend_api
 rm -rf "$out"
 mkdir -p "$out"
@@ -37,7 +42,13 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 "$bin" serve --shards "$SHARDS" --listen 127.0.0.1:0 --admin 127.0.0.1:0 --no-pin \
     >"$out/server.log" 2>&1 &
 server=$!
-trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
+saved_tcp_mem=$(cat /proc/sys/net/ipv4/tcp_mem)
+trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true; echo "$saved_tcp_mem" >/proc/sys/net/ipv4/tcp_mem 2>/dev/null || true' EXIT
+if [ "$USERS" -gt 200000 ]; then
+    # Millions of sockets: tcp_mem (pages) as scripts/c1m.sh sets it; restored on exit.
+    pages=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 4 ))
+    echo "$((pages / 8)) $((pages / 6)) $((pages / 4))" >/proc/sys/net/ipv4/tcp_mem
+fi
 for _ in $(seq 200); do grep -q '^c10m listening' "$out/server.log" && break; sleep 0.05; done
 line=$(grep -m1 '^c10m listening' "$out/server.log") || { cat "$out/server.log" >&2; exit 1; }
 client=$(sed -n 's/.* clients=\([^ ,]*\).*/\1/p' <<<"$line")
@@ -64,7 +75,7 @@ run() {
 log "idle: $USERS users"
 run idle --hold "$((hold))s" &
 idle=$!
-for _ in $(seq 600); do
+for _ in $(seq $((600 + USERS / 1000))); do
     n=$(curl -s "http://$admin/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["connections"])' 2>/dev/null || echo 0)
     [[ $n -ge $USERS ]] && break
     sleep 0.5
@@ -91,6 +102,20 @@ print(f"users p50 {q(many, .5):.0f} us  p99 {q(many, .99):.0f} us  ({len(many)} 
 PY
 cat "$out/presence.txt" >&2
 wait "$idle" || true
+if [ "$PRESENCE_ONLY" = 1 ]; then
+    python3 - "$out" "$USERS" <<'PY'
+import json, sys
+out, users = sys.argv[1], int(sys.argv[2])
+r = json.load(open(f"{out}/idle.json"))
+print(f"{users:,} users connected (idle run): established {r['connections']['established']:,}")
+bpc = r["memory"].get("server_bytes_per_conn")
+if bpc:
+    print(f"server user memory per connection: {bpc:.0f} B")
+print("presence:")
+print(open(f"{out}/presence.txt").read())
+PY
+    exit 0
+fi
 
 pub=(--publish-to user --publish-rate "$RATE" --publish-count "$COUNT" --publish-delay 1s
     --payload-bytes 64 --hold "${hold}s")

@@ -376,13 +376,14 @@ fn a_resume_after_the_upgrade_finds_the_old_process_history() {
 
 /// A successor that dies in the middle (here a stand-in that says hello and ready through the
 /// library's own takeover, then drops everything, as a SIGKILL would) leaves the old process
-/// serving: its connections are thawed, get publishes, and new clients connect.
+/// serving: its connections are thawed, get publishes, new clients connect, and a second
+/// upgrade then succeeds.
 #[test]
 fn a_successor_that_dies_mid_handover_leaves_the_old_process_serving() {
     use std::os::fd::AsRawFd;
     let path = control_path("killed");
     let p = path.to_str().unwrap();
-    let old = Server::start(&["--control-socket", p]);
+    let mut old = Server::start(&["--control-socket", p]);
     let mut wss: Vec<_> = (0..4).map(|i| old.ws_connect(&format!("/ws?user=k{i}"))).collect();
     old.wait_connections(4);
     let inh = c10m::handover::take_over(&path, 2, &[old.client], &[old.admin], false)
@@ -409,4 +410,15 @@ fn a_successor_that_dies_mid_handover_leaves_the_old_process_serving() {
     old.wait_connections(5);
     old.publish("user=late", "hi");
     assert_eq!(ws_text(&mut late), "hi");
+    // And the upgrade can be tried again: a real successor takes everything over.
+    let args = successor_args(&old, "2", p);
+    let new = Server::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let status = old.wait_exit(Duration::from_secs(60)).expect("the old process exits");
+    assert!(status.success(), "{}", old.stderr());
+    new.publish("user=late", "moved");
+    assert_eq!(ws_text(&mut late), "moved");
+    for (i, ws) in wss.iter_mut().enumerate() {
+        new.publish(&format!("user=k{i}"), "moved too");
+        assert_eq!(ws_text(ws), "moved too");
+    }
 }

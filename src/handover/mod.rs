@@ -71,6 +71,10 @@ pub struct Hub {
     pub out_done: Box<[AtomicBool]>,
     /// Old side: a shard's channel failed: the handover is off, the shards serve on.
     pub out_failed: AtomicBool,
+    /// Old side: the shard is handing over (from taking its channel until done or reverted).
+    pub out_active: Box<[AtomicBool]>,
+    /// Old side: the number of the handover under way (its fences carry it).
+    pub attempt: AtomicU32,
     /// New side: the channel from the old process, per shard, taken by the shard at start.
     pub inbound: Mutex<Vec<Option<OwnedFd>>>,
     /// New side: the old process is done; the admin API may serve.
@@ -95,6 +99,8 @@ impl Hub {
             out_go: AtomicBool::new(false),
             out_done: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             out_failed: AtomicBool::new(false),
+            out_active: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+            attempt: AtomicU32::new(0),
             inbound: Mutex::new((0..shards).map(|_| None).collect()),
             admin_go: AtomicBool::new(true),
             sent: AtomicU64::new(0),
@@ -444,6 +450,9 @@ fn control_loop(sock: &OwnedFd, path: &Path, s: &Serving) -> bool {
                 return true;
             }
             Err(e) => {
+                if s.shared.hub.out_go.load(Ordering::Acquire) {
+                    reset_after_failure(&s.shared.hub);
+                }
                 tracing::warn!(error = %e, "handover refused or failed, still serving: {e}");
                 let _ = send_json(
                     &conn,
@@ -454,6 +463,22 @@ fn control_loop(sock: &OwnedFd, path: &Path, s: &Serving) -> bool {
         }
     }
     false
+}
+
+/// A handover failed after the shards began: they revert (they watch `out_failed`); once
+/// none is handing over, the hub is as before, so the operator may try again. Bounded.
+fn reset_after_failure(hub: &Hub) {
+    hub.out_failed.store(true, Ordering::Release);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hub.out_active.iter().any(|a| a.load(Ordering::Acquire)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    hub.out.lock().unwrap_or_else(|e| e.into_inner()).iter_mut().for_each(|c| *c = None);
+    for d in hub.out_done.iter() {
+        d.store(false, Ordering::Release);
+    }
+    hub.out_go.store(false, Ordering::Release);
+    hub.out_failed.store(false, Ordering::Release);
 }
 
 /// How many connection fds may be out of the rings at once, in this process (installed for
@@ -572,6 +597,7 @@ fn hand_over(conn: &OwnedFd, s: &Serving) -> io::Result<u64> {
     let budget = fd_budget();
     shared.hub.fds_free.store(budget, Ordering::Release);
     tracing::info!(fds_in_flight_max = budget, "handover: at most {budget} descriptors in flight");
+    shared.hub.attempt.fetch_add(1, Ordering::AcqRel);
     shared.hub.out_go.store(true, Ordering::Release);
     let mut logged = Instant::now();
     loop {

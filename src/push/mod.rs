@@ -36,7 +36,8 @@ pub struct Message {
 pub enum Msg {
     /// A live upgrade's barrier: everything this shard sent before it has been handled
     /// once it arrives (`crate::shard::handover`).
-    Fence { round: u8 },
+    /// `attempt` numbers the handover, so a fence left from a failed one is not counted.
+    Fence { round: u8, attempt: u32 },
     /// To the user's home shard: `conn` now serves the user; replay what it missed.
     UserAdd(Box<UserAdd>),
     /// To the user's home shard: `conn` no longer serves the user.

@@ -103,6 +103,8 @@ pub struct State {
     /// Old side: connections whose send waiting on a full socket was cancelled by the
     /// freeze; their queued bytes move with them.
     sends_cancelled: HashSet<u32>,
+    /// Old side: connections whose poll the freeze cancelled.
+    polls_cancelled: HashSet<u32>,
     /// New side: pieces of the old partition's history log received so far.
     history_in: Vec<u8>,
 }
@@ -129,6 +131,7 @@ impl State {
             held_admin: Vec::new(),
             buf: Vec::new(),
             sends_cancelled: HashSet::new(),
+            polls_cancelled: HashSet::new(),
             history_in: Vec::new(),
         }
     }
@@ -190,12 +193,17 @@ impl Shard {
             }
     }
 
-    /// A poll ended by the freeze's cancel: the connection is frozen (true).
-    pub(super) fn handover_cancelled_poll(&self, result: i32) -> bool {
-        result == -libc::ECANCELED && self.handover.out_active()
+    /// A poll ended by the freeze's cancel (true): not an error, even when it completes
+    /// after a failed handover reverted.
+    pub(super) fn handover_cancelled_poll(&mut self, slot: u32, result: i32) -> bool {
+        result == -libc::ECANCELED
+            && (self.handover.polls_cancelled.remove(&slot) || self.handover.out_active())
     }
 
-    pub(super) fn on_fence(&mut self, round: u8) {
+    pub(super) fn on_fence(&mut self, round: u8, attempt: u32) {
+        if attempt != self.shared.hub.attempt.load(Ordering::Acquire) {
+            return;
+        }
         if let Some(n) = self.handover.fences.get_mut(round as usize) {
             *n += 1;
         }
@@ -203,6 +211,9 @@ impl Shard {
 
     /// One step of the handover, every loop turn.
     pub(super) fn drive_handover(&mut self) {
+        if self.handover.out_active() && self.shared.hub.out_failed.load(Ordering::Acquire) {
+            self.revert_handover();
+        }
         match self.handover.phase {
             Phase::Idle => {
                 if self.shared.hub.out_go.load(Ordering::Acquire)
@@ -243,6 +254,7 @@ impl Shard {
     fn begin_handover(&mut self) {
         let chan = self.shared.hub.out.lock().unwrap_or_else(|e| e.into_inner())[self.id].take();
         let Some(chan) = chan else { return };
+        self.shared.hub.out_active[self.id].store(true, Ordering::Release);
         self.handover.chan = Some(chan);
         self.handover.phase = Phase::Freezing;
         self.handover.deadline_ms = self.now_ms + MOVE_DEADLINE_MS;
@@ -256,6 +268,7 @@ impl Shard {
             .map(|(s, g, _)| (s, g))
             .collect();
         for (slot, generation) in idle {
+            self.handover.polls_cancelled.insert(slot);
             let entry = opcode::AsyncCancel::new(user_data(Op::Poll, generation, slot))
                 .build()
                 .user_data(user_data(Op::Cancel, 0, u32::MAX));
@@ -337,7 +350,8 @@ impl Shard {
         self.handover.phase = Phase::Fencing(round);
         let me = self.id;
         for to in (0..self.shards()).filter(|&s| s != me) {
-            self.send_mesh(to, Msg::Fence { round });
+            let attempt = self.shared.hub.attempt.load(Ordering::Acquire);
+            self.send_mesh(to, Msg::Fence { round, attempt });
         }
     }
 
@@ -607,10 +621,8 @@ impl Shard {
             }
         }
         if !ok || records.is_empty() {
-            for &i in &sent {
-                let (slot, generation) = b.conns[i];
-                self.thaw(slot, generation);
-            }
+            // A failed send reverted the whole handover (`channel_failed`): every connection
+            // is thawed already, and this batch's are no exception.
             return self.give_fds(b.conns.len());
         }
         b.sent = Some(sent);
@@ -648,27 +660,37 @@ impl Shard {
         self.handover.chan = None;
         match self.handover.phase {
             Phase::Taking { .. } => self.handover.phase = Phase::Idle,
+            // Everything here went over; the process exits unless another shard failed
+            // (then `drive_handover` sees `out_failed` and reverts this one too).
             Phase::Done => {}
+            Phase::Idle => {}
             _ => {
                 self.shared.hub.out_failed.store(true, Ordering::Release);
-                self.handover.phase = Phase::Idle;
-                if let Some(b) = self.handover.batch.take() {
-                    self.give_fds(b.conns.len());
-                }
-                self.handover.exported.clear();
-                self.handover.refused.clear();
-                let frozen: Vec<(u32, u32)> = self
-                    .conns
-                    .iter()
-                    .filter(|(_, _, c)| c.is_open())
-                    .map(|(s, g, _)| (s, g))
-                    .collect();
-                for (slot, generation) in frozen {
-                    self.arm_poll(slot, generation);
-                }
-                self.resume_sends();
+                self.revert_handover();
             }
         }
+    }
+
+    /// The handover is off (this shard's channel failed, or another's): serve on as before
+    /// it began. Connections not yet acknowledged are thawed and read again, held sends go
+    /// on, accepts come back (`handover_allows_accept`), and another upgrade may be tried.
+    fn revert_handover(&mut self) {
+        if let Some(b) = self.handover.batch.take() {
+            self.give_fds(b.conns.len());
+        }
+        // Their ECANCELED completions may still come: they must not read as errors.
+        let sends = std::mem::take(&mut self.handover.sends_cancelled);
+        let polls = std::mem::take(&mut self.handover.polls_cancelled);
+        self.handover = State::new(None);
+        self.handover.sends_cancelled = sends;
+        self.handover.polls_cancelled = polls;
+        self.shared.hub.out_active[self.id].store(false, Ordering::Release);
+        let open: Vec<(u32, u32)> =
+            self.conns.iter().filter(|(_, _, c)| c.is_open()).map(|(s, g, _)| (s, g)).collect();
+        for (slot, generation) in open {
+            self.arm_poll(slot, generation);
+        }
+        self.resume_sends();
     }
 
     fn arm_channel(&mut self) {

@@ -44,7 +44,7 @@ impl Shard {
     }
 
     pub(super) fn on_poll(&mut self, slot: u32, generation: u32, result: i32) {
-        let frozen = self.handover_cancelled_poll(result);
+        let frozen = self.handover_cancelled_poll(slot, result);
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
         };
@@ -53,7 +53,8 @@ impl Shard {
             return self.maybe_close(slot, generation);
         }
         if frozen {
-            return;
+            // Read again if the handover ended meanwhile (arm_poll does nothing while frozen).
+            return self.arm_poll(slot, generation);
         }
         if result < 0 {
             return self.abort(slot, generation, CloseReason::IoError);

@@ -487,7 +487,7 @@ impl Shard {
                 self.heard_message(&msg);
                 self.deliver_all(&msg)
             }
-            Msg::Fence { round } => self.on_fence(round),
+            Msg::Fence { round, attempt } => self.on_fence(round, attempt),
             Msg::Top { part, seq } => self.heard.advance(part as usize, seq),
             Msg::Replay(req) => self.replay_topics(&req),
             Msg::Replayed(a) => self.on_replayed(&a),
