@@ -34,6 +34,7 @@ use crate::proto::ws;
 use crate::push::Msg;
 use crate::ring::{user_data, Op};
 
+mod export;
 mod takeover;
 
 /// Rounds of fences: one per mesh hop a publish can take, plus one for a shard's own queue.
@@ -416,21 +417,6 @@ impl Shard {
         }
     }
 
-    /// At least what a connection's record takes in a batch: the fixed fields (under 128
-    /// bytes with their lengths) and the ones that grow: ident, grants, a frame in progress,
-    /// queued bytes, TLS state.
-    fn record_bytes(&self, slot: u32, generation: u32, conn: &Conn) -> usize {
-        let ident = conn.ident.packed().map_or(0, str::len);
-        let grants = self
-            .grants
-            .get(&slot)
-            .filter(|(g, _)| *g == generation)
-            .map_or(0, |(_, t)| t.iter().map(|g| g.len() + 4).sum());
-        let outbox = conn.outbox.as_ref().map_or(0, |o| o.bytes);
-        let tls = self.tls.export_bytes(slot, generation);
-        128 + ident + grants + conn.ws.buffered_bytes() + 64 + outbox + tls
-    }
-
     /// Old side: starts the next batch, or finishes when nothing is left.
     fn move_some(&mut self) {
         if self.handover.batch.is_some() {
@@ -534,45 +520,6 @@ impl Shard {
         if b.installs_left == 0 && b.sent.is_none() {
             self.send_batch();
         }
-    }
-
-    /// The record of a frozen connection.
-    fn record_of(&self, slot: u32, generation: u32) -> Option<Record> {
-        let c = self.conns.get(slot, generation)?;
-        let live = self.live.now_ms;
-        let frozen = live.saturating_sub(self.handover.frozen_at_ms);
-        let grants = self
-            .grants
-            .get(&slot)
-            .filter(|(g, _)| *g == generation)
-            .map(|(_, t)| t.to_vec())
-            .unwrap_or_default();
-        let expires_in_ms = self
-            .expiries
-            .get(&slot)
-            .filter(|(g, _)| *g == generation)
-            .map_or(0, |&(_, at)| at.saturating_sub(self.now_ms).max(1));
-        Some(Record {
-            kind: kind_code(c.kind)?,
-            json: c.json,
-            awaiting_pong: c.awaiting_pong,
-            ws: c.ws.handover_byte()?,
-            ws_partial: c.ws.handover_partial()?,
-            rx_age_ms: super::conn::elapsed_ms(live, c.last_rx).saturating_sub(frozen) as u32,
-            ping_age_ms: super::conn::elapsed_ms(live, c.last_ping).saturating_sub(frozen) as u32,
-            ident: c.ident.packed().map(str::to_owned),
-            grants,
-            expires_in_ms,
-            outbox: c.outbox.as_ref().map_or_else(Vec::new, |o| {
-                let mut bytes = Vec::with_capacity(o.bytes);
-                for (i, chunk) in o.chunks.iter().enumerate() {
-                    bytes.extend_from_slice(&chunk.bytes()[if i == 0 { o.sent } else { 0 }..]);
-                }
-                bytes
-            }),
-            ping_end: c.outbox.as_ref().map_or(0, |o| o.ping_end as u32),
-            tls: self.tls.export(slot, generation).unwrap_or_default(),
-        })
     }
 
     /// Takes up to `want` descriptors from the process's budget; None when it is spent.
