@@ -179,10 +179,13 @@ pub fn origin_allowed(allowed: &[String], origin: Option<&[u8]>) -> bool {
 pub fn admin_key_matches(expected: &[u8], req: &Request) -> bool {
     let Some(h) = req.header("Authorization") else { return false };
     let Some(given) = h.strip_prefix(b"Bearer ") else { return false };
-    if given.len() != expected.len() {
-        return false;
-    }
-    given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    constant_time_eq(given, expected)
+}
+
+/// Whether two secrets are equal, in time independent of where they differ (their lengths
+/// are not secret).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Reads the admin key file: its first line, at least 16 bytes.

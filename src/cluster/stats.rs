@@ -81,23 +81,28 @@ impl ClusterStats {
 
     /// Records whether Redis answers; a change is logged (once per change, not per request).
     pub fn set_registry_up(&self, up: bool) {
-        if self.registry_connected.swap(up, Relaxed) != up {
-            if up {
-                tracing::info!(node = %self.node_id, "cluster: Redis registry connected");
-            } else {
-                tracing::warn!(node = %self.node_id, "cluster: Redis registry unreachable");
-            }
-        }
+        let what = ["cluster: Redis registry unreachable", "cluster: Redis registry connected"];
+        self.set_up(&self.registry_connected, up, what);
     }
 
     /// Records the NATS connection's state; a change is logged.
     pub fn set_bus_up(&self, up: bool) {
-        if self.bus_connected.swap(up, Relaxed) != up {
-            if up {
-                tracing::info!(node = %self.node_id, "cluster: NATS bus connected");
-            } else {
-                tracing::warn!(node = %self.node_id, "cluster: NATS bus disconnected");
-            }
+        self.set_up(
+            &self.bus_connected,
+            up,
+            ["cluster: NATS bus disconnected", "cluster: NATS bus connected"],
+        );
+    }
+
+    /// Stores a connection flag; a change is logged, `what` being [down, up].
+    fn set_up(&self, flag: &AtomicBool, up: bool, what: [&str; 2]) {
+        if flag.swap(up, Relaxed) == up {
+            return;
+        }
+        if up {
+            tracing::info!(node = %self.node_id, "{}", what[1]);
+        } else {
+            tracing::warn!(node = %self.node_id, "{}", what[0]);
         }
     }
 

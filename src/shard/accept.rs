@@ -146,11 +146,7 @@ impl Shard {
         if std::mem::replace(&mut self.listeners[i].stopping, true) {
             return;
         }
-        let entry = opcode::AsyncCancel::new(user_data(Op::Accept, 0, i as u32))
-            .build()
-            .user_data(user_data(Op::Cancel, 0, u32::MAX));
-        // SAFETY: a cancel names no user memory.
-        unsafe { self.ring.push(&entry) };
+        self.cancel_op(Op::Accept, 0, i as u32);
     }
 
     /// Stops accepting: cancels the accepts and closes the listeners, the client ones only

@@ -270,11 +270,7 @@ impl Shard {
             .collect();
         for (slot, generation) in idle {
             self.handover.polls_cancelled.insert(slot);
-            let entry = opcode::AsyncCancel::new(user_data(Op::Poll, generation, slot))
-                .build()
-                .user_data(user_data(Op::Cancel, 0, u32::MAX));
-            // SAFETY: a cancel names no user memory.
-            unsafe { self.ring.push(&entry) };
+            self.cancel_op(Op::Poll, generation, slot);
         }
         // A send waiting on a client that does not read would hold its connection back: it
         // is cancelled (it has sent nothing: a send that sent some completes at once), and the
@@ -288,11 +284,7 @@ impl Shard {
             .collect();
         for (slot, generation) in sending {
             self.handover.sends_cancelled.insert(slot);
-            let entry = opcode::AsyncCancel::new(user_data(Op::Send, generation, slot))
-                .build()
-                .user_data(user_data(Op::Cancel, 0, u32::MAX));
-            // SAFETY: a cancel names no user memory.
-            unsafe { self.ring.push(&entry) };
+            self.cancel_op(Op::Send, generation, slot);
         }
     }
 

@@ -439,12 +439,18 @@ impl Shard {
             ops.push(Op::Send);
         }
         for op in ops {
-            let entry = opcode::AsyncCancel::new(user_data(op, generation, slot))
-                .build()
-                .user_data(user_data(Op::Cancel, 0, u32::MAX));
-            // SAFETY: a cancel names no user memory.
-            unsafe { self.ring.push(&entry) };
+            self.cancel_op(op, generation, slot);
         }
+    }
+
+    /// Asks the ring to cancel the operation `op` of a connection (or listener) slot; its
+    /// completion then reports ECANCELED, or its own result if it was already done.
+    pub(super) fn cancel_op(&mut self, op: Op, generation: u32, slot: u32) {
+        let entry = opcode::AsyncCancel::new(user_data(op, generation, slot))
+            .build()
+            .user_data(user_data(Op::Cancel, 0, u32::MAX));
+        // SAFETY: a cancel names no user memory.
+        unsafe { self.ring.push(&entry) };
     }
 
     pub(super) fn on_cancel(&mut self, slot: u32, generation: u32) {

@@ -48,16 +48,12 @@ pub(super) fn cookie_matches(key: &[u8], req: &Request) -> bool {
             let pair = pair.trim_ascii();
             pair.strip_prefix(COOKIE.as_bytes())?.strip_prefix(b"=")
         })
-        .any(|given| {
-            given.len() == want.len()
-                && given.iter().zip(want.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-        })
+        .any(|given| crate::auth::constant_time_eq(given, want.as_bytes()))
 }
 
 /// Whether `POST /login`'s body is the admin key (surrounding whitespace ignored).
 pub(super) fn login_matches(key: &[u8], body: &[u8]) -> bool {
-    let given = body.trim_ascii();
-    given.len() == key.len() && given.iter().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    crate::auth::constant_time_eq(body.trim_ascii(), key)
 }
 
 /// One snapshot: counters as totals (the page turns them into rates), gauges as they are.
