@@ -676,9 +676,9 @@ pub(super) fn slow_consumer(shard: &mut Shard, slot: u32, generation: u32) {
     };
     let kind = conn.kind;
     if let Some(out) = conn.outbox.as_mut() {
-        let keep = usize::from(out.in_flight);
+        let keep = if out.in_flight { out.flight as usize } else { 0 };
         out.chunks.truncate(keep);
-        out.bytes = out.chunks.front().map_or(0, |c| c.bytes().len() - out.sent);
+        out.bytes = out.chunks.iter().map(|c| c.bytes().len()).sum::<usize>() - out.sent;
     }
     if matches!(kind, Kind::Ws | Kind::Echo) {
         // The close frame gets close_timeout_ms to reach a reader that catches up; after

@@ -63,13 +63,65 @@ pub struct Outbox {
     pub sent: usize,
     /// Unsent bytes in all chunks; <= outbox_bytes_max + one message.
     pub bytes: usize,
-    /// A send of the front chunk is in flight: the front chunk must not move or drop.
+    /// A send is in flight: its chunks (the front [`Outbox::flight`] ones) must not move or
+    /// drop.
     pub in_flight: bool,
+    /// Chunks the send in flight covers: 1, or up to [`IOV_CHUNKS`] in one vectored send.
+    pub flight: u8,
+    /// The vectored send's iovecs and message header, which the kernel reads until the send
+    /// completes; made the first time several chunks wait, kept with the outbox.
+    pub iov: Option<Box<Iov>>,
     /// Unsent bytes up to and including the end of a queued ping; 0: no ping waits here.
     /// The ping's pong deadline starts when this reaches 0 (`liveness`).
     pub ping_end: usize,
     /// Liveness-clock [`stamp`] of the outbox's creation or its last send progress.
     pub last_tx: u32,
+}
+
+/// Most chunks one send covers: a connection behind by several messages gets them in one
+/// `sendmsg`, so one segment and one wakeup of the peer instead of one per message.
+pub const IOV_CHUNKS: usize = 8;
+
+/// What a vectored send hands the kernel.
+pub struct Iov {
+    pub vecs: [libc::iovec; IOV_CHUNKS],
+    pub msg: libc::msghdr,
+}
+
+impl Iov {
+    pub fn new() -> Box<Iov> {
+        let null = std::ptr::null_mut();
+        Box::new(Iov {
+            vecs: [libc::iovec { iov_base: null, iov_len: 0 }; IOV_CHUNKS],
+            msg: libc::msghdr {
+                msg_name: null,
+                msg_namelen: 0,
+                msg_iov: std::ptr::null_mut(),
+                msg_iovlen: 0,
+                msg_control: null,
+                msg_controllen: 0,
+                msg_flags: 0,
+            },
+        })
+    }
+}
+
+impl Outbox {
+    /// Takes `n` sent bytes off the front, dropping the chunks they finish.
+    pub fn consume(&mut self, mut n: usize) {
+        self.bytes -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front() else { break };
+            let left = front.bytes().len() - self.sent;
+            if n < left {
+                self.sent += n;
+                return;
+            }
+            n -= left;
+            self.chunks.pop_front();
+            self.sent = 0;
+        }
+    }
 }
 
 /// A connection's user id and topics packed in one string, `user\0topic\0topic`, so an
@@ -287,6 +339,24 @@ mod tests {
         assert_eq!(anon.topic_count(), 1);
         assert_eq!(Ident::new(None, &[]).topic_count(), 0);
         assert!(Ident::new(None, &[]).0.is_none(), "no allocation without a name");
+    }
+
+    #[test]
+    fn a_send_consumes_across_chunks() {
+        let mut out = Outbox::default();
+        for c in [&b"abc"[..], b"de", b"fghi"] {
+            out.chunks.push_back(Chunk::Static(c));
+            out.bytes += c.len();
+        }
+        out.consume(2);
+        assert_eq!((out.chunks.len(), out.sent, out.bytes), (3, 2, 7));
+        // The rest of the first, all of the second, one byte of the third.
+        out.consume(4);
+        assert_eq!((out.chunks.len(), out.sent, out.bytes), (1, 1, 3));
+        assert_eq!(out.chunks[0].bytes(), b"fghi");
+        out.consume(3);
+        assert!(out.chunks.is_empty());
+        assert_eq!((out.sent, out.bytes), (0, 0));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use io_uring::{opcode, squeue, types};
 
-use super::conn::{Chunk, Closing, Conn, Kind, Outbox};
+use super::conn::{Chunk, Closing, Conn, Iov, Kind, Outbox, IOV_CHUNKS};
 use super::{admin, client, Shard};
 use crate::metrics::{bump, drop_gauge, CloseReason};
 use crate::ring::{user_data, Completion, Op};
@@ -258,13 +258,33 @@ impl Shard {
         let bytes = &front.bytes()[out.sent..];
         assert!(!bytes.is_empty(), "an empty chunk is never queued");
         out.in_flight = true;
-        let entry = opcode::Send::new(types::Fixed(fd), bytes.as_ptr(), bytes.len() as u32)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(user_data(Op::Send, generation, slot));
-        // SAFETY: the front chunk's heap bytes stay put until this send completes: `in_flight`
-        // keeps it at the front, chunks are only popped in `on_send`, and a connection with an
-        // operation in flight is never freed (see `maybe_close`).
+        let ud = user_data(Op::Send, generation, slot);
+        let count = out.chunks.len().min(IOV_CHUNKS);
+        out.flight = count as u8;
+        let entry = if count == 1 {
+            opcode::Send::new(types::Fixed(fd), bytes.as_ptr(), bytes.len() as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(ud)
+        } else {
+            // Several messages wait: one sendmsg for up to IOV_CHUNKS of them.
+            let iov = out.iov.get_or_insert_with(Iov::new);
+            for (i, chunk) in out.chunks.iter().take(count).enumerate() {
+                let b = if i == 0 { bytes } else { chunk.bytes() };
+                iov.vecs[i] = libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: b.len() };
+            }
+            iov.msg.msg_iov = iov.vecs.as_mut_ptr();
+            iov.msg.msg_iovlen = count;
+            opcode::SendMsg::new(types::Fixed(fd), &iov.msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+                .user_data(ud)
+        };
+        // SAFETY: the chunks' heap bytes, and the boxed iovecs and header a vectored send
+        // points at, stay put until this send completes: `in_flight` keeps the first `flight`
+        // chunks at the front (they are only popped in `on_send`), the outbox and its `iov`
+        // box are freed only once nothing is queued, and a connection with an operation in
+        // flight is never freed (see `maybe_close`).
         unsafe { self.ring.push(&entry) };
     }
 
@@ -299,8 +319,7 @@ impl Shard {
             return self.abort(slot, generation, reason);
         }
         let n = result as usize;
-        out.sent += n;
-        out.bytes -= n;
+        out.consume(n);
         out.last_tx = super::conn::stamp(self.live.now_ms);
         if out.ping_end > 0 {
             if n >= out.ping_end {
@@ -310,10 +329,6 @@ impl Shard {
             } else {
                 out.ping_end -= n;
             }
-        }
-        if out.chunks.front().is_some_and(|f| out.sent >= f.bytes().len()) {
-            out.chunks.pop_front();
-            out.sent = 0;
         }
         if out.chunks.is_empty() {
             debug_assert_eq!(out.bytes, 0);
