@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::{wait_until, Server, STEP};
 
 /// NATS subscriptions each node holds.
-pub const SUBSCRIPTIONS_PER_NODE: u64 = 5;
+pub const SUBSCRIPTIONS_PER_NODE: u64 = 7;
 
 /// A server process of the test, killed on drop.
 pub struct Proc(pub Child);
@@ -122,7 +122,8 @@ impl Backends {
     }
 
     /// Starts a node and waits until it reaches Redis and NATS and its subscriptions are in
-    /// place (each node holds [`SUBSCRIPTIONS_PER_NODE`]).
+    /// place (each node holds seven: its node subject, topics, broadcast, commands,
+    /// presence requests, the user queue and its presence replies).
     pub fn node(&self, id: &str, extra: &[&str], nodes_before: u64) -> Server {
         let mut args =
             vec!["--node-id", id, "--registry", &self.redis_url, "--bus", &self.nats_url];
@@ -165,6 +166,42 @@ impl Backends {
                 return;
             }
         }
+    }
+
+    /// Sends a request as a backend would (`PUB subject inbox`) and returns the payloads of
+    /// the first `want` replies, waiting at most [`STEP`] for them.
+    pub fn backend_request(&self, subject: &str, body: &str, want: usize) -> Vec<String> {
+        let s = TcpStream::connect(("127.0.0.1", self.nats_port)).unwrap();
+        s.set_read_timeout(Some(STEP)).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.starts_with("INFO "), "{line}");
+        let mut w = s;
+        let inbox = "_INBOX.test";
+        let out = format!(
+            "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {inbox} 1\r\n\
+             PUB {subject} {inbox} {}\r\n{body}\r\nPING\r\n",
+            body.len()
+        );
+        w.write_all(out.as_bytes()).unwrap();
+        let deadline = Instant::now() + STEP;
+        let mut replies = Vec::new();
+        while replies.len() < want {
+            assert!(Instant::now() < deadline, "{} of {want} replies: {replies:?}", replies.len());
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            assert!(!line.starts_with("-ERR"), "{line}");
+            // MSG <subject> <sid> <bytes>
+            if let Some(head) = line.strip_prefix("MSG ") {
+                let bytes: usize = head.split_whitespace().last().unwrap().parse().unwrap();
+                let mut payload = vec![0; bytes + 2];
+                r.read_exact(&mut payload).unwrap();
+                payload.truncate(bytes);
+                replies.push(String::from_utf8(payload).unwrap());
+            }
+        }
+        replies
     }
 }
 
