@@ -49,6 +49,8 @@ pub const BYTES_MAX: usize = 768 * 1024;
 /// shards; past either a request is answered at once with what is known (or dropped).
 pub const ASKING_MAX: usize = 4096;
 pub const SERVING_MAX: usize = 4096;
+/// Deadlines kept: those of requests answered early stay until they pass.
+const DEADLINES_MAX: usize = 4 * ASKING_MAX;
 
 const _: () = assert!(USERS_MAX * (NAME_BYTES_MAX + 16) < BYTES_MAX);
 
@@ -167,7 +169,8 @@ pub struct Serving {
 pub struct Requests {
     seq: u64,
     asking: HashMap<u64, Asking>,
-    /// Deadlines of `asking`, in order (every wait is [`WAIT_MS`]).
+    /// Deadlines of `asking`, in order (every wait is [`WAIT_MS`]); at most
+    /// `DEADLINES_MAX`.
     deadlines: VecDeque<(Instant, u64)>,
     serving: HashMap<u64, Serving>,
 }
@@ -202,7 +205,7 @@ impl Requests {
         answer: PresenceNodes,
         now: Instant,
     ) -> Result<u64, PresenceNodes> {
-        if self.asking.len() >= ASKING_MAX {
+        if self.asking.len() >= ASKING_MAX || self.deadlines.len() >= DEADLINES_MAX {
             return Err(answer);
         }
         let id = self.next_id();
