@@ -443,6 +443,29 @@ mod tests {
         assert!(reply_from_json(big.as_bytes()).is_err());
     }
 
+    #[test]
+    fn cut_or_flipped_bytes_never_panic() {
+        let samples = [
+            Request { users: vec!["a".into(), "é".into()], topic: Some("t".into()) }.to_json(),
+            r#"{"node":"n2","subscribers":3,"topic":"t","users":{"a":2,"b":1}}"#.to_owned(),
+        ];
+        for text in samples {
+            let bytes = text.as_bytes();
+            for cut in 0..=bytes.len() {
+                let _ = Request::from_json(&bytes[..cut]);
+                let _ = reply_from_json(&bytes[..cut]);
+            }
+            for i in 0..bytes.len() {
+                for flip in [0x01, 0x20, 0x80, 0xff] {
+                    let mut b = bytes.to_vec();
+                    b[i] ^= flip;
+                    let _ = Request::from_json(&b);
+                    let _ = reply_from_json(&b);
+                }
+            }
+        }
+    }
+
     fn node(name: &str) -> NodePresence {
         NodePresence { node: name.into(), users: Vec::new(), subscribers: 1 }
     }
