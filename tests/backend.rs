@@ -246,6 +246,9 @@ fn presence_counts_users_and_topic_subscribers_as_they_change() {
         assert_eq!(v["users"][format!("p{i}")]["connections"], 1, "{v}");
     }
     assert_eq!(v["users"]["ghost"]["online"], false, "{v}");
+    let v = presence(&server, "users=ann,ann");
+    assert_eq!(v["users"]["ann"]["connections"], 2, "a name given twice counts once: {v}");
+    assert_eq!(v["scope"], "node", "a standalone node answers for itself");
     assert_eq!(presence(&server, "topic=room")["subscribers"], 8);
     assert_eq!(presence(&server, "topic=empty")["subscribers"], 0);
 

@@ -6,6 +6,8 @@
 //! | `c10m.topic.<topic>` | every node (`c10m.topic.>`) | deliver to the topic's subscribers |
 //! | `c10m.all` | every node | deliver to every client |
 //! | `c10m.user.<user>` | one node (queue group `c10m`) | look the user up, forward to its nodes |
+//! | `c10m.cmd` | every node | a command on a user's connections |
+//! | `c10m.presence` | every node | a presence request; each node replies ([`super::presence`]) |
 //!
 //! A topic or user whose name is not a valid subject tail (empty tokens, whitespace, `*`,
 //! `>`) travels in the `C10m-Topic` / `C10m-User` header on `c10m.topic._` / `c10m.user._`;
@@ -26,6 +28,9 @@ pub const USER_QUEUE: &str = "c10m";
 /// `{"user":U,"cmd":"disconnect"|"subscribe"|"unsubscribe","topic":T,"reason":R,"ban_s":N}`
 /// (see [`crate::push::Command::from_json`]); a backend may publish here too.
 pub const CMD: &str = "c10m.cmd";
+/// Presence requests, to every node: each replies on the request's reply subject with its
+/// own counts (see [`super::presence`]); a backend may send them too.
+pub const PRESENCE: &str = "c10m.presence";
 /// Subject tail used when the name travels in a header instead.
 pub const IN_HEADER: &str = "_";
 

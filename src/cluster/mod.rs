@@ -7,6 +7,7 @@
 //!  shards ──publishes──────► bridge ──ZRANGEBYSCORE──► Redis ──► NATS c10m.node.<id>
 //!                                   ──────────────────────────► NATS c10m.topic.* / c10m.all
 //!  NATS (node, topics, all, user queue) ──► bridge ──PublishUser/Topic/All──► shards
+//!  shards ──PresenceAsk──► bridge ◄──c10m.presence request/replies──► other nodes' bridges
 //! ```
 //!
 //! - **Registry** ([`registry`]): shards announce each user connection (`Msg::Online`) and
@@ -29,6 +30,10 @@
 //! - **Publishes from backends** straight to NATS: `c10m.topic.<t>` and `c10m.all` reach
 //!   every node; `c10m.user.<u>` is taken by one node (queue group), looked up, and forwarded
 //!   to the user's nodes (delivered directly when one of them is the taker).
+//! - **Presence** ([`presence`]): a shard answering `GET /presence` asks the bridge too,
+//!   which asks every other node on `c10m.presence` and hands the shard their counts once
+//!   every live node answered or after [`presence::WAIT_MS`]; each bridge answers such a
+//!   request (from another node or a backend) by asking its own shards over the mesh.
 //! - **Message ids**: a bridged message keeps the id its accepting node gave it (`C10m-Id`),
 //!   so every node shows clients the same id; ids are unique per accepting node, not across
 //!   nodes. A backend's message from NATS gets `2^62 + n` from the node that takes it.
@@ -41,6 +46,7 @@
 //! serving their local clients throughout.
 
 pub mod bus;
+pub mod presence;
 pub mod registry;
 pub mod stats;
 
@@ -175,11 +181,15 @@ impl Prepared {
             nats.subscribe(bus::TOPIC_WILDCARD).await.map_err(sub_err)?,
             nats.subscribe(bus::ALL).await.map_err(sub_err)?,
             nats.subscribe(bus::CMD).await.map_err(sub_err)?,
+            nats.subscribe(bus::PRESENCE).await.map_err(sub_err)?,
             nats.queue_subscribe(bus::USER_WILDCARD, bus::USER_QUEUE.into())
                 .await
                 .map_err(sub_err)?,
         ];
-        let mut subs = futures_util::stream::select_all(subs);
+        // Replies to this node's presence requests: `<inbox>.<id>`.
+        let reply_prefix = format!("{}.", nats.new_inbox());
+        let replies = nats.subscribe(format!("{reply_prefix}*")).await.map_err(sub_err)?;
+        let mut subs = futures_util::stream::select_all(subs.into_iter().chain([replies]));
 
         let queue_max = cfg.bridge_queue_max as usize;
         let (out_tx, out_rx) = mpsc::channel::<Out>(queue_max);
@@ -213,7 +223,7 @@ impl Prepared {
         tokio::task::spawn_local(publisher(nats.clone(), out_rx, Arc::clone(&stats)));
         let lookups = Lookups {
             conn,
-            liveness,
+            liveness: Rc::clone(&liveness),
             node: Rc::clone(&node),
             out: out_tx.clone(),
             local: local_tx,
@@ -243,6 +253,9 @@ impl Prepared {
             bus_seq: 0,
             inbox: Vec::new(),
             doorbells: Vec::new(),
+            liveness,
+            reply_prefix,
+            requests: presence::Requests::default(),
         };
         loop {
             if stop.load(Relaxed) {
@@ -263,6 +276,7 @@ impl Prepared {
             }
             let backlog = bridge.turn()?;
             let sleeping = !backlog && bridge.mesh.prepare_sleep();
+            let deadline = bridge.requests.next_deadline();
             let pause = if sleeping {
                 Duration::from_millis(100)
             } else if backlog {
@@ -280,6 +294,8 @@ impl Prepared {
                 }
                 Some(m) = subs.next() => bridge.on_bus(m),
                 Some((user, msg)) = local_rx.recv() => bridge.inject_user(&user, msg),
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(std::time::Instant::now).into()),
+                    if deadline.is_some() => bridge.expire_presence(),
                 _ = tokio::time::sleep(pause) => {}
             }
             if sleeping {
@@ -303,11 +319,16 @@ struct Bridge {
     bus_seq: u64,
     inbox: Vec<Msg>,
     doorbells: Vec<i32>,
+    liveness: Rc<RefCell<registry::Liveness>>,
+    /// The subject prefix of replies to this node's presence requests.
+    reply_prefix: String,
+    requests: presence::Requests,
 }
 
 /// A message for NATS.
 struct Out {
     subject: String,
+    reply: Option<String>,
     headers: HeaderMap,
     msg: Arc<Message>,
 }
@@ -365,19 +386,21 @@ impl Bridge {
                 if in_header {
                     headers.insert(bus::H_TOPIC, &*topic);
                 }
-                self.publish(Out { subject, headers, msg });
+                self.publish(Out { subject, reply: None, headers, msg });
             }
             Msg::PublishAll { msg } => {
                 let headers = self.headers(msg.id);
-                self.publish(Out { subject: bus::ALL.into(), headers, msg });
+                self.publish(Out { subject: bus::ALL.into(), reply: None, headers, msg });
             }
             Msg::Batch(msgs) => msgs.into_iter().for_each(|m| self.on_mesh(m)),
             Msg::UserCommand(c) => {
                 let payload = c.cmd.to_json(&c.name).into_bytes().into_boxed_slice();
                 let msg = Arc::new(Message { id: 0, seq: 0, part: 0, payload, text: true });
                 let headers = self.headers(0);
-                self.publish(Out { subject: bus::CMD.into(), headers, msg });
+                self.publish(Out { subject: bus::CMD.into(), reply: None, headers, msg });
             }
+            Msg::PresenceAsk(a) => self.ask_nodes(*a),
+            Msg::PresenceAnswer(a) => self.on_local_answer(*a),
             other => debug_assert!(false, "not for the bridge: {other:?}"),
         }
     }
@@ -404,6 +427,13 @@ impl Bridge {
     /// A message from NATS.
     fn on_bus(&mut self, m: async_nats::Message) {
         ClusterStats::bump(&self.stats.bus_in, 1);
+        if m.subject.as_str() == bus::PRESENCE {
+            return self.on_presence_request(m);
+        }
+        if let Some(id) = m.subject.as_str().strip_prefix(self.reply_prefix.as_str()) {
+            let id = id.parse::<u64>().ok();
+            return self.on_presence_reply(id, &m.payload);
+        }
         if m.payload.len() > self.message_bytes_max {
             return self.stats.dropped(ClusterDrop::BadMessage, 1);
         }
@@ -493,7 +523,13 @@ async fn publisher(
             continue;
         }
         let payload = o.msg.payload.to_vec().into();
-        match nats.publish_with_headers(o.subject, o.headers, payload).await {
+        let sent = match o.reply {
+            Some(reply) => {
+                nats.publish_with_reply_and_headers(o.subject, reply, o.headers, payload).await
+            }
+            None => nats.publish_with_headers(o.subject, o.headers, payload).await,
+        };
+        match sent {
             Ok(()) => ClusterStats::bump(&stats.bus_out, 1),
             Err(_) => stats.dropped(ClusterDrop::BusDown, 1),
         }
@@ -571,8 +607,8 @@ impl Lookups {
                 headers.insert(bus::H_ORIGIN, &*self.node);
                 headers.insert(bus::H_ID, l.msg.id.to_string().as_str());
                 headers.insert(bus::H_USER, &*l.user);
-                let out =
-                    Out { subject: bus::node_subject(&node), headers, msg: Arc::clone(&l.msg) };
+                let subject = bus::node_subject(&node);
+                let out = Out { subject, reply: None, headers, msg: Arc::clone(&l.msg) };
                 if self.out.try_send(out).is_err() {
                     self.stats.dropped(ClusterDrop::QueueFull, 1);
                 }

@@ -85,6 +85,17 @@ impl Liveness {
     pub fn alive(&self, now_ms: u64) -> usize {
         self.expiry_ms.values().filter(|&&e| e > now_ms).count()
     }
+
+    /// Nodes a cluster-wide request should hear from: those alive, and `me` if its own
+    /// heartbeat is not among them yet; 0 when no heartbeat has been read (Redis
+    /// unreachable or not answered yet), which means unknown.
+    pub fn expected(&self, me: &str, now_ms: u64) -> usize {
+        if self.expiry_ms.is_empty() {
+            return 0;
+        }
+        let me_alive = self.expiry_ms.get(me).is_some_and(|&e| e > now_ms);
+        self.alive(now_ms) + !me_alive as usize
+    }
 }
 
 /// Writes this node's heartbeat every `node_ttl_ms / 3` and reads every node's back, with
@@ -370,6 +381,9 @@ mod tests {
         assert!(l.usable("c", 1_000), "c started since the last read");
         assert!(!l.usable("a", 2_000));
         assert_eq!(l.alive(1_000), 1);
+        assert_eq!(l.expected("a", 1_000), 1);
+        assert_eq!(l.expected("c", 1_000), 2, "c counts itself before its heartbeat is read");
+        assert_eq!(Liveness::default().expected("a", 1_000), 0, "unknown");
     }
 
     #[test]

@@ -71,6 +71,13 @@ pub struct ClusterStats {
     /// Topic and broadcast messages from the bus that this node published itself (skipped:
     /// it delivered them locally when it accepted them).
     pub bus_in_own: AtomicU64,
+    /// Presence requests this node sent the other nodes (`c10m.presence`), those answered
+    /// at the deadline with fewer nodes than expected, and node answers that came after it.
+    pub presence_asked: AtomicU64,
+    pub presence_short: AtomicU64,
+    pub presence_late: AtomicU64,
+    /// Presence requests from other nodes or backends that this node answered.
+    pub presence_served: AtomicU64,
     pub drops: [AtomicU64; 5],
 }
 
@@ -137,6 +144,10 @@ impl ClusterStats {
             "bus_out": self.bus_out.load(Relaxed),
             "bus_in": self.bus_in.load(Relaxed),
             "bus_in_own": self.bus_in_own.load(Relaxed),
+            "presence_asked": self.presence_asked.load(Relaxed),
+            "presence_short": self.presence_short.load(Relaxed),
+            "presence_late": self.presence_late.load(Relaxed),
+            "presence_served": self.presence_served.load(Relaxed),
             "dropped": drops,
         })
     }
@@ -170,7 +181,7 @@ impl ClusterStats {
             "Nodes with a live heartbeat in the registry.",
             self.live_nodes.load(Relaxed),
         );
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
             ("registry_writes_total", "Redis registry commands written.", &self.registry_writes),
             ("registry_batches_total", "Redis registry pipelines written.", &self.registry_batches),
             (
@@ -194,6 +205,22 @@ impl ClusterStats {
             ("bus_out_total", "Messages published to NATS.", &self.bus_out),
             ("bus_in_total", "Messages received from NATS.", &self.bus_in),
             ("bus_in_own_total", "Own topic/broadcast messages skipped.", &self.bus_in_own),
+            ("presence_asked_total", "Presence requests sent to the nodes.", &self.presence_asked),
+            (
+                "presence_short_total",
+                "Presence requests answered at the deadline, nodes missing.",
+                &self.presence_short,
+            ),
+            (
+                "presence_late_total",
+                "Node presence answers after the deadline.",
+                &self.presence_late,
+            ),
+            (
+                "presence_served_total",
+                "Presence requests answered for other nodes or backends.",
+                &self.presence_served,
+            ),
         ];
         for (name, help, v) in counters {
             one(name, "counter", help, v.load(Relaxed));

@@ -74,6 +74,9 @@ pub enum Msg {
     PresenceAsk(Box<PresenceAsk>),
     /// The answer, to the shard holding the request.
     PresenceAnswer(Box<PresenceAnswer>),
+    /// From the cluster bridge to the shard holding the request: what the other nodes
+    /// answered to its [`Msg::PresenceAsk`] (`crate::cluster::presence`).
+    PresenceNodes(Box<PresenceNodes>),
     /// Several of the above for one participant, in order: what one batch of publishes
     /// (`POST /publish/batch`) sends it, as one mesh message.
     Batch(Box<Vec<Msg>>),
@@ -197,6 +200,26 @@ pub struct PresenceAnswer {
     pub subscribers: u64,
 }
 
+/// See [`Msg::PresenceNodes`].
+#[derive(Debug, Default)]
+pub struct PresenceNodes {
+    pub query: u64,
+    /// The other nodes that answered before the deadline.
+    pub nodes: Vec<NodePresence>,
+    /// Nodes alive by their heartbeats when the request left, this one included (at least 1).
+    pub expected: u32,
+}
+
+/// One node's answer to a cluster presence request.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NodePresence {
+    pub node: Box<str>,
+    /// Connections on that node of the asked users that have any there.
+    pub users: Vec<(Box<str>, u32)>,
+    /// Live subscribers of the asked topic on that node.
+    pub subscribers: u64,
+}
+
 /// See [`Msg::UserCommand`].
 #[derive(Debug)]
 pub struct UserCommand {
@@ -263,6 +286,7 @@ impl Msg {
                 | Msg::ConnCommand(_)
                 | Msg::PresenceAsk(_)
                 | Msg::PresenceAnswer(_)
+                | Msg::PresenceNodes(_)
                 | Msg::Fence { .. }
         )
     }

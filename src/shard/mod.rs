@@ -508,6 +508,7 @@ impl Shard {
             Msg::UserCommand(c) => self.on_user_command(*c),
             Msg::PresenceAsk(a) => self.on_presence_ask(*a),
             Msg::PresenceAnswer(a) => self.on_presence_answer(*a),
+            Msg::PresenceNodes(n) => self.on_presence_nodes(n),
             Msg::ConnCommand(c) => self.on_conn_command(*c),
             Msg::Batch(msgs) => {
                 self.batched(|shard| msgs.into_iter().for_each(|m| shard.on_mesh(m)))

@@ -9,14 +9,29 @@
 //! The shard that took the request asks the shards that know ([`Msg::PresenceAsk`]: the
 //! users' home shards, or every shard for a topic) and answers when every
 //! [`Msg::PresenceAnswer`] is in; the admin connection reads nothing more until then.
+//!
+//! On a cluster node it asks the bridge too, which asks the other nodes
+//! (`crate::cluster::presence`) and answers ([`Msg::PresenceNodes`]) within its deadline.
+//! The answer then sums the nodes that answered and says so (the fields above keep their
+//! meaning, now for the cluster):
+//!
+//! - `?user=U` → `{…,"scope":"cluster","nodes":{"n1":2,"n2":1},"node":{"id":"n1",
+//!   "connections":2},"answered":2,"expected":2}`
+//! - `?users=` → each user also has `"nodes"`; `"scope","answered","expected"` beside them
+//! - `?topic=T` → `{…,"scope":"cluster","nodes":{…},"node":{"id":"n1","subscribers":N},…}`
+//!
+//! `nodes` lists the nodes that have any; `expected` is the nodes alive by their heartbeats
+//! (0: unknown, the registry being unreachable).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{json, Map, Value};
 
 use super::conn::Chunk;
 use super::Shard;
 use crate::metrics::CloseReason;
 use crate::proto::http1::{self, Request};
-use crate::push::{home_shard, Msg, PresenceAnswer, PresenceAsk};
+use crate::push::{home_shard, Msg, PresenceAnswer, PresenceAsk, PresenceNodes};
 
 /// The most users one `?users=` request may name.
 pub const USERS_MAX: usize = 1000;
@@ -39,6 +54,8 @@ pub struct Query {
     /// Connections per user, as answers arrive.
     users: BTreeMap<Box<str>, u32>,
     subscribers: u64,
+    /// On a cluster node: what the other nodes answered (`crate::cluster::presence`).
+    nodes: Option<Box<PresenceNodes>>,
 }
 
 /// Parses the query string of `GET /presence`.
@@ -47,13 +64,16 @@ pub(super) fn parse(req: &Request) -> Result<Ask, String> {
     match (req.query_param("user"), req.query_param("users"), req.query_param("topic")) {
         (Some(u), None, None) if name_ok(&u) => Ok(Ask::User(u)),
         (None, Some(list), None) => {
-            let users: Vec<String> = list.split(',').map(str::to_owned).collect();
+            let mut users: Vec<String> = list.split(',').map(str::to_owned).collect();
             if users.len() > USERS_MAX {
                 return Err(format!("users: at most {USERS_MAX} names"));
             }
             if let Some(bad) = users.iter().find(|u| !name_ok(u)) {
                 return Err(format!("users: {bad:?} is not a name of 1..=256 bytes"));
             }
+            // A name given twice is counted once.
+            let mut seen = std::collections::HashSet::with_capacity(users.len());
+            users.retain(|u| seen.insert(u.clone()));
             Ok(Ask::Users(users))
         }
         (None, None, Some(t)) if name_ok(&t) => Ok(Ask::Topic(t)),
@@ -92,7 +112,19 @@ impl Shard {
         self.query_seq += 1;
         let id = self.query_seq;
         let asked = |p: &PresenceAsk| !p.users.is_empty() || p.topic.is_some();
-        let left = per_shard.iter().enumerate().filter(|(s, p)| *s != self.id && asked(p)).count();
+        let mut left =
+            per_shard.iter().enumerate().filter(|(s, p)| *s != self.id && asked(p)).count();
+        // On a cluster node the bridge asks the other nodes meanwhile.
+        if let Some(bridge) = self.mesh.bridge() {
+            let mut all =
+                PresenceAsk { reply_to: self.id as u16, query: id, users: Vec::new(), topic: None };
+            for p in &per_shard {
+                all.users.extend(p.users.iter().cloned());
+                all.topic = all.topic.take().or_else(|| p.topic.clone());
+            }
+            self.send_mesh(bridge, Msg::PresenceAsk(Box::new(all)));
+            left += 1;
+        }
         let mut q = Query {
             slot,
             generation,
@@ -101,6 +133,7 @@ impl Shard {
             ask,
             users: BTreeMap::new(),
             subscribers: 0,
+            nodes: None,
         };
         for (to, mut p) in per_shard.into_iter().enumerate() {
             if !asked(&p) {
@@ -151,6 +184,20 @@ impl Shard {
         let id = a.query;
         let Some(q) = self.queries.get_mut(&id) else { return };
         add_answer(q, a);
+        self.answered(id);
+    }
+
+    /// A [`Msg::PresenceNodes`] from the bridge: the other nodes' part.
+    pub(super) fn on_presence_nodes(&mut self, n: Box<PresenceNodes>) {
+        let id = n.query;
+        let Some(q) = self.queries.get_mut(&id) else { return };
+        q.nodes = Some(n);
+        self.answered(id);
+    }
+
+    /// One answer to query `id` is in: answers the request when it was the last one.
+    fn answered(&mut self, id: u64) {
+        let Some(q) = self.queries.get_mut(&id) else { return };
         q.left -= 1;
         if q.left > 0 {
             return;
@@ -171,22 +218,9 @@ impl Shard {
         if let Some(p) = conn.partial.as_mut() {
             p.waiting = false;
         }
-        let entry = |n: u32| serde_json::json!({ "online": n > 0, "connections": n });
-        let body = match &q.ask {
-            Ask::User(u) => {
-                let n = q.users.get(u.as_str()).copied().unwrap_or(0);
-                serde_json::json!({ "user": u, "online": n > 0, "connections": n, "scope": "node" })
-            }
-            Ask::Users(list) => {
-                let users: serde_json::Map<String, serde_json::Value> = list
-                    .iter()
-                    .map(|u| (u.clone(), entry(q.users.get(u.as_str()).copied().unwrap_or(0))))
-                    .collect();
-                serde_json::json!({ "users": users, "scope": "node" })
-            }
-            Ask::Topic(t) => {
-                serde_json::json!({ "topic": t, "subscribers": q.subscribers, "scope": "node" })
-            }
+        let body = match &q.nodes {
+            Some(nodes) => self.cluster_body(&q, nodes),
+            None => node_body(&q),
         };
         let mut out = Vec::with_capacity(128);
         let headers = [("Content-Type", "application/json")];
@@ -194,6 +228,91 @@ impl Shard {
         self.queue(slot, generation, Chunk::Owned(out));
         if !q.keep_alive {
             self.finish(slot, generation, CloseReason::HttpDone);
+        }
+    }
+
+    /// The answer on a cluster node: counts summed over the nodes that answered, with each
+    /// node's share (nodes with none are left out), this node's own, and how many answered.
+    fn cluster_body(&self, q: &Query, n: &PresenceNodes) -> Value {
+        let me = self.shared.cluster.as_ref().map_or("", |c| c.node_id.as_str());
+        let mut remote: HashMap<&str, Vec<(&str, u32)>> = HashMap::new();
+        for node in &n.nodes {
+            for (user, c) in node.users.iter().filter(|(_, c)| *c > 0) {
+                remote.entry(&**user).or_default().push((&*node.node, *c));
+            }
+        }
+        let user = |u: &str| {
+            let local = q.users.get(u).copied().unwrap_or(0);
+            let mut nodes = Map::new();
+            if local > 0 {
+                nodes.insert(me.into(), local.into());
+            }
+            let mut total = local;
+            for &(node, c) in remote.get(u).map_or(&[][..], Vec::as_slice) {
+                total = total.saturating_add(c);
+                nodes.insert(node.into(), c.into());
+            }
+            (local, total, nodes)
+        };
+        let (answered, expected) = (1 + n.nodes.len(), n.expected);
+        match &q.ask {
+            Ask::User(u) => {
+                let (local, total, nodes) = user(u);
+                json!({
+                    "user": u, "online": total > 0, "connections": total, "nodes": nodes,
+                    "scope": "cluster", "node": { "id": me, "connections": local },
+                    "answered": answered, "expected": expected,
+                })
+            }
+            Ask::Users(list) => {
+                let users: Map<String, Value> = list
+                    .iter()
+                    .map(|u| {
+                        let (_, total, nodes) = user(u);
+                        let entry =
+                            json!({ "online": total > 0, "connections": total, "nodes": nodes });
+                        (u.clone(), entry)
+                    })
+                    .collect();
+                json!({ "users": users, "scope": "cluster", "answered": answered, "expected": expected })
+            }
+            Ask::Topic(t) => {
+                let mut nodes = Map::new();
+                if q.subscribers > 0 {
+                    nodes.insert(me.into(), q.subscribers.into());
+                }
+                let mut total = q.subscribers;
+                for node in n.nodes.iter().filter(|node| node.subscribers > 0) {
+                    total = total.saturating_add(node.subscribers);
+                    nodes.insert(node.node.to_string(), node.subscribers.into());
+                }
+                json!({
+                    "topic": t, "subscribers": total, "nodes": nodes, "scope": "cluster",
+                    "node": { "id": me, "subscribers": q.subscribers },
+                    "answered": answered, "expected": expected,
+                })
+            }
+        }
+    }
+}
+
+/// The answer of a standalone node: this node's counts.
+fn node_body(q: &Query) -> Value {
+    let entry = |n: u32| json!({ "online": n > 0, "connections": n });
+    match &q.ask {
+        Ask::User(u) => {
+            let n = q.users.get(u.as_str()).copied().unwrap_or(0);
+            serde_json::json!({ "user": u, "online": n > 0, "connections": n, "scope": "node" })
+        }
+        Ask::Users(list) => {
+            let users: serde_json::Map<String, serde_json::Value> = list
+                .iter()
+                .map(|u| (u.clone(), entry(q.users.get(u.as_str()).copied().unwrap_or(0))))
+                .collect();
+            serde_json::json!({ "users": users, "scope": "node" })
+        }
+        Ask::Topic(t) => {
+            serde_json::json!({ "topic": t, "subscribers": q.subscribers, "scope": "node" })
         }
     }
 }

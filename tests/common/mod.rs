@@ -12,6 +12,7 @@ use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod backends;
 mod raw_ws;
 pub use raw_ws::*;
 mod sse;

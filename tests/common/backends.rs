@@ -1,0 +1,210 @@
+//! Real Redis and NATS for cluster tests: `redis-server` and `nats-server` on free loopback
+//! ports, killed on drop, and cluster nodes started against them.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use super::{wait_until, Server, STEP};
+
+/// NATS subscriptions each node holds.
+pub const SUBSCRIPTIONS_PER_NODE: u64 = 7;
+
+/// A server process of the test, killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn spawn(program: &str, args: &[&str]) -> Proc {
+    match Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+        Ok(child) => Proc(child),
+        Err(e) => panic!(
+            "cannot start {program} ({e}): run scripts/test.sh, which installs redis-server \
+             and nats-server (apt-get install redis-server nats-server)"
+        ),
+    }
+}
+
+/// Real Redis and NATS for one test.
+pub struct Backends {
+    pub redis: Option<Proc>,
+    pub nats: Option<Proc>,
+    pub redis_port: u16,
+    pub redis_url: String,
+    pub nats_url: String,
+    pub nats_port: u16,
+    pub nats_monitor: u16,
+}
+
+impl Backends {
+    pub fn start() -> Backends {
+        let (rp, np, mp) = (free_port(), free_port(), free_port());
+        let mut b = Backends {
+            redis: None,
+            nats: None,
+            redis_port: rp,
+            redis_url: format!("redis://127.0.0.1:{rp}"),
+            nats_url: format!("nats://127.0.0.1:{np}"),
+            nats_port: np,
+            nats_monitor: mp,
+        };
+        b.start_redis();
+        b.start_nats();
+        b
+    }
+
+    /// (Re)starts redis-server on its port, empty, and waits until it answers.
+    pub fn start_redis(&mut self) {
+        let port = self.redis_port.to_string();
+        let args = ["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+        self.redis = Some(spawn("redis-server", &args));
+        wait_until("redis-server answers PING", STEP, || {
+            let mut con =
+                redis::Client::open(self.redis_url.as_str()).ok()?.get_connection().ok()?;
+            redis::cmd("PING").query::<String>(&mut con).ok()
+        });
+    }
+
+    /// (Re)starts nats-server on its ports and waits until its monitoring answers.
+    pub fn start_nats(&mut self) {
+        let (port, monitor) = (self.nats_port.to_string(), self.nats_monitor.to_string());
+        self.nats = Some(spawn("nats-server", &["-a", "127.0.0.1", "-p", &port, "-m", &monitor]));
+        wait_until("nats-server monitoring answers", STEP, || self.nats_subscriptions());
+    }
+
+    pub fn redis(&self) -> redis::Connection {
+        redis::Client::open(self.redis_url.as_str()).unwrap().get_connection().unwrap()
+    }
+
+    /// The nodes whose entry for `user` has not expired.
+    pub fn nodes_of(&self, user: &str) -> Vec<String> {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+                as u64;
+        redis::cmd("ZRANGEBYSCORE")
+            .arg(format!("c10m:u:{user}"))
+            .arg(now)
+            .arg("+inf")
+            .query(&mut self.redis())
+            .unwrap()
+    }
+
+    /// The node ids in the heartbeat set, expired or not.
+    pub fn heartbeats(&self) -> Vec<String> {
+        redis::cmd("ZRANGE").arg("c10m:nodes").arg(0).arg(-1).query(&mut self.redis()).unwrap()
+    }
+
+    pub fn key_exists(&self, user: &str) -> bool {
+        redis::cmd("EXISTS").arg(format!("c10m:u:{user}")).query::<i64>(&mut self.redis()).unwrap()
+            == 1
+    }
+
+    /// Subscriptions the NATS server holds, from its monitoring endpoint.
+    pub fn nats_subscriptions(&self) -> Option<u64> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.nats_monitor)).ok()?;
+        s.set_read_timeout(Some(STEP)).ok()?;
+        s.write_all(b"GET /subsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let body = text.split_once("\r\n\r\n")?.1;
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        v["num_subscriptions"].as_u64()
+    }
+
+    /// Starts a node and waits until it reaches Redis and NATS and its subscriptions are in
+    /// place (each node holds seven: its node subject, topics, broadcast, commands,
+    /// presence requests, the user queue and its presence replies).
+    pub fn node(&self, id: &str, extra: &[&str], nodes_before: u64) -> Server {
+        let mut args =
+            vec!["--node-id", id, "--registry", &self.redis_url, "--bus", &self.nats_url];
+        args.extend_from_slice(extra);
+        let server = Server::start(&args);
+        wait_until(&format!("node {id} connected to Redis and NATS"), STEP, || {
+            let c = &server.stats()["cluster"];
+            (c["registry_connected"] == true && c["bus_connected"] == true).then_some(())
+        });
+        let want = SUBSCRIPTIONS_PER_NODE * (nodes_before + 1);
+        wait_until(&format!("{want} NATS subscriptions"), STEP, || {
+            self.nats_subscriptions().filter(|&n| n >= want)
+        });
+        server
+    }
+
+    /// Publishes raw NATS protocol as a backend would, and waits for the server's PONG, so
+    /// the messages have been processed when this returns.
+    pub fn backend_publish(&self, msgs: &[(&str, &str)]) {
+        let s = TcpStream::connect(("127.0.0.1", self.nats_port)).unwrap();
+        s.set_read_timeout(Some(STEP)).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.starts_with("INFO "), "{line}");
+        let mut w = s;
+        let mut out = String::from("CONNECT {\"verbose\":false,\"pedantic\":false}\r\n");
+        for (subject, body) in msgs {
+            out.push_str(&format!("PUB {subject} {}\r\n{body}\r\n", body.len()));
+        }
+        out.push_str("PING\r\n");
+        w.write_all(out.as_bytes()).unwrap();
+        let deadline = Instant::now() + STEP;
+        loop {
+            assert!(Instant::now() < deadline, "no PONG from nats-server");
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            assert!(!line.starts_with("-ERR"), "{line}");
+            if line.starts_with("PONG") {
+                return;
+            }
+        }
+    }
+
+    /// Sends a request as a backend would (`PUB subject inbox`) and returns the payloads of
+    /// the first `want` replies, waiting at most [`STEP`] for them.
+    pub fn backend_request(&self, subject: &str, body: &str, want: usize) -> Vec<String> {
+        let s = TcpStream::connect(("127.0.0.1", self.nats_port)).unwrap();
+        s.set_read_timeout(Some(STEP)).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.starts_with("INFO "), "{line}");
+        let mut w = s;
+        let inbox = "_INBOX.test";
+        let out = format!(
+            "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {inbox} 1\r\n\
+             PUB {subject} {inbox} {}\r\n{body}\r\nPING\r\n",
+            body.len()
+        );
+        w.write_all(out.as_bytes()).unwrap();
+        let deadline = Instant::now() + STEP;
+        let mut replies = Vec::new();
+        while replies.len() < want {
+            assert!(Instant::now() < deadline, "{} of {want} replies: {replies:?}", replies.len());
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            assert!(!line.starts_with("-ERR"), "{line}");
+            // MSG <subject> <sid> <bytes>
+            if let Some(head) = line.strip_prefix("MSG ") {
+                let bytes: usize = head.split_whitespace().last().unwrap().parse().unwrap();
+                let mut payload = vec![0; bytes + 2];
+                r.read_exact(&mut payload).unwrap();
+                payload.truncate(bytes);
+                replies.push(String::from_utf8(payload).unwrap());
+            }
+        }
+        replies
+    }
+}
+
+pub fn cluster_stat(server: &Server, name: &str) -> u64 {
+    server.stats()["cluster"][name].as_u64().unwrap_or_else(|| panic!("no cluster.{name}"))
+}
