@@ -50,5 +50,5 @@ perf report -i "$out/perf.data" --children --sort symbol --stdio -g none 2>/dev/
     awk '{print "  " $1 "  " $4}'
 echo "--- user space, top symbols"
 perf report -i "$out/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null |
-    grep -E '\[\.\]' | head -8 | awk '{print "  " $1 "  " $3}'
+    grep -E '\[\.\]' | head -8 | sed -E 's/^ +([0-9.]+%) +\[\.\] +/  \1  /; s/ +-? +-? *$//' | cut -c1-110
 echo "perf data and logs: $out"
