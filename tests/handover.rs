@@ -426,3 +426,30 @@ fn a_successor_that_dies_mid_handover_leaves_the_old_process_serving() {
         assert_eq!(ws_text(ws), "moved too");
     }
 }
+
+#[test]
+fn a_moved_connection_keeps_what_was_left_of_its_lifetime() {
+    let path = control_path("lifetime");
+    let p = path.to_str().unwrap();
+    let lifetime = ["--conn-lifetime-ms-max", "6000", "--conn-lifetime-jitter-pct", "0"];
+    let mut args = vec!["--control-socket", p];
+    args.extend_from_slice(&lifetime);
+    let mut old = Server::start(&args);
+    let connected = Instant::now();
+    let mut ws = old.ws_connect("/ws?user=alice");
+    old.wait_connections(1);
+    // Three seconds of the six pass in the old process: a fresh lifetime in the new one
+    // would end at 9 s or later, the carried one ends at 6 s.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut successor = successor_args(&old, "2", p);
+    successor.extend(lifetime.iter().map(|s| s.to_string()));
+    let new = Server::spawn(&successor.iter().map(String::as_str).collect::<Vec<_>>());
+    old.wait_exit(Duration::from_secs(30)).expect("the old process exits");
+    new.publish("user=alice", "moved");
+    assert_eq!(ws_text(&mut ws), "moved");
+    let (code, reason) = common::ws_close_json(&mut ws);
+    let at = connected.elapsed();
+    assert_eq!(code, 1001, "{reason}");
+    assert_eq!(reason["goaway"], true, "{reason}");
+    assert!(at >= Duration::from_millis(5500) && at < Duration::from_millis(8500), "at {at:?}");
+}

@@ -31,6 +31,8 @@ pub struct Record {
     pub ws_partial: Vec<u8>,
     /// Browser tabs beyond the first sharing the connection. Layout 4.
     pub extra_tabs: u8,
+    /// Milliseconds left of the connection's maximum lifetime (0: none armed). Layout 4.
+    pub lifetime_left_ms: u64,
 }
 
 /// Channel message kinds.
@@ -56,6 +58,7 @@ impl Record {
         put_bytes(out, &self.tls);
         put_bytes(out, &self.ws_partial);
         out.push(self.extra_tabs);
+        out.extend_from_slice(&self.lifetime_left_ms.to_le_bytes());
     }
 
     /// A record as the old process's `layout` wrote it (1: no TLS state).
@@ -85,6 +88,7 @@ impl Record {
         }
         if layout >= 4 {
             rec.extra_tabs = r.take(1)?[0];
+            rec.lifetime_left_ms = r.u64()?;
         }
         Some(rec)
     }
@@ -180,6 +184,7 @@ mod tests {
             tls: vec![1; 106],
             ws_partial: vec![2; 40],
             extra_tabs: 2,
+            lifetime_left_ms: 41_000,
             ..Record::default()
         };
         let b = Record { kind: 3, ..Record::default() };
@@ -194,7 +199,7 @@ mod tests {
         // without the last fields.
         let mut out = Vec::new();
         encode_batch(8, std::slice::from_ref(&b), &mut out);
-        out.truncate(out.len() - 1);
+        out.truncate(out.len() - 9);
         assert_eq!(decode_batch(&out[1..], 3), Some((8, vec![b.clone()])));
         out.truncate(out.len() - 8);
         assert_eq!(decode_batch(&out[1..], 1), Some((8, vec![b])));

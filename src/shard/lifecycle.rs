@@ -197,8 +197,22 @@ impl Shard {
         }
         let jitter = l.conn_lifetime_jitter_pct as f64 / 100.0 * self.jitter.unit();
         let life = (l.conn_lifetime_ms_max as f64 * (1.0 - jitter)) as u64;
+        self.schedule_lifetime_at(slot, generation, self.now_ms + life.max(1));
+    }
+
+    /// Arms the goaway at the end of a connection's lifetime at `at_ms` (shard ms).
+    pub(super) fn schedule_lifetime_at(&mut self, slot: u32, generation: u32, at_ms: u64) {
         let key = crate::registry::ConnId { shard: 0, slot, generation }.timer_key();
-        self.wheel.insert(key | LIFETIME_TIMER, self.now_ms + life.max(1));
+        self.wheel.insert(key | LIFETIME_TIMER, at_ms);
+        self.lifetimes.insert(slot, (generation, at_ms));
+    }
+
+    /// Milliseconds left of a connection's lifetime; 0: no lifetime is armed.
+    pub(super) fn lifetime_left_ms(&self, slot: u32, generation: u32) -> u64 {
+        self.lifetimes
+            .get(&slot)
+            .filter(|(g, _)| *g == generation)
+            .map_or(0, |&(_, at)| at.saturating_sub(self.now_ms).max(1))
     }
 
     /// Whether a new client connection from source `key` is within this shard's share of

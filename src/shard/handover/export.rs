@@ -39,6 +39,7 @@ impl Shard {
             kind: kind_code(c.kind)?,
             json: c.json,
             extra_tabs: self.extra_tabs(slot, generation),
+            lifetime_left_ms: self.lifetime_left_ms(slot, generation),
             awaiting_pong: c.awaiting_pong,
             ws: c.ws.handover_byte()?,
             ws_partial: c.ws.handover_partial()?,

@@ -117,6 +117,7 @@ impl Shard {
             let at = self.now_ms + rec.expires_in_ms;
             self.schedule_expiry(slot, generation, at);
         }
+        let lifetime_left_ms = rec.lifetime_left_ms;
         let id = self.conn_id(slot, generation);
         let (user, topics): (Option<String>, Vec<String>) = match self.conns.get(slot, generation) {
             Some(c) => {
@@ -135,11 +136,11 @@ impl Shard {
         let (hb_ms, idle_ms) = (l.sse_heartbeat_ms, l.idle_timeout_ms);
         match kind {
             Kind::Ws | Kind::Echo => {
-                self.schedule_lifetime(slot, generation);
+                self.carry_lifetime(slot, generation, lifetime_left_ms);
                 self.schedule_ws(slot, generation);
             }
             Kind::Sse => {
-                self.schedule_lifetime(slot, generation);
+                self.carry_lifetime(slot, generation, lifetime_left_ms);
                 self.schedule(slot, generation, self.now_ms + hb_ms);
             }
             _ => {
@@ -163,5 +164,17 @@ impl Shard {
             self.arm_poll(slot, generation);
         }
         true
+    }
+
+    /// The lifetime a moved connection had left, when this process also limits lifetimes;
+    /// a fresh one when the old process did not (or wrote no layout-4 record).
+    fn carry_lifetime(&mut self, slot: u32, generation: u32, left_ms: u64) {
+        if self.shared.cfg.limits.conn_lifetime_ms_max == 0 {
+            return;
+        }
+        match left_ms {
+            0 => self.schedule_lifetime(slot, generation),
+            left => self.schedule_lifetime_at(slot, generation, self.now_ms + left),
+        }
     }
 }
