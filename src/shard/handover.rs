@@ -20,7 +20,7 @@
 //! message is in (history positions continue), and serves the admin API once the old process
 //! is done ([`crate::handover::Hub::admin_go`]).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 
@@ -108,6 +108,9 @@ pub struct State {
     polls_cancelled: HashSet<u32>,
     /// New side: pieces of the old partition's history log received so far.
     history_in: Vec<u8>,
+    /// Old side: each connection's lifetime deadline (shard ms) by timer key, read from the
+    /// timer wheel at the freeze (nothing is kept per connection for this otherwise).
+    lifetimes: HashMap<u64, u64>,
 }
 
 impl State {
@@ -134,6 +137,7 @@ impl State {
             sends_cancelled: HashSet::new(),
             polls_cancelled: HashSet::new(),
             history_in: Vec::new(),
+            lifetimes: HashMap::new(),
         }
     }
 
@@ -260,6 +264,14 @@ impl Shard {
         self.handover.phase = Phase::Freezing;
         self.handover.deadline_ms = self.now_ms + MOVE_DEADLINE_MS;
         self.handover.frozen_at_ms = self.live.now_ms;
+        if self.shared.cfg.limits.conn_lifetime_ms_max > 0 {
+            self.handover.lifetimes = self
+                .wheel
+                .entries()
+                .filter(|(key, _)| key & super::lifecycle::LIFETIME_TIMER != 0)
+                .map(|(key, at)| (key & !super::lifecycle::LIFETIME_TIMER, at))
+                .collect();
+        }
         self.end_status_streams();
         self.pause_accepts();
         let idle: Vec<(u32, u32)> = self

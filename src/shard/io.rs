@@ -555,9 +555,6 @@ impl Shard {
         if self.expiries.get(&slot).is_some_and(|(g, _)| *g == generation) {
             self.expiries.remove(&slot);
         }
-        if self.lifetimes.get(&slot).is_some_and(|(g, _)| *g == generation) {
-            self.lifetimes.remove(&slot);
-        }
         let extra_tabs = self.extra_tabs(slot, generation) as u64;
         if extra_tabs > 0 {
             self.tabs.remove(&slot);

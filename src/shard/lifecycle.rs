@@ -204,15 +204,6 @@ impl Shard {
     pub(super) fn schedule_lifetime_at(&mut self, slot: u32, generation: u32, at_ms: u64) {
         let key = crate::registry::ConnId { shard: 0, slot, generation }.timer_key();
         self.wheel.insert(key | LIFETIME_TIMER, at_ms);
-        self.lifetimes.insert(slot, (generation, at_ms));
-    }
-
-    /// Milliseconds left of a connection's lifetime; 0: no lifetime is armed.
-    pub(super) fn lifetime_left_ms(&self, slot: u32, generation: u32) -> u64 {
-        self.lifetimes
-            .get(&slot)
-            .filter(|(g, _)| *g == generation)
-            .map_or(0, |&(_, at)| at.saturating_sub(self.now_ms).max(1))
     }
 
     /// Whether a new client connection from source `key` is within this shard's share of

@@ -158,9 +158,6 @@ pub struct Shard {
     /// Browser tabs beyond the first sharing a connection (`?tabs=N`), by slot with the
     /// generation; only connections that said more than one tab have an entry.
     tabs: std::collections::HashMap<u32, (u32, u8)>,
-    /// Maximum-lifetime deadlines (shard ms) by slot, with the generation, while
-    /// `conn_lifetime_ms_max` is set: a live upgrade carries what is left of them.
-    lifetimes: std::collections::HashMap<u32, (u32, u64)>,
     /// Token expiries (shard ms) by slot, with the generation: a live upgrade carries them.
     expiries: std::collections::HashMap<u32, (u32, u64)>,
     /// When shard 0 last refreshed the shared RSS figure.
@@ -289,7 +286,6 @@ impl Shard {
             local: std::collections::VecDeque::new(),
             grants: std::collections::HashMap::new(),
             tabs: std::collections::HashMap::new(),
-            lifetimes: std::collections::HashMap::new(),
             expiries: std::collections::HashMap::new(),
             drain: None,
             stopping: false,

@@ -134,6 +134,12 @@ impl Wheel {
         self.len += 1;
     }
 
+    /// Every scheduled `(key, deadline_ms)`, in no particular order (a live upgrade reads the
+    /// lifetimes it carries from here, once).
+    pub fn entries(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.buckets.iter().flatten().chain(&self.overdue).map(|e| (e.key, e.deadline_ms))
+    }
+
     /// Moves every entry due at `now_ms` into `out` as `(key, deadline_ms)`, with the deadline
     /// exactly as inserted, and advances the wheel to `now_ms`. `out` is appended to, in no
     /// particular order.

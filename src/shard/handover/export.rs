@@ -19,6 +19,12 @@ impl Shard {
         128 + ident + grants + conn.ws.buffered_bytes() + 64 + outbox + tls
     }
 
+    /// Milliseconds left of a frozen connection's maximum lifetime; 0: none armed.
+    fn lifetime_left_ms(&self, slot: u32, generation: u32) -> u64 {
+        let key = crate::registry::ConnId { shard: 0, slot, generation }.timer_key();
+        self.handover.lifetimes.get(&key).map_or(0, |&at| at.saturating_sub(self.now_ms).max(1))
+    }
+
     /// The record of a frozen connection.
     pub(super) fn record_of(&self, slot: u32, generation: u32) -> Option<Record> {
         let c = self.conns.get(slot, generation)?;
