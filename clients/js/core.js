@@ -436,6 +436,9 @@ export class Connection extends Emitter {
       return this.schedule(ev.retryAfterMs + this.io.random() * this.o.backoffMinMs, 'busy',
         false);
     }
+    // Refused for the token (it expired between its fetch and the connect): the next
+    // attempt fetches a new one.
+    if (ev.status === 401 && typeof this.o.token === 'function') this.tokenValue = null;
     if (this.names[this.index] === 'ws') this.wsFailedAtMs = this.io.now();
     this.failsInRound += 1;
     if (this.failsInRound < this.names.length) {
