@@ -189,6 +189,10 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Where a goaway sends clients (an alternative endpoint, at most 64 bytes); none: here.
     pub goaway_endpoint: Option<String>,
+    /// The URL clients should use to reach this node (`ws://`, `wss://`, `http://` or
+    /// `https://`, at most 256 bytes), listed by `GET /nodes`; none: clients keep the
+    /// endpoint they asked.
+    pub public_url: Option<String>,
     /// History per topic prefix, as `PREFIX=COUNT`: topics that start with PREFIX keep
     /// COUNT messages instead of `history_per_stream_max` (0: no history for them, e.g. for
     /// ticks nobody needs again). The longest matching prefix wins. Default: none.
@@ -328,6 +332,7 @@ impl Default for Config {
             history_topics: Vec::new(),
             admin_key_file: None,
             goaway_endpoint: None,
+            public_url: None,
             tls_cert: None,
             tls_key: None,
             limits: Limits::default(),
@@ -520,6 +525,16 @@ impl Config {
             return err("goaway_endpoint must be at most 64 bytes without quotes: it travels in \
                  a WebSocket close reason (123 bytes)"
                 .into());
+        }
+        if let Some(u) = &self.public_url {
+            let scheme_ok =
+                ["ws://", "wss://", "http://", "https://"].iter().any(|s| u.starts_with(s));
+            if !scheme_ok || u.len() > 256 || u.chars().any(|c| c.is_whitespace() || c == '"') {
+                return err(format!(
+                    "public_url = {u:?}: give ws://, wss://, http:// or https://HOST[:PORT] \
+                     (at most 256 bytes, no spaces or quotes)"
+                ));
+            }
         }
         if l.goaway_reconnect_ms_max > 86_400_000 {
             return err("goaway_reconnect_ms_max is over a day".into());

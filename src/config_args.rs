@@ -169,6 +169,10 @@ pub struct ServeArgs {
     /// Endpoint that goaways send clients to (at most 64 bytes). Default: none (come back).
     #[arg(long, value_name = "URL")]
     pub goaway_endpoint: Option<String>,
+    /// The URL clients should use for this node, listed by `GET /nodes` (e.g.
+    /// wss://n1.example.com). Default: none (clients keep the endpoint they asked).
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
     // Cluster (see src/cluster).
     /// This node's id in the cluster (with --registry and --bus).
     #[arg(long, value_name = "ID")]
@@ -306,6 +310,9 @@ impl ServeArgs {
         );
         if self.goaway_endpoint.is_some() {
             cfg.goaway_endpoint = self.goaway_endpoint.clone();
+        }
+        if self.public_url.is_some() {
+            cfg.public_url = self.public_url.clone();
         }
         let c = &mut cfg.cluster;
         for (flag, field) in [

@@ -34,6 +34,7 @@ pub mod history;
 pub mod log;
 pub mod mesh;
 pub mod metrics;
+pub mod nodes;
 pub mod proto;
 pub mod push;
 pub mod registry;

@@ -180,8 +180,10 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
     }
     // On a cluster node the bridge is the mesh's last participant: it takes the last end, and
     // its doorbell ring is the last peer.
+    let directory = Arc::new(crate::nodes::Directory::new(&cfg, shards));
+    directory.rss_bytes.store(sys::rss_bytes(), Ordering::Relaxed);
     let bridge = if cfg.cluster.enabled() {
-        Some(crate::cluster::Prepared::new(&cfg.cluster)?)
+        Some(crate::cluster::Prepared::new(&cfg.cluster, Arc::clone(&directory))?)
     } else {
         None
     };
@@ -210,6 +212,7 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
         history_epoch: inherited.as_ref().map_or_else(history_epoch, |i| i.epoch),
         clock_origin: std::time::Instant::now(),
         hub,
+        directory,
         cfg,
     });
     let cores = core_affinity::get_core_ids().unwrap_or_default();

@@ -551,3 +551,39 @@ fn a_batch_at_one_node_reaches_users_and_topics_on_another() {
         assert_eq!(got, (0..10).map(|k| format!("b{k}")).collect::<Vec<_>>(), "far{i}");
     }
 }
+
+fn nodes_list(server: &Server) -> Vec<serde_json::Value> {
+    let r = server.client_request(b"GET /nodes HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["nodes"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn every_node_lists_the_live_nodes_with_their_load_and_drain() {
+    let b = Backends::start();
+    let a_node = b.node("a", &["--public-url", "ws://a.example:8080"], 0);
+    let mut b_node = b.node("b", &["--public-url", "ws://b.example:8080"], 1);
+    let held: Vec<_> = (0..3).map(|i| b_node.ws_connect(&format!("/ws?user=u{i}"))).collect();
+    let list = wait_until("a lists b with its 3 connections", STEP, || {
+        let list = nodes_list(&a_node);
+        (list.len() == 2 && list[1]["connections"] == 3).then_some(list)
+    });
+    assert_eq!(list[0]["id"], "a", "the answering node comes first: {list:?}");
+    assert_eq!(list[1]["id"], "b");
+    assert_eq!(list[1]["url"], "ws://b.example:8080");
+    assert_eq!(list[1]["draining"], false);
+    let r = a_node.client_request(b"GET /nodes HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.json()["self"], "a");
+
+    // A drain is told to the other nodes at once (the held clients keep b draining for a
+    // few seconds at one goaway a second), and a node that exits leaves the list.
+    let r = b_node.admin_conn().request("POST", "/drain?rate=1", b"");
+    assert_eq!(r.status, 202, "{}", r.text());
+    wait_until("a sees b draining", STEP, || {
+        let list = nodes_list(&a_node);
+        (list.len() == 2 && list[1]["draining"] == true).then_some(())
+    });
+    drop(held);
+    assert!(b_node.wait_exit(STEP).is_some(), "b exits once its clients are gone");
+    wait_until("b left a's list", STEP, || (nodes_list(&a_node).len() == 1).then_some(()));
+}

@@ -55,7 +55,10 @@ fn upgrade_keeps_connections_and_delivers_every_publish_once() {
     let mut old = Server::start(&["--control-socket", p]);
     let mut wss: Vec<_> =
         (0..8).map(|i| old.ws_connect(&format!("/ws?user=u{i}&topics=news"))).collect();
-    let mut sses: Vec<_> = (0..4).map(|i| old.sse_connect(&format!("user=s{i}"))).collect();
+    // The first SSE client speaks for three browser tabs; the count moves with it.
+    let mut sses: Vec<_> = (0..4)
+        .map(|i| old.sse_connect(&format!("user=s{i}&tabs={}", 1 + 2 * (i == 0) as u8)))
+        .collect();
     old.wait_connections(12);
     // Before: delivered by the old process.
     old.publish("all", "before");
@@ -137,6 +140,7 @@ fn upgrade_keeps_connections_and_delivers_every_publish_once() {
     let stats = new.stats();
     assert_eq!(stats["ws"], 8, "{stats}");
     assert_eq!(stats["sse"], 4, "{stats}");
+    assert_eq!(stats["tabs"], 14, "12 connections, one of them for 3 tabs: {stats}");
     // A new client connects to the new process on the same port.
     let mut fresh = new.ws_connect("/ws?user=fresh");
     new.wait_connections(13);

@@ -100,10 +100,11 @@ pub struct Prepared {
     bell: Bell,
     efd: EventFd,
     pub stats: Arc<ClusterStats>,
+    directory: Arc<crate::nodes::Directory>,
 }
 
 impl Prepared {
-    pub fn new(cfg: &Cluster) -> io::Result<Prepared> {
+    pub fn new(cfg: &Cluster, directory: Arc<crate::nodes::Directory>) -> io::Result<Prepared> {
         let bad = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
         let node_id = cfg.node_id.clone().ok_or_else(|| bad("cluster without node_id".into()))?;
         let url = cfg.registry.as_deref().unwrap_or_default();
@@ -114,7 +115,7 @@ impl Prepared {
             .map_err(|e| bad(format!("--bus {bus:?}: {e}; give nats://HOST:PORT")))?;
         let (bell, efd) = Bell::new()?;
         let stats = Arc::new(ClusterStats::new(&node_id));
-        Ok(Prepared { cfg: cfg.clone(), node_id, redis, bell, efd, stats })
+        Ok(Prepared { cfg: cfg.clone(), node_id, redis, bell, efd, stats, directory })
     }
 
     /// The ring fd shards ring to wake the bridge.
@@ -159,7 +160,7 @@ impl Prepared {
         message_bytes_max: usize,
         stop: Arc<AtomicBool>,
     ) -> io::Result<()> {
-        let Prepared { cfg, node_id, redis, bell, efd, stats } = self;
+        let Prepared { cfg, node_id, redis, bell, efd, stats, directory } = self;
         let efd = efd.into_async()?;
         let bus_url = cfg.bus.clone().unwrap_or_default();
         let nats = async_nats::ConnectOptions::new()
@@ -197,6 +198,7 @@ impl Prepared {
             Rc::clone(&node),
             node_ttl_ms,
             Arc::clone(&stats),
+            directory,
         ));
         let last_con = conn.clone();
 
@@ -251,9 +253,10 @@ impl Prepared {
                 }
                 // Gone on purpose: others need not wait for the heartbeat to expire.
                 let mut con = last_con;
-                let mut cmd = redis::cmd("ZREM");
-                cmd.arg(registry::NODES_KEY).arg(&*bridge.node);
-                let zrem = cmd.query_async::<()>(&mut con);
+                let mut pipe = redis::pipe();
+                pipe.cmd("ZREM").arg(registry::NODES_KEY).arg(&*bridge.node).ignore();
+                pipe.cmd("HDEL").arg(crate::nodes::INFO_KEY).arg(&*bridge.node).ignore();
+                let zrem = pipe.query_async::<()>(&mut con);
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 let _ = tokio::time::timeout(left.max(Duration::from_millis(100)), zrem).await;
                 return Ok(());

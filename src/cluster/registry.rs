@@ -87,10 +87,10 @@ impl Liveness {
     }
 }
 
-/// Writes this node's heartbeat every `node_ttl_ms / 3` and reads every node's back. A
-/// heartbeat of this node that vanished means Redis lost its data (a restart without
-/// persistence): the writer is told to rewrite every present user at once instead of within
-/// `registry_ttl_ms / 3`.
+/// Writes this node's heartbeat every `node_ttl_ms / 3` and reads every node's back, with
+/// this node's entry for `GET /nodes` beside it ([`crate::nodes`]). A heartbeat of this node
+/// that vanished means Redis lost its data (a restart without persistence): the writer is
+/// told to rewrite every present user at once instead of within `registry_ttl_ms / 3`.
 pub async fn heartbeat(
     mut con: ConnectionManager,
     liveness: Rc<RefCell<Liveness>>,
@@ -98,35 +98,59 @@ pub async fn heartbeat(
     node_id: Rc<str>,
     node_ttl_ms: u64,
     stats: Arc<ClusterStats>,
+    directory: Arc<crate::nodes::Directory>,
 ) {
     let period = Duration::from_millis(node_ttl_ms / 3);
     let mut written = false;
+    // Entries of nodes forgotten from the heartbeat set, removed on the next beat.
+    let mut forgotten: Vec<String> = Vec::new();
     loop {
         let now = unix_ms();
+        let mut info = directory.local();
+        info.id = None;
+        let info = serde_json::to_string(&info).unwrap_or_default();
         let mut pipe = redis::pipe();
         pipe.cmd("ZSCORE").arg(NODES_KEY).arg(&*node_id);
         pipe.cmd("ZADD").arg(NODES_KEY).arg(now + node_ttl_ms).arg(&*node_id).ignore();
+        pipe.cmd("HSET").arg(crate::nodes::INFO_KEY).arg(&*node_id).arg(info).ignore();
         pipe.cmd("ZREMRANGEBYSCORE")
             .arg(NODES_KEY)
             .arg("-inf")
             .arg(now.saturating_sub(NODE_FORGET_MS))
             .ignore();
+        if !forgotten.is_empty() {
+            pipe.cmd("HDEL").arg(crate::nodes::INFO_KEY).arg(&forgotten).ignore();
+        }
         pipe.cmd("ZRANGE").arg(NODES_KEY).arg(0).arg(-1).arg("WITHSCORES");
-        match pipe.query_async::<(Option<f64>, Vec<(String, f64)>)>(&mut con).await {
-            Ok((mine, nodes)) => {
+        pipe.cmd("HGETALL").arg(crate::nodes::INFO_KEY);
+        type Beat = (Option<f64>, Vec<(String, f64)>, Vec<(String, String)>);
+        match pipe.query_async::<Beat>(&mut con).await {
+            Ok((mine, nodes, infos)) => {
                 if written && mine.is_none() {
                     ClusterStats::bump(&stats.registry_resyncs, 1);
                     presence.borrow_mut().resync = true;
                 }
                 written = true;
+                forgotten = infos
+                    .iter()
+                    .filter(|(id, _)| !nodes.iter().any(|(n, _)| n == id))
+                    .map(|(id, _)| id.clone())
+                    .collect();
                 liveness.borrow_mut().replace(nodes);
-                let alive = liveness.borrow().alive(unix_ms()) as u64;
-                stats.live_nodes.store(alive, Relaxed);
+                let now = unix_ms();
+                let l = liveness.borrow();
+                directory.set_others(crate::nodes::others_from(infos, &node_id, |n| {
+                    l.expiry_ms.get(n).is_some_and(|&e| e > now)
+                }));
+                stats.live_nodes.store(l.alive(now) as u64, Relaxed);
             }
             // Unknown is not dead: lookups use every node until Redis answers again.
             Err(_) => liveness.borrow_mut().replace(Vec::new()),
         }
-        tokio::time::sleep(period).await;
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = directory.changed.notified() => {}
+        }
     }
 }
 

@@ -42,7 +42,8 @@ pub use record::Record;
 /// refuses an old one whose layout it cannot read, and the old one keeps serving.
 /// 2: a record carries the connection's TLS record state and a WebSocket frame in progress.
 /// 3: each shard's history log travels before its start message.
-pub const LAYOUT: u32 = 3;
+/// 4: a record carries the connection's browser tab count.
+pub const LAYOUT: u32 = 4;
 /// The oldest layout this binary reads (from an older process it takes over).
 pub const LAYOUT_MIN: u32 = 1;
 

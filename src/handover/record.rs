@@ -29,6 +29,8 @@ pub struct Record {
     /// A WebSocket frame or message still arriving (`ws::Session::handover_partial`);
     /// empty when none. Layout 2.
     pub ws_partial: Vec<u8>,
+    /// Browser tabs beyond the first sharing the connection. Layout 4.
+    pub extra_tabs: u8,
 }
 
 /// Channel message kinds.
@@ -53,6 +55,7 @@ impl Record {
         out.extend_from_slice(&self.ping_end.to_le_bytes());
         put_bytes(out, &self.tls);
         put_bytes(out, &self.ws_partial);
+        out.push(self.extra_tabs);
     }
 
     /// A record as the old process's `layout` wrote it (1: no TLS state).
@@ -79,6 +82,9 @@ impl Record {
         if layout >= 2 {
             rec.tls = r.bytes()?.to_vec();
             rec.ws_partial = r.bytes()?.to_vec();
+        }
+        if layout >= 4 {
+            rec.extra_tabs = r.take(1)?[0];
         }
         Some(rec)
     }
@@ -173,19 +179,23 @@ mod tests {
             ping_end: 2,
             tls: vec![1; 106],
             ws_partial: vec![2; 40],
+            extra_tabs: 2,
             ..Record::default()
         };
         let b = Record { kind: 3, ..Record::default() };
         let mut out = Vec::new();
         encode_batch(7, &[a.clone(), b.clone()], &mut out);
         assert_eq!(out[0], MSG_BATCH);
-        assert_eq!(decode_batch(&out[1..], 2), Some((7, vec![a, b.clone()])));
+        assert_eq!(decode_batch(&out[1..], 4), Some((7, vec![a, b.clone()])));
         for cut in 1..out.len() - 1 {
-            assert!(decode_batch(&out[1..cut], 2).is_none(), "cut at {cut}");
+            assert!(decode_batch(&out[1..cut], 4).is_none(), "cut at {cut}");
         }
-        // Layout 1 (no TLS state) is still read: the same bytes without the last field.
+        // Layouts 2 and 3 (no tab count) and 1 (no TLS state) are still read: the same bytes
+        // without the last fields.
         let mut out = Vec::new();
         encode_batch(8, std::slice::from_ref(&b), &mut out);
+        out.truncate(out.len() - 1);
+        assert_eq!(decode_batch(&out[1..], 3), Some((8, vec![b.clone()])));
         out.truncate(out.len() - 8);
         assert_eq!(decode_batch(&out[1..], 1), Some((8, vec![b])));
         let s = Start { top: 42, heard: vec![1, 2], msg_seq: 9 };

@@ -98,6 +98,9 @@ pub struct ShardStats {
     pub conns_admin: AtomicU64,
     /// Connections accepted but not yet past their request head.
     pub conns_handshake: AtomicU64,
+    /// Gauge: browser tabs beyond the first behind this shard's client connections, as the
+    /// clients reported them (`?tabs=N`); `c10m_client_tabs` adds one per connection.
+    pub tabs_extra: AtomicU64,
     pub accepts: AtomicU64,
     /// Accepts refused because the shard's table was full.
     pub accepts_refused: AtomicU64,
@@ -200,7 +203,8 @@ impl ShardStats {
         self.clients() + self.conns_admin.load(Relaxed) + self.conns_handshake.load(Relaxed)
     }
 
-    fn clients(&self) -> u64 {
+    /// Client connections: WebSocket, SSE and long polls.
+    pub fn clients(&self) -> u64 {
         self.conns_ws.load(Relaxed) + self.conns_sse.load(Relaxed) + self.conns_poll.load(Relaxed)
     }
 }
@@ -208,7 +212,7 @@ impl ShardStats {
 /// `/stats`: connections per shard and totals, as JSON.
 pub fn render_stats(shards: &[ShardStats], rss_bytes: u64) -> serde_json::Value {
     let mut per = Vec::new();
-    let (mut ws, mut sse, mut admin, mut hs, mut poll) = (0, 0, 0, 0, 0);
+    let (mut ws, mut sse, mut admin, mut hs, mut poll, mut tabs) = (0, 0, 0, 0, 0, 0);
     for (i, s) in shards.iter().enumerate() {
         let (w, e, a, h) = (
             s.conns_ws.load(Relaxed),
@@ -217,6 +221,7 @@ pub fn render_stats(shards: &[ShardStats], rss_bytes: u64) -> serde_json::Value 
             s.conns_handshake.load(Relaxed),
         );
         let p = s.conns_poll.load(Relaxed);
+        tabs += w + e + p + s.tabs_extra.load(Relaxed);
         poll += p;
         ws += w;
         sse += e;
@@ -232,6 +237,7 @@ pub fn render_stats(shards: &[ShardStats], rss_bytes: u64) -> serde_json::Value 
     serde_json::json!({
         "connections": ws + sse + poll,
         "ws": ws, "sse": sse, "poll": poll, "admin": admin, "handshake": hs,
+        "tabs": tabs,
         "rss_bytes": rss_bytes,
         "shards": per,
     })
@@ -247,6 +253,12 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
         }
     };
     family("connections", "gauge", "Open client connections.", &|s| s.clients());
+    family(
+        "client_tabs",
+        "gauge",
+        "Browser tabs behind the open client connections (each counts 1 unless it said more).",
+        &|s| s.clients() + s.tabs_extra.load(Relaxed),
+    );
     family("connections_ws", "gauge", "Open WebSocket connections.", &|s| s.conns_ws.load(Relaxed));
     family("connections_sse", "gauge", "Open SSE connections.", &|s| s.conns_sse.load(Relaxed));
     family("connections_poll", "gauge", "Long polls held.", &|s| s.conns_poll.load(Relaxed));

@@ -106,6 +106,15 @@ fn on_request(shard: &mut Shard, slot: u32, generation: u32, req: Request, rest:
         "/sse" if req.method == "GET" => accept_sse(shard, slot, generation, &req),
         "/poll" if req.method == "GET" => accept_poll(shard, slot, generation, &req),
         "/sse" if req.method == "OPTIONS" => preflight(shard, slot, generation, &req),
+        "/nodes" if req.method == "GET" || req.method == "OPTIONS" => {
+            nodes(shard, slot, generation, &req)
+        }
+        "/nodes" => {
+            let mut out = Vec::new();
+            let body = b"method not allowed: use GET\n";
+            http1::write_response(&mut out, 405, &[("Allow", "GET, OPTIONS")], body, false);
+            respond_and_close(shard, slot, generation, out, CloseReason::HttpDone);
+        }
         "/sse" => {
             let mut out = Vec::new();
             let body = b"method not allowed: use GET\n";
@@ -114,6 +123,27 @@ fn on_request(shard: &mut Shard, slot: u32, generation: u32, req: Request, rest:
         }
         _ => reject(shard, slot, generation, 404, CloseReason::HttpDone),
     }
+}
+
+/// `GET /nodes` ([`crate::nodes`]): the live nodes and their load, readable from any
+/// allowed origin; answered, then closed.
+fn nodes(shard: &mut Shard, slot: u32, generation: u32, req: &Request) {
+    if !auth::origin_allowed(&shard.shared.cfg.allowed_origins, req.header("Origin")) {
+        return reject(shard, slot, generation, 403, CloseReason::HttpDone);
+    }
+    let mut headers = vec![("Access-Control-Allow-Origin", "*"), ("Cache-Control", "no-store")];
+    let mut out = Vec::with_capacity(512);
+    if req.method == "OPTIONS" {
+        headers.push(("Access-Control-Allow-Methods", "GET"));
+        headers.push(("Access-Control-Max-Age", "600"));
+        http1::write_response(&mut out, 204, &headers, b"", false);
+    } else {
+        headers.push(("Content-Type", "application/json"));
+        let body = shard.shared.directory.render();
+        http1::write_response(&mut out, 200, &headers, body.as_bytes(), false);
+    }
+    shard.queue(slot, generation, Chunk::Owned(out));
+    shard.finish(slot, generation, CloseReason::HttpDone);
 }
 
 /// The user id and topics a client asked for, checked against the limits.
@@ -146,6 +176,41 @@ struct Admission {
     /// The position to resume from: `Last-Event-ID`, else `?last_event_id=`. A token this
     /// server does not write counts as another run's (a gap report for every stream).
     resume: Option<crate::history::Token>,
+    /// Browser tabs sharing this connection (`?tabs=N`, default 1).
+    tabs: u32,
+}
+
+/// The most tabs a client may say share its connection.
+pub const TABS_MAX: u32 = 1000;
+
+/// `?tabs=N`: how many browser tabs share the connection (the smart client's shared worker
+/// or leader tab says so), 1 when absent.
+fn tabs_param(req: &Request) -> Result<u32, String> {
+    match req.query_param("tabs") {
+        None => Ok(1),
+        Some(t) => match t.parse::<u32>() {
+            Ok(n) if (1..=TABS_MAX).contains(&n) => Ok(n),
+            _ => Err(format!("tabs={t:?}: give a whole number of tabs in 1..={TABS_MAX}")),
+        },
+    }
+}
+
+/// Records how many tabs share a connection: the `c10m_client_tabs` gauge counts each
+/// client connection as 1 plus the tabs beyond the first it reported (up to 256 each).
+pub(super) fn set_tabs(shard: &mut Shard, slot: u32, generation: u32, tabs: u32) {
+    let extra = (tabs.clamp(1, 256) - 1) as u8;
+    if shard.conns.get(slot, generation).is_none() {
+        return;
+    }
+    let before = shard.extra_tabs(slot, generation);
+    if extra == 0 {
+        shard.tabs.remove(&slot);
+    } else {
+        shard.tabs.insert(slot, (generation, extra));
+    }
+    let gauge = &shard.shared.stats[shard.id].tabs_extra;
+    gauge.fetch_add(extra as u64, std::sync::atomic::Ordering::Relaxed);
+    gauge.fetch_sub(before as u64, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The resume position a client sent, if any.
@@ -190,19 +255,25 @@ fn admit(shard: &mut Shard, slot: u32, generation: u32, req: &Request) -> Option
         Err(e) => return refuse(shard, 401, e.reason()),
     };
     let resume = resume_token(req);
+    let tabs = match tabs_param(req) {
+        Ok(n) => n,
+        Err(why) => return refuse(shard, 400, why),
+    };
     let named = grant.as_ref().map(|g| &g.user).or(user.as_ref());
     if let Some(left) = named.and_then(|u| shard.shared.bans.left_s(u, auth::unix_now_s())) {
         bump(&shard.stats().banned_refused, 1);
         return refuse(shard, 403, format!("user is disconnected for {left} more seconds"));
     }
-    let Some(grant) = grant else { return Some(Admission { user, topics, grant: None, resume }) };
+    let Some(grant) = grant else {
+        return Some(Admission { user, topics, grant: None, resume, tabs });
+    };
     if user.as_ref().is_some_and(|u| *u != grant.user) {
         return refuse(shard, 403, "user does not match the token's sub".into());
     }
     if let Some(t) = topics.iter().find(|t| !grant.allows(t)) {
         return refuse(shard, 403, format!("topic {t} is not allowed by the token"));
     }
-    Some(Admission { user: Some(grant.user.clone()), topics, grant: Some(grant), resume })
+    Some(Admission { user: Some(grant.user.clone()), topics, grant: Some(grant), resume, tabs })
 }
 
 /// Records a token's topic grant and arms the close at its expiry.
@@ -243,6 +314,7 @@ fn accept_ws(
         conn.json = json && !echo;
     }
     let resume = if json { adm.resume } else { None };
+    set_tabs(shard, slot, generation, adm.tabs);
     become_subscriber(shard, slot, generation, kind, adm.user, adm.topics, resume);
     if let Some(grant) = adm.grant {
         remember_grant(shard, slot, generation, grant);
@@ -290,6 +362,7 @@ fn accept_sse(shard: &mut Shard, slot: u32, generation: u32, req: &Request) {
     let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     sse::write_stream_head_with(&mut out, shard.shared.cfg.limits.sse_retry_ms, &headers);
     shard.queue(slot, generation, Chunk::Owned(out));
+    set_tabs(shard, slot, generation, adm.tabs);
     become_subscriber(shard, slot, generation, Kind::Sse, adm.user, adm.topics, adm.resume);
     if let Some(grant) = adm.grant {
         remember_grant(shard, slot, generation, grant);
@@ -322,6 +395,7 @@ fn accept_poll(shard: &mut Shard, slot: u32, generation: u32, req: &Request) {
     }
     let first = adm.resume.is_none();
     shard.polls.insert(slot, super::poll::Poll::new(generation, cors(req)));
+    set_tabs(shard, slot, generation, adm.tabs);
     become_subscriber(shard, slot, generation, Kind::Poll, adm.user, adm.topics, adm.resume);
     if first {
         return shard.answer_poll(slot, generation);
@@ -538,10 +612,20 @@ fn echo(shard: &mut Shard, slot: u32, generation: u32, op: ws::OpCode, data: &[u
     shard.queue(slot, generation, Chunk::Owned(frame));
 }
 
-/// `{"subscribe":"T"}` and `{"unsubscribe":"T"}` from a WebSocket client; each is answered
-/// with `{"subscribed":"T"}`, `{"unsubscribed":"T"}` or `{"error":"…"}`.
+/// `{"subscribe":"T"}`, `{"unsubscribe":"T"}` and `{"tabs":N}` from a WebSocket client;
+/// each is answered with `{"subscribed":"T"}`, `{"unsubscribed":"T"}`, `{"tabs":N}` or
+/// `{"error":"…"}`.
 fn on_control_message(shard: &mut Shard, slot: u32, generation: u32, data: &[u8]) {
     let reply = match serde_json::from_slice::<serde_json::Value>(data) {
+        Ok(v) if v.get("tabs").is_some() => match v["tabs"].as_u64() {
+            Some(n) if (1..=TABS_MAX as u64).contains(&n) => {
+                set_tabs(shard, slot, generation, n as u32);
+                serde_json::json!({ "tabs": n })
+            }
+            _ => {
+                serde_json::json!({ "error": format!("tabs: give a whole number in 1..={TABS_MAX}") })
+            }
+        },
         Ok(v) => match (v.get("subscribe"), v.get("unsubscribe")) {
             (Some(serde_json::Value::String(t)), None)
                 if t.len() <= NAME_BYTES_MAX && !t.is_empty() =>
@@ -556,7 +640,7 @@ fn on_control_message(shard: &mut Shard, slot: u32, generation: u32, data: &[u8]
                 serde_json::json!({ "unsubscribed": t })
             }
             _ => {
-                serde_json::json!({ "error": "expected {\"subscribe\":\"T\"} or {\"unsubscribe\":\"T\"}" })
+                serde_json::json!({ "error": "expected {\"subscribe\":\"T\"}, {\"unsubscribe\":\"T\"} or {\"tabs\":N}" })
             }
         },
         Err(_) => serde_json::json!({ "error": "control messages are JSON objects" }),

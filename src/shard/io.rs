@@ -540,6 +540,10 @@ impl Shard {
         if self.expiries.get(&slot).is_some_and(|(g, _)| *g == generation) {
             self.expiries.remove(&slot);
         }
+        let extra_tabs = self.extra_tabs(slot, generation) as u64;
+        if extra_tabs > 0 {
+            self.tabs.remove(&slot);
+        }
         if self.resuming.get(&slot).is_some_and(|p| p.generation == generation) {
             self.resuming.remove(&slot);
         }
@@ -554,6 +558,7 @@ impl Shard {
             Kind::Sse => &stats.conns_sse,
             Kind::Poll => &stats.conns_poll,
         });
+        stats.tabs_extra.fetch_sub(extra_tabs, std::sync::atomic::Ordering::Relaxed);
         stats.closed(reason);
         if let Some(user) = ident.user() {
             self.unregister_user(user, id);

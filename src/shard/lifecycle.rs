@@ -138,6 +138,7 @@ impl Shard {
                  exits (within {within_ms} ms)"
             );
         }
+        self.shared.directory.set_draining();
         self.cancel_accepts(true);
         let rate_per_s = rate_total.max(0.0) / self.shards() as f64;
         // The loop drives it from the next turn, so an admin answer queued after this call

@@ -90,6 +90,8 @@ pub struct Shared {
     pub clock_origin: Instant,
     /// A live upgrade's shared state ([`crate::handover`]).
     pub hub: crate::handover::Hub,
+    /// This node's load and the cluster's live nodes, for `GET /nodes`.
+    pub directory: Arc<crate::nodes::Directory>,
 }
 
 /// One client or admin listener of this shard.
@@ -153,6 +155,9 @@ pub struct Shard {
     /// Topic patterns granted by the tokens of this shard's connections, by slot (with the
     /// generation), for tokens that carry a `topics` claim. Absent with JWT auth: no topics.
     grants: std::collections::HashMap<u32, (u32, Box<[String]>)>,
+    /// Browser tabs beyond the first sharing a connection (`?tabs=N`), by slot with the
+    /// generation; only connections that said more than one tab have an entry.
+    tabs: std::collections::HashMap<u32, (u32, u8)>,
     /// Token expiries (shard ms) by slot, with the generation: a live upgrade carries them.
     expiries: std::collections::HashMap<u32, (u32, u64)>,
     /// When shard 0 last refreshed the shared RSS figure.
@@ -280,6 +285,7 @@ impl Shard {
             shutdown_deadline_ms: None,
             local: std::collections::VecDeque::new(),
             grants: std::collections::HashMap::new(),
+            tabs: std::collections::HashMap::new(),
             expiries: std::collections::HashMap::new(),
             drain: None,
             stopping: false,
@@ -340,7 +346,12 @@ impl Shard {
             self.tls_reload_if_asked();
             if self.id == 0 && self.now_ms >= self.rss_sampled_ms + 1000 {
                 self.rss_sampled_ms = self.now_ms;
-                self.shared.rss_bytes.store(crate::sys::rss_bytes(), Ordering::Relaxed);
+                let rss = crate::sys::rss_bytes();
+                self.shared.rss_bytes.store(rss, Ordering::Relaxed);
+                let d = &self.shared.directory;
+                d.rss_bytes.store(rss, Ordering::Relaxed);
+                let clients = self.shared.stats.iter().map(|s| s.clients()).sum();
+                d.connections.store(clients, Ordering::Relaxed);
             }
             self.release_memory_after_bursts();
             if self.now_ms >= self.history_ticked_ms + 1000 {
@@ -557,6 +568,11 @@ impl Shard {
         } else {
             self.send_mesh(home, Msg::UserRemove { user: hash, conn: id });
         }
+    }
+
+    /// Browser tabs beyond the first that share this connection ([`client::set_tabs`]).
+    pub(super) fn extra_tabs(&self, slot: u32, generation: u32) -> u8 {
+        self.tabs.get(&slot).filter(|(g, _)| *g == generation).map_or(0, |&(_, n)| n)
     }
 
     fn conn_id(&self, slot: u32, generation: u32) -> ConnId {

@@ -38,6 +38,7 @@ impl Shard {
         Some(Record {
             kind: kind_code(c.kind)?,
             json: c.json,
+            extra_tabs: self.extra_tabs(slot, generation),
             awaiting_pong: c.awaiting_pong,
             ws: c.ws.handover_byte()?,
             ws_partial: c.ws.handover_partial()?,

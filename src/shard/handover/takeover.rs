@@ -104,6 +104,10 @@ impl Shard {
             },
             1,
         );
+        if rec.extra_tabs > 0 {
+            bump(&stats.tabs_extra, rec.extra_tabs as u64);
+            self.tabs.insert(slot, (generation, rec.extra_tabs));
+        }
         bump(&stats.handover_received, 1);
         self.shared.hub.received.fetch_add(1, Ordering::Relaxed);
         if !rec.grants.is_empty() {
