@@ -36,6 +36,9 @@ export interface C10mOptions {
   discover?: boolean;
   /** A reconnect reads the node list again once it is this old (ms). Default 30000. */
   nodesRefreshMs?: number;
+  /** An RTT measured within this long (ms), with no failure since, is not probed again.
+   * Default 30000. */
+  rttFreshMs?: number;
   /** The score is (rtt + 5 ms) × (1 + loadWeight · pressure). Default 4. */
   loadWeight?: number;
   credentials?: RequestCredentials;

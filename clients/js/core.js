@@ -45,6 +45,9 @@ export const OPTION_DEFAULTS = Object.freeze({
   /** The node list is read again at a reconnect once it is this old (ms); a reconnect after
    * a goaway or a failed round reads it again whatever its age. */
   nodesRefreshMs: 30000,
+  /** An endpoint's RTT measured within this long (ms), with no failure since, is used as it
+   * is instead of probing again. */
+  rttFreshMs: 30000,
   /** How many tabs share this connection, told to the server (`?tabs=`, `{"tabs":N}`). */
   tabs: 1,
 });
@@ -292,13 +295,19 @@ export class Connection extends Emitter {
     const current = this.endpoint ? this.table.byUrl.get(this.endpoint) : null;
     if (current && !current.draining && !this.rechoose) return current.url;
     const candidates = probeCandidates(all, this.io.random);
-    const rtts = await Promise.all(candidates.map((e) => probeRttMs(e.url, {
+    // A candidate measured a moment ago (by a probe or the node list's fetch) and not
+    // failed since is not probed again: a reconnect wave costs the nodes fewer requests.
+    const start = this.io.now();
+    const fresh = (e) => e.rttMs != null && e.failures === 0 &&
+      start - e.rttAtMs < this.o.rttFreshMs;
+    const rtts = await Promise.all(candidates.map((e) => fresh(e) ? e.rttMs : probeRttMs(e.url, {
       fetch: this.io.fetch, now: this.io.now, timeoutMs: this.o.probeTimeoutMs,
       path: this.o.probePath,
     })));
     const now = this.io.now();
     candidates.forEach((e, i) => {
-      if (Number.isFinite(rtts[i])) this.table.succeeded(e.url, rtts[i]);
+      if (fresh(e)) return;
+      if (Number.isFinite(rtts[i])) this.table.succeeded(e.url, rtts[i], now);
       else this.table.failed(e.url, now);
     });
     const best = bestEndpoint(candidates, now, this.endpoint, this.table.opts);
@@ -334,7 +343,7 @@ export class Connection extends Emitter {
         fetch: this.io.fetch, now: this.io.now, timeoutMs: this.o.probeTimeoutMs,
       });
       if (!r) continue;
-      this.table.succeeded(e.url, r.rttMs);
+      this.table.succeeded(e.url, r.rttMs, this.io.now());
       this.table.applyNodes(e.url, r.list);
       this.emit('nodes', { from: e.url, self: r.list.self, nodes: r.list.nodes });
       return;

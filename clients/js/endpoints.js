@@ -48,6 +48,7 @@ export function wsBase(base) {
  * @typedef {object} EndpointStats
  * @property {string} url http base
  * @property {number | null} rttMs smoothed probe round trip, null when never measured
+ * @property {number} rttAtMs when it was last measured (monotonic ms), -Infinity if never
  * @property {number} failures failures since the last success
  * @property {number} lastFailAtMs when it last failed (monotonic ms), -Infinity if never
  * @property {number | null} load connections / capacity from `GET /nodes` (0..1), or null
@@ -152,7 +153,8 @@ export class EndpointTable {
     const base = httpBase(url);
     let e = this.byUrl.get(base);
     if (!e) {
-      e = { url: base, rttMs: null, failures: 0, lastFailAtMs: -Infinity, load: null,
+      e = { url: base, rttMs: null, rttAtMs: -Infinity, failures: 0, lastFailAtMs: -Infinity,
+        load: null,
         memHeadroom: null, draining: false, discovered: false, node: null };
       this.byUrl.set(base, e);
     }
@@ -208,11 +210,17 @@ export class EndpointTable {
     }
   }
 
-  /** @param {string} url @param {number} rttMs */
-  succeeded(url, rttMs) {
+  /**
+   * @param {string} url @param {number} rttMs NaN when nothing was timed (a connect opened)
+   * @param {number} [nowMs] when it was measured
+   */
+  succeeded(url, rttMs, nowMs) {
     const e = this.add(url);
     e.failures = 0;
-    if (Number.isFinite(rttMs)) e.rttMs = e.rttMs == null ? rttMs : 0.7 * e.rttMs + 0.3 * rttMs;
+    if (Number.isFinite(rttMs)) {
+      e.rttMs = e.rttMs == null ? rttMs : 0.7 * e.rttMs + 0.3 * rttMs;
+      if (nowMs != null) e.rttAtMs = nowMs;
+    }
   }
 
   /** @param {string} url @param {number} nowMs */

@@ -439,3 +439,27 @@ test('a hub tells its connection how many tabs it has', async () => {
   assert.deepEqual(out.filter((m) => m.op === 'tabs').map((m) => m.n), [1, 2, 3, 2]);
   hub.close();
 });
+
+test('a reconnect soon after a choice probes only what it has not measured lately', async () => {
+  const io = virtualIo();
+  const { FakeWs, made } = fakeWebSocketClass();
+  const net = clusterFetch(() => ({ self: null, nodes: [] }));
+  const conn = new Connection({ endpoints: ['http://a:1', 'http://b:1'], io, WebSocket: FakeWs,
+    fetch: net.fetch, transports: ['ws'] });
+  await flush();
+  const probes = () => net.urls.filter((u) => !u.endsWith('/nodes')).length;
+  assert.equal(probes(), 1, 'a was timed by its node list, b probed');
+  made[0].open();
+  made[0].end(1001, '{"goaway":true,"reconnect_after_ms":1000}');
+  await io.advance(1000);
+  await flush();
+  assert.equal(made.length, 2);
+  assert.equal(probes(), 1, 'both measured within rttFreshMs: no probe');
+  made[1].open();
+  made[1].end(1001, '{"goaway":true,"reconnect_after_ms":40000}');
+  await io.advance(40000);
+  await flush();
+  assert.equal(made.length, 3);
+  assert.ok(probes() >= 2, 'measurements older than rttFreshMs are probed again');
+  conn.close();
+});
