@@ -31,6 +31,16 @@ export interface C10mOptions {
   onlineSpreadMs?: number;
   probeTimeoutMs?: number;
   probePath?: string;
+  /** Read the server's `GET /nodes` and choose among its live nodes by latency × load.
+   * Default true; a server without the route (404) leaves the given list as it is. */
+  discover?: boolean;
+  /** A reconnect reads the node list again once it is this old (ms). Default 30000. */
+  nodesRefreshMs?: number;
+  /** An RTT measured within this long (ms), with no failure since, is not probed again.
+   * Default 30000. */
+  rttFreshMs?: number;
+  /** The score is (rtt + 5 ms) × (1 + loadWeight · pressure). Default 4. */
+  loadWeight?: number;
   credentials?: RequestCredentials;
   /** A WebSocket constructor (Node 20: the `ws` package or --experimental-websocket). */
   WebSocket?: unknown;
@@ -60,6 +70,8 @@ export interface StateChange {
   state: State;
   transport: TransportName | null;
   endpoint: string | null;
+  /** The node's id when a node list named it, else null. */
+  node: string | null;
   /** With 'waiting': how long until the next attempt, and why. */
   delayMs?: number;
   reason?: 'goaway' | 'closed' | 'shed' | 'token' | 'busy' | 'fallback' | 'unreachable' |
@@ -79,6 +91,22 @@ export interface Gap {
   reason: 'expired' | 'too_many' | 'epoch' | 'unknown' | string | null;
 }
 
+export interface NodeInfo {
+  id: string | null;
+  /** Its public URL; null when the node has none configured (it is not dialled). */
+  url: string | null;
+  /** Connections / capacity, 0..1. */
+  load: number | null;
+  /** 1 − RSS / memory limit, 0..1; null without a memory limit. */
+  memHeadroom: number | null;
+  draining: boolean;
+}
+
+export interface NodeList {
+  self: string | null;
+  nodes: NodeInfo[];
+}
+
 export interface Events {
   message: Message;
   state: StateChange;
@@ -86,7 +114,10 @@ export interface Events {
   goaway: Goaway;
   tabs: number;
   leader: boolean;
-  endpoint: { url: string; candidates: { url: string; rttMs: number }[] };
+  endpoint: { url: string; candidates: { url: string; rttMs: number; node: string | null;
+    load: number | null; memHeadroom: number | null }[] };
+  /** A node list was read (`from` is the endpoint that answered). */
+  nodes: NodeList & { from: string };
   control: Record<string, string>;
   error: { reason?: string; code?: number; detail?: string; error?: unknown };
 }
@@ -97,6 +128,7 @@ export class C10m {
   readonly state: State;
   readonly transport: TransportName | null;
   readonly endpoint: string | null;
+  readonly node: string | null;
   readonly position: string | null;
   readonly tabs: number;
   readonly leader: boolean;
@@ -115,3 +147,4 @@ export function closeAction(code: number, reason: string):
   { action: 'goaway'; goaway: Goaway } | { action: 'retry' | 'backoff' | 'token' | 'fatal' };
 export function isPositionToken(id: unknown): id is string;
 export function httpBase(url: string): string;
+export function parseNodes(body: unknown): NodeList | null;

@@ -7,7 +7,8 @@
 //   c.subscribe('sport'); … c.close();
 //
 // Layers, each its own file: policy.js (backoff, goaway, close codes: pure), endpoints.js
-// (choice by measured latency: pure, plus the probe), sse.js (an incremental parser),
+// (choice by measured latency and load: pure, plus the probe), nodes.js (the server's node
+// list: a parser and its fetch), sse.js (an incremental parser),
 // transports.js (WebSocket, SSE over fetch, long polling behind one interface), core.js (one
 // connection's state machine), hub.js (one connection for many tabs), share.js and
 // worker.js (how tabs reach the hub: SharedWorker, or a Web Locks leader tab).
@@ -18,9 +19,10 @@ import { joinLeader, joinWorker, portable } from './share.js';
 
 export { Connection, OPTION_DEFAULTS, topicOf } from './core.js';
 export { backoffDelayMs, closeAction, parseGoaway, isPositionToken, DEFAULTS } from './policy.js';
-export { EndpointTable, bestEndpoint, endpointScore, probeCandidates, httpBase }
+export { EndpointTable, bestEndpoint, endpointScore, loadPressure, probeCandidates, httpBase }
   from './endpoints.js';
 export { SseParser } from './sse.js';
+export { parseNodes } from './nodes.js';
 
 /**
  * @typedef {object} C10mOptions
@@ -33,6 +35,8 @@ export { SseParser } from './sse.js';
  * @property {string | URL} [workerUrl] the SharedWorker script (worker.js)
  * @property {string} [position] a position token to resume from
  * @property {('ws' | 'sse' | 'poll')[]} [transports]
+ * @property {boolean} [discover] read `GET /nodes` and choose by latency and load; default true
+ * @property {number} [nodesRefreshMs] @property {number} [loadWeight] @property {number} [tabs]
  * @property {any} [WebSocket] @property {typeof fetch} [fetch]
  * @property {object} [io] injected clocks, timers and random (tests)
  * @property {boolean} [autoConnect]
@@ -72,6 +76,8 @@ export class C10m extends Emitter {
     this.transport = null;
     /** @type {string | null} */
     this.endpoint = null;
+    /** @type {string | null} the id of the node connected to, when a node list named it */
+    this.node = null;
     this.tabs = 1;
     this.leader = false;
     this.mode = chooseMode(options);
@@ -147,6 +153,7 @@ export class C10m extends Emitter {
         this.state = msg.s.state;
         this.transport = msg.s.transport;
         this.endpoint = msg.s.endpoint;
+        this.node = msg.s.node ?? null;
         this.emit('state', msg.s);
         break;
       case 'tabs':
@@ -168,6 +175,7 @@ export class C10m extends Emitter {
       case 'gap':
       case 'goaway':
       case 'endpoint':
+      case 'nodes':
       case 'error':
         this.emit(msg.op, msg.g ?? msg.e ?? msg.body);
         break;

@@ -12,8 +12,9 @@
 
 import { Emitter } from './emitter.js';
 import { DEFAULTS, backoffDelayMs, isPositionToken } from './policy.js';
-import { ENDPOINT_DEFAULTS, EndpointTable, bestEndpoint, probeCandidates, probeRttMs }
-  from './endpoints.js';
+import { ENDPOINT_DEFAULTS, EndpointTable, bestEndpoint, endpointScore, probeCandidates,
+  probeRttMs } from './endpoints.js';
+import { fetchNodes } from './nodes.js';
 import { TRANSPORTS } from './transports.js';
 
 /** Option defaults, each with its reason; README.md lists them for users. */
@@ -38,11 +39,34 @@ export const OPTION_DEFAULTS = Object.freeze({
   credentials: /** @type {RequestCredentials} */ ('same-origin'),
   probeTimeoutMs: ENDPOINT_DEFAULTS.probeTimeoutMs,
   probePath: ENDPOINT_DEFAULTS.probePath,
+  /** Read the server's node list (`GET /nodes`) and choose among its live nodes by latency
+   * and load. A server without the route answers 404 and the client keeps its own list. */
+  discover: true,
+  /** The node list is read again at a reconnect once it is this old (ms); a reconnect after
+   * a goaway or a failed round reads it again whatever its age. */
+  nodesRefreshMs: 30000,
+  /** An endpoint's RTT measured within this long (ms), with no failure since, is used as it
+   * is instead of probing again. */
+  rttFreshMs: 30000,
+  /** How many tabs share this connection, told to the server (`?tabs=`, `{"tabs":N}`). */
+  tabs: 1,
 });
+
+/** The server counts 1..=1000 tabs per connection. */
+export const TABS_MAX = 1000;
+
+/** A node list is asked of at most this many endpoints per reconnect. */
+const NODES_ASKS_MAX = 2;
 
 /** @param {string | null} stream @returns {string | null} */
 export function topicOf(stream) {
   return typeof stream === 'string' && stream.startsWith('topic:') ? stream.slice(6) : null;
+}
+
+/** @param {unknown} n @returns {number} a tab count the server accepts */
+function clampTabs(n) {
+  const v = Math.floor(Number(n));
+  return Number.isFinite(v) ? Math.min(TABS_MAX, Math.max(1, v)) : 1;
 }
 
 /** The default I/O: the platform's own. */
@@ -73,7 +97,13 @@ export class Connection extends Emitter {
     const urls = Array.isArray(o.endpoints) ? o.endpoints : [o.endpoints];
     this.table = new EndpointTable(urls.filter(Boolean), {
       probeTimeoutMs: o.probeTimeoutMs, probePath: o.probePath,
+      ...(o.loadWeight != null ? { loadWeight: o.loadWeight } : {}),
     });
+    /** @type {number | null} when the node list was last read (asked), monotonic ms */
+    this.nodesAtMs = null;
+    /** @type {string | null} the endpoint whose goaway ended the last connection */
+    this.leftEndpoint = null;
+    this.tabsCount = clampTabs(o.tabs);
     this.names = o.transports.filter((n) => n in TRANSPORTS && this.usable(n));
     if (this.names.length === 0) throw new Error('c10m: no usable transport');
     /** @type {Set<string>} */
@@ -162,6 +192,19 @@ export class Connection extends Emitter {
     for (const t of drop) this.unsubscribe(t);
   }
 
+  /**
+   * How many tabs share this connection. A WebSocket tells the server at once
+   * (`{"tabs":N}`); SSE and long polling tell it at their next connect (`?tabs=N`).
+   * @param {number} n
+   */
+  setTabs(n) {
+    const v = clampTabs(n);
+    if (v === this.tabsCount) return;
+    this.tabsCount = v;
+    const t = this.transport;
+    if (t?.send && this.state === 'connected') t.send({ tabs: v });
+  }
+
   /** A WebSocket changes topics in-band; SSE reconnects (resuming); a poll re-asks. */
   topicsChanged(control) {
     const t = this.transport;
@@ -180,8 +223,9 @@ export class Connection extends Emitter {
 
   setState(state, extra) {
     this.state = state;
+    const node = this.endpoint ? this.table.byUrl.get(this.endpoint)?.node ?? null : null;
     this.emit('state', {
-      state, transport: this.transportName, endpoint: this.endpoint, ...extra,
+      state, transport: this.transportName, endpoint: this.endpoint, node, ...extra,
     });
   }
 
@@ -219,6 +263,7 @@ export class Connection extends Emitter {
       base: endpoint,
       user: this.o.user ?? null,
       topics: () => this.topics(),
+      tabs: () => this.tabsCount,
       position: () => this.position,
       token: this.tokenValue,
       io: this.io,
@@ -241,26 +286,68 @@ export class Connection extends Emitter {
       this.rechoose = false;
       return e;
     }
-    const all = this.table.all();
-    if (all.length === 1) return all[0].url;
-    if (this.endpoint && !this.rechoose) return this.endpoint;
+    if (this.o.discover && this.nodesDue()) await this.readNodes();
+    const all = this.table.live();
+    if (all.length === 1) {
+      this.rechoose = false;
+      return all[0].url;
+    }
+    const current = this.endpoint ? this.table.byUrl.get(this.endpoint) : null;
+    if (current && !current.draining && !this.rechoose) return current.url;
     const candidates = probeCandidates(all, this.io.random);
-    const rtts = await Promise.all(candidates.map((e) => probeRttMs(e.url, {
+    // A candidate measured a moment ago (by a probe or the node list's fetch) and not
+    // failed since is not probed again: a reconnect wave costs the nodes fewer requests.
+    const start = this.io.now();
+    const fresh = (e) => e.rttMs != null && e.failures === 0 &&
+      start - e.rttAtMs < this.o.rttFreshMs;
+    const rtts = await Promise.all(candidates.map((e) => fresh(e) ? e.rttMs : probeRttMs(e.url, {
       fetch: this.io.fetch, now: this.io.now, timeoutMs: this.o.probeTimeoutMs,
       path: this.o.probePath,
     })));
     const now = this.io.now();
     candidates.forEach((e, i) => {
-      if (Number.isFinite(rtts[i])) this.table.succeeded(e.url, rtts[i]);
+      if (fresh(e)) return;
+      if (Number.isFinite(rtts[i])) this.table.succeeded(e.url, rtts[i], now);
       else this.table.failed(e.url, now);
     });
     const best = bestEndpoint(candidates, now, this.endpoint, this.table.opts);
     this.rechoose = false;
     this.emit('endpoint', {
       url: best.url,
-      candidates: candidates.map((e, i) => ({ url: e.url, rttMs: rtts[i] })),
+      candidates: candidates.map((e, i) => ({ url: e.url, rttMs: rtts[i], node: e.node,
+        load: e.load, memHeadroom: e.memHeadroom })),
     });
     return best.url;
+  }
+
+  /** Whether this (re)connect reads the node list again: bounded by age and by reconnects. */
+  nodesDue() {
+    return this.nodesAtMs == null || this.rechoose ||
+      this.io.now() - this.nodesAtMs >= this.o.nodesRefreshMs;
+  }
+
+  /**
+   * Reads `GET /nodes` from the best-scoring endpoints, at most NODES_ASKS_MAX of them (the
+   * one whose goaway ended the last connection is asked last: it is likely draining). A
+   * failure or a 404 leaves the table as it was.
+   */
+  async readNodes() {
+    const now = this.io.now();
+    this.nodesAtMs = now;
+    const o = this.table.opts;
+    const order = this.table.live().slice()
+      .sort((a, b) => (a.url === this.leftEndpoint ? 1 : 0) - (b.url === this.leftEndpoint ? 1 : 0) ||
+        endpointScore(a, now, o) - endpointScore(b, now, o));
+    for (const e of order.slice(0, NODES_ASKS_MAX)) {
+      const r = await fetchNodes(e.url, {
+        fetch: this.io.fetch, now: this.io.now, timeoutMs: this.o.probeTimeoutMs,
+      });
+      if (!r) continue;
+      this.table.succeeded(e.url, r.rttMs, this.io.now());
+      this.table.applyNodes(e.url, r.list);
+      this.emit('nodes', { from: e.url, self: r.list.self, nodes: r.list.nodes });
+      return;
+    }
   }
 
   /** @param {any} ev a transport event */
@@ -327,6 +414,10 @@ export class Connection extends Emitter {
         this.emit('goaway', g);
         if (!g.reconnect) return this.close();
         if (g.endpoint) this.nextEndpoint = this.table.add(g.endpoint).url;
+        // With a node list, a goaway is a moment to choose again (this node may be
+        // draining); the list is read again first. Without one, come back here.
+        else if (this.o.discover) this.rechoose = true;
+        this.leftEndpoint = this.endpoint;
         this.attempt = 0;
         return this.schedule(g.reconnectAfterMs, 'goaway', true);
       }
@@ -354,6 +445,9 @@ export class Connection extends Emitter {
       return this.schedule(ev.retryAfterMs + this.io.random() * this.o.backoffMinMs, 'busy',
         false);
     }
+    // Refused for the token (it expired between its fetch and the connect): the next
+    // attempt fetches a new one.
+    if (ev.status === 401 && typeof this.o.token === 'function') this.tokenValue = null;
     if (this.names[this.index] === 'ws') this.wsFailedAtMs = this.io.now();
     this.failsInRound += 1;
     if (this.failsInRound < this.names.length) {

@@ -2,7 +2,7 @@
 // leader tab, or in a lone tab) and turns its events into plain messages that can cross a
 // MessagePort or a BroadcastChannel:
 //   {op:'state', s} {op:'msg', m} {op:'pos', id} {op:'gap', g} {op:'goaway', g}
-//   {op:'endpoint', e} {op:'control', body} {op:'error', e} {op:'tabs', n}
+//   {op:'endpoint', e} {op:'nodes', e} {op:'control', body} {op:'error', e} {op:'tabs', n}
 // Each tab filters messages by its own topics and drops ids it has already seen.
 
 import { Connection } from './core.js';
@@ -36,6 +36,7 @@ export class Hub {
     const fresh = !this.conn;
     if (fresh) this.start(position);
     else this.conn?.setTopics(this.mergedTopics());
+    this.conn?.setTabs(this.tabs.size);
     this.broadcast({ op: 'tabs', n: this.tabs.size });
     if (!fresh && this.lastState) this.broadcast({ op: 'state', s: this.lastState });
     if (this.conn?.position) this.broadcast({ op: 'pos', id: this.conn.position });
@@ -52,6 +53,7 @@ export class Hub {
   leave(tab) {
     if (!this.tabs.delete(tab)) return;
     this.conn?.setTopics(this.mergedTopics());
+    if (this.tabs.size > 0) this.conn?.setTabs(this.tabs.size);
     this.broadcast({ op: 'tabs', n: this.tabs.size });
   }
 
@@ -65,7 +67,7 @@ export class Hub {
   start(position) {
     const conn = new Connection({
       ...this.options, topics: this.mergedTopics(), position: position ?? undefined,
-      autoConnect: false,
+      tabs: this.tabs.size, autoConnect: false,
     });
     this.conn = conn;
     // Nothing from a closed hub reaches the tabs: a leader that leaves must not tell the
@@ -82,6 +84,7 @@ export class Hub {
     conn.on('gap', (g) => b({ op: 'gap', g }));
     conn.on('goaway', (g) => b({ op: 'goaway', g }));
     conn.on('endpoint', (e) => b({ op: 'endpoint', e }));
+    conn.on('nodes', (e) => b({ op: 'nodes', e }));
     conn.on('control', (body) => b({ op: 'control', body }));
     conn.on('error', (e) => b({ op: 'error', e: { ...e, error: e.error && String(e.error) } }));
     conn.connect();

@@ -22,7 +22,8 @@ const forever = () => new Promise(() => {});
 export function portable(o) {
   const out = {};
   for (const [k, v] of Object.entries(o)) {
-    if (typeof v !== 'function' && k !== 'io' && k !== 'WebSocket' && k !== 'fetch') out[k] = v;
+    if (typeof v === 'function' || k === 'io' || k === 'WebSocket' || k === 'fetch') continue;
+    out[k] = v instanceof URL ? String(v) : v; // a URL (workerUrl) cannot be cloned
   }
   out.tokenFromTab = typeof o.token === 'function';
   return out;

@@ -3,6 +3,8 @@
 #   test/policy.test.js, test/core.test.js   units under node:test (pure parts, the state
 #                                            machine on a virtual clock)
 #   test/server.test.js                      the library in Node against the real server
+#   test/cluster.test.js                     the /nodes choice on a real two-node cluster
+#                                            (redis-server and nats-server, apt)
 #   test/browser.test.js                     headless Chromium (Debian's, driven by
 #                                            playwright-core) against the real server
 #   test/status_page.test.js                 the server's status page in headless Chromium
@@ -26,6 +28,12 @@ if [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null && ! command -v ch
   apt-get update -qq >/dev/null
   apt-get install -y -qq chromium >/dev/null
 fi
+if ! command -v redis-server >/dev/null || ! command -v nats-server >/dev/null; then
+  echo "clients/js/test.sh: installing redis-server and nats-server with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq redis-server nats-server >/dev/null
+fi
 if [ -z "${C10M_BIN:-}" ]; then
   (cd "$root" && cargo build --release -q -p c10m)
   export C10M_BIN="$root/target/release/c10m"
@@ -38,5 +46,6 @@ if [ "$(node -p 'typeof WebSocket')" != "function" ]; then flags+=(--experimenta
 # One file at a time: the server and browser tests time reconnects, and a shared 2-CPU
 # machine should not starve them.
 node "${flags[@]}" --test --test-concurrency=1 --test-timeout=120000 \
-  test/policy.test.js test/core.test.js test/server.test.js test/browser.test.js \
+  test/policy.test.js test/core.test.js test/server.test.js test/cluster.test.js \
+  test/browser.test.js \
   test/status_page.test.js

@@ -28,6 +28,7 @@ import { SseParser } from './sse.js';
  * @property {string} base the endpoint's http base URL
  * @property {string | null} user
  * @property {() => string[]} topics the topics to hold now
+ * @property {() => number} [tabs] how many tabs share the connection (sent when above 1)
  * @property {() => string | null} position the latest position token, or null
  * @property {string | null} token a bearer token for `?token=`, or null
  * @property {TransportIo} io
@@ -47,6 +48,9 @@ function query(ctx, extra) {
   if (ctx.user) q.set('user', ctx.user);
   const topics = ctx.topics();
   if (topics.length) q.set('topics', topics.join(','));
+  // A connection that does not say counts as one tab.
+  const tabs = ctx.tabs?.() ?? 1;
+  if (tabs > 1) q.set('tabs', String(tabs));
   for (const [k, v] of Object.entries(extra)) q.set(k, v);
   if (ctx.token) q.set('token', ctx.token);
   return q.toString();
@@ -79,7 +83,7 @@ function fromBase64(b64) {
 }
 
 const ENVELOPE_KEYS = new Set(['id', 'stream', 'data', 'data_b64', 'gap']);
-const CONTROL_KEYS = new Set(['subscribed', 'unsubscribed', 'error']);
+const CONTROL_KEYS = new Set(['subscribed', 'unsubscribed', 'tabs', 'error']);
 
 /** @param {any} v */
 function isEnvelope(v) {

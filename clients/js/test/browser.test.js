@@ -3,7 +3,9 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
-import { readFile } from 'node:fs/promises';
+import { createHmac } from 'node:crypto';
+import { readFile, writeFile, mkdtemp } from 'node:fs/promises';
+import os from 'node:os';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,11 +17,33 @@ const chromiumPath = process.env.CHROMIUM ??
   ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => existsSync(p));
 if (!chromiumPath) throw new Error('no chromium binary (apt-get install -y chromium)');
 
-/** Serves the package directory (the page, the library, the worker) on its own origin. */
+/** The HS256 secret of the JWT server below. */
+const SECRET = 'browser-test-secret-of-at-least-32-bytes';
+const b64url = (v) => Buffer.from(v).toString('base64url');
+/** An HS256 JWT for `sub` that expires `ttlS` seconds from now. */
+function jwt(sub, ttlS) {
+  const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
+  const body = b64url(JSON.stringify({ sub, exp: Math.floor(Date.now() / 1000) + ttlS }));
+  const sig = createHmac('sha256', SECRET).update(`${head}.${body}`).digest('base64url');
+  return `${head}.${body}.${sig}`;
+}
+/** Tokens handed out by `/token?sub=U`: the first for each subject lives 2 s, later ones 10 min. */
+const tokensIssued = new Map();
+
+/** Serves the package directory (the page, the library, the worker) on its own origin, and
+ * tokens at /token. */
 function staticServer() {
   const types = { '.js': 'text/javascript', '.html': 'text/html' };
   const srv = createServer(async (req, res) => {
-    const p = new URL(req.url, 'http://x').pathname;
+    const u = new URL(req.url, 'http://x');
+    const p = u.pathname;
+    if (p === '/token') {
+      const sub = u.searchParams.get('sub') ?? 'anon';
+      const n = (tokensIssued.get(sub) ?? 0) + 1;
+      tokensIssued.set(sub, n);
+      return res.writeHead(200, { 'Content-Type': 'text/plain', 'Cache-Control': 'no-store' })
+        .end(jwt(sub, n === 1 ? 2 : 600));
+    }
     const file = path.join(root, p === '/' ? 'test/page.html' : p);
     if (!file.startsWith(root)) return res.writeHead(403).end();
     try {
@@ -67,6 +91,17 @@ const connections = async () => {
   const s = await server.stats();
   return s.ws + s.sse;
 };
+/** The sum of a metric's samples (those with `label`, e.g. `reason="x"`, when given) in the
+ * admin /metrics, or null when it is not there. */
+async function metric(srv, name, label = '') {
+  const text = await (await fetch(`${srv.adminBase}/metrics`)).text();
+  const lines = text.split('\n').filter((l) => (l.startsWith(name + ' ') ||
+    l.startsWith(name + '{')) && l.includes(label));
+  return lines.length ? lines.reduce((sum, l) => sum + Number(l.split(' ').pop()), 0) : null;
+}
+const tabsCounted = (await metric(server, 'c10m_client_tabs')) !== null;
+/** A browser-wide CDP session: it can see and end SharedWorkers. */
+const cdp = await browser.newBrowserCDPSession();
 const messagesOf = (page) => page.evaluate(() => window.messages());
 
 for (const share of ['worker', 'leader']) {
@@ -218,3 +253,129 @@ test('permessage-deflate in the browser: a plain WebSocket gets compressed publi
       await context.close();
     }
   });
+
+for (const share of ['worker', 'leader']) {
+  test(`${share}: the server counts the tabs: 3 on one connection, 2 after one closes`,
+    { skip: tabsCounted ? false : 'the server has no c10m_client_tabs yet' }, async () => {
+      const context = await browser.newContext();
+      try {
+        await waitFor(async () => (await connections()) === 0, 'no connection left over');
+        const pages = await openTabs(context, 3, { endpoints: server.base, user: `count-${share}`,
+          share });
+        for (const p of pages) {
+          await p.waitForFunction(() => window.client.state === 'connected' &&
+            window.client.tabs === 3, null, { timeout: 10000 });
+        }
+        await waitFor(async () => (await connections()) === 1, 'one server connection');
+        await waitFor(async () => (await metric(server, 'c10m_client_tabs')) === 3,
+          'c10m_client_tabs 3');
+        await pages[2].close({ runBeforeUnload: true });
+        await waitFor(async () => (await metric(server, 'c10m_client_tabs')) === 2,
+          'c10m_client_tabs 2 after a tab closed');
+        assert.equal(await connections(), 1);
+        const stats = await server.stats();
+        const total = stats.totals?.tabs ?? stats.tabs;
+        if (total !== undefined) assert.equal(total, 2, '/stats tabs');
+      } finally {
+        await context.close();
+      }
+    });
+}
+
+test('worker: an expired token is refreshed through the tab, and the feed goes on', async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'c10m-browser-'));
+  const key = path.join(dir, 'hs256.key');
+  await writeFile(key, `${SECRET}\n`);
+  const jwtServer = await startServer(['--auth', 'jwt', '--jwt-key', key]);
+  const context = await browser.newContext();
+  const sub = 'token-tab';
+  try {
+    const [page] = await openTabs(context, 1, { endpoints: jwtServer.base, share: 'worker',
+      tokenUrl: `/token?sub=${sub}` });
+    await page.waitForFunction(() => window.client.state === 'connected', null,
+      { timeout: 10000 });
+    await jwtServer.publish(`user=${sub}`, 'first');
+    await waitFor(async () => (await messagesOf(page)).includes('first'), 'the first message');
+    // The first token lives 2 s: the server closes with 4001, the worker asks the tab for a
+    // new one and reconnects with it.
+    await page.waitForFunction(() => window.log.some((e) => e.type === 'state' &&
+      e.v.reason === 'token'), null, { timeout: 10000 });
+    await page.waitForFunction(() => window.tokens >= 2 && window.client.state === 'connected',
+      null, { timeout: 10000 });
+    await jwtServer.publish(`user=${sub}`, 'second');
+    await waitFor(async () => (await messagesOf(page)).includes('second'), 'after the refresh');
+    const log = await page.evaluate(() => window.log);
+    assert.equal(log.filter((e) => e.type === 'error').length, 0, JSON.stringify(log));
+    assert.equal(await metric(jwtServer, 'c10m_closes_total', 'reason="token_expired"'), 1);
+  } finally {
+    await context.close();
+    await jwtServer.stop();
+  }
+});
+
+test('worker: a SharedWorker that dies is restarted by the tabs, which resume on it',
+  async () => {
+    const context = await browser.newContext();
+    const user = 'worker-dies';
+    try {
+      await waitFor(async () => (await connections()) === 0, 'no connection left over');
+      const pages = await openTabs(context, 2, { endpoints: server.base, user, share: 'worker' });
+      for (const p of pages) {
+        await p.waitForFunction(() => window.client.state === 'connected' &&
+          window.client.tabs === 2, null, { timeout: 10000 });
+      }
+      await server.publish(`user=${user}`, 'before');
+      for (const p of pages) {
+        await waitFor(async () => (await messagesOf(p)).includes('before'), 'before');
+      }
+      const workers = async () => (await cdp.send('Target.getTargets')).targetInfos
+        .filter((t) => t.type === 'shared_worker' && t.url.startsWith(origin));
+      const [w] = await workers();
+      assert.ok(w, 'a SharedWorker runs');
+      await cdp.send('Target.closeTarget', { targetId: w.targetId });
+      await waitFor(async () => {
+        const now = await workers();
+        return now.length === 1 && now[0].targetId !== w.targetId;
+      }, 'a new SharedWorker');
+      for (const p of pages) {
+        await p.waitForFunction(() => window.client.tabs === 2 &&
+          window.client.state === 'connected', null, { timeout: 10000 });
+      }
+      await waitFor(async () => (await connections()) === 1, 'one connection again');
+      await server.publish(`user=${user}`, 'after');
+      for (const p of pages) {
+        await waitFor(async () => (await messagesOf(p)).includes('after'), 'after');
+        assert.deepEqual((await messagesOf(p)).filter((m) => m === 'before' || m === 'after'),
+          ['before', 'after'], 'nothing doubled by the restart');
+      }
+    } finally {
+      await context.close();
+    }
+  });
+
+test('the example feed page shows the state, the tab count and the messages', async () => {
+  const context = await browser.newContext();
+  try {
+    const q = `endpoints=${server.base}&user=feed&topics=news&share=worker`;
+    const pages = [];
+    for (let i = 0; i < 2; i++) {
+      const page = await context.newPage();
+      page.on('pageerror', (e) => console.error('page error:', e));
+      await page.goto(`${origin}/examples/feed.html?${q}`);
+      pages.push(page);
+    }
+    for (const p of pages) {
+      await p.waitForFunction(() => document.getElementById('state').textContent ===
+        'connected' && document.getElementById('tabs').textContent === '2', null,
+      { timeout: 10000 });
+    }
+    assert.equal(await pages[0].textContent('#transport'), 'ws');
+    await server.publish('topic=news', 'on the feed');
+    for (const p of pages) {
+      await p.waitForFunction(() => document.querySelector('#messages li')?.textContent
+        .startsWith('on the feed'), null, { timeout: 10000 });
+    }
+  } finally {
+    await context.close();
+  }
+});

@@ -61,10 +61,11 @@ function fakeWebSocketClass() {
   return { FakeWs, made };
 }
 
-/** fetch that answers 404 to everything, recording the URLs. */
+/** fetch that answers 404 to everything (a server without /nodes), recording the URLs
+ * other than the node list's. */
 function fetch404(urls) {
   return async (url) => {
-    urls.push(String(url));
+    if (!String(url).endsWith('/nodes')) urls.push(String(url));
     return new Response('no', { status: 404 });
   };
 }
@@ -88,7 +89,7 @@ test('a goaway is obeyed exactly: no attempt before the delay, then to its endpo
   made[0].text('{"id":"p-5"}');
   made[0].end(1001, '{"goaway":true,"reconnect_after_ms":3000,"endpoint":"ws://b:2"}');
   assert.deepEqual(log.at(-1), { state: 'waiting', transport: null, endpoint: 'http://a:1',
-    delayMs: 3000, reason: 'goaway' });
+    node: null, delayMs: 3000, reason: 'goaway' });
   await io.advance(2999);
   assert.equal(made.length, 1, 'no attempt before reconnect_after_ms');
   await io.advance(1);
@@ -259,6 +260,7 @@ test('endpoints: a failing one is left for a working one, by probe', async () =>
   const conn = new Connection({ endpoints: ['http://dead:1', 'http://live:1'], io,
     WebSocket: FakeWs, transports: ['ws'],
     fetch: async (url) => {
+      if (String(url).endsWith('/nodes')) return new Response('no', { status: 404 });
       probes.push(String(url));
       if (String(url).startsWith('http://dead')) throw new TypeError('refused');
       return new Response('not found', { status: 404 });
@@ -269,5 +271,195 @@ test('endpoints: a failing one is left for a working one, by probe', async () =>
   assert.deepEqual(chosen, ['http://live:1']);
   assert.match(made[0].url, /^ws:\/\/live:1\//);
   assert.equal(probes.length, 2);
+  conn.close();
+});
+
+/** A fetch for a little cluster: `/nodes` answers what `nodes()` says for that endpoint, or
+ * fails when the endpoint is in `down`; probes answer 404. Records every URL. */
+function clusterFetch(nodes, down = new Set()) {
+  const urls = [];
+  const f = async (url) => {
+    const u = new URL(String(url));
+    urls.push(String(url));
+    if (down.has(u.origin)) throw new TypeError('refused');
+    if (u.pathname === '/nodes') return Response.json(nodes(u.origin));
+    return new Response('not found', { status: 404 });
+  };
+  return { fetch: f, urls, asked: () => urls.filter((x) => x.endsWith('/nodes')) };
+}
+
+test('/nodes: one endpoint given, the node list adds the other, the loaded one is left',
+  async () => {
+    const io = virtualIo();
+    const { FakeWs, made } = fakeWebSocketClass();
+    let bDraining = false;
+    const list = (origin) => ({
+      self: origin === 'http://a:1' ? 'n1' : 'n2',
+      nodes: [
+        { id: 'n1', url: 'ws://a:1', connections: 900, capacity: 1000, load: 0.9,
+          mem_headroom: null, draining: false },
+        { id: 'n2', url: 'ws://b:2', connections: 10, capacity: 1000, load: 0.01,
+          mem_headroom: 0.9, draining: bDraining },
+      ],
+    });
+    const down = new Set();
+    const net = clusterFetch(list, down);
+    const conn = new Connection({ endpoints: 'http://a:1', io, WebSocket: FakeWs,
+      fetch: net.fetch, transports: ['ws'] });
+    const log = states(conn);
+    const nodes = [];
+    conn.on('nodes', (n) => nodes.push(n));
+    await flush();
+    assert.deepEqual(net.asked(), ['http://a:1/nodes']);
+    assert.equal(nodes[0].self, 'n1');
+    assert.equal(made.length, 1);
+    assert.match(made[0].url, /^ws:\/\/b:2\//, 'the idle node, not the loaded one asked');
+    made[0].open();
+    assert.equal(log.at(-1).node, 'n2');
+    // Within the refresh interval nothing reads the list again, however many messages.
+    for (let i = 0; i < 50; i++) made[0].text(`{"id":"m-${i}","stream":"user","data":"x"}`);
+    assert.equal(net.asked().length, 1);
+    // b drains: its goaway (no endpoint named) makes the client read the list again, first
+    // from a (b's listener is closed), and go to a, the only live node left.
+    bDraining = true;
+    down.add('http://b:2');
+    made[0].end(1001, '{"goaway":true,"reconnect_after_ms":2000}');
+    await io.advance(2000);
+    await flush();
+    assert.deepEqual(net.asked(), ['http://a:1/nodes', 'http://a:1/nodes']);
+    assert.equal(made.length, 2);
+    assert.match(made[1].url, /^ws:\/\/a:1\/.*last_event_id=m-49/);
+    made[1].open();
+    assert.equal(log.at(-1).node, 'n1');
+    conn.close();
+  });
+
+test('/nodes: a 404 or a failure falls back to the static list silently, bounded', async () => {
+  for (const failing of [
+    async () => new Response('no', { status: 404 }),
+    async () => { throw new TypeError('refused'); },
+    async () => new Response('{"not":"a list"}', { status: 200 }),
+  ]) {
+    const io = virtualIo();
+    const { FakeWs, made } = fakeWebSocketClass();
+    const urls = [];
+    const conn = new Connection({ endpoints: ['http://a:1', 'http://b:1'], io, WebSocket: FakeWs,
+      transports: ['ws'], fetch: async (url) => {
+        urls.push(String(url));
+        if (String(url).endsWith('/nodes')) return failing();
+        return new Response('', { status: 404 });
+      } });
+    const errors = [];
+    conn.on('error', (e) => errors.push(e));
+    await flush();
+    assert.equal(made.length, 1, 'connected to a static endpoint');
+    // At most two endpoints asked per reconnect, then the probes.
+    assert.equal(urls.filter((u) => u.endsWith('/nodes')).length, 2);
+    made[0].open();
+    made[0].end(1006);
+    await io.advance(1000);
+    assert.equal(made.length, 2);
+    assert.equal(urls.filter((u) => u.endsWith('/nodes')).length, 2,
+      'a plain close within the refresh interval reads no list');
+    assert.deepEqual(errors, []);
+    conn.close();
+  }
+});
+
+test('/nodes off: discover false reads no list', async () => {
+  const io = virtualIo();
+  const { FakeWs, made } = fakeWebSocketClass();
+  const net = clusterFetch(() => ({ self: null, nodes: [] }));
+  const conn = new Connection({ endpoints: 'http://a:1', io, WebSocket: FakeWs,
+    fetch: net.fetch, discover: false });
+  await flush();
+  assert.equal(made.length, 1);
+  assert.deepEqual(net.urls, []);
+  conn.close();
+});
+
+test('tabs: ?tabs= at connect, {"tabs":N} on a WebSocket when it changes, its answer is control',
+  async () => {
+    const io = virtualIo();
+    const { FakeWs, made } = fakeWebSocketClass();
+    const conn = new Connection({ endpoints: 'a:1', io, WebSocket: FakeWs, fetch: fetch404([]),
+      tabs: 3 });
+    const got = [];
+    const controls = [];
+    conn.on('message', (m) => got.push(m));
+    conn.on('control', (c) => controls.push(c));
+    await flush();
+    assert.match(made[0].url, /[?&]tabs=3(&|$)/);
+    made[0].open();
+    made[0].text('{"id":"p-1"}');
+    conn.setTabs(3);
+    assert.deepEqual(made[0].sent, [], 'no change, nothing sent');
+    conn.setTabs(2);
+    conn.setTabs(5000); // clamped to the server's 1000
+    assert.deepEqual(made[0].sent, ['{"tabs":2}', '{"tabs":1000}']);
+    made[0].text('{"tabs":2}');
+    made[0].text('{"tabs":1000}');
+    assert.deepEqual(controls, [{ tabs: 2 }, { tabs: 1000 }]);
+    assert.deepEqual(got, []);
+    conn.setTabs(1);
+    made[0].end(1006);
+    await io.advance(1000);
+    assert.doesNotMatch(made[1].url, /tabs=/, 'one tab is the default: not said');
+    conn.close();
+  });
+
+test('tabs: SSE and long polling tell the count at their next connect', async () => {
+  const io = virtualIo();
+  const urls = [];
+  const conn = new Connection({ endpoints: 'a:1', io, transports: ['sse', 'poll'],
+    fetch: fetch404(urls), tabs: 4 });
+  await flush();
+  await io.advance(0);
+  await flush();
+  assert.match(urls[0], /\/sse\?tabs=4$/);
+  assert.match(urls[1], /\/poll\?tabs=4&timeout_ms=/);
+  conn.close();
+});
+
+test('a hub tells its connection how many tabs it has', async () => {
+  const { Hub } = await import('../hub.js');
+  const io = virtualIo();
+  const { FakeWs, made } = fakeWebSocketClass();
+  const out = [];
+  const hub = new Hub({ endpoints: 'a:1', io, WebSocket: FakeWs, fetch: fetch404([]) },
+    (m) => out.push(m));
+  hub.join('t1', [], null);
+  await flush();
+  assert.doesNotMatch(made[0].url, /tabs=/);
+  made[0].open();
+  hub.join('t2', ['x'], null);
+  hub.join('t3', [], null);
+  hub.leave('t1');
+  assert.deepEqual(made[0].sent, ['{"subscribe":"x"}', '{"tabs":2}', '{"tabs":3}', '{"tabs":2}']);
+  assert.deepEqual(out.filter((m) => m.op === 'tabs').map((m) => m.n), [1, 2, 3, 2]);
+  hub.close();
+});
+
+test('a reconnect soon after a choice probes only what it has not measured lately', async () => {
+  const io = virtualIo();
+  const { FakeWs, made } = fakeWebSocketClass();
+  const net = clusterFetch(() => ({ self: null, nodes: [] }));
+  const conn = new Connection({ endpoints: ['http://a:1', 'http://b:1'], io, WebSocket: FakeWs,
+    fetch: net.fetch, transports: ['ws'] });
+  await flush();
+  const probes = () => net.urls.filter((u) => !u.endsWith('/nodes')).length;
+  assert.equal(probes(), 1, 'a was timed by its node list, b probed');
+  made[0].open();
+  made[0].end(1001, '{"goaway":true,"reconnect_after_ms":1000}');
+  await io.advance(1000);
+  await flush();
+  assert.equal(made.length, 2);
+  assert.equal(probes(), 1, 'both measured within rttFreshMs: no probe');
+  made[1].open();
+  made[1].end(1001, '{"goaway":true,"reconnect_after_ms":40000}');
+  await io.advance(40000);
+  await flush();
+  assert.equal(made.length, 3);
+  assert.ok(probes() >= 2, 'measurements older than rttFreshMs are probed again');
   conn.close();
 });

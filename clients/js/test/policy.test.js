@@ -8,8 +8,9 @@ import {
 import { retryAfterMs } from '../policy.js';
 import {
   EndpointTable, bestEndpoint, endpointScore, probeCandidates, httpBase, wsBase,
-  ENDPOINT_DEFAULTS,
+  ENDPOINT_DEFAULTS, ENDPOINTS_MAX, loadPressure,
 } from '../endpoints.js';
+import { parseNodes, NODES_MAX } from '../nodes.js';
 import { SseParser } from '../sse.js';
 
 /** A seeded random source (mulberry32), so the statistics below are reproducible. */
@@ -164,4 +165,117 @@ test('SSE parser: blocks, id-only blocks, retry, comments, CRLF split across chu
     { event: 'goaway', data: '{"goaway":true}', id: '0', retry: null },
     { event: 'message', data: 'x\ny', id: null, retry: null },
   ]);
+});
+
+test('node list: well-formed entries read, bad ones skipped or cleaned, non-lists refused', () => {
+  const list = parseNodes({ self: 'n1', nodes: [
+    { id: 'n1', url: 'ws://127.0.0.1:8080', connections: 1234, capacity: 1000000,
+      load: 0.0012, mem_headroom: 0.93, draining: false },
+    { id: 'n2', url: null, load: 0.5, mem_headroom: null, draining: true },
+    { id: 'n3', url: 'javascript:alert(1)', load: 7, mem_headroom: -1 },
+    'junk', null,
+  ] });
+  assert.deepEqual(list, { self: 'n1', nodes: [
+    { id: 'n1', url: 'ws://127.0.0.1:8080', load: 0.0012, memHeadroom: 0.93, draining: false },
+    { id: 'n2', url: null, load: 0.5, memHeadroom: null, draining: true },
+    { id: 'n3', url: null, load: 1, memHeadroom: 0, draining: false },
+  ] });
+  // A standalone server: no id anywhere.
+  assert.deepEqual(parseNodes({ self: null, nodes: [{ id: null, url: null, load: 0 }] }),
+    { self: null, nodes: [{ id: null, url: null, load: 0, memHeadroom: null, draining: false }] });
+  for (const bad of [null, 'x', 3, {}, { nodes: 'n1' }]) assert.equal(parseNodes(bad), null);
+  const many = parseNodes({ nodes: Array.from({ length: 500 }, (_, i) => ({ id: `n${i}` })) });
+  assert.equal(many.nodes.length, NODES_MAX);
+});
+
+test('load-aware score: (rtt + 5) × (1 + 4·max(load, memory use)); draining never chosen', () => {
+  const t = new EndpointTable(['a:1', 'b:1']);
+  const [a, b] = t.all();
+  assert.equal(loadPressure(a), 0);
+  a.rttMs = 10;
+  b.rttMs = 10;
+  a.load = 0.5;
+  assert.equal(endpointScore(a, 0), (10 + 5) * 3);
+  a.load = 0.1;
+  a.memHeadroom = 0.25; // memory use 0.75 is the larger pressure
+  assert.equal(loadPressure(a), 0.75);
+  assert.equal(endpointScore(a, 0), (10 + 5) * 4);
+  // An idle node with twice the RTT beats a node at half load; a node at the same load as
+  // another is told apart by latency.
+  a.memHeadroom = null;
+  a.load = 0.5;
+  b.rttMs = 20;
+  assert.equal(bestEndpoint([a, b], 0, null).url, b.url);
+  b.load = 0.5;
+  assert.equal(bestEndpoint([a, b], 0, null).url, a.url);
+  // Sticky to what last worked, unless the other is 20 % better after load.
+  b.load = 0.4; // a 15 × 3 = 45, b 25 × 2.6 = 65: a is more than 20 % better
+  assert.equal(bestEndpoint([a, b], 0, b.url).url, a.url);
+  b.load = 0.3; // b 25 × 2.2 = 55 against a 45: within the margin, b is kept
+  assert.equal(bestEndpoint([a, b], 0, b.url).url, b.url);
+  // Failures count under the factor too: (rtt + penalty) × factor.
+  t.failed(a.url, 0);
+  assert.equal(endpointScore(a, 0), (10 + 5 + ENDPOINT_DEFAULTS.failurePenaltyMs) * 3);
+  b.draining = true;
+  assert.equal(endpointScore(b, 0), Infinity);
+  assert.equal(bestEndpoint([a, b], 0, b.url).url, a.url);
+  assert.deepEqual(t.live().map((e) => e.url), [a.url]);
+  a.draining = true;
+  assert.equal(t.live().length, 2, 'all draining: all are live rather than none');
+});
+
+test('node list into the table: the asked endpoint is the answering node, others added', () => {
+  const t = new EndpointTable(['http://10.0.0.1:80', 'http://10.0.0.9:80']);
+  const list = (nodes) => ({ self: 'n1', nodes: nodes.map((n) => ({
+    url: null, load: 0, memHeadroom: null, draining: false, ...n })) });
+  t.applyNodes('http://10.0.0.1:80', list([
+    { id: 'n1', url: 'ws://n1.public:80', load: 0.2 },  // self: its figures go to the asked URL
+    { id: 'n2', url: 'ws://10.0.0.2:80', load: 0.6 },
+    { id: 'n3', url: null },                            // no public URL: not dialled
+    { id: 'n4', url: 'wss://10.0.0.4', draining: true },
+  ]));
+  const by = Object.fromEntries(t.all().map((e) => [e.url, e]));
+  assert.deepEqual(Object.keys(by), ['http://10.0.0.1:80', 'http://10.0.0.9:80',
+    'http://10.0.0.2:80', 'https://10.0.0.4']);
+  assert.equal(by['http://10.0.0.1:80'].node, 'n1');
+  assert.equal(by['http://10.0.0.1:80'].load, 0.2);
+  assert.equal(by['http://10.0.0.2:80'].load, 0.6);
+  assert.ok(by['http://10.0.0.2:80'].discovered);
+  assert.ok(!by['http://10.0.0.9:80'].discovered, 'the caller\'s own endpoint');
+  assert.deepEqual(t.live().map((e) => e.url), ['http://10.0.0.1:80', 'http://10.0.0.9:80',
+    'http://10.0.0.2:80']);
+  // The next list replaces what this one said: n2 is gone (dropped), n4 stopped draining.
+  t.applyNodes('http://10.0.0.1:80', list([
+    { id: 'n1', load: 0.3 }, { id: 'n4', url: 'wss://10.0.0.4' }]));
+  assert.deepEqual(t.all().map((e) => [e.url, e.load, e.draining]), [
+    ['http://10.0.0.1:80', 0.3, false], ['http://10.0.0.9:80', null, false],
+    ['https://10.0.0.4', 0, false]]);
+  // Bounded: a list cannot grow the table past ENDPOINTS_MAX.
+  t.applyNodes('http://10.0.0.1:80', { self: 'n1', nodes: Array.from({ length: 64 }, (_, i) =>
+    ({ id: `m${i}`, url: `http://10.1.0.${i}:80`, load: 0, memHeadroom: null, draining: false })) });
+  // (3 were there, 61 fit, and the unlisted 10.0.0.4 went.)
+  assert.equal(t.all().length, ENDPOINTS_MAX - 1);
+});
+
+test('no herding: 10,000 clients choosing two at random spread by load and latency', () => {
+  const r = seeded(11);
+  /** One client's choice among nodes with the given loads, RTTs measured with noise. */
+  const choose = (loads) => {
+    const t = new EndpointTable(loads.map((_, i) => `n${i}:1`));
+    t.all().forEach((e, i) => (e.load = loads[i]));
+    const cands = probeCandidates(t.all(), r);
+    for (const e of cands) e.rttMs = 5 + 5 * r(); // loopback-like: 5–10 ms
+    return t.all().indexOf(bestEndpoint(cands, 0, null));
+  };
+  const tally = (loads) => {
+    const n = loads.map(() => 0);
+    for (let i = 0; i < 10000; i++) n[choose(loads)] += 1;
+    return n;
+  };
+  // Equal loads: even (each within 10 % of a third); none takes them all.
+  for (const n of tally([0.1, 0.1, 0.1])) assert.ok(n > 3000 && n < 3667, `${n}`);
+  // One node at 60 %: it gets few, the others share the rest evenly.
+  const [hot, b, c] = tally([0.6, 0.1, 0.1]);
+  assert.ok(hot < 500, `the loaded node got ${hot}`);
+  assert.ok(Math.abs(b - c) < 600, `${b} vs ${c}`);
 });

@@ -2,7 +2,7 @@
 // read /stats, and wait for conditions with bounded deadlines (no sleep-and-hope).
 
 import { spawn } from 'node:child_process';
-import { createServer } from 'node:net';
+import { createServer, connect } from 'node:net';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -52,17 +52,21 @@ export async function waitFor(check, what, timeoutMs = 10000, everyMs = 25) {
 }
 
 /**
- * Starts `c10m serve` on free loopback ports with extra arguments; retries (bounded) when a
- * port was taken between the probe and the bind.
+ * Starts `c10m serve` on free loopback ports with extra arguments (`{base}` in one stands for
+ * the client listener's URL, e.g. for `--public-url`); retries (bounded) when a port was
+ * taken between the probe and the bind.
  * @param {string[]} [args]
+ * @param {{clientPort?: number, shards?: number}} [at] a client port fixed in advance (clients
+ *   told of it), and the shard count (default 2)
  */
-export async function startServer(args = []) {
+export async function startServer(args = [], at = {}) {
   for (let tries = 0; tries < 5; tries++) {
-    const client = await freePort();
+    const client = at.clientPort ?? await freePort();
     const admin = await freePort();
+    const base = `http://127.0.0.1:${client}`;
     const proc = spawn(serverBinary(), [
       'serve', '--listen', `127.0.0.1:${client}`, '--admin', `127.0.0.1:${admin}`,
-      '--shards', '2', ...args,
+      '--shards', String(at.shards ?? 2), ...args.map((a) => a.replaceAll('{base}', base)),
     ], { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     proc.stderr.on('data', (d) => (stderr += d));
@@ -160,10 +164,54 @@ export async function serverHasPoll(base) {
   return r.status !== 404;
 }
 
+/** Whether something accepts TCP connections on 127.0.0.1:`port`. */
+function listening(port) {
+  return new Promise((ok) => {
+    const s = connect(port, '127.0.0.1');
+    s.on('connect', () => { s.destroy(); ok(true); });
+    s.on('error', () => ok(false));
+  });
+}
+
+/**
+ * Starts real `redis-server` and `nats-server` on free loopback ports for a cluster of
+ * nodes, and waits until both accept connections.
+ * @returns {Promise<{redis: string, nats: string, args: (id: string) => string[],
+ *   stop: () => void}>}
+ */
+export async function startBackends() {
+  const [rp, np, mp] = [await freePort(), await freePort(), await freePort()];
+  const redis = spawn('redis-server', ['--port', String(rp), '--bind', '127.0.0.1', '--save', '',
+    '--appendonly', 'no'], { stdio: 'ignore' });
+  const nats = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(np), '-m', String(mp)],
+    { stdio: 'ignore' });
+  const stop = () => {
+    redis.kill('SIGKILL');
+    nats.kill('SIGKILL');
+  };
+  try {
+    await waitFor(() => listening(rp), 'redis-server to listen', 10000);
+    await waitFor(() => listening(np), 'nats-server to listen', 10000);
+  } catch (e) {
+    stop();
+    throw e;
+  }
+  const r = `redis://127.0.0.1:${rp}`;
+  const n = `nats://127.0.0.1:${np}`;
+  return { redis: r, nats: n, stop,
+    args: (id) => ['--node-id', id, '--registry', r, '--bus', n, '--public-url', '{base}'] };
+}
+
+/** `GET /nodes` of a node's client listener. */
+export async function nodesOf(server) {
+  return (await fetch(`${server.base}/nodes`)).json();
+}
+
 /** Events a client emitted, with timestamps, for assertions. */
 export function record(client) {
   const log = [];
-  for (const type of ['state', 'message', 'gap', 'goaway', 'endpoint', 'error', 'tabs', 'control']) {
+  for (const type of ['state', 'message', 'gap', 'goaway', 'endpoint', 'nodes', 'error', 'tabs',
+    'control']) {
     client.on(type, (v) => log.push({ type, at: performance.now(), v }));
   }
   return log;
