@@ -109,13 +109,7 @@ fn on_request(shard: &mut Shard, slot: u32, generation: u32, req: Request, rest:
         "/nodes" if req.method == "GET" || req.method == "OPTIONS" => {
             nodes(shard, slot, generation, &req)
         }
-        "/nodes" => {
-            let mut out = Vec::new();
-            let body = b"method not allowed: use GET\n";
-            http1::write_response(&mut out, 405, &[("Allow", "GET, OPTIONS")], body, false);
-            respond_and_close(shard, slot, generation, out, CloseReason::HttpDone);
-        }
-        "/sse" => {
+        "/sse" | "/nodes" => {
             let mut out = Vec::new();
             let body = b"method not allowed: use GET\n";
             http1::write_response(&mut out, 405, &[("Allow", "GET, OPTIONS")], body, false);

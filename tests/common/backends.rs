@@ -140,16 +140,22 @@ impl Backends {
         server
     }
 
-    /// Publishes raw NATS protocol as a backend would, and waits for the server's PONG, so
-    /// the messages have been processed when this returns.
-    pub fn backend_publish(&self, msgs: &[(&str, &str)]) {
+    /// A raw NATS client connection past the server's INFO line: its reader and writer.
+    fn nats_raw(&self) -> (BufReader<TcpStream>, TcpStream) {
         let s = TcpStream::connect(("127.0.0.1", self.nats_port)).unwrap();
         s.set_read_timeout(Some(STEP)).unwrap();
         let mut r = BufReader::new(s.try_clone().unwrap());
         let mut line = String::new();
         r.read_line(&mut line).unwrap();
         assert!(line.starts_with("INFO "), "{line}");
-        let mut w = s;
+        (r, s)
+    }
+
+    /// Publishes raw NATS protocol as a backend would, and waits for the server's PONG, so
+    /// the messages have been processed when this returns.
+    pub fn backend_publish(&self, msgs: &[(&str, &str)]) {
+        let (mut r, mut w) = self.nats_raw();
+        let mut line = String::new();
         let mut out = String::from("CONNECT {\"verbose\":false,\"pedantic\":false}\r\n");
         for (subject, body) in msgs {
             out.push_str(&format!("PUB {subject} {}\r\n{body}\r\n", body.len()));
@@ -171,13 +177,8 @@ impl Backends {
     /// Sends a request as a backend would (`PUB subject inbox`) and returns the payloads of
     /// the first `want` replies, waiting at most [`STEP`] for them.
     pub fn backend_request(&self, subject: &str, body: &str, want: usize) -> Vec<String> {
-        let s = TcpStream::connect(("127.0.0.1", self.nats_port)).unwrap();
-        s.set_read_timeout(Some(STEP)).unwrap();
-        let mut r = BufReader::new(s.try_clone().unwrap());
+        let (mut r, mut w) = self.nats_raw();
         let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        assert!(line.starts_with("INFO "), "{line}");
-        let mut w = s;
         let inbox = "_INBOX.test";
         let out = format!(
             "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {inbox} 1\r\n\
