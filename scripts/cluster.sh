@@ -196,8 +196,9 @@ services_up() {
       --save '' --appendonly no --protected-mode no --daemonize no
   fi
   if ! alive_pid "$STATE/nats.pid" nats-server >/dev/null; then
+    # JetStream holds the cluster's history (src/cluster/store.rs).
     spawn "$STATE/nats.pid" "$STATE/nats.log" "$(nats_bin)" -a "$GW" -p "$NATS_PORT" \
-      -m "$NATS_MON"
+      -m "$NATS_MON" -js -sd "$STATE/jetstream"
   fi
   for i in $(seq 100); do
     if redis-cli -h "$GW" -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG \

@@ -182,10 +182,23 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
     // its doorbell ring is the last peer.
     let directory = Arc::new(crate::nodes::Directory::new(&cfg, shards));
     directory.rss_bytes.store(sys::rss_bytes(), Ordering::Relaxed);
-    let bridge = if cfg.cluster.enabled() {
+    let mut bridge = if cfg.cluster.enabled() {
         Some(crate::cluster::Prepared::new(&cfg.cluster, Arc::clone(&directory))?)
     } else {
         None
+    };
+    // A cluster node with history keeps it in the cluster's store, which numbers messages.
+    let l = &cfg.limits;
+    let history_on = l.history_ttl_ms > 0 && l.history_per_stream_max > 0;
+    let store = match bridge.as_mut() {
+        Some(b) if history_on && inherited.is_none() => {
+            let window = crate::cluster::store::Window {
+                ttl_ms: l.history_ttl_ms,
+                per_subject: l.history_per_stream_max,
+            };
+            Some(b.open_store(window)?)
+        }
+        _ => None,
     };
     let (mut ends, peers) = crate::mesh::build(
         shards,
@@ -209,7 +222,12 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
         cluster: bridge.as_ref().map(|(b, _)| Arc::clone(&b.stats)),
         tls,
         bans: crate::shard::command::Bans::default(),
-        history_epoch: inherited.as_ref().map_or_else(history_epoch, |i| i.epoch),
+        history_epoch: store
+            .map(|s| s.epoch)
+            .or(inherited.as_ref().map(|i| i.epoch))
+            .unwrap_or_else(history_epoch)
+            .into(),
+        store_top: store.map(|s| s.top),
         clock_origin: std::time::Instant::now(),
         hub,
         directory,

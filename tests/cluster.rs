@@ -11,11 +11,15 @@ use std::time::{Duration, Instant};
 use common::backends::{cluster_stat, Backends, SUBSCRIPTIONS_PER_NODE};
 use common::{wait_until, ws_close_json, ws_text, Server, STEP};
 
+/// Nodes without history: publishes travel on the bus alone (at most once), looked up in
+/// the registry. The history store's path is tested in tests/cluster_history.rs.
+const BUS_ONLY: &[&str] = &["--history-ttl-ms", "0"];
+
 #[test]
 fn publish_at_one_node_reaches_a_user_on_another() {
     let b = Backends::start();
-    let a_node = b.node("a", &[], 0);
-    let b_node = b.node("b", &[], 1);
+    let a_node = b.node("a", BUS_ONLY, 0);
+    let b_node = b.node("b", BUS_ONLY, 1);
     let mut bob = b_node.ws_connect("/ws?user=bob");
     let mut carol = b_node.sse_connect("user=carol");
     wait_until("bob and carol registered on b", STEP, || {
@@ -45,7 +49,7 @@ fn publish_at_one_node_reaches_a_user_on_another() {
 fn topic_and_broadcast_reach_every_node_exactly_once() {
     let b = Backends::start();
     let nodes: Vec<Server> =
-        ["a", "b", "c"].iter().enumerate().map(|(i, id)| b.node(id, &[], i as u64)).collect();
+        ["a", "b", "c"].iter().enumerate().map(|(i, id)| b.node(id, BUS_ONLY, i as u64)).collect();
     let mut clients: Vec<_> = nodes
         .iter()
         .enumerate()
@@ -96,8 +100,8 @@ fn topic_and_broadcast_reach_every_node_exactly_once() {
 #[test]
 fn backend_publishes_straight_to_nats_reach_users_topics_and_everyone() {
     let b = Backends::start();
-    let a_node = b.node("a", &[], 0);
-    let b_node = b.node("b", &[], 1);
+    let a_node = b.node("a", BUS_ONLY, 0);
+    let b_node = b.node("b", BUS_ONLY, 1);
     let mut on_a = a_node.ws_connect("/ws?user=ann&topics=news");
     let mut on_b = b_node.ws_connect("/ws?user=bob&topics=news");
     wait_until("both registered", STEP, || {
@@ -179,7 +183,7 @@ fn a_node_that_shuts_down_cleanly_removes_its_entries() {
 fn a_killed_node_gets_no_publishes_once_its_heartbeat_expires() {
     let b = Backends::start();
     // Users' entries live 600 s (the default); the node heartbeat 600 ms.
-    let args = ["--node-ttl-ms", "600"];
+    let args = ["--node-ttl-ms", "600", "--history-ttl-ms", "0"];
     let a_node = b.node("a", &args, 0);
     let b_node = b.node("b", &args, 1);
     let _dave = b_node.ws_connect("/ws?user=dave");
@@ -219,7 +223,7 @@ fn dropped(server: &Server, reason: &str) -> u64 {
 #[test]
 fn with_redis_or_nats_down_local_delivery_goes_on_and_drops_are_counted() {
     let mut b = Backends::start();
-    let ttl = ["--registry-ttl-ms", "1500"];
+    let ttl = ["--registry-ttl-ms", "1500", "--history-ttl-ms", "0"];
     let a_node = b.node("a", &ttl, 0);
     let b_node = b.node("b", &ttl, 1);
     let mut ann = a_node.ws_connect("/ws?user=ann&topics=news");

@@ -66,6 +66,15 @@ pub fn topic_subject(topic: &str) -> (String, bool) {
     }
 }
 
+/// The subject for a publish to `user`, and whether the name must go in `C10m-User` too.
+pub fn user_subject(user: &str) -> (String, bool) {
+    if valid_tail(user) {
+        (format!("{USER_PREFIX}{user}"), false)
+    } else {
+        (format!("{USER_PREFIX}{IN_HEADER}"), true)
+    }
+}
+
 /// What a message from the bus asks for, by its subject.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route<'a> {

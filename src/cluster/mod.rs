@@ -49,6 +49,7 @@ pub mod bus;
 pub mod presence;
 pub mod registry;
 pub mod stats;
+pub mod store;
 
 use std::cell::RefCell;
 use std::io;
@@ -107,6 +108,8 @@ pub struct Prepared {
     efd: EventFd,
     pub stats: Arc<ClusterStats>,
     directory: Arc<crate::nodes::Directory>,
+    /// With history on: the store's window and where this node starts in it.
+    store: Option<(store::Window, store::Start)>,
 }
 
 impl Prepared {
@@ -121,7 +124,15 @@ impl Prepared {
             .map_err(|e| bad(format!("--bus {bus:?}: {e}; give nats://HOST:PORT")))?;
         let (bell, efd) = Bell::new()?;
         let stats = Arc::new(ClusterStats::new(&node_id));
-        Ok(Prepared { cfg: cfg.clone(), node_id, redis, bell, efd, stats, directory })
+        Ok(Prepared { cfg: cfg.clone(), node_id, redis, bell, efd, stats, directory, store: None })
+    }
+
+    /// History on: opens the cluster's history store (creating its stream if this is the
+    /// first node), before the shards start; they take its epoch and top.
+    pub fn open_store(&mut self, window: store::Window) -> io::Result<store::Start> {
+        let start = store::open(self.cfg.bus.as_deref().unwrap_or_default(), window)?;
+        self.store = Some((window, start));
+        Ok(start)
     }
 
     /// The ring fd shards ring to wake the bridge.
@@ -166,7 +177,7 @@ impl Prepared {
         message_bytes_max: usize,
         stop: Arc<AtomicBool>,
     ) -> io::Result<()> {
-        let Prepared { cfg, node_id, redis, bell, efd, stats, directory } = self;
+        let Prepared { cfg, node_id, redis, bell, efd, stats, directory, store } = self;
         let efd = efd.into_async()?;
         let bus_url = cfg.bus.clone().unwrap_or_default();
         let nats = async_nats::ConnectOptions::new()
@@ -176,16 +187,22 @@ impl Prepared {
             .await
             .map_err(|e| io::Error::other(format!("--bus {bus_url}: {e}")))?;
         let sub_err = |e: async_nats::SubscribeError| io::Error::other(format!("NATS: {e}"));
-        let subs = vec![
+        let mut subs = vec![
             nats.subscribe(bus::node_subject(&node_id)).await.map_err(sub_err)?,
-            nats.subscribe(bus::TOPIC_WILDCARD).await.map_err(sub_err)?,
-            nats.subscribe(bus::ALL).await.map_err(sub_err)?,
             nats.subscribe(bus::CMD).await.map_err(sub_err)?,
             nats.subscribe(bus::PRESENCE).await.map_err(sub_err)?,
-            nats.queue_subscribe(bus::USER_WILDCARD, bus::USER_QUEUE.into())
-                .await
-                .map_err(sub_err)?,
         ];
+        if store.is_none() {
+            // Without history, publishes travel on the bus alone; with it, every node reads
+            // them from the store instead (`store`).
+            subs.push(nats.subscribe(bus::TOPIC_WILDCARD).await.map_err(sub_err)?);
+            subs.push(nats.subscribe(bus::ALL).await.map_err(sub_err)?);
+            subs.push(
+                nats.queue_subscribe(bus::USER_WILDCARD, bus::USER_QUEUE.into())
+                    .await
+                    .map_err(sub_err)?,
+            );
+        }
         // Replies to this node's presence requests: `<inbox>.<id>`.
         let reply_prefix = format!("{}.", nats.new_inbox());
         let replies = nats.subscribe(format!("{reply_prefix}*")).await.map_err(sub_err)?;
@@ -221,6 +238,17 @@ impl Prepared {
             Arc::clone(&stats),
         ));
         tokio::task::spawn_local(publisher(nats.clone(), out_rx, Arc::clone(&stats)));
+        let (store_tx, mut store_rx) = mpsc::channel::<store::Event>(queue_max.min(8192));
+        let (store_out, store_out_rx) = mpsc::channel::<Out>(queue_max);
+        match store {
+            Some((window, start)) => {
+                let js = async_nats::jetstream::new(nats.clone());
+                let reader = store::Reader { js: js.clone(), url: bus_url.clone(), window, start };
+                tokio::task::spawn_local(reader.run(store_tx, Arc::clone(&stats)));
+                tokio::task::spawn_local(store::publisher(js, store_out_rx, Arc::clone(&stats)));
+            }
+            None => drop((store_tx, store_out_rx)),
+        }
         let lookups = Lookups {
             conn,
             liveness: Rc::clone(&liveness),
@@ -247,6 +275,7 @@ impl Prepared {
             node,
             presence,
             out: out_tx,
+            store_out,
             lookups: lookup_tx,
             stats,
             message_bytes_max,
@@ -256,6 +285,9 @@ impl Prepared {
             liveness,
             reply_prefix,
             requests: presence::Requests::default(),
+            store_ids: store.map(|_| format!("{node_id}.{:x}", registry::unix_ms())),
+            store_top: 0,
+            tops_sent: 0,
         };
         loop {
             if stop.load(Relaxed) {
@@ -294,6 +326,17 @@ impl Prepared {
                 }
                 Some(m) = subs.next() => bridge.on_bus(m),
                 Some((user, msg)) = local_rx.recv() => bridge.inject_user(&user, msg),
+                Some(ev) = store_rx.recv() => {
+                    bridge.on_store(ev);
+                    // What else is ready, then the partitions' tops, once per batch.
+                    for _ in 0..MESH_BATCH_MAX {
+                        match store_rx.try_recv() {
+                            Ok(ev) => bridge.on_store(ev),
+                            Err(_) => break,
+                        }
+                    }
+                    bridge.send_tops();
+                }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(std::time::Instant::now).into()),
                     if deadline.is_some() => bridge.expire_presence(),
                 _ = tokio::time::sleep(pause) => {}
@@ -313,6 +356,8 @@ struct Bridge {
     node: Rc<str>,
     presence: Rc<RefCell<Presence>>,
     out: mpsc::Sender<Out>,
+    /// Publishes for the history store (history on).
+    store_out: mpsc::Sender<Out>,
     lookups: mpsc::Sender<Lookup>,
     stats: Arc<ClusterStats>,
     message_bytes_max: usize,
@@ -323,6 +368,12 @@ struct Bridge {
     /// The subject prefix of replies to this node's presence requests.
     reply_prefix: String,
     requests: presence::Requests,
+    /// With history on: the prefix of this run's `Nats-Msg-Id`s (node and start time, so a
+    /// restarted node's ids are not taken for repeats of its last run's).
+    store_ids: Option<String>,
+    /// The last sequence read from the store, and the last one told to every partition.
+    store_top: u64,
+    tops_sent: u64,
 }
 
 /// A message for NATS.
@@ -363,6 +414,21 @@ impl Bridge {
     }
 
     fn on_mesh(&mut self, msg: Msg) {
+        if self.store_ids.is_some() {
+            if let Some(out) = self.to_store(&msg) {
+                if self.store_out.try_send(out).is_err() {
+                    self.stats.dropped(ClusterDrop::QueueFull, 1);
+                }
+                return;
+            }
+            if matches!(
+                msg,
+                Msg::PublishUser(_) | Msg::PublishTopic { .. } | Msg::PublishAll { .. }
+            ) {
+                // Published while the store was unreachable: delivered on this node only.
+                return self.stats.dropped(ClusterDrop::StoreFailed, 1);
+            }
+        }
         match msg {
             Msg::Online(user) => {
                 if self.presence.borrow_mut().connect(&user) {
@@ -402,6 +468,100 @@ impl Bridge {
             Msg::PresenceAsk(a) => self.ask_nodes(*a),
             Msg::PresenceAnswer(a) => self.on_local_answer(*a),
             other => debug_assert!(false, "not for the bridge: {other:?}"),
+        }
+    }
+
+    /// A publish for the history store: its subject, the name in a header where the subject
+    /// cannot carry it, and a `Nats-Msg-Id`, so a repeat is stored once. None for what is
+    /// not a publish, or while the store is unreachable.
+    fn to_store(&self, msg: &Msg) -> Option<Out> {
+        if !self.stats.store_usable() {
+            return None;
+        }
+        let (subject, name, m) = match msg {
+            Msg::PublishUser(p) => {
+                let (s, in_header) = bus::user_subject(&p.user);
+                (s, in_header.then_some((bus::H_USER, &*p.user)), &p.msg)
+            }
+            Msg::PublishTopic { topic, msg } => {
+                let (s, in_header) = bus::topic_subject(topic);
+                (s, in_header.then_some((bus::H_TOPIC, &**topic)), msg)
+            }
+            Msg::PublishAll { msg } => (bus::ALL.to_owned(), None, msg),
+            _ => return None,
+        };
+        let mut headers = HeaderMap::new();
+        if let Some((h, name)) = name {
+            if !bus::valid_header(name) {
+                return None;
+            }
+            headers.insert(h, name);
+        }
+        let id = format!("{}.{}", self.store_ids.as_deref().unwrap_or_default(), m.id);
+        headers.insert("Nats-Msg-Id", id.as_str());
+        Some(Out { subject, reply: None, headers, msg: Arc::clone(m) })
+    }
+
+    /// A message read from the store, numbered: to its partition, as if published there.
+    fn on_store(&mut self, ev: store::Event) {
+        let (seq, m) = match ev {
+            store::Event::Stored { seq, message } => (seq, message),
+            store::Event::Epoch(start) => {
+                self.store_top = start.top;
+                self.tops_sent = start.top;
+                for s in 0..self.mesh.shards() {
+                    self.send(s, Msg::Epoch { epoch: start.epoch, top: start.top });
+                }
+                return;
+            }
+        };
+        ClusterStats::bump(&self.stats.store_in, 1);
+        self.store_top = self.store_top.max(seq);
+        if m.payload.len() > self.message_bytes_max {
+            return self.stats.dropped(ClusterDrop::BadMessage, 1);
+        }
+        let header = |name: &str| {
+            m.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned())
+        };
+        let name_ok = |n: &str| !n.is_empty() && n.len() <= crate::shard::client::NAME_BYTES_MAX;
+        let payload: Box<[u8]> = m.payload.to_vec().into_boxed_slice();
+        let text = std::str::from_utf8(&payload).is_ok();
+        let numbered =
+            |part: usize| Arc::new(Message { id: seq, seq, part: part as u16, payload, text });
+        let sequencer = crate::history::SEQUENCER;
+        match bus::route(m.subject.as_str()) {
+            bus::Route::Topic(tail) => {
+                let topic = header(bus::H_TOPIC).unwrap_or_else(|| tail.to_owned());
+                if !name_ok(&topic) {
+                    return self.stats.dropped(ClusterDrop::BadMessage, 1);
+                }
+                let msg = numbered(sequencer);
+                self.send(sequencer, Msg::PublishTopic { topic: topic.into(), msg });
+            }
+            bus::Route::All => self.send(sequencer, Msg::PublishAll { msg: numbered(sequencer) }),
+            bus::Route::User(tail) => {
+                let user = header(bus::H_USER).unwrap_or_else(|| tail.to_owned());
+                if !name_ok(&user) {
+                    return self.stats.dropped(ClusterDrop::BadMessage, 1);
+                }
+                let hash = self.user_keys.hash(&user);
+                let home = home_shard(hash, self.mesh.shards());
+                let p = PublishUser { user: user.into(), hash, msg: numbered(home) };
+                self.send(home, Msg::PublishUser(Box::new(p)));
+            }
+            _ => self.stats.dropped(ClusterDrop::BadMessage, 1),
+        }
+    }
+
+    /// Tells every partition how far the store got: the numbers since the last message it
+    /// was sent are none of its own.
+    fn send_tops(&mut self) {
+        if self.store_top <= self.tops_sent {
+            return;
+        }
+        self.tops_sent = self.store_top;
+        for s in 0..self.mesh.shards() {
+            self.send(s, Msg::Top { part: s as u16, seq: self.store_top });
         }
     }
 

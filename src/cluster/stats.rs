@@ -19,15 +19,19 @@ pub enum ClusterDrop {
     /// A message from the bus without the headers its subject needs, over
     /// `message_bytes_max`, or naming a user or topic that cannot travel in a header.
     BadMessage,
+    /// The history store did not acknowledge a publish (its stream is gone or full, or the
+    /// acknowledgement timed out).
+    StoreFailed,
 }
 
 impl ClusterDrop {
-    pub const ALL: [ClusterDrop; 5] = [
+    pub const ALL: [ClusterDrop; 6] = [
         ClusterDrop::QueueFull,
         ClusterDrop::RegistryDown,
         ClusterDrop::BusDown,
         ClusterDrop::MeshFull,
         ClusterDrop::BadMessage,
+        ClusterDrop::StoreFailed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -37,6 +41,7 @@ impl ClusterDrop {
             ClusterDrop::BusDown => "bus_down",
             ClusterDrop::MeshFull => "mesh_full",
             ClusterDrop::BadMessage => "bad_message",
+            ClusterDrop::StoreFailed => "store_failed",
         }
     }
 }
@@ -78,7 +83,15 @@ pub struct ClusterStats {
     pub presence_late: AtomicU64,
     /// Presence requests from other nodes or backends that this node answered.
     pub presence_served: AtomicU64,
-    pub drops: [AtomicU64; 5],
+    /// With history on: whether the store's stream is there and read (publishes then go
+    /// through it; while not, they are delivered on this node only, unnumbered).
+    pub store_connected: AtomicBool,
+    /// Publishes the store acknowledged, messages read from it, and times its stream was
+    /// found made anew (a new epoch).
+    pub stored: AtomicU64,
+    pub store_in: AtomicU64,
+    pub store_epochs: AtomicU64,
+    pub drops: [AtomicU64; 6],
 }
 
 impl ClusterStats {
@@ -111,6 +124,12 @@ impl ClusterStats {
         } else {
             tracing::warn!(node = %self.node_id, "{}", what[0]);
         }
+    }
+
+    /// Whether publishes can go through the history store now: the bus is connected and
+    /// the store's stream is read.
+    pub fn store_usable(&self) -> bool {
+        self.store_connected.load(Relaxed) && self.bus_connected.load(Relaxed)
     }
 
     pub fn bump(c: &AtomicU64, n: u64) {
@@ -148,6 +167,10 @@ impl ClusterStats {
             "presence_short": self.presence_short.load(Relaxed),
             "presence_late": self.presence_late.load(Relaxed),
             "presence_served": self.presence_served.load(Relaxed),
+            "store_connected": self.store_connected.load(Relaxed),
+            "stored": self.stored.load(Relaxed),
+            "store_in": self.store_in.load(Relaxed),
+            "store_epochs": self.store_epochs.load(Relaxed),
             "dropped": drops,
         })
     }
@@ -170,6 +193,12 @@ impl ClusterStats {
         );
         one("bus_connected", "gauge", "NATS bus connected.", b(&self.bus_connected));
         one(
+            "store_connected",
+            "gauge",
+            "History store stream present and read (history on).",
+            b(&self.store_connected),
+        );
+        one(
             "online_users",
             "gauge",
             "Users connected to this node.",
@@ -181,7 +210,14 @@ impl ClusterStats {
             "Nodes with a live heartbeat in the registry.",
             self.live_nodes.load(Relaxed),
         );
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 18] = [
+            ("stored_total", "Publishes the history store acknowledged.", &self.stored),
+            ("store_in_total", "Messages read from the history store.", &self.store_in),
+            (
+                "store_epochs_total",
+                "Times the store's stream was found made anew.",
+                &self.store_epochs,
+            ),
             ("registry_writes_total", "Redis registry commands written.", &self.registry_writes),
             ("registry_batches_total", "Redis registry pipelines written.", &self.registry_batches),
             (

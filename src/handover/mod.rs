@@ -579,7 +579,7 @@ fn hand_over(conn: &OwnedFd, s: &Serving) -> io::Result<u64> {
     let fds: Vec<RawFd> = listeners.iter().flatten().map(AsRawFd::as_raw_fd).collect();
     let keys = shared.user_keys;
     let welcome = serde_json::json!({
-        "ok": true, "layout": LAYOUT, "epoch": shared.history_epoch,
+        "ok": true, "layout": LAYOUT, "epoch": shared.epoch(),
         "keys": [keys.0.to_string(), keys.1.to_string()], "listeners": counts,
         "listen": addrs(&s.listen), "admin": addrs(&s.admin),
     });

@@ -316,6 +316,37 @@ impl Log {
         }
     }
 
+    /// Retains a message numbered by the cluster store ([`crate::cluster::store`]): its
+    /// number is above the log's top (the numbers between belong to other partitions). One
+    /// at or below the top is a repeat and is skipped; returns whether it was retained.
+    pub fn retain_numbered(&mut self, stream: Stream<'_>, msg: &Arc<Message>, now_us: u64) -> bool {
+        if msg.seq <= self.top {
+            return false;
+        }
+        if self.entries.is_empty() {
+            self.first_seq = msg.seq;
+        }
+        self.top = msg.seq;
+        self.retain(stream, msg, now_us);
+        true
+    }
+
+    /// Empties the log and continues after `top` (the cluster store's stream is a new one).
+    pub fn restart_at(&mut self, top: u64) {
+        *self = Log::with_topics(self.limits, self.topic_limits.clone());
+        self.continue_after(top);
+    }
+
+    /// The cluster store numbered up to `seq` and none of those are this partition's.
+    pub fn advance_top(&mut self, seq: u64) {
+        if seq > self.top {
+            self.top = seq;
+            if self.entries.is_empty() {
+                self.first_seq = seq + 1;
+            }
+        }
+    }
+
     /// Messages retained and the bytes they cost.
     pub fn usage(&self) -> (usize, usize) {
         (self.retained, self.bytes)

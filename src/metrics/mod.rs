@@ -146,6 +146,9 @@ pub struct ShardStats {
     pub replayed: AtomicU64,
     /// Streams a connection could not resume (told with a gap report).
     pub history_gaps: AtomicU64,
+    /// Replays that waited for this node's log to reach the position asked from (a client
+    /// from a cluster node further along the store).
+    pub history_deferred: AtomicU64,
     pub delivered: AtomicU64,
     pub dropped_mesh_full: AtomicU64,
     pub dropped_slow_consumer: AtomicU64,
@@ -374,6 +377,12 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
     family("history_gaps_total", "counter", "Streams that could not be resumed.", &|s| {
         s.history_gaps.load(Relaxed)
     });
+    family(
+        "history_deferred_total",
+        "counter",
+        "Replays that waited for the cluster store's messages to reach this node.",
+        &|s| s.history_deferred.load(Relaxed),
+    );
     family("messages_delivered_total", "counter", "Messages queued to a connection.", &|s| {
         s.delivered.load(Relaxed)
     });

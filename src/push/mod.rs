@@ -54,8 +54,13 @@ pub enum Msg {
     Drain { rate_per_s: u32 },
     /// To the owning shard: the user of `conn` is over `conns_per_user_max`; close it.
     Evict { conn: ConnId },
-    /// From a partition to every shard: its log's top, so idle positions advance.
+    /// From a partition to every shard: its log's top, so idle positions advance. From the
+    /// cluster bridge to the partition itself: the store numbered up to `seq`, and none of
+    /// those since the last message it sent is the partition's.
     Top { part: u16, seq: u64 },
+    /// From the cluster bridge to every shard: the history store lost its stream and made
+    /// it anew (`crate::cluster::store`): positions now have this epoch and start at `top`.
+    Epoch { epoch: u32, top: u64 },
     /// To the [`crate::history::SEQUENCER`]: replay the broadcast stream and these topics
     /// after `since` to `conn`, which subscribes to them when the answer arrives.
     Replay(Box<Replay>),
@@ -83,7 +88,7 @@ pub enum Msg {
 }
 
 /// See [`Msg::UserAdd`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct UserAdd {
     /// The user's [`UserKeys::hash`].
     pub user: u64,
@@ -97,7 +102,7 @@ pub struct UserAdd {
 }
 
 /// See [`Msg::Replay`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Replay {
     pub conn: ConnId,
     pub topics: Vec<Box<str>>,

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::history::Stream;
+use crate::history::{Stream, SEQUENCER};
 use crate::mesh::{MeshEnd, Peer};
 use crate::metrics::{bump, CloseReason, ShardStats};
 use crate::push::{home_shard, Msg, PublishUser, TopicIndex, UserIndex};
@@ -84,14 +84,31 @@ pub struct Shared {
     pub tls: Option<crate::tls::TlsServer>,
     /// Users refused at the handshake for a while (`POST /disconnect?ban_s=N`).
     pub bans: command::Bans,
-    /// This run's history epoch: positions from another run cannot be resumed.
-    pub history_epoch: u32,
+    /// This run's history epoch: positions from another run cannot be resumed. On a
+    /// cluster node with history, the store's ([`crate::cluster::store`]), which changes
+    /// when the store loses its stream ([`Msg::Epoch`](crate::push::Msg::Epoch)).
+    pub history_epoch: std::sync::atomic::AtomicU32,
+    /// Where a cluster node's history starts: set when the cluster store numbers messages
+    /// (the shards then never number), None on a single node.
+    pub store_top: Option<u64>,
     /// The origin of every shard's clock, so times compare across shards.
     pub clock_origin: Instant,
     /// A live upgrade's shared state ([`crate::handover`]).
     pub hub: crate::handover::Hub,
     /// This node's load and the cluster's live nodes, for `GET /nodes`.
     pub directory: Arc<crate::nodes::Directory>,
+}
+
+impl Shared {
+    /// The history epoch positions are written with now.
+    pub fn epoch(&self) -> u32 {
+        self.history_epoch.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the cluster store numbers messages (the shards keep its numbers).
+    pub fn store_numbers(&self) -> bool {
+        self.store_top.is_some()
+    }
 }
 
 /// One client or admin listener of this shard.
@@ -192,6 +209,8 @@ pub struct Shard {
     heard: crate::history::Heard,
     /// The top last announced to the other shards ([`Msg::Top`]).
     beacon_top: u64,
+    /// Replays waiting for the log to reach their position (cluster store).
+    deferred: Vec<(u64, resume::Deferred)>,
     history_ticked_ms: u64,
     /// Connections waiting for a replay, by slot.
     resuming: std::collections::HashMap<u32, resume::Pending>,
@@ -255,8 +274,15 @@ impl Shard {
         let shards = mesh.shards();
         let clock = shared.clock_origin;
         let topics = shared.cfg.history_topic_limits().expect("validated with the config");
-        let history =
+        let mut history =
             crate::history::Log::with_topics(history_limits(&shared.cfg, shards), topics.into());
+        let mut heard = crate::history::Heard::new(shards);
+        if let Some(top) = shared.store_top {
+            // The store's numbers so far: positions up to them are valid, their messages
+            // are not here.
+            history.continue_after(top);
+            (0..shards).for_each(|p| heard.advance(p, top));
+        }
         let l = &shared.cfg.limits;
         let inbound = shared.hub.inbound.lock().unwrap_or_else(|e| e.into_inner())[id].take();
         let deflater = crate::proto::deflate::Deflater::new(
@@ -307,8 +333,9 @@ impl Shard {
             release_pending: false,
             memory_checked_ms: 0,
             history,
-            heard: crate::history::Heard::new(shards),
+            heard,
             beacon_top: 0,
+            deferred: Vec::new(),
             history_ticked_ms: 0,
             resuming: std::collections::HashMap::new(),
             polls: std::collections::HashMap::new(),
@@ -479,9 +506,13 @@ impl Shard {
                 targets.clear();
                 self.scratch.targets = targets;
             }
+            // On the sequencer every topic and broadcast publish is new: it numbers it (or
+            // keeps the cluster store's number) and sends it on; the others deliver.
             Msg::PublishTopic { topic, mut msg } => {
-                if msg.seq == 0 {
-                    self.number(Stream::Topic(&topic), &mut msg);
+                if self.id == SEQUENCER {
+                    if !self.take_number(Stream::Topic(&topic), &mut msg) {
+                        return;
+                    }
                     self.fan_out(|| Msg::PublishTopic {
                         topic: topic.clone(),
                         msg: Arc::clone(&msg),
@@ -491,15 +522,19 @@ impl Shard {
                 self.deliver_topic(&topic, &msg)
             }
             Msg::PublishAll { mut msg } => {
-                if msg.seq == 0 {
-                    self.number(Stream::All, &mut msg);
+                if self.id == SEQUENCER {
+                    if !self.take_number(Stream::All, &mut msg) {
+                        return;
+                    }
                     self.fan_out(|| Msg::PublishAll { msg: Arc::clone(&msg) });
                 }
                 self.heard_message(&msg);
                 self.deliver_all(&msg)
             }
             Msg::Fence { round, attempt } => self.on_fence(round, attempt),
+            Msg::Top { part, seq } if part as usize == self.id => self.store_top(seq),
             Msg::Top { part, seq } => self.heard.advance(part as usize, seq),
+            Msg::Epoch { epoch, top } => self.new_epoch(epoch, top),
             Msg::Replay(req) => self.replay_topics(&req),
             Msg::Replayed(a) => self.on_replayed(&a),
             Msg::Drain { rate_per_s } => self.begin_drain(rate_per_s as f64),

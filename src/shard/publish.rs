@@ -21,6 +21,20 @@ impl Shard {
         let payload = payload.into_boxed_slice();
         let msg = Arc::new(Message { id, seq: 0, part: 0, payload, text });
         bump(&self.stats().published, 1);
+        if self.store_takes() {
+            // The cluster store numbers it; every node, this one too, delivers it from there.
+            let bridge = self.mesh.bridge().expect("store mode has a bridge");
+            let m = match target {
+                admin::Target::User(user) => {
+                    let hash = self.shared.user_keys.hash(&user);
+                    Msg::PublishUser(Box::new(PublishUser { user: user.into(), hash, msg }))
+                }
+                admin::Target::Topic(topic) => Msg::PublishTopic { topic: topic.into(), msg },
+                admin::Target::All => Msg::PublishAll { msg },
+            };
+            self.send_mesh(bridge, m);
+            return id;
+        }
         // Topics and broadcasts go to the sequencer, which numbers them and sends them to
         // every shard, and on a cluster node to the bridge.
         let to_sequencer = |shard: &mut Shard, m: Msg| {
@@ -64,6 +78,13 @@ impl Shard {
         id
     }
 
+    /// Whether publishes go through the cluster store: history on and the store reachable
+    /// (while it is not, they are delivered on this node only, as without a bridge).
+    fn store_takes(&self) -> bool {
+        self.shared.store_numbers()
+            && self.shared.cluster.as_ref().is_some_and(|c| c.store_usable())
+    }
+
     /// On the sequencer: sends a numbered message to every other shard (not the bridge).
     pub(super) fn fan_out(&mut self, mut msg: impl FnMut() -> Msg) {
         let me = self.id;
@@ -85,8 +106,8 @@ impl Shard {
     /// On the user's home shard: forward to every shard that holds one of the user's
     /// connections.
     pub(super) fn publish_user_home(&mut self, user: &str, hash: u64, msg: &mut Arc<Message>) {
-        if msg.seq == 0 {
-            self.number(Stream::User(user), msg);
+        if !self.take_number(Stream::User(user), msg) {
+            return;
         }
         let msg = &*msg;
         let mut conns = Vec::new();

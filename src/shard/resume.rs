@@ -30,6 +30,18 @@ pub struct Pending {
     pub user: Option<u64>,
 }
 
+/// A replay asked from a position this node's log has not reached yet (on a cluster node:
+/// the client comes from a node further along the store): retried as the log moves, and
+/// answered with what there is at [`DEFER_MS`].
+#[derive(Debug)]
+pub enum Deferred {
+    User(UserAdd),
+    Topics(Replay),
+}
+
+/// Longest a replay waits for this node's log to reach the position asked from.
+pub const DEFER_MS: u64 = 2000;
+
 /// How a connection wants its messages.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -68,7 +80,7 @@ impl Shard {
     /// The position token of a connection, given its user's partition.
     pub(super) fn position(&self, slot: u32, generation: u32, user_part: Option<usize>) -> Token {
         let mut t = Token {
-            epoch: self.shared.history_epoch,
+            epoch: self.shared.epoch(),
             topics: self.heard_of(SEQUENCER),
             user: user_part.map(|p| self.heard_of(p)),
         };
@@ -102,6 +114,44 @@ impl Shard {
         self.history.retain(stream, msg, now_us);
     }
 
+    /// This partition's part of a publish that reached it: a single node numbers it; on a
+    /// cluster node the store numbered it already and the log keeps that number (a message
+    /// without one was published while the store was unreachable: delivered live, kept
+    /// nowhere). False for a stored message this log already had (the store sent it again):
+    /// it is not delivered twice.
+    pub(super) fn take_number(&mut self, stream: Stream<'_>, msg: &mut Arc<Message>) -> bool {
+        if !self.shared.store_numbers() {
+            if msg.seq == 0 {
+                self.number(stream, msg);
+            }
+            return true;
+        }
+        if msg.seq == 0 {
+            return true;
+        }
+        let now_us = self.precise_us();
+        let fresh = self.history.retain_numbered(stream, msg, now_us);
+        self.run_deferred(false);
+        fresh
+    }
+
+    /// From the bridge: the store numbered up to `seq`, none of it this partition's.
+    pub(super) fn store_top(&mut self, seq: u64) {
+        self.history.advance_top(seq);
+        self.run_deferred(false);
+    }
+
+    /// From the bridge: the store's stream is a new one. This log starts again at `top`
+    /// under `epoch`; replays waiting for the old one are answered now.
+    pub(super) fn new_epoch(&mut self, epoch: u32, top: u64) {
+        self.shared.history_epoch.store(epoch, std::sync::atomic::Ordering::Relaxed);
+        self.history.restart_at(top);
+        self.heard = crate::history::Heard::new(self.shards());
+        (0..self.shards()).for_each(|p| self.heard.advance(p, top));
+        self.beacon_top = top;
+        self.run_deferred(true);
+    }
+
     /// A numbered message from another partition is being delivered here.
     pub(super) fn heard_message(&mut self, msg: &Message) {
         if msg.seq > 0 {
@@ -121,6 +171,7 @@ impl Shard {
 
     /// Once a second: trim the log, tell the other shards how far this partition got.
     pub(super) fn history_tick(&mut self) {
+        self.run_deferred(false);
         self.history.trim(self.now_ms * 1000);
         let (messages, bytes) = self.history.usage();
         let stats = self.stats();
@@ -150,7 +201,7 @@ impl Shard {
         resume: Option<Token>,
     ) {
         let id = self.conn_id(slot, generation);
-        let epoch_ok = resume.is_some_and(|t| t.epoch == self.shared.history_epoch);
+        let epoch_ok = resume.is_some_and(|t| t.epoch == self.shared.epoch());
         let topics: Vec<Box<str>> = topics.into_iter().map(Into::into).collect();
         // Both positions are set before either request goes out: an answer may come at once
         // (this shard is the partition), and each message it holds names both.
@@ -211,8 +262,50 @@ impl Shard {
         out
     }
 
+    /// Whether a replay from `since` waits for the store's messages up to it to arrive.
+    fn must_wait(&self, since: u64) -> bool {
+        self.shared.store_numbers() && since > self.history.top()
+    }
+
+    fn defer(&mut self, d: Deferred) {
+        bump(&self.stats().history_deferred, 1);
+        self.deferred.push((self.now_ms + DEFER_MS, d));
+    }
+
+    /// Answers the deferred replays the log has reached, and all of them when `all`, or
+    /// those past their deadline.
+    pub(super) fn run_deferred(&mut self, all: bool) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let (top, now) = (self.history.top(), self.now_ms);
+        let ready = |(at, d): &(u64, Deferred)| {
+            let since = match d {
+                Deferred::User(a) => a.since,
+                Deferred::Topics(r) => r.since,
+            };
+            all || since <= top || *at <= now
+        };
+        let (go, wait): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.deferred).into_iter().partition(ready);
+        self.deferred = wait;
+        for (_, d) in go {
+            match d {
+                Deferred::User(a) => self.answer_user_add(&a),
+                Deferred::Topics(r) => self.answer_topics(&r),
+            }
+        }
+    }
+
     /// On the home shard: a connection of the user registers; answer with what it missed.
     pub(super) fn on_user_add(&mut self, add: &UserAdd) {
+        if add.fresh.is_none() && self.must_wait(add.since) {
+            return self.defer(Deferred::User(add.clone()));
+        }
+        self.answer_user_add(add)
+    }
+
+    fn answer_user_add(&mut self, add: &UserAdd) {
         if !self.add_user_conn(add.user, add.conn) {
             return;
         }
@@ -227,6 +320,13 @@ impl Shard {
 
     /// On [`SEQUENCER`]: a resuming connection asks for its broadcast and topic streams.
     pub(super) fn replay_topics(&mut self, req: &Replay) {
+        if self.must_wait(req.since) {
+            return self.defer(Deferred::Topics(req.clone()));
+        }
+        self.answer_topics(req)
+    }
+
+    fn answer_topics(&mut self, req: &Replay) {
         let mut streams = vec![Stream::All];
         streams.extend(req.topics.iter().map(|t| Stream::Topic(t)));
         let r = self.history.replay(&streams, req.since, self.replay_bytes_max());

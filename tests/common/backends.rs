@@ -78,7 +78,14 @@ impl Backends {
     /// (Re)starts nats-server on its ports and waits until its monitoring answers.
     pub fn start_nats(&mut self) {
         let (port, monitor) = (self.nats_port.to_string(), self.nats_monitor.to_string());
-        self.nats = Some(spawn("nats-server", &["-a", "127.0.0.1", "-p", &port, "-m", &monitor]));
+        // JetStream holds the cluster's history (`src/cluster/store.rs`); its store directory
+        // is fresh on every start, so a restart loses the stream, as a bus without its
+        // store would.
+        let dir = std::env::temp_dir().join(format!("c10m-js-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let dir = dir.to_string_lossy().into_owned();
+        let args = ["-a", "127.0.0.1", "-p", &port, "-m", &monitor, "-js", "-sd", &dir];
+        self.nats = Some(spawn("nats-server", &args));
         wait_until("nats-server monitoring answers", STEP, || self.nats_subscriptions());
     }
 
@@ -123,7 +130,8 @@ impl Backends {
 
     /// Starts a node and waits until it reaches Redis and NATS and its subscriptions are in
     /// place (each node holds seven: its node subject, topics, broadcast, commands,
-    /// presence requests, the user queue and its presence replies).
+    /// presence requests, the user queue and its presence replies), and with history on
+    /// (the default) until it reads the history store, which it subscribes after the rest.
     pub fn node(&self, id: &str, extra: &[&str], nodes_before: u64) -> Server {
         let mut args =
             vec!["--node-id", id, "--registry", &self.redis_url, "--bus", &self.nats_url];
@@ -133,6 +141,12 @@ impl Backends {
             let c = &server.stats()["cluster"];
             (c["registry_connected"] == true && c["bus_connected"] == true).then_some(())
         });
+        let history_off = extra.windows(2).any(|w| w == ["--history-ttl-ms", "0"]);
+        if !history_off {
+            wait_until(&format!("node {id} reads the history store"), STEP, || {
+                (server.stats()["cluster"]["store_connected"] == true).then_some(())
+            });
+        }
         let want = SUBSCRIPTIONS_PER_NODE * (nodes_before + 1);
         wait_until(&format!("{want} NATS subscriptions"), STEP, || {
             self.nats_subscriptions().filter(|&n| n >= want)

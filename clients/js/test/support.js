@@ -3,7 +3,8 @@
 
 import { spawn } from 'node:child_process';
 import { createServer, connect } from 'node:net';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 
@@ -183,11 +184,14 @@ export async function startBackends() {
   const [rp, np, mp] = [await freePort(), await freePort(), await freePort()];
   const redis = spawn('redis-server', ['--port', String(rp), '--bind', '127.0.0.1', '--save', '',
     '--appendonly', 'no'], { stdio: 'ignore' });
-  const nats = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(np), '-m', String(mp)],
-    { stdio: 'ignore' });
+  // JetStream holds the cluster's history (the server's src/cluster/store.rs).
+  const jsDir = mkdtempSync(path.join(tmpdir(), 'c10m-js-'));
+  const nats = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(np), '-m', String(mp),
+    '-js', '-sd', jsDir], { stdio: 'ignore' });
   const stop = () => {
     redis.kill('SIGKILL');
     nats.kill('SIGKILL');
+    rmSync(jsDir, { recursive: true, force: true });
   };
   try {
     await waitFor(() => listening(rp), 'redis-server to listen', 10000);

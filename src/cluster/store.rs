@@ -1,0 +1,318 @@
+//! The cluster's history store: one JetStream stream, [`STREAM`], that captures every
+//! publish subject of the bus (`c10m.topic.>`, `c10m.all`, `c10m.user.>`). Why JetStream
+//! and not Redis Streams: bench/HISTORY_STORES.md (one stream for millions of per-user
+//! subjects costs no per-stream floor, and the append is also the fan-out).
+//!
+//! - **Ids.** The stream's sequence numbers are the positions every node gives clients: a
+//!   publish gets its number where it is stored, so every node shows the same ids, and a
+//!   client resumes on any node. The epoch is derived from the stream's creation time: a
+//!   stream lost and created anew (the bus restarted without its store) has a new epoch, and
+//!   positions from before it report an `epoch` gap.
+//! - **Delivery.** Every node reads the whole stream in order (an ordered consumer from the
+//!   top it found at startup) and hands each message to its partition shard as if it had
+//!   been published there, numbered already; the shards keep the window in their logs as on
+//!   a single node, so replays are answered locally. A node holds what was stored since it
+//!   started: a position from before that reports an `expired` gap.
+//! - **Window.** The stream's limits are the node's history limits (`history_ttl_ms` as its
+//!   maximum age, `history_per_stream_max` per subject); the first node to start creates the
+//!   stream, and a node with other limits updates it and says so in its log.
+//!
+//! A backend may publish to the same subjects with a JetStream publish (acknowledged once
+//! stored) or a core publish; either way the message is stored and numbered.
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{bus, ClusterDrop, ClusterStats, Out};
+
+/// The stream's name in the NATS account.
+pub const STREAM: &str = "C10M_HISTORY";
+/// How long a node waits for the bus at startup.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The window the stream keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub ttl_ms: u64,
+    pub per_subject: u32,
+}
+
+/// What a node starts from: the stream's epoch and its last sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Start {
+    pub epoch: u32,
+    pub top: u64,
+}
+
+/// The stream's configuration for `window`.
+pub fn config(window: Window) -> stream::Config {
+    let age = Duration::from_millis(window.ttl_ms);
+    stream::Config {
+        name: STREAM.into(),
+        subjects: vec![bus::TOPIC_WILDCARD.into(), bus::ALL.into(), bus::USER_WILDCARD.into()],
+        max_age: age,
+        max_messages_per_subject: i64::from(window.per_subject),
+        storage: stream::StorageType::Memory,
+        discard: stream::DiscardPolicy::Old,
+        allow_direct: true,
+        // Retried publishes (same `Nats-Msg-Id`) are stored once within it.
+        duplicate_window: age.min(Duration::from_secs(120)),
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// The epoch of a stream created at `created_ns` (Unix nanoseconds): never 0.
+pub fn epoch_of(created_ns: i128) -> u32 {
+    let mixed = (created_ns as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+    ((mixed >> 96) as u32).max(1)
+}
+
+fn start_of(info: &stream::Info) -> Start {
+    Start { epoch: epoch_of(info.created.unix_timestamp_nanos()), top: info.state.last_sequence }
+}
+
+fn store_error(url: &str, what: &str, e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!(
+        "history store on {url}: {what}: {e}; the bus must run JetStream (nats-server -js), \
+         or set history_ttl_ms = 0 for at-most-once cluster delivery without history"
+    ))
+}
+
+/// Finds the stream, creating it or bringing its limits to `window`.
+pub async fn ensure(
+    js: &jetstream::Context,
+    url: &str,
+    window: Window,
+) -> io::Result<stream::Info> {
+    let want = config(window);
+    match js.get_stream(STREAM).await {
+        Ok(mut s) => {
+            let info = s.info().await.map_err(|e| store_error(url, "stream info", e))?.clone();
+            let c = &info.config;
+            if c.max_age == want.max_age
+                && c.max_messages_per_subject == want.max_messages_per_subject
+                && c.subjects == want.subjects
+            {
+                return Ok(info);
+            }
+            tracing::warn!(
+                stream = STREAM,
+                max_age_ms = c.max_age.as_millis() as u64,
+                per_subject = c.max_messages_per_subject,
+                "the history stream had other limits; updating it to this node's"
+            );
+            js.update_stream(want).await.map_err(|e| store_error(url, "updating the stream", e))
+        }
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            let mut s =
+                js.create_stream(want).await.map_err(|e| store_error(url, "creating it", e))?;
+            Ok(s.info().await.map_err(|e| store_error(url, "stream info", e))?.clone())
+        }
+        Err(e) => Err(store_error(url, "looking it up", e)),
+    }
+}
+
+/// Opens the stream before the shards start (they need its epoch and top), on a connection
+/// of its own.
+pub fn open(url: &str, window: Window) -> io::Result<Start> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let connect = async_nats::ConnectOptions::new().name("c10m-store").connect(url);
+        let client = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| store_error(url, "connecting", "no answer within 10 s"))?
+            .map_err(|e| store_error(url, "connecting", e))?;
+        let js = jetstream::new(client.clone());
+        let info = ensure(&js, url, window).await?;
+        let _ = client.drain().await;
+        Ok(start_of(&info))
+    })
+}
+
+/// The stream's start as it is now (after the bus came back: a new creation time means the
+/// store lost it).
+pub async fn current(js: &jetstream::Context, url: &str, window: Window) -> io::Result<Start> {
+    ensure(js, url, window).await.map(|info| start_of(&info))
+}
+
+/// Publish acknowledgements the store may owe at once.
+const ACKS_IN_FLIGHT_MAX: usize = 4096;
+/// How often the reader checks that the stream is still the one it reads.
+const CHECK_MS: u64 = 1000;
+/// Pause before the reader opens the stream again after losing it.
+const RETRY_MS: u64 = 250;
+
+/// What the reader hands the bridge.
+pub enum Event {
+    /// The next stored message, with its sequence.
+    Stored { seq: u64, message: async_nats::Message },
+    /// The stream was made anew: the shards start over at this epoch and top.
+    Epoch(Start),
+}
+
+/// Reads the whole stream in order, from where the node started, for as long as the node
+/// runs: an ordered consumer, opened again (from the next sequence) whenever it fails, and
+/// from the new top under a new epoch when the stream is found made anew.
+pub struct Reader {
+    pub js: jetstream::Context,
+    pub url: String,
+    pub window: Window,
+    pub start: Start,
+}
+
+impl Reader {
+    pub async fn run(self, tx: mpsc::Sender<Event>, stats: Arc<ClusterStats>) {
+        let Reader { js, url, window, mut start } = self;
+        let mut next = start.top + 1;
+        let mut complained = false;
+        loop {
+            let now = match current(&js, &url, window).await {
+                Ok(now) => now,
+                Err(e) => {
+                    stats.store_connected.store(false, Relaxed);
+                    if !std::mem::replace(&mut complained, true) {
+                        tracing::warn!("cluster: {e}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+                    continue;
+                }
+            };
+            if now.epoch != start.epoch {
+                tracing::warn!(
+                    old = start.epoch,
+                    new = now.epoch,
+                    "cluster: the history stream was made anew (the bus lost its store); \
+                     positions from before now report an epoch gap"
+                );
+                ClusterStats::bump(&stats.store_epochs, 1);
+                start = now;
+                next = now.top + 1;
+                if tx.send(Event::Epoch(now)).await.is_err() {
+                    return;
+                }
+            }
+            match read(&js, next, &tx, &stats, start.epoch, &url, window).await {
+                Ok(Some(n)) => next = n,
+                Ok(None) => return,
+                Err(e) => {
+                    if !std::mem::replace(&mut complained, true) {
+                        tracing::warn!("cluster: reading the history store: {e}");
+                    }
+                }
+            }
+            stats.store_connected.store(false, Relaxed);
+            tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+        }
+    }
+}
+
+/// Reads from `next` until the consumer fails or the stream changes; returns the next
+/// sequence to read (None: the bridge is gone).
+async fn read(
+    js: &jetstream::Context,
+    mut next: u64,
+    tx: &mpsc::Sender<Event>,
+    stats: &ClusterStats,
+    epoch: u32,
+    url: &str,
+    window: Window,
+) -> Result<Option<u64>, async_nats::Error> {
+    let stream = js.get_stream(STREAM).await?;
+    let config = consumer::pull::OrderedConfig {
+        deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: next },
+        ..Default::default()
+    };
+    let mut messages = stream.create_consumer(config).await?.messages().await?;
+    stats.store_connected.store(true, Relaxed);
+    let mut check = tokio::time::interval(Duration::from_millis(CHECK_MS));
+    check.tick().await;
+    loop {
+        tokio::select! {
+            m = messages.next() => {
+                let m = match m {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Ok(Some(next)),
+                };
+                let seq = m.info()?.stream_sequence;
+                if seq < next {
+                    continue; // Sent again after the consumer was made anew.
+                }
+                next = seq + 1;
+                let event = Event::Stored { seq, message: m.message };
+                if tx.send(event).await.is_err() {
+                    return Ok(None);
+                }
+            }
+            _ = check.tick() => {
+                let check = tokio::time::timeout(Duration::from_millis(CHECK_MS), current(js, url, window));
+                match check.await {
+                    Ok(Ok(now)) if now.epoch == epoch => {}
+                    _ => return Ok(Some(next)),
+                }
+            }
+        }
+    }
+}
+
+/// Publishes to the store, with up to [`ACKS_IN_FLIGHT_MAX`] acknowledgements outstanding;
+/// a publish the store does not acknowledge is counted (`store_failed`).
+pub(super) async fn publisher(
+    js: jetstream::Context,
+    mut rx: mpsc::Receiver<Out>,
+    stats: Arc<ClusterStats>,
+) {
+    let mut acks = futures_util::stream::FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            o = rx.recv(), if acks.len() < ACKS_IN_FLIGHT_MAX => {
+                let Some(o) = o else { break };
+                let publish = jetstream::message::PublishMessage::build()
+                    .payload(o.msg.payload.to_vec().into())
+                    .headers(o.headers);
+                match js.send_publish(o.subject, publish).await {
+                    Ok(ack) => acks.push(std::future::IntoFuture::into_future(ack)),
+                    Err(_) => stats.dropped(ClusterDrop::StoreFailed, 1),
+                }
+            }
+            Some(ack) = acks.next(), if !acks.is_empty() => match ack {
+                Ok(_) => ClusterStats::bump(&stats.stored, 1),
+                Err(_) => stats.dropped(ClusterDrop::StoreFailed, 1),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_are_never_zero_and_differ_by_creation_time() {
+        let a = epoch_of(1_764_000_000_000_000_000);
+        let b = epoch_of(1_764_000_000_000_000_001);
+        assert_ne!(a, b);
+        assert_ne!(epoch_of(0), 0);
+        assert_eq!(a, epoch_of(1_764_000_000_000_000_000));
+    }
+
+    #[test]
+    fn the_stream_captures_every_publish_subject() {
+        let c = config(Window { ttl_ms: 120_000, per_subject: 1000 });
+        assert_eq!(c.subjects, ["c10m.topic.>", "c10m.all", "c10m.user.>"]);
+        assert_eq!(c.max_age, Duration::from_secs(120));
+        assert_eq!(c.max_messages_per_subject, 1000);
+        assert!(c.duplicate_window <= c.max_age);
+    }
+}

@@ -1,0 +1,155 @@
+//! History on a cluster: the nodes keep it in the shared store (a JetStream stream on the
+//! bus, `src/cluster/store.rs`), which numbers every publish, so every node shows the same
+//! ids and a client resumes on any node. Real Redis and NATS (with JetStream), real curl.
+
+mod common;
+
+use std::process::Command;
+
+use common::backends::{cluster_stat, Backends};
+use common::{wait_until, LineChild, Server, STEP};
+
+fn curl_sse(node: &Server, query: &str, last_event_id: Option<&str>) -> LineChild {
+    let url = format!("http://{}/sse?{query}", node.client);
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-N", "--max-time", "60", &url]);
+    if let Some(id) = last_event_id {
+        cmd.args(["-H", &format!("Last-Event-ID: {id}")]);
+    }
+    LineChild::spawn(&mut cmd)
+}
+
+fn sse_data(lines: &[String]) -> Vec<String> {
+    lines.iter().filter_map(|l| l.strip_prefix("data: ").map(str::to_owned)).collect()
+}
+
+fn sse_last_id(lines: &[String]) -> String {
+    lines.iter().rev().find_map(|l| l.strip_prefix("id: ")).expect("an id line").to_owned()
+}
+
+/// The SSE lines up to and including `data: {payload}`, and the id just before it.
+fn event(curl: &mut LineChild, payload: &str) -> String {
+    let want = format!("data: {payload}");
+    let lines = curl.lines_until(|l| l == want);
+    sse_last_id(&lines)
+}
+
+#[test]
+fn an_sse_client_resumes_on_another_node_with_exactly_what_it_missed_then_live_ones() {
+    let b = Backends::start();
+    let a_node = b.node("a", &[], 0);
+    let b_node = b.node("b", &[], 1);
+    let mut curl = curl_sse(&a_node, "user=ann&topics=news", None);
+    a_node.wait_connections(1);
+    assert_eq!(a_node.publish("user=ann", "before").0, 202);
+    let last = event(&mut curl, "before");
+    drop(curl);
+    a_node.wait_connections(0);
+
+    // Missed while away, published at the other node, with others' messages between.
+    let mut admin = b_node.admin_conn();
+    for i in 0..50 {
+        admin.publish("user=ann", format!("u{i}"));
+        admin.publish("topic=news", format!("t{i}"));
+        admin.publish("user=bob", "not yours");
+        admin.publish("topic=other", "not yours");
+    }
+    wait_until("node b read all 201 messages", STEP, || {
+        (cluster_stat(&b_node, "store_in") == 201).then_some(())
+    });
+
+    let mut curl = curl_sse(&b_node, "user=ann&topics=news", Some(&last));
+    let mut got = Vec::new();
+    let mut seen = Vec::new();
+    while got.len() < 100 {
+        let lines = curl.lines_until(|l| l.starts_with("data: "));
+        got.extend(sse_data(&lines));
+        seen.extend(lines);
+    }
+    let user: Vec<&String> = got.iter().filter(|d| d.starts_with('u')).collect();
+    let topic: Vec<&String> = got.iter().filter(|d| d.starts_with('t')).collect();
+    let want_u: Vec<String> = (0..50).map(|i| format!("u{i}")).collect();
+    let want_t: Vec<String> = (0..50).map(|i| format!("t{i}")).collect();
+    assert_eq!(got.len(), 100, "exactly the missed messages: {got:?}");
+    assert_eq!(user, want_u.iter().collect::<Vec<_>>(), "the user's stream, in order");
+    assert_eq!(topic, want_t.iter().collect::<Vec<_>>(), "the topic's stream, in order");
+    assert!(!seen.iter().any(|l| l.contains("c10m-gap")), "no gap: {seen:?}");
+    // Then live ones, from either node, once.
+    assert_eq!(a_node.publish("user=ann", "live").0, 202);
+    assert_eq!(curl.expect_line(|l| l.starts_with("data: ")), "data: live");
+    assert_eq!(b_node.publish("all", "end").0, 202);
+    assert_eq!(curl.expect_line(|l| l.starts_with("data: ")), "data: end");
+    let metrics = b_node.metrics();
+    assert_eq!(common::metric_sum(&metrics, "c10m_resumes_total", &[]), 1.0);
+    assert_eq!(common::metric_sum(&metrics, "c10m_replayed_total", &[]), 100.0);
+    for n in [&a_node, &b_node] {
+        let text = n.metrics();
+        assert_eq!(common::metric_sum(&text, "c10m_cluster_dropped_total", &[]), 0.0, "{text}");
+    }
+}
+
+#[test]
+fn every_node_shows_the_same_ids_for_publishes_from_nodes_and_from_backends() {
+    let b = Backends::start();
+    let a_node = b.node("a", &[], 0);
+    let b_node = b.node("b", &[], 1);
+    let mut on_a = curl_sse(&a_node, "topics=news", None);
+    let mut on_b = curl_sse(&b_node, "topics=news", None);
+    a_node.wait_connections(1);
+    b_node.wait_connections(1);
+    assert_eq!(a_node.publish("topic=news", "from a").0, 202);
+    let (ia, ib) = (event(&mut on_a, "from a"), event(&mut on_b, "from a"));
+    assert_eq!(ia, ib, "one id on every node");
+    // A backend publishing straight to the bus is stored and numbered the same way.
+    b.backend_publish(&[("c10m.topic.news", "from a backend")]);
+    let (ja, jb) = (event(&mut on_a, "from a backend"), event(&mut on_b, "from a backend"));
+    assert_eq!(ja, jb, "one id on every node");
+    assert_ne!(ia, ja);
+    // Ids are epoch-topics positions; the topic position counts up.
+    let topics = |id: &str| u64::from_str_radix(id.split('-').nth(1).unwrap(), 36).unwrap();
+    assert!(topics(&ja) > topics(&ia), "{ia} then {ja}");
+    assert_eq!(ia.split('-').next(), ja.split('-').next(), "one epoch");
+}
+
+#[test]
+fn a_store_that_lost_its_stream_starts_a_new_epoch_and_delivery_goes_on_meanwhile() {
+    let mut b = Backends::start();
+    let a_node = b.node("a", &[], 0);
+    let mut curl = curl_sse(&a_node, "user=ann&topics=news", None);
+    a_node.wait_connections(1);
+    assert_eq!(a_node.publish("user=ann", "stored").0, 202);
+    let old = event(&mut curl, "stored");
+
+    // The bus goes away: this node's clients still get what is published here.
+    b.nats = None;
+    wait_until("a sees the store gone", STEP, || {
+        (a_node.stats()["cluster"]["store_connected"] == false).then_some(())
+    });
+    assert_eq!(a_node.publish("topic=news", "while down").0, 202);
+    event(&mut curl, "while down");
+
+    // It comes back without its store: a new stream, a new epoch.
+    b.start_nats();
+    wait_until("a reads the new stream", STEP, || {
+        let c = &a_node.stats()["cluster"];
+        (c["store_connected"] == true && c["store_epochs"] == 1).then_some(())
+    });
+    assert_eq!(a_node.publish("user=ann", "after").0, 202);
+    let new = event(&mut curl, "after");
+    assert_ne!(old.split('-').next(), new.split('-').next(), "{old} then {new}: a new epoch");
+    drop(curl);
+    a_node.wait_connections(0);
+
+    // A position from the old stream cannot be proven: every stream reports the epoch.
+    let mut curl = curl_sse(&a_node, "user=ann&topics=news", Some(&old));
+    let lines = curl.lines_until(|l| l.contains(r#""stream":"topic:news""#));
+    let gaps: Vec<&String> = lines.iter().filter(|l| l.starts_with("data: ")).collect();
+    assert!(gaps.iter().all(|l| l.contains(r#""reason":"epoch""#)), "{lines:?}");
+    // A position from the new one resumes.
+    drop(curl);
+    a_node.wait_connections(0);
+    assert_eq!(a_node.publish("user=ann", "resumed").0, 202);
+    let mut curl = curl_sse(&a_node, "user=ann&topics=news", Some(&new));
+    let lines = curl.lines_until(|l| l == "data: resumed");
+    assert!(!lines.iter().any(|l| l.contains("c10m-gap")), "{lines:?}");
+}
