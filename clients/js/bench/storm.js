@@ -49,12 +49,18 @@ async function clientProcess() {
   const clients = [];
   for (let i = 0; i < count; i++) {
     const rec = { goawayAt: null, askedMs: null, backAt: null, node: null, attempts: 0,
-      firstNode: null, seqs: new Map(), gaps: {}, errors: 0, waits: {}, listed: false };
+      firstNode: null, seqs: new Map(), useqs: new Map(), gaps: {}, errors: 0, waits: {},
+      listed: false, user: `s${Number(opts.offset) + i}` };
     recs.push(rec);
     const c = new C10m({ endpoints, user: `s${Number(opts.offset) + i}`, topics: ['storm'],
       share: 'none' });
     c.on('state', (s) => {
       if (s.state === 'connected' && rec.firstNode == null) rec.firstNode = s.node ?? s.endpoint;
+      if (s.state === 'connected') {
+        rec.ups = (rec.ups ?? 0) + 1;
+        rec.upAt = now();
+        rec.lastNode = s.node ?? s.endpoint;
+      }
       if (rec.goawayAt == null) return;
       if (s.state === 'connecting') rec.attempts += 1;
       if (s.state === 'waiting' && s.reason !== 'goaway') {
@@ -71,8 +77,11 @@ async function clientProcess() {
       rec.askedMs = g.reconnectAfterMs;
     });
     c.on('message', (m) => {
-      const seq = String(m.data).startsWith('seq:') ? Number(String(m.data).slice(4)) : null;
-      if (seq != null) rec.seqs.set(seq, (rec.seqs.get(seq) ?? 0) + 1);
+      const d = String(m.data);
+      // `seq:N` on the topic, `u:N` to this client's user (bench/drill.js).
+      const [map, seq] = d.startsWith('seq:') ? [rec.seqs, Number(d.slice(4))]
+        : d.startsWith('u:') ? [rec.useqs, Number(d.slice(2))] : [null, null];
+      if (map) map.set(seq, (map.get(seq) ?? 0) + 1);
     });
     c.on('nodes', () => {
       if (rec.goawayAt != null) rec.listed = true;
@@ -100,7 +109,8 @@ async function clientProcess() {
     if (msg.op === 'report') {
       for (const c of clients) c.close();
       lag.disable();
-      process.send({ op: 'report', recs: recs.map((r) => ({ ...r, seqs: [...r.seqs] })),
+      process.send({ op: 'report',
+        recs: recs.map((r) => ({ ...r, seqs: [...r.seqs], useqs: [...r.useqs] })),
         drainAt, lagMs: { p50: lag.percentile(50) / 1e6, p99: lag.percentile(99) / 1e6,
           max: lag.max / 1e6 } });
     }
