@@ -227,7 +227,7 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
             .or(inherited.as_ref().map(|i| i.epoch))
             .unwrap_or_else(history_epoch)
             .into(),
-        store_top: store.map(|s| s.top),
+        store_start: store,
         clock_origin: std::time::Instant::now(),
         hub,
         directory,

@@ -153,3 +153,51 @@ fn a_store_that_lost_its_stream_starts_a_new_epoch_and_delivery_goes_on_meanwhil
     let lines = curl.lines_until(|l| l == "data: resumed");
     assert!(!lines.iter().any(|l| l.contains("c10m-gap")), "{lines:?}");
 }
+
+#[test]
+fn a_node_started_after_the_publishes_fills_its_history_from_the_store() {
+    let b = Backends::start();
+    let a_node = b.node("a", &[], 0);
+    let mut curl = curl_sse(&a_node, "user=ann&topics=news", None);
+    a_node.wait_connections(1);
+    assert_eq!(a_node.publish("topic=news", "before").0, 202);
+    let last = event(&mut curl, "before");
+    drop(curl);
+    a_node.wait_connections(0);
+    let mut admin = a_node.admin_conn();
+    for i in 0..20 {
+        admin.publish("user=ann", format!("u{i}"));
+        admin.publish("topic=news", format!("t{i}"));
+        admin.publish("user=bob", "not yours");
+    }
+    wait_until("a read all 61 messages", STEP, || {
+        (cluster_stat(&a_node, "store_in") == 61).then_some(())
+    });
+
+    // b starts now: what the store held comes into its logs before anything live.
+    let b_node = b.node("b", &[], 1);
+    let mut curl = curl_sse(&b_node, "user=ann&topics=news", Some(&last));
+    let mut got = Vec::new();
+    let mut seen = Vec::new();
+    while got.len() < 40 {
+        let lines = curl.lines_until(|l| l.starts_with("data: "));
+        got.extend(sse_data(&lines));
+        seen.extend(lines);
+    }
+    let user: Vec<String> = got.iter().filter(|d| d.starts_with('u')).cloned().collect();
+    let topic: Vec<String> = got.iter().filter(|d| d.starts_with('t')).cloned().collect();
+    assert_eq!(user, (0..20).map(|i| format!("u{i}")).collect::<Vec<_>>(), "{got:?}");
+    assert_eq!(topic, (0..20).map(|i| format!("t{i}")).collect::<Vec<_>>(), "{got:?}");
+    assert!(!seen.iter().any(|l| l.contains("c10m-gap")), "no gap: {seen:?}");
+    // A new connection on b gets only what comes after it.
+    let mut fresh = curl_sse(&b_node, "user=ann&topics=news", None);
+    b_node.wait_connections(2);
+    assert_eq!(b_node.publish("user=ann", "live").0, 202);
+    assert_eq!(curl.expect_line(|l| l.starts_with("data: ")), "data: live");
+    assert_eq!(fresh.expect_line(|l| l.starts_with("data: ")), "data: live");
+    // Its log holds what the store had (the gauge is refreshed once a second).
+    wait_until("b's history holds the 62 messages", STEP, || {
+        let text = b_node.metrics();
+        (common::metric_sum(&text, "c10m_history_messages", &[]) == 62.0).then_some(())
+    });
+}

@@ -65,7 +65,7 @@ use tokio::sync::mpsc;
 use crate::config::Cluster;
 use crate::mesh::bell::{Bell, EventFd};
 use crate::mesh::{MeshEnd, Sent};
-use crate::push::{home_shard, Message, Msg, PublishUser, UserKeys};
+use crate::push::{home_shard, Backfilled, Message, Msg, PublishUser, UserKeys};
 use registry::Presence;
 pub use stats::{ClusterDrop, ClusterStats};
 
@@ -286,8 +286,9 @@ impl Prepared {
             reply_prefix,
             requests: presence::Requests::default(),
             store_ids: store.map(|_| format!("{node_id}.{:x}", registry::unix_ms())),
-            store_top: 0,
+            store_top: store.map_or(0, |(_, s)| s.floor()),
             tops_sent: 0,
+            backfill_end: store.map_or(0, |(_, s)| s.top),
         };
         loop {
             if stop.load(Relaxed) {
@@ -374,6 +375,8 @@ struct Bridge {
     /// The last sequence read from the store, and the last one told to every partition.
     store_top: u64,
     tops_sent: u64,
+    /// Messages up to this sequence were stored before this node started: backfill.
+    backfill_end: u64,
 }
 
 /// A message for NATS.
@@ -504,11 +507,12 @@ impl Bridge {
 
     /// A message read from the store, numbered: to its partition, as if published there.
     fn on_store(&mut self, ev: store::Event) {
-        let (seq, m) = match ev {
-            store::Event::Stored { seq, message } => (seq, message),
+        let (seq, age_ms, m) = match ev {
+            store::Event::Stored { seq, age_ms, message } => (seq, age_ms, message),
             store::Event::Epoch(start) => {
-                self.store_top = start.top;
-                self.tops_sent = start.top;
+                self.store_top = start.floor();
+                self.tops_sent = start.floor();
+                self.backfill_end = 0;
                 for s in 0..self.mesh.shards() {
                     self.send(s, Msg::Epoch { epoch: start.epoch, top: start.top });
                 }
@@ -529,6 +533,27 @@ impl Bridge {
         let numbered =
             |part: usize| Arc::new(Message { id: seq, seq, part: part as u16, payload, text });
         let sequencer = crate::history::SEQUENCER;
+        if seq <= self.backfill_end {
+            // Stored before this node started: for its partition's log only.
+            let (part, stream) = match bus::route(m.subject.as_str()) {
+                bus::Route::Topic(tail) => {
+                    let topic = header(bus::H_TOPIC).unwrap_or_else(|| tail.to_owned());
+                    (sequencer, name_ok(&topic).then(|| Backfilled::Topic(topic.into())))
+                }
+                bus::Route::All => (sequencer, Some(Backfilled::All)),
+                bus::Route::User(tail) => {
+                    let user = header(bus::H_USER).unwrap_or_else(|| tail.to_owned());
+                    let home = home_shard(self.user_keys.hash(&user), self.mesh.shards());
+                    (home, name_ok(&user).then(|| Backfilled::User(user.into())))
+                }
+                _ => (sequencer, None),
+            };
+            let Some(stream) = stream else {
+                return self.stats.dropped(ClusterDrop::BadMessage, 1);
+            };
+            let b = crate::push::Backfill { stream, age_ms, msg: numbered(part) };
+            return self.send(part, Msg::Backfill(Box::new(b)));
+        }
         match bus::route(m.subject.as_str()) {
             bus::Route::Topic(tail) => {
                 let topic = header(bus::H_TOPIC).unwrap_or_else(|| tail.to_owned());

@@ -34,7 +34,7 @@ use super::{bus, ClusterDrop, ClusterStats, Out};
 
 /// The stream's name in the NATS account.
 pub const STREAM: &str = "C10M_HISTORY";
-/// How long a node waits for the bus at startup.
+/// How long a node waits for the bus at startup (it may be starting too).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The window the stream keeps.
@@ -44,11 +44,25 @@ pub struct Window {
     pub per_subject: u32,
 }
 
-/// What a node starts from: the stream's epoch and its last sequence.
+/// What a node starts from: the stream's epoch, its last sequence, and its first retained
+/// one (the node's logs are filled from there up to `top` before it delivers live ones).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Start {
     pub epoch: u32,
     pub top: u64,
+    pub first: u64,
+}
+
+impl Start {
+    /// The highest position whose messages the node will not have: below the first
+    /// retained one (everything, when the stream holds nothing).
+    pub fn floor(&self) -> u64 {
+        if (1..=self.top).contains(&self.first) {
+            self.first - 1
+        } else {
+            self.top
+        }
+    }
 }
 
 /// The stream's configuration for `window`.
@@ -76,7 +90,11 @@ pub fn epoch_of(created_ns: i128) -> u32 {
 }
 
 fn start_of(info: &stream::Info) -> Start {
-    Start { epoch: epoch_of(info.created.unix_timestamp_nanos()), top: info.state.last_sequence }
+    Start {
+        epoch: epoch_of(info.created.unix_timestamp_nanos()),
+        top: info.state.last_sequence,
+        first: info.state.first_sequence,
+    }
 }
 
 fn store_error(url: &str, what: &str, e: impl std::fmt::Display) -> io::Error {
@@ -128,7 +146,10 @@ pub async fn ensure(
 pub fn open(url: &str, window: Window) -> io::Result<Start> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let connect = async_nats::ConnectOptions::new().name("c10m-store").connect(url);
+        let connect = async_nats::ConnectOptions::new()
+            .name("c10m-store")
+            .retry_on_initial_connect()
+            .connect(url);
         let client = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| store_error(url, "connecting", "no answer within 10 s"))?
@@ -155,15 +176,16 @@ const RETRY_MS: u64 = 250;
 
 /// What the reader hands the bridge.
 pub enum Event {
-    /// The next stored message, with its sequence.
-    Stored { seq: u64, message: async_nats::Message },
+    /// The next stored message, with its sequence and how long ago it was stored.
+    Stored { seq: u64, age_ms: u64, message: async_nats::Message },
     /// The stream was made anew: the shards start over at this epoch and top.
     Epoch(Start),
 }
 
-/// Reads the whole stream in order, from where the node started, for as long as the node
-/// runs: an ordered consumer, opened again (from the next sequence) whenever it fails, and
-/// from the new top under a new epoch when the stream is found made anew.
+/// Reads the whole stream in order, from its first retained message at the node's start
+/// (those up to the start's top fill the logs: the backfill), for as long as the node runs:
+/// an ordered consumer, opened again (from the next sequence) whenever it fails, and from
+/// the new stream's first message under a new epoch when the stream is found made anew.
 pub struct Reader {
     pub js: jetstream::Context,
     pub url: String,
@@ -174,7 +196,7 @@ pub struct Reader {
 impl Reader {
     pub async fn run(self, tx: mpsc::Sender<Event>, stats: Arc<ClusterStats>) {
         let Reader { js, url, window, mut start } = self;
-        let mut next = start.top + 1;
+        let mut next = start.floor() + 1;
         let mut complained = false;
         loop {
             let now = match current(&js, &url, window).await {
@@ -197,7 +219,8 @@ impl Reader {
                 );
                 ClusterStats::bump(&stats.store_epochs, 1);
                 start = now;
-                next = now.top + 1;
+                // What the new stream got before this node noticed is delivered live.
+                next = now.floor() + 1;
                 if tx.send(Event::Epoch(now)).await.is_err() {
                     return;
                 }
@@ -245,12 +268,18 @@ async fn read(
                     Some(Err(e)) => return Err(e.into()),
                     None => return Ok(Some(next)),
                 };
-                let seq = m.info()?.stream_sequence;
+                let info = m.info()?;
+                let seq = info.stream_sequence;
+                let now_ns = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as i128);
+                let age_ms = ((now_ns - info.published.unix_timestamp_nanos()) / 1_000_000)
+                    .max(0) as u64;
                 if seq < next {
                     continue; // Sent again after the consumer was made anew.
                 }
                 next = seq + 1;
-                let event = Event::Stored { seq, message: m.message };
+                let event = Event::Stored { seq, age_ms, message: m.message };
                 if tx.send(event).await.is_err() {
                     return Ok(None);
                 }

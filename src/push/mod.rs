@@ -58,6 +58,9 @@ pub enum Msg {
     /// cluster bridge to the partition itself: the store numbered up to `seq`, and none of
     /// those since the last message it sent is the partition's.
     Top { part: u16, seq: u64 },
+    /// From the cluster bridge at startup, to the message's partition: a message the store
+    /// held before this node started, kept in the log for replays and delivered to nobody.
+    Backfill(Box<Backfill>),
     /// From the cluster bridge to every shard: the history store lost its stream and made
     /// it anew (`crate::cluster::store`): positions now have this epoch and start at `top`.
     Epoch { epoch: u32, top: u64 },
@@ -99,6 +102,23 @@ pub struct UserAdd {
     /// ...or, for a connection that did not resume, those numbered after this time (µs of
     /// the shards' common clock): what was published while it was registering.
     pub fresh: Option<u64>,
+}
+
+/// See [`Msg::Backfill`].
+#[derive(Debug)]
+pub struct Backfill {
+    pub stream: Backfilled,
+    /// How long before it reached this node the store had it.
+    pub age_ms: u64,
+    pub msg: Arc<Message>,
+}
+
+/// The stream of a [`Backfill`].
+#[derive(Debug)]
+pub enum Backfilled {
+    User(Box<str>),
+    Topic(Box<str>),
+    All,
 }
 
 /// See [`Msg::Replay`].

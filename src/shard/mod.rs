@@ -89,8 +89,10 @@ pub struct Shared {
     /// when the store loses its stream ([`Msg::Epoch`](crate::push::Msg::Epoch)).
     pub history_epoch: std::sync::atomic::AtomicU32,
     /// Where a cluster node's history starts: set when the cluster store numbers messages
-    /// (the shards then never number), None on a single node.
-    pub store_top: Option<u64>,
+    /// (the shards then never number), None on a single node. The logs start after its
+    /// `floor()` and the store's messages up to its `top` arrive as backfill before live
+    /// ones.
+    pub store_start: Option<crate::cluster::store::Start>,
     /// The origin of every shard's clock, so times compare across shards.
     pub clock_origin: Instant,
     /// A live upgrade's shared state ([`crate::handover`]).
@@ -107,7 +109,7 @@ impl Shared {
 
     /// Whether the cluster store numbers messages (the shards keep its numbers).
     pub fn store_numbers(&self) -> bool {
-        self.store_top.is_some()
+        self.store_start.is_some()
     }
 }
 
@@ -211,6 +213,9 @@ pub struct Shard {
     beacon_top: u64,
     /// Replays waiting for the log to reach their position (cluster store).
     deferred: Vec<(u64, resume::Deferred)>,
+    /// The store's top when this node started (or its stream was made anew): replays wait
+    /// until the log has the backfill up to it.
+    backfill_end: u64,
     history_ticked_ms: u64,
     /// Connections waiting for a replay, by slot.
     resuming: std::collections::HashMap<u32, resume::Pending>,
@@ -277,11 +282,13 @@ impl Shard {
         let mut history =
             crate::history::Log::with_topics(history_limits(&shared.cfg, shards), topics.into());
         let mut heard = crate::history::Heard::new(shards);
-        if let Some(top) = shared.store_top {
-            // The store's numbers so far: positions up to them are valid, their messages
-            // are not here.
-            history.continue_after(top);
-            (0..shards).for_each(|p| heard.advance(p, top));
+        let backfill_end = shared.store_start.map_or(0, |s| s.top);
+        if let Some(start) = shared.store_start {
+            // Positions below the store's first message are valid but theirs are gone;
+            // the others are positions at the backfill's end at the least (a connection
+            // made now has everything older than that: it asked for nothing).
+            history.continue_after(start.floor());
+            (0..shards).for_each(|p| heard.advance(p, start.top));
         }
         let l = &shared.cfg.limits;
         let inbound = shared.hub.inbound.lock().unwrap_or_else(|e| e.into_inner())[id].take();
@@ -336,6 +343,7 @@ impl Shard {
             heard,
             beacon_top: 0,
             deferred: Vec::new(),
+            backfill_end,
             history_ticked_ms: 0,
             resuming: std::collections::HashMap::new(),
             polls: std::collections::HashMap::new(),
@@ -535,6 +543,7 @@ impl Shard {
             Msg::Top { part, seq } if part as usize == self.id => self.store_top(seq),
             Msg::Top { part, seq } => self.heard.advance(part as usize, seq),
             Msg::Epoch { epoch, top } => self.new_epoch(epoch, top),
+            Msg::Backfill(b) => self.backfill(*b),
             Msg::Replay(req) => self.replay_topics(&req),
             Msg::Replayed(a) => self.on_replayed(&a),
             Msg::Drain { rate_per_s } => self.begin_drain(rate_per_s as f64),

@@ -71,7 +71,7 @@ impl Shard {
     /// (its messages are delivered here as they are numbered).
     fn heard_of(&self, part: usize) -> u64 {
         if part == self.id {
-            self.history.top()
+            self.history.top().max(self.backfill_end)
         } else {
             self.heard.get(part)
         }
@@ -135,6 +135,19 @@ impl Shard {
         fresh
     }
 
+    /// From the bridge at startup: a message the store held before this node started, for
+    /// the log only (its time is when the store had it, so it leaves the window on time).
+    pub(super) fn backfill(&mut self, b: crate::push::Backfill) {
+        let at_us = self.precise_us().saturating_sub(b.age_ms.saturating_mul(1000));
+        let stream = match &b.stream {
+            crate::push::Backfilled::User(u) => Stream::User(u),
+            crate::push::Backfilled::Topic(t) => Stream::Topic(t),
+            crate::push::Backfilled::All => Stream::All,
+        };
+        self.history.retain_numbered(stream, &b.msg, at_us);
+        self.run_deferred(false);
+    }
+
     /// From the bridge: the store numbered up to `seq`, none of it this partition's.
     pub(super) fn store_top(&mut self, seq: u64) {
         self.history.advance_top(seq);
@@ -146,6 +159,7 @@ impl Shard {
     pub(super) fn new_epoch(&mut self, epoch: u32, top: u64) {
         self.shared.history_epoch.store(epoch, std::sync::atomic::Ordering::Relaxed);
         self.history.restart_at(top);
+        self.backfill_end = top;
         self.heard = crate::history::Heard::new(self.shards());
         (0..self.shards()).for_each(|p| self.heard.advance(p, top));
         self.beacon_top = top;
@@ -264,7 +278,8 @@ impl Shard {
 
     /// Whether a replay from `since` waits for the store's messages up to it to arrive.
     fn must_wait(&self, since: u64) -> bool {
-        self.shared.store_numbers() && since > self.history.top()
+        self.shared.store_numbers()
+            && (since > self.history.top() || self.history.top() < self.backfill_end)
     }
 
     fn defer(&mut self, d: Deferred) {
