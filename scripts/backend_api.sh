@@ -62,7 +62,8 @@ if [ "$CLUSTER" = 1 ]; then
     rport=$(free_port) nport=$(free_port)
     redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$out/redis.log" 2>&1 &
     others+=($!)
-    nats-server -a 127.0.0.1 -p "$nport" >"$out/nats.log" 2>&1 &
+    # JetStream: the nodes keep their history in it (src/cluster/store.rs).
+    nats-server -a 127.0.0.1 -p "$nport" -js -sd "$out/jetstream" >"$out/nats.log" 2>&1 &
     others+=($!)
     for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
     cluster_args=(--registry "redis://127.0.0.1:$rport" --bus "nats://127.0.0.1:$nport")
