@@ -158,7 +158,13 @@ impl Prepared {
                 .build()
                 .and_then(|rt| {
                     let local = tokio::task::LocalSet::new();
-                    local.block_on(&rt, self.run(mesh, user_keys, message_bytes_max, stopping))
+                    let result =
+                        local.block_on(&rt, self.run(mesh, user_keys, message_bytes_max, stopping));
+                    // The tasks left (the store's reader and its consumer among them) are
+                    // dropped inside the runtime: the NATS client's drops need its reactor.
+                    let _inside = rt.enter();
+                    drop(local);
+                    result
                 })
                 .map_err(|e| io::Error::new(e.kind(), format!("cluster bridge: {e}")));
             if let Err(e) = &result {
@@ -514,7 +520,8 @@ impl Bridge {
                 self.tops_sent = start.floor();
                 self.backfill_end = 0;
                 for s in 0..self.mesh.shards() {
-                    self.send(s, Msg::Epoch { epoch: start.epoch, top: start.top });
+                    // What the new stream holds after its floor comes next, delivered live.
+                    self.send(s, Msg::Epoch { epoch: start.epoch, top: start.floor() });
                 }
                 return;
             }
