@@ -430,14 +430,33 @@ impl Bridge {
                 }
                 return;
             }
-            if matches!(
-                msg,
-                Msg::PublishUser(_) | Msg::PublishTopic { .. } | Msg::PublishAll { .. }
-            ) {
-                // Published while the store was unreachable: delivered on this node only.
-                return self.stats.dropped(ClusterDrop::StoreFailed, 1);
+            // A shard sent it here while the store was usable; it is not now: delivered on
+            // this node only, unnumbered, as the shards do while the store is away.
+            let sequencer = crate::history::SEQUENCER;
+            match msg {
+                Msg::PublishUser(p) => return self.store_away(|b| b.inject_user(&p.user, p.msg)),
+                Msg::PublishTopic { topic, msg } => {
+                    let m = Msg::PublishTopic { topic, msg };
+                    return self.store_away(|b| b.send(sequencer, m));
+                }
+                Msg::PublishAll { msg } => {
+                    let m = Msg::PublishAll { msg };
+                    return self.store_away(|b| b.send(sequencer, m));
+                }
+                other => return self.on_bus_path(other),
             }
         }
+        self.on_bus_path(msg)
+    }
+
+    fn store_away(&mut self, deliver: impl FnOnce(&mut Bridge)) {
+        ClusterStats::bump(&self.stats.store_local, 1);
+        deliver(self)
+    }
+
+    /// What the bridge does with a shard's message without the store (and with it, for
+    /// what is not a publish).
+    fn on_bus_path(&mut self, msg: Msg) {
         match msg {
             Msg::Online(user) => {
                 if self.presence.borrow_mut().connect(&user) {

@@ -91,6 +91,8 @@ pub struct ClusterStats {
     pub stored: AtomicU64,
     pub store_in: AtomicU64,
     pub store_epochs: AtomicU64,
+    /// Publishes delivered on this node only because the store was unreachable.
+    pub store_local: AtomicU64,
     pub drops: [AtomicU64; 6],
 }
 
@@ -167,10 +169,11 @@ impl ClusterStats {
             "presence_short": self.presence_short.load(Relaxed),
             "presence_late": self.presence_late.load(Relaxed),
             "presence_served": self.presence_served.load(Relaxed),
-            "store_connected": self.store_connected.load(Relaxed),
+            "store_connected": self.store_usable(),
             "stored": self.stored.load(Relaxed),
             "store_in": self.store_in.load(Relaxed),
             "store_epochs": self.store_epochs.load(Relaxed),
+            "store_local": self.store_local.load(Relaxed),
             "dropped": drops,
         })
     }
@@ -196,7 +199,7 @@ impl ClusterStats {
             "store_connected",
             "gauge",
             "History store stream present and read (history on).",
-            b(&self.store_connected),
+            self.store_usable() as u64,
         );
         one(
             "online_users",
@@ -210,7 +213,12 @@ impl ClusterStats {
             "Nodes with a live heartbeat in the registry.",
             self.live_nodes.load(Relaxed),
         );
-        let counters: [(&str, &str, &AtomicU64); 18] = [
+        let counters: [(&str, &str, &AtomicU64); 19] = [
+            (
+                "store_local_total",
+                "Publishes delivered on this node only: the store was unreachable.",
+                &self.store_local,
+            ),
             ("stored_total", "Publishes the history store acknowledged.", &self.stored),
             ("store_in_total", "Messages read from the history store.", &self.store_in),
             (

@@ -285,10 +285,13 @@ async fn read(
                 }
             }
             _ = check.tick() => {
+                // A slow answer is no reason to stop reading (a bus that is down shows in
+                // `bus_connected`); a failed one or another stream is.
                 let check = tokio::time::timeout(Duration::from_millis(CHECK_MS), current(js, url, window));
                 match check.await {
-                    Ok(Ok(now)) if now.epoch == epoch => {}
-                    _ => return Ok(Some(next)),
+                    Ok(Ok(now)) if now.epoch != epoch => return Ok(Some(next)),
+                    Ok(Err(_)) => return Ok(Some(next)),
+                    _ => {}
                 }
             }
         }

@@ -37,6 +37,8 @@ impl Shard {
         }
         // Topics and broadcasts go to the sequencer, which numbers them and sends them to
         // every shard, and on a cluster node to the bridge.
+        // With the store away, publishes stay on this node: the bus path is not for them.
+        let bridge = if self.shared.store_numbers() { None } else { self.mesh.bridge() };
         let to_sequencer = |shard: &mut Shard, m: Msg| {
             if shard.id == SEQUENCER {
                 shard.local.push_back(m);
@@ -48,7 +50,7 @@ impl Shard {
             admin::Target::User(user) => {
                 let hash = self.shared.user_keys.hash(&user);
                 let user: Box<str> = user.into();
-                if let Some(bridge) = self.mesh.bridge() {
+                if let Some(bridge) = bridge {
                     let p = PublishUser { user: user.clone(), hash, msg: Arc::clone(&msg) };
                     self.send_mesh(bridge, Msg::PublishUser(Box::new(p)));
                 }
@@ -62,14 +64,14 @@ impl Shard {
             }
             admin::Target::Topic(topic) => {
                 let topic: Box<str> = topic.into();
-                if let Some(bridge) = self.mesh.bridge() {
+                if let Some(bridge) = bridge {
                     let m = Msg::PublishTopic { topic: topic.clone(), msg: Arc::clone(&msg) };
                     self.send_mesh(bridge, m);
                 }
                 to_sequencer(self, Msg::PublishTopic { topic, msg });
             }
             admin::Target::All => {
-                if let Some(bridge) = self.mesh.bridge() {
+                if let Some(bridge) = bridge {
                     self.send_mesh(bridge, Msg::PublishAll { msg: Arc::clone(&msg) });
                 }
                 to_sequencer(self, Msg::PublishAll { msg });
