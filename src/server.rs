@@ -196,7 +196,7 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
                 ttl_ms: l.history_ttl_ms,
                 per_subject: l.history_per_stream_max,
             };
-            Some(b.open_store(window)?)
+            Some(b.open_store(window, history_epoch())?)
         }
         _ => None,
     };

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::backends::{cluster_stat, Backends};
+use common::backends::{cluster_stat, free_port, spawn, Backends};
 use common::{wait_until, LineChild, Server, STEP};
 
 fn curl_sse(node: &Server, query: &str, last_event_id: Option<&str>) -> LineChild {
@@ -200,4 +200,62 @@ fn a_node_started_after_the_publishes_fills_its_history_from_the_store() {
         let text = b_node.metrics();
         (common::metric_sum(&text, "c10m_history_messages", &[]) == 62.0).then_some(())
     });
+}
+
+#[test]
+fn a_node_started_before_its_bus_delivers_locally_then_takes_the_stores_epoch() {
+    let mut b = Backends::start();
+    b.nats = None;
+    let args = ["--node-id", "a", "--registry", &b.redis_url, "--bus", &b.nats_url];
+    let a_node = Server::start(&args);
+    let mut curl = curl_sse(&a_node, "user=ann&topics=news", None);
+    a_node.wait_connections(1);
+    assert_eq!(a_node.publish("user=ann", "local").0, 202);
+    event(&mut curl, "local");
+
+    b.start_nats();
+    wait_until("a reads the store", STEP, || {
+        let c = &a_node.stats()["cluster"];
+        (c["store_connected"] == true && c["store_epochs"] == 1).then_some(())
+    });
+    assert_eq!(a_node.publish("user=ann", "stored").0, 202);
+    let id = event(&mut curl, "stored");
+    drop(curl);
+    a_node.wait_connections(0);
+    assert_eq!(a_node.publish("topic=news", "missed").0, 202);
+    let mut curl = curl_sse(&a_node, "user=ann&topics=news", Some(&id));
+    let lines = curl.lines_until(|l| l == "data: missed");
+    assert!(!lines.iter().any(|l| l.contains("c10m-gap")), "{lines:?}");
+}
+
+#[test]
+fn a_bus_without_jetstream_is_refused_with_what_to_change() {
+    let b = Backends::start();
+    let (port, monitor) = (free_port(), free_port());
+    let (p, m) = (port.to_string(), monitor.to_string());
+    let _plain = spawn("nats-server", &["-a", "127.0.0.1", "-p", &p, "-m", &m]);
+    let bus = format!("nats://127.0.0.1:{port}");
+    wait_until("the plain nats-server listens", STEP, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_c10m"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--node-id", "n1"])
+        .args(["--registry", &b.redis_url, "--bus", &bus])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nats-server -js") && err.contains("history_ttl_ms = 0"), "{err}");
+    // Without history the same bus serves the at-most-once path.
+    let node = Server::start(&[
+        "--node-id",
+        "n1",
+        "--registry",
+        &b.redis_url,
+        "--bus",
+        &bus,
+        "--history-ttl-ms",
+        "0",
+    ]);
+    node.wait_connections(0);
 }

@@ -108,8 +108,9 @@ pub struct Prepared {
     efd: EventFd,
     pub stats: Arc<ClusterStats>,
     directory: Arc<crate::nodes::Directory>,
-    /// With history on: the store's window and where this node starts in it.
-    store: Option<(store::Window, store::Start)>,
+    /// With history on: the store's window, where this node starts in it, and whether that
+    /// start is the store's (false: the bus did not answer at startup).
+    store: Option<(store::Window, store::Start, bool)>,
 }
 
 impl Prepared {
@@ -129,9 +130,11 @@ impl Prepared {
 
     /// History on: opens the cluster's history store (creating its stream if this is the
     /// first node), before the shards start; they take its epoch and top.
-    pub fn open_store(&mut self, window: store::Window) -> io::Result<store::Start> {
-        let start = store::open(self.cfg.bus.as_deref().unwrap_or_default(), window)?;
-        self.store = Some((window, start));
+    /// `epoch` is the one to start with should the bus not answer yet.
+    pub fn open_store(&mut self, window: store::Window, epoch: u32) -> io::Result<store::Start> {
+        let found = store::open(self.cfg.bus.as_deref().unwrap_or_default(), window)?;
+        let start = found.unwrap_or(store::Start { epoch, top: 0, first: 0 });
+        self.store = Some((window, start, found.is_some()));
         Ok(start)
     }
 
@@ -247,9 +250,10 @@ impl Prepared {
         let (store_tx, mut store_rx) = mpsc::channel::<store::Event>(queue_max.min(8192));
         let (store_out, store_out_rx) = mpsc::channel::<Out>(queue_max);
         match store {
-            Some((window, start)) => {
+            Some((window, start, known)) => {
                 let js = async_nats::jetstream::new(nats.clone());
-                let reader = store::Reader { js: js.clone(), url: bus_url.clone(), window, start };
+                let url = bus_url.clone();
+                let reader = store::Reader { js: js.clone(), url, window, start, known };
                 tokio::task::spawn_local(reader.run(store_tx, Arc::clone(&stats)));
                 tokio::task::spawn_local(store::publisher(js, store_out_rx, Arc::clone(&stats)));
             }
@@ -292,9 +296,9 @@ impl Prepared {
             reply_prefix,
             requests: presence::Requests::default(),
             store_ids: store.map(|_| format!("{node_id}.{:x}", registry::unix_ms())),
-            store_top: store.map_or(0, |(_, s)| s.floor()),
+            store_top: store.map_or(0, |(_, s, _)| s.floor()),
             tops_sent: 0,
-            backfill_end: store.map_or(0, |(_, s)| s.top),
+            backfill_end: store.map_or(0, |(_, s, _)| s.top),
         };
         loop {
             if stop.load(Relaxed) {
@@ -534,13 +538,15 @@ impl Bridge {
     fn on_store(&mut self, ev: store::Event) {
         let (seq, age_ms, m) = match ev {
             store::Event::Stored { seq, age_ms, message } => (seq, age_ms, message),
-            store::Event::Epoch(start) => {
-                self.store_top = start.floor();
-                self.tops_sent = start.floor();
-                self.backfill_end = 0;
+            store::Event::Epoch { start, backfill } => {
+                let top = start.floor();
+                self.store_top = top;
+                self.tops_sent = top;
+                self.backfill_end = if backfill { start.top } else { 0 };
+                let backfill_end = self.backfill_end;
                 for s in 0..self.mesh.shards() {
-                    // What the new stream holds after its floor comes next, delivered live.
-                    self.send(s, Msg::Epoch { epoch: start.epoch, top: start.floor() });
+                    // What the stream holds after its floor comes next.
+                    self.send(s, Msg::Epoch { epoch: start.epoch, top, backfill_end });
                 }
                 return;
             }

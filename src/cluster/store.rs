@@ -35,7 +35,7 @@ use super::{bus, ClusterDrop, ClusterStats, Out};
 /// The stream's name in the NATS account.
 pub const STREAM: &str = "C10M_HISTORY";
 /// How long a node waits for the bus at startup (it may be starting too).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The window the stream keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,22 +142,35 @@ pub async fn ensure(
 }
 
 /// Opens the stream before the shards start (they need its epoch and top), on a connection
-/// of its own.
-pub fn open(url: &str, window: Window) -> io::Result<Start> {
+/// of its own. None when the bus does not answer within [`CONNECT_TIMEOUT`]: the node then
+/// starts without the store, delivers locally, and takes the store's epoch (its window as
+/// backfill) once the bus answers. An error is a bus that answers but cannot hold the
+/// history (no JetStream, subjects taken by another stream).
+pub fn open(url: &str, window: Window) -> io::Result<Option<Start>> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let connect = async_nats::ConnectOptions::new()
-            .name("c10m-store")
-            .retry_on_initial_connect()
-            .connect(url);
-        let client = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-            .await
-            .map_err(|_| store_error(url, "connecting", "no answer within 10 s"))?
-            .map_err(|e| store_error(url, "connecting", e))?;
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let client = loop {
+            let connect = async_nats::ConnectOptions::new().name("c10m-store").connect(url);
+            match tokio::time::timeout_at(deadline, connect).await {
+                Ok(Ok(client)) => break client,
+                Ok(Err(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => {
+                    tracing::warn!(
+                        bus = url,
+                        "cluster: the bus does not answer; starting without the history \
+                         store (publishes stay on this node until it does)"
+                    );
+                    return Ok(None);
+                }
+            }
+        };
         let js = jetstream::new(client.clone());
         let info = ensure(&js, url, window).await?;
         let _ = client.drain().await;
-        Ok(start_of(&info))
+        Ok(Some(start_of(&info)))
     })
 }
 
@@ -178,8 +191,9 @@ const RETRY_MS: u64 = 250;
 pub enum Event {
     /// The next stored message, with its sequence and how long ago it was stored.
     Stored { seq: u64, age_ms: u64, message: async_nats::Message },
-    /// The stream was made anew: the shards start over at this epoch and top.
-    Epoch(Start),
+    /// The stream is another than the node's: made anew (what it holds is delivered), or
+    /// the first one this node reaches (`backfill`: what it holds fills the logs).
+    Epoch { start: Start, backfill: bool },
 }
 
 /// Reads the whole stream in order, from its first retained message at the node's start
@@ -191,11 +205,13 @@ pub struct Reader {
     pub url: String,
     pub window: Window,
     pub start: Start,
+    /// Whether `start` is the store's (false: the bus did not answer at startup).
+    pub known: bool,
 }
 
 impl Reader {
     pub async fn run(self, tx: mpsc::Sender<Event>, stats: Arc<ClusterStats>) {
-        let Reader { js, url, window, mut start } = self;
+        let Reader { js, url, window, mut start, mut known } = self;
         let mut next = start.floor() + 1;
         let mut complained = false;
         loop {
@@ -211,17 +227,23 @@ impl Reader {
                 }
             };
             if now.epoch != start.epoch {
-                tracing::warn!(
-                    old = start.epoch,
-                    new = now.epoch,
-                    "cluster: the history stream was made anew (the bus lost its store); \
-                     positions from before now report an epoch gap"
-                );
+                let backfill = !std::mem::replace(&mut known, true);
+                if backfill {
+                    tracing::info!("cluster: the history store answers; taking its epoch");
+                } else {
+                    tracing::warn!(
+                        old = start.epoch,
+                        new = now.epoch,
+                        "cluster: the history stream was made anew (the bus lost its store); \
+                         positions from before now report an epoch gap"
+                    );
+                }
                 ClusterStats::bump(&stats.store_epochs, 1);
                 start = now;
-                // What the new stream got before this node noticed is delivered live.
+                // The new stream from its first message: as backfill for a node that never
+                // had the store, live for one that lost it (this node missed those).
                 next = now.floor() + 1;
-                if tx.send(Event::Epoch(now)).await.is_err() {
+                if tx.send(Event::Epoch { start: now, backfill }).await.is_err() {
                     return;
                 }
             }

@@ -61,9 +61,10 @@ pub enum Msg {
     /// From the cluster bridge at startup, to the message's partition: a message the store
     /// held before this node started, kept in the log for replays and delivered to nobody.
     Backfill(Box<Backfill>),
-    /// From the cluster bridge to every shard: the history store lost its stream and made
-    /// it anew (`crate::cluster::store`): positions now have this epoch and start at `top`.
-    Epoch { epoch: u32, top: u64 },
+    /// From the cluster bridge to every shard: the history store's stream is another
+    /// (`crate::cluster::store`): positions now have this epoch and start at `top`; the
+    /// store's messages up to `backfill_end` come as backfill.
+    Epoch { epoch: u32, top: u64, backfill_end: u64 },
     /// To the [`crate::history::SEQUENCER`]: replay the broadcast stream and these topics
     /// after `since` to `conn`, which subscribes to them when the answer arrives.
     Replay(Box<Replay>),

@@ -542,7 +542,7 @@ impl Shard {
             Msg::Fence { round, attempt } => self.on_fence(round, attempt),
             Msg::Top { part, seq } if part as usize == self.id => self.store_top(seq),
             Msg::Top { part, seq } => self.heard.advance(part as usize, seq),
-            Msg::Epoch { epoch, top } => self.new_epoch(epoch, top),
+            Msg::Epoch { epoch, top, backfill_end } => self.new_epoch(epoch, top, backfill_end),
             Msg::Backfill(b) => self.backfill(*b),
             Msg::Replay(req) => self.replay_topics(&req),
             Msg::Replayed(a) => self.on_replayed(&a),

@@ -154,14 +154,15 @@ impl Shard {
         self.run_deferred(false);
     }
 
-    /// From the bridge: the store's stream is a new one. This log starts again at `top`
-    /// under `epoch`; replays waiting for the old one are answered now.
-    pub(super) fn new_epoch(&mut self, epoch: u32, top: u64) {
+    /// From the bridge: the store's stream is another. This log starts again at `top` under
+    /// `epoch` (the messages up to `backfill_end` to come as backfill); replays waiting for
+    /// the old one are answered now.
+    pub(super) fn new_epoch(&mut self, epoch: u32, top: u64, backfill_end: u64) {
         self.shared.history_epoch.store(epoch, std::sync::atomic::Ordering::Relaxed);
         self.history.restart_at(top);
-        self.backfill_end = top;
+        self.backfill_end = backfill_end.max(top);
         self.heard = crate::history::Heard::new(self.shards());
-        (0..self.shards()).for_each(|p| self.heard.advance(p, top));
+        (0..self.shards()).for_each(|p| self.heard.advance(p, self.backfill_end));
         self.beacon_top = top;
         self.run_deferred(true);
     }
