@@ -427,6 +427,14 @@ impl Config {
                 "compression_listen {a} is not a client listener: give it with --listen too"
             ));
         }
+        if l.history_ttl_ms > crate::history::TTL_MS_MAX {
+            return err(format!(
+                "history_ttl_ms = {}: at most {} (7 days); a longer history belongs in the \
+                 backend's own store",
+                l.history_ttl_ms,
+                crate::history::TTL_MS_MAX
+            ));
+        }
         if l.batch_lines_max == 0 || l.batch_lines_max > 1_000_000 {
             return err(format!(
                 "batch_lines_max = {} must be within 1..=1000000",

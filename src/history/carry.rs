@@ -7,10 +7,8 @@
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::sync::Arc;
 
-use super::{Entry, Index, Log, ENTRY_BYTES, STREAM_BYTES};
-use crate::push::Message;
+use super::{Index, Log, ENTRY_BYTES, STREAM_BYTES};
 use crate::wire::{put_bytes, put_u64, Reader};
 
 const VERSION: u8 = 1;
@@ -44,18 +42,19 @@ impl Log {
             }
         }
         out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
-        for e in &self.entries {
-            put_u64(&mut out, now_us.saturating_sub(e.at_us));
-            match (&e.msg, position.get(&e.key)) {
-                (Some(m), Some(&i)) => {
+        for (n, e) in self.entries.iter().enumerate() {
+            put_u64(&mut out, e.age_ms(now_us) * 1000);
+            match position.get(&e.key).filter(|_| e.live()) {
+                Some(&i) => {
+                    let seq = self.first_seq + n as u64;
                     out.extend_from_slice(&i.to_le_bytes());
-                    put_u64(&mut out, m.id);
-                    put_u64(&mut out, m.seq);
-                    out.extend_from_slice(&m.part.to_le_bytes());
-                    out.push(m.text as u8);
-                    put_bytes(&mut out, &m.payload);
+                    put_u64(&mut out, seq); // the message id: not kept, the number stands in
+                    put_u64(&mut out, seq);
+                    out.extend_from_slice(&self.part.to_le_bytes());
+                    out.push((e.len & super::TEXT != 0) as u8);
+                    put_bytes(&mut out, &self.payload(e));
                 }
-                _ => out.extend_from_slice(&NO_STREAM.to_le_bytes()),
+                None => out.extend_from_slice(&NO_STREAM.to_le_bytes()),
             }
         }
         out
@@ -83,7 +82,7 @@ impl Log {
         if r.u8()? != VERSION {
             return None;
         }
-        let mut log = Log::with_topics(self.limits, self.topic_limits.clone());
+        let mut log = Log::with_topics(self.limits, self.topic_limits.clone()).in_part(self.part);
         log.keys = self.keys.clone();
         log.first_seq = r.u64()?;
         log.top = r.u64()?;
@@ -105,7 +104,8 @@ impl Log {
             let aged_upto = r.u64()?;
             let count = r.count(8)?;
             let seqs: VecDeque<u64> = (0..count).map(|_| r.u64()).collect::<Option<_>>()?;
-            let key = log.keys.hash_one((tag, &*name));
+            let key = log.keys.hash_one((tag, &*name)) | 1; // as Log::key
+
             if tag > 2 || log.streams.contains_key(&key) {
                 return None; // A tag this version does not know, or a collision of keys.
             }
@@ -115,28 +115,27 @@ impl Log {
         }
         let n = r.count(8 + 4)?;
         for i in 0..n {
-            let at_us = now_us.saturating_sub(r.u64()?);
+            let at_ms = (now_us.saturating_sub(r.u64()?) / 1000) as u32;
             let stream = r.u32()?;
             if stream == NO_STREAM {
-                log.entries.push_back(Entry { at_us, key: 0, msg: None });
+                log.push_entry(0, at_ms, &[], false);
                 continue;
             }
             let key = *keys.get(stream as usize)?;
-            let (id, seq, part, text) = (r.u64()?, r.u64()?, r.u16()?, r.u8()? == 1);
-            let payload: Box<[u8]> = r.bytes()?.into();
-            if seq != log.first_seq + i as u64 {
+            let (_id, seq, _part, text) = (r.u64()?, r.u64()?, r.u16()?, r.u8()? == 1);
+            let payload = r.bytes()?;
+            if seq != log.first_seq + i as u64 || payload.len() >= super::TEXT as usize {
                 return None;
             }
             log.bytes += payload.len() + ENTRY_BYTES;
             log.retained += 1;
-            let msg = Arc::new(Message { id, seq, part, payload, text });
-            log.entries.push_back(Entry { at_us, key, msg: Some(msg) });
+            log.push_entry(key, at_ms, payload, text);
         }
         // Every stream's positions are entries of that stream.
         let consistent = log.streams.iter().all(|(key, s)| {
             s.seqs.iter().all(|&seq| {
                 let i = seq.checked_sub(log.first_seq).map(|i| i as usize);
-                i.and_then(|i| log.entries.get(i)).is_some_and(|e| e.key == *key && e.msg.is_some())
+                i.and_then(|i| log.entries.get(i)).is_some_and(|e| e.key == *key && e.live())
             })
         });
         let within = log.first_seq + log.entries.len() as u64 <= log.top + 1;

@@ -34,11 +34,14 @@ pub const SEQUENCER: usize = 0;
 pub const TOKEN_BYTES_MAX: usize = 64;
 
 /// Bytes one retained message costs beyond its payload, as counted against
-/// `history_bytes_max`: the log entry (24), its stream's index slot (8), and the shared
-/// message's own allocation (64: reference counts, id, number, payload pointer), which the
-/// history keeps alive. Measured with `scripts/history_memory.sh`: 146 B of RSS over the
-/// payload per message (1,000 topics × 100), the rest being deque slack and size classes.
-pub const ENTRY_BYTES: usize = 96;
+/// `history_bytes_max`: the log entry (24: stream key, payload offset, time, length) and its
+/// stream's index slot (8). The payload itself is copied into the log's byte arena, so the
+/// delivery path's shared message is not kept alive. Measured with
+/// `scripts/history_memory.sh` (bench/HISTORY.md).
+pub const ENTRY_BYTES: usize = 32;
+
+/// The longest history window: entry times are 32-bit milliseconds (ages up to 49 days).
+pub const TTL_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
 
 /// Bytes a stream costs while it has retained entries: its index entry, name and deque.
 pub const STREAM_BYTES: usize = 160;
@@ -222,12 +225,35 @@ pub struct Limits {
 /// Per topic prefix, messages kept per topic (longest prefix first; 0: none).
 pub type TopicLimits = std::sync::Arc<[(String, usize)]>;
 
+/// One numbered message in the log: 24 bytes; its payload is in the log's arena.
 struct Entry {
-    /// When it was numbered, in microseconds of the shards' common clock.
-    at_us: u64,
-    /// The stream's index key; None for an entry evicted before its time.
+    /// The stream's index key ([`Log::key`], never 0); 0: no message (a number of another
+    /// partition, or one evicted before its time).
     key: u64,
-    msg: Option<Arc<Message>>,
+    /// Where its payload starts in the arena (counted from the arena's first byte ever).
+    off: u64,
+    /// When it was numbered: milliseconds of the shards' common clock, wrapping.
+    at_ms: u32,
+    /// Payload length; the top bit says it is text ([`TEXT`]).
+    len: u32,
+}
+
+/// The bit of [`Entry::len`] that marks a UTF-8 payload.
+const TEXT: u32 = 1 << 31;
+
+impl Entry {
+    fn live(&self) -> bool {
+        self.key != 0
+    }
+
+    fn payload_len(&self) -> usize {
+        (self.len & !TEXT) as usize
+    }
+
+    /// Age at `now_us` in milliseconds (times wrap at 2^32 ms; windows are far shorter).
+    fn age_ms(&self, now_us: u64) -> u64 {
+        u64::from(((now_us / 1000) as u32).wrapping_sub(self.at_ms))
+    }
 }
 
 struct Index {
@@ -259,11 +285,20 @@ pub struct Log {
     /// Per topic prefix without history, the last message numbered for one of its topics.
     off_last: Vec<u64>,
     keys: RandomState,
+    /// The partition this log is, for the messages a replay rebuilds.
+    part: u16,
     /// Sequence of `entries[0]`.
     first_seq: u64,
     /// The last sequence handed out (0: none yet).
     top: u64,
     entries: VecDeque<Entry>,
+    /// The retained payloads, back to back in sequence order; `arena[0]` is byte
+    /// `arena_base` of all ever appended. An entry evicted early leaves its bytes until the
+    /// front passes them.
+    arena: VecDeque<u8>,
+    arena_base: u64,
+    /// Arena bytes of entries evicted early (still held, counted against the bound).
+    dead: usize,
     streams: HashMap<u64, Index>,
     /// Every entry at or below this left by age or the memory bound.
     expired_upto: u64,
@@ -288,9 +323,13 @@ impl Log {
             off_last: vec![0; topic_limits.len()],
             topic_limits,
             keys: RandomState::new(),
+            part: 0,
             first_seq: 1,
             top: 0,
             entries: VecDeque::new(),
+            arena: VecDeque::new(),
+            arena_base: 0,
+            dead: 0,
             streams: HashMap::new(),
             expired_upto: 0,
             collided_upto: 0,
@@ -298,6 +337,12 @@ impl Log {
             retained: 0,
             last_all: 0,
         }
+    }
+
+    /// The log of partition `part` (the `part` of the messages its replays rebuild).
+    pub fn in_part(mut self, part: u16) -> Log {
+        self.part = part;
+        self
     }
 
     /// The last sequence number handed out.
@@ -333,7 +378,7 @@ impl Log {
 
     /// Empties the log and continues after `top` (the cluster store's stream is a new one).
     pub fn restart_at(&mut self, top: u64) {
-        *self = Log::with_topics(self.limits, self.topic_limits.clone());
+        *self = Log::with_topics(self.limits, self.topic_limits.clone()).in_part(self.part);
         self.continue_after(top);
     }
 
@@ -363,8 +408,40 @@ impl Log {
         (prefix.map_or(self.limits.per_stream, |i| self.topic_limits[i].1), prefix)
     }
 
+    /// The index key of `stream`: never 0 (an entry's "no message").
     fn key(&self, stream: Stream<'_>) -> u64 {
-        self.keys.hash_one((stream.tag(), stream.name()))
+        self.keys.hash_one((stream.tag(), stream.name())) | 1
+    }
+
+    /// The entry numbered `seq`, if the log holds that number.
+    fn entry(&self, seq: u64) -> Option<&Entry> {
+        self.entries.get(seq.checked_sub(self.first_seq)? as usize)
+    }
+
+    /// The payload of a live entry.
+    fn payload(&self, e: &Entry) -> Box<[u8]> {
+        let start = (e.off - self.arena_base) as usize;
+        self.arena.range(start..start + e.payload_len()).copied().collect()
+    }
+
+    /// A message rebuilt from an entry, for a replay.
+    fn message(&self, seq: u64, e: &Entry) -> Arc<Message> {
+        let payload = self.payload(e);
+        Arc::new(Message { id: seq, seq, part: self.part, payload, text: e.len & TEXT != 0 })
+    }
+
+    /// Appends the next entry with its payload (the caller counts it).
+    fn push_entry(&mut self, key: u64, at_ms: u32, payload: &[u8], text: bool) {
+        let off = self.arena_base + self.arena.len() as u64;
+        self.arena.extend(payload.iter());
+        let len = payload.len() as u32 | if text { TEXT } else { 0 };
+        self.entries.push_back(Entry { key, off, at_ms, len });
+    }
+
+    /// An entry without a message at the arena's end.
+    fn hole(&self, now_us: u64) -> Entry {
+        let off = self.arena_base + self.arena.len() as u64;
+        Entry { key: 0, off, at_ms: (now_us / 1000) as u32, len: 0 }
     }
 
     /// Numbers the next message of `stream` and retains it when history is on. Returns the
@@ -397,7 +474,7 @@ impl Log {
         }
         // Sequence numbers without an entry (none are, but keep the log dense).
         while self.first_seq + (self.entries.len() as u64) < msg.seq {
-            self.entries.push_back(Entry { at_us: now_us, key: 0, msg: None });
+            self.entries.push_back(self.hole(now_us));
         }
         let key = self.key(stream);
         let horizon = self.expired_upto.max(self.collided_upto);
@@ -430,7 +507,7 @@ impl Log {
         if new_stream {
             self.bytes += STREAM_BYTES;
         }
-        self.entries.push_back(Entry { at_us: now_us, key, msg: Some(Arc::clone(msg)) });
+        self.push_entry(key, (now_us / 1000) as u32, &msg.payload, msg.text);
         self.bytes += msg.payload.len() + ENTRY_BYTES;
         self.retained += 1;
         if let Some(Some(old)) = over {
@@ -439,12 +516,15 @@ impl Log {
         self.trim(now_us);
     }
 
-    /// Frees the message of entry `seq` (its index slot is already gone).
+    /// Forgets the message of entry `seq` (its index slot is already gone); its payload
+    /// bytes stay counted until the front of the arena passes them.
     fn drop_entry(&mut self, seq: u64) {
         let Some(i) = seq.checked_sub(self.first_seq) else { return };
         if let Some(e) = self.entries.get_mut(i as usize) {
-            if let Some(m) = e.msg.take() {
-                self.bytes -= m.payload.len() + ENTRY_BYTES;
+            if e.live() {
+                e.key = 0;
+                self.bytes -= e.payload_len() + ENTRY_BYTES;
+                self.dead += e.payload_len();
                 self.retained -= 1;
             }
         }
@@ -454,8 +534,8 @@ impl Log {
     /// bound; called on every append and once a second.
     pub fn trim(&mut self, now_us: u64) {
         while let Some(front) = self.entries.front() {
-            let old = now_us.saturating_sub(front.at_us) >= self.limits.ttl_ms.saturating_mul(1000);
-            let over = self.bytes > self.limits.bytes;
+            let old = front.age_ms(now_us) >= self.limits.ttl_ms;
+            let over = self.bytes + self.dead > self.limits.bytes;
             if !old && !over {
                 break;
             }
@@ -463,8 +543,14 @@ impl Log {
             let seq = self.first_seq;
             self.first_seq += 1;
             self.expired_upto = seq;
-            if let Some(m) = e.msg {
-                self.bytes -= m.payload.len() + ENTRY_BYTES;
+            // Its payload is the arena's front.
+            let freed = e.payload_len();
+            self.arena.drain(..freed);
+            self.arena_base += freed as u64;
+            if !e.live() {
+                self.dead -= freed;
+            } else {
+                self.bytes -= freed + ENTRY_BYTES;
                 self.retained -= 1;
                 if let Some(index) = self.streams.get_mut(&e.key) {
                     if index.seqs.front() == Some(&seq) {
@@ -480,6 +566,7 @@ impl Log {
         }
         if self.entries.is_empty() && self.entries.capacity() > 64 {
             self.entries.shrink_to_fit();
+            self.arena.shrink_to_fit();
             self.streams.shrink_to_fit();
         }
     }
@@ -497,13 +584,16 @@ impl Log {
             else {
                 continue;
             };
-            let recent =
-                index.seqs.iter().rev().take_while(|&&seq| {
-                    self.entries[(seq - self.first_seq) as usize].at_us > after_us
-                });
+            let after_ms = (after_us / 1000) as u32;
+            let recent = index.seqs.iter().rev().take_while(|&&seq| {
+                // Numbered after `after_us`: younger than it, on the wrapping clock.
+                self.entry(seq).is_some_and(|e| (e.at_ms.wrapping_sub(after_ms) as i32) >= 0)
+            });
             let mut found: Vec<_> = recent
-                .filter_map(|&seq| self.entries[(seq - self.first_seq) as usize].msg.clone())
-                .map(|m| (i, m))
+                .filter_map(|&seq| {
+                    let e = self.entry(seq).filter(|e| e.live())?;
+                    Some((i, self.message(seq, e)))
+                })
                 .collect();
             found.reverse();
             out.messages.extend(found);
@@ -522,6 +612,8 @@ impl Log {
             return out;
         }
         let mut bytes = 0;
+        // Streams with messages after `since`, in the order asked.
+        let mut with: Vec<usize> = Vec::new();
         for (i, stream) in streams.iter().enumerate() {
             let key = self.key(*stream);
             let index = self
@@ -552,17 +644,19 @@ impl Log {
             }
             let start = index.seqs.partition_point(|&s| s <= since);
             for &seq in index.seqs.range(start..) {
-                let e = &self.entries[(seq - self.first_seq) as usize];
-                if let Some(m) = &e.msg {
-                    bytes += m.payload.len();
-                    out.messages.push((i, Arc::clone(m)));
+                if let Some(e) = self.entry(seq).filter(|e| e.live()) {
+                    bytes += e.payload_len();
+                    if with.last() != Some(&i) {
+                        with.push(i);
+                    }
+                    // Past the bound none is sent: no copies made for nothing.
+                    if bytes <= bytes_max {
+                        out.messages.push((i, self.message(seq, e)));
+                    }
                 }
             }
         }
         if bytes > bytes_max {
-            let mut with: Vec<usize> = out.messages.iter().map(|(i, _)| *i).collect();
-            with.sort_unstable();
-            with.dedup();
             out.gaps.extend(with.into_iter().map(|i| (i, GapReason::TooMany)));
             out.messages.clear();
         }

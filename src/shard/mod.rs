@@ -280,7 +280,8 @@ impl Shard {
         let clock = shared.clock_origin;
         let topics = shared.cfg.history_topic_limits().expect("validated with the config");
         let mut history =
-            crate::history::Log::with_topics(history_limits(&shared.cfg, shards), topics.into());
+            crate::history::Log::with_topics(history_limits(&shared.cfg, shards), topics.into())
+                .in_part(id as u16);
         let mut heard = crate::history::Heard::new(shards);
         let backfill_end = shared.store_start.map_or(0, |s| s.top);
         if let Some(start) = shared.store_start {
