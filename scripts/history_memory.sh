@@ -6,12 +6,13 @@
 #   topics  100 messages each to 1,000 topics (1,000 streams of 100 messages)
 # Nobody is connected: this is the cost of the history alone. Takes about a minute.
 #   scripts/history_memory.sh [COUNT] [PAYLOAD]
+#   BIN=/path/to/other/c10m scripts/history_memory.sh     (another build, side by side)
 # Traffic stays on 127.0.0.1; the server is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 count=${1:-100000}
 payload=${2:-64}
-bin=target/release/c10m
+bin=${BIN:-target/release/c10m}
 [[ -x $bin ]] || cargo build --release -q -p c10m
 client=127.0.0.1:29580
 admin=127.0.0.1:29581
