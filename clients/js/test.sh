@@ -5,6 +5,8 @@
 #   test/server.test.js                      the library in Node against the real server
 #   test/cluster.test.js                     the /nodes choice on a real two-node cluster
 #                                            (redis-server and nats-server, apt)
+#   test/move.test.js                        a drained node's client resumes on the other
+#                                            node from the cluster's shared history
 #   test/browser.test.js                     headless Chromium (Debian's, driven by
 #                                            playwright-core) against the real server
 #   test/status_page.test.js                 the server's status page in headless Chromium
@@ -46,6 +48,6 @@ if [ "$(node -p 'typeof WebSocket')" != "function" ]; then flags+=(--experimenta
 # One file at a time: the server and browser tests time reconnects, and a shared 2-CPU
 # machine should not starve them.
 node "${flags[@]}" --test --test-concurrency=1 --test-timeout=120000 \
-  test/policy.test.js test/core.test.js test/server.test.js test/cluster.test.js \
+  test/policy.test.js test/core.test.js test/server.test.js test/cluster.test.js test/move.test.js \
   test/browser.test.js \
   test/status_page.test.js
