@@ -502,7 +502,7 @@ impl Shard {
     fn on_mesh(&mut self, msg: Msg) {
         match msg {
             Msg::UserAdd(add) => self.on_user_add(&add),
-            Msg::UserRemove { user, conn } => self.users.remove(user, conn),
+            Msg::UserRemove { user, conn } => self.remove_user_conn(user, conn),
             Msg::PublishUser(p) => {
                 let PublishUser { user, hash, mut msg } = *p;
                 self.publish_user_home(&user, hash, &mut msg)
@@ -610,7 +610,7 @@ impl Shard {
         let hash = self.shared.user_keys.hash(user);
         let home = home_shard(hash, self.shards());
         if home == self.id {
-            self.users.remove(hash, id);
+            self.remove_user_conn(hash, id);
         } else {
             self.send_mesh(home, Msg::UserRemove { user: hash, conn: id });
         }

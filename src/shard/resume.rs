@@ -313,6 +313,14 @@ impl Shard {
         }
     }
 
+    /// On the home shard: a connection of the user is gone (also from the replays waiting).
+    pub(super) fn remove_user_conn(&mut self, user: u64, conn: ConnId) {
+        self.users.remove(user, conn);
+        if !self.deferred.is_empty() {
+            self.deferred.retain(|(_, d)| !matches!(d, Deferred::User(a) if a.conn == conn));
+        }
+    }
+
     /// On the home shard: a connection of the user registers; answer with what it missed.
     pub(super) fn on_user_add(&mut self, add: &UserAdd) {
         if add.fresh.is_none() && self.must_wait(add.since) {
