@@ -377,7 +377,11 @@ fn not_leading(md: &mut String, suite: &Suite, explain: &str) {
             fmt(base),
             list(&ours),
             list(&theirs),
-            if overlap { "; they overlap" } else { "" },
+            if overlap {
+                "; they overlap: the order of the medians is within the noise"
+            } else {
+                ""
+            },
         ));
     }
     if rows.is_empty() {
