@@ -9,7 +9,8 @@
 #   SERVERS="c10m tokio" bench/run.sh  a subset of the servers (each suite keeps those of
 #                                      its own it can run: c10m tokio glommio nchan uws
 #                                      pushpin; c10m-nohist is c10m with --history-ttl-ms 0)
-#   REPORT_MD=F bench/run.sh           write the table there (charts beside it)
+#   REPORT_MD=F bench/run.sh           write the table there (charts beside it;
+#                                      REPORT_SVG=F puts the ws suite's chart there)
 #   SKIP_INSTALL=1 SKIP_BUILD=1 ...    reuse what is installed and built
 #   REPORT_ONLY=DIR bench/run.sh       redo the table and charts from an earlier results folder
 #   RESULTS_DIR=DIR REPS_FROM=3 SUITES=ws SERVERS=glommio bench/run.sh
@@ -56,12 +57,14 @@ command_line="CONNS=$CONNS CONNS_100K=$CONNS_100K REPS=$REPS REPS_100K=$REPS_100
 
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
-# One section and one chart per suite: results.svg for ws, results-SUITE.svg for the others.
+# One section and one chart per suite: results.svg (or REPORT_SVG) for ws, results-SUITE.svg
+# for the others.
 report() {
     local dir=$1 md=${REPORT_MD:-$here/RESULTS.md} args=() suite svg
     for suite in ws sse c100k; do
         [[ -f $dir/$suite/meta.json ]] || continue
         svg=$(dirname "$md")/results$([[ $suite == ws ]] || echo "-$suite").svg
+        [[ $suite != ws || -z ${REPORT_SVG:-} ]] || svg=$REPORT_SVG
         args+=(--results "$dir/$suite" --svg "$svg")
     done
     "$(bin "$here/chart" c10m-bench-chart)" "${args[@]}" --md "$md" \
