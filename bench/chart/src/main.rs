@@ -1,6 +1,8 @@
 //! Reads the measurements `bench/run.sh` collected (one JSON line per loadgen run, with the
-//! harness's own /proc samples, plus the loadgen's `--json` reports) and writes
-//! `bench/RESULTS.md` (medians over repetitions, ratios to c10m) and an SVG bar chart.
+//! harness's own /proc samples, plus the loadgen's `--json` reports), one folder per suite,
+//! and writes `bench/RESULTS.md` (a section per suite: medians over repetitions, ratios to
+//! c10m, and the rows where c10m does not lead with the reason recorded for each) and an SVG
+//! bar chart per suite.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,18 +16,21 @@ use serde::Deserialize;
 
 #[derive(Parser)]
 struct Args {
-    /// The harness's results folder: runs.jsonl, meta.json and the loadgen reports.
-    #[arg(long)]
-    results: PathBuf,
-    /// Where to write the Markdown table.
+    /// A suite's results folder: runs.jsonl, meta.json and the loadgen reports; repeat for
+    /// several suites, each with its --svg.
+    #[arg(long, required = true)]
+    results: Vec<PathBuf>,
+    /// Where to write the Markdown tables.
     #[arg(long)]
     md: PathBuf,
-    /// Where to write the chart (SVG).
+    /// Where to write each suite's chart (SVG), in --results order; the Markdown links it by
+    /// file name, so put it beside --md.
+    #[arg(long, required = true)]
+    svg: Vec<PathBuf>,
+    /// Why c10m does not lead a row: lines of `SUITE<TAB>METRIC<TAB>SERVER<TAB>text`, where
+    /// SUITE and SERVER (the leader) may be `*`; `#` starts a comment line.
     #[arg(long)]
-    svg: PathBuf,
-    /// How the chart is referenced from the Markdown file.
-    #[arg(long, default_value = "results.svg")]
-    svg_link: String,
+    explain: Option<PathBuf>,
 }
 
 /// One line of runs.jsonl: a loadgen run and what the harness read from /proc around it.
@@ -46,12 +51,20 @@ struct Run {
 
 #[derive(Deserialize)]
 struct Meta {
+    /// The suite's name (ws, sse, c100k) and its heading.
+    #[serde(default)]
+    suite: String,
+    #[serde(default)]
+    title: String,
     machine: String,
     date: String,
     command: String,
     conns: u64,
     reps: u32,
     servers: Vec<String>,
+    /// Servers of `servers` that were not run, and why.
+    #[serde(default)]
+    unable: BTreeMap<String, String>,
     #[serde(default)]
     notes: Vec<String>,
 }
@@ -105,33 +118,61 @@ const METRICS: &[(&str, &str, &str, bool)] = &[
     ("failures", "connection failures (all scenarios, sum)", "conns", true),
 ];
 
+/// metric -> server -> one value per repetition.
+type Values = BTreeMap<&'static str, BTreeMap<String, Vec<f64>>>;
+/// metric -> server -> median.
+type Medians = BTreeMap<&'static str, BTreeMap<String, f64>>;
+
+/// One suite's measurements, read from its results folder.
+struct Suite {
+    meta: Meta,
+    values: Values,
+    medians: Medians,
+    svg: PathBuf,
+}
+
 fn main() -> Result<(), String> {
     let args = Args::parse();
-    let meta: Meta = read_json(&args.results.join("meta.json"))?;
-    let lines = fs::read_to_string(args.results.join("runs.jsonl")).map_err(|e| e.to_string())?;
+    if args.results.len() != args.svg.len() {
+        return Err("give one --svg per --results".into());
+    }
+    let explain = match &args.explain {
+        Some(path) => fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        None => String::new(),
+    };
+    let mut suites = Vec::new();
+    for (dir, svg) in args.results.iter().zip(&args.svg) {
+        let suite = read_suite(dir, svg)?;
+        chart(&suite.meta, &suite.medians, svg)?;
+        suites.push(suite);
+    }
+    fs::write(&args.md, markdown(&suites, &explain))
+        .map_err(|e| format!("{}: {e}", args.md.display()))?;
+    Ok(())
+}
+
+fn read_suite(dir: &Path, svg: &Path) -> Result<Suite, String> {
+    let meta: Meta = read_json(&dir.join("meta.json"))?;
+    let lines = fs::read_to_string(dir.join("runs.jsonl")).map_err(|e| e.to_string())?;
     let mut runs: BTreeMap<(String, u32), BTreeMap<String, (Run, Report)>> = BTreeMap::new();
     for line in lines.lines().filter(|l| !l.trim().is_empty()) {
         let run: Run = serde_json::from_str(line).map_err(|e| format!("runs.jsonl: {e}"))?;
-        let report: Report = read_json(&args.results.join(&run.report))?;
+        let report: Report = read_json(&dir.join(&run.report))?;
         runs.entry((run.server.clone(), run.rep))
             .or_default()
             .insert(run.scenario.clone(), (run, report));
     }
-    // metric -> server -> one value per repetition
-    let mut values: BTreeMap<&str, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    let mut values = Values::new();
     for ((server, _), scenarios) in &runs {
         for (key, value) in metrics(scenarios) {
             values.entry(key).or_default().entry(server.clone()).or_default().push(value);
         }
     }
-    let medians: BTreeMap<&str, BTreeMap<String, f64>> = values
+    let medians = values
         .iter()
         .map(|(k, per)| (*k, per.iter().map(|(s, v)| (s.clone(), median(v))).collect()))
         .collect();
-    fs::write(&args.md, markdown(&meta, &medians, &values, &args.svg_link))
-        .map_err(|e| format!("{}: {e}", args.md.display()))?;
-    chart(&meta, &medians, &args.svg)?;
-    Ok(())
+    Ok(Suite { meta, values, medians, svg: svg.to_path_buf() })
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, String> {
@@ -142,7 +183,8 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, String> {
 /// One repetition's figures for one server, from its three scenario runs.
 fn metrics(s: &BTreeMap<String, (Run, Report)>) -> Vec<(&'static str, f64)> {
     let mut out = Vec::new();
-    let cpu_s = |run: &Run| (run.cpu_after.saturating_sub(run.cpu_before)) as f64 / run.clk_tck as f64;
+    let cpu_s =
+        |run: &Run| (run.cpu_after.saturating_sub(run.cpu_before)) as f64 / run.clk_tck as f64;
     if let Some((run, rep)) = s.get("idle") {
         let n = rep.connections.peak_up.max(1) as f64;
         out.push(("user_b", (run.rss_held as f64 - run.rss_before as f64) / n));
@@ -203,15 +245,44 @@ fn fmt(v: f64) -> String {
     }
 }
 
-fn markdown(
-    meta: &Meta,
-    medians: &BTreeMap<&str, BTreeMap<String, f64>>,
-    values: &BTreeMap<&str, BTreeMap<String, Vec<f64>>>,
-    svg_link: &str,
-) -> String {
+fn markdown(suites: &[Suite], explain: &str) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# c10m against its peers\n");
     let _ = writeln!(md, "Generated by `bench/run.sh` (do not edit by hand; rerun it).\n");
+    for suite in suites {
+        let _ = writeln!(md, "- [{}](#{})", title(&suite.meta), anchor(&title(&suite.meta)));
+    }
+    md.push('\n');
+    for suite in suites {
+        section(&mut md, suite, explain);
+    }
+    md
+}
+
+fn title(meta: &Meta) -> String {
+    if meta.title.is_empty() {
+        format!("{} connections", meta.conns)
+    } else {
+        meta.title.clone()
+    }
+}
+
+/// The anchor GitHub gives a heading.
+fn anchor(heading: &str) -> String {
+    heading
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn section(md: &mut String, suite: &Suite, explain: &str) {
+    let (meta, medians, values) = (&suite.meta, &suite.medians, &suite.values);
+    let _ = writeln!(md, "## {}\n", title(meta));
     let _ = writeln!(md, "- machine: {}", meta.machine);
     let _ = writeln!(md, "- date: {}", meta.date);
     let _ = writeln!(md, "- command: `{}`", meta.command);
@@ -236,6 +307,7 @@ fn markdown(
         let _ = write!(md, "| {label} | {unit} | {} |", if *lower { "lower" } else { "higher" });
         for s in &meta.servers {
             let cell = match (per.get(s), base) {
+                _ if meta.unable.contains_key(s) => "unable".into(),
                 (Some(v), _) if s == "c10m" => fmt(*v),
                 (Some(v), Some(b)) if b.abs() > 1e-9 && !matches!(*key, "lost" | "failures") => {
                     format!("{} ({:.2}×)", fmt(*v), v / b)
@@ -247,8 +319,10 @@ fn markdown(
         }
         md.push('\n');
     }
-    let _ = writeln!(md, "\n![c10m and peers]({svg_link})\n");
-    let _ = writeln!(md, "## Every repetition\n");
+    let link = suite.svg.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let _ = writeln!(md, "\n![c10m and peers: {}]({link})\n", title(meta));
+    not_leading(md, suite, explain);
+    let _ = writeln!(md, "### Every repetition\n");
     for (key, label, unit, _) in METRICS {
         let Some(per) = values.get(key) else { continue };
         let _ = write!(md, "- {label} ({unit}):");
@@ -260,13 +334,76 @@ fn markdown(
         }
         md.push('\n');
     }
-    if !meta.notes.is_empty() {
-        let _ = writeln!(md, "\n## Notes\n");
+    if !meta.notes.is_empty() || !meta.unable.is_empty() {
+        let _ = writeln!(md, "\n### Notes\n");
+        for (server, why) in &meta.unable {
+            let _ = writeln!(md, "- {server}: unable to hold {} connections: {why}.", meta.conns);
+        }
         for note in &meta.notes {
             let _ = writeln!(md, "- {note}");
         }
     }
-    md
+    md.push('\n');
+}
+
+/// Lists the rows where a peer's median beats c10m's, with the spread of both and the reason
+/// recorded in the explanations file.
+fn not_leading(md: &mut String, suite: &Suite, explain: &str) {
+    let (meta, medians, values) = (&suite.meta, &suite.medians, &suite.values);
+    let mut rows = Vec::new();
+    for (key, label, unit, lower) in METRICS {
+        let Some(per) = medians.get(key) else { continue };
+        let Some(&base) = per.get("c10m") else { continue };
+        let better = |a: f64, b: f64| if *lower { a < b } else { a > b };
+        let leader = per
+            .iter()
+            .filter(|(s, v)| *s != "c10m" && v.is_finite() && better(**v, base))
+            .fold(None::<(&String, f64)>, |best, (s, v)| match best {
+                Some((_, b)) if !better(*v, b) => best,
+                _ => Some((s, *v)),
+            });
+        let Some((leader, v)) = leader else { continue };
+        let reps = |s: &str| values.get(key).and_then(|p| p.get(s)).cloned().unwrap_or_default();
+        let (ours, theirs) = (reps("c10m"), reps(leader));
+        let list = |v: &[f64]| v.iter().map(|x| fmt(*x)).collect::<Vec<_>>().join(", ");
+        // Some repetition of c10m is as good as one of the leader's: the ranges overlap.
+        let overlap = ours.iter().any(|a| theirs.iter().any(|b| !better(*b, *a)));
+        let why = explanation(explain, &meta.suite, key, leader)
+            .unwrap_or_else(|| "no reason recorded in bench/explanations.tsv".to_string());
+        rows.push(format!(
+            "- **{label}**: {leader} {} {unit} against c10m's {} (repetitions: c10m [{}], \
+             {leader} [{}]{}). {why}",
+            fmt(v),
+            fmt(base),
+            list(&ours),
+            list(&theirs),
+            if overlap {
+                "; they overlap: the order of the medians is within the noise"
+            } else {
+                ""
+            },
+        ));
+    }
+    if rows.is_empty() {
+        let _ = writeln!(md, "c10m leads every row of this suite.\n");
+        return;
+    }
+    let _ = writeln!(md, "### Where c10m does not lead\n");
+    for row in rows {
+        let _ = writeln!(md, "{row}");
+    }
+    md.push('\n');
+}
+
+/// The first explanation line matching (suite, metric, leader); `*` matches any suite or
+/// leader.
+fn explanation(text: &str, suite: &str, metric: &str, leader: &str) -> Option<String> {
+    text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).find_map(|line| {
+        let mut f = line.splitn(4, '\t');
+        let (s, m, l, why) = (f.next()?, f.next()?, f.next()?, f.next()?);
+        let matches = (s == "*" || s == suite) && m == metric && (l == "*" || l == leader);
+        matches.then(|| why.trim().to_string())
+    })
 }
 
 const COLORS: [RGBColor; 6] = [
@@ -290,20 +427,15 @@ const PANELS: &[(&str, &str)] = &[
     ("cpu_user_us", "CPU per targeted delivery (µs) ↓"),
 ];
 
-fn chart(
-    meta: &Meta,
-    medians: &BTreeMap<&str, BTreeMap<String, f64>>,
-    path: &Path,
-) -> Result<(), String> {
+fn chart(meta: &Meta, medians: &Medians, path: &Path) -> Result<(), String> {
     let root = SVGBackend::new(path, (1200, 640)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let title = format!(
-        "c10m vs peers: {} WebSocket connections, medians of {} runs ({})",
-        meta.conns, meta.reps, meta.date
-    );
-    let root = root.titled(&title, ("sans-serif", 20)).map_err(|e| e.to_string())?;
+    let heading =
+        format!("c10m vs peers: {}, medians of {} runs ({})", title(meta), meta.reps, meta.date);
+    let root = root.titled(&heading, ("sans-serif", 20)).map_err(|e| e.to_string())?;
     let panels = root.split_evenly((2, 4));
-    let servers = &meta.servers;
+    let servers: &Vec<String> =
+        &meta.servers.iter().filter(|s| !meta.unable.contains_key(*s)).cloned().collect();
     for (area, (key, panel_title)) in panels.iter().zip(PANELS) {
         let per = medians.get(key).cloned().unwrap_or_default();
         let vals: Vec<f64> =
