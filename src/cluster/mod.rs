@@ -65,7 +65,7 @@ use tokio::sync::mpsc;
 use crate::config::Cluster;
 use crate::mesh::bell::{Bell, EventFd};
 use crate::mesh::{MeshEnd, Sent};
-use crate::push::{home_shard, Backfilled, Message, Msg, PublishUser, UserKeys};
+use crate::push::{home_shard, Message, Msg, PublishUser, UserKeys};
 use registry::Presence;
 pub use stats::{ClusterDrop, ClusterStats};
 
@@ -453,11 +453,6 @@ impl Bridge {
         self.on_bus_path(msg)
     }
 
-    fn store_away(&mut self, deliver: impl FnOnce(&mut Bridge)) {
-        ClusterStats::bump(&self.stats.store_local, 1);
-        deliver(self)
-    }
-
     /// What the bridge does with a shard's message without the store (and with it, for
     /// what is not a publish).
     fn on_bus_path(&mut self, msg: Msg) {
@@ -500,125 +495,6 @@ impl Bridge {
             Msg::PresenceAsk(a) => self.ask_nodes(*a),
             Msg::PresenceAnswer(a) => self.on_local_answer(*a),
             other => debug_assert!(false, "not for the bridge: {other:?}"),
-        }
-    }
-
-    /// A publish for the history store: its subject, the name in a header where the subject
-    /// cannot carry it, and a `Nats-Msg-Id`, so a repeat is stored once. None for what is
-    /// not a publish, or while the store is unreachable.
-    fn to_store(&self, msg: &Msg) -> Option<Out> {
-        if !self.stats.store_usable() {
-            return None;
-        }
-        let (subject, name, m) = match msg {
-            Msg::PublishUser(p) => {
-                let (s, in_header) = bus::user_subject(&p.user);
-                (s, in_header.then_some((bus::H_USER, &*p.user)), &p.msg)
-            }
-            Msg::PublishTopic { topic, msg } => {
-                let (s, in_header) = bus::topic_subject(topic);
-                (s, in_header.then_some((bus::H_TOPIC, &**topic)), msg)
-            }
-            Msg::PublishAll { msg } => (bus::ALL.to_owned(), None, msg),
-            _ => return None,
-        };
-        let mut headers = HeaderMap::new();
-        if let Some((h, name)) = name {
-            if !bus::valid_header(name) {
-                return None;
-            }
-            headers.insert(h, name);
-        }
-        let id = format!("{}.{}", self.store_ids.as_deref().unwrap_or_default(), m.id);
-        headers.insert("Nats-Msg-Id", id.as_str());
-        Some(Out { subject, reply: None, headers, msg: Arc::clone(m) })
-    }
-
-    /// A message read from the store, numbered: to its partition, as if published there.
-    fn on_store(&mut self, ev: store::Event) {
-        let (seq, age_ms, m) = match ev {
-            store::Event::Stored { seq, age_ms, message } => (seq, age_ms, message),
-            store::Event::Epoch { start, backfill } => {
-                let top = start.floor();
-                self.store_top = top;
-                self.tops_sent = top;
-                self.backfill_end = if backfill { start.top } else { 0 };
-                let backfill_end = self.backfill_end;
-                for s in 0..self.mesh.shards() {
-                    // What the stream holds after its floor comes next.
-                    self.send(s, Msg::Epoch { epoch: start.epoch, top, backfill_end });
-                }
-                return;
-            }
-        };
-        ClusterStats::bump(&self.stats.store_in, 1);
-        self.store_top = self.store_top.max(seq);
-        if m.payload.len() > self.message_bytes_max {
-            return self.stats.dropped(ClusterDrop::BadMessage, 1);
-        }
-        let header = |name: &str| {
-            m.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned())
-        };
-        let name_ok = |n: &str| !n.is_empty() && n.len() <= crate::shard::client::NAME_BYTES_MAX;
-        let payload: Box<[u8]> = m.payload.to_vec().into_boxed_slice();
-        let text = std::str::from_utf8(&payload).is_ok();
-        let numbered =
-            |part: usize| Arc::new(Message { id: seq, seq, part: part as u16, payload, text });
-        let sequencer = crate::history::SEQUENCER;
-        if seq <= self.backfill_end {
-            // Stored before this node started: for its partition's log only.
-            let (part, stream) = match bus::route(m.subject.as_str()) {
-                bus::Route::Topic(tail) => {
-                    let topic = header(bus::H_TOPIC).unwrap_or_else(|| tail.to_owned());
-                    (sequencer, name_ok(&topic).then(|| Backfilled::Topic(topic.into())))
-                }
-                bus::Route::All => (sequencer, Some(Backfilled::All)),
-                bus::Route::User(tail) => {
-                    let user = header(bus::H_USER).unwrap_or_else(|| tail.to_owned());
-                    let home = home_shard(self.user_keys.hash(&user), self.mesh.shards());
-                    (home, name_ok(&user).then(|| Backfilled::User(user.into())))
-                }
-                _ => (sequencer, None),
-            };
-            let Some(stream) = stream else {
-                return self.stats.dropped(ClusterDrop::BadMessage, 1);
-            };
-            let b = crate::push::Backfill { stream, age_ms, msg: numbered(part) };
-            return self.send(part, Msg::Backfill(Box::new(b)));
-        }
-        match bus::route(m.subject.as_str()) {
-            bus::Route::Topic(tail) => {
-                let topic = header(bus::H_TOPIC).unwrap_or_else(|| tail.to_owned());
-                if !name_ok(&topic) {
-                    return self.stats.dropped(ClusterDrop::BadMessage, 1);
-                }
-                let msg = numbered(sequencer);
-                self.send(sequencer, Msg::PublishTopic { topic: topic.into(), msg });
-            }
-            bus::Route::All => self.send(sequencer, Msg::PublishAll { msg: numbered(sequencer) }),
-            bus::Route::User(tail) => {
-                let user = header(bus::H_USER).unwrap_or_else(|| tail.to_owned());
-                if !name_ok(&user) {
-                    return self.stats.dropped(ClusterDrop::BadMessage, 1);
-                }
-                let hash = self.user_keys.hash(&user);
-                let home = home_shard(hash, self.mesh.shards());
-                let p = PublishUser { user: user.into(), hash, msg: numbered(home) };
-                self.send(home, Msg::PublishUser(Box::new(p)));
-            }
-            _ => self.stats.dropped(ClusterDrop::BadMessage, 1),
-        }
-    }
-
-    /// Tells every partition how far the store got: the numbers since the last message it
-    /// was sent are none of its own.
-    fn send_tops(&mut self) {
-        if self.store_top <= self.tops_sent {
-            return;
-        }
-        self.tops_sent = self.store_top;
-        for s in 0..self.mesh.shards() {
-            self.send(s, Msg::Top { part: s as u16, seq: self.store_top });
         }
     }
 

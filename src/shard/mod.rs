@@ -279,9 +279,11 @@ impl Shard {
         let shards = mesh.shards();
         let clock = shared.clock_origin;
         let topics = shared.cfg.history_topic_limits().expect("validated with the config");
-        let mut history =
-            crate::history::Log::with_topics(history_limits(&shared.cfg, shards), topics.into())
-                .in_part(id as u16);
+        let mut history = crate::history::Log::with_topics(
+            resume::history_limits(&shared.cfg, shards),
+            topics.into(),
+        )
+        .in_part(id as u16);
         let mut heard = crate::history::Heard::new(shards);
         let backfill_end = shared.store_start.map_or(0, |s| s.top);
         if let Some(start) = shared.store_start {
@@ -787,15 +789,5 @@ impl Shard {
                 }
             }
         }
-    }
-}
-
-/// One shard's share of the history limits.
-fn history_limits(cfg: &Config, shards: usize) -> crate::history::Limits {
-    let l = &cfg.limits;
-    crate::history::Limits {
-        ttl_ms: l.history_ttl_ms,
-        per_stream: l.history_per_stream_max as usize,
-        bytes: (l.history_bytes_max / shards.max(1) as u64) as usize,
     }
 }

@@ -633,3 +633,13 @@ pub(super) fn push_data(out: &mut Vec<u8>, payload: &[u8]) {
 pub(super) fn json_str(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
 }
+
+/// One shard's share of the history limits.
+pub(super) fn history_limits(cfg: &crate::config::Config, shards: usize) -> crate::history::Limits {
+    let l = &cfg.limits;
+    crate::history::Limits {
+        ttl_ms: l.history_ttl_ms,
+        per_stream: l.history_per_stream_max as usize,
+        bytes: (l.history_bytes_max / shards.max(1) as u64) as usize,
+    }
+}
