@@ -7,25 +7,7 @@ mod common;
 use std::process::Command;
 
 use common::backends::{cluster_stat, free_port, spawn, Backends};
-use common::{wait_until, LineChild, Server, STEP};
-
-fn curl_sse(node: &Server, query: &str, last_event_id: Option<&str>) -> LineChild {
-    let url = format!("http://{}/sse?{query}", node.client);
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-N", "--max-time", "60", &url]);
-    if let Some(id) = last_event_id {
-        cmd.args(["-H", &format!("Last-Event-ID: {id}")]);
-    }
-    LineChild::spawn(&mut cmd)
-}
-
-fn sse_data(lines: &[String]) -> Vec<String> {
-    lines.iter().filter_map(|l| l.strip_prefix("data: ").map(str::to_owned)).collect()
-}
-
-fn sse_last_id(lines: &[String]) -> String {
-    lines.iter().rev().find_map(|l| l.strip_prefix("id: ")).expect("an id line").to_owned()
-}
+use common::{curl_sse, sse_data, sse_last_id, wait_until, LineChild, Server, STEP};
 
 /// The SSE lines up to and including `data: {payload}`, and the id just before it.
 fn event(curl: &mut LineChild, payload: &str) -> String {

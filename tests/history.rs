@@ -10,27 +10,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{position, LineChild, Server, SseItem, STEP};
-
-/// The `data:` payloads among SSE lines.
-fn sse_data(lines: &[String]) -> Vec<String> {
-    lines.iter().filter_map(|l| l.strip_prefix("data: ").map(str::to_owned)).collect()
-}
-
-/// The last `id:` among SSE lines.
-fn sse_last_id(lines: &[String]) -> String {
-    lines.iter().rev().find_map(|l| l.strip_prefix("id: ")).expect("an id line").to_owned()
-}
-
-fn curl_sse(server: &Server, query: &str, last_event_id: Option<&str>) -> LineChild {
-    let url = format!("http://{}/sse?{query}", server.client);
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-N", "--max-time", "60", &url]);
-    if let Some(id) = last_event_id {
-        cmd.args(["-H", &format!("Last-Event-ID: {id}")]);
-    }
-    LineChild::spawn(&mut cmd)
-}
+use common::{curl_sse, position, sse_data, sse_last_id, LineChild, Server, SseItem, STEP};
 
 /// Publishes `n` messages to the user and `n` to the topic, interleaved.
 fn publish_interleaved(server: &Server, user: &str, topic: &str, n: usize) {

@@ -612,6 +612,27 @@ impl AdminConn {
 // ---------------------------------------------------------------------------------------
 // Client processes (curl, Python)
 
+/// curl reading `server`'s `/sse?{query}`, with `Last-Event-ID` when given (60 s at most).
+pub fn curl_sse(server: &Server, query: &str, last_event_id: Option<&str>) -> LineChild {
+    let url = format!("http://{}/sse?{query}", server.client);
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-N", "--max-time", "60", &url]);
+    if let Some(id) = last_event_id {
+        cmd.args(["-H", &format!("Last-Event-ID: {id}")]);
+    }
+    LineChild::spawn(&mut cmd)
+}
+
+/// The `data:` payloads among SSE lines.
+pub fn sse_data(lines: &[String]) -> Vec<String> {
+    lines.iter().filter_map(|l| l.strip_prefix("data: ").map(str::to_owned)).collect()
+}
+
+/// The last `id:` among SSE lines.
+pub fn sse_last_id(lines: &[String]) -> String {
+    lines.iter().rev().find_map(|l| l.strip_prefix("id: ")).expect("an id line").to_owned()
+}
+
 /// A child process whose stdout lines arrive on a channel; killed on drop.
 pub struct LineChild {
     child: Child,
