@@ -17,6 +17,7 @@
 import { fork } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
+import { ask } from './children.js';
 import { startServer, startBackends, nodesOf, waitFor } from '../test/support.js';
 
 const opts = parseArgs({ options: {
@@ -36,20 +37,6 @@ const CLIENTS_MAX = 20000;
 const NODES_MAX = 8;
 const now = () => performance.timeOrigin + performance.now();
 const storm = fileURLToPath(new URL('./storm.js', import.meta.url));
-
-/** Asks every child for something and collects the answers. */
-function ask(children, op) {
-  return Promise.all(children.map((ch) => new Promise((ok) => {
-    const on = (m) => {
-      if (m.op === op) {
-        ch.off('message', on);
-        ok(m);
-      }
-    };
-    ch.on('message', on);
-    ch.send({ op });
-  })));
-}
 
 async function main() {
   const total = Math.min(CLIENTS_MAX, Number(opts.clients));

@@ -18,6 +18,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { C10m } from '../c10m.js';
+import { ask } from './children.js';
 import { startServer, startBackends, nodesOf, waitFor, freePort } from '../test/support.js';
 
 const opts = parseArgs({ options: {
@@ -116,20 +117,6 @@ async function clientProcess() {
     }
   });
   process.send({ op: 'started' });
-}
-
-/** Asks every child for something and collects the answers. */
-function ask(children, op, extra = {}) {
-  return Promise.all(children.map((ch) => new Promise((ok) => {
-    const on = (m) => {
-      if (m.op === op) {
-        ch.off('message', on);
-        ok(m);
-      }
-    };
-    ch.on('message', on);
-    ch.send({ op, ...extra });
-  })));
 }
 
 /** @param {number[]} xs sorted @param {number} q 0..1 */
