@@ -44,7 +44,10 @@ pub use record::Record;
 /// 3: each shard's history log travels before its start message.
 /// 4: a record carries the connection's browser tab count and what is left of its maximum
 /// lifetime.
-pub const LAYOUT: u32 = 4;
+/// 5: publishes go on while connections move: a record carries the connection's old id, and
+/// the old shard forwards what it numbers and delivers (`F` messages) in order with its
+/// batches.
+pub const LAYOUT: u32 = 5;
 /// The oldest layout this binary reads (from an older process it takes over).
 pub const LAYOUT_MIN: u32 = 1;
 
@@ -71,6 +74,11 @@ pub struct Hub {
     pub out_go: AtomicBool,
     /// Old side: the shard has nothing more to hand over.
     pub out_done: Box<[AtomicBool]>,
+    /// Old side: shards whose client connections have all moved (admin connections then
+    /// freeze on every shard at once, so publishes pause only for the fence at the end).
+    pub clients_done: std::sync::atomic::AtomicUsize,
+    /// Old side: the longest any batch of connections stayed frozen (µs).
+    pub freeze_max_us: AtomicU64,
     /// Old side: a shard's channel failed: the handover is off, the shards serve on.
     pub out_failed: AtomicBool,
     /// Old side: the shard is handing over (from taking its channel until done or reverted).
@@ -100,6 +108,8 @@ impl Hub {
             out: Mutex::new((0..shards).map(|_| None).collect()),
             out_go: AtomicBool::new(false),
             out_done: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+            clients_done: std::sync::atomic::AtomicUsize::new(0),
+            freeze_max_us: AtomicU64::new(0),
             out_failed: AtomicBool::new(false),
             out_active: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             attempt: AtomicU32::new(0),
@@ -479,6 +489,8 @@ fn reset_after_failure(hub: &Hub) {
     for d in hub.out_done.iter() {
         d.store(false, Ordering::Release);
     }
+    hub.clients_done.store(0, Ordering::Release);
+    hub.freeze_max_us.store(0, Ordering::Release);
     hub.out_go.store(false, Ordering::Release);
     hub.out_failed.store(false, Ordering::Release);
 }
@@ -618,6 +630,13 @@ fn hand_over(conn: &OwnedFd, s: &Serving) -> io::Result<u64> {
     }
     let moved = shared.hub.sent.load(Ordering::Relaxed);
     let ms = started.elapsed().as_millis() as u64;
+    let freeze_max_ms = shared.hub.freeze_max_us.load(Ordering::Acquire) as f64 / 1000.0;
+    tracing::info!(
+        moved,
+        ms,
+        freeze_max_ms,
+        "handover: {moved} connections moved in {ms} ms, the longest frozen {freeze_max_ms:.1} ms"
+    );
     send_json(conn, &serde_json::json!({"done": true, "moved": moved, "ms": ms}), &[])?;
     // The new process tells the service manager it is the main process now, then says bye:
     // under systemd this process must not exit first. Bounded; an older successor says

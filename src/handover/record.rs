@@ -33,6 +33,9 @@ pub struct Record {
     pub extra_tabs: u8,
     /// Milliseconds left of the connection's maximum lifetime (0: none armed). Layout 4.
     pub lifetime_left_ms: u64,
+    /// The connection's slot and generation in the old process (`slot | generation << 32`),
+    /// which forwarded deliveries name it by. Layout 5.
+    pub old_id: u64,
 }
 
 /// Channel message kinds.
@@ -41,6 +44,9 @@ pub const MSG_BATCH: u8 = b'B';
 pub const MSG_ACK: u8 = b'A';
 /// A piece of the partition's history log (`H`, 1 on the last piece, bytes), before `S`.
 pub const MSG_HISTORY: u8 = b'H';
+/// A piece of forwarded publishes (`F`, 1 on the last piece, [`Forward`] records): what the
+/// old shard numbered or delivered while its connections move. Layout 5.
+pub const MSG_FORWARD: u8 = b'F';
 
 impl Record {
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -59,6 +65,7 @@ impl Record {
         put_bytes(out, &self.ws_partial);
         out.push(self.extra_tabs);
         out.extend_from_slice(&self.lifetime_left_ms.to_le_bytes());
+        out.extend_from_slice(&self.old_id.to_le_bytes());
     }
 
     /// A record as the old process's `layout` wrote it (1: no TLS state).
@@ -89,6 +96,9 @@ impl Record {
         if layout >= 4 {
             rec.extra_tabs = r.take(1)?[0];
             rec.lifetime_left_ms = r.u64()?;
+        }
+        if layout >= 5 {
+            rec.old_id = r.u64()?;
         }
         Some(rec)
     }
@@ -164,6 +174,81 @@ pub fn decode_ack(body: &[u8]) -> Option<(u32, Vec<bool>)> {
     Some((seq, r.0.iter().map(|&b| b != 0).collect()))
 }
 
+/// What a forwarded publish does in the new shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deed {
+    /// Keep it in this partition's log (the old partition numbered it).
+    Log,
+    /// Deliver it to this shard's connections of the stream: subscribers of the topic,
+    /// every client (`All`), or for a user the connections named by their old ids.
+    Deliver(Vec<u64>),
+}
+
+/// One forwarded publish: its stream (0 all, 1 topic, 2 user, and the name), the message as
+/// the old process numbered it, and what to do with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub stream: u8,
+    pub name: Vec<u8>,
+    pub id: u64,
+    pub seq: u64,
+    pub part: u16,
+    pub text: bool,
+    pub payload: Vec<u8>,
+    pub deed: Deed,
+}
+
+pub const STREAM_ALL: u8 = 0;
+pub const STREAM_TOPIC: u8 = 1;
+pub const STREAM_USER: u8 = 2;
+
+impl Forward {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(self.stream);
+        put_bytes(out, &self.name);
+        out.extend_from_slice(&self.id.to_le_bytes());
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(&self.part.to_le_bytes());
+        out.push(self.text as u8);
+        put_bytes(out, &self.payload);
+        match &self.deed {
+            Deed::Log => out.extend_from_slice(&u32::MAX.to_le_bytes()),
+            Deed::Deliver(ids) => {
+                out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+                ids.iter().for_each(|id| out.extend_from_slice(&id.to_le_bytes()));
+            }
+        }
+    }
+
+    /// The forwarded publishes of a whole (reassembled) `F` message, or None if malformed.
+    pub fn decode_all(body: &[u8]) -> Option<Vec<Forward>> {
+        let mut r = Reader(body);
+        let mut out = Vec::new();
+        while !r.0.is_empty() {
+            let stream = r.u8()?;
+            if stream > STREAM_USER {
+                return None;
+            }
+            let name = r.bytes()?.to_vec();
+            let (id, seq, part) = (r.u64()?, r.u64()?, r.u16()?);
+            let text = r.u8()? != 0;
+            let payload = r.bytes()?.to_vec();
+            let deed = match r.u32()? {
+                u32::MAX => Deed::Log,
+                n => {
+                    let n = n as usize;
+                    if n > r.0.len() / 8 {
+                        return None;
+                    }
+                    (0..n).map(|_| r.u64()).collect::<Option<Vec<u64>>>().map(Deed::Deliver)?
+                }
+            };
+            out.push(Forward { stream, name, id, seq, part, text, payload, deed });
+        }
+        Some(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,14 +276,16 @@ mod tests {
         let mut out = Vec::new();
         encode_batch(7, &[a.clone(), b.clone()], &mut out);
         assert_eq!(out[0], MSG_BATCH);
-        assert_eq!(decode_batch(&out[1..], 4), Some((7, vec![a, b.clone()])));
+        assert_eq!(decode_batch(&out[1..], 5), Some((7, vec![a, b.clone()])));
         for cut in 1..out.len() - 1 {
             assert!(decode_batch(&out[1..cut], 4).is_none(), "cut at {cut}");
         }
-        // Layouts 2 and 3 (no tab count) and 1 (no TLS state) are still read: the same bytes
-        // without the last fields.
+        // Layout 4 (no old id), 2 and 3 (no tab count) and 1 (no TLS state) are still read:
+        // the same bytes without the last fields.
         let mut out = Vec::new();
         encode_batch(8, std::slice::from_ref(&b), &mut out);
+        out.truncate(out.len() - 8);
+        assert_eq!(decode_batch(&out[1..], 4), Some((8, vec![b.clone()])));
         out.truncate(out.len() - 9);
         assert_eq!(decode_batch(&out[1..], 3), Some((8, vec![b.clone()])));
         out.truncate(out.len() - 8);
@@ -210,5 +297,29 @@ mod tests {
         let mut out = Vec::new();
         encode_ack(3, &[true, false], &mut out);
         assert_eq!(decode_ack(&out[1..]), Some((3, vec![true, false])));
+    }
+
+    #[test]
+    fn forwards_round_trip_and_truncation_is_refused() {
+        let a = Forward {
+            stream: STREAM_USER,
+            name: b"alice".to_vec(),
+            id: 77,
+            seq: 12,
+            part: 1,
+            text: true,
+            payload: b"hello".to_vec(),
+            deed: Deed::Deliver(vec![3 | 1 << 32, 9]),
+        };
+        let b = Forward { stream: STREAM_ALL, name: Vec::new(), deed: Deed::Log, ..a.clone() };
+        let mut out = Vec::new();
+        a.encode(&mut out);
+        b.encode(&mut out);
+        assert_eq!(Forward::decode_all(&out), Some(vec![a, b]));
+        for cut in 1..out.len() {
+            let whole = Forward::decode_all(&out[..cut]).is_some_and(|f| f.len() == 1);
+            assert!(Forward::decode_all(&out[..cut]).is_none() || whole, "cut at {cut}");
+        }
+        assert!(Forward::decode_all(&[9, 0, 0, 0, 0]).is_none());
     }
 }

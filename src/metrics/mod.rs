@@ -127,6 +127,10 @@ pub struct ShardStats {
     pub handover_received: AtomicU64,
     /// Bytes queued to send that came with connections taken over.
     pub handover_queued_bytes: AtomicU64,
+    /// Publishes the old process forwarded while connections moved (numbered or
+    /// delivered there), and pieces of them that did not decode.
+    pub handover_forwards: AtomicU64,
+    pub handover_forwards_bad: AtomicU64,
     /// Mesh messages that carried a batch, and the messages they carried.
     pub mesh_batches: AtomicU64,
     pub mesh_batched: AtomicU64,
@@ -319,6 +323,19 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
         "counter",
         "Bytes queued to send that came with the connections taken over.",
         &|s| s.handover_queued_bytes.load(Relaxed),
+    );
+    family(
+        "handover_forwards_total",
+        "counter",
+        "Publishes the previous process numbered or delivered while connections moved, \
+         forwarded to this one.",
+        &|s| s.handover_forwards.load(Relaxed),
+    );
+    family(
+        "handover_forwards_bad_total",
+        "counter",
+        "Pieces of forwarded publishes that did not decode (dropped).",
+        &|s| s.handover_forwards_bad.load(Relaxed),
     );
     family("disconnects_total", "counter", "Connections closed by POST /disconnect.", &|s| {
         s.disconnects.load(Relaxed)

@@ -278,6 +278,9 @@ pub struct Deliver {
     pub conns: Vec<ConnId>,
     pub user: Option<Box<str>>,
     pub msg: Arc<Message>,
+    /// A live upgrade's new process: only to connections it accepted itself
+    /// (`crate::shard::handover`).
+    pub natives: bool,
 }
 
 /// Mesh rings hold messages inline: keep them within half a cache line.

@@ -192,7 +192,8 @@ enum Next {
 
 fn handle(shard: &mut Shard, slot: u32, generation: u32, req: &Request, body: Vec<u8>) -> Next {
     let keep_alive = req.keep_alive();
-    if req.path == "/presence" && req.method == "GET" && authorized(shard, req) {
+    if req.path == "/presence" && req.method == "GET" && authorized(shard, req) && !upgrading(shard)
+    {
         if let Ok(ask) = super::presence::parse(req) {
             if !shard.ask_presence(slot, generation, keep_alive, ask) {
                 return Next::Wait;
@@ -233,6 +234,11 @@ fn handle(shard: &mut Shard, slot: u32, generation: u32, req: &Request, body: Ve
     } else {
         Next::Stop
     }
+}
+
+/// Whether a live upgrade is moving this process's connections to a new one.
+fn upgrading(shard: &Shard) -> bool {
+    shard.handover.moving() || shard.shared.hub.out_go.load(std::sync::atomic::Ordering::Acquire)
 }
 
 /// Whether the request may use the admin API: always without a key, else with it
@@ -309,6 +315,14 @@ fn route(
         return (401, JSON, err("admin key required: Authorization: Bearer KEY"), None);
     }
     match (req.path.as_str(), method) {
+        ("/disconnect" | "/subscribe" | "/unsubscribe", "POST") | ("/presence", "GET")
+            if upgrading(shard) =>
+        {
+            // They act on (or count) connections, some of which are on their way to the new
+            // process; publishes go on meanwhile.
+            let why = "a live upgrade is moving connections: retry in a second";
+            (503, JSON, err(why), None)
+        }
         ("/publish", "POST") => match target(req) {
             Ok(t) => {
                 let id = shard.route(t, body);

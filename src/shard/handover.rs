@@ -1,27 +1,34 @@
 //! A live upgrade, inside one shard (the process-level half: [`crate::handover`]).
 //!
 //! Old shard, in order:
-//! 1. **Freeze**: stop accepting (the listeners stay open: the new process accepts from the
-//!    same sockets), cancel every idle connection's poll, and let busy ones finish the bytes
-//!    they are handling; nothing is read after that. Admin requests under way complete.
-//! 2. **Fence**: once no admin request of this shard is left, send [`FENCE_ROUNDS`] rounds of
-//!    [`Msg::Fence`] to every shard, each round after the previous one came from all; when
-//!    the last round is in, every publish accepted before the freeze has been delivered here
-//!    (a user publish takes two hops, admin shard → home shard → connection's shard).
-//! 3. **Move**: tell the new shard the history top, then in batches of at most
-//!    [`crate::handover::BATCH_MAX`]: make each idle connection's direct descriptor a
-//!    process fd (IORING_OP_FIXED_FD_INSTALL), send fds and records in one SCM_RIGHTS
-//!    message, close the fds, and wait for the ack; only then close the old slot. Client
-//!    connections go first, admin connections last.
+//! 1. **Start**: stop accepting clients (the listeners stay open: the new process accepts
+//!    from the same sockets), send the partition's history log and the start message
+//!    (positions and ids continue). Publishes go on: from now on what this shard numbers
+//!    and delivers is also forwarded to the new shard ([`forward`]), in order with the
+//!    batches.
+//! 2. **Move clients**, in batches of at most [`crate::handover::BATCH_MAX`]: freeze only the
+//!    batch's connections (cancel their poll and a send waiting on a full socket; a
+//!    publish for one is queued and moves with it), and once they are quiet make each
+//!    direct descriptor a process fd (IORING_OP_FIXED_FD_INSTALL), send fds and records in
+//!    one SCM_RIGHTS message, close the fds, and wait for the ack; only then close the old
+//!    slot. From the freeze on, a publish for a connection of the batch is not queued here
+//!    but forwarded behind the batch, so the new shard delivers it: exactly once, and a
+//!    connection is frozen for one batch's round trip only.
+//! 3. **Fence**: once every shard has moved its clients, stop reading admin requests (those
+//!    under way complete) and send [`FENCE_ROUNDS`] rounds of [`Msg::Fence`] to every shard,
+//!    each round after the previous one came from all; when the last round is in, every
+//!    publish accepted here has been delivered or forwarded (a user publish takes two hops,
+//!    admin shard → home shard → connection's shard).
+//! 4. **Move admin connections**, then send the final message counter and finish.
 //!
 //! New shard: receives the batches, places them in its fixed-file table in one
 //! IORING_OP_FILES_UPDATE (IORING_FILE_INDEX_ALLOC), rebuilds each connection, registers its
-//! user and topics, arms its timers and its poll, and acks. It accepts clients once the start
-//! message is in (history positions continue), and serves the admin API once the old process
-//! is done ([`crate::handover::Hub::admin_go`]).
+//! user and topics, arms its timers and its poll, and acks; forwarded publishes are applied
+//! in their place among the batches. It accepts clients once the start message is in, and
+//! serves the admin API once the old process is done ([`crate::handover::Hub::admin_go`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 
 use io_uring::{opcode, types};
@@ -35,6 +42,7 @@ use crate::push::Msg;
 use crate::ring::{user_data, Op};
 
 mod export;
+mod forward;
 mod takeover;
 
 /// Rounds of fences: one per mesh hop a publish can take, plus one for a shard's own queue.
@@ -43,13 +51,26 @@ const FENCE_ROUNDS: u8 = 3;
 /// How long the old shard keeps trying to move connections that are busy.
 const MOVE_DEADLINE_MS: u64 = 30_000;
 
+/// How long the clients left with more queued than a batch carries may take to catch up.
+const SLOW_WAIT_MS: u64 = 2_000;
+
+/// How long the channel may have no room before the other process counts as stuck.
+const CHANNEL_STUCK_MS: u64 = 10_000;
+
+/// How long a batch waits for its frozen connections to be quiet (a cancelled poll or send
+/// to complete, a read under way to end); the ones still busy then wait for a later batch.
+const FREEZE_WAIT_US: u64 = 20_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Idle,
-    /// Old side.
+    /// Old side: client connections move, then (`admin_turn`) admin ones.
+    Moving,
+    /// Old side: this shard's clients have moved; waiting for every other shard's.
+    ClientsDone,
+    /// Old side: admin requests under way finish; nothing more is read.
     Freezing,
     Fencing(u8),
-    Moving,
     /// Old side: nothing more to move (the process exits soon).
     Done,
     /// New side: taking connections over; `started` once the start message is in.
@@ -60,6 +81,11 @@ enum Phase {
 
 struct OutBatch {
     conns: Vec<(u32, u32)>,
+    /// False while its frozen connections are becoming quiet; true once they are exported
+    /// (their descriptors being installed).
+    installing: bool,
+    /// When it was frozen (shard clock, µs): the ack ends the longest freeze of its connections.
+    frozen_at_us: u64,
     /// Process fds by position in `conns` (-1 until installed, or if the install failed).
     fds: Vec<RawFd>,
     installs_left: usize,
@@ -108,6 +134,35 @@ pub struct State {
     polls_cancelled: HashSet<u32>,
     /// New side: pieces of the old partition's history log received so far.
     history_in: Vec<u8>,
+    /// Old side: the connections of the batch under way (not read, their sends held).
+    frozen: HashSet<u32>,
+    /// Old side: admin connections are not read (after every shard's clients moved).
+    admin_frozen: bool,
+    /// Old side: what this shard numbers and delivers goes to the new shard too (from the
+    /// start message to the end).
+    forwarding: bool,
+    /// Old side: encoded forwards not sent yet, and whether they wait for the batch that was
+    /// exported before them.
+    fwd: Vec<u8>,
+    fwd_hold: bool,
+    /// Old side: users of connections handed over, still in their home shards' registries
+    /// (unregistered if the handover reverts).
+    kept_users: Vec<(Box<str>, crate::registry::ConnId)>,
+    /// Old side: the longest freeze of a batch so far (µs).
+    freeze_max_us: u64,
+    /// Messages waiting for room on the channel, in order, with the fds they carry, and since
+    /// when the first has waited.
+    out_q: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+    out_q_since_ms: u64,
+    /// Old side: since when a pass found nothing to move now (0: the last one did).
+    stalled_since_ms: u64,
+    /// New side: forwarded pieces received so far.
+    fwd_in: Vec<u8>,
+    /// New side: the connections taken over, by their old id, and their ids here; kept
+    /// until a moment after the old process is done (forwarded deliveries name them).
+    moved: HashMap<u64, (u32, u32)>,
+    moved_in: HashSet<(u32, u32)>,
+    moved_clear_at_ms: u64,
     /// Old side: each connection's lifetime deadline (shard ms) by timer key, read from the
     /// timer wheel at the freeze (nothing is kept per connection for this otherwise).
     lifetimes: HashMap<u64, u64>,
@@ -138,17 +193,39 @@ impl State {
             polls_cancelled: HashSet::new(),
             history_in: Vec::new(),
             lifetimes: HashMap::new(),
+            frozen: HashSet::new(),
+            admin_frozen: false,
+            forwarding: false,
+            fwd: Vec::new(),
+            fwd_hold: false,
+            freeze_max_us: 0,
+            kept_users: Vec::new(),
+            out_q: VecDeque::new(),
+            out_q_since_ms: 0,
+            stalled_since_ms: 0,
+            fwd_in: Vec::new(),
+            moved: HashMap::new(),
+            moved_in: HashSet::new(),
+            moved_clear_at_ms: 0,
         }
     }
 
     /// The old side is handing over: connections are not read, accepts stay off.
     fn out_active(&self) -> bool {
-        matches!(self.phase, Phase::Freezing | Phase::Fencing(_) | Phase::Moving | Phase::Done)
+        self.moving() || self.phase == Phase::Done
     }
 
     /// Whether the loop should look again within a millisecond rather than sleep a tick.
     pub fn hurried(&self) -> bool {
-        matches!(self.phase, Phase::Freezing | Phase::Fencing(_) | Phase::Moving)
+        !self.out_q.is_empty() || self.moving()
+    }
+
+    /// Old side: connections are moving (admin commands that act on connections wait).
+    pub fn moving(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Moving | Phase::ClientsDone | Phase::Freezing | Phase::Fencing(_)
+        )
     }
 
     pub fn is_exported(&self, slot: u32) -> bool {
@@ -179,7 +256,8 @@ impl Shard {
     pub(super) fn handover_allows_accept(&self, admin: bool) -> bool {
         let s = &self.handover;
         if s.out_active() {
-            return false;
+            // The admin API serves on until every shard's clients have moved.
+            return admin && !s.admin_frozen && s.phase != Phase::Done;
         }
         if admin && self.shared.hub.admin_held() {
             return false;
@@ -187,13 +265,15 @@ impl Shard {
         !matches!(s.phase, Phase::Taking { started: false }) || admin
     }
 
-    /// Whether a connection's poll stays unarmed: the old side reads nothing once frozen,
-    /// except admin requests already under way.
-    pub(super) fn handover_freezes(&self, conn: &Conn) -> bool {
-        self.handover.out_active()
+    /// Whether a connection's poll stays unarmed: the old side reads nothing of the batch
+    /// under way, and no admin request once admin connections freeze (except those already
+    /// under way).
+    pub(super) fn handover_freezes(&self, slot: u32, conn: &Conn) -> bool {
+        let s = &self.handover;
+        s.out_active()
             && match conn.kind {
-                Kind::Ws | Kind::Echo | Kind::Sse => true,
-                Kind::Admin => conn.partial.is_none(),
+                Kind::Ws | Kind::Echo | Kind::Sse => s.frozen.contains(&slot),
+                Kind::Admin => s.admin_frozen && conn.partial.is_none(),
                 Kind::Handshake | Kind::Poll => false,
             }
     }
@@ -227,6 +307,13 @@ impl Shard {
                     self.begin_handover();
                 }
             }
+            Phase::Moving => self.move_some(),
+            Phase::ClientsDone => {
+                let done = self.shared.hub.clients_done.load(Ordering::Acquire);
+                if done >= self.shards() {
+                    self.freeze_admin();
+                }
+            }
             Phase::Freezing => {
                 if self.admin_quiet() {
                     self.send_fence(1);
@@ -238,12 +325,27 @@ impl Shard {
                     if round < FENCE_ROUNDS {
                         self.send_fence(round + 1);
                     } else {
-                        self.start_moving();
+                        self.handover.admin_turn = true;
+                        self.handover.phase = Phase::Moving;
                     }
                 }
             }
-            Phase::Moving => self.move_some(),
             Phase::Done | Phase::Taking { .. } => {}
+        }
+        if !self.handover.fwd_hold && !self.handover.fwd.is_empty() {
+            self.flush_forwards();
+        }
+        if !self.handover.out_q.is_empty() {
+            self.flush_channel();
+        }
+        if self.handover.phase == Phase::Done && self.handover.out_q.is_empty() {
+            // Done once the last message left: the process exits after every shard is.
+            self.shared.hub.out_done[self.id].store(true, Ordering::Release);
+        }
+        if self.handover.moved_clear_at_ms != 0 && self.now_ms >= self.handover.moved_clear_at_ms {
+            self.handover.moved = HashMap::new();
+            self.handover.moved_in = HashSet::new();
+            self.handover.moved_clear_at_ms = 0;
         }
         // New side: admin connections taken over wait for the old process to finish.
         if !self.handover.held_admin.is_empty() && !self.shared.hub.admin_held() {
@@ -261,9 +363,7 @@ impl Shard {
         let Some(chan) = chan else { return };
         self.shared.hub.out_active[self.id].store(true, Ordering::Release);
         self.handover.chan = Some(chan);
-        self.handover.phase = Phase::Freezing;
         self.handover.deadline_ms = self.now_ms + MOVE_DEADLINE_MS;
-        self.handover.frozen_at_ms = self.live.now_ms;
         if self.shared.cfg.limits.conn_lifetime_ms_max > 0 {
             self.handover.lifetimes = self
                 .wheel
@@ -273,30 +373,52 @@ impl Shard {
                 .collect();
         }
         self.end_status_streams();
-        self.pause_accepts();
+        self.pause_accepts(false);
+        self.start_moving();
+    }
+
+    /// Freezes a connection picked for the batch: its poll is cancelled, and a send waiting
+    /// on a client that does not read (it has sent nothing: a send that sent some completes
+    /// at once), so its queued bytes move with it.
+    fn freeze(&mut self, slot: u32, generation: u32) {
+        let Some(c) = self.conns.get(slot, generation) else { return };
+        let (poll, send) = (c.poll_armed, c.outbox.as_ref().is_some_and(|o| o.in_flight));
+        if c.kind != Kind::Admin {
+            self.handover.frozen.insert(slot);
+        }
+        if poll {
+            self.handover.polls_cancelled.insert(slot);
+            self.cancel_op(Op::Poll, generation, slot);
+        }
+        if send {
+            self.handover.sends_cancelled.insert(slot);
+            self.cancel_op(Op::Send, generation, slot);
+        }
+    }
+
+    /// A frozen connection that will not go with this batch is read again and sends on.
+    fn unfreeze(&mut self, slot: u32, generation: u32) {
+        if self.handover.frozen.remove(&slot) {
+            self.arm_poll(slot, generation);
+            self.submit_send(slot, generation);
+        }
+    }
+
+    /// Every shard's clients have moved: admin requests under way finish, nothing more is
+    /// read or accepted on the admin API (it waits in the sockets for the new process).
+    fn freeze_admin(&mut self) {
+        self.handover.admin_frozen = true;
+        self.handover.phase = Phase::Freezing;
+        self.pause_accepts(true);
         let idle: Vec<(u32, u32)> = self
             .conns
             .iter()
-            .filter(|(_, _, c)| c.is_open() && c.poll_armed && self.handover_freezes(c))
+            .filter(|&(s, _, c)| c.is_open() && c.poll_armed && self.handover_freezes(s, c))
             .map(|(s, g, _)| (s, g))
             .collect();
         for (slot, generation) in idle {
             self.handover.polls_cancelled.insert(slot);
             self.cancel_op(Op::Poll, generation, slot);
-        }
-        // A send waiting on a client that does not read would hold its connection back: it
-        // is cancelled (it has sent nothing: a send that sent some completes at once), and the
-        // queued bytes move with the connection.
-        let sending: Vec<(u32, u32)> = self
-            .conns
-            .iter()
-            .filter(|(_, _, c)| c.is_open() && self.handover_freezes(c))
-            .filter(|(_, _, c)| c.outbox.as_ref().is_some_and(|o| o.in_flight))
-            .map(|(s, g, _)| (s, g))
-            .collect();
-        for (slot, generation) in sending {
-            self.handover.sends_cancelled.insert(slot);
-            self.cancel_op(Op::Send, generation, slot);
         }
     }
 
@@ -305,7 +427,7 @@ impl Shard {
     pub(super) fn handover_holds_sends(&self, slot: u32, conn: &Conn) -> bool {
         self.handover.hurried()
             && !self.handover.refused.contains(&slot)
-            && self.handover_freezes(conn)
+            && self.handover_freezes(slot, conn)
     }
 
     /// A send completed with `ECANCELED` because the freeze cancelled it (true): nothing was
@@ -329,9 +451,10 @@ impl Shard {
         }
     }
 
-    /// Cancels every accept; the listeners stay open (the new process accepts from them).
-    fn pause_accepts(&mut self) {
-        for l in &self.listeners {
+    /// Cancels the accepts of the client (or admin) listeners; the listeners stay open (the
+    /// new process accepts from them).
+    fn pause_accepts(&mut self, admin: bool) {
+        for l in self.listeners.iter().filter(|l| l.admin == admin) {
             let Some(sock) = l.sock.as_ref() else { continue };
             let builder = types::CancelBuilder::fd(types::Fd(sock.as_raw_fd())).all();
             let entry = opcode::AsyncCancel2::new(builder).build().user_data(user_data(
@@ -361,9 +484,16 @@ impl Shard {
     }
 
     fn start_moving(&mut self) {
-        if !self.send_history() {
+        if !self.send_history() || !self.send_start() {
             return;
         }
+        self.handover.phase = Phase::Moving;
+        self.handover.forwarding = true;
+    }
+
+    /// The history top, what this shard heard of the other partitions, and its message
+    /// counter: at the start, and again at the end (publishes went on meanwhile).
+    fn send_start(&mut self) -> bool {
         let start = record::Start {
             top: self.history.top(),
             heard: (0..self.shards()).map(|p| self.heard.get(p)).collect(),
@@ -371,14 +501,11 @@ impl Shard {
         };
         let mut out = Vec::new();
         record::encode_start(&start, &mut out);
-        if !self.channel_send(&out, &[]) {
-            return;
-        }
-        self.handover.phase = Phase::Moving;
+        self.channel_send(&out, Vec::new())
     }
 
-    /// The partition's history log, in pieces of one message each (publishes are paused and
-    /// fenced: it is final), so resumes from before the upgrade find their messages.
+    /// The partition's history log, in pieces of one message each, so resumes from before
+    /// the upgrade find their messages; what is numbered after it is forwarded.
     fn send_history(&mut self) -> bool {
         // On the clock the log's entries carry (the shards' common clock, microseconds).
         let log = self.history.export(self.precise_us());
@@ -387,14 +514,16 @@ impl Shard {
             let mut msg = Vec::with_capacity(piece.len() + 2);
             msg.extend_from_slice(&[record::MSG_HISTORY, (i + 1 == pieces) as u8]);
             msg.extend_from_slice(piece);
-            if !self.channel_send(&msg, &[]) {
+            if !self.channel_send(&msg, Vec::new()) {
                 return false;
             }
         }
         true
     }
 
-    fn movable(&self, slot: u32, generation: u32, conn: &Conn) -> Movable {
+    /// Whether a connection can go with a batch now (`frozen`: its poll and held send are
+    /// cancelled already), later, or never.
+    fn movable(&self, slot: u32, generation: u32, conn: &Conn, frozen: bool) -> Movable {
         if !conn.is_open() || self.handover.refused.contains(&slot) {
             return Movable::Never;
         }
@@ -410,7 +539,12 @@ impl Shard {
         if (conn.kind == Kind::Admin) != self.handover.admin_turn {
             return Movable::Later;
         }
-        let busy = conn.in_flight()
+        // A poll and a send waiting on the client are what the freeze cancels.
+        let ops = match frozen {
+            true => conn.in_flight(),
+            false => conn.recv_armed || conn.cancel_armed,
+        };
+        let busy = ops
             || conn.partial.is_some()
             || conn.ws.handover_byte().is_none()
             || self.resuming.contains_key(&slot);
@@ -421,29 +555,34 @@ impl Shard {
         }
     }
 
-    /// Old side: starts the next batch, or finishes when nothing is left.
+    /// Old side: freezes the next batch, exports it once quiet, or finishes when nothing is
+    /// left.
     fn move_some(&mut self) {
-        if self.handover.batch.is_some() {
-            return;
+        match self.handover.batch.as_ref() {
+            Some(b) if !b.installing => return self.export_frozen(),
+            Some(_) => return,
+            None => {}
         }
         // Descriptors for this batch, from the process's budget; none left: look again
         // next turn, once other shards' batches are acknowledged.
         let Some(allowed) = self.take_fds(handover::BATCH_MAX) else { return };
         let mut picked = Vec::new();
-        let mut later = 0usize;
-        let mut too_big = Vec::new();
-        // A batch is one SOCK_SEQPACKET message: its records stay under BATCH_BYTES_MAX.
+        let (mut later, mut too_big) = (0usize, 0usize);
+        // A batch is one SOCK_SEQPACKET message: its records stay under BATCH_BYTES_MAX
+        // (checked again at the export: publishes queue meanwhile).
         let mut bytes = 0usize;
         let bound = self.conns.slot_bound();
         let mut slot = self.handover.cursor;
         while slot < bound && picked.len() < allowed {
             if let Some((generation, conn)) = self.conns.get_at(slot) {
                 if !self.handover.exported.contains(&slot) {
-                    match self.movable(slot, generation, conn) {
+                    match self.movable(slot, generation, conn, false) {
                         Movable::Now => {
                             let cost = self.record_bytes(slot, generation, conn);
                             if cost > handover::BATCH_BYTES_MAX {
-                                too_big.push((slot, generation));
+                                // More queued than one message carries: it sends on and
+                                // is looked at again (or closed with a goaway at the end).
+                                too_big += 1;
                             } else if bytes + cost > handover::BATCH_BYTES_MAX {
                                 break;
                             } else {
@@ -458,39 +597,120 @@ impl Shard {
             }
             slot += 1;
         }
-        // More queued than one message carries: it stays, sends on, and is closed with a
-        // goaway at the end (its client reconnects to the new process).
-        for (s, g) in too_big {
-            self.thaw(s, g);
-        }
         self.give_fds(allowed - picked.len());
         let wrapped = slot >= bound;
         self.handover.cursor = if wrapped { 0 } else { slot };
         if picked.is_empty() {
-            if !wrapped {
-                return;
+            if wrapped {
+                self.nothing_left(later, too_big);
             }
-            if later > 0 && self.now_ms < self.handover.deadline_ms {
-                // Busy ones: look again; the admin connections' turn waits for them.
-                let clients_busy = self.conns.iter().any(|(s, g, c)| {
-                    c.kind != Kind::Admin
-                        && matches!(self.movable(s, g, c), Movable::Later)
-                        && !self.handover.exported.contains(&s)
-                });
-                if !clients_busy {
-                    self.handover.admin_turn = true;
-                }
-                return;
-            }
-            if !self.handover.admin_turn {
-                self.handover.admin_turn = true;
-                return;
-            }
-            self.handover.phase = Phase::Done;
-            self.shared.hub.out_done[self.id].store(true, Ordering::Release);
-            return self.resume_sends();
+            return;
         }
+        self.handover.stalled_since_ms = 0;
+        self.handover.frozen_at_ms = self.live.now_ms;
         for &(slot, generation) in &picked {
+            self.freeze(slot, generation);
+        }
+        self.handover.batch_seq += 1;
+        self.handover.batch = Some(OutBatch {
+            conns: picked,
+            installing: false,
+            frozen_at_us: self.precise_us(),
+            fds: Vec::new(),
+            installs_left: 0,
+            sent: None,
+            seq: self.handover.batch_seq,
+        });
+        self.export_frozen();
+    }
+
+    /// A pass found nothing to move now: look again while some are busy (until the
+    /// deadline), else this shard's clients are done, or (admin turn) everything is.
+    fn nothing_left(&mut self, later: usize, too_big: usize) {
+        if self.handover.stalled_since_ms == 0 {
+            self.handover.stalled_since_ms = self.now_ms;
+        }
+        // Clients that do not read as fast as they are sent to: their queues may never fit a
+        // message; after a while they stay (their goaway at the end makes them resume).
+        let slow_wait = too_big > 0 && self.now_ms < self.handover.stalled_since_ms + SLOW_WAIT_MS;
+        if self.now_ms < self.handover.deadline_ms {
+            // Busy ones: look again; the admin connections' turn waits for them.
+            let busy = || {
+                self.handover.admin_turn
+                    || self.conns.iter().any(|(s, g, c)| {
+                        c.kind != Kind::Admin
+                            && matches!(self.movable(s, g, c, false), Movable::Later)
+                            && !self.handover.exported.contains(&s)
+                    })
+            };
+            if slow_wait || (later > 0 && busy()) {
+                return;
+            }
+        }
+        if !self.handover.admin_turn {
+            self.handover.phase = Phase::ClientsDone;
+            self.shared.hub.clients_done.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
+        // Publishes are fenced: what this shard forwards is complete; the final counter.
+        self.flush_forwards();
+        if !self.send_start() {
+            return;
+        }
+        self.handover.phase = Phase::Done;
+        self.handover.forwarding = false;
+        self.shared.hub.freeze_max_us.fetch_max(self.handover.freeze_max_us, Ordering::AcqRel);
+        self.resume_sends();
+    }
+
+    /// Old side: once the frozen batch is quiet (or its wait is over), exports the quiet
+    /// ones: from here on publishes for them are forwarded, not queued.
+    fn export_frozen(&mut self) {
+        let Some(mut b) = self.handover.batch.take() else { return };
+        let waited = self.precise_us().saturating_sub(b.frozen_at_us);
+        let mut ready = Vec::with_capacity(b.conns.len());
+        let mut waiting = Vec::new();
+        for &(slot, generation) in &b.conns {
+            match self.conns.get(slot, generation) {
+                Some(c) if c.is_open() && c.in_flight() => waiting.push((slot, generation)),
+                Some(c) if matches!(self.movable(slot, generation, c, true), Movable::Now) => {
+                    ready.push((slot, generation))
+                }
+                _ => self.unfreeze(slot, generation),
+            }
+        }
+        if !waiting.is_empty() && waited < FREEZE_WAIT_US {
+            self.give_fds(b.conns.len() - ready.len() - waiting.len());
+            ready.extend(waiting);
+            b.conns = ready;
+            self.handover.batch = Some(b);
+            return;
+        }
+        for (slot, generation) in waiting {
+            self.unfreeze(slot, generation);
+        }
+        // What was queued while it froze counts: the batch stays one message.
+        let mut bytes = 0usize;
+        ready.retain(|&(slot, generation)| {
+            let cost = self
+                .conns
+                .get(slot, generation)
+                .map_or(0, |c| self.record_bytes(slot, generation, c));
+            bytes += cost;
+            bytes <= handover::BATCH_BYTES_MAX
+        });
+        for &(slot, generation) in b.conns.iter().filter(|c| !ready.contains(c)) {
+            self.unfreeze(slot, generation);
+        }
+        self.give_fds(b.conns.len() - ready.len());
+        if ready.is_empty() {
+            return;
+        }
+        // Forwards so far go before the batch (these connections had those publishes
+        // queued here); forwards from now on go after it.
+        self.flush_forwards();
+        self.handover.fwd_hold = true;
+        for &(slot, generation) in &ready {
             self.handover.exported.insert(slot);
             let fd = self.conns.get(slot, generation).map_or(0, |c| c.fd);
             let entry = opcode::FixedFdInstall::new(types::Fixed(fd), 0)
@@ -499,14 +719,11 @@ impl Shard {
             // SAFETY: the install names no user memory; its answer is the completion's result.
             unsafe { self.ring.push(&entry) };
         }
-        self.handover.batch_seq += 1;
-        self.handover.batch = Some(OutBatch {
-            fds: vec![-1; picked.len()],
-            installs_left: picked.len(),
-            conns: picked,
-            sent: None,
-            seq: self.handover.batch_seq,
-        });
+        b.fds = vec![-1; ready.len()];
+        b.installs_left = ready.len();
+        b.conns = ready;
+        b.installing = true;
+        self.handover.batch = Some(b);
     }
 
     pub(super) fn on_fd_install(&mut self, slot: u32, generation: u32, result: i32) {
@@ -552,11 +769,13 @@ impl Shard {
         let mut fds = Vec::new();
         let mut sent = Vec::new();
         for (i, &(slot, generation)) in b.conns.iter().enumerate() {
-            let rec = if b.fds[i] >= 0 { self.record_of(slot, generation) } else { None };
-            match rec {
-                Some(r) => {
+            let fd = std::mem::replace(&mut b.fds[i], -1);
+            // SAFETY: a process fd our install made for this batch; nothing else owns it.
+            let fd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) });
+            match fd.and_then(|fd| Some((self.record_of(slot, generation)?, fd))) {
+                Some((r, fd)) => {
                     records.push(r);
-                    fds.push(b.fds[i]);
+                    fds.push(fd);
                     sent.push(i);
                 }
                 None => self.thaw(slot, generation),
@@ -564,12 +783,12 @@ impl Shard {
         }
         let mut out = Vec::new();
         record::encode_batch(b.seq, &records, &mut out);
-        let ok = records.is_empty() || self.channel_send(&out, &fds);
-        for &fd in &b.fds {
-            if fd >= 0 {
-                // SAFETY: fds from our installs; the message holds its own references.
-                unsafe { libc::close(fd) };
-            }
+        // The message holds its own references; ours close once it is sent.
+        let ok = records.is_empty() || self.channel_send(&out, fds);
+        // Publishes for the batch's connections since its export follow it.
+        self.handover.fwd_hold = false;
+        if ok {
+            self.flush_forwards();
         }
         if !ok || records.is_empty() {
             // A failed send reverted the whole handover (`channel_failed`): every connection
@@ -580,37 +799,77 @@ impl Shard {
         self.handover.batch = Some(b);
     }
 
-    /// A connection the new process did not take stays here, unread; the shutdown at the
-    /// end closes it with a goaway, so its client reconnects (to the new process).
+    /// A connection the new process did not take stays here and is served on, but what was
+    /// forwarded for it since its export went to the new process: the shutdown at the end
+    /// closes it with a goaway, so its client reconnects (to the new process) and resumes.
     fn thaw(&mut self, slot: u32, generation: u32) {
         self.handover.exported.remove(&slot);
         self.handover.refused.insert(slot);
+        self.handover.frozen.remove(&slot);
+        self.arm_poll(slot, generation);
         self.submit_send(slot, generation);
     }
 
-    /// Sends one message on the channel (blocking briefly when it is full); false and the
+    /// Sends one message on the channel, or queues it behind those waiting for room (the
+    /// channel holds a few datagrams only, `net.unix.max_dgram_qlen`): a shard never blocks
+    /// on it, since the other side may be waiting for this one to read. False and the
     /// handover is off when the channel failed.
-    fn channel_send(&mut self, bytes: &[u8], fds: &[RawFd]) -> bool {
-        let Some(chan) = self.handover.chan.as_ref() else { return false };
-        for _ in 0..1000 {
-            match handover::send_with_fds(chan.as_raw_fd(), bytes, fds, true) {
+    fn channel_send(&mut self, bytes: &[u8], fds: Vec<OwnedFd>) -> bool {
+        if self.handover.chan.is_none() {
+            return false;
+        }
+        if self.handover.out_q.is_empty() {
+            let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+            let chan = self.handover.chan.as_ref().map_or(-1, AsRawFd::as_raw_fd);
+            match handover::send_with_fds(chan, bytes, &raw, true) {
                 Ok(true) => return true,
-                Ok(false) => std::thread::sleep(std::time::Duration::from_micros(200)),
+                Ok(false) => self.handover.out_q_since_ms = self.now_ms,
                 Err(e) => {
                     tracing::error!(shard = self.id, "handover: channel failed: {e}");
-                    break;
+                    self.channel_failed();
+                    return false;
                 }
             }
         }
-        self.channel_failed();
-        false
+        self.handover.out_q.push_back((bytes.to_vec(), fds));
+        true
+    }
+
+    /// Sends what waits for room on the channel; a channel without room for
+    /// [`CHANNEL_STUCK_MS`] has failed.
+    fn flush_channel(&mut self) {
+        while let Some((bytes, fds)) = self.handover.out_q.front() {
+            let Some(chan) = self.handover.chan.as_ref() else { return };
+            let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+            match handover::send_with_fds(chan.as_raw_fd(), bytes, &raw, true) {
+                Ok(true) => {
+                    self.handover.out_q.pop_front();
+                    self.handover.out_q_since_ms = self.now_ms;
+                }
+                Ok(false) if self.now_ms < self.handover.out_q_since_ms + CHANNEL_STUCK_MS => {
+                    return;
+                }
+                Ok(false) => {
+                    tracing::error!(shard = self.id, "handover: the other process reads nothing");
+                    return self.channel_failed();
+                }
+                Err(e) => {
+                    tracing::error!(shard = self.id, "handover: channel failed: {e}");
+                    return self.channel_failed();
+                }
+            }
+        }
     }
 
     /// The other process is gone or refuses: the old side serves on.
     fn channel_failed(&mut self) {
         self.handover.chan = None;
         match self.handover.phase {
-            Phase::Taking { .. } => self.handover.phase = Phase::Idle,
+            Phase::Taking { .. } => {
+                self.handover.phase = Phase::Idle;
+                // Deliveries the forwards caused may still be on the mesh a moment.
+                self.handover.moved_clear_at_ms = self.now_ms + 1000;
+            }
             // Everything here went over; the process exits unless another shard failed
             // (then `drive_handover` sees `out_failed` and reverts this one too).
             Phase::Done => {}
@@ -628,6 +887,9 @@ impl Shard {
     fn revert_handover(&mut self) {
         if let Some(b) = self.handover.batch.take() {
             self.give_fds(b.conns.len());
+        }
+        for (user, id) in std::mem::take(&mut self.handover.kept_users) {
+            self.unregister_user(&user, id);
         }
         // Their ECANCELED completions may still come: they must not read as errors.
         let sends = std::mem::take(&mut self.handover.sends_cancelled);
@@ -688,16 +950,12 @@ impl Shard {
                 let Some((seq, taken)) = record::decode_ack(&msg[1..]) else { return };
                 self.on_ack(seq, &taken);
             }
-            (Some(record::MSG_START), Phase::Taking { .. }) => {
-                if let Some(s) = record::decode_start(&msg[1..]) {
-                    self.history.continue_after(s.top);
-                    for (part, &seq) in s.heard.iter().enumerate() {
-                        if part < self.shards() {
-                            self.heard.advance(part, seq);
-                        }
-                    }
-                    self.msg_seq = self.msg_seq.max(s.msg_seq);
-                }
+            // The final counters, and forwarded publishes: in their place among the batches.
+            (Some(record::MSG_START | record::MSG_FORWARD), Phase::Taking { started: true }) => {
+                self.handover.queued.push_back((msg.to_vec(), fds));
+            }
+            (Some(record::MSG_START), Phase::Taking { started: false }) => {
+                self.on_start(&msg[1..]);
                 self.handover.phase = Phase::Taking { started: true };
             }
             (Some(record::MSG_HISTORY), Phase::Taking { started: false }) if msg.len() >= 2 => {
@@ -725,15 +983,31 @@ impl Shard {
         }
     }
 
+    /// New side: the old shard's history top, what it heard, and its message counter (at
+    /// the start, and again at the end).
+    fn on_start(&mut self, body: &[u8]) {
+        let Some(s) = record::decode_start(body) else { return };
+        self.history.continue_after(s.top);
+        for (part, &seq) in s.heard.iter().enumerate() {
+            if part < self.shards() {
+                self.heard.advance(part, seq);
+            }
+        }
+        self.msg_seq = self.msg_seq.max(s.msg_seq);
+    }
+
     fn on_ack(&mut self, seq: u32, taken: &[bool]) {
         let Some(b) = self.handover.batch.take_if(|b| b.seq == seq) else { return };
         self.give_fds(b.conns.len());
+        let frozen_us = self.precise_us().saturating_sub(b.frozen_at_us);
+        self.handover.freeze_max_us = self.handover.freeze_max_us.max(frozen_us);
         let sent = b.sent.unwrap_or_default();
         let mut moved = 0;
         for (k, &i) in sent.iter().enumerate() {
             let (slot, generation) = b.conns[i];
             if taken.get(k).copied().unwrap_or(false) {
                 self.handover.exported.remove(&slot);
+                self.handover.frozen.remove(&slot);
                 self.hand_over_done(slot, generation);
                 moved += 1;
             } else {
@@ -742,6 +1016,10 @@ impl Shard {
         }
         bump(&self.stats().handover_sent, moved);
         self.shared.hub.sent.fetch_add(moved, Ordering::Relaxed);
+    }
+
+    pub(super) fn handover_keep_user(&mut self, user: &str, id: crate::registry::ConnId) {
+        self.handover.kept_users.push((user.into(), id));
     }
 
     /// The new process holds the connection: forget it here and close only our slot (the

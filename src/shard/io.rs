@@ -29,7 +29,7 @@ impl Shard {
         {
             return;
         }
-        if self.handover_freezes(conn) {
+        if self.handover_freezes(slot, conn) {
             // A live upgrade: what arrives now is read by the new process.
             return;
         }
@@ -205,6 +205,10 @@ impl Shard {
     /// On a TLS connection the bytes are encrypted first; they are dropped (false) when the
     /// session cannot send application data (handshake incomplete, closing).
     pub(super) fn queue(&mut self, slot: u32, generation: u32, chunk: Chunk) -> bool {
+        if self.handover.is_exported(slot) {
+            // Its TLS session's state went with its record: nothing more is sealed here.
+            return false;
+        }
         match self.tls_encrypt(slot, generation, chunk) {
             Some(chunk) => self.queue_raw(slot, generation, chunk),
             None => false,
@@ -576,7 +580,13 @@ impl Shard {
         stats.tabs_extra.fetch_sub(extra_tabs, std::sync::atomic::Ordering::Relaxed);
         stats.closed(reason);
         if let Some(user) = ident.user() {
-            self.unregister_user(user, id);
+            if reason == CloseReason::Handover {
+                // The home shard keeps naming it in its deliveries, which this shard
+                // forwards to the new process (`handover::forward`) until the end.
+                self.handover_keep_user(user, id);
+            } else {
+                self.unregister_user(user, id);
+            }
         }
         // The closing connection's topics were taken above, so its own entries count as stale.
         let conns = &self.conns;

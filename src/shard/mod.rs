@@ -509,6 +509,7 @@ impl Shard {
                 let PublishUser { user, hash, mut msg } = *p;
                 self.publish_user_home(&user, hash, &mut msg)
             }
+            Msg::Deliver(d) if d.natives => self.deliver_natives(&d),
             Msg::Deliver(d) => {
                 self.heard_message(&d.msg);
                 let mut targets = std::mem::take(&mut self.scratch.targets);

@@ -123,7 +123,8 @@ impl Shard {
                 let list: Vec<ConnId> = on_shard.copied().collect();
                 if !list.is_empty() {
                     let user = Some(user.into());
-                    let d = crate::push::Deliver { conns: list, user, msg: Arc::clone(msg) };
+                    let msg = Arc::clone(msg);
+                    let d = crate::push::Deliver { conns: list, user, msg, natives: false };
                     self.send_mesh(shard, Msg::Deliver(Box::new(d)));
                 }
             }
@@ -140,6 +141,12 @@ impl Shard {
         targets: &mut Vec<(u32, u32)>,
         msg: &Message,
     ) {
+        if self.forwarding() {
+            // Before the filter: the ones gone to the new process are not here any more.
+            let ids = targets.iter().map(|&(s, g)| s as u64 | (g as u64) << 32).collect();
+            let deed = crate::handover::record::Deed::Deliver(ids);
+            self.forward(Stream::User(user.unwrap_or("")), msg, deed);
+        }
         if let Some(user) = user {
             let conns = &self.conns;
             targets.retain(|&(s, g)| conns.get(s, g).is_some_and(|c| c.ident.user() == Some(user)));
@@ -148,6 +155,10 @@ impl Shard {
     }
 
     pub(super) fn deliver_topic(&mut self, topic: &str, msg: &Message) {
+        if self.forwarding() {
+            let deed = crate::handover::record::Deed::Deliver(Vec::new());
+            self.forward(Stream::Topic(topic), msg, deed);
+        }
         let mut targets = std::mem::take(&mut self.scratch.targets);
         // Every entry is a live subscription or a closed connection: unsubscribes remove their
         // entry at once, and `deliver` skips connections that are no longer open.
@@ -158,6 +169,9 @@ impl Shard {
     }
 
     pub(super) fn deliver_all(&mut self, msg: &Message) {
+        if self.forwarding() {
+            self.forward(Stream::All, msg, crate::handover::record::Deed::Deliver(Vec::new()));
+        }
         let mut targets = std::mem::take(&mut self.scratch.targets);
         targets.extend(
             self.conns.iter().filter(|(_, _, c)| c.is_subscriber()).map(|(s, g, _)| (s, g)),

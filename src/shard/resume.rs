@@ -112,6 +112,9 @@ impl Shard {
         }
         let now_us = self.precise_us();
         self.history.retain(stream, msg, now_us);
+        if self.forwarding() {
+            self.forward(stream, msg, crate::handover::record::Deed::Log);
+        }
     }
 
     /// This partition's part of a publish that reached it: a single node numbers it; on a

@@ -8,6 +8,17 @@ impl Shard {
     pub(super) fn install_next(&mut self) {
         while self.handover.installing.is_none() {
             let Some((msg, owned)) = self.handover.queued.pop_front() else { return };
+            match msg.first().copied() {
+                Some(record::MSG_FORWARD) => {
+                    self.on_forwards(&msg);
+                    continue;
+                }
+                Some(record::MSG_START) => {
+                    self.on_start(&msg[1..]);
+                    continue;
+                }
+                _ => {}
+            }
             let Some((seq, records)) =
                 record::decode_batch(&msg[1..], self.shared.hub.layout.load(Ordering::Relaxed))
             else {
@@ -60,7 +71,7 @@ impl Shard {
     fn ack(&mut self, seq: u32, taken: &[bool]) {
         let mut out = Vec::new();
         record::encode_ack(seq, taken, &mut out);
-        let _ = self.channel_send(&out, &[]);
+        let _ = self.channel_send(&out, Vec::new());
     }
 
     /// New side: rebuilds one connection from its record in fixed slot `fd`.
@@ -118,6 +129,10 @@ impl Shard {
             self.schedule_expiry(slot, generation, at);
         }
         let lifetime_left_ms = rec.lifetime_left_ms;
+        if rec.old_id != 0 {
+            self.handover.moved.insert(rec.old_id, (slot, generation));
+        }
+        self.handover.moved_in.insert((slot, generation));
         let id = self.conn_id(slot, generation);
         let (user, topics): (Option<String>, Vec<String>) = match self.conns.get(slot, generation) {
             Some(c) => {
@@ -126,7 +141,8 @@ impl Shard {
             None => (None, Vec::new()),
         };
         if let Some(user) = user {
-            // No replay: the connection missed nothing (publishes waited for the handover).
+            // No replay: the connection missed nothing (what was published since its freeze
+            // is queued in its record or forwarded behind its batch).
             self.register_user(&user, id, u64::MAX, None);
         }
         for topic in &topics {

@@ -1,0 +1,153 @@
+//! Publishes while connections move. The old process keeps accepting them: each old shard
+//! delivers to the connections it still holds and forwards, on its channel and in order
+//! with its batches, what it numbered (for the new partition's log) and what it delivered
+//! (for the connections the new shard holds by then). A connection therefore gets each
+//! publish once: here while it is queued for, in the new process once its batch is ahead
+//! of the publish on the channel.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::handover::record::{Deed, Forward, STREAM_ALL, STREAM_TOPIC, STREAM_USER};
+use crate::history::Stream;
+use crate::push::Message;
+
+impl Shard {
+    /// Old side: whether what this shard numbers and delivers goes to the new shard too.
+    pub(in crate::shard) fn forwarding(&self) -> bool {
+        self.handover.forwarding
+    }
+
+    /// Old side: forwards a numbered publish (for the log) or a delivery. User deliveries
+    /// name the connections by their ids here (the new shard knows the ones it took).
+    pub(in crate::shard) fn forward(&mut self, stream: Stream<'_>, msg: &Message, deed: Deed) {
+        let (code, name) = match stream {
+            Stream::All => (STREAM_ALL, ""),
+            Stream::Topic(t) => (STREAM_TOPIC, t),
+            Stream::User(u) => (STREAM_USER, u),
+        };
+        let f = Forward {
+            stream: code,
+            name: name.as_bytes().to_vec(),
+            id: msg.id,
+            seq: msg.seq,
+            part: msg.part,
+            text: msg.text,
+            payload: msg.payload.to_vec(),
+            deed,
+        };
+        f.encode(&mut self.handover.fwd);
+        if !self.handover.fwd_hold && self.handover.fwd.len() >= handover::BATCH_BYTES_MAX {
+            self.flush_forwards();
+        }
+    }
+
+    /// Old side: sends the forwards so far, in pieces of one message each.
+    pub(super) fn flush_forwards(&mut self) {
+        if self.handover.fwd.is_empty() {
+            return;
+        }
+        let fwd = std::mem::take(&mut self.handover.fwd);
+        let pieces = fwd.len().div_ceil(handover::BATCH_BYTES_MAX);
+        for (i, piece) in fwd.chunks(handover::BATCH_BYTES_MAX).enumerate() {
+            let mut msg = Vec::with_capacity(piece.len() + 2);
+            msg.extend_from_slice(&[record::MSG_FORWARD, (i + 1 == pieces) as u8]);
+            msg.extend_from_slice(piece);
+            if !self.channel_send(&msg, Vec::new()) {
+                return;
+            }
+        }
+    }
+
+    /// New side: a piece of forwards, in its place among the batches.
+    pub(super) fn on_forwards(&mut self, msg: &[u8]) {
+        if msg.len() < 2 {
+            return;
+        }
+        self.handover.fwd_in.extend_from_slice(&msg[2..]);
+        if msg[1] != 1 {
+            return;
+        }
+        let body = std::mem::take(&mut self.handover.fwd_in);
+        let Some(forwards) = Forward::decode_all(&body) else {
+            tracing::error!(shard = self.id, "takeover: malformed forwarded publishes dropped");
+            bump(&self.stats().handover_forwards_bad, 1);
+            return;
+        };
+        for f in forwards {
+            self.apply_forward(f);
+        }
+    }
+
+    fn apply_forward(&mut self, f: Forward) {
+        let Ok(name) = std::str::from_utf8(&f.name) else { return };
+        let stream = match f.stream {
+            STREAM_TOPIC => Stream::Topic(name),
+            STREAM_USER => Stream::User(name),
+            _ => Stream::All,
+        };
+        let payload = f.payload.into_boxed_slice();
+        let msg = Arc::new(Message { id: f.id, seq: f.seq, part: f.part, payload, text: f.text });
+        bump(&self.stats().handover_forwards, 1);
+        match f.deed {
+            Deed::Log => {
+                if msg.part as usize == self.id {
+                    let now_us = self.precise_us();
+                    self.history.retain_numbered(stream, &msg, now_us);
+                }
+                if let Stream::User(user) = stream {
+                    self.deliver_to_natives(user, &msg);
+                }
+            }
+            Deed::Deliver(ids) => {
+                self.heard_message(&msg);
+                match stream {
+                    Stream::All => self.deliver_all(&msg),
+                    Stream::Topic(topic) => self.deliver_topic(topic, &msg),
+                    Stream::User(user) => {
+                        let mut targets: Vec<(u32, u32)> = ids
+                            .iter()
+                            .filter_map(|id| self.handover.moved.get(id).copied())
+                            .collect();
+                        self.deliver_to_user(Some(user), &mut targets, &msg);
+                    }
+                }
+            }
+        }
+    }
+
+    /// New side, on the user's home shard: a user publish the old process numbered reaches
+    /// the connections this process accepted itself meanwhile (the old one knows nothing
+    /// of them); the ones taken over get it through their old shard's forwards.
+    fn deliver_to_natives(&mut self, user: &str, msg: &Arc<Message>) {
+        let hash = self.shared.user_keys.hash(user);
+        let mut conns = Vec::new();
+        self.users.connections(hash, &mut conns);
+        for shard in 0..self.shards() {
+            let list: Vec<crate::registry::ConnId> =
+                conns.iter().filter(|c| c.shard as usize == shard).copied().collect();
+            if list.is_empty() {
+                continue;
+            }
+            let d = crate::push::Deliver {
+                conns: list,
+                user: Some(user.into()),
+                msg: Arc::clone(msg),
+                natives: true,
+            };
+            if shard == self.id {
+                self.deliver_natives(&d);
+            } else {
+                self.send_mesh(shard, Msg::Deliver(Box::new(d)));
+            }
+        }
+    }
+
+    /// New side: delivers to the listed connections that this process accepted itself.
+    pub(in crate::shard) fn deliver_natives(&mut self, d: &crate::push::Deliver) {
+        let moved = &self.handover.moved_in;
+        let mut targets: Vec<(u32, u32)> =
+            d.conns.iter().map(|c| (c.slot, c.generation)).filter(|t| !moved.contains(t)).collect();
+        self.deliver_to_user(d.user.as_deref(), &mut targets, &d.msg);
+    }
+}
