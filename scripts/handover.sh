@@ -28,7 +28,7 @@ SOURCES=${SOURCES:-$(( (CONNS + 9999) / 10000 > 10 ? (CONNS + 9999) / 10000 : 10
 SHARDS=${SHARDS:-$(( (CONNS + 18999) / 19000 > $(nproc) ? (CONNS + 18999) / 19000 : $(nproc) ))}
 cd "$(dirname "$0")/.."
 cargo build --release -q -p c10m -p c10m-loadgen
-BIN=target/release/c10m
+BIN=${BIN:-target/release/c10m}
 DIR=$(mktemp -d)
 CTL=$DIR/control.sock
 pids=()

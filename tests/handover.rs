@@ -394,22 +394,37 @@ fn a_successor_that_dies_mid_handover_leaves_the_old_process_serving() {
         .expect("the old process welcomes the successor");
     c10m::handover::send_with_fds(inh.control.as_raw_fd(), br#"{"ready":true}"#, &[], false)
         .expect("ready");
-    // The first message on a shard's channel (its history) says that shard has frozen.
+    // A shard's history, start message and first batch (`B`) arrive: its connections are
+    // exported, and the stand-in never acknowledges them.
     let (mut buf, mut fds) = (vec![0u8; 1 << 20], Vec::new());
-    let chan = inh.channels[0].as_raw_fd();
-    common::wait_until("the old shard starts handing over", Duration::from_secs(10), || {
-        c10m::handover::recv_with_fds(chan, &mut buf, &mut fds, true).ok().flatten()
+    let chans: Vec<_> = inh.channels.iter().map(|c| c.as_raw_fd()).collect();
+    common::wait_until("an old shard sends a batch", Duration::from_secs(10), || {
+        chans.iter().find_map(|&chan| {
+            let n = c10m::handover::recv_with_fds(chan, &mut buf, &mut fds, true).ok()??;
+            (n > 0 && buf[0] == b'B').then_some(())
+        })
     });
     drop(fds);
+    // While connections move, publishes are answered; what acts on connections waits.
+    let r = old.admin_conn().request("GET", "/presence?user=k0", b"");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("live upgrade"), "{}", r.text());
+    for i in 0..4 {
+        assert_eq!(old.publish(&format!("user=k{i}"), "during").0, 202);
+    }
     drop(inh); // The successor is gone: its channels, control connection and listeners close.
     common::wait_until("the old process says it serves on", Duration::from_secs(10), || {
         old.stderr().contains("still serving").then_some(())
     });
+    // Nothing published meanwhile is lost, also for the connections it had exported.
     for (i, ws) in wss.iter_mut().enumerate() {
+        assert_eq!(ws_text(ws), "during", "client {i}");
         let (status, _) = old.publish(&format!("user=k{i}"), "still here");
         assert_eq!(status, 202);
         assert_eq!(ws_text(ws), "still here");
     }
+    let r = old.admin_conn().request("GET", "/presence?user=k0", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
     let mut late = old.ws_connect("/ws?user=late");
     old.wait_connections(5);
     old.publish("user=late", "hi");

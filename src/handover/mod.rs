@@ -77,8 +77,8 @@ pub struct Hub {
     /// Old side: shards whose client connections have all moved (admin connections then
     /// freeze on every shard at once, so publishes pause only for the fence at the end).
     pub clients_done: std::sync::atomic::AtomicUsize,
-    /// Old side: the longest any batch of connections stayed frozen (µs).
-    pub freeze_max_us: AtomicU64,
+    /// Old side: how long each batch of connections stayed frozen (µs), all shards.
+    pub freezes_us: Mutex<Vec<u32>>,
     /// Old side: a shard's channel failed: the handover is off, the shards serve on.
     pub out_failed: AtomicBool,
     /// Old side: the shard is handing over (from taking its channel until done or reverted).
@@ -109,7 +109,7 @@ impl Hub {
             out_go: AtomicBool::new(false),
             out_done: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             clients_done: std::sync::atomic::AtomicUsize::new(0),
-            freeze_max_us: AtomicU64::new(0),
+            freezes_us: Mutex::new(Vec::new()),
             out_failed: AtomicBool::new(false),
             out_active: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             attempt: AtomicU32::new(0),
@@ -490,7 +490,7 @@ fn reset_after_failure(hub: &Hub) {
         d.store(false, Ordering::Release);
     }
     hub.clients_done.store(0, Ordering::Release);
-    hub.freeze_max_us.store(0, Ordering::Release);
+    hub.freezes_us.lock().unwrap_or_else(|e| e.into_inner()).clear();
     hub.out_go.store(false, Ordering::Release);
     hub.out_failed.store(false, Ordering::Release);
 }
@@ -630,12 +630,23 @@ fn hand_over(conn: &OwnedFd, s: &Serving) -> io::Result<u64> {
     }
     let moved = shared.hub.sent.load(Ordering::Relaxed);
     let ms = started.elapsed().as_millis() as u64;
-    let freeze_max_ms = shared.hub.freeze_max_us.load(Ordering::Acquire) as f64 / 1000.0;
+    let mut freezes =
+        std::mem::take(&mut *shared.hub.freezes_us.lock().unwrap_or_else(|e| e.into_inner()));
+    freezes.sort_unstable();
+    let at = |q: f64| {
+        let i = ((freezes.len() as f64 * q) as usize).min(freezes.len().saturating_sub(1));
+        freezes.get(i).map_or(0.0, |&us| us as f64 / 1000.0)
+    };
+    let (p50, p99, max) = (at(0.5), at(0.99), at(1.0));
     tracing::info!(
         moved,
         ms,
-        freeze_max_ms,
-        "handover: {moved} connections moved in {ms} ms, the longest frozen {freeze_max_ms:.1} ms"
+        batches = freezes.len(),
+        freeze_p50_ms = p50,
+        freeze_p99_ms = p99,
+        freeze_max_ms = max,
+        "handover: {moved} connections moved in {ms} ms; a batch frozen p50 {p50:.1} ms, \
+         p99 {p99:.1} ms, the longest frozen {max:.1} ms"
     );
     send_json(conn, &serde_json::json!({"done": true, "moved": moved, "ms": ms}), &[])?;
     // The new process tells the service manager it is the main process now, then says bye:

@@ -51,6 +51,10 @@ const FENCE_ROUNDS: u8 = 3;
 /// How long the old shard keeps trying to move connections that are busy.
 const MOVE_DEADLINE_MS: u64 = 30_000;
 
+/// Connections per batch: a batch's connections are frozen from its freeze to its ack, which
+/// grows with their number; under SCM_MAX_FD ([`crate::handover::BATCH_MAX`]).
+const BATCH_CONNS: usize = 64;
+
 /// How long the clients left with more queued than a batch carries may take to catch up.
 const SLOW_WAIT_MS: u64 = 2_000;
 
@@ -148,14 +152,20 @@ pub struct State {
     /// Old side: users of connections handed over, still in their home shards' registries
     /// (unregistered if the handover reverts).
     kept_users: Vec<(Box<str>, crate::registry::ConnId)>,
-    /// Old side: the longest freeze of a batch so far (µs).
-    freeze_max_us: u64,
+    /// Old side: what was queued for exported connections not yet acknowledged, unsealed:
+    /// sent after all if the connection comes back.
+    side: HashMap<u32, (u32, Vec<Chunk>)>,
+    /// Old side: how long each batch stayed frozen (µs), freeze to ack.
+    freezes_us: Vec<u32>,
     /// Messages waiting for room on the channel, in order, with the fds they carry, and since
     /// when the first has waited.
     out_q: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
     out_q_since_ms: u64,
     /// Old side: since when a pass found nothing to move now (0: the last one did).
     stalled_since_ms: u64,
+    /// Old side: the next step waits for time, not for a completion (a frozen batch's
+    /// wait, the descriptor budget, busy connections).
+    look_soon: bool,
     /// New side: forwarded pieces received so far.
     fwd_in: Vec<u8>,
     /// New side: the connections taken over, by their old id, and their ids here; kept
@@ -198,11 +208,13 @@ impl State {
             forwarding: false,
             fwd: Vec::new(),
             fwd_hold: false,
-            freeze_max_us: 0,
+            freezes_us: Vec::new(),
+            side: HashMap::new(),
             kept_users: Vec::new(),
             out_q: VecDeque::new(),
             out_q_since_ms: 0,
             stalled_since_ms: 0,
+            look_soon: false,
             fwd_in: Vec::new(),
             moved: HashMap::new(),
             moved_in: HashSet::new(),
@@ -217,7 +229,10 @@ impl State {
 
     /// Whether the loop should look again within a millisecond rather than sleep a tick.
     pub fn hurried(&self) -> bool {
-        !self.out_q.is_empty() || self.moving()
+        // While a batch is on its way, its completions and the ack wake the loop.
+        !self.out_q.is_empty()
+            || self.look_soon
+            || matches!(self.phase, Phase::ClientsDone | Phase::Freezing | Phase::Fencing(_))
     }
 
     /// Old side: connections are moving (admin commands that act on connections wait).
@@ -558,14 +573,18 @@ impl Shard {
     /// Old side: freezes the next batch, exports it once quiet, or finishes when nothing is
     /// left.
     fn move_some(&mut self) {
+        self.handover.look_soon = true;
         match self.handover.batch.as_ref() {
             Some(b) if !b.installing => return self.export_frozen(),
-            Some(_) => return,
+            Some(_) => {
+                self.handover.look_soon = false;
+                return;
+            }
             None => {}
         }
         // Descriptors for this batch, from the process's budget; none left: look again
         // next turn, once other shards' batches are acknowledged.
-        let Some(allowed) = self.take_fds(handover::BATCH_MAX) else { return };
+        let Some(allowed) = self.take_fds(BATCH_CONNS) else { return };
         let mut picked = Vec::new();
         let (mut later, mut too_big) = (0usize, 0usize);
         // A batch is one SOCK_SEQPACKET message: its records stay under BATCH_BYTES_MAX
@@ -659,7 +678,8 @@ impl Shard {
         }
         self.handover.phase = Phase::Done;
         self.handover.forwarding = false;
-        self.shared.hub.freeze_max_us.fetch_max(self.handover.freeze_max_us, Ordering::AcqRel);
+        let freezes = std::mem::take(&mut self.handover.freezes_us);
+        self.shared.hub.freezes_us.lock().unwrap_or_else(|e| e.into_inner()).extend(freezes);
         self.resume_sends();
     }
 
@@ -724,6 +744,7 @@ impl Shard {
         b.conns = ready;
         b.installing = true;
         self.handover.batch = Some(b);
+        self.handover.look_soon = false;
     }
 
     pub(super) fn on_fd_install(&mut self, slot: u32, generation: u32, result: i32) {
@@ -804,6 +825,7 @@ impl Shard {
     /// closes it with a goaway, so its client reconnects (to the new process) and resumes.
     fn thaw(&mut self, slot: u32, generation: u32) {
         self.handover.exported.remove(&slot);
+        self.send_held(slot, generation);
         self.handover.refused.insert(slot);
         self.handover.frozen.remove(&slot);
         self.arm_poll(slot, generation);
@@ -888,6 +910,12 @@ impl Shard {
         if let Some(b) = self.handover.batch.take() {
             self.give_fds(b.conns.len());
         }
+        // Exported and not acknowledged: they are ours again, with what they missed.
+        self.handover.exported.clear();
+        let held: Vec<(u32, u32, Vec<Chunk>)> = std::mem::take(&mut self.handover.side)
+            .into_iter()
+            .map(|(slot, (generation, held))| (slot, generation, held))
+            .collect();
         for (user, id) in std::mem::take(&mut self.handover.kept_users) {
             self.unregister_user(&user, id);
         }
@@ -902,6 +930,11 @@ impl Shard {
             self.conns.iter().filter(|(_, _, c)| c.is_open()).map(|(s, g, _)| (s, g)).collect();
         for (slot, generation) in open {
             self.arm_poll(slot, generation);
+        }
+        for (slot, generation, chunks) in held {
+            for chunk in chunks {
+                self.queue(slot, generation, chunk);
+            }
         }
         self.resume_sends();
     }
@@ -1000,13 +1033,14 @@ impl Shard {
         let Some(b) = self.handover.batch.take_if(|b| b.seq == seq) else { return };
         self.give_fds(b.conns.len());
         let frozen_us = self.precise_us().saturating_sub(b.frozen_at_us);
-        self.handover.freeze_max_us = self.handover.freeze_max_us.max(frozen_us);
+        self.handover.freezes_us.push(frozen_us.min(u32::MAX as u64) as u32);
         let sent = b.sent.unwrap_or_default();
         let mut moved = 0;
         for (k, &i) in sent.iter().enumerate() {
             let (slot, generation) = b.conns[i];
             if taken.get(k).copied().unwrap_or(false) {
                 self.handover.exported.remove(&slot);
+                self.handover.side.remove(&slot);
                 self.handover.frozen.remove(&slot);
                 self.hand_over_done(slot, generation);
                 moved += 1;
@@ -1016,6 +1050,25 @@ impl Shard {
         }
         bump(&self.stats().handover_sent, moved);
         self.shared.hub.sent.fetch_add(moved, Ordering::Relaxed);
+    }
+
+    /// Old side: bytes for an exported connection, kept until its ack.
+    pub(super) fn handover_hold(&mut self, slot: u32, generation: u32, chunk: Chunk) {
+        let (g, held) = self.handover.side.entry(slot).or_insert((generation, Vec::new()));
+        if *g == generation {
+            held.push(chunk);
+        }
+    }
+
+    /// Old side: a connection back from its export (refused, or the handover reverted)
+    /// gets what was queued for it meanwhile, in order.
+    fn send_held(&mut self, slot: u32, generation: u32) {
+        let Some((g, held)) = self.handover.side.remove(&slot) else { return };
+        if g == generation {
+            for chunk in held {
+                self.queue(slot, generation, chunk);
+            }
+        }
     }
 
     pub(super) fn handover_keep_user(&mut self, user: &str, id: crate::registry::ConnId) {

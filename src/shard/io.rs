@@ -206,8 +206,11 @@ impl Shard {
     /// session cannot send application data (handshake incomplete, closing).
     pub(super) fn queue(&mut self, slot: u32, generation: u32, chunk: Chunk) -> bool {
         if self.handover.is_exported(slot) {
-            // Its TLS session's state went with its record: nothing more is sealed here.
-            return false;
+            // Its TLS session's state went with its record: nothing more is sealed here. The
+            // new process delivers the forwarded copy; this one is sent only if the
+            // connection comes back (the new process refused it or failed).
+            self.handover_hold(slot, generation, chunk);
+            return true;
         }
         match self.tls_encrypt(slot, generation, chunk) {
             Some(chunk) => self.queue_raw(slot, generation, chunk),
