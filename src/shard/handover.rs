@@ -256,6 +256,11 @@ enum Movable {
     Never,
 }
 
+/// A frozen connection whose receive or held send has still to complete.
+fn quiet_soon(c: &Conn) -> bool {
+    c.recv_armed || c.cancel_armed || c.outbox.as_ref().is_some_and(|o| o.in_flight)
+}
+
 fn kind_code(kind: Kind) -> Option<u8> {
     Some(match kind {
         Kind::Ws => 1,
@@ -392,18 +397,16 @@ impl Shard {
         self.start_moving();
     }
 
-    /// Freezes a connection picked for the batch: its poll is cancelled, and a send waiting
-    /// on a client that does not read (it has sent nothing: a send that sent some completes
-    /// at once), so its queued bytes move with it.
+    /// Freezes a connection picked for the batch: nothing of it is read any more (its poll
+    /// stays armed: a completion is not acted on, and cancelling one poll among thousands
+    /// costs the kernel a hash-chain walk), and a send waiting on a client that does not
+    /// read is cancelled (it has sent nothing: a send that sent some completes at once), so
+    /// its queued bytes move with it.
     fn freeze(&mut self, slot: u32, generation: u32) {
         let Some(c) = self.conns.get(slot, generation) else { return };
-        let (poll, send) = (c.poll_armed, c.outbox.as_ref().is_some_and(|o| o.in_flight));
+        let send = c.outbox.as_ref().is_some_and(|o| o.in_flight);
         if c.kind != Kind::Admin {
             self.handover.frozen.insert(slot);
-        }
-        if poll {
-            self.handover.polls_cancelled.insert(slot);
-            self.cancel_op(Op::Poll, generation, slot);
         }
         if send {
             self.handover.sends_cancelled.insert(slot);
@@ -554,11 +557,10 @@ impl Shard {
         if (conn.kind == Kind::Admin) != self.handover.admin_turn {
             return Movable::Later;
         }
-        // A poll and a send waiting on the client are what the freeze cancels.
-        let ops = match frozen {
-            true => conn.in_flight(),
-            false => conn.recv_armed || conn.cancel_armed,
-        };
+        // A send waiting on the client is what the freeze cancels; a poll may stay armed.
+        let ops = conn.recv_armed
+            || conn.cancel_armed
+            || (frozen && conn.outbox.as_ref().is_some_and(|o| o.in_flight));
         let busy = ops
             || conn.partial.is_some()
             || conn.ws.handover_byte().is_none()
@@ -692,7 +694,7 @@ impl Shard {
         let mut waiting = Vec::new();
         for &(slot, generation) in &b.conns {
             match self.conns.get(slot, generation) {
-                Some(c) if c.is_open() && c.in_flight() => waiting.push((slot, generation)),
+                Some(c) if c.is_open() && quiet_soon(c) => waiting.push((slot, generation)),
                 Some(c) if matches!(self.movable(slot, generation, c, true), Movable::Now) => {
                     ready.push((slot, generation))
                 }
@@ -1076,11 +1078,13 @@ impl Shard {
     }
 
     /// The new process holds the connection: forget it here and close only our slot (the
-    /// socket stays open through the new process's).
+    /// socket stays open through the new process's). Its poll, left armed, keeps its own
+    /// reference until it fires or the ring goes; its completion finds no connection.
     fn hand_over_done(&mut self, slot: u32, generation: u32) {
         self.leave_open(slot, generation, CloseReason::Handover);
         if let Some(c) = self.conns.get_mut(slot, generation) {
             c.closing = super::conn::Closing::Cancelling(CloseReason::Handover);
+            c.poll_armed = false;
         }
         self.maybe_close(slot, generation);
     }

@@ -56,11 +56,17 @@ impl Shard {
             // Read again if the handover ended meanwhile (arm_poll does nothing while frozen).
             return self.arm_poll(slot, generation);
         }
+        if self.conns.get(slot, generation).is_some_and(|c| self.handover_freezes(slot, c)) {
+            // Frozen for a live upgrade with its poll left armed: what arrived stays in the
+            // socket for the new process (or for this one, if the connection stays).
+            return;
+        }
         if result < 0 {
             return self.abort(slot, generation, CloseReason::IoError);
         }
         // Bytes (or the peer's EOF) are waiting: a sign of life now, even if the receive
         // completes only after a timer turn has run.
+        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
         conn.last_rx = super::conn::stamp(self.live.now_ms);
         conn.awaiting_pong = false;
         self.submit_recv(slot, generation);
