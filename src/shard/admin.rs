@@ -315,7 +315,8 @@ fn route(
         return (401, JSON, err("admin key required: Authorization: Bearer KEY"), None);
     }
     match (req.path.as_str(), method) {
-        ("/disconnect" | "/subscribe" | "/unsubscribe", "POST") | ("/presence", "GET")
+        ("/disconnect" | "/subscribe" | "/unsubscribe" | "/drain", "POST")
+        | ("/presence", "GET")
             if upgrading(shard) =>
         {
             // They act on (or count) connections, some of which are on their way to the new
