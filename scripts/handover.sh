@@ -10,8 +10,10 @@
 #   CONNS=100000 scripts/handover.sh                 (SHARDS=ceil(CONNS/19000): RLIMIT_NOFILE)
 #   CONNS=100000 MODE=drain DRAIN_RATE=20000 scripts/handover.sh
 #   UPGRADES=100 CONNS=10000 scripts/handover.sh      back-to-back upgrades: fds, memory
-#   CONNS=1000000 scripts/handover.sh                 (53 shards; SOURCES=100 addresses; tcp_mem
-#                                                      raised for the run, restored on exit)
+#   CONNS=1000000 CONNECT_RATE=8000 HOLD=240s scripts/handover.sh
+#                                                     (53 shards; SOURCES=100 addresses; tcp_mem
+#                                                      raised for the run, restored on exit;
+#                                                      connects paced as scripts/c1m.sh does)
 #
 # Loopback only (127.0.0.1 and the loadgen's 127.0.0.2-11 sources); every wait is bounded;
 # everything started here is stopped on exit.
@@ -22,6 +24,8 @@ UPGRADES=${UPGRADES:-1}
 PUBLISH_RATE=${PUBLISH_RATE:-200}
 DRAIN_RATE=${DRAIN_RATE:-20000}
 HOLD=${HOLD:-}
+# Connections per second while the loadgen connects (0: as fast as it can).
+CONNECT_RATE=${CONNECT_RATE:-0}
 # Source addresses 127.0.0.2.. for the loadgen: 10,000 connections each.
 SOURCES=${SOURCES:-$(( (CONNS + 9999) / 10000 > 10 ? (CONNS + 9999) / 10000 : 10 ))}
 # Each shard's table is capped by RLIMIT_NOFILE (20,000 here): enough shards for CONNS.
@@ -68,7 +72,7 @@ grep -q listening "$DIR/server.log" || { cat "$DIR/server.log"; exit 1; }
 hold=${HOLD:-$((60 + UPGRADES * 3))s}
 extra=()
 [ "$MODE" = drain ] && extra+=(--reconnect)
-target/release/c10m-loadgen run --conns "$CONNS" --rate 0 --hold "$hold" \
+target/release/c10m-loadgen run --conns "$CONNS" --rate "$CONNECT_RATE" --connect-timeout 30s --hold "$hold" \
   --sources "127.0.0.2-127.0.0.$((1 + SOURCES))" --users 'u{n}' --publish-rate "$PUBLISH_RATE" \
   --publish-to user --publish-delay 5s "${extra[@]}" \
   --json "$DIR/loadgen.json" --quiet >"$DIR/loadgen.txt" 2>&1 &

@@ -55,6 +55,19 @@ const MOVE_DEADLINE_MS: u64 = 30_000;
 /// grows with their number; under SCM_MAX_FD ([`crate::handover::BATCH_MAX`]).
 const BATCH_CONNS: usize = 64;
 
+/// Connections per batch on this host: [`BATCH_CONNS`], or SCM_MAX_FD when each core runs
+/// more than four shards. Then a round trip waits mostly for the scheduler, whatever the
+/// batch's size, and a bigger batch moves more per wait (1,000,000 connections on 53 shards
+/// and 2 cores: 41 s in batches of 64).
+fn batch_conns(shards: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if shards > 4 * cores {
+        handover::BATCH_MAX
+    } else {
+        BATCH_CONNS
+    }
+}
+
 /// How long the clients left with more queued than a batch carries may take to catch up.
 const SLOW_WAIT_MS: u64 = 2_000;
 
@@ -586,7 +599,7 @@ impl Shard {
         }
         // Descriptors for this batch, from the process's budget; none left: look again
         // next turn, once other shards' batches are acknowledged.
-        let Some(allowed) = self.take_fds(BATCH_CONNS) else { return };
+        let Some(allowed) = self.take_fds(batch_conns(self.shards())) else { return };
         let mut picked = Vec::new();
         let (mut later, mut too_big) = (0usize, 0usize);
         // A batch is one SOCK_SEQPACKET message: its records stay under BATCH_BYTES_MAX
