@@ -278,7 +278,7 @@ mod tests {
         assert_eq!(out[0], MSG_BATCH);
         assert_eq!(decode_batch(&out[1..], 5), Some((7, vec![a, b.clone()])));
         for cut in 1..out.len() - 1 {
-            assert!(decode_batch(&out[1..cut], 4).is_none(), "cut at {cut}");
+            assert!(decode_batch(&out[1..cut], 5).is_none(), "cut at {cut}");
         }
         // Layout 4 (no old id), 2 and 3 (no tab count) and 1 (no TLS state) are still read:
         // the same bytes without the last fields.
