@@ -514,7 +514,8 @@ fn publishes_go_on_while_connections_move() {
                 match kind {
                     0 => admin.publish("all", format!("a{n}")),
                     1 => admin.publish(&format!("topic=t{}", n % 3), format!("t{}-{n}", n % 3)),
-                    _ => admin.publish(&format!("user=u{}", n % 100), format!("u{}-{n}", n % 100)),
+                    2 => admin.publish(&format!("user=u{}", n % 100), format!("u{}-{n}", n % 100)),
+                    _ => admin.publish("user=late", format!("l{n}")),
                 };
                 n += 1;
                 // A backend's steady rate: the clients read only at the end, so a flood
@@ -524,10 +525,12 @@ fn publishes_go_on_while_connections_move() {
             (admin, n)
         })
     };
-    let threads: Vec<_> = (0..3).map(publisher).collect();
+    let threads: Vec<_> = (0..4).map(publisher).collect();
     let mut old = old;
     let args = successor_args(&old, "2", p);
     let new = Server::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // A client that connects while the connections move lands on the new process.
+    let mut late = new.ws_connect("/ws?user=late");
     let status = old.wait_exit(Duration::from_secs(60));
     switched.store(true, Ordering::Release);
     let status = status.unwrap_or_else(|| panic!("the old process exits:\n{}", old.stderr()));
@@ -558,4 +561,21 @@ fn publishes_go_on_while_connections_move() {
     let after: Vec<u16> = wss.iter().map(|w| w.get_ref().local_addr().unwrap().port()).collect();
     assert_eq!(ports, after, "the same TCP connections");
     new.wait_metric("c10m_handover_received_total", &[], CLIENTS as f64);
+    // The late client: from its first message on, every broadcast and every message to its
+    // user once and in order, whichever process accepted them.
+    new.publish("user=late", "l-final");
+    let (mut got, mut seen_end, mut seen_final) = (Vec::new(), false, false);
+    while !(seen_end && seen_final) {
+        match ws_text(&mut late).as_str() {
+            "end" => seen_end = true,
+            "l-final" => seen_final = true,
+            m => got.push(m.to_owned()),
+        }
+    }
+    for (prefix, count) in [("a", counts[0]), ("l", counts[3])] {
+        let run: Vec<usize> =
+            got.iter().filter_map(|m| m.strip_prefix(prefix)?.parse().ok()).collect();
+        let first = run.first().copied().unwrap_or(count);
+        assert_eq!(run, (first..count).collect::<Vec<_>>(), "late client, {prefix} stream");
+    }
 }
