@@ -425,10 +425,33 @@ fn a_live_upgrade_moves_tls_connections() {
         .chain(["--tls-cert", &cert, "--tls-key", &key, "--echo", "--takeover", p])
         .chain(["--control-socket", p])
         .collect();
+    // Publishes go on through the switch: the old process seals what it sends before a
+    // connection's export, the new one what was forwarded after it. Bounded in count and time.
+    let mut admin = old.admin_conn();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = std::sync::Arc::clone(&done);
+    let publisher = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut n = 0;
+        while n < 20 || !stop.load(std::sync::atomic::Ordering::Acquire) {
+            assert!(std::time::Instant::now() < deadline && n < 20_000, "publishing did not end");
+            admin.publish(&format!("user=t{}", n % 2), format!("p{n}"));
+            n += 1;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        n
+    });
     let new = Server::spawn(&args);
     let status = old.wait_exit(std::time::Duration::from_secs(60)).expect("the old one exits");
+    done.store(true, std::sync::atomic::Ordering::Release);
     assert!(status.success(), "{}", old.stderr());
-    assert_eq!(common::metric_sum(&new.metrics(), "c10m_handover_received_total", &[]), 3.0);
+    let n = publisher.join().expect("publisher");
+    for (i, ws) in clients.iter_mut().enumerate() {
+        for k in (0..n).filter(|k| k % 2 == i) {
+            assert_eq!(next_data(ws), format!("p{k}").as_bytes(), "client {i}, once and in order");
+        }
+    }
+    assert_eq!(common::metric_sum(&new.metrics(), "c10m_handover_received_total", &[]), 4.0);
     let big = "0123456789abcdef".repeat(3000);
     for (i, ws) in clients.iter_mut().enumerate() {
         let (status, _) = new.publish(&format!("user=t{i}"), &big);
