@@ -516,10 +516,20 @@ impl Shard {
     fn send_history(&mut self) -> bool {
         // On the clock the log's entries carry (the shards' common clock, microseconds).
         let log = self.history.export(self.precise_us());
-        let pieces = log.len().div_ceil(handover::BATCH_BYTES_MAX).max(1);
-        for (i, piece) in log.chunks(handover::BATCH_BYTES_MAX).enumerate() {
+        self.send_pieces(record::MSG_HISTORY, &log)
+    }
+
+    /// Sends `bytes` as messages of kind `kind` of at most one batch each (`kind`, 1 on the
+    /// last piece, the bytes); at least one piece, an empty one for no bytes.
+    fn send_pieces(&mut self, kind: u8, bytes: &[u8]) -> bool {
+        let mut pieces: Vec<&[u8]> = bytes.chunks(handover::BATCH_BYTES_MAX).collect();
+        if pieces.is_empty() {
+            pieces.push(&[]);
+        }
+        let last = pieces.len() - 1;
+        for (i, piece) in pieces.into_iter().enumerate() {
             let mut msg = Vec::with_capacity(piece.len() + 2);
-            msg.extend_from_slice(&[record::MSG_HISTORY, (i + 1 == pieces) as u8]);
+            msg.extend_from_slice(&[kind, (i == last) as u8]);
             msg.extend_from_slice(piece);
             if !self.channel_send(&msg, Vec::new()) {
                 return false;

@@ -49,9 +49,10 @@ impl Shard {
             return Movable::Later;
         }
         // A send waiting on the client is what the freeze cancels; a poll may stay armed.
-        let ops = conn.recv_armed
-            || conn.cancel_armed
-            || (frozen && conn.outbox.as_ref().is_some_and(|o| o.in_flight));
+        let ops = match frozen {
+            true => quiet_soon(conn),
+            false => conn.recv_armed || conn.cancel_armed,
+        };
         let busy = ops
             || conn.partial.is_some()
             || conn.ws.handover_byte().is_none()

@@ -48,15 +48,7 @@ impl Shard {
             return;
         }
         let fwd = std::mem::take(&mut self.handover.fwd);
-        let pieces = fwd.len().div_ceil(handover::BATCH_BYTES_MAX);
-        for (i, piece) in fwd.chunks(handover::BATCH_BYTES_MAX).enumerate() {
-            let mut msg = Vec::with_capacity(piece.len() + 2);
-            msg.extend_from_slice(&[record::MSG_FORWARD, (i + 1 == pieces) as u8]);
-            msg.extend_from_slice(piece);
-            if !self.channel_send(&msg, Vec::new()) {
-                return;
-            }
-        }
+        self.send_pieces(record::MSG_FORWARD, &fwd);
     }
 
     /// New side: a piece of forwards, in its place among the batches.
