@@ -136,14 +136,20 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
     }
     let backlog = cfg.limits.listen_backlog;
     let sndbuf = cfg.limits.socket_send_buffer_bytes;
+    let l = &cfg.limits;
+    let history_on = l.history_ttl_ms > 0 && l.history_per_stream_max > 0;
     let mut inherited = match &upgrade.takeover {
-        Some(path) => Some(crate::handover::take_over(
-            path,
-            shards,
-            &cfg.listen,
-            &cfg.admin,
-            cfg.tls_cert.is_some(),
-        )?),
+        Some(path) => {
+            let me = crate::handover::Successor {
+                shards,
+                listen: &cfg.listen,
+                admin: &cfg.admin,
+                tls: cfg.tls_cert.is_some(),
+                node: cfg.cluster.node_id.as_deref().filter(|_| cfg.cluster.enabled()),
+                store: history_on,
+            };
+            Some(crate::handover::take_over(path, &me)?)
+        }
         None => None,
     };
     let mut premade: Vec<Option<(Vec<socket2::Socket>, Vec<socket2::Socket>)>> =
@@ -188,15 +194,19 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
         None
     };
     // A cluster node with history keeps it in the cluster's store, which numbers messages.
+    // A successor reads it from where its predecessor stops, told once that one is done.
     let l = &cfg.limits;
-    let history_on = l.history_ttl_ms > 0 && l.history_per_stream_max > 0;
-    let store = match bridge.as_mut() {
-        Some(b) if history_on && inherited.is_none() => {
-            let window = crate::cluster::store::Window {
-                ttl_ms: l.history_ttl_ms,
-                per_subject: l.history_per_stream_max,
-            };
-            Some(b.open_store(window, history_epoch())?)
+    let window = crate::cluster::store::Window {
+        ttl_ms: l.history_ttl_ms,
+        per_subject: l.history_per_stream_max,
+    };
+    let mut store_resume = None;
+    let store = match (bridge.as_mut(), inherited.as_ref()) {
+        (Some(b), None) if history_on => Some(b.open_store(window, history_epoch())?),
+        (Some(b), Some(inh)) if history_on => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            store_resume = Some(tx);
+            Some(b.take_store(window, inh.epoch, rx))
         }
         _ => None,
     };
@@ -350,8 +360,17 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
     if let Some(inh) = inherited {
         let shared = Arc::clone(&shared);
         std::thread::Builder::new().name("c10m-takeover".into()).spawn(move || {
+            if !bus_answers(&shared) {
+                tracing::error!(
+                    "takeover: the cluster bus does not answer this process; it stops and the \
+                     old one serves on"
+                );
+                shared.signals.stop.store(true, Ordering::Relaxed);
+                return;
+            }
             let timeout = std::time::Duration::from_secs(600);
-            match crate::handover::finish(inh.control, &shared.hub, timeout) {
+            let done = crate::handover::finish(inh.control, &shared.hub, timeout);
+            match &done {
                 Ok(done) => {
                     let received = shared.hub.received.load(Ordering::Relaxed);
                     let ms = done["ms"].as_u64().unwrap_or(0);
@@ -363,6 +382,9 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
                 }
                 Err(e) => tracing::error!("takeover: {e}; serving what was taken over"),
             }
+            if let Some(tx) = store_resume {
+                let _ = tx.send(store_resume_point(&shared, done.ok().as_ref()));
+            }
             if let Some(path) = replacing {
                 // The old process is gone or going: the control path is this process's now.
                 let _ = std::fs::rename(crate::handover::replacement_path(&path), &path);
@@ -370,6 +392,43 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
         })?;
     }
     Ok(Server { listen, admin, shards, files_per_shard: files, conns_per_shard, threads, bridge })
+}
+
+/// A successor on a cluster node is on the bus before the first connection moves (its
+/// publishes go through the store, commands and presence requests reach it); bounded.
+fn bus_answers(shared: &Shared) -> bool {
+    let Some(cluster) = &shared.cluster else { return true };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cluster.bus_connected.load(Ordering::Relaxed) {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    true
+}
+
+/// Where a successor on a cluster node reads the store from: where the old process
+/// stopped, once every shard has applied what its old shard sent (the store's next
+/// messages come after those); from the stream's top should the handover have ended
+/// otherwise.
+fn store_resume_point(
+    shared: &Shared,
+    done: Option<&serde_json::Value>,
+) -> crate::cluster::store::Resume {
+    use crate::cluster::store::Resume;
+    let at = done.and_then(|d| Some((d["store_epoch"].as_u64()?, d["store_next"].as_u64()?)));
+    let Some((epoch, next)) = at.filter(|&(_, next)| next > 0) else {
+        tracing::warn!("takeover: the old process named no store position; reading from its top");
+        return Resume::Now;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while shared.hub.taken.load(Ordering::Acquire) < shared.stats.len()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Resume::At { epoch: epoch as u32, next }
 }
 
 fn bind_all(addrs: &[SocketAddr], backlog: u32, sndbuf: u32) -> io::Result<Vec<socket2::Socket>> {

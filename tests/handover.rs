@@ -390,8 +390,16 @@ fn a_successor_that_dies_mid_handover_leaves_the_old_process_serving() {
     let mut old = Server::start(&["--control-socket", p]);
     let mut wss: Vec<_> = (0..4).map(|i| old.ws_connect(&format!("/ws?user=k{i}"))).collect();
     old.wait_connections(4);
-    let inh = c10m::handover::take_over(&path, 2, &[old.client], &[old.admin], false)
-        .expect("the old process welcomes the successor");
+    let me = c10m::handover::Successor {
+        shards: 2,
+        listen: &[old.client],
+        admin: &[old.admin],
+        tls: false,
+        node: None,
+        store: true,
+    };
+    let inh =
+        c10m::handover::take_over(&path, &me).expect("the old process welcomes the successor");
     c10m::handover::send_with_fds(inh.control.as_raw_fd(), br#"{"ready":true}"#, &[], false)
         .expect("ready");
     // A shard's history, start message and first batch (`B`) arrive: its connections are

@@ -111,6 +111,8 @@ pub struct Prepared {
     /// With history on: the store's window, where this node starts in it, and whether that
     /// start is the store's (false: the bus did not answer at startup).
     store: Option<(store::Window, store::Start, bool)>,
+    /// A live upgrade's new process: where to start reading the store, once known.
+    resume: Option<tokio::sync::oneshot::Receiver<store::Resume>>,
 }
 
 impl Prepared {
@@ -125,7 +127,9 @@ impl Prepared {
             .map_err(|e| bad(format!("--bus {bus:?}: {e}; give nats://HOST:PORT")))?;
         let (bell, efd) = Bell::new()?;
         let stats = Arc::new(ClusterStats::new(&node_id));
-        Ok(Prepared { cfg: cfg.clone(), node_id, redis, bell, efd, stats, directory, store: None })
+        let store = None;
+        let cfg = cfg.clone();
+        Ok(Prepared { cfg, node_id, redis, bell, efd, stats, directory, store, resume: None })
     }
 
     /// History on: opens the cluster's history store (creating its stream if this is the
@@ -136,6 +140,23 @@ impl Prepared {
         let start = found.unwrap_or(store::Start { epoch, top: 0, first: 0 });
         self.store = Some((window, start, found.is_some()));
         Ok(start)
+    }
+
+    /// History on, in a live upgrade's new process: the store holds what the old process
+    /// numbered under `epoch`; this node reads it from where the old one stops, which
+    /// `resume` tells once the old process is done. Until then publishes count as going
+    /// through the store (the old process reached it), so none is kept on this node only.
+    pub fn take_store(
+        &mut self,
+        window: store::Window,
+        epoch: u32,
+        resume: tokio::sync::oneshot::Receiver<store::Resume>,
+    ) -> store::Start {
+        let start = store::Start { epoch, top: 0, first: 0 };
+        self.store = Some((window, start, true));
+        self.resume = Some(resume);
+        self.stats.store_connected.store(true, Relaxed);
+        start
     }
 
     /// The ring fd shards ring to wake the bridge.
@@ -186,7 +207,7 @@ impl Prepared {
         message_bytes_max: usize,
         stop: Arc<AtomicBool>,
     ) -> io::Result<()> {
-        let Prepared { cfg, node_id, redis, bell, efd, stats, directory, store } = self;
+        let Prepared { cfg, node_id, redis, bell, efd, stats, directory, store, resume } = self;
         let efd = efd.into_async()?;
         let bus_url = cfg.bus.clone().unwrap_or_default();
         let nats = async_nats::ConnectOptions::new()
@@ -254,7 +275,12 @@ impl Prepared {
                 let js = async_nats::jetstream::new(nats.clone());
                 let url = bus_url.clone();
                 let reader = store::Reader { js: js.clone(), url, window, start, known };
-                tokio::task::spawn_local(reader.run(store_tx, Arc::clone(&stats)));
+                match resume {
+                    Some(at) => {
+                        tokio::task::spawn_local(reader.run_after(at, store_tx, Arc::clone(&stats)))
+                    }
+                    None => tokio::task::spawn_local(reader.run(store_tx, Arc::clone(&stats))),
+                };
                 tokio::task::spawn_local(store::publisher(js, store_out_rx, Arc::clone(&stats)));
             }
             None => drop((store_tx, store_out_rx)),
@@ -299,13 +325,23 @@ impl Prepared {
             store_top: store.map_or(0, |(_, s, _)| s.floor()),
             tops_sent: 0,
             backfill_end: store.map_or(0, |(_, s, _)| s.top),
+            held: 0,
         };
         loop {
             if stop.load(Relaxed) {
                 bridge.turn()?;
                 let deadline = std::time::Instant::now() + Duration::from_millis(STOP_FLUSH_MS);
-                while bridge.presence.borrow().pending() && std::time::Instant::now() < deadline {
+                // The last registry writes, and publishes the store has not acknowledged
+                // (accepted here: they must reach it even if this node is leaving).
+                let pending = |b: &Bridge| {
+                    b.presence.borrow().pending() || b.stats.store_pending.load(Relaxed) > 0
+                };
+                while pending(&bridge) && std::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(registry::FLUSH_MS)).await;
+                }
+                if bridge.stats.handover.handed_over.load(Relaxed) {
+                    // The node lives on in the new process, under the same id.
+                    return Ok(());
                 }
                 // Gone on purpose: others need not wait for the heartbeat to expire.
                 let mut con = last_con;
@@ -318,6 +354,11 @@ impl Prepared {
                 return Ok(());
             }
             let backlog = bridge.turn()?;
+            if bridge.held != 0 && bridge.stats.handover.release.swap(false, Relaxed) {
+                tracing::warn!("handover: it failed; reading the history store on");
+                bridge.held = 0;
+                bridge.stats.handover.next.store(0, Relaxed);
+            }
             let sleeping = !backlog && bridge.mesh.prepare_sleep();
             let deadline = bridge.requests.next_deadline();
             let pause = if sleeping {
@@ -337,7 +378,7 @@ impl Prepared {
                 }
                 Some(m) = subs.next() => bridge.on_bus(m),
                 Some((user, msg)) = local_rx.recv() => bridge.inject_user(&user, msg),
-                Some(ev) = store_rx.recv() => {
+                Some(ev) = store_rx.recv(), if bridge.held == 0 => {
                     bridge.on_store(ev);
                     // What else is ready, then the partitions' tops, once per batch.
                     for _ in 0..MESH_BATCH_MAX {
@@ -387,6 +428,9 @@ struct Bridge {
     tops_sent: u64,
     /// Messages up to this sequence were stored before this node started: backfill.
     backfill_end: u64,
+    /// A live upgrade's number while this bridge no longer hands stored messages to its
+    /// shards (the new process reads them); 0 otherwise.
+    held: u32,
 }
 
 /// A message for NATS.
@@ -428,11 +472,21 @@ impl Bridge {
 
     fn on_mesh(&mut self, msg: Msg) {
         if self.store_ids.is_some() {
+            // A shard's publish for the store counts as pending from the moment the shard
+            // sent it here until the store acknowledges it (`store::publisher`).
+            let publish = matches!(
+                msg,
+                Msg::PublishUser(_) | Msg::PublishTopic { .. } | Msg::PublishAll { .. }
+            );
             if let Some(out) = self.to_store(&msg) {
                 if self.store_out.try_send(out).is_err() {
+                    self.stats.store_pending.fetch_sub(1, Relaxed);
                     self.stats.dropped(ClusterDrop::QueueFull, 1);
                 }
                 return;
+            }
+            if publish {
+                self.stats.store_pending.fetch_sub(1, Relaxed);
             }
             // A shard sent it here while the store was usable; it is not now: delivered on
             // this node only, unnumbered, as the shards do while the store is away.
@@ -494,7 +548,26 @@ impl Bridge {
             }
             Msg::PresenceAsk(a) => self.ask_nodes(*a),
             Msg::PresenceAnswer(a) => self.on_local_answer(*a),
+            Msg::Fence { round: 0, attempt } => self.hold_store(attempt),
             other => debug_assert!(false, "not for the bridge: {other:?}"),
+        }
+    }
+
+    /// A live upgrade: every shard's clients have moved and a shard asks the bridge to
+    /// stop handing it stored messages. The bridge stops (the reader's queue waits), notes
+    /// where the new process reads on, and sends every shard a fence behind all it handed
+    /// them, so the shards forward every message up to there before they finish.
+    fn hold_store(&mut self, attempt: u32) {
+        if self.held == attempt {
+            return; // Another shard's ask for the same handover.
+        }
+        self.held = attempt;
+        self.stats.handover.release.store(false, Relaxed);
+        let next = self.store_top + 1;
+        self.stats.handover.next.store(next, Relaxed);
+        tracing::info!(next, "handover: the history store is delivered up to {}", self.store_top);
+        for s in 0..self.mesh.shards() {
+            self.send(s, Msg::Fence { round: 0, attempt });
         }
     }
 

@@ -93,7 +93,28 @@ pub struct ClusterStats {
     pub store_epochs: AtomicU64,
     /// Publishes delivered on this node only because the store was unreachable.
     pub store_local: AtomicU64,
+    /// Publishes accepted by this node's shards for the store that it has not acknowledged
+    /// (or refused) yet: a stopping bridge waits for them, so does a live upgrade before its
+    /// admin connections move. Shards add, the bridge takes away.
+    pub store_pending: AtomicU64,
     pub drops: [AtomicU64; 6],
+    /// A live upgrade's meeting point with the store (the one part not written by the
+    /// bridge alone): see [`StoreHandover`].
+    pub handover: StoreHandover,
+}
+
+/// Where the old process of a live upgrade stops reading the store and the new one starts
+/// (`docs/handover.md`, "On a cluster node").
+#[derive(Default)]
+pub struct StoreHandover {
+    /// Set by the old bridge once it stopped handing stored messages to its shards: the
+    /// sequence the new process reads from (0: not stopped).
+    pub next: AtomicU64,
+    /// Set by the old control thread when the handover failed: the bridge reads on.
+    pub release: AtomicBool,
+    /// Set by the old control thread once the new process has everything: the node lives
+    /// on in it, so the stopping bridge leaves its entries in the registry.
+    pub handed_over: AtomicBool,
 }
 
 impl ClusterStats {

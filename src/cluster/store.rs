@@ -200,6 +200,19 @@ pub enum Event {
     /// The stream is another than the node's: made anew (what it holds is delivered), or
     /// the first one this node reaches (`backfill`: what it holds fills the logs).
     Epoch { start: Start, backfill: bool },
+    /// A live upgrade's new process starts reading after `top`, where the old one stopped
+    /// (its shards' logs came from the old process up to there).
+    Resume { top: u64 },
+}
+
+/// Where the new process of a live upgrade starts reading the store, once the old one is
+/// done ([`Reader::run_after`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// At `next`, under `epoch`: the old process handed its shards every message before it.
+    At { epoch: u32, next: u64 },
+    /// The handover did not end as planned: from what the stream holds now on.
+    Now,
 }
 
 /// Reads the whole stream in order, from its first retained message at the node's start
@@ -264,6 +277,43 @@ impl Reader {
             }
             stats.store_connected.store(false, Relaxed);
             tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+        }
+    }
+}
+
+impl Reader {
+    /// A live upgrade's new process: reads nothing while connections move (the old process
+    /// reads the store and forwards what it delivers), then from where the old one stopped,
+    /// without a backfill, since the logs came with the connections.
+    pub async fn run_after(
+        mut self,
+        resume: tokio::sync::oneshot::Receiver<Resume>,
+        tx: mpsc::Sender<Event>,
+        stats: Arc<ClusterStats>,
+    ) {
+        let (epoch, next) = match resume.await {
+            Ok(Resume::At { epoch, next }) => (epoch, next),
+            Ok(Resume::Now) | Err(_) => {
+                let mut complained = false;
+                let now = loop {
+                    match current(&self.js, &self.url, self.window).await {
+                        Ok(now) => break now,
+                        Err(e) if !std::mem::replace(&mut complained, true) => {
+                            tracing::warn!("cluster: {e}");
+                        }
+                        Err(_) => {}
+                    }
+                    tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+                };
+                (self.start.epoch, now.top + 1)
+            }
+        };
+        let top = next.saturating_sub(1);
+        tracing::info!(next, "takeover: reading the history store from sequence {next}");
+        self.start = Start { epoch, top, first: 0 };
+        self.known = true;
+        if tx.send(Event::Resume { top }).await.is_ok() {
+            self.run(tx, stats).await;
         }
     }
 }
@@ -343,13 +393,19 @@ pub(super) async fn publisher(
                     .headers(o.headers);
                 match js.send_publish(o.subject, publish).await {
                     Ok(ack) => acks.push(std::future::IntoFuture::into_future(ack)),
+                    Err(_) => {
+                        stats.store_pending.fetch_sub(1, Relaxed);
+                        stats.dropped(ClusterDrop::StoreFailed, 1);
+                    }
+                }
+            }
+            Some(ack) = acks.next(), if !acks.is_empty() => {
+                stats.store_pending.fetch_sub(1, Relaxed);
+                match ack {
+                    Ok(_) => ClusterStats::bump(&stats.stored, 1),
                     Err(_) => stats.dropped(ClusterDrop::StoreFailed, 1),
                 }
             }
-            Some(ack) = acks.next(), if !acks.is_empty() => match ack {
-                Ok(_) => ClusterStats::bump(&stats.stored, 1),
-                Err(_) => stats.dropped(ClusterDrop::StoreFailed, 1),
-            },
         }
     }
 }
@@ -391,6 +447,14 @@ impl Bridge {
     pub(super) fn on_store(&mut self, ev: Event) {
         let (seq, age_ms, m) = match ev {
             Event::Stored { seq, age_ms, message } => (seq, age_ms, message),
+            Event::Resume { top } => {
+                // Every partition's top is `top` now: the numbers up to it were the old
+                // process's to deliver.
+                self.store_top = top;
+                self.tops_sent = 0;
+                self.backfill_end = 0;
+                return;
+            }
             Event::Epoch { start, backfill } => {
                 let top = start.floor();
                 self.store_top = top;

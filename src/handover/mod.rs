@@ -89,6 +89,9 @@ pub struct Hub {
     pub inbound: Mutex<Vec<Option<OwnedFd>>>,
     /// New side: the old process is done; the admin API may serve.
     pub admin_go: AtomicBool,
+    /// New side: shards that applied their old shard's last message (a cluster node reads
+    /// the store once every shard has).
+    pub taken: std::sync::atomic::AtomicUsize,
     /// Connections handed over (old side) and taken over (new side).
     pub sent: AtomicU64,
     pub received: AtomicU64,
@@ -115,6 +118,7 @@ impl Hub {
             attempt: AtomicU32::new(0),
             inbound: Mutex::new((0..shards).map(|_| None).collect()),
             admin_go: AtomicBool::new(true),
+            taken: std::sync::atomic::AtomicUsize::new(0),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             layout: AtomicU32::new(LAYOUT),
@@ -463,7 +467,7 @@ fn control_loop(sock: &OwnedFd, path: &Path, s: &Serving) -> bool {
             }
             Err(e) => {
                 if s.shared.hub.out_go.load(Ordering::Acquire) {
-                    reset_after_failure(&s.shared.hub);
+                    reset_after_failure(&s.shared);
                 }
                 tracing::warn!(error = %e, "handover refused or failed, still serving: {e}");
                 let _ = send_json(
@@ -479,8 +483,13 @@ fn control_loop(sock: &OwnedFd, path: &Path, s: &Serving) -> bool {
 
 /// A handover failed after the shards began: they revert (they watch `out_failed`); once
 /// none is handing over, the hub is as before, so the operator may try again. Bounded.
-fn reset_after_failure(hub: &Hub) {
+fn reset_after_failure(shared: &crate::shard::Shared) {
+    let hub = &shared.hub;
     hub.out_failed.store(true, Ordering::Release);
+    if let Some(cluster) = &shared.cluster {
+        // The bridge reads the store on, should it have stopped for this handover.
+        cluster.handover.release.store(true, Ordering::Relaxed);
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while hub.out_active.iter().any(|a| a.load(Ordering::Acquire)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
@@ -564,8 +573,8 @@ fn hand_over(conn: &OwnedFd, s: &Serving) -> io::Result<u64> {
             "listeners differ: this server has clients={:?} admin={:?}",
             s.listen, s.admin
         ))
-    } else if shared.cluster.is_some() {
-        Some("a cluster node cannot hand over yet; use the paced drain".into())
+    } else if let Some(why) = cluster_refusal(shared, &hello) {
+        Some(why)
     } else if hello["tls"].as_bool() != Some(shared.tls.is_some()) {
         let on = |b: bool| if b { "on" } else { "off" };
         Some(format!(
@@ -648,7 +657,18 @@ fn hand_over(conn: &OwnedFd, s: &Serving) -> io::Result<u64> {
         "handover: {moved} connections moved in {ms} ms; a batch frozen p50 {p50:.1} ms, \
          p99 {p99:.1} ms, the longest frozen {max:.1} ms"
     );
-    send_json(conn, &serde_json::json!({"done": true, "moved": moved, "ms": ms}), &[])?;
+    let mut done = serde_json::json!({"done": true, "moved": moved, "ms": ms});
+    if let Some(cluster) = &shared.cluster {
+        // Where the new process reads the store on: the old one delivered all before it.
+        let next = cluster.handover.next.load(Ordering::Relaxed);
+        tracing::info!(next, "handover: the new process reads the history store from {next}");
+        done["store_next"] = next.into();
+        done["store_epoch"] = shared.epoch().into();
+    }
+    send_json(conn, &done, &[])?;
+    if let Some(cluster) = &shared.cluster {
+        cluster.handover.handed_over.store(true, Ordering::Relaxed);
+    }
     // The new process tells the service manager it is the main process now, then says bye:
     // under systemd this process must not exit first. Bounded; an older successor says
     // nothing and costs the wait.
@@ -656,15 +676,61 @@ fn hand_over(conn: &OwnedFd, s: &Serving) -> io::Result<u64> {
     Ok(moved)
 }
 
+/// Why a cluster node and its would-be successor cannot hand over, if they cannot: they
+/// must be the same node (the registry's entries and the store's position pass from one to
+/// the other), with the store numbering and reachable.
+fn cluster_refusal(shared: &crate::shard::Shared, hello: &serde_json::Value) -> Option<String> {
+    let mine = shared.cluster.as_ref().map(|c| c.node_id.as_str());
+    let theirs = hello["node"].as_str();
+    if mine != theirs {
+        let name = |n: Option<&str>| n.map_or("not a cluster node".into(), |n| format!("node {n}"));
+        return Some(format!(
+            "the new process is {}, this one {}: give it the same --node-id, --registry              and --bus",
+            name(theirs),
+            name(mine)
+        ));
+    }
+    let cluster = shared.cluster.as_ref()?;
+    if !shared.store_numbers() {
+        return Some(
+            "a cluster node without history (history_ttl_ms = 0) cannot hand over: its bus \
+             delivery has no position to pass on; use the paced drain (SIGTERM)"
+                .into(),
+        );
+    }
+    if hello["store"].as_bool() != Some(true) {
+        return Some(
+            "the new process has history off, this one on: give it the same \
+                     history_ttl_ms and history_per_stream_max"
+                .into(),
+        );
+    }
+    if !cluster.store_usable() {
+        return Some(
+            "the history store does not answer now (/stats cluster.store_connected \
+                     is false); try again once it does, or use the paced drain"
+                .into(),
+        );
+    }
+    None
+}
+
+/// What a new process says of itself in its hello, beside its listeners.
+#[derive(Clone, Copy)]
+pub struct Successor<'a> {
+    pub shards: usize,
+    pub listen: &'a [SocketAddr],
+    pub admin: &'a [SocketAddr],
+    pub tls: bool,
+    /// Its cluster node id, and whether its history is on (the store numbers then).
+    pub node: Option<&'a str>,
+    pub store: bool,
+}
+
 /// The new side's first step, before its shards start: hello, the version check, and the
 /// listeners. An `Err` names why the old process refused.
-pub fn take_over(
-    path: &Path,
-    shards: usize,
-    listen: &[SocketAddr],
-    admin: &[SocketAddr],
-    tls: bool,
-) -> io::Result<Inherited> {
+pub fn take_over(path: &Path, me: &Successor<'_>) -> io::Result<Inherited> {
+    let Successor { shards, listen, admin, tls, node, store } = *me;
     let control = connect(path).map_err(|e| {
         io::Error::new(e.kind(), format!("takeover: cannot reach {}: {e}", path.display()))
     })?;
@@ -678,6 +744,7 @@ pub fn take_over(
     let hello = serde_json::json!({
         "layout_min": LAYOUT_MIN, "layout_max": LAYOUT, "version": env!("CARGO_PKG_VERSION"),
         "shards": shards, "listen": addrs(listen), "admin": addrs(admin), "tls": tls,
+        "node": node, "store": store,
     });
     let raw: Vec<RawFd> = theirs.iter().map(AsRawFd::as_raw_fd).collect();
     send_json(&control, &hello, &raw)?;

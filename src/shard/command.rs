@@ -116,6 +116,10 @@ impl Shard {
             if !conn.is_subscriber() || conn.ident.user() != Some(&*c.name) {
                 continue;
             }
+            if self.handover.is_exported(slot) {
+                // On its way to the new process of a live upgrade (its state is there now).
+                continue;
+            }
             let kind = conn.kind;
             match &c.cmd {
                 Command::Disconnect { reason, .. } => {

@@ -69,6 +69,10 @@ fn batch_conns(shards: usize) -> usize {
     }
 }
 
+/// How long a cluster node's admin connections wait, once frozen, for the store to
+/// acknowledge the publishes accepted before.
+const STORE_WAIT_MS: u64 = 2_000;
+
 /// How long the clients left with more queued than a batch carries may take to catch up.
 const SLOW_WAIT_MS: u64 = 2_000;
 
@@ -154,8 +158,9 @@ pub struct State {
     history_in: Vec<u8>,
     /// Old side: the connections of the batch under way (not read, their sends held).
     frozen: HashSet<u32>,
-    /// Old side: admin connections are not read (after every shard's clients moved).
+    /// Old side: admin connections are not read (after every shard's clients moved), since.
     admin_frozen: bool,
+    admin_frozen_at_ms: u64,
     /// Old side: what this shard numbers and delivers goes to the new shard too (from the
     /// start message to the end).
     forwarding: bool,
@@ -219,6 +224,7 @@ impl State {
             lifetimes: HashMap::new(),
             frozen: HashSet::new(),
             admin_frozen: false,
+            admin_frozen_at_ms: 0,
             forwarding: false,
             fwd: Vec::new(),
             fwd_hold: false,
@@ -349,7 +355,10 @@ impl Shard {
                 }
             }
             Phase::Freezing => {
-                if self.admin_quiet() {
+                // On a cluster node the bridge's fence comes first: behind it, everything
+                // the bridge handed this shard from the store (`freeze_admin`).
+                let bridge_fenced = !self.waits_for_bridge() || self.handover.fences[0] >= 1;
+                if self.admin_quiet() && bridge_fenced {
                     self.send_fence(1);
                 }
             }
@@ -358,6 +367,10 @@ impl Shard {
                 if self.handover.fences[round as usize] >= others {
                     if round < FENCE_ROUNDS {
                         self.send_fence(round + 1);
+                    } else if self.store_publishes_pending() {
+                        // Publishes accepted here reach the store before the admin
+                        // connections move: a publisher's next one, accepted by the new
+                        // process, is stored after them.
                     } else {
                         self.handover.admin_turn = true;
                         self.handover.phase = Phase::Moving;
@@ -415,8 +428,16 @@ impl Shard {
     /// read or accepted on the admin API (it waits in the sockets for the new process).
     fn freeze_admin(&mut self) {
         self.handover.admin_frozen = true;
+        self.handover.admin_frozen_at_ms = self.now_ms;
         self.handover.phase = Phase::Freezing;
         self.pause_accepts(true);
+        if self.waits_for_bridge() {
+            // The bridge stops handing this node the store's messages, where the new
+            // process reads on, and answers with a fence (round 0) behind the last one.
+            let attempt = self.shared.hub.attempt.load(Ordering::Acquire);
+            let bridge = self.mesh.bridge().expect("store mode has a bridge");
+            self.send_mesh(bridge, Msg::Fence { round: 0, attempt });
+        }
         let idle: Vec<(u32, u32)> = self
             .conns
             .iter()
@@ -427,6 +448,25 @@ impl Shard {
             self.handover.polls_cancelled.insert(slot);
             self.cancel_op(Op::Poll, generation, slot);
         }
+    }
+
+    /// Old side, on a cluster node with history: the cluster store delivers every publish,
+    /// through the bridge, so the bridge stops at a known position before the fences.
+    fn waits_for_bridge(&self) -> bool {
+        self.shared.store_numbers() && self.mesh.bridge().is_some()
+    }
+
+    /// Old side, on a cluster node with history: publishes accepted here that the store has
+    /// not acknowledged yet, for up to [`STORE_WAIT_MS`] after the admin API froze.
+    fn store_publishes_pending(&self) -> bool {
+        let pending = self
+            .shared
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.store_pending.load(Ordering::Relaxed) > 0 && c.store_usable());
+        pending
+            && self.waits_for_bridge()
+            && self.now_ms < self.handover.admin_frozen_at_ms + STORE_WAIT_MS
     }
 
     /// Whether a connection's next send waits: while connections move, a frozen one's

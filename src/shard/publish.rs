@@ -23,7 +23,11 @@ impl Shard {
         bump(&self.stats().published, 1);
         if self.store_takes() {
             // The cluster store numbers it; every node, this one too, delivers it from there.
+            // Pending until the store acknowledges it (a live upgrade waits for that).
             let bridge = self.mesh.bridge().expect("store mode has a bridge");
+            if let Some(c) = &self.shared.cluster {
+                c.store_pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             let m = match target {
                 admin::Target::User(user) => {
                     let hash = self.shared.user_keys.hash(&user);

@@ -42,6 +42,9 @@ pub enum Deferred {
 /// Longest a replay waits for this node's log to reach the position asked from.
 pub const DEFER_MS: u64 = 2000;
 
+/// The `since` of a user connection that asks for no replay (it missed nothing).
+pub const NO_REPLAY: u64 = u64::MAX;
+
 /// How a connection wants its messages.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -134,6 +137,9 @@ impl Shard {
         }
         let now_us = self.precise_us();
         let fresh = self.history.retain_numbered(stream, msg, now_us);
+        if fresh && self.forwarding() {
+            self.forward(stream, msg, crate::handover::record::Deed::Log);
+        }
         self.run_deferred(false);
         fresh
     }
@@ -326,7 +332,10 @@ impl Shard {
 
     /// On the home shard: a connection of the user registers; answer with what it missed.
     pub(super) fn on_user_add(&mut self, add: &UserAdd) {
-        if add.fresh.is_none() && self.must_wait(add.since) {
+        // A connection that missed nothing (one a live upgrade moved here) asks for no
+        // replay: indexed now, so the user's next message reaches it.
+        let replays = add.since != NO_REPLAY;
+        if add.fresh.is_none() && replays && self.must_wait(add.since) {
             return self.defer(Deferred::User(add.clone()));
         }
         self.answer_user_add(add)

@@ -14,7 +14,9 @@ impl Shard {
                     continue;
                 }
                 Some(record::MSG_START) => {
+                    // The old shard's last message: everything it sent is applied.
                     self.on_start(&msg[1..]);
+                    self.shared.hub.taken.fetch_add(1, Ordering::AcqRel);
                     continue;
                 }
                 _ => {}
@@ -143,7 +145,7 @@ impl Shard {
         if let Some(user) = user {
             // No replay: the connection missed nothing (what was published since its freeze
             // is queued in its record or forwarded behind its batch).
-            self.register_user(&user, id, u64::MAX, None);
+            self.register_user(&user, id, crate::shard::resume::NO_REPLAY, None);
         }
         for topic in &topics {
             self.topics.subscribe(topic, slot, generation);

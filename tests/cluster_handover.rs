@@ -1,0 +1,239 @@
+//! Live upgrade of a cluster node: the successor takes over its connections and its place in
+//! the cluster (the same node id, its registry entries, its position in the history store),
+//! while publishes go on at this node and at another one. Real Redis and NATS (with
+//! JetStream), real WebSocket and SSE clients on real sockets.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::backends::{cluster_stat, Backends};
+use common::{ws_text, Server, SseItem, STEP};
+
+fn control_path(name: &str) -> String {
+    let p = std::env::temp_dir().join(format!("c10m-test-{}-{name}.sock", std::process::id()));
+    p.to_string_lossy().into_owned()
+}
+
+/// The flags of node `id`'s successor: its listeners by their real ports, its cluster.
+fn successor_args(b: &Backends, old: &Server, id: &str, path: &str, extra: &[&str]) -> Vec<String> {
+    let (client, admin) = (old.client.to_string(), old.admin.to_string());
+    let mut args = vec![
+        "serve",
+        "--listen",
+        &client,
+        "--admin",
+        &admin,
+        "--shards",
+        "2",
+        "--node-id",
+        id,
+        "--registry",
+        &b.redis_url,
+        "--bus",
+        &b.nats_url,
+        "--takeover",
+        path,
+        "--control-socket",
+        path,
+    ];
+    args.extend_from_slice(extra);
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// A publisher on its own admin connection until `stop` (and at least 20 publishes), at a
+/// backend's steady pace; returns how many it made. `make(n)` names the target and body.
+fn publisher(
+    server: &Server,
+    stop: &Arc<AtomicBool>,
+    make: impl Fn(usize) -> (String, String) + Send + 'static,
+) -> std::thread::JoinHandle<usize> {
+    let mut admin = server.admin_conn();
+    let stop = Arc::clone(stop);
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut n = 0;
+        while n < 20 || !stop.load(Ordering::Acquire) {
+            assert!(Instant::now() < deadline && n < 50_000, "publishing did not end");
+            let (target, body) = make(n);
+            admin.publish(&target, body);
+            n += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        n
+    })
+}
+
+/// Every stream a client of user `u{i % 30}` and topic `t{i % 3}` follows, each once and in
+/// order: broadcasts from node b (`a…`) and from the moving node (`x…`), its topic's and its
+/// user's messages from node b.
+fn check(i: usize, got: &[String], counts: &[usize; 4]) {
+    let (topic, user) = (format!("t{}-", i % 3), format!("u{}-", i % 30));
+    let want_topic: Vec<String> =
+        (0..counts[1]).filter(|n| n % 3 == i % 3).map(|n| format!("{topic}{n}")).collect();
+    let want_user: Vec<String> =
+        (0..counts[2]).filter(|n| n % 30 == i % 30).map(|n| format!("{user}{n}")).collect();
+    let want_a: Vec<String> = (0..counts[0]).map(|n| format!("a{n}")).collect();
+    let want_x: Vec<String> = (0..counts[3]).map(|n| format!("x{n}")).collect();
+    let pick = |p: &str| got.iter().filter(|m| m.starts_with(p)).cloned().collect::<Vec<_>>();
+    assert_eq!(pick("a"), want_a, "client {i}: broadcasts from node b");
+    assert_eq!(pick("x"), want_x, "client {i}: broadcasts accepted by the moving node");
+    assert_eq!(pick(&topic), want_topic, "client {i}: topic");
+    assert_eq!(pick(&user), want_user, "client {i}: user");
+    let known = want_a.len() + want_x.len() + want_topic.len() + want_user.len();
+    assert_eq!(got.len(), known, "client {i}: nothing else, nothing twice: {got:?}");
+}
+
+/// What client `i` reads up to the last message (`end`) and until every message it is
+/// owed came (its user's stream and its topics' come from different partitions, in no
+/// order with each other); the stream's id of `end`, if it has ids.
+fn read_all(
+    i: usize,
+    counts: &[usize; 4],
+    mut next: impl FnMut() -> (Option<String>, String),
+) -> (Vec<String>, Option<String>) {
+    let owed = counts[0]
+        + counts[3]
+        + (0..counts[1]).filter(|n| n % 3 == i % 3).count()
+        + (0..counts[2]).filter(|n| n % 30 == i % 30).count();
+    let (mut got, mut end) = (Vec::new(), None);
+    while end.is_none() || got.len() < owed {
+        match next() {
+            (id, m) if m == "end" => end = Some(id),
+            (_, m) => got.push(m),
+        }
+    }
+    (got, end.flatten())
+}
+
+/// Node a is upgraded while node b and node a itself publish to its clients: the same TCP
+/// connections, every message once and in order, the ids going on from the store, and the
+/// node still itself to the cluster afterwards (presence from node b counts its users).
+#[test]
+fn a_cluster_node_hands_over_while_publishes_go_on_at_every_node() {
+    const WS: usize = 300;
+    const SSE: usize = 12;
+    let b = Backends::start();
+    let path = control_path("cluster");
+    let a = b.node("a", &["--control-socket", &path], 0);
+    let other = b.node("b", &[], 1);
+    let mut wss: Vec<_> =
+        (0..WS).map(|i| a.ws_connect(&format!("/ws?user=u{}&topics=t{}", i % 30, i % 3))).collect();
+    let mut sses: Vec<_> = (WS..WS + SSE)
+        .map(|i| a.sse_connect(&format!("user=u{}&topics=t{}", i % 30, i % 3)))
+        .collect();
+    // It leaves before the switch and comes back after it.
+    let mut away = a.sse_connect("user=u5&topics=t2");
+    a.wait_connections((WS + SSE + 1) as u64);
+    let ports: Vec<u16> = wss.iter().map(|w| w.get_ref().local_addr().unwrap().port()).collect();
+    // The ids before the switch are the store's.
+    assert_eq!(other.publish("all", "first").0, 202);
+    for ws in wss.iter_mut() {
+        assert_eq!(ws_text(ws), "first");
+    }
+    let sse_next = |sse: &mut common::Sse| loop {
+        match sse.next_item().expect("read SSE").expect("SSE stream ended") {
+            SseItem::Event { id, data } => return (id, String::from_utf8(data).unwrap()),
+            _ => continue,
+        }
+    };
+    for sse in sses.iter_mut() {
+        assert_eq!(sse_next(sse).1, "first");
+    }
+    let (away_id, data) = sse_next(&mut away);
+    assert_eq!(data, "first");
+    drop(away);
+    a.wait_connections((WS + SSE) as u64);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = [
+        publisher(&other, &stop, |n| ("all".into(), format!("a{n}"))),
+        publisher(&other, &stop, |n| (format!("topic=t{}", n % 3), format!("t{}-{n}", n % 3))),
+        publisher(&other, &stop, |n| (format!("user=u{}", n % 30), format!("u{}-{n}", n % 30))),
+        // On node a's own admin API: its keep-alive connection moves with the rest.
+        publisher(&a, &stop, |n| ("all".into(), format!("x{n}"))),
+    ];
+    let mut a = a;
+    let args = successor_args(&b, &a, "a", &path, &[]);
+    let new = Server::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let status = a.wait_exit(Duration::from_secs(60));
+    stop.store(true, Ordering::Release);
+    let status = status.unwrap_or_else(|| panic!("the old process exits:\n{}", a.stderr()));
+    assert!(status.success(), "old process: {status:?}\n{}", a.stderr());
+    let log = a.stderr();
+    assert!(log.contains("the history store is delivered up to"), "{log}");
+    let counts: Vec<usize> = threads.into_iter().map(|t| t.join().expect("publisher")).collect();
+    let counts: [usize; 4] = counts.try_into().unwrap();
+    common::wait_until("the new process reads the store", STEP, || {
+        (new.stats()["cluster"]["store_connected"] == true).then_some(())
+    });
+    // Node b's publishes are stored before its last one (each went through one of its
+    // shards, in no order with the others').
+    let from_b = 1 + counts[..3].iter().sum::<usize>() as u64;
+    common::wait_until("node b's publishes are stored", STEP, || {
+        (cluster_stat(&other, "stored") >= from_b).then_some(())
+    });
+    assert_eq!(other.publish("all", "end").0, 202);
+    for (i, sse) in sses.iter_mut().enumerate() {
+        let got = read_all(WS + i, &counts, || sse_next(sse)).0;
+        check(WS + i, &got, &counts);
+    }
+    for (i, ws) in wss.iter_mut().enumerate() {
+        let got = read_all(i, &counts, || (None, ws_text(ws))).0;
+        check(i, &got, &counts);
+    }
+    let after: Vec<u16> = wss.iter().map(|w| w.get_ref().local_addr().unwrap().port()).collect();
+    assert_eq!(ports, after, "the same TCP connections");
+    new.wait_metric("c10m_handover_received_total", &[], (WS + SSE) as f64);
+    // A client that left before the switch resumes on the new process with exactly what
+    // it missed: the logs moved, what the old process read went on to them, and the new one
+    // read on from there.
+    let away_id = away_id.expect("an SSE id");
+    let mut back =
+        new.sse_connect_with("user=u5&topics=t2", &format!("Last-Event-ID: {away_id}\r\n"));
+    let (got, end_id) = read_all(5, &counts, || sse_next(&mut back));
+    let epoch = |id: &str| id.split('-').next().map(str::to_owned);
+    assert_eq!(epoch(&away_id), end_id.as_deref().and_then(epoch), "one epoch");
+    check(5, &got, &counts);
+    // Still node a to the cluster: node b's presence request is answered by the new process.
+    common::wait_until("node b counts node a's connections of u0", STEP, || {
+        let r = other.admin_conn().request("GET", "/presence?user=u0", "");
+        let v = r.json();
+        (v["nodes"]["a"] == 11).then_some(())
+    });
+    let text = new.metrics();
+    assert_eq!(common::metric_sum(&text, "c10m_cluster_dropped_total", &[]), 0.0, "{text}");
+}
+
+/// A successor that is not the same cluster node, or has history off, is refused before
+/// anything moves; so is a node without history, whose bus delivery has no position to hand
+/// on. The old process serves on.
+#[test]
+fn a_cluster_node_refuses_a_successor_that_cannot_take_its_place() {
+    let b = Backends::start();
+    let path = control_path("cluster-refused");
+    let a = b.node("a", &["--control-socket", &path], 0);
+    let mut ws = a.ws_connect("/ws?user=alice");
+    a.wait_connections(1);
+    let bus_path = control_path("cluster-bus-only");
+    let bus_only = b.node("c", &["--control-socket", &bus_path, "--history-ttl-ms", "0"], 1);
+    let cases: [(&Server, &str, &str, &[&str], &str); 3] = [
+        (&a, &path, "z", &[], "give it the same --node-id"),
+        (&a, &path, "a", &["--history-ttl-ms", "0"], "history off"),
+        (&bus_only, &bus_path, "c", &["--history-ttl-ms", "0"], "without history"),
+    ];
+    for (old, path, id, extra, why) in cases {
+        let args = successor_args(&b, old, id, path, extra);
+        let (status, out, err) = common::run_bounded(
+            std::process::Command::new(env!("CARGO_BIN_EXE_c10m")).args(&args),
+            Duration::from_secs(30),
+        );
+        assert!(!status.success(), "refused takeover exits non-zero: {out}{err}");
+        assert!(err.contains("refused") && err.contains(why), "says why ({why}): {err}");
+    }
+    assert!(a.stderr().contains("still serving"), "{}", a.stderr());
+    assert_eq!(a.publish("user=alice", "still here").0, 202);
+    assert_eq!(ws_text(&mut ws), "still here");
+}
