@@ -10,6 +10,10 @@
 #   CONNS=100000 scripts/handover.sh                 (SHARDS=ceil(CONNS/19000): RLIMIT_NOFILE)
 #   CONNS=100000 MODE=drain DRAIN_RATE=20000 scripts/handover.sh
 #   UPGRADES=100 CONNS=10000 scripts/handover.sh      back-to-back upgrades: fds, memory
+#   CLUSTER=1 CONNS=100000 scripts/handover.sh        a cluster node (history on, the default)
+#                                                     upgraded while a second node takes every
+#                                                     publish: redis-server and nats-server -js
+#                                                     on loopback ports of this script's own
 #   CONNS=1000000 CONNECT_RATE=8000 HOLD=240s scripts/handover.sh
 #                                                     (53 shards; SOURCES=100 addresses; tcp_mem
 #                                                      raised for the run, restored on exit;
@@ -23,6 +27,7 @@ MODE=${MODE:-handover}
 UPGRADES=${UPGRADES:-1}
 PUBLISH_RATE=${PUBLISH_RATE:-200}
 DRAIN_RATE=${DRAIN_RATE:-20000}
+CLUSTER=${CLUSTER:-0}
 HOLD=${HOLD:-}
 # Connections per second while the loadgen connects (0: as fast as it can).
 CONNECT_RATE=${CONNECT_RATE:-0}
@@ -51,8 +56,31 @@ if [ "$CONNS" -gt 200000 ]; then
 fi
 trap cleanup EXIT
 
+# CLUSTER=1: node a (measured) and node b (takes the publishes, on 8082/8083), with their
+# Redis and NATS (JetStream: the history store) on ports of their own.
+node=()
+admin=127.0.0.1:8081
+if [ "$CLUSTER" = 1 ]; then
+  command -v redis-server >/dev/null && command -v nats-server >/dev/null \
+    || { echo "CLUSTER=1 needs redis-server and nats-server (apt-get install redis-server nats-server)"; exit 1; }
+  redis-server --port 16379 --bind 127.0.0.1 --save '' --appendonly no >"$DIR/redis.log" 2>&1 &
+  pids+=("$!")
+  nats-server -a 127.0.0.1 -p 14222 -js -sd "$DIR/js" >"$DIR/nats.log" 2>&1 &
+  pids+=("$!")
+  for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/16379) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/14222) 2>/dev/null && break
+    sleep 0.1
+  done
+  node=(--registry redis://127.0.0.1:16379 --bus nats://127.0.0.1:14222)
+  "$BIN" serve --listen 127.0.0.1:8082 --admin 127.0.0.1:8083 --shards 2 --no-pin \
+    --control-socket off --node-id b "${node[@]}" >"$DIR/node-b.log" 2>&1 &
+  pids+=("$!")
+  node+=(--node-id a)
+  admin=127.0.0.1:8083
+fi
 start_server() { # $1: extra flags; prints the pid
-  "$BIN" serve --shards "$SHARDS" --no-pin --control-socket "$CTL" "$@" >>"$DIR/server.log" 2>&1 &
+  "$BIN" serve --shards "$SHARDS" --no-pin --control-socket "$CTL" "${node[@]}" "$@" \
+    >>"$DIR/server.log" 2>&1 &
   echo $!
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
@@ -74,7 +102,7 @@ extra=()
 [ "$MODE" = drain ] && extra+=(--reconnect)
 target/release/c10m-loadgen run --conns "$CONNS" --rate "$CONNECT_RATE" --connect-timeout 30s --hold "$hold" \
   --sources "127.0.0.2-127.0.0.$((1 + SOURCES))" --users 'u{n}' --publish-rate "$PUBLISH_RATE" \
-  --publish-to user --publish-delay 5s "${extra[@]}" \
+  --publish-to user --publish-delay 5s --admin "$admin" "${extra[@]}" \
   --json "$DIR/loadgen.json" --quiet >"$DIR/loadgen.txt" 2>&1 &
 LOADGEN=$!
 pids+=("$LOADGEN")
@@ -96,7 +124,7 @@ for k in $(seq "$UPGRADES"); do
   else
     : >"$DIR/new.log"
     "$BIN" serve --shards "$SHARDS" --no-pin --control-socket "$CTL" --takeover "$CTL" \
-      >>"$DIR/new.log" 2>&1 &
+      "${node[@]}" >>"$DIR/new.log" 2>&1 &
     pids+=("$!")
   fi
   last_cpu=$old_cpu
@@ -114,7 +142,8 @@ for k in $(seq "$UPGRADES"); do
     tries=0
     while :; do
       tries=$((tries + 1))
-      "$BIN" serve --shards "$SHARDS" --no-pin --control-socket "$CTL" >"$DIR/new.log" 2>&1 &
+      "$BIN" serve --shards "$SHARDS" --no-pin --control-socket "$CTL" "${node[@]}" \
+        >"$DIR/new.log" 2>&1 &
       started=$!
       pids+=("$started")
       for _ in $(seq 100); do

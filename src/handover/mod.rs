@@ -17,13 +17,18 @@
 //!                      (per shard, on its channel)                     fence the mesh, then
 //!  shard i ◀─ start{history top} · batch{records} + fds ·· ─────────── shard i
 //!  shard i ── ack{per record} ──────────────────────────────────────▶ close the old slot
-//!  ◀─ done{moved} ─────────────────────────────────────────────────── every shard is done
+//!  ◀─ done{moved, store next} ──────────────────────────────────────── every shard is done
 //!  serve the admin API                                                exit
 //! ```
 //!
-//! Publishes stop at O's admin API for the length of the handover (they wait in the admin
-//! listener's queue and in the admin connections' sockets, which move to N last), so every
-//! publish is delivered by exactly one process: O before it freezes, N after.
+//! Publishes go on at O's admin API while the clients move: each old shard forwards what it
+//! numbers and delivers to its new shard, in order with its batches
+//! ([`crate::shard::handover`]). Only the final fence pauses them, until the admin
+//! connections have moved to N, which serves them once `done` is in.
+//!
+//! On a cluster node the history store delivers every publish; O's bridge stops reading it
+//! at a known sequence behind a fence before that final one, `done` carries the sequence,
+//! and N's bridge reads on from there (`docs/handover.md`, "On a cluster node").
 
 use std::io;
 use std::net::SocketAddr;
@@ -685,7 +690,8 @@ fn cluster_refusal(shared: &crate::shard::Shared, hello: &serde_json::Value) -> 
     if mine != theirs {
         let name = |n: Option<&str>| n.map_or("not a cluster node".into(), |n| format!("node {n}"));
         return Some(format!(
-            "the new process is {}, this one {}: give it the same --node-id, --registry              and --bus",
+            "the new process is {}, this one {}: give it the same --node-id, --registry \
+             and --bus",
             name(theirs),
             name(mine)
         ));
@@ -701,14 +707,14 @@ fn cluster_refusal(shared: &crate::shard::Shared, hello: &serde_json::Value) -> 
     if hello["store"].as_bool() != Some(true) {
         return Some(
             "the new process has history off, this one on: give it the same \
-                     history_ttl_ms and history_per_stream_max"
+             history_ttl_ms and history_per_stream_max"
                 .into(),
         );
     }
     if !cluster.store_usable() {
         return Some(
             "the history store does not answer now (/stats cluster.store_connected \
-                     is false); try again once it does, or use the paced drain"
+             is false); try again once it does, or use the paced drain"
                 .into(),
         );
     }
