@@ -141,6 +141,19 @@ impl Shard {
         self.shared.cfg.limits.listen_backlog.saturating_add(MULTISHOT_MARGIN)
     }
 
+    /// Ends the multishot accepts, so that the next turn arms them anew, and a new accept
+    /// first takes what waits in the listen queue. A live upgrade's new process does this
+    /// once the old one is gone: the kernel wakes one accept per connection, and a wakeup
+    /// that went to the old process's accept as it was cancelled would leave its connection
+    /// waiting in the queue until the next one arrives.
+    pub(super) fn restart_accepts(&mut self) {
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].sock.is_some() && self.listeners[i].armed {
+                self.stop_multishot(i);
+            }
+        }
+    }
+
     /// Cancels listener `i`'s multishot accept, once.
     fn stop_multishot(&mut self, i: usize) {
         if std::mem::replace(&mut self.listeners[i].stopping, true) {

@@ -393,6 +393,8 @@ impl Shard {
             self.handover.moved = HashMap::new();
             self.handover.moved_in = HashSet::new();
             self.handover.moved_clear_at_ms = 0;
+            // Once more, should its rings have outlived it a moment.
+            self.restart_accepts();
         }
         // New side: admin connections taken over wait for the old process to finish.
         if !self.handover.held_admin.is_empty() && !self.shared.hub.admin_held() {
@@ -637,6 +639,8 @@ impl Shard {
                 self.handover.phase = Phase::Idle;
                 // Deliveries the forwards caused may still be on the mesh a moment.
                 self.handover.moved_clear_at_ms = self.now_ms + 1000;
+                // The old process is gone (its end closed): no wakeup is lost to it now.
+                self.restart_accepts();
             }
             // Everything here went over; the process exits unless another shard failed
             // (then `drive_handover` sees `out_failed` and reverts this one too).
