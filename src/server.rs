@@ -383,7 +383,7 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
                 Err(e) => tracing::error!("takeover: {e}; serving what was taken over"),
             }
             if let Some(tx) = store_resume {
-                let _ = tx.send(store_resume_point(&shared, done.ok().as_ref()));
+                let _ = tx.send(store_resume_point(done.ok().as_ref()));
             }
             if let Some(path) = replacing {
                 // The old process is gone or going: the control path is this process's now.
@@ -409,25 +409,16 @@ fn bus_answers(shared: &Shared) -> bool {
 }
 
 /// Where a successor on a cluster node reads the store from: where the old process
-/// stopped, once every shard has applied what its old shard sent (the store's next
-/// messages come after those); from the stream's top should the handover have ended
-/// otherwise.
-fn store_resume_point(
-    shared: &Shared,
-    done: Option<&serde_json::Value>,
-) -> crate::cluster::store::Resume {
+/// stopped ([`crate::handover::finish`] returns once every shard has applied what its old
+/// shard sent, so the store's next messages come after those); from the stream's top
+/// should the handover have ended otherwise.
+fn store_resume_point(done: Option<&serde_json::Value>) -> crate::cluster::store::Resume {
     use crate::cluster::store::Resume;
     let at = done.and_then(|d| Some((d["store_epoch"].as_u64()?, d["store_next"].as_u64()?)));
     let Some((epoch, next)) = at.filter(|&(_, next)| next > 0) else {
         tracing::warn!("takeover: the old process named no store position; reading from its top");
         return Resume::Now;
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while shared.hub.taken.load(Ordering::Acquire) < shared.stats.len()
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
     Resume::At { epoch: epoch as u32, next }
 }
 

@@ -510,6 +510,15 @@ fn publishes_go_on_while_connections_move() {
         .collect();
     old.wait_connections(CLIENTS as u64);
     let ports: Vec<u16> = wss.iter().map(|w| w.get_ref().local_addr().unwrap().port()).collect();
+    // A client that leaves before the publishes and comes back while connections move: it
+    // resumes its topic on the new process (below).
+    let mut away = old.sse_connect("topics=t1");
+    let away_id = match away.next_block().expect("read SSE") {
+        Some(SseItem::Position(id)) => id,
+        other => panic!("a position after connecting, got {other:?}"),
+    };
+    drop(away);
+    old.wait_connections(CLIENTS as u64);
     let switched = Arc::new(AtomicBool::new(false));
     let publisher = |kind: u8| {
         let mut admin = old.admin_conn();
@@ -539,6 +548,7 @@ fn publishes_go_on_while_connections_move() {
     let new = Server::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
     // A client that connects while the connections move lands on the new process.
     let mut late = new.ws_connect("/ws?user=late");
+    let mut back = new.sse_connect_with("topics=t1", &format!("Last-Event-ID: {away_id}\r\n"));
     let status = old.wait_exit(Duration::from_secs(60));
     switched.store(true, Ordering::Release);
     let status = status.unwrap_or_else(|| panic!("the old process exits:\n{}", old.stderr()));
@@ -586,4 +596,21 @@ fn publishes_go_on_while_connections_move() {
         let first = run.first().copied().unwrap_or(count);
         assert_eq!(run, (first..count).collect::<Vec<_>>(), "late client, {prefix} stream");
     }
+    // The resuming one: every broadcast and every message to its topic since it left, once
+    // and in order, its replay and its live messages from the new process's sequencer.
+    let want_a: Vec<String> = (0..counts[0]).map(|n| format!("a{n}")).collect();
+    let want_t: Vec<String> =
+        (0..counts[1]).filter(|n| n % 3 == 1).map(|n| format!("t1-{n}")).collect();
+    let mut got = Vec::new();
+    loop {
+        let (_, m) = sse_data(&mut back);
+        if m == "end" {
+            break;
+        }
+        got.push(m);
+    }
+    let pick = |p: &str| got.iter().filter(|m| m.starts_with(p)).cloned().collect::<Vec<_>>();
+    assert_eq!(pick("a"), want_a, "resumed client: broadcasts");
+    assert_eq!(pick("t1-"), want_t, "resumed client: its topic");
+    assert_eq!(got.len(), want_a.len() + want_t.len(), "resumed client: nothing else");
 }

@@ -802,6 +802,15 @@ pub fn take_over(path: &Path, me: &Successor<'_>) -> io::Result<Inherited> {
 pub fn finish(control: OwnedFd, hub: &Hub, timeout: Duration) -> io::Result<serde_json::Value> {
     send_json(&control, &serde_json::json!({"ready": true}), &[])?;
     let done = recv_json(&control, timeout, &mut Vec::new());
+    if done.is_ok() && hub.layout.load(Ordering::Relaxed) >= 5 {
+        // What the old shards sent is in the channels: once every shard has applied it (up
+        // to its last start message, layout 5 on), this process numbers after the last
+        // message the old one numbered (bounded).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while hub.taken.load(Ordering::Acquire) < hub.out_done.len() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
     // Whatever the answer, the admin API must serve: this process holds the listeners now.
     hub.admin_go.store(true, Ordering::Release);
     let done = done?;

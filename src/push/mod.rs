@@ -46,6 +46,9 @@ pub enum Msg {
     PublishUser(Box<PublishUser>),
     /// To the owning shard: deliver to these connections.
     Deliver(Box<Deliver>),
+    /// A live upgrade's new process, from its sequencer: a topic message or a broadcast for
+    /// the connections this process accepted itself (`crate::shard::handover`).
+    ToNatives(Box<ToNatives>),
     /// To every shard: deliver to local subscribers of `topic`.
     PublishTopic { topic: Box<str>, msg: Arc<Message> },
     /// To every shard: deliver to every local client connection.
@@ -281,6 +284,14 @@ pub struct Deliver {
     /// A live upgrade's new process: only to connections it accepted itself
     /// (`crate::shard::handover`).
     pub natives: bool,
+}
+
+/// See [`Msg::ToNatives`].
+#[derive(Debug)]
+pub struct ToNatives {
+    /// None: a broadcast.
+    pub topic: Option<Box<str>>,
+    pub msg: Arc<Message>,
 }
 
 /// Mesh rings hold messages inline: keep them within half a cache line.

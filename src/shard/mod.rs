@@ -510,6 +510,7 @@ impl Shard {
                 self.publish_user_home(&user, hash, &mut msg)
             }
             Msg::Deliver(d) if d.natives => self.deliver_natives(&d),
+            Msg::ToNatives(n) => self.deliver_stream(n.topic.as_deref(), &n.msg, false),
             Msg::Deliver(d) => {
                 self.heard_message(&d.msg);
                 let mut targets = std::mem::take(&mut self.scratch.targets);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::handover::record::{Deed, Forward, STREAM_ALL, STREAM_TOPIC, STREAM_USER};
-use crate::history::Stream;
+use crate::history::{Stream, SEQUENCER};
 use crate::push::Message;
 
 impl Shard {
@@ -87,15 +87,22 @@ impl Shard {
                     let now_us = self.precise_us();
                     self.history.retain_numbered(stream, &msg, now_us);
                 }
-                if let Stream::User(user) = stream {
-                    self.deliver_to_natives(user, &msg);
+                match stream {
+                    Stream::User(user) => self.deliver_to_natives(user, &msg),
+                    // Topics and broadcasts reach the connections accepted here from the
+                    // sequencer, in order with the replays it answers them.
+                    Stream::Topic(t) if self.id == SEQUENCER => {
+                        self.stream_to_natives(Some(t), &msg)
+                    }
+                    Stream::All if self.id == SEQUENCER => self.stream_to_natives(None, &msg),
+                    _ => {}
                 }
             }
             Deed::Deliver(ids) => {
                 self.heard_message(&msg);
                 match stream {
-                    Stream::All => self.deliver_all(&msg),
-                    Stream::Topic(topic) => self.deliver_topic(topic, &msg),
+                    Stream::All => self.deliver_stream(None, &msg, true),
+                    Stream::Topic(topic) => self.deliver_stream(Some(topic), &msg, true),
                     Stream::User(user) => {
                         let mut targets: Vec<(u32, u32)> = ids
                             .iter()
@@ -133,6 +140,42 @@ impl Shard {
                 self.send_mesh(shard, Msg::Deliver(Box::new(d)));
             }
         }
+    }
+
+    /// New side, on the sequencer: a topic message (None: a broadcast) the old process
+    /// numbered, to every shard's connections that this process accepted itself. Their
+    /// replays come from here too, so a resuming one gets each message once: in its replay
+    /// or after it (the old process knows nothing of these connections).
+    fn stream_to_natives(&mut self, topic: Option<&str>, msg: &Arc<Message>) {
+        let me = self.id;
+        for to in (0..self.shards()).filter(|&s| s != me) {
+            let n = crate::push::ToNatives { topic: topic.map(Into::into), msg: Arc::clone(msg) };
+            self.send_mesh(to, Msg::ToNatives(Box::new(n)));
+        }
+        self.deliver_stream(topic, msg, false);
+    }
+
+    /// New side: a topic message (None: a broadcast) to this shard's subscribers that moved
+    /// here (`moved`), or to those it accepted itself.
+    pub(in crate::shard) fn deliver_stream(
+        &mut self,
+        topic: Option<&str>,
+        msg: &Message,
+        moved: bool,
+    ) {
+        self.heard_message(msg);
+        let moved_in = &self.handover.moved_in;
+        let mut targets = std::mem::take(&mut self.scratch.targets);
+        match topic {
+            Some(t) => targets.extend_from_slice(self.topics.subscribers(t)),
+            None => targets.extend(
+                self.conns.iter().filter(|(_, _, c)| c.is_subscriber()).map(|(s, g, _)| (s, g)),
+            ),
+        }
+        targets.retain(|t| moved_in.contains(t) == moved);
+        self.deliver(&targets, msg, topic.map_or(Stream::All, Stream::Topic));
+        targets.clear();
+        self.scratch.targets = targets;
     }
 
     /// New side: delivers to the listed connections that this process accepted itself.
