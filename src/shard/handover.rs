@@ -49,8 +49,10 @@ mod takeover;
 /// Rounds of fences: one per mesh hop a publish can take, plus one for a shard's own queue.
 const FENCE_ROUNDS: u8 = 3;
 
-/// How long the old shard keeps trying to move connections that are busy.
+/// How long the old shard keeps trying to move connections that are busy, once nothing
+/// else is left to move; and (`MOVE_HARD_DEADLINE_MS`) how long it moves at all.
 const MOVE_DEADLINE_MS: u64 = 30_000;
+const MOVE_HARD_DEADLINE_MS: u64 = 4 * MOVE_DEADLINE_MS;
 
 /// Connections per batch: a batch's connections are frozen from its freeze to its ack, which
 /// grows with their number; under SCM_MAX_FD ([`crate::handover::BATCH_MAX`]).
@@ -412,7 +414,7 @@ impl Shard {
         let Some(chan) = chan else { return };
         self.shared.hub.out_active[self.id].store(true, Ordering::Release);
         self.handover.chan = Some(chan);
-        self.handover.deadline_ms = self.now_ms + MOVE_DEADLINE_MS;
+        self.handover.deadline_ms = self.now_ms + MOVE_HARD_DEADLINE_MS;
         if self.shared.cfg.limits.conn_lifetime_ms_max > 0 {
             self.handover.lifetimes = self
                 .wheel

@@ -146,7 +146,11 @@ impl Shard {
         // Clients that do not read as fast as they are sent to: their queues may never fit a
         // message; after a while they stay (their goaway at the end makes them resume).
         let slow_wait = too_big > 0 && self.now_ms < self.handover.stalled_since_ms + SLOW_WAIT_MS;
-        if self.now_ms < self.handover.deadline_ms {
+        // Busy ones get MOVE_DEADLINE_MS from when nothing else was left, within the hard
+        // deadline: a shard whose connections took long to move (a million on two cores)
+        // still gives its last busy ones their time.
+        let busy_wait = self.now_ms < self.handover.stalled_since_ms + MOVE_DEADLINE_MS;
+        if busy_wait && self.now_ms < self.handover.deadline_ms {
             // Busy ones: look again; the admin connections' turn waits for them.
             let busy = || {
                 self.handover.admin_turn
