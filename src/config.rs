@@ -80,7 +80,7 @@ pub struct Limits {
     /// at 8 ticks a second fills the 2-minute window; a client that missed more is told so
     /// (a gap) instead of getting part of them. Memory is bounded by `history_bytes_max`.
     pub history_per_stream_max: u32,
-    /// Bytes of history (payloads plus 32 B per message and 160 B per stream that has any)
+    /// Bytes of history (payloads plus 40 B per message and 160 B per stream that has any)
     /// for the whole process, split over the shards; past it the oldest messages leave
     /// early. Counts in memory admission. Default 64 MiB.
     pub history_bytes_max: u64,

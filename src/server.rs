@@ -341,6 +341,11 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
         _ => None,
     };
     if let Some((path, explicit)) = upgrade.control {
+        // The default path is named by the admin port: the bound one, when it was 0.
+        let path = match &upgrade.takeover {
+            None if !explicit => crate::handover::default_control_path(&admin, &listen),
+            _ => path,
+        };
         let serving = crate::handover::Serving {
             shared: Arc::clone(&shared),
             listen: listen.clone(),

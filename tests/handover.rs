@@ -170,6 +170,32 @@ fn a_refused_takeover_leaves_the_old_process_serving() {
     drop(fresh);
 }
 
+/// Without `--control-socket`, each server's control socket is named by its admin port, the
+/// bound one when the flag said port 0: two such servers on one host each get their own.
+#[test]
+fn the_default_control_socket_is_named_by_the_bound_admin_port() {
+    let (a, b) = (Server::start(&[]), Server::start(&[]));
+    for s in [&a, &b] {
+        let path = format!("/run/c10m/c10m-{}.sock", s.admin.port());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::path::Path::new(&path).exists() {
+            assert!(Instant::now() < deadline, "{path} not bound: {}", s.stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The socket answers for this server: a takeover with the wrong shard count is
+        // refused by it, and it keeps serving.
+        let args = successor_args(s, "3", &path);
+        let (status, out, err) = common::run_bounded(
+            std::process::Command::new(env!("CARGO_BIN_EXE_c10m")).args(&args),
+            Duration::from_secs(30),
+        );
+        assert!(!status.success(), "refused takeover exits non-zero: {out}{err}");
+        assert!(err.contains("refused") && err.contains("shards"), "says why: {err}");
+        assert!(s.stderr().contains("still serving"), "{}", s.stderr());
+        assert!(!s.stderr().contains("no live upgrade"), "{}", s.stderr());
+    }
+}
+
 /// The successor started by SIGUSR2, found by its command line (it is the old process's
 /// child, not ours).
 fn successor_pid(path: &str) -> Option<i32> {

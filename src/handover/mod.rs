@@ -248,6 +248,9 @@ fn control_loop(sock: &OwnedFd, path: &Path, s: &Serving) -> bool {
                 stop.store(true, Ordering::Relaxed);
                 return true;
             }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
+                tracing::debug!("control socket: {e}");
+            }
             Err(e) => {
                 if s.shared.hub.out_go.load(Ordering::Acquire) {
                     reset_after_failure(&s.shared);
@@ -332,7 +335,13 @@ fn hand_over(conn: &OwnedFd, s: &Serving) -> io::Result<u64> {
         ));
     }
     let mut channels = Vec::new();
-    let hello = recv_json(conn, STEP_TIMEOUT, &mut channels)?;
+    let hello = recv_json(conn, STEP_TIMEOUT, &mut channels).map_err(|e| match e.kind() {
+        // Another server starting on this path checks whether anyone answers here.
+        io::ErrorKind::UnexpectedEof => {
+            io::Error::new(io::ErrorKind::ConnectionAborted, "a probe: closed before its hello")
+        }
+        _ => e,
+    })?;
     let field = |k: &str| hello.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
     let (lo, hi) = (field("layout_min") as u32, field("layout_max") as u32);
     if !(lo..=hi).contains(&LAYOUT) {

@@ -43,7 +43,7 @@ impl Log {
         }
         out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         for (n, e) in self.entries.iter().enumerate() {
-            put_u64(&mut out, e.age_ms(now_us) * 1000);
+            put_u64(&mut out, now_us.saturating_sub(e.at_us));
             match position.get(&e.key).filter(|_| e.live()) {
                 Some(&i) => {
                     let seq = self.first_seq + n as u64;
@@ -115,10 +115,10 @@ impl Log {
         }
         let n = r.count(8 + 4)?;
         for i in 0..n {
-            let at_ms = (now_us.saturating_sub(r.u64()?) / 1000) as u32;
+            let at_us = now_us.saturating_sub(r.u64()?);
             let stream = r.u32()?;
             if stream == NO_STREAM {
-                log.push_entry(0, at_ms, &[], false);
+                log.push_entry(0, at_us, &[], false);
                 continue;
             }
             let key = *keys.get(stream as usize)?;
@@ -129,7 +129,7 @@ impl Log {
             }
             log.bytes += payload.len() + ENTRY_BYTES;
             log.retained += 1;
-            log.push_entry(key, at_ms, payload, text);
+            log.push_entry(key, at_us, payload, text);
         }
         // Every stream's positions are entries of that stream.
         let consistent = log.streams.iter().all(|(key, s)| {

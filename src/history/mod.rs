@@ -34,13 +34,13 @@ pub const SEQUENCER: usize = 0;
 pub const TOKEN_BYTES_MAX: usize = 64;
 
 /// Bytes one retained message costs beyond its payload, as counted against
-/// `history_bytes_max`: the log entry (24: stream key, payload offset, time, length) and its
+/// `history_bytes_max`: the log entry (32: stream key, payload offset, time in µs, length) and its
 /// stream's index slot (8). The payload itself is copied into the log's byte arena, so the
 /// delivery path's shared message is not kept alive. Measured with
 /// `scripts/history_memory.sh` (bench/HISTORY.md).
-pub const ENTRY_BYTES: usize = 32;
+pub const ENTRY_BYTES: usize = 40;
 
-/// The longest history window: entry times are 32-bit milliseconds (ages up to 49 days).
+/// The longest history window (a log of a week belongs in the cluster store).
 pub const TTL_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
 
 /// Bytes a stream costs while it has retained entries: its index entry, name and deque.
@@ -232,8 +232,10 @@ struct Entry {
     key: u64,
     /// Where its payload starts in the arena (counted from the arena's first byte ever).
     off: u64,
-    /// When it was numbered: milliseconds of the shards' common clock, wrapping.
-    at_ms: u32,
+    /// When it was numbered: microseconds of the shards' common clock. Microseconds, not
+    /// milliseconds: a fresh connection's replay ([`Log::replay_from_time`]) must not take
+    /// a message numbered in the same millisecond just before it connected.
+    at_us: u64,
     /// Payload length; the top bit says it is text ([`TEXT`]).
     len: u32,
 }
@@ -250,9 +252,9 @@ impl Entry {
         (self.len & !TEXT) as usize
     }
 
-    /// Age at `now_us` in milliseconds (times wrap at 2^32 ms; windows are far shorter).
+    /// Age at `now_us` in milliseconds.
     fn age_ms(&self, now_us: u64) -> u64 {
-        u64::from(((now_us / 1000) as u32).wrapping_sub(self.at_ms))
+        now_us.saturating_sub(self.at_us) / 1000
     }
 }
 
@@ -431,17 +433,17 @@ impl Log {
     }
 
     /// Appends the next entry with its payload (the caller counts it).
-    fn push_entry(&mut self, key: u64, at_ms: u32, payload: &[u8], text: bool) {
+    fn push_entry(&mut self, key: u64, at_us: u64, payload: &[u8], text: bool) {
         let off = self.arena_base + self.arena.len() as u64;
         self.arena.extend(payload.iter());
         let len = payload.len() as u32 | if text { TEXT } else { 0 };
-        self.entries.push_back(Entry { key, off, at_ms, len });
+        self.entries.push_back(Entry { key, off, at_us, len });
     }
 
     /// An entry without a message at the arena's end.
     fn hole(&self, now_us: u64) -> Entry {
         let off = self.arena_base + self.arena.len() as u64;
-        Entry { key: 0, off, at_ms: (now_us / 1000) as u32, len: 0 }
+        Entry { key: 0, off, at_us: now_us, len: 0 }
     }
 
     /// Numbers the next message of `stream` and retains it when history is on. Returns the
@@ -507,7 +509,7 @@ impl Log {
         if new_stream {
             self.bytes += STREAM_BYTES;
         }
-        self.push_entry(key, (now_us / 1000) as u32, &msg.payload, msg.text);
+        self.push_entry(key, now_us, &msg.payload, msg.text);
         self.bytes += msg.payload.len() + ENTRY_BYTES;
         self.retained += 1;
         if let Some(Some(old)) = over {
@@ -584,11 +586,11 @@ impl Log {
             else {
                 continue;
             };
-            let after_ms = (after_us / 1000) as u32;
-            let recent = index.seqs.iter().rev().take_while(|&&seq| {
-                // Numbered after `after_us`: younger than it, on the wrapping clock.
-                self.entry(seq).is_some_and(|e| (e.at_ms.wrapping_sub(after_ms) as i32) >= 0)
-            });
+            let recent = index
+                .seqs
+                .iter()
+                .rev()
+                .take_while(|&&seq| self.entry(seq).is_some_and(|e| e.at_us >= after_us));
             let mut found: Vec<_> = recent
                 .filter_map(|&seq| {
                     let e = self.entry(seq).filter(|e| e.live())?;

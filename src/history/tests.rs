@@ -125,9 +125,15 @@ fn a_new_connection_gets_what_its_user_got_while_it_registered_and_nothing_older
     let r = l.replay_from_time(&[Stream::User("a")], 199_999);
     assert_eq!(payloads(&r), ["new"]);
     assert!(r.gaps.is_empty());
-    // Times are kept to the millisecond: nothing from an earlier one.
     assert!(l.replay_from_time(&[Stream::User("a")], 201_000).messages.is_empty());
     assert!(l.replay_from_time(&[Stream::User("c")], 0).messages.is_empty());
+    // Times are kept to the microsecond: a message numbered in the same millisecond, just
+    // before the connection registered, is not replayed to it; one just after is.
+    let seq = l.next_seq();
+    l.retain(Stream::User("a"), &msg(seq, "before"), 300_100);
+    let seq = l.next_seq();
+    l.retain(Stream::User("a"), &msg(seq, "after"), 300_900);
+    assert_eq!(payloads(&l.replay_from_time(&[Stream::User("a")], 300_500)), ["after"]);
 }
 
 #[test]

@@ -331,6 +331,8 @@ impl Drop for Server {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        // A killed server leaves its default control socket (named by its admin port).
+        let _ = std::fs::remove_file(format!("/run/c10m/c10m-{}.sock", self.admin.port()));
         if std::thread::panicking() {
             eprintln!("---- c10m stderr ----\n{}", self.stderr());
         }
