@@ -8,7 +8,9 @@
 #   SUITES="ws sse" bench/run.sh       a subset of the suites (ws sse c100k)
 #   SERVERS="c10m tokio" bench/run.sh  a subset of the servers (each suite keeps those of
 #                                      its own it can run: c10m tokio glommio nchan uws
-#                                      pushpin; c10m-nohist is c10m with --history-ttl-ms 0)
+#                                      pushpin; c10m-nohist is c10m with --history-ttl-ms 0;
+#                                      c10m-base is the c10m binary BASE_BIN, for a
+#                                      build side by side)
 #   REPORT_MD=F bench/run.sh           write the table there (charts beside it;
 #                                      REPORT_SVG=F puts the ws suite's chart there)
 #   SKIP_INSTALL=1 SKIP_BUILD=1 ...    reuse what is installed and built
@@ -111,7 +113,7 @@ build() {
 
 # Ports per server: client, admin (pushpin also uses client + 2 and + 3).
 declare -A PORT=([c10m]=29080 [tokio]=29180 [glommio]=29280 [nchan]=29380 [c10m-nohist]=29480
-    [uws]=29580 [pushpin]=29680)
+    [c10m-base]=29780 [uws]=29580 [pushpin]=29680)
 # Loadgen options per server. Pushpin answers 502 to part of a burst of connects (its proxy's
 # queue of requests to the origin overflows at about 500), so its clients reconnect, with
 # backoff; the failures row counts those 502s and the connections it closes.
@@ -135,6 +137,8 @@ start_server() {
     case $name in
     c10m) timeout 3600 "$(bin "$root" c10m)" serve --shards "$units" \
             --listen "$listen" --admin "$admin" >>"$out" 2>&1 & ;;
+    c10m-base) timeout 3600 "${BASE_BIN:?c10m-base needs BASE_BIN=/path/to/other/c10m}" serve \
+            --shards "$units" --listen "$listen" --admin "$admin" >>"$out" 2>&1 & ;;
     c10m-nohist) timeout 3600 "$(bin "$root" c10m)" serve --shards "$units" \
             --history-ttl-ms 0 --listen "$listen" --admin "$admin" >>"$out" 2>&1 & ;;
     tokio) timeout 3600 "$(bin "$here/peers/tokio-push" tokio-push)" \

@@ -215,6 +215,41 @@ fn a_user_with_many_connections_that_come_and_go() {
     assert_eq!(ws_text(&mut fresh), "after", "no duplicate copy of the user message");
 }
 
+/// A publisher that waits for each answer before it publishes again, on whichever of its
+/// keep-alive connections comes next (they are on different shards), has its messages
+/// delivered in that order: for a user's stream (numbered on the user's home shard) and a
+/// topic's (numbered on the sequencer), over WebSocket and SSE.
+#[test]
+fn publishes_answered_one_after_another_on_different_connections_arrive_in_order() {
+    let server = Server::start(&["--shards", "2"]);
+    let mut ws = server.ws_connect("/ws?user=order&topics=t");
+    let mut sse = server.sse_connect("user=order&topics=t");
+    server.wait_connections(2);
+    // A publish's id names the shard that accepted it (id mod shards): keep one keep-alive
+    // connection on each shard (bounded tries; the kernel spreads them by port hash).
+    let mut on: [Option<common::AdminConn>; 2] = [None, None];
+    for _ in 0..64 {
+        let mut admin = server.admin_conn();
+        let shard = (admin.publish("user=nobody", "probe") % 2) as usize;
+        on[shard].get_or_insert(admin);
+        if on.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let mut admins: Vec<_> =
+        on.into_iter().map(|a| a.expect("an admin connection per shard")).collect();
+    for target in ["user=order", "topic=t"] {
+        let n = 400;
+        for i in 0..n {
+            admins[i % 2].publish(target, format!("{target} {i}"));
+        }
+        for i in 0..n {
+            assert_eq!(ws_text(&mut ws), format!("{target} {i}"), "ws");
+            assert_eq!(sse.next_text(), format!("{target} {i}"), "sse");
+        }
+    }
+}
+
 #[test]
 fn routing_with_more_shards_than_cores() {
     let server = Server::start(&["--shards", "4", "--no-pin"]);

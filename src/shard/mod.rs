@@ -193,8 +193,6 @@ pub struct Shard {
     /// Token buckets per source address, for `accept_rate_per_source_per_s_max`.
     sources: lifecycle::SourceBuckets,
     jitter: lifecycle::Jitter,
-    /// This shard's share of publishes it accepted, delivered next turn, in order.
-    local: std::collections::VecDeque<Msg>,
     /// Connections whose receive found no free buffer; retried next turn.
     recv_retry: Vec<(u32, u32)>,
     /// TLS sessions of client connections (empty without TLS).
@@ -319,7 +317,6 @@ impl Shard {
             accept_blocked_until_ms: 0,
             refusing: 0,
             shutdown_deadline_ms: None,
-            local: std::collections::VecDeque::new(),
             grants: std::collections::HashMap::new(),
             tabs: std::collections::HashMap::new(),
             expiries: std::collections::HashMap::new(),
@@ -490,9 +487,6 @@ impl Shard {
     }
 
     fn process_mesh(&mut self) {
-        while let Some(msg) = self.local.pop_front() {
-            self.on_mesh(msg);
-        }
         let mut inbox = std::mem::take(&mut self.scratch.inbox);
         self.mesh.receive(MESH_BATCH_MAX, &mut inbox);
         for msg in inbox.drain(..) {

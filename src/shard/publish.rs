@@ -45,7 +45,7 @@ impl Shard {
         let bridge = if self.shared.store_numbers() { None } else { self.mesh.bridge() };
         let to_sequencer = |shard: &mut Shard, m: Msg| {
             if shard.id == SEQUENCER {
-                shard.local.push_back(m);
+                shard.mesh.send_local(m);
             } else {
                 shard.send_mesh(SEQUENCER, m);
             }
@@ -61,7 +61,7 @@ impl Shard {
                 let home = home_shard(hash, self.shards());
                 let m = Msg::PublishUser(Box::new(PublishUser { user, hash, msg }));
                 if home == self.id {
-                    self.local.push_back(m);
+                    self.mesh.send_local(m);
                 } else {
                     self.send_mesh(home, m);
                 }

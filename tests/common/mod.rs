@@ -221,8 +221,8 @@ impl Server {
     }
 
     /// `POST /publish?{target}` on a fresh connection. Publishes on different connections
-    /// may be handled by different shards, so their relative order is not guaranteed; use one
-    /// [`AdminConn`] when order matters.
+    /// may be handled by different shards: one answered before the next is sent is delivered
+    /// before it, but overlapping ones are not ordered.
     pub fn publish(&self, target: &str, body: impl AsRef<[u8]>) -> (u16, String) {
         let r = self.admin_conn().request("POST", &format!("/publish?{target}"), body);
         (r.status, r.text())
