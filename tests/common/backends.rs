@@ -8,6 +8,10 @@ use std::time::Instant;
 
 use super::{wait_until, Server, STEP};
 
+/// How long nats-server may take to answer after its start: JetStream's start is slow
+/// while other tests load the machine.
+const NATS_START: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// NATS subscriptions each node holds.
 pub const SUBSCRIPTIONS_PER_NODE: u64 = 7;
 
@@ -59,6 +63,16 @@ impl Backends {
             nats_monitor: mp,
         };
         b.start_redis();
+        // A free port can be taken by another test's process between our probe and
+        // nats-server's bind: then it exits at once, and it starts again on other ports
+        // (bounded).
+        for _ in 0..3 {
+            if b.try_start_nats() {
+                return b;
+            }
+            (b.nats_port, b.nats_monitor) = (free_port(), free_port());
+            b.nats_url = format!("nats://127.0.0.1:{}", b.nats_port);
+        }
         b.start_nats();
         b
     }
@@ -77,6 +91,11 @@ impl Backends {
 
     /// (Re)starts nats-server on its ports and waits until its monitoring answers.
     pub fn start_nats(&mut self) {
+        self.start_nats_process();
+        wait_until("nats-server monitoring answers", NATS_START, || self.nats_subscriptions());
+    }
+
+    fn start_nats_process(&mut self) {
         let (port, monitor) = (self.nats_port.to_string(), self.nats_monitor.to_string());
         // JetStream holds the cluster's history (`src/cluster/store.rs`); its store directory
         // is fresh on every start, so a restart loses the stream, as a bus without its
@@ -86,7 +105,24 @@ impl Backends {
         let dir = dir.to_string_lossy().into_owned();
         let args = ["-a", "127.0.0.1", "-p", &port, "-m", &monitor, "-js", "-sd", &dir];
         self.nats = Some(spawn("nats-server", &args));
-        wait_until("nats-server monitoring answers", STEP, || self.nats_subscriptions());
+    }
+
+    /// [`Backends::start_nats`], false if nats-server exits (or is not answering) instead.
+    fn try_start_nats(&mut self) -> bool {
+        self.start_nats_process();
+        let deadline = Instant::now() + NATS_START;
+        while Instant::now() < deadline {
+            if self.nats_subscriptions().is_some() {
+                return true;
+            }
+            let exited = self.nats.as_mut().is_some_and(|p| !matches!(p.0.try_wait(), Ok(None)));
+            if exited {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.nats = None;
+        false
     }
 
     pub fn redis(&self) -> redis::Connection {
