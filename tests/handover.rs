@@ -148,15 +148,10 @@ fn upgrade_keeps_connections_and_delivers_every_publish_once() {
     assert_eq!(ws_text(&mut fresh), "hello");
 }
 
-#[test]
-fn a_refused_takeover_leaves_the_old_process_serving() {
-    let path = control_path("refused");
-    let p = path.to_str().unwrap();
-    let old = Server::start(&["--control-socket", p]);
-    let mut ws = old.ws_connect("/ws?user=alice");
-    old.wait_connections(1);
-    // Three shards cannot take over two: refused before anything moves.
-    let args = successor_args(&old, "3", p);
+/// A successor with three shards asks the server on `path` (two shards) to hand over: it
+/// is refused before anything moves, says why, and the server says it is still serving.
+fn refused_for_its_shard_count(old: &Server, path: &str) {
+    let args = successor_args(old, "3", path);
     let (status, out, err) = common::run_bounded(
         std::process::Command::new(env!("CARGO_BIN_EXE_c10m")).args(&args),
         Duration::from_secs(30),
@@ -164,6 +159,16 @@ fn a_refused_takeover_leaves_the_old_process_serving() {
     assert!(!status.success(), "refused takeover exits non-zero: {out}{err}");
     assert!(err.contains("refused") && err.contains("shards"), "says why: {err}");
     assert!(old.stderr().contains("still serving"), "{}", old.stderr());
+}
+
+#[test]
+fn a_refused_takeover_leaves_the_old_process_serving() {
+    let path = control_path("refused");
+    let p = path.to_str().unwrap();
+    let old = Server::start(&["--control-socket", p]);
+    let mut ws = old.ws_connect("/ws?user=alice");
+    old.wait_connections(1);
+    refused_for_its_shard_count(&old, p);
     old.publish("user=alice", "still here");
     assert_eq!(ws_text(&mut ws), "still here");
     let fresh = old.ws_connect("/ws?user=bob");
@@ -176,22 +181,11 @@ fn a_refused_takeover_leaves_the_old_process_serving() {
 fn the_default_control_socket_is_named_by_the_bound_admin_port() {
     let (a, b) = (Server::start(&[]), Server::start(&[]));
     for s in [&a, &b] {
+        // Bound before the server says it listens.
         let path = format!("/run/c10m/c10m-{}.sock", s.admin.port());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !std::path::Path::new(&path).exists() {
-            assert!(Instant::now() < deadline, "{path} not bound: {}", s.stderr());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // The socket answers for this server: a takeover with the wrong shard count is
-        // refused by it, and it keeps serving.
-        let args = successor_args(s, "3", &path);
-        let (status, out, err) = common::run_bounded(
-            std::process::Command::new(env!("CARGO_BIN_EXE_c10m")).args(&args),
-            Duration::from_secs(30),
-        );
-        assert!(!status.success(), "refused takeover exits non-zero: {out}{err}");
-        assert!(err.contains("refused") && err.contains("shards"), "says why: {err}");
-        assert!(s.stderr().contains("still serving"), "{}", s.stderr());
+        assert!(std::path::Path::new(&path).exists(), "{path} not bound: {}", s.stderr());
+        // The socket answers for this server, which refuses and keeps serving.
+        refused_for_its_shard_count(s, &path);
         assert!(!s.stderr().contains("no live upgrade"), "{}", s.stderr());
     }
 }
