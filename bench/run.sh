@@ -10,7 +10,7 @@
 #                                      its own it can run: c10m tokio glommio nchan uws
 #                                      pushpin; c10m-nohist is c10m with --history-ttl-ms 0;
 #                                      c10m-base is the c10m binary BASE_BIN, for a
-#                                      build side by side)
+#                                      build side by side, with the flags BASE_ARGS)
 #   REPORT_MD=F bench/run.sh           write the table there (charts beside it;
 #                                      REPORT_SVG=F puts the ws suite's chart there)
 #   SKIP_INSTALL=1 SKIP_BUILD=1 ...    reuse what is installed and built
@@ -137,8 +137,9 @@ start_server() {
     case $name in
     c10m) timeout 3600 "$(bin "$root" c10m)" serve --shards "$units" \
             --listen "$listen" --admin "$admin" >>"$out" 2>&1 & ;;
+    # shellcheck disable=SC2086 # BASE_ARGS is a list of flags
     c10m-base) timeout 3600 "${BASE_BIN:?c10m-base needs BASE_BIN=/path/to/other/c10m}" serve \
-            --shards "$units" --listen "$listen" --admin "$admin" >>"$out" 2>&1 & ;;
+            --shards "$units" ${BASE_ARGS:-} --listen "$listen" --admin "$admin" >>"$out" 2>&1 & ;;
     c10m-nohist) timeout 3600 "$(bin "$root" c10m)" serve --shards "$units" \
             --history-ttl-ms 0 --listen "$listen" --admin "$admin" >>"$out" 2>&1 & ;;
     tokio) timeout 3600 "$(bin "$here/peers/tokio-push" tokio-push)" \

@@ -50,6 +50,11 @@ pub struct Limits {
     /// Messages waiting for room on a full mesh ring before new publishes are dropped and
     /// counted. Default 65,536.
     pub mesh_backlog_max: u32,
+    /// Microseconds a shard polls its inbound mesh rings before sleeping, after a turn that
+    /// took mesh messages. Default 0 (sleep at once): on this project's 2-vCPU measurements
+    /// spinning did not shorten the targeted tail and cost CPU (docs/measurements.md);
+    /// hosts with spare cores may set tens of µs. At most 1000.
+    pub mesh_spin_us: u32,
     /// Pending connections in each listener's accept queue. Default 4096.
     pub listen_backlog: u32,
     /// Time to complete the HTTP head (and WebSocket handshake) after accept. Default 10 s.
@@ -132,6 +137,7 @@ impl Default for Limits {
             ring_entries: 4096,
             mesh_ring_entries: 1024,
             mesh_backlog_max: 65_536,
+            mesh_spin_us: 0,
             listen_backlog: 4096,
             handshake_timeout_ms: 10_000,
             ping_interval_ms: 30_000,
@@ -500,6 +506,12 @@ impl Config {
         }
         if !(64..=32_768).contains(&l.ring_entries) {
             return err(format!("ring_entries = {} must be within 64..=32768", l.ring_entries));
+        }
+        if l.mesh_spin_us > 1000 {
+            return err(format!(
+                "mesh_spin_us = {} is above 1000; a shard polls its rings for microseconds, not milliseconds",
+                l.mesh_spin_us
+            ));
         }
         if l.mesh_ring_entries < 16 {
             return err(format!("mesh_ring_entries = {} is below 16", l.mesh_ring_entries));

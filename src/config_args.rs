@@ -81,6 +81,9 @@ pub struct ServeArgs {
     /// Messages waiting for a full mesh ring before publishes are dropped. Default 65536.
     #[arg(long)]
     pub mesh_backlog_max: Option<u32>,
+    /// Microseconds a shard polls its mesh rings before sleeping after mesh traffic. Default 0.
+    #[arg(long)]
+    pub mesh_spin_us: Option<u32>,
     /// Accept queue length of each listener. Default 4096.
     #[arg(long)]
     pub listen_backlog: Option<u32>,
@@ -282,6 +285,7 @@ impl ServeArgs {
             ring_entries,
             mesh_ring_entries,
             mesh_backlog_max,
+            mesh_spin_us,
             listen_backlog,
             handshake_timeout_ms,
             ping_interval_ms,

@@ -15,6 +15,16 @@ fn outbox_smaller_than_message_is_rejected_with_advice() {
 }
 
 #[test]
+fn a_mesh_spin_of_milliseconds_is_rejected_with_advice() {
+    let mut cfg = Config::default();
+    cfg.limits.mesh_spin_us = 1000;
+    cfg.validate().unwrap();
+    cfg.limits.mesh_spin_us = 5000;
+    let e = cfg.validate().unwrap_err();
+    assert!(e.0.contains("mesh_spin_us = 5000") && e.0.contains("microseconds"), "{e}");
+}
+
+#[test]
 fn history_topics_are_prefix_count_pairs_longest_first() {
     let mut cfg = Config {
         history_topics: vec!["a=1".into(), "abc.=0".into(), "x=y=2".into()],

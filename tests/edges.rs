@@ -250,6 +250,45 @@ fn publishes_answered_one_after_another_on_different_connections_arrive_in_order
     }
 }
 
+/// With `--mesh-spin-us`, a shard that just took mesh messages polls its rings before it
+/// sleeps: the spin sees pushes arrive (its counter moves) and they are delivered in order.
+#[test]
+fn a_shard_spinning_on_its_mesh_rings_delivers_what_arrives_in_order() {
+    let server = Server::start(&["--shards", "2", "--mesh-spin-us", "1000"]);
+    let mut ws = server.ws_connect("/ws?user=spin");
+    server.wait_connections(1);
+    let mut on: [Option<common::AdminConn>; 2] = [None, None];
+    for _ in 0..64 {
+        let mut admin = server.admin_conn();
+        let shard = (admin.publish("user=nobody", "probe") % 2) as usize;
+        on[shard].get_or_insert(admin);
+        if on.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let mut admins: Vec<_> =
+        on.into_iter().map(|a| a.expect("an admin connection per shard")).collect();
+    let mut sent = 0;
+    // Rounds of 100 pushes alternating between the shards, until a spin saw one arrive
+    // (bounded: 20 rounds).
+    for _ in 0..20 {
+        for _ in 0..100 {
+            admins[sent % 2].publish("user=spin", format!("spin {sent}"));
+            sent += 1;
+        }
+        if common::metric_sum(&server.metrics(), "c10m_mesh_spin_hits_total", &[]) > 0.0 {
+            break;
+        }
+    }
+    assert!(
+        common::metric_sum(&server.metrics(), "c10m_mesh_spin_hits_total", &[]) > 0.0,
+        "no spin saw a message in {sent} pushes"
+    );
+    for i in 0..sent {
+        assert_eq!(ws_text(&mut ws), format!("spin {i}"));
+    }
+}
+
 #[test]
 fn routing_with_more_shards_than_cores() {
     let server = Server::start(&["--shards", "4", "--no-pin"]);

@@ -283,13 +283,18 @@ impl MeshEnd {
         !self.own.is_empty() || self.held.iter().any(|h| !h.is_empty())
     }
 
+    /// Whether a ring holds a message not yet taken (an acquire load per ring).
+    pub fn inbound(&self) -> bool {
+        self.rx.iter().flatten().any(|rx| !rx.is_empty())
+    }
+
     /// Announces that this shard is about to sleep; returns false (and withdraws the
     /// announcement) if a message arrived meanwhile, in which case it must not sleep.
     pub fn prepare_sleep(&mut self) -> bool {
         let me = &self.peers[self.shard];
         me.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if self.holds() || self.rx.iter().flatten().any(|rx| !rx.is_empty()) {
+        if self.holds() || self.inbound() {
             me.sleeping.store(false, Ordering::SeqCst);
             return false;
         }

@@ -133,6 +133,8 @@ pub struct ShardStats {
     pub handover_forwards_bad: AtomicU64,
     /// Mesh messages that carried a batch, and the messages they carried.
     pub mesh_batches: AtomicU64,
+    /// Turns whose mesh spin (`mesh_spin_us`) saw a message arrive before sleeping.
+    pub mesh_spin_hits: AtomicU64,
     pub mesh_batched: AtomicU64,
     /// WebSocket handshakes that agreed to permessage-deflate.
     pub ws_deflate_agreed: AtomicU64,
@@ -357,6 +359,12 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
         "counter",
         "Messages carried inside mesh batches.",
         &|s| s.mesh_batched.load(Relaxed),
+    );
+    family(
+        "mesh_spin_hits_total",
+        "counter",
+        "Times a shard polling its mesh rings before sleeping (mesh_spin_us) saw a message arrive.",
+        &|s| s.mesh_spin_hits.load(Relaxed),
     );
     family(
         "ws_deflate_agreed_total",

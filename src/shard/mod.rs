@@ -203,6 +203,8 @@ pub struct Shard {
     /// ended without its pages given back yet.
     outboxes_freed: u64,
     release_pending: bool,
+    /// This turn took messages from the mesh (`mesh_spin_us` then polls before sleeping).
+    mesh_took: bool,
     memory_checked_ms: u64,
     /// This shard's partition of the history, and what it has handled of the others.
     history: crate::history::Log,
@@ -338,6 +340,7 @@ impl Shard {
             live: liveness::Liveness::default(),
             outboxes_freed: 0,
             release_pending: false,
+            mesh_took: false,
             memory_checked_ms: 0,
             history,
             heard,
@@ -407,13 +410,16 @@ impl Shard {
             let backlog = self.mesh.flush_backlog();
             self.ring_doorbells();
             let busy = backlog || !self.recv_retry.is_empty() || self.live.busy();
-            let wait_ms = if busy {
+            let mut wait_ms = if busy {
                 0
             } else if self.handover.hurried() {
                 1
             } else {
                 self.wheel.next_wakeup_ms(self.now_ms).unwrap_or(TICK_MS).clamp(1, TICK_MS)
             };
+            if wait_ms > 0 && std::mem::take(&mut self.mesh_took) && self.spin_for_mesh() {
+                wait_ms = 0;
+            }
             let sleeping = wait_ms > 0 && self.mesh.prepare_sleep();
             let timeout = if sleeping { Duration::from_millis(wait_ms) } else { Duration::ZERO };
             self.live.before_wait(self.now_ms, self.now_ms + timeout.as_millis() as u64);
@@ -458,6 +464,29 @@ impl Shard {
         }
     }
 
+    /// After a turn that took mesh messages, polls the inbound rings for up to
+    /// `mesh_spin_us` instead of sleeping at once: a message that arrives meanwhile (the
+    /// second hop of a targeted push, the next of a burst) needs no doorbell and no wakeup.
+    /// Returns whether one arrived. Off (0) by default: on a host whose cores are all busy the
+    /// spin takes CPU from the work it waits for (docs/measurements.md, "Spinning").
+    fn spin_for_mesh(&mut self) -> bool {
+        let spin_us = self.shared.cfg.limits.mesh_spin_us;
+        if spin_us == 0 {
+            return false;
+        }
+        let until = Instant::now() + Duration::from_micros(spin_us as u64);
+        loop {
+            if self.mesh.inbound() {
+                bump(&self.stats().mesh_spin_hits, 1);
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     /// Reads the shard's clock and moves the liveness clock with it.
     fn read_clock(&mut self) {
         self.now_ms = self.clock.elapsed().as_millis() as u64;
@@ -489,6 +518,7 @@ impl Shard {
     fn process_mesh(&mut self) {
         let mut inbox = std::mem::take(&mut self.scratch.inbox);
         self.mesh.receive(MESH_BATCH_MAX, &mut inbox);
+        self.mesh_took |= !inbox.is_empty();
         for msg in inbox.drain(..) {
             self.on_mesh(msg);
         }
