@@ -10,7 +10,8 @@
 #                                      its own it can run: c10m tokio glommio nchan uws
 #                                      pushpin; c10m-nohist is c10m with --history-ttl-ms 0;
 #                                      c10m-base is the c10m binary BASE_BIN, for a
-#                                      build side by side, with the flags BASE_ARGS)
+#                                      build side by side, with the flags BASE_ARGS;
+#                                      BASE_DESC names it in the report)
 #   REPORT_MD=F bench/run.sh           write the table there (charts beside it;
 #                                      REPORT_SVG=F puts the ws suite's chart there)
 #   SKIP_INSTALL=1 SKIP_BUILD=1 ...    reuse what is installed and built
@@ -269,7 +270,7 @@ run_suite() {
     sse) PROTO=sse title="SSE (EventSource), $CONNS connections"
         for name in $SERVERS; do
             case $name in
-            c10m | nchan | pushpin) servers+=("$name") ;;
+            c10m | c10m-base | nchan | pushpin) servers+=("$name") ;;
             esac
         done ;;
     c100k) CONNS=$CONNS_100K REPS=$REPS_100K title="WebSocket, $CONNS_100K connections"
@@ -277,7 +278,7 @@ run_suite() {
         ((units > SHARDS)) || units=$SHARDS
         for name in $SERVERS; do
             case $name in
-            c10m | nchan | uws) servers+=("$name") ;;
+            c10m | c10m-base | nchan | uws) servers+=("$name") ;;
             tokio | glommio | pushpin) unable+=("$name") ;;
             *) continue ;;
             esac
@@ -299,6 +300,9 @@ run_suite() {
         esac
         unable_json+="\"$name\": \"$why\","
     done
+    local base_note=
+    [[ " ${servers[*]} " != *" c10m-base "* ]] \
+        || base_note="\"c10m-base: another build of c10m run beside this one (${BASE_DESC:-$BASE_BIN})${BASE_ARGS:+, with $BASE_ARGS}; it is not a peer, so its cells are not listed under where c10m does not lead.\","
     [[ -f $results/meta.json ]] || cat >"$results/meta.json" <<JSON
 {"suite": "$suite", "title": "$title",
  "machine": "$(nproc) vCPU $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo | tr -d '"'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), shared with other workloads (load average at start $(cut -d' ' -f1-3 /proc/loadavg))",
@@ -311,6 +315,7 @@ run_suite() {
   "Memory is read mid-hold once all connections are up. RSS is summed over all server processes (nginx master + workers, the uws primary + workers, Pushpin's runner, condure, zurl, proxy, handler and origin); kernel memory is the growth of Slab in /proc/meminfo divided by connections, both ends of each loopback connection together, and includes whatever else the machine did meanwhile.",
   "CPU per delivery: server utime+stime over the whole broadcast (or targeted) run minus the same over the idle run of the same repetition, divided by deliveries; includes publish request handling.",
   "Peers: tokio-push = tokio multi-thread runtime + axum 0.8 (tokio-tungstenite 0.29), 4 KiB read buffer, no write buffer, listen backlog 4096; glommio-push = glommio 0.9, one executor per vCPU, async-tungstenite 0.28, default task queues; nchan = nginx 1.22 + Nchan 1.3.6 from Debian, one worker per vCPU, publishing through a short njs handler that answers 202 (Nchan itself answers 201 when a channel has subscribers); uws = uWebSockets.js v20 (npm uws-pack 20.0.8) on Node.js 20, one process per vCPU on a SO_REUSEPORT port, uWS pub/sub in each, a publish relayed to the other processes over Node IPC; pushpin = Pushpin 1.36 (condure 1.9, zurl 1.11) from Debian with a node:http GRIP origin, its 2,500 messages/s delivery limit lifted, WebSocket clients reaching the origin as WebSocket-over-HTTP.",
+  $base_note
   "Connect rate is N divided by loadgen's ramp time, which at N = 15,000 is only 0.5-3 s and comes in steps of about 0.25 s: read differences under ~30 % as noise.",
   "Scenarios: idle = $CONNS $PROTO connections, connect rate $CONNECT_RATE (0 = as fast as possible), hold $HOLD; broadcast = the same plus $BCASTS broadcasts of 32 B at 2/s; targeted = the same plus $TARGETED_RATE user pushes/s of 32 B for 10 s (one connection per user).",
   "Shards, workers or processes per server: $units (c10m --shards, nginx worker_processes, uws processes$([[ $suite == c100k ]] && echo ": ceil($CONNS / 19,000), the connections one ring's table or one process's fds can hold under RLIMIT_NOFILE $(ulimit -Hn)"))."

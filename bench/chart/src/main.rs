@@ -347,7 +347,8 @@ fn section(md: &mut String, suite: &Suite, explain: &str) {
 }
 
 /// Lists the rows where a peer's median beats c10m's, with the spread of both and the reason
-/// recorded in the explanations file.
+/// recorded in the explanations file. Other builds of c10m (`c10m-base`, `c10m-nohist`) are
+/// not peers: their columns sit beside c10m's in the table and are not listed here.
 fn not_leading(md: &mut String, suite: &Suite, explain: &str) {
     let (meta, medians, values) = (&suite.meta, &suite.medians, &suite.values);
     let mut rows = Vec::new();
@@ -357,7 +358,7 @@ fn not_leading(md: &mut String, suite: &Suite, explain: &str) {
         let better = |a: f64, b: f64| if *lower { a < b } else { a > b };
         let leader = per
             .iter()
-            .filter(|(s, v)| *s != "c10m" && v.is_finite() && better(**v, base))
+            .filter(|(s, v)| !s.starts_with("c10m") && v.is_finite() && better(**v, base))
             .fold(None::<(&String, f64)>, |best, (s, v)| match best {
                 Some((_, b)) if !better(*v, b) => best,
                 _ => Some((s, *v)),
@@ -406,8 +407,9 @@ fn explanation(text: &str, suite: &str, metric: &str, leader: &str) -> Option<St
     })
 }
 
-const COLORS: [RGBColor; 6] = [
+const COLORS: [RGBColor; 7] = [
     RGBColor(0x1b, 0x9e, 0x77),
+    RGBColor(0x66, 0x66, 0x66),
     RGBColor(0xd9, 0x5f, 0x02),
     RGBColor(0x75, 0x70, 0xb3),
     RGBColor(0xe7, 0x29, 0x8a),
