@@ -51,9 +51,9 @@ pub struct Limits {
     /// counted. Default 65,536.
     pub mesh_backlog_max: u32,
     /// Microseconds a shard polls its inbound mesh rings before sleeping, after a turn that
-    /// took mesh messages. Default 0 (sleep at once): on this project's 2-vCPU measurements
-    /// spinning did not shorten the targeted tail and cost CPU (docs/measurements.md);
-    /// hosts with spare cores may set tens of µs. At most 1000.
+    /// took mesh messages. Default 0 (sleep at once): on 2 vCPUs a 50 µs spin moved the
+    /// targeted tail only within the runs' spread and cost half again the CPU per push
+    /// (docs/measurements.md); hosts with spare cores may set tens of µs. At most 1000.
     pub mesh_spin_us: u32,
     /// Pending connections in each listener's accept queue. Default 4096.
     pub listen_backlog: u32,
