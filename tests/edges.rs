@@ -225,19 +225,7 @@ fn publishes_answered_one_after_another_on_different_connections_arrive_in_order
     let mut ws = server.ws_connect("/ws?user=order&topics=t");
     let mut sse = server.sse_connect("user=order&topics=t");
     server.wait_connections(2);
-    // A publish's id names the shard that accepted it (id mod shards): keep one keep-alive
-    // connection on each shard (bounded tries; the kernel spreads them by port hash).
-    let mut on: [Option<common::AdminConn>; 2] = [None, None];
-    for _ in 0..64 {
-        let mut admin = server.admin_conn();
-        let shard = (admin.publish("user=nobody", "probe") % 2) as usize;
-        on[shard].get_or_insert(admin);
-        if on.iter().all(Option::is_some) {
-            break;
-        }
-    }
-    let mut admins: Vec<_> =
-        on.into_iter().map(|a| a.expect("an admin connection per shard")).collect();
+    let mut admins = admin_per_shard(&server);
     for target in ["user=order", "topic=t"] {
         let n = 400;
         for i in 0..n {
@@ -250,13 +238,10 @@ fn publishes_answered_one_after_another_on_different_connections_arrive_in_order
     }
 }
 
-/// With `--mesh-spin-us`, a shard that just took mesh messages polls its rings before it
-/// sleeps: the spin sees pushes arrive (its counter moves) and they are delivered in order.
-#[test]
-fn a_shard_spinning_on_its_mesh_rings_delivers_what_arrives_in_order() {
-    let server = Server::start(&["--shards", "2", "--mesh-spin-us", "1000"]);
-    let mut ws = server.ws_connect("/ws?user=spin");
-    server.wait_connections(1);
+/// One keep-alive admin connection on each of a two-shard server's shards. A publish's id
+/// names the shard that accepted it (id mod shards); the kernel spreads connections by port
+/// hash, so this opens connections until both shards have one (bounded: 64 tries).
+fn admin_per_shard(server: &Server) -> Vec<common::AdminConn> {
     let mut on: [Option<common::AdminConn>; 2] = [None, None];
     for _ in 0..64 {
         let mut admin = server.admin_conn();
@@ -266,15 +251,39 @@ fn a_shard_spinning_on_its_mesh_rings_delivers_what_arrives_in_order() {
             break;
         }
     }
-    let mut admins: Vec<_> =
-        on.into_iter().map(|a| a.expect("an admin connection per shard")).collect();
+    on.into_iter().map(|a| a.expect("an admin connection per shard")).collect()
+}
+
+/// With `--mesh-spin-us`, a shard that just took mesh messages polls its rings before it
+/// sleeps: the spin sees pushes arrive (its counter moves) and they are delivered in order.
+#[test]
+fn a_shard_spinning_on_its_mesh_rings_delivers_what_arrives_in_order() {
+    let server = Server::start(&["--shards", "2", "--mesh-spin-us", "1000"]);
+    let mut ws = server.ws_connect("/ws?user=spin");
+    server.wait_connections(1);
+    let mut admins = admin_per_shard(&server);
     let mut sent = 0;
-    // Rounds of 100 pushes alternating between the shards, until a spin saw one arrive
-    // (bounded: 20 rounds).
-    for _ in 0..20 {
+    // Rounds of 100 pushes pipelined on one admin connection, the shards taking turns, until
+    // a spin saw one arrive (bounded: 20 rounds). Pipelined, the admin shard reads them over
+    // several turns, so the user's home shard gets them a few µs apart, while it spins; one
+    // at a time, each waits for a round trip through the test that a spinning shard on two
+    // vCPUs may hold up past the spin.
+    for round in 0..20 {
+        let admin = &mut admins[round % 2];
+        let first = sent;
         for _ in 0..100 {
-            admins[sent % 2].publish("user=spin", format!("spin {sent}"));
+            let body = format!("spin {sent}");
+            admin.send_raw(
+                format!(
+                    "POST /publish?user=spin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
             sent += 1;
+        }
+        for i in first..sent {
+            assert_eq!(admin.read().status, 202, "push {i}");
         }
         if common::metric_sum(&server.metrics(), "c10m_mesh_spin_hits_total", &[]) > 0.0 {
             break;
