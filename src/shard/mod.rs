@@ -28,6 +28,7 @@ pub mod handover;
 pub mod io;
 pub mod lifecycle;
 pub mod liveness;
+pub mod mesh;
 pub mod poll;
 pub mod presence;
 pub mod publish;
@@ -41,10 +42,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::history::{Stream, SEQUENCER};
 use crate::mesh::{MeshEnd, Peer};
 use crate::metrics::{bump, CloseReason, ShardStats};
-use crate::push::{home_shard, Msg, PublishUser, TopicIndex, UserIndex};
+use crate::push::{home_shard, Msg, TopicIndex, UserIndex};
 use crate::registry::{ConnId, Registry};
 use crate::ring::{parse_user_data, BufRing, Completion, Op, Ring};
 use conn::{Closing, Conn, Kind};
@@ -464,29 +464,6 @@ impl Shard {
         }
     }
 
-    /// After a turn that took mesh messages, polls the inbound rings for up to
-    /// `mesh_spin_us` instead of sleeping at once: a message that arrives meanwhile (the
-    /// second hop of a targeted push, the next of a burst) needs no doorbell and no wakeup.
-    /// Returns whether one arrived. Off (0) by default: on a host whose cores are all busy the
-    /// spin takes CPU from the work it waits for (docs/measurements.md, "Spinning").
-    fn spin_for_mesh(&mut self) -> bool {
-        let spin_us = self.shared.cfg.limits.mesh_spin_us;
-        if spin_us == 0 {
-            return false;
-        }
-        let until = Instant::now() + Duration::from_micros(spin_us as u64);
-        loop {
-            if self.mesh.inbound() {
-                bump(&self.stats().mesh_spin_hits, 1);
-                return true;
-            }
-            if Instant::now() >= until {
-                return false;
-            }
-            std::hint::spin_loop();
-        }
-    }
-
     /// Reads the shard's clock and moves the liveness clock with it.
     fn read_clock(&mut self) {
         self.now_ms = self.clock.elapsed().as_millis() as u64;
@@ -512,80 +489,6 @@ impl Shard {
             Op::Channel => self.on_channel(generation, c.result),
             Op::FdInstall => self.on_fd_install(slot, generation, c.result),
             Op::Doorbell | Op::DoorbellSent => {}
-        }
-    }
-
-    fn process_mesh(&mut self) {
-        let mut inbox = std::mem::take(&mut self.scratch.inbox);
-        self.mesh.receive(MESH_BATCH_MAX, &mut inbox);
-        self.mesh_took |= !inbox.is_empty();
-        for msg in inbox.drain(..) {
-            self.on_mesh(msg);
-        }
-        self.scratch.inbox = inbox;
-    }
-
-    fn on_mesh(&mut self, msg: Msg) {
-        match msg {
-            Msg::UserAdd(add) => self.on_user_add(&add),
-            Msg::UserRemove { user, conn } => self.remove_user_conn(user, conn),
-            Msg::PublishUser(p) => {
-                let PublishUser { user, hash, mut msg } = *p;
-                self.publish_user_home(&user, hash, &mut msg)
-            }
-            Msg::Deliver(d) if d.natives => self.deliver_natives(&d),
-            Msg::ToNatives(n) => self.deliver_stream(n.topic.as_deref(), &n.msg, false),
-            Msg::Deliver(d) => {
-                self.heard_message(&d.msg);
-                let mut targets = std::mem::take(&mut self.scratch.targets);
-                targets.extend(d.conns.iter().map(|c| (c.slot, c.generation)));
-                self.deliver_to_user(d.user.as_deref(), &mut targets, &d.msg);
-                targets.clear();
-                self.scratch.targets = targets;
-            }
-            // On the sequencer every topic and broadcast publish is new: it numbers it (or
-            // keeps the cluster store's number) and sends it on; the others deliver.
-            Msg::PublishTopic { topic, mut msg } => {
-                if self.id == SEQUENCER {
-                    if !self.take_number(Stream::Topic(&topic), &mut msg) {
-                        return;
-                    }
-                    self.fan_out(|| Msg::PublishTopic {
-                        topic: topic.clone(),
-                        msg: Arc::clone(&msg),
-                    });
-                }
-                self.heard_message(&msg);
-                self.deliver_topic(&topic, &msg)
-            }
-            Msg::PublishAll { mut msg } => {
-                if self.id == SEQUENCER {
-                    if !self.take_number(Stream::All, &mut msg) {
-                        return;
-                    }
-                    self.fan_out(|| Msg::PublishAll { msg: Arc::clone(&msg) });
-                }
-                self.heard_message(&msg);
-                self.deliver_all(&msg)
-            }
-            Msg::Fence { round, attempt } => self.on_fence(round, attempt),
-            Msg::Top { part, seq } if part as usize == self.id => self.store_top(seq),
-            Msg::Top { part, seq } => self.heard.advance(part as usize, seq),
-            Msg::Epoch { epoch, top, backfill_end } => self.new_epoch(epoch, top, backfill_end),
-            Msg::Backfill(b) => self.backfill(*b),
-            Msg::Replay(req) => self.replay_topics(&req),
-            Msg::Replayed(a) => self.on_replayed(&a),
-            Msg::Drain { rate_per_s } => self.begin_drain(rate_per_s as f64),
-            Msg::Evict { conn } => client::over_user_cap(self, conn.slot, conn.generation),
-            Msg::Online(_) | Msg::Offline(_) => debug_assert!(false, "only the bridge gets these"),
-            Msg::UserCommand(c) => self.on_user_command(*c),
-            Msg::PresenceAsk(a) => self.on_presence_ask(*a),
-            Msg::PresenceAnswer(a) => self.on_presence_answer(*a),
-            Msg::PresenceNodes(n) => self.on_presence_nodes(n),
-            Msg::ConnCommand(c) => self.on_conn_command(*c),
-            Msg::Batch(msgs) => {
-                self.batched(|shard| msgs.into_iter().for_each(|m| shard.on_mesh(m)))
-            }
         }
     }
 
@@ -651,20 +554,6 @@ impl Shard {
 
     fn conn_id(&self, slot: u32, generation: u32) -> ConnId {
         ConnId { shard: self.id as u16, slot, generation }
-    }
-
-    fn ring_doorbells(&mut self) {
-        if !self.shared.started.load(Ordering::Acquire) {
-            return;
-        }
-        let mut fds = std::mem::take(&mut self.scratch.doorbells);
-        self.mesh.doorbells(&mut fds);
-        for fd in fds.drain(..) {
-            if fd >= 0 {
-                self.submit_doorbell(fd);
-            }
-        }
-        self.scratch.doorbells = fds;
     }
 
     /// Arms the close of a connection at its token's expiry.
