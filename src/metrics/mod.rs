@@ -133,9 +133,9 @@ pub struct ShardStats {
     pub handover_forwards_bad: AtomicU64,
     /// Mesh messages that carried a batch, and the messages they carried.
     pub mesh_batches: AtomicU64,
+    pub mesh_batched: AtomicU64,
     /// Turns whose mesh spin (`mesh_spin_us`) saw a message arrive before sleeping.
     pub mesh_spin_hits: AtomicU64,
-    pub mesh_batched: AtomicU64,
     /// WebSocket handshakes that agreed to permessage-deflate.
     pub ws_deflate_agreed: AtomicU64,
     /// Compressed frames built (once per shard and message for a broadcast).

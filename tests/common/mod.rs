@@ -584,6 +584,18 @@ impl AdminConn {
         headers: &str,
         body: impl AsRef<[u8]>,
     ) -> Response {
+        self.send_request(method, target, headers, body);
+        self.read()
+    }
+
+    /// Writes a request without reading its answer (pipelining: [`AdminConn::read`] it later).
+    pub fn send_request(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &str,
+        body: impl AsRef<[u8]>,
+    ) {
         let body = body.as_ref();
         let mut req = format!(
             "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Content-Length: {}\r\n\r\n",
@@ -592,7 +604,6 @@ impl AdminConn {
         .into_bytes();
         req.extend_from_slice(body);
         self.send_raw(&req);
-        self.read()
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
