@@ -150,6 +150,48 @@ fn a_killed_nodes_entries_expire_and_a_live_nodes_are_refreshed() {
 }
 
 #[test]
+fn users_on_both_shards_stay_registered_and_leave_with_their_last_connection() {
+    let b = Backends::start();
+    let args = ["--registry-ttl-ms", "1500", "--history-ttl-ms", "0"];
+    let node = b.node("a", &args, 0);
+    // Twenty users of one connection and pat with four, over both shards (SO_REUSEPORT).
+    let _users: Vec<_> = (0..20).map(|i| node.ws_connect(&format!("/ws?user=r{i}"))).collect();
+    let mut pat: Vec<_> = (0..4).map(|_| node.ws_connect("/ws?user=pat")).collect();
+    node.wait_connections(24);
+    let metrics = node.metrics();
+    for shard in ["shard=\"0\"", "shard=\"1\""] {
+        let held = common::metric_sum(&metrics, "c10m_connections", &[shard]);
+        assert!(held > 0.0, "{shard} holds none: {metrics}");
+    }
+    let names: Vec<String> = (0..20).map(|i| format!("r{i}")).chain(["pat".into()]).collect();
+    wait_until("every user registered", STEP, || {
+        names.iter().all(|u| b.nodes_of(u) == ["a"]).then_some(())
+    });
+    assert_eq!(cluster_stat(&node, "online_users"), 21, "pat counts once");
+    // Past twice the TTL, the walk of both shards keeps every entry (observed every 100 ms
+    // for 3.2 s).
+    let refreshes = cluster_stat(&node, "registry_refreshes");
+    let until = Instant::now() + Duration::from_millis(3200);
+    while Instant::now() < until {
+        for u in &names {
+            assert_eq!(b.nodes_of(u), ["a"], "{u}'s entry lapsed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(cluster_stat(&node, "registry_refreshes") >= refreshes + 2, "walks every 500 ms");
+    // pat stays while a connection is left; had a close before the last one counted as
+    // pat leaving, online_users would end below 20.
+    pat.truncate(1);
+    node.wait_connections(21);
+    assert_eq!(b.nodes_of("pat"), ["a"]);
+    pat.clear();
+    wait_until("pat's entry removed", STEP, || (!b.key_exists("pat")).then_some(()));
+    node.wait_connections(20);
+    assert_eq!(cluster_stat(&node, "online_users"), 20, "pat left once");
+    assert!((0..20).all(|i| b.nodes_of(&format!("r{i}")) == ["a"]));
+}
+
+#[test]
 fn a_partial_cluster_configuration_is_refused_with_advice() {
     let out = Command::new(env!("CARGO_BIN_EXE_c10m"))
         .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--node-id", "n1"])

@@ -10,19 +10,16 @@
 //!  shards ──PresenceAsk──► bridge ◄──c10m.presence request/replies──► other nodes' bridges
 //! ```
 //!
-//! - **Registry** ([`registry`]): shards announce each user connection (`Msg::Online`) and
-//!   its close (`Msg::Offline`); the bridge counts connections per user and writes only
-//!   transitions, coalesced and pipelined, and refreshes every present user every third of
-//!   `registry_ttl_ms`; a heartbeat every third of `node_ttl_ms` tells the other nodes this
-//!   one is alive, and lookups skip nodes whose heartbeat has expired. Why per connection and not per transition on the user's home shard:
-//!   the home shard's index holds only the keyed hash of a user id, not the name Redis needs,
-//!   and carrying names in `UserAdd` would push `Msg` past 32 bytes. One more small mesh
-//!   message per connect is what `UserAdd` already costs; the bridge's count turns them into
-//!   transitions before Redis sees them. Its steady state is the name (an `Arc<str>`, shared
-//!   with the dirty set while a write waits) and one B-tree entry per online user; measured
-//!   as server RSS growth over a 19,000-user wave (docs/measurements.md), a node with the
-//!   bridge grows about 230 bytes per user more than a standalone node, of which about 140
-//!   remain when the bridge keeps its presence but writes nothing to Redis.
+//! - **Registry** ([`registry`]): a user's home shard tells the bridge when the user's first
+//!   connection on this node is indexed (`Msg::Online`) and when its last one leaves
+//!   (`Msg::Offline`); the bridge writes those transitions, coalesced and pipelined, and
+//!   refreshes every present user every third of `registry_ttl_ms` by walking the shards'
+//!   connections (`Msg::RegistryWalk`, one step of at most 512 users at a time); a heartbeat
+//!   every third of `node_ttl_ms` tells the other nodes this one is alive, and lookups skip
+//!   nodes whose heartbeat has expired. The bridge keeps no per-user state: the home
+//!   shard's index already counts a user's connections, and the shards' connections already
+//!   carry the names, so the registry costs a node what waits to be written and no more
+//!   (docs/measurements.md, "Cluster").
 //! - **Publishes accepted here** are delivered locally by the shards as on a single node and
 //!   handed to the bridge: a user publish is looked up (batched `ZRANGEBYSCORE`) and sent to
 //!   each *other* node's subject; a topic or broadcast is published once with this node in
@@ -245,6 +242,7 @@ impl Prepared {
         let conn = registry::connection(redis)
             .map_err(|e| io::Error::other(format!("--registry: {e}")))?;
         let presence = Rc::new(RefCell::new(Presence::default()));
+        let bells = Rc::new(registry::WalkBells::default());
         let liveness = Rc::new(RefCell::new(registry::Liveness::default()));
         let node: Rc<str> = node_id.as_str().into();
         let node_ttl_ms = cfg.node_ttl_ms.min(cfg.registry_ttl_ms);
@@ -262,6 +260,7 @@ impl Prepared {
         tokio::task::spawn_local(registry::writer(
             conn.clone(),
             Rc::clone(&presence),
+            Rc::clone(&bells),
             Rc::clone(&node),
             cfg.registry_ttl_ms,
             cfg.registry_batch_max as usize,
@@ -310,6 +309,7 @@ impl Prepared {
             user_keys,
             node,
             presence,
+            bells,
             out: out_tx,
             store_out,
             lookups: lookup_tx,
@@ -338,6 +338,8 @@ impl Prepared {
                 };
                 while pending(&bridge) && std::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(registry::FLUSH_MS)).await;
+                    // What the shards' last closes sent meanwhile.
+                    bridge.turn()?;
                 }
                 if bridge.stats.handover.handed_over.load(Relaxed) {
                     // The node lives on in the new process, under the same id.
@@ -391,6 +393,7 @@ impl Prepared {
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(std::time::Instant::now).into()),
                     if deadline.is_some() => bridge.expire_presence(),
+                _ = bridge.bells.bridge.notified() => {}
                 _ = tokio::time::sleep(pause) => {}
             }
             if sleeping {
@@ -407,6 +410,7 @@ struct Bridge {
     user_keys: UserKeys,
     node: Rc<str>,
     presence: Rc<RefCell<Presence>>,
+    bells: Rc<registry::WalkBells>,
     out: mpsc::Sender<Out>,
     /// Publishes for the history store (history on).
     store_out: mpsc::Sender<Out>,
@@ -460,6 +464,10 @@ impl Bridge {
             self.on_mesh(msg);
         }
         self.inbox = inbox;
+        let step = self.presence.borrow_mut().take_step(std::time::Instant::now());
+        if let Some((shard, from)) = step {
+            self.send(shard, Msg::RegistryWalk { from });
+        }
         let backlog = self.mesh.flush_backlog();
         let mut fds = std::mem::take(&mut self.doorbells);
         self.mesh.doorbells(&mut fds);
@@ -512,14 +520,21 @@ impl Bridge {
     fn on_bus_path(&mut self, msg: Msg) {
         match msg {
             Msg::Online(user) => {
-                if self.presence.borrow_mut().connect(&user) {
-                    ClusterStats::bump(&self.stats.online_users, 1);
-                }
+                self.presence.borrow_mut().online(user);
+                ClusterStats::bump(&self.stats.online_users, 1);
             }
             Msg::Offline(user) => {
-                if self.presence.borrow_mut().disconnect(&user) {
-                    self.stats.online_users.fetch_sub(1, Relaxed);
+                self.presence.borrow_mut().offline(user);
+                // Saturating: a node shutting down says so per connection.
+                let less = |n: u64| Some(n.saturating_sub(1));
+                let _ = self.stats.online_users.fetch_update(Relaxed, Relaxed, less);
+            }
+            Msg::RegistryNames(answer) => {
+                let shards = self.mesh.shards();
+                if self.presence.borrow_mut().walked(*answer, shards) {
+                    ClusterStats::bump(&self.stats.registry_refreshes, 1);
                 }
+                self.bells.writer.notify_one();
             }
             Msg::PublishUser(p) => {
                 self.look_up(Lookup { user: p.user, msg: p.msg, from_bus: false });

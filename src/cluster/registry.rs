@@ -36,11 +36,17 @@
 //! dirty users in pipelines of `registry_batch_max` commands, one pipeline in flight at a
 //! time, so a reconnect wave of hundreds of thousands of users becomes a few hundred round
 //! trips that Redis serves back to back instead of a flood of single commands.
+//!
+//! The bridge keeps no list of the users present: a user's home shard says when the user's
+//! first connection on this node comes and its last goes, and the refresh walks the shards'
+//! connections a step at a time (`crate::shard::registry`), each step's users written like
+//! changes. A user with connections on several shards is refreshed once per connection.
+//! What the bridge holds is what waits to be written: at most one flush of changes and one
+//! step of the walk.
 #![forbid(unsafe_code)]
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ops::Bound;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -49,6 +55,7 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 
 use super::stats::ClusterStats;
+use crate::push::RegistryNames;
 
 /// Longest a presence change waits before it is written (the batching window).
 pub const FLUSH_MS: u64 = 20;
@@ -176,49 +183,51 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The users with connections on this node, and those whose entry must be written.
+/// What the registry writer has to write, and nothing more: the bridge keeps no per-user
+/// state. Users come and go as transitions from their home shards ([`Presence::online`],
+/// [`Presence::offline`]); the refresh walks the shards for the users of their connections
+/// ([`crate::shard::registry`]), one step at a time, so what waits here is bounded by the
+/// changes of one flush and one step's answer.
 ///
-/// B-trees rather than hash tables: they grow node by node (a 19,000-user wave leaves no
-/// doubled table behind, nor the old one it was copied from), cost about as much per user as
-/// a half-full hash table, and let the refresh walk the users in order from where it stopped
-/// instead of copying every name first.
+/// A B-tree rather than a hash table: it grows and shrinks node by node, so a wave of
+/// hundreds of thousands of users leaves no doubled table behind, nor the one it was copied
+/// from.
 #[derive(Default)]
 pub struct Presence {
-    /// Connections per user on this node; a user is present while in the map.
-    online: BTreeMap<Arc<str>, u32>,
-    dirty: BTreeSet<Arc<str>>,
+    /// Users to write, with whether they are on this node; what arrived last wins, so a
+    /// user the walk saw and whose last connection left since is removed, not refreshed.
+    dirty: BTreeMap<Box<str>, bool>,
     /// A batch taken from `dirty` is being written.
     in_flight: bool,
     /// Rewrite every present user now: Redis lost this node's entries (restarted empty).
     pub resync: bool,
+    walk: Walk,
 }
 
+/// The refresh walk over the shards' slots.
+#[derive(Default)]
+struct Walk {
+    /// The step to ask for next, (shard, slot); `None`: no walk under way.
+    at: Option<(u16, u32)>,
+    /// When the step at `at` was asked for; its answer has not come.
+    asked: Option<Instant>,
+    /// The writer wants the bridge to ask for the step at `at`.
+    want: bool,
+}
+
+/// A walk step that got no answer (its request or answer met a full mesh ring) is asked
+/// for again after this long.
+const WALK_RETRY_MS: u64 = 1000;
+
 impl Presence {
-    /// One more connection of `user`. Returns whether the user just came online.
-    pub fn connect(&mut self, user: &str) -> bool {
-        if let Some(n) = self.online.get_mut(user) {
-            *n += 1;
-            return false;
-        }
-        let name: Arc<str> = user.into();
-        self.online.insert(Arc::clone(&name), 1);
-        self.dirty.insert(name);
-        true
+    /// From the user's home shard: the user's first connection on this node.
+    pub fn online(&mut self, user: Box<str>) {
+        self.dirty.insert(user, true);
     }
 
-    /// One connection of `user` closed. Returns whether it was the user's last.
-    pub fn disconnect(&mut self, user: &str) -> bool {
-        let Some(n) = self.online.get_mut(user) else {
-            debug_assert!(false, "offline without online: {user}");
-            return false;
-        };
-        *n -= 1;
-        if *n > 0 {
-            return false;
-        }
-        let (name, _) = self.online.remove_entry(user).expect("present above");
-        self.dirty.insert(name);
-        true
+    /// From the user's home shard: the user's last connection on this node left.
+    pub fn offline(&mut self, user: Box<str>) {
+        self.dirty.insert(user, false);
     }
 
     /// Whether changes wait to be written (or a batch of them is in flight).
@@ -226,48 +235,71 @@ impl Presence {
         !self.dirty.is_empty() || self.in_flight
     }
 
-    pub fn users(&self) -> usize {
-        self.online.len()
-    }
-
     /// Takes up to `max` dirty users, each with whether it is online now.
-    fn take_dirty(&mut self, max: usize, out: &mut Vec<(Arc<str>, bool)>) {
+    fn take_dirty(&mut self, max: usize, out: &mut Vec<(Box<str>, bool)>) {
         for _ in 0..max {
-            let Some(name) = self.dirty.pop_first() else { break };
-            let online = self.online.contains_key(&name);
-            out.push((name, online));
+            let Some(entry) = self.dirty.pop_first() else { break };
+            out.push(entry);
         }
     }
 
-    fn mark_dirty(&mut self, names: impl IntoIterator<Item = Arc<str>>) {
-        self.dirty.extend(names);
+    /// A batch that could not be written waits again, behind any newer change of its users.
+    fn mark_dirty(&mut self, batch: impl IntoIterator<Item = (Box<str>, bool)>) {
+        for (name, online) in batch {
+            self.dirty.entry(name).or_insert(online);
+        }
     }
 
-    /// Appends present users after `cursor` (all of them from `None`) until `out` holds
-    /// `max`, and moves `cursor` to the last one taken; `None` once the walk has passed the
-    /// last user.
-    fn refresh_from(
-        &self,
-        cursor: &mut Option<Arc<str>>,
-        max: usize,
-        out: &mut Vec<(Arc<str>, bool)>,
-    ) {
-        let from = match cursor.as_deref() {
-            Some(last) => Bound::Excluded(last),
-            None => Bound::Unbounded,
-        };
-        let room = max.saturating_sub(out.len());
-        if room == 0 {
-            return;
+    /// Starts the refresh walk from the first slot of the first shard.
+    fn start_walk(&mut self) {
+        self.walk = Walk { at: Some((0, 0)), asked: None, want: false };
+    }
+
+    fn walking(&self) -> bool {
+        self.walk.at.is_some()
+    }
+
+    /// Whether the bridge should ask for the next walk step now: one is due, no answer is
+    /// awaited (or it is overdue), and less than `room` names wait to be written.
+    fn step_due(&mut self, room: usize, now: Instant) -> bool {
+        let w = &mut self.walk;
+        let awaited = w.asked.is_some_and(|t| now < t + Duration::from_millis(WALK_RETRY_MS));
+        if w.at.is_none() || w.want || awaited || self.dirty.len() >= room {
+            return false;
         }
-        let before = out.len();
-        let range = self.online.range::<str, _>((from, Bound::Unbounded));
-        out.extend(range.take(room).map(|(name, _)| (Arc::clone(name), true)));
-        *cursor = if out.len() - before < room {
-            None
-        } else {
-            out.last().map(|(name, _)| Arc::clone(name))
+        w.want = true;
+        true
+    }
+
+    /// For the bridge: the walk step to ask for, (shard, first slot), once the writer
+    /// wants it.
+    pub fn take_step(&mut self, now: Instant) -> Option<(usize, u32)> {
+        let w = &mut self.walk;
+        if !std::mem::take(&mut w.want) {
+            return None;
+        }
+        w.asked = Some(now);
+        w.at.map(|(shard, slot)| (shard as usize, slot))
+    }
+
+    /// A shard's answer to a walk step: its users wait to be written, and the walk goes on
+    /// (to the next of `shards`) or is over (true). An answer to a step asked for before (a
+    /// retry crossed it) is dropped.
+    pub fn walked(&mut self, answer: RegistryNames, shards: usize) -> bool {
+        let w = &mut self.walk;
+        if w.at != Some((answer.shard, answer.from)) || w.asked.is_none() {
+            return false;
+        }
+        w.asked = None;
+        w.at = match answer.next {
+            Some(slot) => Some((answer.shard, slot)),
+            None if (answer.shard as usize) + 1 < shards => Some((answer.shard + 1, 0)),
+            None => None,
         };
+        for name in answer.names {
+            self.dirty.insert(name, true);
+        }
+        self.walk.at.is_none()
     }
 }
 
@@ -284,10 +316,20 @@ pub fn connection(client: redis::Client) -> redis::RedisResult<ConnectionManager
     ConnectionManager::new_lazy_with_config(client, config)
 }
 
-/// Writes presence changes and refreshes every present user every `ttl_ms / 3`.
+/// The two wakeups of the refresh walk: the writer wants a step asked for (the bridge's
+/// loop waits on `bridge`), and a step's names arrived (the writer waits on `writer`).
+#[derive(Default)]
+pub struct WalkBells {
+    pub bridge: tokio::sync::Notify,
+    pub writer: tokio::sync::Notify,
+}
+
+/// Writes presence changes and refreshes every present user every `ttl_ms / 3`, walking
+/// the shards through the bridge ([`WalkBells`]).
 pub async fn writer(
     mut con: ConnectionManager,
     presence: Rc<RefCell<Presence>>,
+    bells: Rc<WalkBells>,
     node_id: Rc<str>,
     ttl_ms: u64,
     batch_max: usize,
@@ -296,10 +338,6 @@ pub async fn writer(
     let users_per_batch = (batch_max / 2).max(1);
     let period = Duration::from_millis(ttl_ms / 3);
     let mut next_refresh = Instant::now() + period;
-    // A refresh is under way; it has written the users up to `refresh_cursor` (from the
-    // first one when `None`).
-    let mut refreshing = false;
-    let mut refresh_cursor: Option<Arc<str>> = None;
     let mut backoff = FLUSH_MS;
     let mut batch = Vec::with_capacity(users_per_batch);
     // Zero: the first tick connects (and says whether Redis is there).
@@ -307,20 +345,36 @@ pub async fn writer(
         .checked_sub(Duration::from_millis(PING_IDLE_MS))
         .unwrap_or_else(Instant::now);
     loop {
-        tokio::time::sleep(Duration::from_millis(backoff)).await;
-        let resync = std::mem::take(&mut presence.borrow_mut().resync);
-        if (!refreshing && Instant::now() >= next_refresh) || resync {
-            refreshing = true;
-            refresh_cursor = None;
-            next_refresh = Instant::now() + period;
+        if backoff == FLUSH_MS {
+            // A walk step's names end the wait early: the walk goes at the pace Redis
+            // takes its pipelines, not one step per flush.
+            let pause = tokio::time::sleep(Duration::from_millis(backoff));
+            tokio::select! {
+                _ = pause => {}
+                _ = bells.writer.notified() => {}
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(backoff)).await;
+        }
+        {
+            let mut p = presence.borrow_mut();
+            let resync = std::mem::take(&mut p.resync);
+            if (!p.walking() && Instant::now() >= next_refresh) || resync {
+                p.start_walk();
+                next_refresh = Instant::now() + period;
+            }
         }
         backoff = FLUSH_MS;
         loop {
             batch.clear();
-            presence.borrow_mut().take_dirty(users_per_batch, &mut batch);
-            if refreshing && batch.len() < users_per_batch {
-                presence.borrow().refresh_from(&mut refresh_cursor, users_per_batch, &mut batch);
-                refreshing = refresh_cursor.is_some();
+            {
+                let mut p = presence.borrow_mut();
+                p.take_dirty(users_per_batch, &mut batch);
+                // Asked for before this batch is written, the next step's names are there
+                // by the time it is.
+                if p.step_due(users_per_batch, Instant::now()) {
+                    bells.bridge.notify_one();
+                }
             }
             if batch.is_empty() {
                 if last_io.elapsed() >= Duration::from_millis(PING_IDLE_MS) {
@@ -358,7 +412,7 @@ pub async fn writer(
                     // Written again once Redis is back: entries are idempotent.
                     ClusterStats::bump(&stats.registry_errors, 1);
                     stats.set_registry_up(false);
-                    presence.borrow_mut().mark_dirty(batch.drain(..).map(|(n, _)| n));
+                    presence.borrow_mut().mark_dirty(batch.drain(..));
                     backoff = BACKOFF_MS_MAX;
                     break;
                 }
@@ -387,43 +441,75 @@ mod tests {
     }
 
     #[test]
-    fn presence_reports_transitions_only() {
+    fn the_last_change_of_a_user_is_written_once() {
         let mut p = Presence::default();
-        assert!(p.connect("bob"));
-        assert!(!p.connect("bob"));
-        assert!(!p.disconnect("bob"));
-        assert!(p.disconnect("bob"));
-        assert_eq!(p.users(), 0);
-        // Came and went: one dirty entry, written as a removal.
+        p.online("bob".into());
+        p.offline("bob".into());
+        p.online("ann".into());
+        p.offline("ann".into());
+        p.online("ann".into());
         let mut out = Vec::new();
         p.take_dirty(10, &mut out);
-        assert_eq!(out, vec![(Arc::from("bob"), false)]);
+        assert_eq!(out, vec![("ann".into(), true), ("bob".into(), false)]);
+        out.clear();
         p.take_dirty(10, &mut out);
-        assert_eq!(out.len(), 1, "nothing left dirty");
+        assert!(out.is_empty() && !p.pending(), "nothing left dirty");
+        // A batch that failed waits again, behind what changed since.
+        p.offline("ann".into());
+        p.mark_dirty([("ann".into(), true), ("bob".into(), false)]);
+        p.take_dirty(10, &mut out);
+        assert_eq!(out, vec![("ann".into(), false), ("bob".into(), false)]);
+    }
+
+    fn names(shard: u16, from: u32, next: Option<u32>, names: &[&str]) -> RegistryNames {
+        let names = names.iter().map(|&n| n.into()).collect();
+        RegistryNames { shard, from, next, names }
     }
 
     #[test]
-    fn refresh_walks_every_present_user_once() {
+    fn the_walk_asks_every_shard_step_by_step() {
+        let t0 = Instant::now();
         let mut p = Presence::default();
-        for u in ["d", "a", "c", "b", "e"] {
-            p.connect(u);
-        }
-        let mut cursor = None;
+        assert!(!p.step_due(10, t0), "no walk under way");
+        p.start_walk();
+        assert!(p.step_due(10, t0));
+        assert!(!p.step_due(10, t0), "asked for once");
+        assert_eq!(p.take_step(t0), Some((0, 0)));
+        assert_eq!(p.take_step(t0), None);
+        assert!(!p.step_due(10, t0), "its answer is awaited");
+        // An answer to another step is not this one's.
+        p.walked(names(0, 7, None, &["zed"]), 2);
+        assert!(!p.pending());
+        p.walked(names(0, 0, Some(300), &["a", "b"]), 2);
+        assert!(!p.step_due(2, t0), "two names wait, room for two");
+        assert!(p.step_due(3, t0));
+        assert_eq!(p.take_step(t0), Some((0, 300)));
+        p.walked(names(0, 300, None, &["c"]), 2);
+        assert!(p.step_due(10, t0));
+        assert_eq!(p.take_step(t0), Some((1, 0)), "on to the next shard");
+        assert!(p.walked(names(1, 0, None, &["d"]), 2), "every shard walked");
+        assert!(!p.walking());
         let mut out = Vec::new();
-        p.refresh_from(&mut cursor, 2, &mut out);
-        assert_eq!(cursor.as_deref(), Some("b"));
-        // Left since the walk passed it, and joined behind the cursor: neither is refreshed
-        // again; one joining ahead of it is.
-        p.disconnect("a");
-        p.connect("aa");
-        p.connect("f");
-        p.refresh_from(&mut cursor, 4, &mut out);
-        assert_eq!(cursor.as_deref(), Some("d"), "a full batch keeps the cursor");
-        out.clear();
-        p.refresh_from(&mut cursor, 4, &mut out);
-        let names: Vec<&str> = out.iter().map(|(n, _)| &**n).collect();
-        assert_eq!(names, ["e", "f"]);
+        p.take_dirty(10, &mut out);
+        let got: Vec<&str> = out.iter().map(|(n, _)| &**n).collect();
+        assert_eq!(got, ["a", "b", "c", "d"]);
         assert!(out.iter().all(|&(_, online)| online));
-        assert_eq!(cursor, None, "the walk is over");
+    }
+
+    #[test]
+    fn a_user_gone_since_the_walk_saw_it_is_removed_and_a_lost_step_asked_again() {
+        let t0 = Instant::now();
+        let mut p = Presence::default();
+        p.start_walk();
+        assert!(p.step_due(10, t0));
+        assert_eq!(p.take_step(t0), Some((0, 0)));
+        let later = t0 + Duration::from_millis(WALK_RETRY_MS);
+        assert!(p.step_due(10, later), "no answer: asked for again");
+        assert_eq!(p.take_step(later), Some((0, 0)));
+        p.walked(names(0, 0, None, &["x", "y"]), 1);
+        p.offline("x".into());
+        let mut out = Vec::new();
+        p.take_dirty(10, &mut out);
+        assert_eq!(out, vec![("x".into(), false), ("y".into(), true)]);
     }
 }

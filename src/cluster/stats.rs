@@ -62,6 +62,9 @@ pub struct ClusterStats {
     /// Times Redis had lost this node's entries (its heartbeat vanished) and every present
     /// user was rewritten at once.
     pub registry_resyncs: AtomicU64,
+    /// Refresh walks over the shards' users completed (one every third of
+    /// `registry_ttl_ms`, and one per resync).
+    pub registry_refreshes: AtomicU64,
     /// Users looked up, and the pipelines that carried the lookups.
     pub lookups: AtomicU64,
     pub lookup_batches: AtomicU64,
@@ -178,6 +181,7 @@ impl ClusterStats {
             "registry_batches": self.registry_batches.load(Relaxed),
             "registry_errors": self.registry_errors.load(Relaxed),
             "registry_resyncs": self.registry_resyncs.load(Relaxed),
+            "registry_refreshes": self.registry_refreshes.load(Relaxed),
             "lookups": self.lookups.load(Relaxed),
             "lookup_batches": self.lookup_batches.load(Relaxed),
             "lookups_empty": self.lookups_empty.load(Relaxed),
@@ -234,7 +238,7 @@ impl ClusterStats {
             "Nodes with a live heartbeat in the registry.",
             self.live_nodes.load(Relaxed),
         );
-        let counters: [(&str, &str, &AtomicU64); 19] = [
+        let counters: [(&str, &str, &AtomicU64); 20] = [
             (
                 "store_local_total",
                 "Publishes delivered on this node only: the store was unreachable.",
@@ -258,6 +262,11 @@ impl ClusterStats {
                 "registry_resyncs_total",
                 "Full rewrites after Redis lost this node's entries.",
                 &self.registry_resyncs,
+            ),
+            (
+                "registry_refreshes_total",
+                "Refresh walks over this node's users completed.",
+                &self.registry_refreshes,
             ),
             ("lookups_total", "Users looked up in the registry.", &self.lookups),
             ("lookup_batches_total", "Registry lookup pipelines.", &self.lookup_batches),

@@ -5,9 +5,12 @@
 //!   publish to the user goes to the home shard, which forwards it to the owning shards.
 //! - Topic and broadcast publishes go to every shard; each delivers to its local subscribers.
 //! - On a cluster node, the mesh has one more participant, the bridge (`crate::cluster`):
-//!   connection shards tell it [`Msg::Online`] / [`Msg::Offline`] per user connection, the
-//!   accepting shard hands it every publish, and it injects publishes from other nodes as
-//!   [`Msg::PublishUser`], [`Msg::PublishTopic`] and [`Msg::PublishAll`] like any shard.
+//!   a user's home shard tells it [`Msg::Online`] / [`Msg::Offline`] when the user's first
+//!   connection on this node is indexed and when its last one leaves, and every shard
+//!   answers the bridge's [`Msg::RegistryWalk`] with the users of its connections
+//!   ([`Msg::RegistryNames`]), so the bridge keeps no per-user state; the accepting shard hands it every publish, and
+//!   it injects publishes from other nodes as [`Msg::PublishUser`], [`Msg::PublishTopic`] and
+//!   [`Msg::PublishAll`] like any shard.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -42,6 +45,9 @@ pub enum Msg {
     UserAdd(Box<UserAdd>),
     /// To the user's home shard: `conn` no longer serves the user.
     UserRemove { user: u64, conn: ConnId },
+    /// The same on a cluster node, with the name the bridge needs when it was the user's
+    /// last connection here ([`Msg::Offline`]).
+    UserLeave(Box<UserLeave>),
     /// To the user's home shard: deliver to every connection of `user`.
     PublishUser(Box<PublishUser>),
     /// To the owning shard: deliver to these connections.
@@ -73,10 +79,17 @@ pub enum Msg {
     Replay(Box<Replay>),
     /// A partition's answer to [`Msg::UserAdd`] or [`Msg::Replay`].
     Replayed(Box<Replayed>),
-    /// To the cluster bridge: one more connection of this user on this node.
+    /// From the user's home shard to the cluster bridge: the user's first connection on this
+    /// node is indexed.
     Online(Box<str>),
-    /// To the cluster bridge: one connection of this user on this node closed.
+    /// From the user's home shard to the cluster bridge: the user's last connection on this
+    /// node left.
     Offline(Box<str>),
+    /// From the cluster bridge to a shard: the users of your connections in the slots from
+    /// `from` on (the registry's refresh, `crate::cluster::registry`).
+    RegistryWalk { from: u32 },
+    /// The answer to [`Msg::RegistryWalk`].
+    RegistryNames(Box<RegistryNames>),
     /// To the user's home shard: do this to every connection of the user.
     UserCommand(Box<UserCommand>),
     /// To a shard holding some of the user's connections: do this to these.
@@ -106,6 +119,27 @@ pub struct UserAdd {
     /// ...or, for a connection that did not resume, those numbered after this time (µs of
     /// the shards' common clock): what was published while it was registering.
     pub fresh: Option<u64>,
+}
+
+/// See [`Msg::UserLeave`].
+#[derive(Debug)]
+pub struct UserLeave {
+    pub user: u64,
+    pub name: Box<str>,
+    pub conn: ConnId,
+}
+
+/// See [`Msg::RegistryNames`].
+#[derive(Debug, Default)]
+pub struct RegistryNames {
+    pub shard: u16,
+    /// The step's first slot, as asked.
+    pub from: u32,
+    /// Where the walk goes on; `None`: this shard's slots are done.
+    pub next: Option<u32>,
+    /// The users of the connections in the slots walked (a user with several connections
+    /// may appear more than once).
+    pub names: Vec<Box<str>>,
 }
 
 /// See [`Msg::Backfill`].
@@ -316,6 +350,7 @@ impl Msg {
             self,
             Msg::UserAdd(_)
                 | Msg::UserRemove { .. }
+                | Msg::UserLeave(_)
                 | Msg::Replay(_)
                 | Msg::Replayed(_)
                 | Msg::Drain { .. }
@@ -412,7 +447,8 @@ impl UserIndex {
         }
     }
 
-    pub fn remove(&mut self, user: u64, conn: ConnId) {
+    /// Returns whether it was the user's last connection in the index.
+    pub fn remove(&mut self, user: u64, conn: ConnId) -> bool {
         let id = conn.pack();
         let empty = match self.users.get_mut(&user) {
             None => false,
@@ -428,6 +464,7 @@ impl UserIndex {
         if empty {
             self.users.remove(&user);
         }
+        empty
     }
 
     /// Appends the connections of `user` to `out`.

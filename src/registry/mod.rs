@@ -54,6 +54,8 @@ pub struct Registry<T> {
     next_generation: u32,
     /// 0 < len <= capacity_max always holds after an insert.
     capacity_max: usize,
+    /// One past the highest slot ever used.
+    high: u32,
 }
 
 impl<T> Registry<T> {
@@ -61,7 +63,12 @@ impl<T> Registry<T> {
     /// fill, so a large reservation costs address space, not resident memory, and the slab
     /// never doubles (and copies) under load.
     pub fn new(capacity_max: usize) -> Registry<T> {
-        Registry { slab: Slab::with_capacity(capacity_max), next_generation: 1, capacity_max }
+        Registry {
+            slab: Slab::with_capacity(capacity_max),
+            next_generation: 1,
+            capacity_max,
+            high: 0,
+        }
     }
 
     /// Inserts a value and returns its (slot, generation), or gives the value back when full.
@@ -73,6 +80,7 @@ impl<T> Registry<T> {
         self.next_generation = (self.next_generation + 1) & GENERATION_MASK;
         let slot = self.slab.insert(Entry { generation, value });
         assert!(slot < u32::MAX as usize);
+        self.high = self.high.max(slot as u32 + 1);
         Ok((slot as u32, generation))
     }
 
@@ -101,7 +109,7 @@ impl<T> Registry<T> {
 
     /// One past the highest slot ever used: every live slot is below it.
     pub fn slot_bound(&self) -> u32 {
-        self.slab.capacity().min(u32::MAX as usize) as u32
+        self.high
     }
 
     /// The entry in `slot`, if any, with its generation.
@@ -134,6 +142,7 @@ mod tests {
         assert_eq!(r.get(s1, g1), None);
         assert_eq!(r.remove(s1, g1), None);
         assert_eq!(r.get(s2, g2), Some(&"b"));
+        assert_eq!(r.slot_bound(), 1, "one slot ever used");
     }
 
     #[test]

@@ -29,7 +29,8 @@ impl Shard {
     fn on_mesh(&mut self, msg: Msg) {
         match msg {
             Msg::UserAdd(add) => self.on_user_add(&add),
-            Msg::UserRemove { user, conn } => self.remove_user_conn(user, conn),
+            Msg::UserRemove { user, conn } => self.remove_user_conn(user, conn, None),
+            Msg::UserLeave(l) => self.remove_user_conn(l.user, l.conn, Some(&l.name)),
             Msg::PublishUser(p) => {
                 let PublishUser { user, hash, mut msg } = *p;
                 self.publish_user_home(&user, hash, &mut msg)
@@ -78,7 +79,10 @@ impl Shard {
             Msg::Replayed(a) => self.on_replayed(&a),
             Msg::Drain { rate_per_s } => self.begin_drain(rate_per_s as f64),
             Msg::Evict { conn } => client::over_user_cap(self, conn.slot, conn.generation),
-            Msg::Online(_) | Msg::Offline(_) => debug_assert!(false, "only the bridge gets these"),
+            Msg::RegistryWalk { from } => self.on_registry_walk(from),
+            Msg::Online(_) | Msg::Offline(_) | Msg::RegistryNames(_) => {
+                debug_assert!(false, "only the bridge gets these")
+            }
             Msg::UserCommand(c) => self.on_user_command(*c),
             Msg::PresenceAsk(a) => self.on_presence_ask(*a),
             Msg::PresenceAnswer(a) => self.on_presence_answer(*a),

@@ -14,9 +14,9 @@
 //! On a cluster node, [`Shard::route`] also hands the publish to the bridge (the mesh's last
 //! participant), which carries it to other nodes (see `crate::cluster`); publishes that come
 //! from other nodes enter through the bridge's mesh rings as ordinary `PublishUser`,
-//! `PublishTopic` and `PublishAll` messages and are never handed back to it. A user's
-//! connections are announced to the bridge in [`Shard::register_user`] and
-//! [`Shard::unregister_user`]. Those three functions are the only places that know of it.
+//! `PublishTopic` and `PublishAll` messages and are never handed back to it. A user's home
+//! shard tells the bridge when the user's first connection on this node comes and its last
+//! goes, and every shard answers the bridge's walk of the users it serves ([`registry`]).
 
 pub mod accept;
 pub mod admin;
@@ -32,6 +32,7 @@ pub mod mesh;
 pub mod poll;
 pub mod presence;
 pub mod publish;
+pub mod registry;
 pub mod resume;
 pub mod status;
 pub mod tls;
@@ -496,9 +497,6 @@ impl Shard {
     /// which replays the user's messages after `since` to it, or for a new connection
     /// (`fresh`: when it connected) those numbered since then.
     fn register_user(&mut self, user: &str, id: ConnId, since: u64, fresh: Option<u64>) {
-        if let Some(bridge) = self.mesh.bridge() {
-            self.send_mesh(bridge, Msg::Online(user.into()));
-        }
         let hash = self.shared.user_keys.hash(user);
         let home = home_shard(hash, self.shards());
         let add = crate::push::UserAdd { user: hash, name: user.into(), conn: id, since, fresh };
@@ -511,7 +509,7 @@ impl Shard {
 
     /// On the home shard: indexes a user's connection, or evicts it when the user already
     /// holds `conns_per_user_max` (false).
-    fn add_user_conn(&mut self, user: u64, conn: ConnId) -> bool {
+    fn add_user_conn(&mut self, user: u64, name: &str, conn: ConnId) -> bool {
         let cap = self.shared.cfg.limits.conns_per_user_max as usize;
         if cap > 0 && self.users.count(user) >= cap {
             if conn.shard as usize == self.id {
@@ -522,6 +520,9 @@ impl Shard {
             return false;
         }
         self.users.add(user, conn);
+        if self.users.count(user) == 1 {
+            self.user_online(name);
+        }
         true
     }
 
@@ -535,13 +536,19 @@ impl Shard {
     }
 
     fn unregister_user(&mut self, user: &str, id: ConnId) {
-        if let Some(bridge) = self.mesh.bridge() {
-            self.send_mesh(bridge, Msg::Offline(user.into()));
-        }
         let hash = self.shared.user_keys.hash(user);
         let home = home_shard(hash, self.shards());
+        // A node shutting down is leaving: its users go from the registry as their
+        // connections close, without waiting for home shards that may have exited already.
+        let leaving = self.stopping && self.mesh.bridge().is_some();
+        if leaving {
+            self.user_offline(user);
+        }
         if home == self.id {
-            self.remove_user_conn(hash, id);
+            self.remove_user_conn(hash, id, (!leaving).then_some(user));
+        } else if self.mesh.bridge().is_some() && !leaving {
+            let leave = crate::push::UserLeave { user: hash, name: user.into(), conn: id };
+            self.send_mesh(home, Msg::UserLeave(Box::new(leave)));
         } else {
             self.send_mesh(home, Msg::UserRemove { user: hash, conn: id });
         }

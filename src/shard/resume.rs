@@ -323,8 +323,14 @@ impl Shard {
     }
 
     /// On the home shard: a connection of the user is gone (also from the replays waiting).
-    pub(super) fn remove_user_conn(&mut self, user: u64, conn: ConnId) {
-        self.users.remove(user, conn);
+    /// `name` is the user's, on a cluster node: the bridge hears of it when this was the
+    /// user's last connection here.
+    pub(super) fn remove_user_conn(&mut self, user: u64, conn: ConnId, name: Option<&str>) {
+        if self.users.remove(user, conn) {
+            if let Some(name) = name {
+                self.user_offline(name);
+            }
+        }
         if !self.deferred.is_empty() {
             self.deferred.retain(|(_, d)| !matches!(d, Deferred::User(a) if a.conn == conn));
         }
@@ -342,7 +348,7 @@ impl Shard {
     }
 
     fn answer_user_add(&mut self, add: &UserAdd) {
-        if !self.add_user_conn(add.user, add.conn) {
+        if !self.add_user_conn(add.user, &add.name, add.conn) {
             return;
         }
         let max = self.replay_bytes_max();
