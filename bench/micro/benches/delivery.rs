@@ -10,7 +10,7 @@ use std::sync::Arc;
 use c10m::history::{Limits, Log, Stream};
 use c10m::proto::ws;
 use c10m::push::Message;
-use c10m::shard::conn::{Chunk, Outbox};
+use c10m::shard::conn::{Chunk, Iov, Outbox, IOV_CHUNKS};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 const RECIPIENTS: usize = 1000;
@@ -35,8 +35,9 @@ fn fan_out(c: &mut Criterion) {
             }
         })
     });
-    // Recipients behind by a few messages: the frame joins an existing outbox, and one
-    // vectored send takes several chunks (consume of all of them at once).
+    // Recipients behind by a few messages: the frame joins an existing outbox, and every
+    // fourth one a vectored send takes the queued chunks: their iovecs are written into the
+    // outbox's boxed `Iov` (as `Shard::send_next` does), then its completion consumes them.
     group.bench_function("fan_out_1000_busy_recipients", |b| {
         let mut outboxes: Vec<Outbox> = (0..RECIPIENTS).map(|_| Outbox::default()).collect();
         let mut frame = Vec::with_capacity(64);
@@ -48,6 +49,16 @@ fn fan_out(c: &mut Criterion) {
                 o.bytes += shared.len();
                 o.chunks.push_back(Chunk::Shared(Rc::clone(&shared)));
                 if o.chunks.len() >= 4 {
+                    let count = o.chunks.len().min(IOV_CHUNKS);
+                    let iov = o.iov.get_or_insert_with(Iov::new);
+                    for (i, chunk) in o.chunks.iter().take(count).enumerate() {
+                        let bytes = chunk.bytes();
+                        let base = bytes.as_ptr() as *mut libc::c_void;
+                        iov.vecs[i] = libc::iovec { iov_base: base, iov_len: bytes.len() };
+                    }
+                    iov.msg.msg_iov = iov.vecs.as_mut_ptr();
+                    iov.msg.msg_iovlen = count;
+                    black_box(&iov.msg);
                     let n = o.bytes;
                     o.consume(n);
                 }

@@ -46,7 +46,10 @@ fn cross_thread(c: &mut Criterion) {
                 let mut seen = 0u64;
                 while seen < ITEMS {
                     match rx.pop() {
-                        Some(item) => seen += 1 + (item[1] & 0),
+                        Some(item) => {
+                            black_box(item);
+                            seen += 1;
+                        }
                         None => std::hint::spin_loop(),
                     }
                 }
