@@ -3,8 +3,8 @@
 
 use std::hint::black_box;
 
-use c10m::proto::http1::{parse_request, HeadLimits};
 use c10m::proto::deflate::{Deflater, Inflater};
+use c10m::proto::http1::{parse_request, HeadLimits};
 use c10m::proto::ws::{write_frame, OpCode, Session, WsLimits};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -140,11 +140,8 @@ fn deflate(c: &mut Criterion) {
                     black_box(d.frame(&mut out, OpCode::Text, black_box(payload)))
                 })
             });
-            let flags = miniz_oxide::deflate::core::create_comp_flags_from_zip_params(
-                level as i32,
-                -15,
-                0,
-            );
+            let flags =
+                miniz_oxide::deflate::core::create_comp_flags_from_zip_params(level as i32, -15, 0);
             let mut mz = miniz_oxide::deflate::core::CompressorOxide::new(flags);
             let mut buf = vec![0u8; payload.len() + 64];
             group.bench_function(format!("miniz_oxide_L{level}/{name}"), |b| {
