@@ -208,16 +208,21 @@ fn a_node_that_shuts_down_cleanly_removes_its_entries() {
     let b = Backends::start();
     let mut node = b.node("a", &[], 0);
     // SSE clients: a shutdown ends their streams at once (no close handshake to wait for),
-    // so the node exits right after their last announcements reach its bridge.
-    let _erin = node.sse_connect("user=erin");
-    let _sam = node.sse_connect("user=sam");
-    wait_until("erin and sam registered", STEP, || {
-        (b.nodes_of("erin") == ["a"] && b.nodes_of("sam") == ["a"]).then_some(())
+    // so the node exits right after their last announcements reach its bridge. Eight users
+    // of two connections each, over both shards: a user's last connection often closes on
+    // the shard that is not its home, which must hear of it before it exits.
+    let users: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+    let _clients: Vec<_> =
+        users.iter().flat_map(|u| [0, 1].map(|_| node.sse_connect(&format!("user={u}")))).collect();
+    node.wait_connections(16);
+    wait_until("every user registered", STEP, || {
+        users.iter().all(|u| b.nodes_of(u) == ["a"]).then_some(())
     });
     node.signal(libc::SIGINT);
     assert!(node.wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()));
     // Removed by the node on its way out, not by the expiry; its heartbeat too.
-    assert!(!b.key_exists("erin") && !b.key_exists("sam"));
+    let left: Vec<&String> = users.iter().filter(|u| b.key_exists(u)).collect();
+    assert!(left.is_empty(), "entries left: {left:?}");
     assert!(b.heartbeats().is_empty(), "heartbeat left: {:?}", b.heartbeats());
 }
 

@@ -525,7 +525,7 @@ impl Bridge {
             }
             Msg::Offline(user) => {
                 self.presence.borrow_mut().offline(user);
-                // Saturating: a node shutting down says so per connection.
+                // Saturating, so a miscount could never wrap the gauge.
                 let less = |n: u64| Some(n.saturating_sub(1));
                 let _ = self.stats.online_users.fetch_update(Relaxed, Relaxed, less);
             }

@@ -79,6 +79,9 @@ pub struct Shared {
     pub admin_key: Option<Box<[u8]>>,
     /// Set by the main thread once every shard has its ring, so doorbells have a target.
     pub started: AtomicBool,
+    /// Shards with nothing left in a shutdown or drain whose mesh backlog is sent
+    /// ([`Shard::others_done`]).
+    pub emptied: std::sync::atomic::AtomicUsize,
     /// The bridge's counters on a cluster node.
     pub cluster: Option<Arc<crate::cluster::ClusterStats>>,
     /// TLS for every client listener, when `--tls-cert` is given.
@@ -189,6 +192,8 @@ pub struct Shard {
     drain: Option<lifecycle::Drain>,
     /// SIGINT arrived: everything was closed at once, whatever drain was under way.
     stopping: bool,
+    /// Counted in [`Shared::emptied`] ([`Shard::others_done`]).
+    counted_empty: bool,
     /// This shard's share of `accept_rate_per_s_max`.
     bucket: lifecycle::Bucket,
     /// Token buckets per source address, for `accept_rate_per_source_per_s_max`.
@@ -325,6 +330,7 @@ impl Shard {
             expiries: std::collections::HashMap::new(),
             drain: None,
             stopping: false,
+            counted_empty: false,
             rss_sampled_ms: 0,
             auth_log: crate::log::Limited::new(10_000),
             // Starts full: the first burst up to the rate is admitted.
@@ -398,7 +404,7 @@ impl Shard {
                 self.history_tick();
             }
             if let Some(deadline) = self.shutdown_deadline_ms {
-                if self.conns.is_empty() || self.now_ms >= deadline {
+                if (self.conns.is_empty() && self.others_done()) || self.now_ms >= deadline {
                     return Ok(());
                 }
             }
@@ -538,15 +544,9 @@ impl Shard {
     fn unregister_user(&mut self, user: &str, id: ConnId) {
         let hash = self.shared.user_keys.hash(user);
         let home = home_shard(hash, self.shards());
-        // A node shutting down is leaving: its users go from the registry as their
-        // connections close, without waiting for home shards that may have exited already.
-        let leaving = self.stopping && self.mesh.bridge().is_some();
-        if leaving {
-            self.user_offline(user);
-        }
         if home == self.id {
-            self.remove_user_conn(hash, id, (!leaving).then_some(user));
-        } else if self.mesh.bridge().is_some() && !leaving {
+            self.remove_user_conn(hash, id, Some(user));
+        } else if self.mesh.bridge().is_some() {
             let leave = crate::push::UserLeave { user: hash, name: user.into(), conn: id };
             self.send_mesh(home, Msg::UserLeave(Box::new(leave)));
         } else {

@@ -4,8 +4,9 @@
 //! - A user's home shard counts the user's connections on this node in its index anyway
 //!   ([`crate::push::UserIndex`]); when the first one is indexed it sends the bridge
 //!   [`Msg::Online`], when the last one leaves [`Msg::Offline`]. The bridge writes those
-//!   transitions to Redis. A node shutting down removes a user as soon as one of its
-//!   connections closes: the home shard may have exited before the last one.
+//!   transitions to Redis. So a shard whose connections are gone in a shutdown or drain
+//!   waits for the others before it exits ([`Shard::others_done`]): the last connection of
+//!   a user homed here may close on another shard.
 //! - The bridge refreshes every present user every third of `registry_ttl_ms` by walking the
 //!   shards: it asks one shard at a time for the users of its connections from a slot on
 //!   ([`Msg::RegistryWalk`]) and gets at most [`WALK_NAMES`] of them back
@@ -27,12 +28,37 @@ impl Shard {
         }
     }
 
-    /// On the home shard: the user's last connection on this node left. On a node shutting
-    /// down: one of the user's connections closed (any shard; the node is leaving).
+    /// On the home shard: the user's last connection on this node left.
     pub(super) fn user_offline(&mut self, name: &str) {
         if let Some(bridge) = self.mesh.bridge() {
             self.send_mesh(bridge, Msg::Offline(name.into()));
         }
+    }
+
+    /// In a shutdown or drain, with no connection left: whether this shard may exit. On a
+    /// cluster node it first counts itself (once its mesh backlog is sent) and waits until
+    /// every shard has; what they sent before counting themselves is then in its rings, so
+    /// it takes that, tells the bridge what it must (the `Offline`s of users homed here), and
+    /// goes once its own backlog is out. The shutdown deadline bounds the wait.
+    pub(super) fn others_done(&mut self) -> bool {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        if self.mesh.bridge().is_none() {
+            return true;
+        }
+        if !self.counted_empty {
+            if self.mesh.flush_backlog() {
+                return false;
+            }
+            self.counted_empty = true;
+            self.shared.emptied.fetch_add(1, AcqRel);
+        }
+        if self.shared.emptied.load(Acquire) < self.shards() {
+            return false;
+        }
+        self.process_mesh();
+        let waiting = self.mesh.flush_backlog();
+        self.ring_doorbells();
+        !waiting
     }
 
     /// The bridge's refresh walk: the users of the client connections from slot `from` on.
