@@ -433,11 +433,13 @@ enum Conns {
 }
 
 impl UserIndex {
-    pub fn add(&mut self, user: u64, conn: ConnId) {
+    /// Returns whether it is the user's first connection in the index.
+    pub fn add(&mut self, user: u64, conn: ConnId) -> bool {
         let id = conn.pack();
         match self.users.get_mut(&user) {
             None => {
                 self.users.insert(user, Conns::One(id));
+                return true;
             }
             Some(Conns::One(first)) => {
                 let first = *first;
@@ -445,6 +447,7 @@ impl UserIndex {
             }
             Some(Conns::Many(list)) => list.push(id),
         }
+        false
     }
 
     /// Returns whether it was the user's last connection in the index.
@@ -588,14 +591,16 @@ mod tests {
             idx.connections(42, &mut v);
             v
         };
-        idx.add(42, c1);
+        assert!(idx.add(42, c1), "the user's first connection");
         assert_eq!(list(&idx), [c1]);
-        idx.add(42, c2);
+        assert!(!idx.add(42, c2));
         assert_eq!(list(&idx), [c1, c2]);
-        idx.remove(42, c1);
+        assert!(!idx.remove(42, c1), "one is left");
         assert_eq!(list(&idx), [c2]);
-        idx.remove(42, c2);
+        assert!(!idx.remove(42, c1), "not there any more");
+        assert!(idx.remove(42, c2), "the user's last connection");
         assert_eq!(idx.users(), 0);
+        assert!(!idx.remove(42, c2), "an unknown user");
     }
 
     #[test]

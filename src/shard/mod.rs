@@ -525,8 +525,7 @@ impl Shard {
             }
             return false;
         }
-        self.users.add(user, conn);
-        if self.users.count(user) == 1 {
+        if self.users.add(user, conn) {
             self.user_online(name);
         }
         true
