@@ -43,6 +43,7 @@
 //! serving their local clients throughout.
 
 pub mod bus;
+mod lookup;
 pub mod presence;
 pub mod registry;
 pub mod stats;
@@ -63,13 +64,12 @@ use crate::config::Cluster;
 use crate::mesh::bell::{Bell, EventFd};
 use crate::mesh::{MeshEnd, Sent};
 use crate::push::{home_shard, Message, Msg, PublishUser, UserKeys};
+use lookup::{Lookup, Lookups};
 use registry::Presence;
 pub use stats::{ClusterDrop, ClusterStats};
 
 /// Mesh messages the bridge takes per turn, so the bus gets its turn under a flood.
 const MESH_BATCH_MAX: usize = 4096;
-/// Users per lookup pipeline.
-const LOOKUP_BATCH_MAX: usize = 512;
 /// Ids the bridge gives to backend messages from NATS: above any id a shard gives.
 const BUS_ID_BASE: u64 = 1 << 62;
 
@@ -445,15 +445,6 @@ struct Out {
     msg: Arc<Message>,
 }
 
-/// A user publish to look up in the registry. `from_bus`: a backend's publish taken from the
-/// user queue (this node delivers too if the user is here); else accepted here (this node
-/// has delivered it already).
-struct Lookup {
-    user: Box<str>,
-    msg: Arc<Message>,
-    from_bus: bool,
-}
-
 impl Bridge {
     /// Takes what shards sent, flushes the mesh backlog and rings sleeping shards. Returns
     /// whether a backlog is still waiting for room.
@@ -713,90 +704,6 @@ async fn publisher(
         match sent {
             Ok(()) => ClusterStats::bump(&stats.bus_out, 1),
             Err(_) => stats.dropped(ClusterDrop::BusDown, 1),
-        }
-    }
-}
-
-/// Looks users up in the registry, in pipelines, and forwards to their nodes.
-struct Lookups {
-    conn: redis::aio::ConnectionManager,
-    liveness: Rc<RefCell<registry::Liveness>>,
-    node: Rc<str>,
-    out: mpsc::Sender<Out>,
-    local: mpsc::Sender<(Box<str>, Arc<Message>)>,
-    stats: Arc<ClusterStats>,
-}
-
-impl Lookups {
-    async fn run(self, mut rx: mpsc::Receiver<Lookup>) {
-        let mut batch = Vec::with_capacity(LOOKUP_BATCH_MAX);
-        while let Some(first) = rx.recv().await {
-            batch.push(first);
-            while batch.len() < LOOKUP_BATCH_MAX {
-                match rx.try_recv() {
-                    Ok(l) => batch.push(l),
-                    Err(_) => break,
-                }
-            }
-            self.batch(&mut batch).await;
-            batch.clear();
-        }
-    }
-
-    async fn batch(&self, batch: &mut Vec<Lookup>) {
-        let n = batch.len() as u64;
-        let mut con = self.conn.clone();
-        let now = registry::unix_ms();
-        let mut pipe = redis::pipe();
-        for l in batch.iter() {
-            pipe.cmd("ZRANGEBYSCORE").arg(registry::key(&l.user)).arg(now).arg("+inf");
-        }
-        let found = match pipe.query_async::<Vec<Vec<String>>>(&mut con).await {
-            Ok(found) => found,
-            Err(_) => {
-                ClusterStats::bump(&self.stats.registry_errors, 1);
-                self.stats.set_registry_up(false);
-                return self.stats.dropped(ClusterDrop::RegistryDown, n);
-            }
-        };
-        self.stats.set_registry_up(true);
-        ClusterStats::bump(&self.stats.lookups, n);
-        ClusterStats::bump(&self.stats.lookup_batches, 1);
-        let liveness = self.liveness.borrow();
-        for (l, nodes) in batch.drain(..).zip(found) {
-            let mut sent = false;
-            for node in nodes {
-                if !liveness.usable(&node, now) {
-                    ClusterStats::bump(&self.stats.lookups_dead_node, 1);
-                    continue;
-                }
-                if *node == *self.node {
-                    if l.from_bus {
-                        sent = true;
-                        if self.local.try_send((l.user.clone(), Arc::clone(&l.msg))).is_err() {
-                            self.stats.dropped(ClusterDrop::QueueFull, 1);
-                        }
-                    }
-                    continue;
-                }
-                if !bus::valid_tail(&node) || node.contains('.') || !bus::valid_header(&l.user) {
-                    self.stats.dropped(ClusterDrop::BadMessage, 1);
-                    continue;
-                }
-                sent = true;
-                let mut headers = HeaderMap::new();
-                headers.insert(bus::H_ORIGIN, &*self.node);
-                headers.insert(bus::H_ID, l.msg.id.to_string().as_str());
-                headers.insert(bus::H_USER, &*l.user);
-                let subject = bus::node_subject(&node);
-                let out = Out { subject, reply: None, headers, msg: Arc::clone(&l.msg) };
-                if self.out.try_send(out).is_err() {
-                    self.stats.dropped(ClusterDrop::QueueFull, 1);
-                }
-            }
-            if !sent {
-                ClusterStats::bump(&self.stats.lookups_empty, 1);
-            }
         }
     }
 }
