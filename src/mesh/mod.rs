@@ -62,10 +62,19 @@ pub struct MeshEnd {
     backlog_max: usize,
     /// Targets pushed to since the last `doorbells` call.
     dirty: Vec<bool>,
+    /// A drained backlog gave its room back since the last [`MeshEnd::gave_back`].
+    gave_back: bool,
 }
 
 /// A message and its stamp (see the module's docs).
 type Stamped = (u64, Msg);
+
+/// Entries a drained backlog keeps room for. A burst (a connect wave on a cluster node
+/// sends every user's `Online` to the bridge and its join to its home shard) can spill tens
+/// of thousands of messages per target; the deque's capacity would stay at that peak for
+/// the life of the process (40 B an entry, per shard and target), so a backlog that is
+/// empty again gives back all but this much.
+const BACKLOG_KEEP: usize = 256;
 
 /// Builds the N×N matrix and returns each shard's end plus the shared peer table. With
 /// `bridge`, the matrix is (N+1)×(N+1) and the last end returned is the bridge's.
@@ -111,6 +120,7 @@ pub fn build(
             backlog_len: 0,
             backlog_max,
             dirty: vec![false; members],
+            gave_back: false,
         })
         .collect();
     (ends, peers)
@@ -194,8 +204,19 @@ impl MeshEnd {
                     }
                 }
             }
+            let backlog = &mut self.backlog[to];
+            if backlog.is_empty() && backlog.capacity() > BACKLOG_KEEP {
+                backlog.shrink_to(BACKLOG_KEEP);
+                self.gave_back = true;
+            }
         }
         self.backlog_len > 0
+    }
+
+    /// Whether a drained backlog gave its room back since the last call: the allocator has
+    /// pages to return (`crate::sys::release_free_memory`).
+    pub fn gave_back(&mut self) -> bool {
+        std::mem::take(&mut self.gave_back)
     }
 
     /// Targets that need a doorbell: pushed to since the last call and asleep. Clears their
@@ -359,5 +380,34 @@ mod tests {
         ends[0].awake();
         assert_eq!(receive_all(&mut ends[0], 1), [1, 2, 3]);
         assert!(ends[0].prepare_sleep());
+    }
+
+    #[test]
+    fn a_drained_backlog_gives_back_the_room_a_burst_took() {
+        let (mut ends, _) = build(2, 8, 16, false);
+        // Non-droppable messages spill past `backlog_max` without limit.
+        let burst = 20 * BACKLOG_KEEP as u64;
+        for seq in 0..burst {
+            assert_eq!(ends[0].send(1, Msg::Offline(format!("u{seq}").into())), Sent::Queued);
+        }
+        assert!(ends[0].backlog[1].capacity() >= burst as usize - 8);
+        let mut got = 0;
+        for _ in 0..burst {
+            let waiting = ends[0].flush_backlog();
+            let mut out = Vec::new();
+            ends[1].receive(usize::MAX, &mut out);
+            got += out.len();
+            if !waiting {
+                break;
+            }
+            assert!(ends[0].backlog[1].capacity() >= ends[0].backlog[1].len());
+        }
+        let mut out = Vec::new();
+        ends[1].receive(usize::MAX, &mut out);
+        got += out.len();
+        assert_eq!(got, burst as usize, "every message arrived");
+        assert!(ends[0].backlog[1].is_empty());
+        assert!(ends[0].backlog[1].capacity() <= BACKLOG_KEEP, "{}", ends[0].backlog[1].capacity());
+        assert!(ends[0].gave_back() && !ends[0].gave_back(), "said once");
     }
 }

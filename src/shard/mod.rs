@@ -448,9 +448,10 @@ impl Shard {
         }
     }
 
-    /// Once a second: after a second that freed many outboxes (a broadcast went out), wait for
-    /// a quiet second, then give the freed pages back, so a connection's memory after a
-    /// broadcast returns to its idle figure.
+    /// Once a second: after a second that freed many outboxes (a broadcast went out) or
+    /// drained a mesh backlog (a connect wave's joins and presence), wait for a quiet second,
+    /// then give the freed pages back, so a connection's memory after a burst returns to its
+    /// idle figure.
     fn release_memory_after_bursts(&mut self) {
         /// Frees in one second that make a burst: far above what pings alone cause.
         const BURST_FREES: u64 = 4096;
@@ -459,7 +460,7 @@ impl Shard {
         }
         self.memory_checked_ms = self.now_ms;
         let freed = std::mem::take(&mut self.outboxes_freed);
-        if freed >= BURST_FREES {
+        if freed >= BURST_FREES || self.mesh.gave_back() {
             self.release_pending = true;
         } else if self.release_pending {
             self.release_pending = false;
