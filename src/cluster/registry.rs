@@ -316,6 +316,11 @@ pub fn connection(client: redis::Client) -> redis::RedisResult<ConnectionManager
     ConnectionManager::new_lazy_with_config(client, config)
 }
 
+/// Users written since the bridge thread last gave its allocator's free pages back, past
+/// which it does so once the writes pause: mimalloc purges a thread's freed pages only on
+/// its later allocations, and after a wave the bridge makes few.
+const RELEASE_AFTER_WRITES: usize = 4096;
+
 /// The two wakeups of the refresh walk: the writer wants a step asked for (the bridge's
 /// loop waits on `bridge`), and a step's names arrived (the writer waits on `writer`).
 #[derive(Default)]
@@ -340,6 +345,7 @@ pub async fn writer(
     let mut next_refresh = Instant::now() + period;
     let mut backoff = FLUSH_MS;
     let mut batch = Vec::with_capacity(users_per_batch);
+    let mut written_since_release = 0;
     // Zero: the first tick connects (and says whether Redis is there).
     let mut last_io = Instant::now()
         .checked_sub(Duration::from_millis(PING_IDLE_MS))
@@ -377,6 +383,11 @@ pub async fn writer(
                 }
             }
             if batch.is_empty() {
+                if written_since_release >= RELEASE_AFTER_WRITES {
+                    // A wave or a walk is written: give the pipelines' freed pages back.
+                    written_since_release = 0;
+                    crate::sys::release_free_memory();
+                }
                 if last_io.elapsed() >= Duration::from_millis(PING_IDLE_MS) {
                     last_io = Instant::now();
                     let up = redis::cmd("PING").query_async::<String>(&mut con).await.is_ok();
@@ -404,6 +415,7 @@ pub async fn writer(
             presence.borrow_mut().in_flight = false;
             match written {
                 Ok(()) => {
+                    written_since_release += batch.len();
                     ClusterStats::bump(&stats.registry_writes, commands);
                     ClusterStats::bump(&stats.registry_batches, 1);
                     stats.set_registry_up(true);
