@@ -116,8 +116,10 @@ pub fn notify(state: &str) {
 }
 
 /// Returns this thread's freed allocator pages to the OS (mimalloc, the global allocator of
-/// the binary). A shard calls it once a burst of outbox frees (a broadcast) is over, because
-/// mimalloc purges idle pages only on later allocator calls, which an idle shard rarely makes.
+/// the binary). A shard calls it once a burst (a broadcast's outboxes, a drained mesh
+/// backlog) is over, and the cluster bridge once a wave's registry writes are, because
+/// mimalloc purges idle pages only on later allocator calls, which an idle thread rarely
+/// makes.
 pub fn release_free_memory() {
     // SAFETY: mi_collect has no preconditions; it only walks the calling thread's heap.
     unsafe { libmimalloc_sys::mi_collect(true) };
