@@ -196,11 +196,11 @@ import ssl, sys
 from websockets.sync.client import connect
 ctx = ssl.create_default_context(cafile=sys.argv[2])
 ctx.set_alpn_protocols(["http/1.1"])
-with connect(sys.argv[1], ssl=ctx, open_timeout=5) as ws:
+with connect(sys.argv[1], ssl=ctx, open_timeout=30) as ws:
     print("open", ws.socket.version(), ws.socket.selected_alpn_protocol(), flush=True)
     print("ext", ws.response.headers.get("Sec-WebSocket-Extensions"), flush=True)
-    print("msg", ws.recv(timeout=5), flush=True)
-    print("msg", ws.recv(timeout=5), flush=True)
+    print("msg", ws.recv(timeout=30), flush=True)
+    print("msg", ws.recv(timeout=30), flush=True)
 "#;
     let url = format!("wss://127.0.0.1:{}/ws?user=py", server.client.port());
     let mut py = LineChild::spawn(Command::new("python3").args([

@@ -646,6 +646,19 @@ pub fn sse_last_id(lines: &[String]) -> String {
     lines.iter().rev().find_map(|l| l.strip_prefix("id: ")).expect("an id line").to_owned()
 }
 
+/// How long [`LineChild`] waits for a line: generous, because only a failing test waits it
+/// out, and a loaded CI machine can take seconds to start a Python client.
+pub const LINE_WAIT: Duration = Duration::from_secs(40);
+
+/// Why no line came: the client's output ended (it exited; its stderr says why) or the
+/// wait ran out.
+fn no_line(e: mpsc::RecvTimeoutError) -> String {
+    match e {
+        mpsc::RecvTimeoutError::Disconnected => "the client exited before the expected line".into(),
+        mpsc::RecvTimeoutError::Timeout => format!("no expected line within {LINE_WAIT:?}"),
+    }
+}
+
 /// A child process whose stdout lines arrive on a channel; killed on drop.
 pub struct LineChild {
     child: Child,
@@ -673,15 +686,15 @@ impl LineChild {
         LineChild { child, lines, seen: Vec::new() }
     }
 
-    /// Waits (bounded) for a line that matches.
+    /// Waits (bounded by [`LINE_WAIT`]) for a line that matches.
     pub fn expect_line(&mut self, want: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + LINE_WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(l) if want(&l) => return l,
                 Ok(l) => self.seen.push(l),
-                Err(_) => panic!("no expected line within 20 s; saw {:?}", self.seen),
+                Err(e) => panic!("{}; saw {:?}", no_line(e), self.seen),
             }
         }
     }
@@ -693,7 +706,7 @@ impl LineChild {
 
     /// Every line up to and including the first that matches (bounded as `expect_line`).
     pub fn lines_until(&mut self, want: impl Fn(&str) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + LINE_WAIT;
         let mut got = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -705,7 +718,7 @@ impl LineChild {
                         return got;
                     }
                 }
-                Err(_) => panic!("no expected line within 20 s; got {got:?}"),
+                Err(e) => panic!("{}; got {got:?}", no_line(e)),
             }
         }
     }
