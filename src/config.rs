@@ -184,6 +184,10 @@ pub struct Config {
     /// With `compression`: the client listeners that agree to it (each one of `listen`);
     /// empty: all of them.
     pub compression_listen: Vec<SocketAddr>,
+    /// Move a WebSocket or SSE connection to its user's home shard once its request head
+    /// is read, so that a push to the user is delivered by the shard that takes it from
+    /// the mesh (`crate::shard::placement`). Default on.
+    pub home_placement: bool,
     /// Pin shard threads to cores.
     pub pin: bool,
     /// Client authentication: "jwt" or "none". Unset means none on loopback listeners and
@@ -331,6 +335,7 @@ impl Default for Config {
             echo: false,
             compression: true,
             compression_listen: Vec::new(),
+            home_placement: true,
             pin: true,
             auth: None,
             jwt_key: None,

@@ -160,6 +160,10 @@ pub struct ServeArgs {
     /// Messages shorter than this are sent uncompressed. Default 128.
     #[arg(long)]
     pub compression_min_bytes: Option<u32>,
+    /// Move each WebSocket or SSE connection to its user's home shard after its request
+    /// head: on or off. Default on.
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    pub home_placement: Option<bool>,
     /// Lines one POST /publish/batch may hold. Default 10000.
     #[arg(long)]
     pub batch_lines_max: Option<u32>,
@@ -263,6 +267,9 @@ impl ServeArgs {
         cfg.pin &= !self.no_pin;
         if let Some(on) = self.compression {
             cfg.compression = on;
+        }
+        if let Some(on) = self.home_placement {
+            cfg.home_placement = on;
         }
         if !self.compression_listen.is_empty() {
             cfg.compression_listen = self.compression_listen.clone();

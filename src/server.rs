@@ -229,6 +229,7 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
         signals,
         rss_bytes: std::sync::atomic::AtomicU64::new(sys::rss_bytes()),
         started: AtomicBool::new(false),
+        placements: std::sync::atomic::AtomicU64::new(0),
         emptied: std::sync::atomic::AtomicUsize::new(0),
         cluster: bridge.as_ref().map(|(b, _)| Arc::clone(&b.stats)),
         tls,

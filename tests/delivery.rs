@@ -142,11 +142,12 @@ fn user_with_ws_and_sse_connections_gets_the_message_on_both() {
     assert_eq!(total_delivered(&server), 2 + 3);
 }
 
-/// Forty users over WebSocket and SSE, spread over two shards by SO_REUSEPORT, so many users
-/// live on a shard other than their home shard: each gets exactly its own message.
+/// Forty users over WebSocket and SSE, spread over two shards by SO_REUSEPORT and left there
+/// (`--home-placement off`), so many users live on a shard other than their home shard: each
+/// gets exactly its own message.
 #[test]
 fn cross_shard_user_routing_delivers_each_message_to_its_user_only() {
-    let server = Server::start(&["--shards", "2"]);
+    let server = Server::start(&["--shards", "2", "--home-placement", "off"]);
     const USERS: usize = 40;
     let mut ws: Vec<(usize, Ws)> = Vec::new();
     let mut sse: Vec<(usize, Sse)> = Vec::new();

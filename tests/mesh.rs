@@ -29,8 +29,9 @@ fn pipelined_publishes(admin: &mut common::AdminConn, reqs: &[(String, String)])
         .collect()
 }
 
-/// Users spread over both shards, so most user publishes cross the mesh twice (to the home
-/// shard, then to the connection's shard).
+/// Users spread over both shards; with `--home-placement off` (as the tests below that count
+/// on it run) most user publishes cross the mesh twice (to the home shard, then to the
+/// connection's shard).
 fn users(server: &Server, n: usize) -> Vec<Ws> {
     let ws: Vec<Ws> =
         (0..n).map(|i| server.ws_connect(&format!("/ws?user=m{i}&topics=all-{}", i % 3))).collect();
@@ -44,7 +45,8 @@ fn users(server: &Server, n: usize) -> Vec<Ws> {
 
 #[test]
 fn tiny_mesh_rings_lose_nothing_and_keep_order_per_route() {
-    let server = Server::start(&["--shards", "2", "--mesh-ring-entries", "16"]);
+    let server =
+        Server::start(&["--shards", "2", "--mesh-ring-entries", "16", "--home-placement", "off"]);
     const USERS: usize = 20;
     const PER_USER: usize = 40;
     let mut ws = users(&server, USERS);
@@ -144,7 +146,8 @@ fn a_full_mesh_without_backlog_drops_publishes_and_counts_them() {
 
 #[test]
 fn concurrent_publishers_each_keep_their_order() {
-    let server = Server::start(&["--shards", "2", "--mesh-ring-entries", "32"]);
+    let server =
+        Server::start(&["--shards", "2", "--mesh-ring-entries", "32", "--home-placement", "off"]);
     const USERS: usize = 8;
     const THREADS: usize = 4;
     const PER: usize = 60;

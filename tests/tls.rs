@@ -142,6 +142,32 @@ fn websocket_delivery_over_tls13_and_tls12() {
     assert_eq!(tls_metric(&server, "c10m_tls_failures_total", &[]), 0.0);
 }
 
+/// Home-shard placement moves a TLS connection with its session: the record layer's keys
+/// and sequence numbers carry on on the other shard, both ways, on both versions.
+#[test]
+fn tls_connections_moved_to_their_home_shard_keep_their_session() {
+    let server = tls_server(&[]);
+    let mut conns = Vec::new();
+    for i in 0..40 {
+        let version = if i % 2 == 0 { &rustls::version::TLS13 } else { &rustls::version::TLS12 };
+        let cfg = client_config(&["ca.pem"], &[version]);
+        conns.push((format!("p{i}"), tls_ws(&server, cfg, &format!("/ws?user=p{i}"))));
+        if tls_metric(&server, "c10m_placements_total", &[]) >= 4.0 {
+            break;
+        }
+    }
+    let moved = tls_metric(&server, "c10m_placements_total", &[]);
+    assert!(moved >= 4.0, "only {moved} of {} TLS connections moved", conns.len());
+    server.wait_connections(conns.len() as u64);
+    for (user, ws) in &mut conns {
+        assert_eq!(server.publish(&format!("user={user}"), format!("to {user}")).0, 202);
+        assert_eq!(next_data(ws), format!("to {user}").as_bytes());
+        ws.send(Message::Ping(b"both ways".to_vec())).unwrap();
+    }
+    assert_eq!(tls_metric(&server, "c10m_user_publishes_forwarded_total", &[]), 0.0);
+    assert_eq!(tls_metric(&server, "c10m_tls_failures_total", &[]), 0.0);
+}
+
 #[test]
 fn echo_of_large_messages_crosses_records_and_receives() {
     let server = tls_server(&["--echo", "--recv-buffer-bytes", "1024"]);

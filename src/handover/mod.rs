@@ -413,7 +413,7 @@ fn hand_over(conn: &OwnedFd, s: &Serving) -> io::Result<u64> {
     shared.hub.fds_free.store(budget, Ordering::Release);
     tracing::info!(fds_in_flight_max = budget, "handover: at most {budget} descriptors in flight");
     shared.hub.attempt.fetch_add(1, Ordering::AcqRel);
-    shared.hub.out_go.store(true, Ordering::Release);
+    shared.hub.out_go.store(true, Ordering::SeqCst);
     let mut logged = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(5));

@@ -219,6 +219,11 @@ impl MeshEnd {
         std::mem::take(&mut self.gave_back)
     }
 
+    /// Shard `to`'s ring fd (-1 before it has made its ring, or after it stopped).
+    pub fn ring_fd(&self, to: usize) -> i32 {
+        self.peers.get(to).map_or(-1, |p| p.ring_fd.load(Ordering::Acquire))
+    }
+
     /// Targets that need a doorbell: pushed to since the last call and asleep. Clears their
     /// sleeping flag so that only one sender rings.
     pub fn doorbells(&mut self, out: &mut Vec<i32>) {

@@ -104,6 +104,15 @@ pub struct ShardStats {
     pub accepts: AtomicU64,
     /// Accepts refused because the shard's table was full.
     pub accepts_refused: AtomicU64,
+    /// Connections this shard sent to their user's home shard after the request head, and
+    /// those it kept because the move failed (the home shard's table full).
+    pub placed_out: AtomicU64,
+    pub placed_failed: AtomicU64,
+    /// Connections this shard took over from another as their user's home shard.
+    pub placed_in: AtomicU64,
+    /// User publishes this home shard handed to another shard for some of the user's
+    /// connections: a second mesh hop, which placement avoids.
+    pub user_forwards: AtomicU64,
     pub closes: [AtomicU64; CloseReason::ALL.len()],
     /// Goaways sent (drain, lifetime).
     pub goaways: AtomicU64,
@@ -290,6 +299,30 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
     family("goaways_total", "counter", "Goaways sent (drain, maximum lifetime).", &|s| {
         s.goaways.load(Relaxed)
     });
+    family(
+        "placements_total",
+        "counter",
+        "Client connections sent to their user's home shard after the request head.",
+        &|s| s.placed_out.load(Relaxed),
+    );
+    family(
+        "placements_adopted_total",
+        "counter",
+        "Client connections taken over from another shard as their user's home shard.",
+        &|s| s.placed_in.load(Relaxed),
+    );
+    family(
+        "user_publishes_forwarded_total",
+        "counter",
+        "User publishes the home shard handed to another shard holding some of the user's connections.",
+        &|s| s.user_forwards.load(Relaxed),
+    );
+    family(
+        "placement_failures_total",
+        "counter",
+        "Moves to a home shard that failed; the connection stayed where it was accepted.",
+        &|s| s.placed_failed.load(Relaxed),
+    );
     family("accepts_refused_rate_total", "counter", "503s from accept_rate_per_s_max.", &|s| {
         s.refused_rate.load(Relaxed)
     });

@@ -102,9 +102,39 @@ pub enum Msg {
     /// From the cluster bridge to the shard holding the request: what the other nodes
     /// answered to its [`Msg::PresenceAsk`] (`crate::cluster::presence`).
     PresenceNodes(Box<PresenceNodes>),
+    /// To the user's home shard: take over this connection, moved here after its request
+    /// head so that the user's publishes do not cross the mesh (`crate::shard::placement`).
+    Adopt(Box<Adopt>),
     /// Several of the above for one participant, in order: what one batch of publishes
     /// (`POST /publish/batch`) sends it, as one mesh message.
     Batch(Box<Vec<Msg>>),
+}
+
+/// See [`Msg::Adopt`]: a client connection whose request head has been read and not yet
+/// answered.
+pub struct Adopt {
+    /// Its slot in the receiving shard's fixed-file table (placed there by MSG_RING).
+    pub fd: u32,
+    /// Milliseconds since its accept, for the handshake deadline.
+    pub waited_ms: u64,
+    /// Its listener agrees to permessage-deflate.
+    pub compress: bool,
+    /// The plaintext received so far: the whole request head, and anything after it.
+    pub bytes: Box<[u8]>,
+    /// Its TLS session, established, on a TLS listener.
+    pub tls: Option<Box<crate::tls::Session>>,
+    /// TLS records the handshake still owes the client, to send before anything else.
+    pub tls_out: Vec<u8>,
+}
+
+impl std::fmt::Debug for Adopt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adopt")
+            .field("fd", &self.fd)
+            .field("bytes", &self.bytes.len())
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 /// See [`Msg::UserAdd`].
@@ -363,6 +393,7 @@ impl Msg {
                 | Msg::PresenceAnswer(_)
                 | Msg::PresenceNodes(_)
                 | Msg::Fence { .. }
+                | Msg::Adopt(_)
         )
     }
 }

@@ -51,6 +51,9 @@ pub enum Op {
     Channel = 10,
     /// A live upgrade: a connection's direct descriptor made into a process fd.
     FdInstall = 11,
+    /// A connection's direct descriptor sent to its user's home shard (MSG_RING); the slot
+    /// is the move's token (`crate::shard::placement`).
+    Move = 12,
 }
 
 impl Op {
@@ -67,6 +70,7 @@ impl Op {
             9 => Op::DoorbellSent,
             10 => Op::Channel,
             11 => Op::FdInstall,
+            12 => Op::Move,
             _ => return None,
         })
     }

@@ -32,8 +32,32 @@ fn ws_limits(shard: &Shard) -> ws::WsLimits {
     }
 }
 
-/// Bytes of a request head on a client listener; the head may arrive in pieces.
-pub(super) fn on_head_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &[u8]) {
+/// Bytes of a request head on a client listener; the head may arrive in pieces. `tls_out`:
+/// TLS bytes the handshake owes the client, sent before any answer.
+pub(super) fn on_head_bytes(
+    shard: &mut Shard,
+    slot: u32,
+    generation: u32,
+    rx: &[u8],
+    tls_out: Vec<u8>,
+) {
+    head_bytes(shard, slot, generation, rx, Some(tls_out))
+}
+
+/// A connection moved from another shard (or whose move failed): `bytes` hold its whole
+/// request head, read here as if it had just arrived; it moves no further.
+pub(super) fn on_moved_head(shard: &mut Shard, slot: u32, generation: u32, bytes: &[u8]) {
+    head_bytes(shard, slot, generation, bytes, None)
+}
+
+/// `tls_out` is None when the connection may not move.
+fn head_bytes(
+    shard: &mut Shard,
+    slot: u32,
+    generation: u32,
+    rx: &[u8],
+    mut tls_out: Option<Vec<u8>>,
+) {
     let limits = head_limits(shard);
     let Some(conn) = shard.conns.get_mut(slot, generation) else {
         return;
@@ -50,7 +74,18 @@ pub(super) fn on_head_bytes(shard: &mut Shard, slot: u32, generation: u32, rx: &
         }
         None => rx,
     };
-    match http1::parse_request(buf, &limits) {
+    let parsed = http1::parse_request(buf, &limits);
+    if let Ok(Some((req, _))) = &parsed {
+        if let Some(out) = tls_out.as_mut() {
+            if shard.place_on_home(slot, generation, req, buf, out) {
+                return;
+            }
+        }
+    }
+    if let Some(out) = tls_out.filter(|o| !o.is_empty()) {
+        shard.queue_raw(slot, generation, Chunk::Owned(out));
+    }
+    match parsed {
         Ok(None) => {
             let keep = pending
                 .unwrap_or_else(|| Box::new(Partial { bytes: rx.to_vec(), ..Default::default() }));

@@ -307,6 +307,13 @@ impl Shard {
         !matches!(s.phase, Phase::Taking { started: false }) || admin
     }
 
+    /// Whether a connection may move between this process's shards ([`super::placement`]):
+    /// not while a live upgrade is asked for or under way, on either side, so that every
+    /// connection is in some shard's slab when the handover sweeps them.
+    pub(super) fn handover_allows_placement(&self) -> bool {
+        self.handover.phase == Phase::Idle && !self.shared.hub.out_go.load(Ordering::SeqCst)
+    }
+
     /// Whether a connection's poll stays unarmed: the old side reads nothing of the batch
     /// under way, and no admin request once admin connections freeze (except those already
     /// under way).

@@ -152,18 +152,23 @@ impl Shard {
         let full = rx.len() == self.bufs.buffer_bytes() as usize;
         let mut plain = std::mem::take(&mut self.scratch.plain);
         plain.clear();
-        let (data, peer_closed): (&[u8], bool) =
+        let (data, peer_closed, mut tls_out): (&[u8], bool, Vec<u8>) =
             match self.tls_receive(slot, generation, rx, &mut plain) {
-                super::tls::Received::Plain => (rx, false),
-                super::tls::Received::Decrypted { peer_closed } => (&plain, peer_closed),
+                super::tls::Received::Plain => (rx, false, Vec::new()),
+                super::tls::Received::Decrypted { peer_closed, out } => (&plain, peer_closed, out),
                 super::tls::Received::Failed => {
                     self.scratch.plain = plain;
                     return;
                 }
             };
+        // Bytes of a request head take the handshake's last bytes with them: queued before
+        // the answer, or carried along when the connection moves (`placement`).
+        if (kind != Kind::Handshake || data.is_empty()) && !tls_out.is_empty() {
+            self.queue_raw(slot, generation, Chunk::Owned(std::mem::take(&mut tls_out)));
+        }
         if !data.is_empty() {
             match kind {
-                Kind::Handshake => client::on_head_bytes(self, slot, generation, data),
+                Kind::Handshake => client::on_head_bytes(self, slot, generation, data, tls_out),
                 Kind::Ws | Kind::Echo => client::on_ws_bytes(self, slot, generation, data),
                 Kind::Sse | Kind::Poll => client::on_sse_bytes(self, slot, generation, data),
                 Kind::Admin => admin::on_bytes(self, slot, generation, data),

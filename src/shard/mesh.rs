@@ -88,6 +88,7 @@ impl Shard {
             Msg::PresenceAnswer(a) => self.on_presence_answer(*a),
             Msg::PresenceNodes(n) => self.on_presence_nodes(n),
             Msg::ConnCommand(c) => self.on_conn_command(*c),
+            Msg::Adopt(a) => self.on_adopt(*a),
             Msg::Batch(msgs) => {
                 self.batched(|shard| msgs.into_iter().for_each(|m| shard.on_mesh(m)))
             }

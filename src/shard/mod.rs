@@ -29,6 +29,7 @@ pub mod io;
 pub mod lifecycle;
 pub mod liveness;
 pub mod mesh;
+pub mod placement;
 pub mod poll;
 pub mod presence;
 pub mod publish;
@@ -101,6 +102,9 @@ pub struct Shared {
     pub clock_origin: Instant,
     /// A live upgrade's shared state ([`crate::handover`]).
     pub hub: crate::handover::Hub,
+    /// Connections on their way between two shards of this process ([`placement`]): a live
+    /// upgrade's sweep is not done while any is.
+    pub placements: std::sync::atomic::AtomicU64,
     /// This node's load and the cluster's live nodes, for `GET /nodes`.
     pub directory: Arc<crate::nodes::Directory>,
 }
@@ -240,6 +244,8 @@ pub struct Shard {
     query_seq: u64,
     /// A live upgrade in progress, on either side ([`handover`]).
     handover: handover::State,
+    /// Connections on their way to their user's home shard ([`placement`]).
+    moves: placement::Moves,
     scratch: Scratch,
 }
 
@@ -364,6 +370,7 @@ impl Shard {
             queries: std::collections::HashMap::new(),
             query_seq: 0,
             handover: handover::State::new(inbound),
+            moves: placement::Moves::default(),
             scratch: Scratch::default(),
         }
     }
@@ -404,7 +411,8 @@ impl Shard {
                 self.history_tick();
             }
             if let Some(deadline) = self.shutdown_deadline_ms {
-                if (self.conns.is_empty() && self.others_done()) || self.now_ms >= deadline {
+                let none = self.conns.is_empty() && self.moves.is_empty();
+                if (none && self.others_done()) || self.now_ms >= deadline {
                     return Ok(());
                 }
             }
@@ -496,6 +504,7 @@ impl Shard {
             Op::KernelQueue => liveness::on_kernel_queue(self, slot, generation, c.result),
             Op::Channel => self.on_channel(generation, c.result),
             Op::FdInstall => self.on_fd_install(slot, generation, c.result),
+            Op::Move => self.on_move(slot, c.result),
             Op::Doorbell | Op::DoorbellSent => {}
         }
     }

@@ -129,6 +129,7 @@ impl Shard {
                     let user = Some(user.into());
                     let msg = Arc::clone(msg);
                     let d = crate::push::Deliver { conns: list, user, msg, natives: false };
+                    bump(&self.stats().user_forwards, 1);
                     self.send_mesh(shard, Msg::Deliver(Box::new(d)));
                 }
             }

@@ -62,6 +62,27 @@ impl Sessions {
         self.insert(slot, generation, s);
     }
 
+    /// A connection moved from another shard of this process, with its session.
+    pub(super) fn adopt_boxed(&mut self, slot: u32, generation: u32, s: Box<Session>) {
+        let i = slot as usize;
+        if self.by_slot.len() <= i {
+            self.by_slot.resize_with(i + 1, || None);
+        }
+        self.by_slot[i] = Some((generation, s));
+    }
+
+    /// Takes a connection's session out (it moves to another shard with the connection).
+    pub(super) fn take(&mut self, slot: u32, generation: u32) -> Option<Box<Session>> {
+        let e = self.by_slot.get_mut(slot as usize)?;
+        match e.take() {
+            Some((g, s)) if g == generation => Some(s),
+            other => {
+                *e = other;
+                None
+            }
+        }
+    }
+
     fn remove(&mut self, slot: u32, generation: u32) {
         if let Some(e) = self.by_slot.get_mut(slot as usize) {
             if e.as_ref().is_some_and(|(g, _)| *g == generation) {
@@ -75,8 +96,10 @@ impl Sessions {
 pub(super) enum Received {
     /// Not a TLS connection: the bytes are plaintext as they are.
     Plain,
-    /// Decrypted into the plaintext buffer; the peer may have sent close_notify.
-    Decrypted { peer_closed: bool },
+    /// Decrypted into the plaintext buffer; the peer may have sent close_notify. `out`: TLS
+    /// bytes the handshake owes the peer (its last flight, TLS 1.3 session tickets), for the
+    /// caller to queue before anything it answers (their records come first in sequence).
+    Decrypted { peer_closed: bool, out: Vec<u8> },
     /// The session failed; the connection is closing, the bytes are void.
     Failed,
 }
@@ -117,17 +140,17 @@ impl Shard {
         }
         let mut out = Vec::new();
         let result = session.receive(rx, plain, &mut out);
-        if !out.is_empty() {
-            self.queue_raw(slot, generation, Chunk::Owned(out));
-        }
         match result {
             Ok(p) => {
                 if p.established {
                     bump(&self.stats().tls_handshakes, 1);
                 }
-                Received::Decrypted { peer_closed: p.peer_closed }
+                Received::Decrypted { peer_closed: p.peer_closed, out }
             }
             Err(why) => {
+                if !out.is_empty() {
+                    self.queue_raw(slot, generation, Chunk::Owned(out));
+                }
                 bump(&self.stats().tls_failures[why as usize], 1);
                 // The alert (if any) is queued; send it, then close.
                 self.finish(slot, generation, CloseReason::ProtocolError);

@@ -68,6 +68,11 @@ impl Shard {
     /// left.
     pub(super) fn move_some(&mut self) {
         self.handover.look_soon = true;
+        if self.shared.placements.load(Ordering::SeqCst) > 0 {
+            // A connection on its way between two shards (placement) arrives first, to be
+            // swept with the others there.
+            return;
+        }
         match self.handover.batch.as_ref() {
             Some(b) if !b.installing => return self.export_frozen(),
             Some(_) => {
