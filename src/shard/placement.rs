@@ -176,7 +176,7 @@ impl Shard {
         let limit = self.shared.cfg.limits.handshake_timeout_ms;
         self.schedule(slot, generation, self.now_ms + limit.saturating_sub(waited_ms));
         if let Some(s) = tls {
-            self.tls.adopt_boxed(slot, generation, s);
+            self.tls.adopt(slot, generation, s);
         }
         if !tls_out.is_empty() {
             self.queue_raw(slot, generation, super::conn::Chunk::Owned(tls_out));

@@ -19,13 +19,13 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    fn insert(&mut self, slot: u32, generation: u32, s: Session) {
+    fn insert(&mut self, slot: u32, generation: u32, s: Box<Session>) {
         let i = slot as usize;
         if self.by_slot.len() <= i {
             self.by_slot.resize_with(i + 1, || None);
         }
         debug_assert!(self.by_slot[i].is_none(), "slot {slot} already has a session");
-        self.by_slot[i] = Some((generation, Box::new(s)));
+        self.by_slot[i] = Some((generation, s));
     }
 
     fn get_mut(&mut self, slot: u32, generation: u32) -> Option<&mut Session> {
@@ -58,17 +58,9 @@ impl Sessions {
     }
 
     /// A live upgrade, new side: a connection's session from the old process.
-    pub(super) fn adopt(&mut self, slot: u32, generation: u32, s: Session) {
+    /// Also a connection moved from another shard of this process ([`super::placement`]).
+    pub(super) fn adopt(&mut self, slot: u32, generation: u32, s: Box<Session>) {
         self.insert(slot, generation, s);
-    }
-
-    /// A connection moved from another shard of this process, with its session.
-    pub(super) fn adopt_boxed(&mut self, slot: u32, generation: u32, s: Box<Session>) {
-        let i = slot as usize;
-        if self.by_slot.len() <= i {
-            self.by_slot.resize_with(i + 1, || None);
-        }
-        self.by_slot[i] = Some((generation, s));
     }
 
     /// Takes a connection's session out (it moves to another shard with the connection).
@@ -113,7 +105,7 @@ impl Shard {
         };
         match tls.session() {
             Ok(s) => {
-                self.tls.insert(slot, generation, s);
+                self.tls.insert(slot, generation, Box::new(s));
                 true
             }
             Err(_) => {

@@ -106,7 +106,7 @@ impl Shard {
         conn.ident = ident;
         let Ok((slot, generation)) = self.conns.insert(conn) else { return false };
         if let Some(s) = tls {
-            self.tls.adopt(slot, generation, s);
+            self.tls.adopt(slot, generation, Box::new(s));
         }
         let stats = &self.shared.stats[self.id];
         bump(
