@@ -237,3 +237,116 @@ fn a_cluster_node_refuses_a_successor_that_cannot_take_its_place() {
     assert_eq!(a.publish("user=alice", "still here").0, 202);
     assert_eq!(ws_text(&mut ws), "still here");
 }
+
+/// Node b sends user commands for node a's clients all through node a's upgrade: every
+/// connection gets each `subscribe` once, told once, whichever process held it when the
+/// command came (the old one forwards what it applied behind the batches on their way), and
+/// the subscriptions work in the new process; every connection of the users it disconnects
+/// meanwhile is closed with 4003. The same TCP connections throughout.
+#[test]
+fn commands_from_another_node_reach_connections_that_move() {
+    const WS: usize = 1200;
+    const USERS: usize = 60;
+    // Under the 64 topics a connection may have.
+    const PER_USER_MAX: usize = 40;
+    const GONE_USERS: usize = 6;
+    let b = Backends::start();
+    let path = control_path("cluster-commands");
+    let a = b.node("a", &["--control-socket", &path], 0);
+    let other = b.node("b", &[], 1);
+    let mut wss: Vec<_> =
+        (0..WS).map(|i| a.ws_connect(&format!("/ws?user=u{}", i % USERS))).collect();
+    let mut gone: Vec<_> = (0..5 * GONE_USERS)
+        .map(|i| a.ws_connect(&format!("/ws?user=d{}", i % GONE_USERS)))
+        .collect();
+    a.wait_connections((WS + gone.len()) as u64);
+    let ports: Vec<u16> = wss.iter().map(|w| w.get_ref().local_addr().unwrap().port()).collect();
+
+    let (switching, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let commander = {
+        let mut admin = other.admin_conn();
+        let (switching, stop) = (Arc::clone(&switching), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let (mut n, mut disconnected) = (0, 0);
+            let mut post = |target: String| {
+                let r = admin.request("POST", &target, "");
+                assert_eq!(r.status, 202, "{target}: {}", r.text());
+            };
+            while n < 20 || !stop.load(Ordering::Acquire) || disconnected < GONE_USERS {
+                assert!(Instant::now() < deadline, "the commands did not end");
+                if n < USERS * PER_USER_MAX {
+                    post(format!("/subscribe?user=u{}&topic=s{n}", n % USERS));
+                    n += 1;
+                }
+                if switching.load(Ordering::Acquire) && n % 16 == 0 && disconnected < GONE_USERS {
+                    post(format!("/disconnect?user=d{disconnected}"));
+                    disconnected += 1;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            n
+        })
+    };
+    let mut a = a;
+    let args = successor_args(&b, &a, "a", &path, &[]);
+    let new = Server::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    switching.store(true, Ordering::Release);
+    let status = a.wait_exit(Duration::from_secs(60));
+    stop.store(true, Ordering::Release);
+    let status = status.unwrap_or_else(|| panic!("the old process exits:\n{}", a.stderr()));
+    assert!(status.success(), "old process: {status:?}\n{}", a.stderr());
+    let count = commander.join().expect("commander");
+    // The disconnected users' connections move only if the command came after them.
+    new.wait_metric("c10m_handover_received_total", &[], WS as f64);
+
+    // Each connection is told of each of its user's subscriptions, once.
+    let topics_of = |i: usize| -> Vec<String> {
+        (0..count).filter(|n| n % USERS == i % USERS).map(|n| format!("s{n}")).collect()
+    };
+    for (i, ws) in wss.iter_mut().enumerate() {
+        let mut told: Vec<String> = (0..topics_of(i).len())
+            .map(|_| {
+                let m: serde_json::Value = serde_json::from_str(&ws_text(ws)).expect("JSON");
+                assert_eq!(m["server"], true, "client {i}: {m}");
+                m["subscribed"].as_str().unwrap_or_else(|| panic!("client {i}: {m}")).to_owned()
+            })
+            .collect();
+        told.sort_by_key(|t| t[1..].parse::<usize>().unwrap_or(usize::MAX));
+        assert_eq!(told, topics_of(i), "client {i}: every subscription, told once");
+    }
+    for (i, ws) in gone.iter_mut().enumerate() {
+        loop {
+            match common::ws_next(ws) {
+                tungstenite::Message::Close(Some(f)) => {
+                    assert_eq!(u16::from(f.code), 4003, "user d{}: {f:?}", i % GONE_USERS);
+                    break;
+                }
+                tungstenite::Message::Text(_) => continue,
+                other => panic!("user d{}: a close, got {other:?}", i % GONE_USERS),
+            }
+        }
+    }
+    // The subscriptions are the new process's: a message to each topic reaches its user's
+    // connections, and nothing else came (no second notice).
+    common::wait_until("the new process reads the store", STEP, || {
+        (new.stats()["cluster"]["store_connected"] == true).then_some(())
+    });
+    let mut admin = other.admin_conn();
+    for n in 0..count {
+        admin.publish(&format!("topic=s{n}"), format!("s{n}"));
+    }
+    for (i, ws) in wss.iter_mut().enumerate() {
+        let mut got: Vec<String> = (0..topics_of(i).len()).map(|_| ws_text(ws)).collect();
+        got.sort_by_key(|t| t[1..].parse::<usize>().unwrap_or(usize::MAX));
+        assert_eq!(got, topics_of(i), "client {i}: its topics' messages, once each");
+    }
+    assert_eq!(other.publish("all", "end").0, 202);
+    for (i, ws) in wss.iter_mut().enumerate() {
+        assert_eq!(ws_text(ws), "end", "client {i}: nothing else");
+    }
+    let after: Vec<u16> = wss.iter().map(|w| w.get_ref().local_addr().unwrap().port()).collect();
+    assert_eq!(ports, after, "the same TCP connections");
+    let text = new.metrics();
+    assert_eq!(common::metric_sum(&text, "c10m_cluster_dropped_total", &[]), 0.0, "{text}");
+}

@@ -54,7 +54,10 @@ pub use socket::{channel_pair, recv_with_fds, send_with_fds};
 /// 5: publishes go on while connections move: a record carries the connection's old id, and
 /// the old shard forwards what it numbers and delivers (`F` messages) in order with its
 /// batches.
-pub const LAYOUT: u32 = 5;
+/// 6: the forwards carry user commands from other nodes too ([`record::STREAM_COMMAND`]),
+/// so a connection on its way gets a `disconnect` or `subscribe` that reached the old
+/// process after its freeze.
+pub const LAYOUT: u32 = 6;
 /// The oldest layout this binary reads (from an older process it takes over).
 pub const LAYOUT_MIN: u32 = 1;
 

@@ -45,7 +45,8 @@ pub const MSG_ACK: u8 = b'A';
 /// A piece of the partition's history log (`H`, 1 on the last piece, bytes), before `S`.
 pub const MSG_HISTORY: u8 = b'H';
 /// A piece of forwarded publishes (`F`, 1 on the last piece, [`Forward`] records): what the
-/// old shard numbered or delivered while its connections move. Layout 5.
+/// old shard numbered or delivered while its connections move (layout 5), and the user
+/// commands it applied (layout 6).
 pub const MSG_FORWARD: u8 = b'F';
 
 impl Record {
@@ -201,6 +202,10 @@ pub struct Forward {
 pub const STREAM_ALL: u8 = 0;
 pub const STREAM_TOPIC: u8 = 1;
 pub const STREAM_USER: u8 = 2;
+/// Not a publish: a user command (`disconnect`, `subscribe`, `unsubscribe`) that reached
+/// the old shard from another node while the named connections move; `name` is the user,
+/// `payload` the command's bus JSON ([`crate::push::Command::to_json`]). Layout 6.
+pub const STREAM_COMMAND: u8 = 3;
 
 impl Forward {
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -226,7 +231,7 @@ impl Forward {
         let mut out = Vec::new();
         while !r.0.is_empty() {
             let stream = r.u8()?;
-            if stream > STREAM_USER {
+            if stream > STREAM_COMMAND {
                 return None;
             }
             let name = r.bytes()?.to_vec();
@@ -312,14 +317,24 @@ mod tests {
             deed: Deed::Deliver(vec![3 | 1 << 32, 9]),
         };
         let b = Forward { stream: STREAM_ALL, name: Vec::new(), deed: Deed::Log, ..a.clone() };
+        let c = Forward {
+            stream: STREAM_COMMAND,
+            payload: br#"{"user":"alice","cmd":"subscribe","topic":"news"}"#.to_vec(),
+            ..a.clone()
+        };
         let mut out = Vec::new();
         a.encode(&mut out);
         b.encode(&mut out);
-        assert_eq!(Forward::decode_all(&out), Some(vec![a, b]));
+        c.encode(&mut out);
+        let all = vec![a, b, c];
+        assert_eq!(Forward::decode_all(&out), Some(all.clone()));
+        // A cut decodes to nothing, or (at a record's end) to the whole records before it.
         for cut in 1..out.len() {
-            let whole = Forward::decode_all(&out[..cut]).is_some_and(|f| f.len() == 1);
-            assert!(Forward::decode_all(&out[..cut]).is_none() || whole, "cut at {cut}");
+            if let Some(f) = Forward::decode_all(&out[..cut]) {
+                assert!(f.len() < all.len() && f[..] == all[..f.len()], "cut at {cut}");
+            }
         }
         assert!(Forward::decode_all(&[9, 0, 0, 0, 0]).is_none());
+        assert!(Forward::decode_all(&[STREAM_COMMAND + 1, 0, 0, 0, 0]).is_none());
     }
 }

@@ -140,6 +140,8 @@ pub struct ShardStats {
     /// delivered there), and pieces of them that did not decode.
     pub handover_forwards: AtomicU64,
     pub handover_forwards_bad: AtomicU64,
+    /// User commands from other nodes the old process forwarded for connections that moved.
+    pub handover_commands: AtomicU64,
     /// Mesh messages that carried a batch, and the messages they carried.
     pub mesh_batches: AtomicU64,
     pub mesh_batched: AtomicU64,
@@ -365,6 +367,13 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
         "Publishes the previous process numbered or delivered while connections moved, \
          forwarded to this one.",
         &|s| s.handover_forwards.load(Relaxed),
+    );
+    family(
+        "handover_commands_total",
+        "counter",
+        "User commands (disconnect, subscribe, unsubscribe) the previous process applied while \
+         connections moved, forwarded to this one for the connections it took over.",
+        &|s| s.handover_commands.load(Relaxed),
     );
     family(
         "handover_forwards_bad_total",

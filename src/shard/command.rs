@@ -108,8 +108,14 @@ impl Shard {
     }
 
     /// On a shard holding some of the user's connections: applies the command to each that
-    /// still serves that user (the index is keyed by hash).
+    /// still serves that user (the index is keyed by hash). While a live upgrade moves this
+    /// shard's connections, the command also goes to the new shard, behind the batches
+    /// already sent, for the named connections that are on their way or gone there
+    /// (`handover::forward`).
     pub(super) fn on_conn_command(&mut self, c: ConnCommand) {
+        if self.forwarding() {
+            self.forward_command(&c);
+        }
         for id in c.conns {
             let (slot, generation) = (id.slot, id.generation);
             let Some(conn) = self.conns.get(slot, generation) else { continue };
@@ -117,7 +123,10 @@ impl Shard {
                 continue;
             }
             if self.handover.is_exported(slot) {
-                // On its way to the new process of a live upgrade (its state is there now).
+                // On its way to the new process of a live upgrade (its state is there now):
+                // the command went there behind its batch, and is kept here should the
+                // connection come back.
+                self.handover_hold_command(slot, generation, &c.name, &c.cmd);
                 continue;
             }
             let kind = conn.kind;
@@ -125,6 +134,9 @@ impl Shard {
                 Command::Disconnect { reason, .. } => {
                     self.disconnect(slot, generation, kind, reason)
                 }
+                // Told once: during a live upgrade both processes may apply the same
+                // command from the bus to a connection that moved.
+                Command::Subscribe(topic) if conn.ident.has_topic(topic) => {}
                 Command::Subscribe(topic) => {
                     let said = match client::subscribe(self, slot, generation, topic) {
                         Ok(()) => serde_json::json!({ "subscribed": &**topic, "server": true }),

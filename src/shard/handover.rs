@@ -46,6 +46,9 @@ mod export;
 mod forward;
 mod takeover;
 
+/// User commands kept for an exported connection: its user's name and the command.
+pub(super) type HeldCommands = Vec<(Box<str>, crate::push::Command)>;
+
 /// Rounds of fences: one per mesh hop a publish can take, plus one for a shard's own queue.
 const FENCE_ROUNDS: u8 = 3;
 
@@ -176,6 +179,9 @@ pub struct State {
     /// Old side: what was queued for exported connections not yet acknowledged, unsealed:
     /// sent after all if the connection comes back.
     side: HashMap<u32, (u32, Vec<Chunk>)>,
+    /// Old side: user commands for exported connections not yet acknowledged (forwarded
+    /// too): applied here after all if the connection comes back.
+    side_commands: HashMap<u32, (u32, HeldCommands)>,
     /// Old side: how long each batch stayed frozen (µs), freeze to ack.
     freezes_us: Vec<u32>,
     /// Messages waiting for room on the channel, in order, with the fds they carry, and since
@@ -232,6 +238,7 @@ impl State {
             fwd_hold: false,
             freezes_us: Vec::new(),
             side: HashMap::new(),
+            side_commands: HashMap::new(),
             kept_users: Vec::new(),
             out_q: VecDeque::new(),
             out_q_since_ms: 0,
@@ -675,6 +682,7 @@ impl Shard {
             .into_iter()
             .map(|(slot, (generation, held))| (slot, generation, held))
             .collect();
+        let commands = std::mem::take(&mut self.handover.side_commands);
         for (user, id) in std::mem::take(&mut self.handover.kept_users) {
             self.unregister_user(&user, id);
         }
@@ -694,6 +702,9 @@ impl Shard {
             for chunk in chunks {
                 self.queue(slot, generation, chunk);
             }
+        }
+        for (slot, (generation, commands)) in commands {
+            self.apply_held_commands(slot, generation, commands);
         }
         self.resume_sends();
     }

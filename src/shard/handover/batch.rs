@@ -329,6 +329,12 @@ impl Shard {
     pub(super) fn thaw(&mut self, slot: u32, generation: u32) {
         self.handover.exported.remove(&slot);
         self.send_held(slot, generation);
+        match self.handover.side_commands.remove(&slot) {
+            Some((g, commands)) if g == generation => {
+                self.apply_held_commands(slot, generation, commands)
+            }
+            _ => {}
+        }
         self.handover.refused.insert(slot);
         self.handover.frozen.remove(&slot);
         self.arm_poll(slot, generation);
@@ -347,6 +353,7 @@ impl Shard {
             if taken.get(k).copied().unwrap_or(false) {
                 self.handover.exported.remove(&slot);
                 self.handover.side.remove(&slot);
+                self.handover.side_commands.remove(&slot);
                 self.handover.frozen.remove(&slot);
                 self.hand_over_done(slot, generation);
                 moved += 1;
@@ -374,6 +381,33 @@ impl Shard {
             for chunk in held {
                 self.queue(slot, generation, chunk);
             }
+        }
+    }
+
+    /// Old side: a user command for an exported connection, kept until its ack.
+    pub(in crate::shard) fn handover_hold_command(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        name: &str,
+        cmd: &crate::push::Command,
+    ) {
+        let entry = self.handover.side_commands.entry(slot).or_insert((generation, Vec::new()));
+        if entry.0 == generation {
+            entry.1.push((name.into(), cmd.clone()));
+        }
+    }
+
+    /// Old side: a connection back from its export gets the commands it missed, in order.
+    pub(super) fn apply_held_commands(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        commands: HeldCommands,
+    ) {
+        let id = crate::registry::ConnId { shard: self.id as u16, slot, generation };
+        for (name, cmd) in commands {
+            self.on_conn_command(crate::push::ConnCommand { conns: vec![id], name, cmd });
         }
     }
 

@@ -8,7 +8,9 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::handover::record::{Deed, Forward, STREAM_ALL, STREAM_TOPIC, STREAM_USER};
+use crate::handover::record::{
+    Deed, Forward, STREAM_ALL, STREAM_COMMAND, STREAM_TOPIC, STREAM_USER,
+};
 use crate::history::{Stream, SEQUENCER};
 use crate::push::Message;
 
@@ -35,6 +37,30 @@ impl Shard {
             text: msg.text,
             payload: msg.payload.to_vec(),
             deed,
+        };
+        f.encode(&mut self.handover.fwd);
+        if !self.handover.fwd_hold && self.handover.fwd.len() >= handover::BATCH_BYTES_MAX {
+            self.flush_forwards();
+        }
+    }
+
+    /// Old side: a user command for connections of this shard (from the user's home shard),
+    /// for the new shard to apply to the named ones it took over. The old shard applies it
+    /// to those it still holds and skips the exported ones, whose batch is ahead of this on
+    /// the channel, so each connection gets it from exactly one process (from the bus, the
+    /// new process may apply it too: every command is idempotent on a connection).
+    pub(in crate::shard) fn forward_command(&mut self, c: &crate::push::ConnCommand) {
+        let f = Forward {
+            stream: STREAM_COMMAND,
+            name: c.name.as_bytes().to_vec(),
+            id: 0,
+            seq: 0,
+            part: 0,
+            text: true,
+            payload: c.cmd.to_json(&c.name).into_bytes(),
+            deed: Deed::Deliver(
+                c.conns.iter().map(|id| id.slot as u64 | (id.generation as u64) << 32).collect(),
+            ),
         };
         f.encode(&mut self.handover.fwd);
         if !self.handover.fwd_hold && self.handover.fwd.len() >= handover::BATCH_BYTES_MAX {
@@ -72,6 +98,9 @@ impl Shard {
     }
 
     fn apply_forward(&mut self, f: Forward) {
+        if f.stream == STREAM_COMMAND {
+            return self.apply_forwarded_command(f);
+        }
         let Ok(name) = std::str::from_utf8(&f.name) else { return };
         let stream = match f.stream {
             STREAM_TOPIC => Stream::Topic(name),
@@ -113,6 +142,31 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// New side: a user command the old shard applied while connections moved, for the
+    /// named ones that came here.
+    fn apply_forwarded_command(&mut self, f: Forward) {
+        let now_s = crate::auth::unix_now_s();
+        let (Ok((user, cmd)), Deed::Deliver(ids)) =
+            (crate::push::Command::from_json(&f.payload, now_s), f.deed)
+        else {
+            tracing::error!(shard = self.id, "takeover: a malformed forwarded command dropped");
+            return bump(&self.stats().handover_forwards_bad, 1);
+        };
+        bump(&self.stats().handover_commands, 1);
+        if let crate::push::Command::Disconnect { ban_until_s, .. } = cmd {
+            if ban_until_s > now_s {
+                self.shared.bans.ban(&user, ban_until_s);
+            }
+        }
+        let shard = self.id as u16;
+        let conns = ids
+            .iter()
+            .filter_map(|id| self.handover.moved.get(id).copied())
+            .map(|(slot, generation)| crate::registry::ConnId { shard, slot, generation })
+            .collect();
+        self.on_conn_command(crate::push::ConnCommand { conns, name: user.into(), cmd });
     }
 
     /// New side, on the user's home shard: a user publish the old process numbered reaches
