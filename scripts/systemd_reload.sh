@@ -4,13 +4,18 @@
 #
 #   scripts/systemd_reload.sh [RELOADS] [CLIENTS]      (3 reloads, 50 clients)
 #
-# systemd runs as PID 1 of namespaces this script makes (PID, mount, cgroup and network:
-# the clients and the server talk over that namespace's own loopback, nothing else is
-# reached), with a cgroup2 hierarchy mounted over /sys/fs/cgroup inside the mount namespace
-# and units under its /run. The unit is deploy/c10m.service with what this box needs
-# changed in a drop-in: the binary of this checkout, two shards on 127.0.0.1:18080 (admin
-# 18081), no nic.sh, root (no c10m user here), LimitNOFILE=20000 (the box cannot raise it).
-# Type=notify, NotifyAccess=all, ExecReload and RuntimeDirectory are the unit's own.
+# systemd runs as PID 1 of namespaces this script makes (PID, mount, cgroup, UTS, IPC and
+# network: the clients and the server talk over that namespace's own loopback, nothing else
+# is reached). Inside the mount namespace the root file system is read-only and /tmp,
+# /var, /run and /etc/systemd/system are empty tmpfs, so nothing systemd does at its start
+# reaches the host's files (systemd-tmpfiles, for one, empties /tmp at boot: a first
+# version of this script without these mounts emptied the host's /tmp). The units have
+# DefaultDependencies=no, so sysinit.target (tmpfiles, sysctl, modules) is not pulled in,
+# and those units are masked besides. The unit is deploy/c10m.service with what this box
+# needs changed in a drop-in: the binary of this checkout, two shards on 127.0.0.1:18080
+# (admin 18081), no nic.sh, root (no c10m user here), LimitNOFILE=20000 (the box cannot
+# raise it). Type=notify, NotifyAccess=all, ExecReload and RuntimeDirectory are the
+# unit's own.
 #
 # Each reload: `systemctl reload`, then wait (bounded) until systemd's MainPID is a new
 # process, the old one is gone and the unit is still active; then a broadcast from the new
@@ -30,10 +35,14 @@ SYSTEMD=${SYSTEMD:-/lib/systemd/systemd}
 python3 -c 'import websockets' 2>/dev/null ||
     { echo "python3 websockets missing: pip install websockets" >&2; exit 2; }
 
-WORK=$(mktemp -d /tmp/c10m-systemd.XXXXXX)
+# Under target/ (ignored), where the namespace reads it: its /tmp is a new tmpfs.
+WORK="$ROOT/target/systemd-reload.$$"
+rm -rf "$WORK"
 mkdir -p "$WORK/units/c10m.service.d"
 cp "$ROOT/deploy/c10m.service" "$WORK/units/c10m.service"
-cat > "$WORK/units/c10m.service.d/20-this-box.conf" <<EOF
+cat > "$WORK/units/c10m.service.d/20-this-box.conf" <<UNIT
+[Unit]
+DefaultDependencies=no
 [Service]
 User=root
 ExecStartPre=
@@ -42,26 +51,37 @@ ExecStart=$BIN serve --shards 2 --listen 127.0.0.1:18080 --admin 127.0.0.1:18081
 LimitNOFILE=20000
 StandardOutput=append:/run/c10m-unit.log
 StandardError=append:/run/c10m-unit.log
-EOF
-cat > "$WORK/units/c10m-test.target" <<'EOF'
+UNIT
+cat > "$WORK/units/c10m-test.target" <<'UNIT'
 [Unit]
 Description=c10m under systemd, nothing else
+DefaultDependencies=no
 Wants=c10m.service
-EOF
+UNIT
+MASK="sysinit.target systemd-tmpfiles-setup.service systemd-tmpfiles-setup-dev.service
+systemd-tmpfiles-setup-dev-early.service systemd-tmpfiles-clean.service
+systemd-tmpfiles-clean.timer systemd-sysctl.service systemd-modules-load.service
+systemd-binfmt.service systemd-udevd.service systemd-udev-trigger.service
+systemd-sysusers.service ldconfig.service systemd-remount-fs.service
+systemd-random-seed.service networking.service systemd-networkd.service
+systemd-resolved.service systemd-timesyncd.service"
 
-# Inside the namespaces: a cgroup2 tree and a /run of its own, the units, then systemd.
-cat > "$WORK/inner.sh" <<EOF
-set -e
-ip link set lo up
-mount --make-rprivate /
-mount -t cgroup2 none /sys/fs/cgroup
-mount -t tmpfs tmpfs /run
-mkdir -p /run/systemd/system
-cp -r "$WORK/units/." /run/systemd/system/
-exec env container=c10m-test "$SYSTEMD" --system --unit=c10m-test.target \
-    --log-target=console --log-level=notice --show-status=false
-EOF
-unshare --pid --fork --mount --net --cgroup --mount-proc bash "$WORK/inner.sh" \
+# Inside the namespaces: a read-only root, empty writable places, a cgroup2 tree, the
+# units, then systemd.
+{
+    echo 'set -e'
+    echo 'ip link set lo up'
+    echo 'mount --make-rprivate /'
+    echo 'mount -o remount,bind,ro /'
+    echo 'for d in /tmp /var /run /etc/systemd/system; do mount -t tmpfs tmpfs "$d"; done'
+    echo 'mount -t cgroup2 none /sys/fs/cgroup'
+    echo 'mkdir -p /run/systemd/system'
+    echo "cp -r '$WORK/units/.' /run/systemd/system/"
+    for u in $MASK; do echo "ln -sf /dev/null /run/systemd/system/$u"; done
+    echo "exec env container=c10m-test '$SYSTEMD' --system --unit=c10m-test.target" \
+        "--log-target=console --log-level=notice --show-status=false"
+} > "$WORK/inner.sh"
+unshare --pid --fork --mount --net --cgroup --uts --ipc --mount-proc bash "$WORK/inner.sh" \
     > "$WORK/systemd.log" 2>&1 &
 UNSHARE=$!
 cleanup() {
@@ -155,7 +175,8 @@ sys.exit(0 if asyncio.run(run()) else 1)
 EOF
 if inside python3 "$WORK/clients.py" "$RELOADS" "$CLIENTS"; then
     inside systemctl stop c10m.service || true
-    echo "PASS: $RELOADS reloads under systemd, no client reconnected (logs: $WORK)"
+    echo "PASS: $RELOADS reloads under systemd, no client reconnected"
+    rm -rf "$WORK"
 else
     echo "FAIL (logs: $WORK)"
     inside systemctl status c10m.service --no-pager 2>&1 | tail -20 || true

@@ -6,7 +6,8 @@
 # Needs the Rust toolchain (cargo, rustfmt, clippy) and a Linux 6.11+ kernel with io_uring
 # enabled; redis-server and nats-server (for the cluster tests) are installed with apt-get
 # when missing, and so are the TLS tests' clients (Python websockets, curl) and promtool (Debian's
-# prometheus package, for tests/deploy.rs); everything else
+# prometheus package, for tests/deploy.rs) and systemd (not started as the host's init:
+# tests/deploy.rs runs one in namespaces of its own); everything else
 # the tests use is built from this workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,9 @@ missing=()
 for pkg in redis-server nats-server curl; do
   command -v "$pkg" >/dev/null || missing+=("$pkg")
 done
+# systemd, not running: tests/deploy.rs starts it as PID 1 of namespaces of its own
+# (scripts/systemd_reload.sh) to check the unit's reload.
+[ -x /lib/systemd/systemd ] || missing+=(systemd)
 if ((${#missing[@]})); then
   echo "test.sh: installing ${missing[*]} with apt-get"
   export DEBIAN_FRONTEND=noninteractive

@@ -456,3 +456,23 @@ fn promtool_accepts_the_rules_and_the_dashboard_queries() {
     let _ = std::fs::remove_file(&file);
     assert!(ok && out.contains("SUCCESS"), "promtool on the dashboard's queries:\n{out}\n{rules}");
 }
+
+/// The bundled unit under a real systemd (PID 1 of namespaces the script makes, the host's
+/// files out of its reach): `systemctl reload` is a live upgrade that systemd follows, the
+/// new process becoming the unit's main one while the unit stays active, and the clients
+/// stay on their TCP connections and hear from the new process (`scripts/systemd_reload.sh`
+/// checks each reload and says PASS).
+#[test]
+fn systemctl_reload_of_the_bundled_unit_is_a_live_upgrade() {
+    let (status, out, err) = common::run_bounded(
+        Command::new("bash")
+            .arg(path("scripts/systemd_reload.sh"))
+            .args(["2", "20"])
+            .env("C10M_BIN", env!("CARGO_BIN_EXE_c10m")),
+        Duration::from_secs(150),
+    );
+    assert!(status.success(), "systemd_reload.sh: {status:?}\n{out}\n{err}");
+    assert_eq!(out.matches("unit active, 20 of 20 clients got the broadcast").count(), 2, "{out}");
+    assert!(out.contains("local ports unchanged: True") && out.contains("PASS"), "{out}");
+    assert!(!out.contains("unchanged: False"), "{out}");
+}
