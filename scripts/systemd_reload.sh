@@ -6,10 +6,11 @@
 #
 # systemd runs as PID 1 of namespaces this script makes (PID, mount, cgroup, UTS, IPC and
 # network: the clients and the server talk over that namespace's own loopback, nothing else
-# is reached). Inside the mount namespace the root file system is read-only and /tmp,
-# /var, /run and /etc/systemd/system are empty tmpfs, so nothing systemd does at its start
-# reaches the host's files (systemd-tmpfiles, for one, empties /tmp at boot: a first
-# version of this script without these mounts emptied the host's /tmp). The units have
+# is reached). Inside the mount namespace the root file system is read-only (/tmp with it,
+# where a checkout may live) and /var, /run and /etc/systemd/system are empty tmpfs, so
+# nothing systemd does at its start reaches the host's files (systemd-tmpfiles, for one,
+# empties /tmp at boot: a first version of this script with a writable root emptied the
+# host's /tmp). The units have
 # DefaultDependencies=no, so sysinit.target (tmpfiles, sysctl, modules) is not pulled in,
 # and those units are masked besides. The unit is deploy/c10m.service with what this box
 # needs changed in a drop-in: the binary of this checkout, two shards on 127.0.0.1:18080
@@ -35,7 +36,7 @@ SYSTEMD=${SYSTEMD:-/lib/systemd/systemd}
 python3 -c 'import websockets' 2>/dev/null ||
     { echo "python3 websockets missing: pip install websockets" >&2; exit 2; }
 
-# Under target/ (ignored), where the namespace reads it: its /tmp is a new tmpfs.
+# Under target/ (ignored); the namespace reads it through its read-only root.
 WORK="$ROOT/target/systemd-reload.$$"
 rm -rf "$WORK"
 mkdir -p "$WORK/units/c10m.service.d"
@@ -73,7 +74,7 @@ systemd-resolved.service systemd-timesyncd.service"
     echo 'ip link set lo up'
     echo 'mount --make-rprivate /'
     echo 'mount -o remount,bind,ro /'
-    echo 'for d in /tmp /var /run /etc/systemd/system; do mount -t tmpfs tmpfs "$d"; done'
+    echo 'for d in /var /run /etc/systemd/system; do mount -t tmpfs tmpfs "$d"; done'
     echo 'mount -t cgroup2 none /sys/fs/cgroup'
     echo 'mkdir -p /run/systemd/system'
     echo "cp -r '$WORK/units/.' /run/systemd/system/"
