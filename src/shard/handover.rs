@@ -46,8 +46,7 @@ mod export;
 mod forward;
 mod takeover;
 
-/// User commands kept for an exported connection: its user's name and the command.
-pub(super) type HeldCommands = Vec<(Box<str>, crate::push::Command)>;
+pub(super) use forward::old_id;
 
 /// Rounds of fences: one per mesh hop a publish can take, plus one for a shard's own queue.
 const FENCE_ROUNDS: u8 = 3;
@@ -181,7 +180,7 @@ pub struct State {
     side: HashMap<u32, (u32, Vec<Chunk>)>,
     /// Old side: user commands for exported connections not yet acknowledged (forwarded
     /// too): applied here after all if the connection comes back.
-    side_commands: HashMap<u32, (u32, HeldCommands)>,
+    side_commands: HashMap<u32, (u32, batch::HeldCommands)>,
     /// Old side: how long each batch stayed frozen (µs), freeze to ack.
     freezes_us: Vec<u32>,
     /// Messages waiting for room on the channel, in order, with the fds they carry, and since

@@ -148,7 +148,7 @@ impl Shard {
     ) {
         if self.forwarding() {
             // Before the filter: the ones gone to the new process are not here any more.
-            let ids = targets.iter().map(|&(s, g)| s as u64 | (g as u64) << 32).collect();
+            let ids = targets.iter().map(|&(s, g)| super::handover::old_id(s, g)).collect();
             let deed = crate::handover::record::Deed::Deliver(ids);
             self.forward(Stream::User(user.unwrap_or("")), msg, deed);
         }

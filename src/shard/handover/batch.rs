@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// User commands kept for an exported connection: its user's name and the command.
+pub(super) type HeldCommands = Vec<(Box<str>, crate::push::Command)>;
+
 impl Shard {
     /// Freezes a connection picked for the batch: nothing of it is read any more (its poll
     /// stays armed: a completion is not acted on, and cancelling one poll among thousands

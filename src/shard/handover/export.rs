@@ -65,7 +65,7 @@ impl Shard {
             }),
             ping_end: c.outbox.as_ref().map_or(0, |o| o.ping_end as u32),
             tls: self.tls.export(slot, generation).unwrap_or_default(),
-            old_id: slot as u64 | (generation as u64) << 32,
+            old_id: old_id(slot, generation),
         })
     }
 }

@@ -14,6 +14,12 @@ use crate::handover::record::{
 use crate::history::{Stream, SEQUENCER};
 use crate::push::Message;
 
+/// How forwards and records name a connection of the old process: its slot and generation
+/// (`Record::old_id`, `Deed::Deliver`).
+pub(in crate::shard) fn old_id(slot: u32, generation: u32) -> u64 {
+    slot as u64 | (generation as u64) << 32
+}
+
 impl Shard {
     /// Old side: whether what this shard numbers and delivers goes to the new shard too.
     pub(in crate::shard) fn forwarding(&self) -> bool {
@@ -38,6 +44,12 @@ impl Shard {
             payload: msg.payload.to_vec(),
             deed,
         };
+        self.push_forward(&f);
+    }
+
+    /// Old side: queues a forward for the channel, sent once a batch's worth waits (unless
+    /// it must wait behind a batch being exported).
+    fn push_forward(&mut self, f: &Forward) {
         f.encode(&mut self.handover.fwd);
         if !self.handover.fwd_hold && self.handover.fwd.len() >= handover::BATCH_BYTES_MAX {
             self.flush_forwards();
@@ -58,14 +70,9 @@ impl Shard {
             part: 0,
             text: true,
             payload: c.cmd.to_json(&c.name).into_bytes(),
-            deed: Deed::Deliver(
-                c.conns.iter().map(|id| id.slot as u64 | (id.generation as u64) << 32).collect(),
-            ),
+            deed: Deed::Deliver(c.conns.iter().map(|id| old_id(id.slot, id.generation)).collect()),
         };
-        f.encode(&mut self.handover.fwd);
-        if !self.handover.fwd_hold && self.handover.fwd.len() >= handover::BATCH_BYTES_MAX {
-            self.flush_forwards();
-        }
+        self.push_forward(&f);
     }
 
     /// Old side: sends the forwards so far, in pieces of one message each.
