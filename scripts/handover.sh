@@ -169,8 +169,9 @@ for k in $(seq "$UPGRADES"); do
   opens=$(( $(nstat_get TcpPassiveOpens) - opens0 )); resets=$(( $(nstat_get TcpEstabResets) - resets0 ))
   new_cpu=$(cpu_ticks "$NEW")
   taken=$(grep -o 'taken over in [0-9]* ms' "$DIR/new.log" | tail -1 || true)
-  # The old process's own figure: the longest a batch of connections stayed frozen.
-  frozen=$(cat "$DIR/server.log" "$DIR/new.log" | grep -o 'the longest frozen [0-9.]* ms' | tail -1 || true)
+  # The old process's own figures: how long its batches of connections stayed frozen.
+  frozen=$(cat "$DIR/server.log" "$DIR/new.log" \
+    | grep -o 'a batch frozen p50 [0-9.]* ms, p99 [0-9.]* ms, the longest frozen [0-9.]* ms' | tail -1 || true)
   [ -z "$frozen" ] || taken="$taken, $frozen"
   python3 - "$k" "$t0" "$t1" "$t2" "$old_cpu" "$last_cpu" "$new_cpu" "$hz" "$CONNS" "$opens" "$resets" \
     "$old_fds" "$(fds_of "$NEW")" "$old_rss" "$(rss_kb "$NEW")" "$(established)" "$taken" <<'PY'

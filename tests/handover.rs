@@ -515,6 +515,93 @@ fn check_streams(i: usize, got: &[String], all: usize, topics: usize, users: usi
     assert_eq!(got.len(), known, "client {i}: nothing else, nothing twice: {got:?}");
 }
 
+/// More shards than cores: the old shards move their clients in turns, one per core at a
+/// time (here one core: the old process runs under `taskset -c 0`), while broadcasts, topic
+/// and user publishes go on; the shards waiting for their turn deliver and forward as the
+/// others, and every client gets each of its messages once and in order.
+#[test]
+fn shards_take_turns_when_they_outnumber_the_cores() {
+    const CLIENTS: usize = 400;
+    const SHARDS: usize = 4;
+    let path = control_path("turns");
+    let p = path.to_str().unwrap();
+    let bin = env!("CARGO_BIN_EXE_c10m");
+    let shards = SHARDS.to_string();
+    let args = ["-c", "0", bin, "serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+    let args: Vec<&str> =
+        args.into_iter().chain(["--shards", &shards, "--control-socket", p]).collect();
+    let mut old = Server::spawn_bin("taskset".as_ref(), &args, &[]);
+    let mut wss: Vec<_> = (0..CLIENTS)
+        .map(|i| old.ws_connect(&format!("/ws?user=u{}&topics=t{}", i % 100, i % 3)))
+        .collect();
+    old.wait_connections(CLIENTS as u64);
+    let ports: Vec<u16> = wss.iter().map(|w| w.get_ref().local_addr().unwrap().port()).collect();
+    let switched = Arc::new(AtomicBool::new(false));
+    let publisher = |kind: u8| {
+        let mut admin = old.admin_conn();
+        let stop = Arc::clone(&switched);
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut n = 0;
+            while n < 20 || !stop.load(Ordering::Acquire) {
+                assert!(Instant::now() < deadline && n < 50_000, "publishing did not end");
+                match kind {
+                    0 => admin.publish("all", format!("a{n}")),
+                    1 => admin.publish(&format!("topic=t{}", n % 3), format!("t{}-{n}", n % 3)),
+                    _ => admin.publish(&format!("user=u{}", n % 100), format!("u{}-{n}", n % 100)),
+                };
+                n += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (admin, n)
+        })
+    };
+    let threads: Vec<_> = (0..3).map(publisher).collect();
+    let args = successor_args(&old, &shards, p);
+    let new = Server::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let status = old.wait_exit(Duration::from_secs(60));
+    switched.store(true, Ordering::Release);
+    let status = status.unwrap_or_else(|| panic!("the old process exits:\n{}", old.stderr()));
+    assert!(status.success(), "old process: {status:?}\n{}", old.stderr());
+    // One at a time: each shard's turn comes after the one before it has moved its clients.
+    let log = old.stderr();
+    let steps: Vec<(bool, String)> = log
+        .lines()
+        .filter_map(|l| {
+            let turn = l.contains("this shard's turn to move its clients");
+            let done = l.contains("this shard's clients have moved");
+            let shard = l.split("shard=").nth(1)?.split_whitespace().next()?.to_owned();
+            (turn || done).then_some((turn, shard))
+        })
+        .collect();
+    let want: Vec<(bool, String)> =
+        (0..SHARDS).flat_map(|s| [(true, s.to_string()), (false, s.to_string())]).collect();
+    assert_eq!(steps, want, "{log}");
+    assert!(log.contains("lanes=1"), "{log}");
+    let mut counts = Vec::new();
+    let mut admin = None;
+    for t in threads {
+        let (a, n) = t.join().expect("publisher");
+        counts.push(n);
+        admin = Some(a);
+    }
+    admin.expect("a publisher").publish("all", "end");
+    for (i, ws) in wss.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        loop {
+            let m = ws_text(ws);
+            if m == "end" {
+                break;
+            }
+            got.push(m);
+        }
+        check_streams(i, &got, counts[0], counts[1], counts[2]);
+    }
+    let after: Vec<u16> = wss.iter().map(|w| w.get_ref().local_addr().unwrap().port()).collect();
+    assert_eq!(ports, after, "the same TCP connections");
+    new.wait_metric("c10m_handover_received_total", &[], CLIENTS as f64);
+}
+
 /// Publishes go on while the connections move (no pause): the old process forwards what
 /// it delivers to the new one in order with its batches, so a client gets each publish
 /// once, from whichever process held it then. 1,500 WebSockets make several batches per

@@ -84,6 +84,9 @@ pub struct Hub {
     /// Old side: shards whose client connections have all moved (admin connections then
     /// freeze on every shard at once, so publishes pause only for the fence at the end).
     pub clients_done: std::sync::atomic::AtomicUsize,
+    /// Old side: shards whose new shard acknowledged their probe (the new process has
+    /// started them and taken their history): no batch freezes before every one has.
+    pub probes_acked: std::sync::atomic::AtomicUsize,
     /// Old side: how long each batch of connections stayed frozen (µs), all shards.
     pub freezes_us: Mutex<Vec<u32>>,
     /// Old side: a shard's channel failed: the handover is off, the shards serve on.
@@ -119,6 +122,7 @@ impl Hub {
             out_go: AtomicBool::new(false),
             out_done: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             clients_done: std::sync::atomic::AtomicUsize::new(0),
+            probes_acked: std::sync::atomic::AtomicUsize::new(0),
             freezes_us: Mutex::new(Vec::new()),
             out_failed: AtomicBool::new(false),
             out_active: (0..shards).map(|_| AtomicBool::new(false)).collect(),
@@ -288,6 +292,7 @@ fn reset_after_failure(shared: &crate::shard::Shared) {
         d.store(false, Ordering::Release);
     }
     hub.clients_done.store(0, Ordering::Release);
+    hub.probes_acked.store(0, Ordering::Release);
     hub.freezes_us.lock().unwrap_or_else(|e| e.into_inner()).clear();
     hub.out_go.store(false, Ordering::Release);
     hub.out_failed.store(false, Ordering::Release);

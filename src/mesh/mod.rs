@@ -224,6 +224,12 @@ impl MeshEnd {
         self.peers.get(to).map_or(-1, |p| p.ring_fd.load(Ordering::Acquire))
     }
 
+    /// Rings shard `to`'s doorbell at the end of this turn if it sleeps, with no message:
+    /// it looks at what the shards share (a handover's turn).
+    pub fn wake(&mut self, to: usize) {
+        self.dirty[to] = true;
+    }
+
     /// Targets that need a doorbell: pushed to since the last call and asleep. Clears their
     /// sleeping flag so that only one sender rings.
     pub fn doorbells(&mut self, out: &mut Vec<i32>) {

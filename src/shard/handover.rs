@@ -64,8 +64,7 @@ const BATCH_CONNS: usize = 64;
 /// more than four shards. Then a round trip waits mostly for the scheduler, whatever the
 /// batch's size, and a bigger batch moves more per wait (1,000,000 connections on 53 shards
 /// and 2 cores: 41 s in batches of 64).
-fn batch_conns(shards: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+fn batch_conns(shards: usize, cores: usize) -> usize {
     if shards > 4 * cores {
         handover::BATCH_MAX
     } else {
@@ -115,8 +114,9 @@ struct OutBatch {
     /// Process fds by position in `conns` (-1 until installed, or if the install failed).
     fds: Vec<RawFd>,
     installs_left: usize,
-    /// The positions in `conns` that went out, once sent.
+    /// The positions in `conns` that went out, once sent, and when (shard clock, µs).
     sent: Option<Vec<usize>>,
+    sent_at_us: u64,
     seq: u32,
 }
 
@@ -189,6 +189,17 @@ pub struct State {
     out_q_since_ms: u64,
     /// Old side: since when a pass found nothing to move now (0: the last one did).
     stalled_since_ms: u64,
+    /// Old side: this shard's turn to move its clients has come ([`Shard::my_turn`]), and
+    /// how many shards move at once (the cores this process may run on) and how many
+    /// connections go in each batch, read once when the handover begins.
+    turn: bool,
+    /// Old side: the empty batch sent behind the history and the start message, and
+    /// whether the new shard acknowledged it: it has taken those in and waits for batches,
+    /// so the first batch's freeze does not wait for the new process's start.
+    probe_seq: u32,
+    probed: bool,
+    lanes: usize,
+    batch_conns: usize,
     /// Old side: the next step waits for time, not for a completion (a frozen batch's
     /// wait, the descriptor budget, busy connections).
     look_soon: bool,
@@ -242,6 +253,11 @@ impl State {
             out_q: VecDeque::new(),
             out_q_since_ms: 0,
             stalled_since_ms: 0,
+            turn: false,
+            probe_seq: 0,
+            probed: false,
+            lanes: 1,
+            batch_conns: BATCH_CONNS,
             look_soon: false,
             fwd_in: Vec::new(),
             moved: HashMap::new(),
@@ -428,6 +444,10 @@ impl Shard {
         self.shared.hub.out_active[self.id].store(true, Ordering::Release);
         self.handover.chan = Some(chan);
         self.handover.deadline_ms = self.now_ms + MOVE_HARD_DEADLINE_MS;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.handover.turn = false;
+        self.handover.lanes = cores;
+        self.handover.batch_conns = batch_conns(self.shards(), cores);
         if self.shared.cfg.limits.conn_lifetime_ms_max > 0 {
             self.handover.lifetimes = self
                 .wheel
@@ -549,6 +569,13 @@ impl Shard {
 
     fn start_moving(&mut self) {
         if !self.send_history() || !self.send_start() {
+            return;
+        }
+        self.handover.batch_seq += 1;
+        self.handover.probe_seq = self.handover.batch_seq;
+        let mut probe = Vec::new();
+        record::encode_batch(self.handover.probe_seq, &[], &mut probe);
+        if !self.channel_send(&probe, Vec::new()) {
             return;
         }
         self.handover.phase = Phase::Moving;

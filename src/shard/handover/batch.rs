@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// A batch frozen this long (freeze to ack) is logged with where its time went.
+const SLOW_FREEZE_US: u64 = 100_000;
+
 /// User commands kept for an exported connection: its user's name and the command.
 pub(super) type HeldCommands = Vec<(Box<str>, crate::push::Command)>;
 
@@ -76,6 +79,12 @@ impl Shard {
             // swept with the others there.
             return;
         }
+        if !self.my_turn() {
+            // Asleep until the probes are in or a shard ahead is done (either rings this
+            // one), or the next tick.
+            self.handover.look_soon = false;
+            return;
+        }
         match self.handover.batch.as_ref() {
             Some(b) if !b.installing => return self.export_frozen(),
             Some(_) => {
@@ -86,7 +95,7 @@ impl Shard {
         }
         // Descriptors for this batch, from the process's budget; none left: look again
         // next turn, once other shards' batches are acknowledged.
-        let Some(allowed) = self.take_fds(batch_conns(self.shards())) else { return };
+        let Some(allowed) = self.take_fds(self.handover.batch_conns) else { return };
         let mut picked = Vec::new();
         let (mut later, mut too_big) = (0usize, 0usize);
         // A batch is one SOCK_SEQPACKET message: its records stay under BATCH_BYTES_MAX
@@ -140,9 +149,44 @@ impl Shard {
             fds: Vec::new(),
             installs_left: 0,
             sent: None,
+            sent_at_us: 0,
             seq: self.handover.batch_seq,
         });
         self.export_frozen();
+    }
+
+    /// Whether this shard may move its clients now. Shards take turns, in order, at most
+    /// one per core at once: with more shards than cores, every batch in flight would wait
+    /// for the scheduler behind all the others (1,000,000 connections on 53 shards and 2
+    /// cores: a batch frozen p50 137 ms, all shards at once), while a few at a time keep
+    /// each batch's round trip to its own work. The admin connections' turn (every shard
+    /// at once) is not limited.
+    fn my_turn(&mut self) -> bool {
+        if self.handover.turn || self.handover.admin_turn {
+            return true;
+        }
+        // The start first: every new shard has started and taken its history, so that no
+        // batch is frozen while both processes are busy with that.
+        if self.shared.hub.probes_acked.load(Ordering::Acquire) < self.shards() {
+            return false;
+        }
+        let done = self.shared.hub.clients_done.load(Ordering::Acquire);
+        self.handover.turn = self.id < done + self.handover.lanes;
+        if self.handover.turn {
+            let lanes = self.handover.lanes;
+            tracing::info!(
+                shard = self.id,
+                lanes,
+                "handover: this shard's turn to move its clients"
+            );
+        }
+        self.handover.turn
+    }
+
+    fn wake_other_shards(&mut self) {
+        for to in (0..self.shards()).filter(|&to| to != self.id) {
+            self.mesh.wake(to);
+        }
     }
 
     /// A pass found nothing to move now: look again while some are busy (until the
@@ -175,6 +219,9 @@ impl Shard {
         if !self.handover.admin_turn {
             self.handover.phase = Phase::ClientsDone;
             self.shared.hub.clients_done.fetch_add(1, Ordering::AcqRel);
+            tracing::info!(shard = self.id, "handover: this shard's clients have moved");
+            // The next shard's turn (and, once all are done, the admin turn): wake them.
+            self.wake_other_shards();
             return;
         }
         // Publishes are fenced: what this shard forwards is complete; the final counter.
@@ -323,6 +370,7 @@ impl Shard {
             return self.give_fds(b.conns.len());
         }
         b.sent = Some(sent);
+        b.sent_at_us = self.precise_us();
         self.handover.batch = Some(b);
     }
 
@@ -345,10 +393,35 @@ impl Shard {
     }
 
     pub(super) fn on_ack(&mut self, seq: u32, taken: &[bool]) {
+        if seq == self.handover.probe_seq {
+            if !std::mem::replace(&mut self.handover.probed, true) {
+                let acked = self.shared.hub.probes_acked.fetch_add(1, Ordering::AcqRel) + 1;
+                if acked == self.shards() {
+                    self.wake_other_shards();
+                }
+            }
+            return;
+        }
         let Some(b) = self.handover.batch.take_if(|b| b.seq == seq) else { return };
         self.give_fds(b.conns.len());
-        let frozen_us = self.precise_us().saturating_sub(b.frozen_at_us);
+        let now_us = self.precise_us();
+        let frozen_us = now_us.saturating_sub(b.frozen_at_us);
         self.handover.freezes_us.push(frozen_us.min(u32::MAX as u64) as u32);
+        if frozen_us >= SLOW_FREEZE_US {
+            // Where a long freeze went: this shard's side (quiet, installs, the send) or
+            // the new process's (its receive, placement and ack).
+            let ms = |us: u64| us as f64 / 1000.0;
+            tracing::info!(
+                shard = self.id,
+                batch = seq,
+                conns = b.conns.len(),
+                "handover: a batch stayed frozen {:.1} ms: {:.1} ms here to export it, {:.1} ms \
+                 for the new process to take it",
+                ms(frozen_us),
+                ms(b.sent_at_us.saturating_sub(b.frozen_at_us)),
+                ms(now_us.saturating_sub(b.sent_at_us)),
+            );
+        }
         let sent = b.sent.unwrap_or_default();
         let mut moved = 0;
         for (k, &i) in sent.iter().enumerate() {
