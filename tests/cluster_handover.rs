@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::backends::{cluster_stat, Backends};
+use common::stand_in::{FromOld, StandIn};
 use common::{ws_text, Server, SseItem, STEP};
 
 fn control_path(name: &str) -> String {
@@ -349,4 +350,112 @@ fn commands_from_another_node_reach_connections_that_move() {
     assert_eq!(ports, after, "the same TCP connections");
     let text = new.metrics();
     assert_eq!(common::metric_sum(&text, "c10m_cluster_dropped_total", &[]), 0.0, "{text}");
+}
+
+/// Commands from another node for connections that come back to the old process: while
+/// they are exported the old shard forwards each command and keeps a copy, and applies the
+/// copy once they are back, refused by the new process in its ack or when the handover
+/// reverts. The successor is a stand-in (the library's own takeover). Node a has one shard
+/// and 70 WebSockets of 10 users, so its first batch holds 64 and its second the rest:
+/// node b subscribes every user to `back` while the first is exported, which the stand-in
+/// then refuses; and to `back2`, and disconnects user r9, while the second is exported,
+/// then the stand-in goes away.
+#[test]
+fn commands_for_connections_that_come_back_apply_once() {
+    use std::os::fd::AsRawFd;
+    const WS: usize = 70;
+    const USERS: usize = 10;
+    let b = Backends::start();
+    let path = control_path("cluster-back");
+    let a = b.node("a", &["--control-socket", &path, "--shards", "1"], 0);
+    let other = b.node("b", &[], 1);
+    let mut wss: Vec<_> =
+        (0..WS).map(|i| a.ws_connect(&format!("/ws?user=r{}", i % USERS))).collect();
+    a.wait_connections(WS as u64);
+    let ports: Vec<u16> = wss.iter().map(|w| w.get_ref().local_addr().unwrap().port()).collect();
+    let (client, admin) = ([a.client], [a.admin]);
+    let me = c10m::handover::Successor {
+        shards: 1,
+        listen: &client,
+        admin: &admin,
+        tls: false,
+        node: Some("a"),
+        store: true,
+    };
+    let inh = c10m::handover::take_over(path.as_ref(), &me).expect("node a welcomes it");
+    c10m::handover::send_with_fds(inh.control.as_raw_fd(), br#"{"ready":true}"#, &[], false)
+        .expect("ready");
+    let mut stand_in = StandIn::new(inh.channels.iter().map(|c| c.as_raw_fd()).collect());
+    let batch = |stand_in: &mut StandIn| match stand_in.next(STEP) {
+        (chan, FromOld::Batch { seq, conns }) => (chan, seq, conns),
+        (_, other) => panic!("a batch, got {other:?}"),
+    };
+    let mut admin = other.admin_conn();
+    let mut command = |target: String| {
+        let r = admin.request("POST", &target, "");
+        assert_eq!(r.status, 202, "{target}: {}", r.text());
+    };
+    let forwarded = |stand_in: &mut StandIn, want: usize| {
+        let mut n = 0;
+        while n < want {
+            match stand_in.next(STEP) {
+                (_, FromOld::Commands(k)) => n += k,
+                (_, other) => panic!("the commands, got {other:?}"),
+            }
+        }
+        assert_eq!(n, want, "one forward per user and command");
+    };
+    let notice = |ws: &mut common::Ws, topic: &str, i: usize| {
+        let m: serde_json::Value = serde_json::from_str(&ws_text(ws)).expect("JSON");
+        assert_eq!(m, serde_json::json!({"subscribed": topic, "server": true}), "client {i}");
+    };
+
+    // The first batch is exported; the commands reach node a, which forwards them.
+    let (chan, seq, first) = batch(&mut stand_in);
+    assert_eq!(first, 64);
+    (0..USERS).for_each(|u| command(format!("/subscribe?user=r{u}&topic=back")));
+    forwarded(&mut stand_in, USERS);
+    // Refused: its connections come back and their commands apply there. Every client is
+    // told once, those that stayed at once, the refused ones now.
+    stand_in.ack(chan, seq, &vec![false; first]);
+    for (i, ws) in wss.iter_mut().enumerate() {
+        notice(ws, "back", i);
+    }
+
+    // The second batch, then commands, then the stand-in goes away: the handover reverts
+    // and the second batch's connections get theirs.
+    let (_, _, second) = batch(&mut stand_in);
+    assert_eq!(second, WS - first, "the rest; the refused ones stay");
+    (0..USERS).for_each(|u| command(format!("/subscribe?user=r{u}&topic=back2")));
+    command(format!("/disconnect?user=r{}", USERS - 1));
+    forwarded(&mut stand_in, USERS + 1);
+    drop(stand_in);
+    drop(inh);
+    common::wait_until("the old process says it serves on", STEP, || {
+        a.stderr().contains("still serving").then_some(())
+    });
+    for (i, ws) in wss.iter_mut().enumerate() {
+        notice(ws, "back2", i);
+        if i % USERS == USERS - 1 {
+            match common::ws_next(ws) {
+                tungstenite::Message::Close(Some(f)) => {
+                    assert_eq!(u16::from(f.code), 4003, "client {i}: {f:?}")
+                }
+                other => panic!("client {i}: a close, got {other:?}"),
+            }
+        }
+    }
+    // The subscriptions are node a's: each topic's message once, and nothing else (no
+    // second notice), on the same TCP connections.
+    for topic in ["back", "back2"] {
+        assert_eq!(other.publish(&format!("topic={topic}"), topic).0, 202);
+    }
+    assert_eq!(other.publish("all", "end").0, 202);
+    for (i, ws) in wss.iter_mut().enumerate().filter(|(i, _)| i % USERS != USERS - 1) {
+        let mut got = vec![ws_text(ws), ws_text(ws)];
+        got.sort();
+        assert_eq!(got, ["back", "back2"], "client {i}");
+        assert_eq!(ws_text(ws), "end", "client {i}: nothing else");
+        assert_eq!(ws.get_ref().local_addr().unwrap().port(), ports[i], "client {i}");
+    }
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::stand_in::{FromOld, StandIn};
 use common::ws_text;
 use common::{Server, SseItem};
 
@@ -422,17 +423,13 @@ fn a_successor_that_dies_mid_handover_leaves_the_old_process_serving() {
         c10m::handover::take_over(&path, &me).expect("the old process welcomes the successor");
     c10m::handover::send_with_fds(inh.control.as_raw_fd(), br#"{"ready":true}"#, &[], false)
         .expect("ready");
-    // A shard's history, start message and first batch (`B`) arrive: its connections are
+    // A shard's history, start message, probe and first batch arrive: its connections are
     // exported, and the stand-in never acknowledges them.
-    let (mut buf, mut fds) = (vec![0u8; 1 << 20], Vec::new());
-    let chans: Vec<_> = inh.channels.iter().map(|c| c.as_raw_fd()).collect();
-    common::wait_until("an old shard sends a batch", Duration::from_secs(10), || {
-        chans.iter().find_map(|&chan| {
-            let n = c10m::handover::recv_with_fds(chan, &mut buf, &mut fds, true).ok()??;
-            (n > 0 && buf[0] == b'B').then_some(())
-        })
-    });
-    drop(fds);
+    let mut stand_in = StandIn::new(inh.channels.iter().map(|c| c.as_raw_fd()).collect());
+    match stand_in.next(Duration::from_secs(10)) {
+        (_, FromOld::Batch { conns, .. }) => assert!(conns > 0),
+        other => panic!("a batch, got {other:?}"),
+    }
     // While connections move, publishes are answered; what acts on connections waits.
     let r = old.admin_conn().request("GET", "/presence?user=k0", b"");
     assert_eq!(r.status, 503, "{}", r.text());

@@ -84,6 +84,9 @@ pub struct Hub {
     /// Old side: shards whose client connections have all moved (admin connections then
     /// freeze on every shard at once, so publishes pause only for the fence at the end).
     pub clients_done: std::sync::atomic::AtomicUsize,
+    /// The cores this process may run on, read before the shards pin themselves (a pinned
+    /// shard sees one): how many old shards move their clients at once.
+    pub lanes: usize,
     /// Old side: shards whose new shard acknowledged their probe (the new process has
     /// started them and taken their history): no batch freezes before every one has.
     pub probes_acked: std::sync::atomic::AtomicUsize,
@@ -114,7 +117,8 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// The hub of a process that was not started by a takeover.
+    /// The hub of a process that was not started by a takeover; made before the shards
+    /// start.
     pub fn new(shards: usize) -> Hub {
         Hub {
             listeners: Mutex::new((0..shards).map(|_| Vec::new()).collect()),
@@ -123,6 +127,7 @@ impl Hub {
             out_done: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             clients_done: std::sync::atomic::AtomicUsize::new(0),
             probes_acked: std::sync::atomic::AtomicUsize::new(0),
+            lanes: std::thread::available_parallelism().map_or(1, |n| n.get()),
             freezes_us: Mutex::new(Vec::new()),
             out_failed: AtomicBool::new(false),
             out_active: (0..shards).map(|_| AtomicBool::new(false)).collect(),

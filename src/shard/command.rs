@@ -116,6 +116,12 @@ impl Shard {
         if self.forwarding() {
             self.forward_command(&c);
         }
+        self.apply_conn_command(c);
+    }
+
+    /// Applies a user command to the named connections this shard holds (not forwarded:
+    /// also for a kept command whose connection came back from a live upgrade's export).
+    pub(super) fn apply_conn_command(&mut self, c: ConnCommand) {
         for id in c.conns {
             let (slot, generation) = (id.slot, id.generation);
             let Some(conn) = self.conns.get(slot, generation) else { continue };

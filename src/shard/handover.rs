@@ -190,8 +190,8 @@ pub struct State {
     /// Old side: since when a pass found nothing to move now (0: the last one did).
     stalled_since_ms: u64,
     /// Old side: this shard's turn to move its clients has come ([`Shard::my_turn`]), and
-    /// how many shards move at once (the cores this process may run on) and how many
-    /// connections go in each batch, read once when the handover begins.
+    /// how many shards move at once ([`handover::Hub::lanes`]) and how many connections go
+    /// in each batch, set when the handover begins.
     turn: bool,
     /// Old side: the empty batch sent behind the history and the start message, and
     /// whether the new shard acknowledged it: it has taken those in and waits for batches,
@@ -444,7 +444,7 @@ impl Shard {
         self.shared.hub.out_active[self.id].store(true, Ordering::Release);
         self.handover.chan = Some(chan);
         self.handover.deadline_ms = self.now_ms + MOVE_HARD_DEADLINE_MS;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = self.shared.hub.lanes;
         self.handover.turn = false;
         self.handover.lanes = cores;
         self.handover.batch_conns = batch_conns(self.shards(), cores);

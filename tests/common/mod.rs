@@ -16,6 +16,7 @@ pub mod backends;
 mod raw_ws;
 pub use raw_ws::*;
 mod sse;
+pub mod stand_in;
 pub use sse::*;
 mod ws_client;
 pub use ws_client::*;

@@ -483,7 +483,9 @@ impl Shard {
     ) {
         let id = crate::registry::ConnId { shard: self.id as u16, slot, generation };
         for (name, cmd) in commands {
-            self.on_conn_command(crate::push::ConnCommand { conns: vec![id], name, cmd });
+            // Back here: it was forwarded when it came, and the new process does not hold
+            // this connection.
+            self.apply_conn_command(crate::push::ConnCommand { conns: vec![id], name, cmd });
         }
     }
 
