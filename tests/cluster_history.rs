@@ -241,3 +241,33 @@ fn a_bus_without_jetstream_is_refused_with_what_to_change() {
     ]);
     node.wait_connections(0);
 }
+
+/// Nodes that start at the same moment on a bus without the stream yet: whichever creates
+/// it first, every one finds it and uses it (JetStream answers the others' create with
+/// "subjects overlap" or, with other limits, "name already in use"). Eight starts at once,
+/// half of them with other limits, through the nodes' own `store::ensure`.
+#[test]
+fn nodes_starting_at_once_share_the_stream_one_of_them_created() {
+    let b = Backends::start();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let windows = [(120_000, 1000), (60_000, 500)]
+        .map(|(ttl_ms, per_subject)| c10m::cluster::store::Window { ttl_ms, per_subject });
+    let results = rt.block_on(async {
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            clients.push(async_nats::connect(b.nats_url.as_str()).await.expect("NATS"));
+        }
+        let url = b.nats_url.as_str();
+        let starts = clients.iter().enumerate().map(|(i, c)| {
+            let js = async_nats::jetstream::new(c.clone());
+            async move { c10m::cluster::store::ensure(&js, url, windows[i % 2]).await }
+        });
+        tokio::time::timeout(STEP, futures_util::future::join_all(starts)).await
+    });
+    let results = results.expect("within the step");
+    for (i, r) in results.iter().enumerate() {
+        assert!(r.is_ok(), "start {i}: {r:?}");
+    }
+    let created: Vec<_> = results.iter().flatten().map(|info| info.created).collect();
+    assert!(created.windows(2).all(|w| w[0] == w[1]), "one stream: {created:?}");
+}

@@ -117,33 +117,49 @@ pub async fn ensure(
     window: Window,
 ) -> io::Result<stream::Info> {
     let want = config(window);
-    match js.get_stream(STREAM).await {
-        Ok(mut s) => {
-            let info = s.info().await.map_err(|e| store_error(url, "stream info", e))?.clone();
-            let c = &info.config;
-            if c.max_age == want.max_age
-                && c.max_messages_per_subject == want.max_messages_per_subject
-                && c.subjects == want.subjects
-            {
-                return Ok(info);
+    let mut looked = 0;
+    loop {
+        looked += 1;
+        match js.get_stream(STREAM).await {
+            Ok(mut s) => {
+                let info = s.info().await.map_err(|e| store_error(url, "stream info", e))?.clone();
+                let c = &info.config;
+                if c.max_age == want.max_age
+                    && c.max_messages_per_subject == want.max_messages_per_subject
+                    && c.subjects == want.subjects
+                {
+                    return Ok(info);
+                }
+                tracing::warn!(
+                    stream = STREAM,
+                    max_age_ms = c.max_age.as_millis() as u64,
+                    per_subject = c.max_messages_per_subject,
+                    "the history stream had other limits; updating it to this node's"
+                );
+                return js
+                    .update_stream(want)
+                    .await
+                    .map_err(|e| store_error(url, "updating the stream", e));
             }
-            tracing::warn!(
-                stream = STREAM,
-                max_age_ms = c.max_age.as_millis() as u64,
-                per_subject = c.max_messages_per_subject,
-                "the history stream had other limits; updating it to this node's"
-            );
-            js.update_stream(want).await.map_err(|e| store_error(url, "updating the stream", e))
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                match js.create_stream(want.clone()).await {
+                    Ok(mut s) => {
+                        return Ok(s
+                            .info()
+                            .await
+                            .map_err(|e| store_error(url, "stream info", e))?
+                            .clone())
+                    }
+                    // Another node starting at the same moment created it first: look again.
+                    Err(_) if looked == 1 => continue,
+                    Err(e) => return Err(store_error(url, "creating it", e)),
+                }
+            }
+            Err(e) => return Err(store_error(url, "looking it up", e)),
         }
-        Err(e)
-            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
-                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-        {
-            let mut s =
-                js.create_stream(want).await.map_err(|e| store_error(url, "creating it", e))?;
-            Ok(s.info().await.map_err(|e| store_error(url, "stream info", e))?.clone())
-        }
-        Err(e) => Err(store_error(url, "looking it up", e)),
     }
 }
 
