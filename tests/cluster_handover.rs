@@ -298,6 +298,9 @@ fn commands_from_another_node_reach_connections_that_move() {
     let status = status.unwrap_or_else(|| panic!("the old process exits:\n{}", a.stderr()));
     assert!(status.success(), "old process: {status:?}\n{}", a.stderr());
     let count = commander.join().expect("commander");
+    // The old node's fence waited for its own marker back from the bus: the commands the
+    // bus delivered to the new process before the last connection moved reached it first.
+    assert!(a.stderr().contains("commands from the bus are in"), "{}", a.stderr());
     // The disconnected users' connections move only if the command came after them.
     new.wait_metric("c10m_handover_received_total", &[], WS as f64);
 

@@ -57,7 +57,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::config::Cluster;
@@ -72,6 +72,13 @@ pub use stats::{ClusterDrop, ClusterStats};
 const MESH_BATCH_MAX: usize = 4096;
 /// Ids the bridge gives to backend messages from NATS: above any id a shard gives.
 const BUS_ID_BASE: u64 = 1 << 62;
+
+/// How long a live upgrade's fence waits for the bridge's own marker to come back from the
+/// bus (`Bridge::hold_store`); past it the fence goes out without it.
+const MARK_WAIT: Duration = Duration::from_secs(1);
+
+/// The marker's subject after the reply prefix (presence replies there are numbers).
+const MARK: &str = "handover-";
 
 /// The bridge thread, running.
 pub struct Running {
@@ -326,6 +333,8 @@ impl Prepared {
             tops_sent: 0,
             backfill_end: store.map_or(0, |(_, s, _)| s.top),
             held: 0,
+            mark: None,
+            marked: false,
         };
         loop {
             if stop.load(Relaxed) {
@@ -359,7 +368,35 @@ impl Prepared {
             if bridge.held != 0 && bridge.stats.handover.release.swap(false, Relaxed) {
                 tracing::warn!("handover: it failed; reading the history store on");
                 bridge.held = 0;
+                bridge.mark = None;
                 bridge.stats.handover.next.store(0, Relaxed);
+            }
+            if let Some((attempt, sent, wait_until)) = bridge.mark {
+                let now = std::time::Instant::now();
+                if bridge.marked || now >= wait_until {
+                    // What the bus delivered before the marker is in the other
+                    // subscriptions' queues by now (one reader fills them in order): it goes
+                    // to the shards ahead of the fence.
+                    for _ in 0..MESH_BATCH_MAX {
+                        match subs.next().now_or_never() {
+                            Some(Some(m)) => bridge.on_bus(m),
+                            _ => break,
+                        }
+                    }
+                    let ms = now.duration_since(sent).as_secs_f64() * 1000.0;
+                    if bridge.marked {
+                        tracing::info!("handover: commands from the bus are in ({ms:.1} ms)");
+                    } else {
+                        tracing::warn!(
+                            "handover: this node's marker did not come back from the bus in \
+                             {ms:.0} ms; fencing without it"
+                        );
+                    }
+                    bridge.mark = None;
+                    bridge.marked = false;
+                    bridge.send_fences(attempt);
+                    bridge.turn()?;
+                }
             }
             let sleeping = !backlog && bridge.mesh.prepare_sleep();
             let deadline = bridge.requests.next_deadline();
@@ -435,6 +472,10 @@ struct Bridge {
     /// A live upgrade's number while this bridge no longer hands stored messages to its
     /// shards (the new process reads them); 0 otherwise.
     held: u32,
+    /// The upgrade whose fence waits for this bridge's marker to come back from the bus,
+    /// when it was sent and until when it waits; and whether it came.
+    mark: Option<(u32, std::time::Instant, std::time::Instant)>,
+    marked: bool,
 }
 
 /// A message for NATS.
@@ -563,6 +604,13 @@ impl Bridge {
     /// stop handing it stored messages. The bridge stops (the reader's queue waits), notes
     /// where the new process reads on, and sends every shard a fence behind all it handed
     /// them, so the shards forward every message up to there before they finish.
+    ///
+    /// Commands from other nodes (`c10m.cmd`) reach both processes, each at its own pace:
+    /// one the new process received before a connection it names arrived there must still
+    /// reach the old shards while they forward. Every connection has arrived by now, so the
+    /// bridge publishes a marker to its own inbox and sends the fence once the marker is
+    /// back (or after [`MARK_WAIT`]): the bus server queued every such command for this
+    /// node before the marker.
     fn hold_store(&mut self, attempt: u32) {
         if self.held == attempt {
             return; // Another shard's ask for the same handover.
@@ -572,6 +620,16 @@ impl Bridge {
         let next = self.store_top + 1;
         self.stats.handover.next.store(next, Relaxed);
         tracing::info!(next, "handover: the history store is delivered up to {}", self.store_top);
+        let payload = Box::default();
+        let msg = Arc::new(Message { id: 0, seq: 0, part: 0, payload, text: true });
+        let subject = format!("{}{MARK}{attempt}", self.reply_prefix);
+        self.publish(Out { subject, reply: None, headers: HeaderMap::new(), msg });
+        let now = std::time::Instant::now();
+        self.mark = Some((attempt, now, now + MARK_WAIT));
+        self.marked = false;
+    }
+
+    fn send_fences(&mut self, attempt: u32) {
         for s in 0..self.mesh.shards() {
             self.send(s, Msg::Fence { round: 0, attempt });
         }
@@ -603,6 +661,11 @@ impl Bridge {
             return self.on_presence_request(m);
         }
         if let Some(id) = m.subject.as_str().strip_prefix(self.reply_prefix.as_str()) {
+            if let Some(attempt) = id.strip_prefix(MARK) {
+                let mine = self.mark.is_some_and(|(a, ..)| attempt == a.to_string());
+                self.marked |= mine;
+                return;
+            }
             let id = id.parse::<u64>().ok();
             return self.on_presence_reply(id, &m.payload);
         }
