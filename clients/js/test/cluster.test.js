@@ -38,7 +38,13 @@ test('a loaded node is left: one endpoint given, the other found by /nodes', asy
     const ws = new WebSocket(`${a.base.replace('http', 'ws')}/ws?user=load-${i}`);
     loaders.push(ws);
   }
-  await waitFor(async () => (await a.stats()).connections === LOADERS, `${LOADERS} on a`);
+  // On a timeout, what was seen: the count on a and the loaders closed (refused) so far.
+  await waitFor(async () => {
+    const n = (await a.stats()).connections;
+    if (n === LOADERS) return true;
+    const closed = loaders.filter((ws) => ws.readyState === WebSocket.CLOSED).length;
+    throw new Error(`${n} on a, ${closed} loaders closed`);
+  }, `${LOADERS} on a`);
   // Both nodes' lists say so once a's entry is refreshed (every second, heartbeat beside).
   await waitFor(async () => (listed(await nodesOf(a), 'a')?.load ?? 0) >= 0.5 &&
     (listed(await nodesOf(b), 'a')?.load ?? 0) >= 0.5, 'a loaded in both lists', 10000, 100);
