@@ -158,7 +158,7 @@ impl Shard {
     /// Whether this shard may move its clients now. Shards take turns, in order, at most
     /// one per core at once: with more shards than cores, every batch in flight would wait
     /// for the scheduler behind all the others (1,000,000 connections on 53 shards and 2
-    /// cores: a batch frozen p50 137 ms, all shards at once), while a few at a time keep
+    /// cores: a batch frozen p50 118 ms, all shards at once), while a few at a time keep
     /// each batch's round trip to its own work. The admin connections' turn (every shard
     /// at once) is not limited.
     fn my_turn(&mut self) -> bool {
