@@ -91,6 +91,10 @@ pub struct Limits {
     pub history_bytes_max: u64,
     /// Bound on a shutdown (SIGINT) or a drain (SIGTERM, `POST /drain`). Default 10 s.
     pub shutdown_timeout_ms: u64,
+    /// Bound on a live upgrade, on the old process: past it with connections still moving
+    /// (a successor that takes batches but does not acknowledge them), the handover is
+    /// called off and the old process serves on. Default 120 s.
+    pub handover_timeout_ms: u64,
     /// Goaways per second during a drain, for the whole process; 0 closes all at once.
     /// Default 0; a rolling deploy sets it so clients come back spread out.
     pub drain_rate_per_s: u32,
@@ -151,6 +155,7 @@ impl Default for Limits {
             history_per_stream_max: 1000,
             history_bytes_max: 64 << 20,
             shutdown_timeout_ms: 10_000,
+            handover_timeout_ms: 120_000,
             drain_rate_per_s: 0,
             conn_lifetime_ms_max: 0,
             conn_lifetime_jitter_pct: 20,
@@ -564,8 +569,11 @@ impl Config {
         if l.goaway_reconnect_ms_max > 86_400_000 {
             return err("goaway_reconnect_ms_max is over a day".into());
         }
-        if l.handshake_timeout_ms == 0 || l.shutdown_timeout_ms == 0 {
-            return err("handshake_timeout_ms and shutdown_timeout_ms must be > 0".into());
+        if l.handshake_timeout_ms == 0 || l.shutdown_timeout_ms == 0 || l.handover_timeout_ms == 0 {
+            return err(
+                "handshake_timeout_ms, shutdown_timeout_ms and handover_timeout_ms must be > 0"
+                    .into(),
+            );
         }
         self.cluster.validate()?;
         Ok(())

@@ -125,6 +125,10 @@ pub struct ServeArgs {
     /// Milliseconds a shutdown or drain may take. Default 10000.
     #[arg(long)]
     pub shutdown_timeout_ms: Option<u64>,
+    /// Milliseconds a live upgrade may take on the old process before it is called off.
+    /// Default 120000.
+    #[arg(long)]
+    pub handover_timeout_ms: Option<u64>,
     /// Goaways per second during a drain (SIGTERM, POST /drain); 0: all at once. Default 0.
     #[arg(long)]
     pub drain_rate_per_s: Option<u32>,
@@ -306,6 +310,7 @@ impl ServeArgs {
             history_per_stream_max,
             history_bytes_max,
             shutdown_timeout_ms,
+            handover_timeout_ms,
             drain_rate_per_s,
             conn_lifetime_ms_max,
             conn_lifetime_jitter_pct,

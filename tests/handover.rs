@@ -467,6 +467,55 @@ fn a_successor_that_dies_mid_handover_leaves_the_old_process_serving() {
     }
 }
 
+/// A successor that takes a batch and never acknowledges it (alive, not gone): past
+/// `handover_timeout_ms` the old process calls the handover off and serves on, its
+/// exported connections thawed with what was published meanwhile.
+#[test]
+fn a_handover_past_its_timeout_is_called_off() {
+    use std::os::fd::AsRawFd;
+    let path = control_path("timeout");
+    let p = path.to_str().unwrap();
+    let old = Server::start(&["--control-socket", p, "--handover-timeout-ms", "1500"]);
+    let mut wss: Vec<_> = (0..4).map(|i| old.ws_connect(&format!("/ws?user=s{i}"))).collect();
+    old.wait_connections(4);
+    let me = c10m::handover::Successor {
+        shards: 2,
+        listen: &[old.client],
+        admin: &[old.admin],
+        tls: false,
+        node: None,
+        store: true,
+    };
+    let inh = c10m::handover::take_over(&path, &me).expect("welcomed");
+    c10m::handover::send_with_fds(inh.control.as_raw_fd(), br#"{"ready":true}"#, &[], false)
+        .expect("ready");
+    let mut stand_in = StandIn::new(inh.channels.iter().map(|c| c.as_raw_fd()).collect());
+    match stand_in.next(Duration::from_secs(10)) {
+        (_, FromOld::Batch { conns, .. }) => assert!(conns > 0),
+        other => panic!("a batch, got {other:?}"),
+    }
+    for i in 0..4 {
+        assert_eq!(old.publish(&format!("user=s{i}"), "meanwhile").0, 202);
+    }
+    // The stand-in is still there, and acknowledges nothing.
+    common::wait_until("the old process calls it off", Duration::from_secs(10), || {
+        let log = old.stderr();
+        (log.contains("still moving after handover_timeout_ms") && log.contains("still serving"))
+            .then_some(())
+    });
+    for (i, ws) in wss.iter_mut().enumerate() {
+        assert_eq!(ws_text(ws), "meanwhile", "client {i}");
+        assert_eq!(old.publish(&format!("user=s{i}"), "after").0, 202);
+        assert_eq!(ws_text(ws), "after", "client {i}");
+    }
+    drop(stand_in);
+    drop(inh);
+    let mut late = old.ws_connect("/ws?user=late");
+    old.wait_connections(5);
+    old.publish("user=late", "hi");
+    assert_eq!(ws_text(&mut late), "hi");
+}
+
 #[test]
 fn a_moved_connection_keeps_what_was_left_of_its_lifetime() {
     let path = control_path("lifetime");

@@ -52,9 +52,8 @@ pub(super) use forward::old_id;
 const FENCE_ROUNDS: u8 = 3;
 
 /// How long the old shard keeps trying to move connections that are busy, once nothing
-/// else is left to move; and (`MOVE_HARD_DEADLINE_MS`) how long it moves at all.
+/// else is left to move (within `handover_timeout_ms`, how long it moves at all).
 const MOVE_DEADLINE_MS: u64 = 30_000;
-const MOVE_HARD_DEADLINE_MS: u64 = 4 * MOVE_DEADLINE_MS;
 
 /// Connections per batch: a batch's connections are frozen from its freeze to its ack, which
 /// grows with their number; under SCM_MAX_FD ([`crate::handover::BATCH_MAX`]).
@@ -370,6 +369,14 @@ impl Shard {
         if self.handover.out_active() && self.shared.hub.out_failed.load(Ordering::Acquire) {
             self.revert_handover();
         }
+        if self.handover.moving() && self.now_ms >= self.handover.deadline_ms {
+            let ms = self.shared.cfg.limits.handover_timeout_ms;
+            tracing::error!(
+                shard = self.id,
+                "handover: still moving after handover_timeout_ms ({ms} ms); calling it off"
+            );
+            self.channel_failed();
+        }
         match self.handover.phase {
             Phase::Idle => {
                 if self.shared.hub.out_go.load(Ordering::Acquire)
@@ -443,7 +450,7 @@ impl Shard {
         let Some(chan) = chan else { return };
         self.shared.hub.out_active[self.id].store(true, Ordering::Release);
         self.handover.chan = Some(chan);
-        self.handover.deadline_ms = self.now_ms + MOVE_HARD_DEADLINE_MS;
+        self.handover.deadline_ms = self.now_ms + self.shared.cfg.limits.handover_timeout_ms;
         let cores = self.shared.hub.lanes;
         self.handover.turn = false;
         self.handover.lanes = cores;
