@@ -95,7 +95,8 @@ impl Shard {
         }
         // Descriptors for this batch, from the process's budget; none left: look again
         // next turn, once other shards' batches are acknowledged.
-        let Some(allowed) = self.take_fds(self.handover.batch_conns) else { return };
+        let want = batch_conns(self.shards(), self.shared.hub.lanes);
+        let Some(allowed) = self.take_fds(want) else { return };
         let mut picked = Vec::new();
         let (mut later, mut too_big) = (0usize, 0usize);
         // A batch is one SOCK_SEQPACKET message: its records stay under BATCH_BYTES_MAX
@@ -171,9 +172,9 @@ impl Shard {
             return false;
         }
         let done = self.shared.hub.clients_done.load(Ordering::Acquire);
-        self.handover.turn = self.id < done + self.handover.lanes;
+        let lanes = self.shared.hub.lanes;
+        self.handover.turn = self.id < done + lanes;
         if self.handover.turn {
-            let lanes = self.handover.lanes;
             tracing::info!(
                 shard = self.id,
                 lanes,
