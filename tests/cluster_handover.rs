@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::backends::{cluster_stat, Backends};
 use common::stand_in::{FromOld, StandIn};
-use common::{ws_text, Server, SseItem, STEP};
+use common::{publisher, ws_text, Server, SseItem, STEP};
 
 fn control_path(name: &str) -> String {
     let p = std::env::temp_dir().join(format!("c10m-test-{}-{name}.sock", std::process::id()));
@@ -42,29 +42,6 @@ fn successor_args(b: &Backends, old: &Server, id: &str, path: &str, extra: &[&st
     ];
     args.extend_from_slice(extra);
     args.iter().map(|s| s.to_string()).collect()
-}
-
-/// A publisher on its own admin connection until `stop` (and at least 20 publishes), at a
-/// backend's steady pace; returns how many it made. `make(n)` names the target and body.
-fn publisher(
-    server: &Server,
-    stop: &Arc<AtomicBool>,
-    make: impl Fn(usize) -> (String, String) + Send + 'static,
-) -> std::thread::JoinHandle<usize> {
-    let mut admin = server.admin_conn();
-    let stop = Arc::clone(stop);
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut n = 0;
-        while n < 20 || !stop.load(Ordering::Acquire) {
-            assert!(Instant::now() < deadline && n < 50_000, "publishing did not end");
-            let (target, body) = make(n);
-            admin.publish(&target, body);
-            n += 1;
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        n
-    })
 }
 
 /// Every stream a client of user `u{i % 30}` and topic `t{i % 3}` follows, each once and in
@@ -165,7 +142,7 @@ fn a_cluster_node_hands_over_while_publishes_go_on_at_every_node() {
     assert!(status.success(), "old process: {status:?}\n{}", a.stderr());
     let log = a.stderr();
     assert!(log.contains("the history store is delivered up to"), "{log}");
-    let counts: Vec<usize> = threads.into_iter().map(|t| t.join().expect("publisher")).collect();
+    let counts: Vec<usize> = threads.into_iter().map(|t| t.join().expect("publisher").1).collect();
     let counts: [usize; 4] = counts.try_into().unwrap();
     common::wait_until("the new process reads the store", STEP, || {
         (new.stats()["cluster"]["store_connected"] == true).then_some(())
@@ -365,7 +342,6 @@ fn commands_from_another_node_reach_connections_that_move() {
 /// then the stand-in goes away.
 #[test]
 fn commands_for_connections_that_come_back_apply_once() {
-    use std::os::fd::AsRawFd;
     const WS: usize = 70;
     const USERS: usize = 10;
     let b = Backends::start();
@@ -385,14 +361,7 @@ fn commands_for_connections_that_come_back_apply_once() {
         node: Some("a"),
         store: true,
     };
-    let inh = c10m::handover::take_over(path.as_ref(), &me).expect("node a welcomes it");
-    c10m::handover::send_with_fds(inh.control.as_raw_fd(), br#"{"ready":true}"#, &[], false)
-        .expect("ready");
-    let mut stand_in = StandIn::new(inh.channels.iter().map(|c| c.as_raw_fd()).collect());
-    let batch = |stand_in: &mut StandIn| match stand_in.next(STEP) {
-        (chan, FromOld::Batch { seq, conns }) => (chan, seq, conns),
-        (_, other) => panic!("a batch, got {other:?}"),
-    };
+    let mut stand_in = StandIn::take_over(path.as_ref(), &me);
     let mut admin = other.admin_conn();
     let mut command = |target: String| {
         let r = admin.request("POST", &target, "");
@@ -414,7 +383,7 @@ fn commands_for_connections_that_come_back_apply_once() {
     };
 
     // The first batch is exported; the commands reach node a, which forwards them.
-    let (chan, seq, first) = batch(&mut stand_in);
+    let (chan, seq, first) = stand_in.batch(STEP);
     assert_eq!(first, 64);
     (0..USERS).for_each(|u| command(format!("/subscribe?user=r{u}&topic=back")));
     forwarded(&mut stand_in, USERS);
@@ -427,13 +396,12 @@ fn commands_for_connections_that_come_back_apply_once() {
 
     // The second batch, then commands, then the stand-in goes away: the handover reverts
     // and the second batch's connections get theirs.
-    let (_, _, second) = batch(&mut stand_in);
+    let (_, _, second) = stand_in.batch(STEP);
     assert_eq!(second, WS - first, "the rest; the refused ones stay");
     (0..USERS).for_each(|u| command(format!("/subscribe?user=r{u}&topic=back2")));
     command(format!("/disconnect?user=r{}", USERS - 1));
     forwarded(&mut stand_in, USERS + 1);
     drop(stand_in);
-    drop(inh);
     common::wait_until("the old process says it serves on", STEP, || {
         a.stderr().contains("still serving").then_some(())
     });

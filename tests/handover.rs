@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::stand_in::{FromOld, StandIn};
+use common::stand_in::StandIn;
 use common::ws_text;
 use common::{Server, SseItem};
 
@@ -405,7 +405,6 @@ fn a_resume_after_the_upgrade_finds_the_old_process_history() {
 /// upgrade then succeeds.
 #[test]
 fn a_successor_that_dies_mid_handover_leaves_the_old_process_serving() {
-    use std::os::fd::AsRawFd;
     let path = control_path("killed");
     let p = path.to_str().unwrap();
     let mut old = Server::start(&["--control-socket", p]);
@@ -419,17 +418,10 @@ fn a_successor_that_dies_mid_handover_leaves_the_old_process_serving() {
         node: None,
         store: true,
     };
-    let inh =
-        c10m::handover::take_over(&path, &me).expect("the old process welcomes the successor");
-    c10m::handover::send_with_fds(inh.control.as_raw_fd(), br#"{"ready":true}"#, &[], false)
-        .expect("ready");
     // A shard's history, start message, probe and first batch arrive: its connections are
     // exported, and the stand-in never acknowledges them.
-    let mut stand_in = StandIn::new(inh.channels.iter().map(|c| c.as_raw_fd()).collect());
-    match stand_in.next(Duration::from_secs(10)) {
-        (_, FromOld::Batch { conns, .. }) => assert!(conns > 0),
-        other => panic!("a batch, got {other:?}"),
-    }
+    let mut stand_in = StandIn::take_over(&path, &me);
+    assert!(stand_in.batch(Duration::from_secs(10)).2 > 0);
     // While connections move, publishes are answered; what acts on connections waits.
     let r = old.admin_conn().request("GET", "/presence?user=k0", b"");
     assert_eq!(r.status, 503, "{}", r.text());
@@ -437,7 +429,7 @@ fn a_successor_that_dies_mid_handover_leaves_the_old_process_serving() {
     for i in 0..4 {
         assert_eq!(old.publish(&format!("user=k{i}"), "during").0, 202);
     }
-    drop(inh); // The successor is gone: its channels, control connection and listeners close.
+    drop(stand_in); // The successor is gone: its channels, control connection and listeners close.
     common::wait_until("the old process says it serves on", Duration::from_secs(10), || {
         old.stderr().contains("still serving").then_some(())
     });
@@ -472,7 +464,6 @@ fn a_successor_that_dies_mid_handover_leaves_the_old_process_serving() {
 /// exported connections thawed with what was published meanwhile.
 #[test]
 fn a_handover_past_its_timeout_is_called_off() {
-    use std::os::fd::AsRawFd;
     let path = control_path("timeout");
     let p = path.to_str().unwrap();
     let old = Server::start(&["--control-socket", p, "--handover-timeout-ms", "1500"]);
@@ -486,14 +477,8 @@ fn a_handover_past_its_timeout_is_called_off() {
         node: None,
         store: true,
     };
-    let inh = c10m::handover::take_over(&path, &me).expect("welcomed");
-    c10m::handover::send_with_fds(inh.control.as_raw_fd(), br#"{"ready":true}"#, &[], false)
-        .expect("ready");
-    let mut stand_in = StandIn::new(inh.channels.iter().map(|c| c.as_raw_fd()).collect());
-    match stand_in.next(Duration::from_secs(10)) {
-        (_, FromOld::Batch { conns, .. }) => assert!(conns > 0),
-        other => panic!("a batch, got {other:?}"),
-    }
+    let mut stand_in = StandIn::take_over(&path, &me);
+    assert!(stand_in.batch(Duration::from_secs(10)).2 > 0);
     for i in 0..4 {
         assert_eq!(old.publish(&format!("user=s{i}"), "meanwhile").0, 202);
     }
@@ -509,7 +494,6 @@ fn a_handover_past_its_timeout_is_called_off() {
         assert_eq!(ws_text(ws), "after", "client {i}");
     }
     drop(stand_in);
-    drop(inh);
     let mut late = old.ws_connect("/ws?user=late");
     old.wait_connections(5);
     old.publish("user=late", "hi");
@@ -561,6 +545,44 @@ fn check_streams(i: usize, got: &[String], all: usize, topics: usize, users: usi
     assert_eq!(got.len(), known, "client {i}: nothing else, nothing twice: {got:?}");
 }
 
+/// Publishes of one stream through `server` until `stop` ([`common::publisher`]): the
+/// clients read only at the end, so a flood would leave them more queued than a batch
+/// carries. `kind` 0: broadcasts `a{n}`; 1: topic `t{n % 3}`; 2: user `u{n % 100}`; 3: user
+/// `late` (`l{n}`).
+fn stream_publisher(
+    server: &Server,
+    stop: &Arc<AtomicBool>,
+    kind: u8,
+) -> std::thread::JoinHandle<(common::AdminConn, usize)> {
+    common::publisher(server, stop, move |n| match kind {
+        0 => ("all".into(), format!("a{n}")),
+        1 => (format!("topic=t{}", n % 3), format!("t{}-{n}", n % 3)),
+        2 => (format!("user=u{}", n % 100), format!("u{}-{n}", n % 100)),
+        _ => ("user=late".into(), format!("l{n}")),
+    })
+}
+
+/// How many each publisher made, in order, and an admin connection to go on with.
+fn publishers_done(
+    threads: Vec<std::thread::JoinHandle<(common::AdminConn, usize)>>,
+) -> (Vec<usize>, common::AdminConn) {
+    let mut admin = None;
+    let counts = threads
+        .into_iter()
+        .map(|t| {
+            let (a, n) = t.join().expect("publisher");
+            admin = Some(a);
+            n
+        })
+        .collect();
+    (counts, admin.expect("a publisher"))
+}
+
+/// What a client got before the broadcast `end`.
+fn until_end(ws: &mut common::Ws) -> Vec<String> {
+    std::iter::from_fn(|| Some(ws_text(ws)).filter(|m| m != "end")).collect()
+}
+
 /// More shards than cores: the old shards move their clients in turns, one per core at a
 /// time (here one core: the old process runs under `taskset -c 0`), while broadcasts, topic
 /// and user publishes go on; the shards waiting for their turn deliver and forward as the
@@ -583,26 +605,7 @@ fn shards_take_turns_when_they_outnumber_the_cores() {
     old.wait_connections(CLIENTS as u64);
     let ports: Vec<u16> = wss.iter().map(|w| w.get_ref().local_addr().unwrap().port()).collect();
     let switched = Arc::new(AtomicBool::new(false));
-    let publisher = |kind: u8| {
-        let mut admin = old.admin_conn();
-        let stop = Arc::clone(&switched);
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut n = 0;
-            while n < 20 || !stop.load(Ordering::Acquire) {
-                assert!(Instant::now() < deadline && n < 50_000, "publishing did not end");
-                match kind {
-                    0 => admin.publish("all", format!("a{n}")),
-                    1 => admin.publish(&format!("topic=t{}", n % 3), format!("t{}-{n}", n % 3)),
-                    _ => admin.publish(&format!("user=u{}", n % 100), format!("u{}-{n}", n % 100)),
-                };
-                n += 1;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            (admin, n)
-        })
-    };
-    let threads: Vec<_> = (0..3).map(publisher).collect();
+    let threads: Vec<_> = (0..3).map(|kind| stream_publisher(&old, &switched, kind)).collect();
     let args = successor_args(&old, &shards, p);
     let new = Server::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let status = old.wait_exit(Duration::from_secs(60));
@@ -624,24 +627,10 @@ fn shards_take_turns_when_they_outnumber_the_cores() {
         (0..SHARDS).flat_map(|s| [(true, s.to_string()), (false, s.to_string())]).collect();
     assert_eq!(steps, want, "{log}");
     assert!(log.contains("lanes=1"), "{log}");
-    let mut counts = Vec::new();
-    let mut admin = None;
-    for t in threads {
-        let (a, n) = t.join().expect("publisher");
-        counts.push(n);
-        admin = Some(a);
-    }
-    admin.expect("a publisher").publish("all", "end");
+    let (counts, mut admin) = publishers_done(threads);
+    admin.publish("all", "end");
     for (i, ws) in wss.iter_mut().enumerate() {
-        let mut got = Vec::new();
-        loop {
-            let m = ws_text(ws);
-            if m == "end" {
-                break;
-            }
-            got.push(m);
-        }
-        check_streams(i, &got, counts[0], counts[1], counts[2]);
+        check_streams(i, &until_end(ws), counts[0], counts[1], counts[2]);
     }
     let after: Vec<u16> = wss.iter().map(|w| w.get_ref().local_addr().unwrap().port()).collect();
     assert_eq!(ports, after, "the same TCP connections");
@@ -673,29 +662,7 @@ fn publishes_go_on_while_connections_move() {
     drop(away);
     old.wait_connections(CLIENTS as u64);
     let switched = Arc::new(AtomicBool::new(false));
-    let publisher = |kind: u8| {
-        let mut admin = old.admin_conn();
-        let stop = Arc::clone(&switched);
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut n = 0;
-            while n < 20 || !stop.load(Ordering::Acquire) {
-                assert!(Instant::now() < deadline && n < 50_000, "publishing did not end");
-                match kind {
-                    0 => admin.publish("all", format!("a{n}")),
-                    1 => admin.publish(&format!("topic=t{}", n % 3), format!("t{}-{n}", n % 3)),
-                    2 => admin.publish(&format!("user=u{}", n % 100), format!("u{}-{n}", n % 100)),
-                    _ => admin.publish("user=late", format!("l{n}")),
-                };
-                n += 1;
-                // A backend's steady rate: the clients read only at the end, so a flood
-                // would leave them more queued than a batch carries.
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            (admin, n)
-        })
-    };
-    let threads: Vec<_> = (0..4).map(publisher).collect();
+    let threads: Vec<_> = (0..4).map(|kind| stream_publisher(&old, &switched, kind)).collect();
     let mut old = old;
     let args = successor_args(&old, "2", p);
     let new = Server::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -707,27 +674,13 @@ fn publishes_go_on_while_connections_move() {
     let status = status.unwrap_or_else(|| panic!("the old process exits:\n{}", old.stderr()));
     assert!(status.success(), "old process: {status:?}\n{}", old.stderr());
     assert!(old.stderr().contains("the longest frozen"), "{}", old.stderr());
-    let mut counts = Vec::new();
-    let mut admin = None;
-    for t in threads {
-        let (a, n) = t.join().expect("publisher");
-        counts.push(n);
-        admin = Some(a);
-    }
+    let (counts, mut admin) = publishers_done(threads);
     // The old process forwarded what it delivered while connections moved.
     let forwards = new.wait_metric("c10m_handover_forwards_total", &[], 1.0);
     assert!(forwards >= 1.0, "{forwards}");
-    admin.expect("a publisher").publish("all", "end");
+    admin.publish("all", "end");
     for (i, ws) in wss.iter_mut().enumerate() {
-        let mut got = Vec::new();
-        loop {
-            let m = ws_text(ws);
-            if m == "end" {
-                break;
-            }
-            got.push(m);
-        }
-        check_streams(i, &got, counts[0], counts[1], counts[2]);
+        check_streams(i, &until_end(ws), counts[0], counts[1], counts[2]);
     }
     let after: Vec<u16> = wss.iter().map(|w| w.get_ref().local_addr().unwrap().port()).collect();
     assert_eq!(ports, after, "the same TCP connections");

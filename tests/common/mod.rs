@@ -9,6 +9,7 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -730,4 +731,28 @@ impl Drop for LineChild {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A publisher on its own admin connection to `server` until `stop` (and at least 20
+/// publishes), at a backend's steady pace (every 2 ms); `make(n)` names the target and body.
+/// Returns the admin connection (a live upgrade moves it too) and how many it made.
+pub fn publisher(
+    server: &Server,
+    stop: &Arc<AtomicBool>,
+    make: impl Fn(usize) -> (String, String) + Send + 'static,
+) -> std::thread::JoinHandle<(AdminConn, usize)> {
+    let mut admin = server.admin_conn();
+    let stop = Arc::clone(stop);
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut n = 0;
+        while n < 20 || !stop.load(Ordering::Acquire) {
+            assert!(Instant::now() < deadline && n < 50_000, "publishing did not end");
+            let (target, body) = make(n);
+            admin.publish(&target, body);
+            n += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (admin, n)
+    })
 }

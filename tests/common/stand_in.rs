@@ -2,10 +2,12 @@
 //! them): it reads what the old shards send, as a new process would, but decides itself
 //! what to acknowledge, so tests can stall, refuse or abandon a handover.
 
-use std::os::fd::RawFd;
+use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::time::Duration;
 
 use c10m::handover::record::{self, Forward};
+use c10m::handover::{Inherited, Successor};
 
 /// What the old process sent on one channel.
 #[derive(Debug)]
@@ -17,16 +19,30 @@ pub enum FromOld {
     Commands(usize),
 }
 
-/// The channels of a takeover and what arrived on them in pieces.
+/// A takeover (its control connection, listeners and channels, all closed when this is
+/// dropped, as a SIGKILL would) and what arrived on its channels in pieces.
 pub struct StandIn {
-    chans: Vec<RawFd>,
+    inh: Inherited,
     pieces: Vec<Vec<u8>>,
 }
 
 impl StandIn {
-    pub fn new(chans: Vec<RawFd>) -> StandIn {
-        let pieces = chans.iter().map(|_| Vec::new()).collect();
-        StandIn { chans, pieces }
+    /// Takes over from the server at control socket `path` as `me` and says ready, so the
+    /// old shards begin to hand over.
+    pub fn take_over(path: &Path, me: &Successor<'_>) -> StandIn {
+        let inh = c10m::handover::take_over(path, me).expect("the old process welcomes it");
+        c10m::handover::send_with_fds(inh.control.as_raw_fd(), br#"{"ready":true}"#, &[], false)
+            .expect("ready");
+        let pieces = inh.channels.iter().map(|_| Vec::new()).collect();
+        StandIn { inh, pieces }
+    }
+
+    /// The next batch on any channel, within `limit`: `(channel, seq, connections)`.
+    pub fn batch(&mut self, limit: Duration) -> (usize, u32, usize) {
+        match self.next(limit) {
+            (chan, FromOld::Batch { seq, conns }) => (chan, seq, conns),
+            other => panic!("a batch, got {other:?}"),
+        }
     }
 
     /// The next batch or forwarded commands on any channel, within `limit`: `(channel,
@@ -36,7 +52,8 @@ impl StandIn {
         let (mut buf, mut fds) = (vec![0u8; 1 << 20], Vec::new());
         let mut seen = Vec::new();
         super::wait_until_or("a batch or commands from the old process", limit, &mut seen, |seen| {
-            for (i, &chan) in self.chans.iter().enumerate() {
+            for i in 0..self.inh.channels.len() {
+                let chan = self.inh.channels[i].as_raw_fd();
                 fds.clear();
                 let n = match c10m::handover::recv_with_fds(chan, &mut buf, &mut fds, true) {
                     Ok(Some(n)) if n > 0 => n,
@@ -76,6 +93,7 @@ impl StandIn {
     pub fn ack(&self, chan: usize, seq: u32, taken: &[bool]) {
         let mut out = Vec::new();
         record::encode_ack(seq, taken, &mut out);
-        c10m::handover::send_with_fds(self.chans[chan], &out, &[], false).expect("ack");
+        let fd = self.inh.channels[chan].as_raw_fd();
+        c10m::handover::send_with_fds(fd, &out, &[], false).expect("ack");
     }
 }
