@@ -334,7 +334,6 @@ impl Prepared {
             backfill_end: store.map_or(0, |(_, s, _)| s.top),
             held: 0,
             mark: None,
-            marked: false,
         };
         loop {
             if stop.load(Relaxed) {
@@ -371,32 +370,9 @@ impl Prepared {
                 bridge.mark = None;
                 bridge.stats.handover.next.store(0, Relaxed);
             }
-            if let Some((attempt, sent, wait_until)) = bridge.mark {
-                let now = std::time::Instant::now();
-                if bridge.marked || now >= wait_until {
-                    // What the bus delivered before the marker is in the other
-                    // subscriptions' queues by now (one reader fills them in order): it goes
-                    // to the shards ahead of the fence.
-                    for _ in 0..MESH_BATCH_MAX {
-                        match subs.next().now_or_never() {
-                            Some(Some(m)) => bridge.on_bus(m),
-                            _ => break,
-                        }
-                    }
-                    let ms = now.duration_since(sent).as_secs_f64() * 1000.0;
-                    if bridge.marked {
-                        tracing::info!("handover: commands from the bus are in ({ms:.1} ms)");
-                    } else {
-                        tracing::warn!(
-                            "handover: this node's marker did not come back from the bus in \
-                             {ms:.0} ms; fencing without it"
-                        );
-                    }
-                    bridge.mark = None;
-                    bridge.marked = false;
-                    bridge.send_fences(attempt);
-                    bridge.turn()?;
-                }
+            if bridge.mark.as_ref().is_some_and(Mark::due) {
+                bridge.fence_after_mark(&mut subs);
+                bridge.turn()?;
             }
             let sleeping = !backlog && bridge.mesh.prepare_sleep();
             let deadline = bridge.requests.next_deadline();
@@ -472,10 +448,22 @@ struct Bridge {
     /// A live upgrade's number while this bridge no longer hands stored messages to its
     /// shards (the new process reads them); 0 otherwise.
     held: u32,
-    /// The upgrade whose fence waits for this bridge's marker to come back from the bus,
-    /// when it was sent and until when it waits; and whether it came.
-    mark: Option<(u32, std::time::Instant, std::time::Instant)>,
-    marked: bool,
+    /// The upgrade whose fence waits for this bridge's marker to come back from the bus.
+    mark: Option<Mark>,
+}
+
+/// A live upgrade's marker on its way through the bus (`Bridge::hold_store`).
+struct Mark {
+    attempt: u32,
+    sent: std::time::Instant,
+    back: bool,
+}
+
+impl Mark {
+    /// The fence may go: the marker is back, or [`MARK_WAIT`] is over.
+    fn due(&self) -> bool {
+        self.back || self.sent.elapsed() >= MARK_WAIT
+    }
 }
 
 /// A message for NATS.
@@ -624,14 +612,34 @@ impl Bridge {
         let msg = Arc::new(Message { id: 0, seq: 0, part: 0, payload, text: true });
         let subject = format!("{}{MARK}{attempt}", self.reply_prefix);
         self.publish(Out { subject, reply: None, headers: HeaderMap::new(), msg });
-        let now = std::time::Instant::now();
-        self.mark = Some((attempt, now, now + MARK_WAIT));
-        self.marked = false;
+        self.mark = Some(Mark { attempt, sent: std::time::Instant::now(), back: false });
     }
 
-    fn send_fences(&mut self, attempt: u32) {
+    /// The marker is back (or its wait is over): what the bus delivered before it is in the
+    /// other subscriptions' queues by now (one reader fills them in order), so it goes to
+    /// the shards first, then the fence.
+    fn fence_after_mark(
+        &mut self,
+        subs: &mut (impl futures_util::Stream<Item = async_nats::Message> + Unpin),
+    ) {
+        let Some(mark) = self.mark.take() else { return };
+        for _ in 0..MESH_BATCH_MAX {
+            match subs.next().now_or_never() {
+                Some(Some(m)) => self.on_bus(m),
+                _ => break,
+            }
+        }
+        let ms = mark.sent.elapsed().as_secs_f64() * 1000.0;
+        if mark.back {
+            tracing::info!("handover: commands from the bus are in ({ms:.1} ms)");
+        } else {
+            tracing::warn!(
+                "handover: this node's marker did not come back from the bus in {ms:.0} ms; \
+                 fencing without it"
+            );
+        }
         for s in 0..self.mesh.shards() {
-            self.send(s, Msg::Fence { round: 0, attempt });
+            self.send(s, Msg::Fence { round: 0, attempt: mark.attempt });
         }
     }
 
@@ -662,8 +670,9 @@ impl Bridge {
         }
         if let Some(id) = m.subject.as_str().strip_prefix(self.reply_prefix.as_str()) {
             if let Some(attempt) = id.strip_prefix(MARK) {
-                let mine = self.mark.is_some_and(|(a, ..)| attempt == a.to_string());
-                self.marked |= mine;
+                if let Some(mark) = self.mark.as_mut() {
+                    mark.back |= attempt == mark.attempt.to_string();
+                }
                 return;
             }
             let id = id.parse::<u64>().ok();
