@@ -6,6 +6,10 @@
 #   bench/idle_memory.sh BIN [SERVER FLAGS...]
 #   CONNS=100000 SHARDS=6 bench/idle_memory.sh target/release/c10m --home-placement off
 #
+# A binary built with the allocation census (cargo build --release --features alloc-census
+# --target-dir target/census) also gets its live heap per connection printed beside each
+# sample ("live N B"): what is left of the figure is what the allocator keeps resident.
+#
 # Every wait is bounded; the server and the loadgen are stopped on exit.
 set -euo pipefail
 CONNS=${CONNS:-100000}
@@ -16,12 +20,17 @@ cd "$(dirname "$0")/.."
 loadgen=target/release/c10m-loadgen
 [ -x "$loadgen" ] || cargo build --release -q -p c10m-loadgen
 err=$(mktemp)
-"$BIN" serve --shards "$SHARDS" --listen 127.0.0.1:9100 --admin 127.0.0.1:9101 "$@" >/dev/null 2>&1 &
+census=$(mktemp -u)
+C10M_ALLOC_CENSUS=$census "$BIN" serve --shards "$SHARDS" --listen 127.0.0.1:9100 --admin 127.0.0.1:9101 "$@" >/dev/null 2>&1 &
 srv=$!
-trap 'kill -INT $srv 2>/dev/null || true; kill ${lg:-} 2>/dev/null || true; wait 2>/dev/null; rm -f "$err"' EXIT
+trap 'kill -INT $srv 2>/dev/null || true; kill ${lg:-} 2>/dev/null || true; wait 2>/dev/null; rm -f "$err" "$census"' EXIT
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/9101) 2>/dev/null && break; sleep 0.1; done
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$srv/status"; }
+# The census file's live usable bytes (0 without the census).
+live() { [ -f "$census" ] && awk '{n += $4} END {print n}' "$census" || echo 0; }
+sleep 1
 rss0=$(rss)
+live0=$(live)
 "$loadgen" --target 127.0.0.1:9100 --admin 127.0.0.1:9101 --sources 127.0.0.2-127.0.0.11 \
   --conns "$CONNS" --rate 0 --hold 25s --connect-timeout 10s >/dev/null 2>"$err" &
 lg=$!
@@ -30,7 +39,9 @@ line="$BIN $*:"
 at=0
 for t in 2 5 10 20; do
   sleep $((t - at)); at=$t
-  line="$line +${t}s $(( ($(rss) - rss0) * 1024 / CONNS )) B"
+  sample="+${t}s $(( ($(rss) - rss0) * 1024 / CONNS )) B"
+  [ -f "$census" ] && sample="$sample (live $(( ($(live) - live0) / CONNS )) B)"
+  line="$line $sample"
 done
 echo "$line"
 wait "$lg" || true

@@ -25,8 +25,11 @@
 //!   nodes only; the mesh's last participant).
 //! - [`log`]: `tracing` to stderr, text or JSON, and the rate limit for peer-caused lines.
 //! - [`tls`]: rustls sessions for the client listeners (unbuffered API) and certificate reload.
+//! - `census` (feature `alloc-census`, measurement builds only): live heap bytes by size class.
 
 pub mod auth;
+#[cfg(feature = "alloc-census")]
+pub mod census;
 pub mod cluster;
 pub mod config;
 pub mod handover;

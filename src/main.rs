@@ -4,8 +4,14 @@ use clap::{Parser, Subcommand};
 
 use c10m::config::ServeArgs;
 
+#[cfg(not(feature = "alloc-census"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A measurement build counts what is live (src/census.rs).
+#[cfg(feature = "alloc-census")]
+#[global_allocator]
+static GLOBAL: c10m::census::Counted = c10m::census::Counted;
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +31,8 @@ enum Command {
 }
 
 fn main() {
+    #[cfg(feature = "alloc-census")]
+    c10m::census::start();
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(a)) => *a,
