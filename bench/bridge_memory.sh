@@ -10,6 +10,8 @@
 # one crosses the cluster; the load generator reads node b's RSS before the wave and at the
 # end of the hold and reports the growth per connection. A standalone run is the same wave
 # on one node without --registry and --bus (publishes through its own admin API).
+# A binary built with --features alloc-census (src/census.rs) also reports node b's live heap
+# growth per connection, from before the wave to the end of the hold.
 # Builds (BINS) and modes (MODES) alternate run by run, so a noisy box spreads over all of
 # them alike; the summary gives each one's median and range.
 #
@@ -117,22 +119,43 @@ run() {
     wait_http "http://$A_ADMIN/healthz"
     admin=$A_ADMIN
   fi
-  "$bin" serve --listen "$B_LISTEN" --admin "$B_ADMIN" --shards "$SHARDS" --no-pin \
-    --control-socket off "${cluster_b[@]}" >"$OUT/$tag-b.log" 2>&1 &
+  local census=$OUT/$tag.census
+  C10M_ALLOC_CENSUS=$census "$bin" serve --listen "$B_LISTEN" --admin "$B_ADMIN" \
+    --shards "$SHARDS" --no-pin --control-socket off "${cluster_b[@]}" >"$OUT/$tag-b.log" 2>&1 &
   local pid=$!
   PIDS+=($pid)
   wait_http "http://$B_ADMIN/healthz"
   settle "$pid"
+  # A binary with the allocation census (--features alloc-census) writes its live heap every
+  # half second: keep the one before the wave, and the last two during it (the older one is
+  # from before the load generator's connections close).
+  local keeper=
+  if [ -f "$census" ]; then
+    cp "$census" "$census.before"
+    (for ((i = 0; i < 7200; i++)); do
+      [ -f "$census.last" ] && mv "$census.last" "$census.prev"
+      cp "$census" "$census.last" 2>/dev/null || true
+      sleep 0.5
+    done) &
+    keeper=$!
+  fi
   "$LOADGEN" --quiet --target "$B_LISTEN" --sources "$SOURCES" --admin "$admin" \
     --conns "$CONNS" --rate "$RATE" \
     --hold "$HOLD" --publish-rate "$PUBLISH_RATE" --publish-to user --server-pid "$pid" \
     --json "$OUT/$tag.json" >"$OUT/$tag.txt" 2>&1 || true
+  [ -n "$keeper" ] && { kill "$keeper" 2>/dev/null || true; wait "$keeper" 2>/dev/null || true; }
   cleanup
-  python3 - "$OUT/$tag.json" <<'PY'
-import json, sys
+  python3 - "$OUT/$tag.json" "$census" <<'PY'
+import json, os, sys
 r = json.load(open(sys.argv[1]))
 m, g = r["memory"], r["messages"]
-print(f'{m["server_bytes_per_conn"]:.0f} {m["conns_held"]} {g["delivered"]}/{g["expected"]}')
+line = f'{m["server_bytes_per_conn"]:.0f} {m["conns_held"]} {g["delivered"]}/{g["expected"]}'
+census = sys.argv[2]
+if os.path.exists(census + ".prev"):
+    live = lambda p: sum(int(l.split()[3]) for l in open(p))
+    grown = live(census + ".prev") - live(census + ".before")
+    line += f' live {grown / max(m["conns_held"], 1):.0f}'
+print(line)
 PY
 }
 
@@ -142,7 +165,7 @@ for ((n = 1; n <= RUNS; n++)); do
   for bin in $BINS; do
     for mode in $MODES; do
       line=$(run "$bin" "$mode" "$n")
-      echo "  run $n  $bin  $mode: $line (B per connection, connections held, delivered/expected)"
+      echo "  run $n  $bin  $mode: $line (B per connection, connections held, delivered/expected[, live heap B per connection])"
       RESULTS["$bin $mode"]+="${line%% *} "
     done
   done
