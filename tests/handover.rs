@@ -399,6 +399,22 @@ fn a_resume_after_the_upgrade_finds_the_old_process_history() {
     assert_eq!(sse_data(&mut back).1, "m4");
 }
 
+/// A stand-in successor (two shards, plain, standalone) that has taken over `old`'s control
+/// socket at `path` and received its first batch of exported connections, acknowledging none.
+fn stand_in_with_a_batch(path: &std::path::Path, old: &Server) -> StandIn {
+    let me = c10m::handover::Successor {
+        shards: 2,
+        listen: &[old.client],
+        admin: &[old.admin],
+        tls: false,
+        node: None,
+        store: true,
+    };
+    let mut stand_in = StandIn::take_over(path, &me);
+    assert!(stand_in.batch(Duration::from_secs(10)).2 > 0);
+    stand_in
+}
+
 /// A successor that dies in the middle (here a stand-in that says hello and ready through the
 /// library's own takeover, then drops everything, as a SIGKILL would) leaves the old process
 /// serving: its connections are thawed, get publishes, new clients connect, and a second
@@ -410,18 +426,9 @@ fn a_successor_that_dies_mid_handover_leaves_the_old_process_serving() {
     let mut old = Server::start(&["--control-socket", p]);
     let mut wss: Vec<_> = (0..4).map(|i| old.ws_connect(&format!("/ws?user=k{i}"))).collect();
     old.wait_connections(4);
-    let me = c10m::handover::Successor {
-        shards: 2,
-        listen: &[old.client],
-        admin: &[old.admin],
-        tls: false,
-        node: None,
-        store: true,
-    };
     // A shard's history, start message, probe and first batch arrive: its connections are
     // exported, and the stand-in never acknowledges them.
-    let mut stand_in = StandIn::take_over(&path, &me);
-    assert!(stand_in.batch(Duration::from_secs(10)).2 > 0);
+    let stand_in = stand_in_with_a_batch(&path, &old);
     // While connections move, publishes are answered; what acts on connections waits.
     let r = old.admin_conn().request("GET", "/presence?user=k0", b"");
     assert_eq!(r.status, 503, "{}", r.text());
@@ -469,16 +476,7 @@ fn a_handover_past_its_timeout_is_called_off() {
     let old = Server::start(&["--control-socket", p, "--handover-timeout-ms", "1500"]);
     let mut wss: Vec<_> = (0..4).map(|i| old.ws_connect(&format!("/ws?user=s{i}"))).collect();
     old.wait_connections(4);
-    let me = c10m::handover::Successor {
-        shards: 2,
-        listen: &[old.client],
-        admin: &[old.admin],
-        tls: false,
-        node: None,
-        store: true,
-    };
-    let mut stand_in = StandIn::take_over(&path, &me);
-    assert!(stand_in.batch(Duration::from_secs(10)).2 > 0);
+    let stand_in = stand_in_with_a_batch(&path, &old);
     for i in 0..4 {
         assert_eq!(old.publish(&format!("user=s{i}"), "meanwhile").0, 202);
     }
