@@ -9,13 +9,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::backends::{cluster_stat, Backends};
+use common::backends::{cluster_stat, delaying_proxy, Backends};
 use common::stand_in::{FromOld, StandIn};
 use common::{publisher, ws_text, Server, SseItem, STEP};
 
 fn control_path(name: &str) -> String {
     let p = std::env::temp_dir().join(format!("c10m-test-{}-{name}.sock", std::process::id()));
     p.to_string_lossy().into_owned()
+}
+
+/// How long the old node's marker took to come back from the bus, from its log line; the
+/// test fails when the log says the fence went without it.
+fn marker_back_ms(log: &str) -> f64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("commands from the bus are in ("))
+        .unwrap_or_else(|| panic!("the old node's marker came back: {log}"));
+    let ms = line.rsplit_once(" (").and_then(|(_, rest)| rest.split(' ').next());
+    ms.and_then(|ms| ms.parse().ok()).unwrap_or_else(|| panic!("a time in ms: {line}"))
 }
 
 /// The flags of node `id`'s successor: its listeners by their real ports, its cluster.
@@ -223,14 +234,32 @@ fn a_cluster_node_refuses_a_successor_that_cannot_take_its_place() {
 /// meanwhile is closed with 4003. The same TCP connections throughout.
 #[test]
 fn commands_from_another_node_reach_connections_that_move() {
+    commands_reach_connections_that_move(None);
+}
+
+/// The same with the bus delivering to the old process 250 ms late (a proxy in front of its
+/// NATS connection; the new process's is direct): most commands reach the new process
+/// before the connection they name and the old one after that connection has left. The old
+/// node's fence waits for its own marker, which comes back behind them, so the old shards
+/// still forward them; without that wait, connections miss their notices.
+#[test]
+fn commands_the_bus_delivers_late_to_the_old_process_still_reach_moving_connections() {
+    commands_reach_connections_that_move(Some(Duration::from_millis(250)));
+}
+
+fn commands_reach_connections_that_move(old_bus_delay: Option<Duration>) {
     const WS: usize = 1200;
     const USERS: usize = 60;
     // Under the 64 topics a connection may have.
     const PER_USER_MAX: usize = 40;
     const GONE_USERS: usize = 6;
     let b = Backends::start();
-    let path = control_path("cluster-commands");
-    let a = b.node("a", &["--control-socket", &path], 0);
+    let path = control_path(&format!("cluster-commands-{}", old_bus_delay.is_some()));
+    let bus = match old_bus_delay {
+        Some(delay) => format!("nats://127.0.0.1:{}", delaying_proxy(b.nats_port, delay)),
+        None => b.nats_url.clone(),
+    };
+    let a = b.node_on_bus("a", &bus, &["--control-socket", &path], 0);
     let other = b.node("b", &[], 1);
     let mut wss: Vec<_> =
         (0..WS).map(|i| a.ws_connect(&format!("/ws?user=u{}", i % USERS))).collect();
@@ -277,7 +306,10 @@ fn commands_from_another_node_reach_connections_that_move() {
     let count = commander.join().expect("commander");
     // The old node's fence waited for its own marker back from the bus: the commands the
     // bus delivered to the new process before the last connection moved reached it first.
-    assert!(a.stderr().contains("commands from the bus are in"), "{}", a.stderr());
+    let marker_ms = marker_back_ms(&a.stderr());
+    if let Some(delay) = old_bus_delay {
+        assert!(marker_ms >= delay.as_millis() as f64, "the bus was late: {marker_ms} ms");
+    }
     // The disconnected users' connections move only if the command came after them.
     new.wait_metric("c10m_handover_received_total", &[], WS as f64);
 

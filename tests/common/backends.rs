@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{wait_until, Server, STEP};
 
@@ -169,8 +169,18 @@ impl Backends {
     /// presence requests, the user queue and its presence replies), and with history on
     /// (the default) until it reads the history store, which it subscribes after the rest.
     pub fn node(&self, id: &str, extra: &[&str], nodes_before: u64) -> Server {
-        let mut args =
-            vec!["--node-id", id, "--registry", &self.redis_url, "--bus", &self.nats_url];
+        self.node_on_bus(id, &self.nats_url, extra, nodes_before)
+    }
+
+    /// [`Backends::node`] reaching NATS at `bus_url` (a [`delaying_proxy`] in front of it).
+    pub fn node_on_bus(
+        &self,
+        id: &str,
+        bus_url: &str,
+        extra: &[&str],
+        nodes_before: u64,
+    ) -> Server {
+        let mut args = vec!["--node-id", id, "--registry", &self.redis_url, "--bus", bus_url];
         args.extend_from_slice(extra);
         let server = Server::start(&args);
         wait_until(&format!("node {id} connected to Redis and NATS"), STEP, || {
@@ -258,4 +268,44 @@ impl Backends {
 
 pub fn cluster_stat(server: &Server, name: &str) -> u64 {
     server.stats()["cluster"][name].as_u64().unwrap_or_else(|| panic!("no cluster.{name}"))
+}
+
+/// A TCP proxy on loopback in front of `127.0.0.1:upstream` that holds every byte the upstream
+/// sends for `delay` before passing it on, while what the client sends goes straight through:
+/// a bus that delivers to one node late. It serves at most 8 connections; each one's threads
+/// end when either side closes. Returns its port.
+pub fn delaying_proxy(upstream: u16, delay: Duration) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().take(8) {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
+            pipe(client.try_clone().unwrap(), server.try_clone().unwrap(), Duration::ZERO);
+            pipe(server, client, delay);
+        }
+    });
+    port
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it was read.
+fn pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for (at, bytes) in rx {
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            if to.write_all(&bytes).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
 }
