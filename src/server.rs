@@ -204,6 +204,9 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
     let store = match (bridge.as_mut(), inherited.as_ref()) {
         (Some(b), None) if history_on => Some(b.open_store(window, history_epoch())?),
         (Some(b), Some(inh)) if history_on => {
+            if let Some(id) = &inh.bus_server {
+                b.follow_bus_server(id.clone());
+            }
             let (tx, rx) = tokio::sync::oneshot::channel();
             store_resume = Some(tx);
             Some(b.take_store(window, inh.epoch, rx))

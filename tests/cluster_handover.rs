@@ -234,7 +234,7 @@ fn a_cluster_node_refuses_a_successor_that_cannot_take_its_place() {
 /// meanwhile is closed with 4003. The same TCP connections throughout.
 #[test]
 fn commands_from_another_node_reach_connections_that_move() {
-    commands_reach_connections_that_move(None);
+    commands_reach_connections_that_move(Bus::Direct);
 }
 
 /// The same with the bus delivering to the old process 250 ms late (a proxy in front of its
@@ -244,22 +244,52 @@ fn commands_from_another_node_reach_connections_that_move() {
 /// still forward them; without that wait, connections miss their notices.
 #[test]
 fn commands_the_bus_delivers_late_to_the_old_process_still_reach_moving_connections() {
-    commands_reach_connections_that_move(Some(Duration::from_millis(250)));
+    commands_reach_connections_that_move(Bus::LateToOld(Duration::from_millis(250)));
 }
 
-fn commands_reach_connections_that_move(old_bus_delay: Option<Duration>) {
+/// The same on a NATS cluster of two servers whose route delivers 250 ms late: node b is on
+/// the first server, the old process on the second, and the successor's `--bus` names the
+/// first. Each command reaches the first server's clients 250 ms before the second's, which
+/// the old node's marker (sent on the second) cannot order. The successor connects to the
+/// old process's server instead, named in the takeover's welcome, so one server delivers to
+/// both and the marker orders the commands again; staying on the first server, connections
+/// miss their notices.
+#[test]
+fn commands_from_another_server_of_a_nats_cluster_reach_moving_connections() {
+    commands_reach_connections_that_move(Bus::OtherServer(Duration::from_millis(250)));
+}
+
+/// How node a's two processes reach the bus in [`commands_reach_connections_that_move`].
+#[derive(Clone, Copy, Debug)]
+enum Bus {
+    /// Both directly, one NATS server.
+    Direct,
+    /// One server, and what it sends the old process arrives that late (a proxy).
+    LateToOld(Duration),
+    /// Two servers in a cluster, whose route delivers that late: node b and the
+    /// successor's `--bus` on the first, the old process on the second.
+    OtherServer(Duration),
+}
+
+fn commands_reach_connections_that_move(bus: Bus) {
     const WS: usize = 1200;
     const USERS: usize = 60;
     // Under the 64 topics a connection may have.
     const PER_USER_MAX: usize = 40;
     const GONE_USERS: usize = 6;
-    let b = Backends::start();
-    let path = control_path(&format!("cluster-commands-{}", old_bus_delay.is_some()));
-    let bus = match old_bus_delay {
-        Some(delay) => format!("nats://127.0.0.1:{}", delaying_proxy(b.nats_port, delay)),
-        None => b.nats_url.clone(),
+    let b = match bus {
+        Bus::OtherServer(delay) => Backends::start_clustered(delay),
+        _ => Backends::start(),
     };
-    let a = b.node_on_bus("a", &bus, &["--control-socket", &path], 0);
+    let path = control_path(&format!("cluster-commands-{bus:?}"));
+    let old_bus = match bus {
+        Bus::Direct => b.nats_url.clone(),
+        Bus::LateToOld(delay) => {
+            format!("nats://127.0.0.1:{}", delaying_proxy(b.nats_port, delay))
+        }
+        Bus::OtherServer(_) => b.second.as_ref().expect("a second server").url.clone(),
+    };
+    let a = b.node_on_bus("a", &old_bus, &["--control-socket", &path], 0);
     let other = b.node("b", &[], 1);
     let mut wss: Vec<_> =
         (0..WS).map(|i| a.ws_connect(&format!("/ws?user=u{}", i % USERS))).collect();
@@ -268,6 +298,8 @@ fn commands_reach_connections_that_move(old_bus_delay: Option<Duration>) {
         .collect();
     a.wait_connections((WS + gone.len()) as u64);
     let ports: Vec<u16> = wss.iter().map(|w| w.get_ref().local_addr().unwrap().port()).collect();
+    let old_server = a.stats()["cluster"]["bus_server"].clone();
+    assert!(old_server.as_str().is_some_and(|id| !id.is_empty()), "{old_server}");
 
     let (switching, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
     let commander = {
@@ -307,8 +339,16 @@ fn commands_reach_connections_that_move(old_bus_delay: Option<Duration>) {
     // The old node's fence waited for its own marker back from the bus: the commands the
     // bus delivered to the new process before the last connection moved reached it first.
     let marker_ms = marker_back_ms(&a.stderr());
-    if let Some(delay) = old_bus_delay {
-        assert!(marker_ms >= delay.as_millis() as f64, "the bus was late: {marker_ms} ms");
+    match bus {
+        Bus::LateToOld(delay) => {
+            assert!(marker_ms >= delay.as_millis() as f64, "the bus was late: {marker_ms} ms")
+        }
+        Bus::OtherServer(_) => {
+            let log = new.stderr();
+            assert!(log.contains("connected to the old process's server"), "{log}");
+            assert_eq!(new.stats()["cluster"]["bus_server"], old_server, "on the same server");
+        }
+        Bus::Direct => {}
     }
     // The disconnected users' connections move only if the command came after them.
     new.wait_metric("c10m_handover_received_total", &[], WS as f64);

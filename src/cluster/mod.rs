@@ -43,6 +43,7 @@
 //! serving their local clients throughout.
 
 pub mod bus;
+mod connect;
 mod lookup;
 pub mod presence;
 pub mod registry;
@@ -117,6 +118,8 @@ pub struct Prepared {
     store: Option<(store::Window, store::Start, bool)>,
     /// A live upgrade's new process: where to start reading the store, once known.
     resume: Option<tokio::sync::oneshot::Receiver<store::Resume>>,
+    /// A live upgrade's new process: the bus server the old one is on ([`connect`]).
+    follow: Option<String>,
 }
 
 impl Prepared {
@@ -133,7 +136,8 @@ impl Prepared {
         let stats = Arc::new(ClusterStats::new(&node_id));
         let store = None;
         let cfg = cfg.clone();
-        Ok(Prepared { cfg, node_id, redis, bell, efd, stats, directory, store, resume: None })
+        let (resume, follow) = (None, None);
+        Ok(Prepared { cfg, node_id, redis, bell, efd, stats, directory, store, resume, follow })
     }
 
     /// History on: opens the cluster's history store (creating its stream if this is the
@@ -161,6 +165,12 @@ impl Prepared {
         self.resume = Some(resume);
         self.stats.store_connected.store(true, Relaxed);
         start
+    }
+
+    /// A live upgrade's new process: connect to `server_id`, the bus server the old process
+    /// is on, if `--bus` leads elsewhere in a NATS cluster ([`connect`] says why).
+    pub fn follow_bus_server(&mut self, server_id: String) {
+        self.follow = Some(server_id);
     }
 
     /// The ring fd shards ring to wake the bridge.
@@ -211,15 +221,11 @@ impl Prepared {
         message_bytes_max: usize,
         stop: Arc<AtomicBool>,
     ) -> io::Result<()> {
-        let Prepared { cfg, node_id, redis, bell, efd, stats, directory, store, resume } = self;
+        let Prepared { cfg, node_id, redis, bell, efd, stats, directory, store, resume, follow } =
+            self;
         let efd = efd.into_async()?;
         let bus_url = cfg.bus.clone().unwrap_or_default();
-        let nats = async_nats::ConnectOptions::new()
-            .name(format!("c10m-{node_id}"))
-            .retry_on_initial_connect()
-            .connect(bus_url.as_str())
-            .await
-            .map_err(|e| io::Error::other(format!("--bus {bus_url}: {e}")))?;
+        let nats = connect::connect(&bus_url, &node_id, follow.as_deref()).await?;
         let sub_err = |e: async_nats::SubscribeError| io::Error::other(format!("NATS: {e}"));
         let mut subs = vec![
             nats.subscribe(bus::node_subject(&node_id)).await.map_err(sub_err)?,
@@ -306,6 +312,9 @@ impl Prepared {
             loop {
                 let up = watch_nats.connection_state() == async_nats::connection::State::Connected;
                 watch_stats.set_bus_up(up);
+                if up {
+                    watch_stats.set_bus_server(&watch_nats.server_info().server_id);
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });

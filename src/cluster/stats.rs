@@ -104,6 +104,9 @@ pub struct ClusterStats {
     /// A live upgrade's meeting point with the store (the one part not written by the
     /// bridge alone): see [`StoreHandover`].
     pub handover: StoreHandover,
+    /// The id of the NATS server the bus connection is on (its last one while down): a live
+    /// upgrade's new process connects to the same (`super::connect`).
+    bus_server: std::sync::Mutex<String>,
 }
 
 /// Where the old process of a live upgrade stops reading the store and the new one starts
@@ -138,6 +141,19 @@ impl ClusterStats {
             up,
             ["cluster: NATS bus disconnected", "cluster: NATS bus connected"],
         );
+    }
+
+    /// Records the id of the server the bus connection is on.
+    pub fn set_bus_server(&self, id: &str) {
+        let mut server = self.bus_server.lock().unwrap_or_else(|e| e.into_inner());
+        if *server != id {
+            id.clone_into(&mut server);
+        }
+    }
+
+    /// The id of the server the bus connection is on (empty before the first connection).
+    pub fn bus_server(&self) -> String {
+        self.bus_server.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Stores a connection flag; a change is logged, `what` being [down, up].
@@ -176,6 +192,7 @@ impl ClusterStats {
             "node_id": self.node_id,
             "registry_connected": self.registry_connected.load(Relaxed),
             "bus_connected": self.bus_connected.load(Relaxed),
+            "bus_server": self.bus_server(),
             "online_users": self.online_users.load(Relaxed),
             "registry_writes": self.registry_writes.load(Relaxed),
             "registry_batches": self.registry_batches.load(Relaxed),

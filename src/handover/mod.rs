@@ -160,6 +160,9 @@ pub struct Inherited {
     pub layout: u32,
     /// The control connection, to say ready and hear done ([`finish`]).
     pub control: OwnedFd,
+    /// A cluster node: the id of the bus server the old process is on (an older one does
+    /// not say).
+    pub bus_server: Option<String>,
 }
 
 /// The control socket's path when none is given: one per server, named by its first admin
@@ -404,10 +407,13 @@ fn hand_over(conn: &OwnedFd, s: &Serving) -> io::Result<u64> {
         .collect();
     let fds: Vec<RawFd> = listeners.iter().flatten().map(AsRawFd::as_raw_fd).collect();
     let keys = shared.user_keys;
+    // A cluster node's bus server: the new process connects to the same one
+    // (`crate::cluster::Prepared::follow_bus_server`).
+    let bus_server = shared.cluster.as_ref().map(|c| c.bus_server());
     let welcome = serde_json::json!({
         "ok": true, "layout": LAYOUT, "epoch": shared.epoch(),
         "keys": [keys.0.to_string(), keys.1.to_string()], "listeners": counts,
-        "listen": addrs(&s.listen), "admin": addrs(&s.admin),
+        "listen": addrs(&s.listen), "admin": addrs(&s.admin), "bus_server": bus_server,
     });
     for chunk in fds.chunks(BATCH_MAX).enumerate() {
         let msg = if chunk.0 == 0 { welcome.clone() } else { serde_json::json!({"more": true}) };
@@ -594,6 +600,7 @@ pub fn take_over(path: &Path, me: &Successor<'_>) -> io::Result<Inherited> {
         user_keys: crate::push::UserKeys(key(0), key(1)),
         layout: welcome["layout"].as_u64().unwrap_or(1) as u32,
         control,
+        bus_server: welcome["bus_server"].as_str().map(str::to_owned),
     })
 }
 

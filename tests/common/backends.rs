@@ -48,10 +48,55 @@ pub struct Backends {
     pub nats_url: String,
     pub nats_port: u16,
     pub nats_monitor: u16,
+    /// A cluster of two NATS servers ([`Backends::start_clustered`]): the first one's route
+    /// port, and the second server.
+    cluster_port: Option<u16>,
+    pub second: Option<SecondNats>,
+}
+
+/// The second NATS server of [`Backends::start_clustered`].
+pub struct SecondNats {
+    _proc: Proc,
+    pub url: String,
+    monitor: u16,
 }
 
 impl Backends {
     pub fn start() -> Backends {
+        Backends::start_with(None)
+    }
+
+    /// [`Backends::start`] with two NATS servers in one cluster (both with JetStream; the
+    /// first one's `nats_url`, the second one's `second.url`), whose route holds what the
+    /// first server sends the second for `route_delay`: a message published on the first
+    /// reaches the second one's subscribers that much after the first one's. Returns once
+    /// the route is up and JetStream has its metadata leader.
+    pub fn start_clustered(route_delay: Duration) -> Backends {
+        let mut b = Backends::start_with(Some(free_port()));
+        let route = delaying_proxy(b.cluster_port.unwrap(), route_delay);
+        for _ in 0..3 {
+            let (port, monitor, cluster) = (free_port(), free_port(), free_port());
+            let proc = spawn_nats(port, monitor, Some(cluster), route);
+            let url = format!("nats://127.0.0.1:{port}");
+            let second = SecondNats { _proc: proc, url, monitor };
+            let up = Instant::now() + NATS_START;
+            while Instant::now() < up && subscriptions_at(monitor).is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if subscriptions_at(monitor).is_some() {
+                b.second = Some(second);
+                break;
+            }
+        }
+        assert!(b.second.is_some(), "the second nats-server did not start");
+        wait_until("the NATS cluster's JetStream has a leader", NATS_START, || {
+            let jsz = monitoring(b.nats_monitor, "/jsz")?;
+            jsz["meta_cluster"]["leader"].as_str().filter(|l| !l.is_empty()).map(drop)
+        });
+        b
+    }
+
+    fn start_with(cluster_port: Option<u16>) -> Backends {
         let (rp, np, mp) = (free_port(), free_port(), free_port());
         let mut b = Backends {
             redis: None,
@@ -61,6 +106,8 @@ impl Backends {
             nats_url: format!("nats://127.0.0.1:{np}"),
             nats_port: np,
             nats_monitor: mp,
+            cluster_port,
+            second: None,
         };
         b.start_redis();
         // A free port can be taken by another test's process between our probe and
@@ -96,15 +143,11 @@ impl Backends {
     }
 
     fn start_nats_process(&mut self) {
-        let (port, monitor) = (self.nats_port.to_string(), self.nats_monitor.to_string());
-        // JetStream holds the cluster's history (`src/cluster/store.rs`); its store directory
-        // is fresh on every start, so a restart loses the stream, as a bus without its
-        // store would.
-        let dir = std::env::temp_dir().join(format!("c10m-js-{}-{port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let dir = dir.to_string_lossy().into_owned();
-        let args = ["-a", "127.0.0.1", "-p", &port, "-m", &monitor, "-js", "-sd", &dir];
-        self.nats = Some(spawn("nats-server", &args));
+        // Clustered, the first server's route is to itself: JetStream in a cluster wants
+        // one configured, and the second server's route is the one that connects them.
+        let route = self.cluster_port.unwrap_or(0);
+        let nats = spawn_nats(self.nats_port, self.nats_monitor, self.cluster_port, route);
+        self.nats = Some(nats);
     }
 
     /// [`Backends::start_nats`], false if nats-server exits (or is not answering) instead.
@@ -154,14 +197,7 @@ impl Backends {
 
     /// Subscriptions the NATS server holds, from its monitoring endpoint.
     pub fn nats_subscriptions(&self) -> Option<u64> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.nats_monitor)).ok()?;
-        s.set_read_timeout(Some(STEP)).ok()?;
-        s.write_all(b"GET /subsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let body = text.split_once("\r\n\r\n")?.1;
-        let v: serde_json::Value = serde_json::from_str(body).ok()?;
-        v["num_subscriptions"].as_u64()
+        subscriptions_at(self.nats_monitor)
     }
 
     /// Starts a node and waits until it reaches Redis and NATS and its subscriptions are in
@@ -193,9 +229,14 @@ impl Backends {
                 (server.stats()["cluster"]["store_connected"] == true).then_some(())
             });
         }
+        // A node on the second server of a cluster counts on that server.
+        let monitor = match &self.second {
+            Some(second) if second.url == bus_url => second.monitor,
+            _ => self.nats_monitor,
+        };
         let want = SUBSCRIPTIONS_PER_NODE * (nodes_before + 1);
         wait_until(&format!("{want} NATS subscriptions"), STEP, || {
-            self.nats_subscriptions().filter(|&n| n >= want)
+            subscriptions_at(monitor).filter(|&n| n >= want)
         });
         server
     }
@@ -264,6 +305,43 @@ impl Backends {
         }
         replies
     }
+}
+
+/// Starts nats-server: JetStream holds the cluster's history (`src/cluster/store.rs`);
+/// its store directory is fresh on every start, so a restart loses the stream, as a bus
+/// without its store would. With `cluster`, the server listens for routes there and
+/// connects one to `127.0.0.1:route`.
+fn spawn_nats(port: u16, monitor: u16, cluster: Option<u16>, route: u16) -> Proc {
+    let dir = std::env::temp_dir().join(format!("c10m-js-{}-{port}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (port, monitor) = (port.to_string(), monitor.to_string());
+    let dir = dir.to_string_lossy().into_owned();
+    let mut args = vec!["-a", "127.0.0.1", "-p", &port, "-m", &monitor, "-js", "-sd", &dir];
+    let (listen, name, route) = (
+        cluster.map(|c| format!("nats://127.0.0.1:{c}")).unwrap_or_default(),
+        format!("s{port}"),
+        format!("nats://127.0.0.1:{route}"),
+    );
+    if cluster.is_some() {
+        let cluster = ["--cluster", &listen, "--cluster_name", "c10m-test", "--server_name"];
+        args.extend(cluster.into_iter().chain([name.as_str(), "--routes", &route]));
+    }
+    spawn("nats-server", &args)
+}
+
+/// A nats-server monitoring endpoint's JSON.
+fn monitoring(monitor: u16, path: &str) -> Option<serde_json::Value> {
+    let mut s = TcpStream::connect(("127.0.0.1", monitor)).ok()?;
+    s.set_read_timeout(Some(STEP)).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
+}
+
+/// Subscriptions a NATS server holds, from its monitoring endpoint.
+fn subscriptions_at(monitor: u16) -> Option<u64> {
+    monitoring(monitor, "/subsz")?["num_subscriptions"].as_u64()
 }
 
 pub fn cluster_stat(server: &Server, name: &str) -> u64 {
