@@ -379,7 +379,8 @@ pub fn start_with(cfg: Config, signals: sys::Signals, upgrade: Upgrade) -> io::R
                 return;
             }
             let timeout = std::time::Duration::from_secs(600);
-            let done = crate::handover::finish(inh.control, &shared.hub, timeout);
+            let bus_server = shared.cluster.as_ref().map(|c| c.bus_server());
+            let done = crate::handover::finish(inh.control, &shared.hub, bus_server, timeout);
             match &done {
                 Ok(done) => {
                     let received = shared.hub.received.load(Ordering::Relaxed);

@@ -256,7 +256,19 @@ fn commands_the_bus_delivers_late_to_the_old_process_still_reach_moving_connecti
 /// miss their notices.
 #[test]
 fn commands_from_another_server_of_a_nats_cluster_reach_moving_connections() {
-    commands_reach_connections_that_move(Bus::OtherServer(Duration::from_millis(250)));
+    let route_delay = Duration::from_millis(250);
+    commands_reach_connections_that_move(Bus::OtherServer { route_delay, advertise: true });
+}
+
+/// The same on a cluster that tells clients no other server's URL (`--no_advertise`): the
+/// successor cannot reach the old process's server and stays on the first one, and says
+/// so when it is ready; the old node's fence then waits the whole second for the commands
+/// the route delivers late, instead of its marker, and every connection is still told of
+/// each subscription once.
+#[test]
+fn commands_reach_moving_connections_when_the_new_process_is_on_another_nats_server() {
+    let route_delay = Duration::from_millis(250);
+    commands_reach_connections_that_move(Bus::OtherServer { route_delay, advertise: false });
 }
 
 /// How node a's two processes reach the bus in [`commands_reach_connections_that_move`].
@@ -266,9 +278,10 @@ enum Bus {
     Direct,
     /// One server, and what it sends the old process arrives that late (a proxy).
     LateToOld(Duration),
-    /// Two servers in a cluster, whose route delivers that late: node b and the
-    /// successor's `--bus` on the first, the old process on the second.
-    OtherServer(Duration),
+    /// Two servers in a cluster, whose route delivers `route_delay` late: node b and the
+    /// successor's `--bus` on the first, the old process on the second; the servers tell
+    /// clients each other's URLs if they `advertise`.
+    OtherServer { route_delay: Duration, advertise: bool },
 }
 
 fn commands_reach_connections_that_move(bus: Bus) {
@@ -278,16 +291,24 @@ fn commands_reach_connections_that_move(bus: Bus) {
     const PER_USER_MAX: usize = 40;
     const GONE_USERS: usize = 6;
     let b = match bus {
-        Bus::OtherServer(delay) => Backends::start_clustered(delay),
+        Bus::OtherServer { route_delay, advertise } => {
+            Backends::start_clustered(route_delay, advertise)
+        }
         _ => Backends::start(),
     };
-    let path = control_path(&format!("cluster-commands-{bus:?}"));
+    let name = match bus {
+        Bus::Direct => "direct",
+        Bus::LateToOld(_) => "late",
+        Bus::OtherServer { advertise: true, .. } => "cluster",
+        Bus::OtherServer { advertise: false, .. } => "cluster-unadvertised",
+    };
+    let path = control_path(&format!("cluster-commands-{name}"));
     let old_bus = match bus {
         Bus::Direct => b.nats_url.clone(),
         Bus::LateToOld(delay) => {
             format!("nats://127.0.0.1:{}", delaying_proxy(b.nats_port, delay))
         }
-        Bus::OtherServer(_) => b.second.as_ref().expect("a second server").url.clone(),
+        Bus::OtherServer { .. } => b.second.as_ref().expect("a second server").url.clone(),
     };
     let a = b.node_on_bus("a", &old_bus, &["--control-socket", &path], 0);
     let other = b.node("b", &[], 1);
@@ -343,10 +364,17 @@ fn commands_reach_connections_that_move(bus: Bus) {
         Bus::LateToOld(delay) => {
             assert!(marker_ms >= delay.as_millis() as f64, "the bus was late: {marker_ms} ms")
         }
-        Bus::OtherServer(_) => {
+        Bus::OtherServer { advertise: true, .. } => {
             let log = new.stderr();
             assert!(log.contains("connected to the old process's server"), "{log}");
             assert_eq!(new.stats()["cluster"]["bus_server"], old_server, "on the same server");
+        }
+        Bus::OtherServer { advertise: false, .. } => {
+            let log = new.stderr();
+            assert!(log.contains("no client URL of the cluster"), "{log}");
+            assert_ne!(new.stats()["cluster"]["bus_server"], old_server, "on another server");
+            assert!(a.stderr().contains("the whole wait"), "{}", a.stderr());
+            assert!(marker_ms >= 1000.0, "the old node waited the whole second: {marker_ms} ms");
         }
         Bus::Direct => {}
     }

@@ -311,10 +311,11 @@ impl Prepared {
         tokio::task::spawn_local(async move {
             loop {
                 let up = watch_nats.connection_state() == async_nats::connection::State::Connected;
-                watch_stats.set_bus_up(up);
                 if up {
+                    // First: a successor says its server once it sees the bus up.
                     watch_stats.set_bus_server(&watch_nats.server_info().server_id);
                 }
+                watch_stats.set_bus_up(up);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
@@ -466,12 +467,16 @@ struct Mark {
     attempt: u32,
     sent: std::time::Instant,
     back: bool,
+    /// The new process is on another bus server: the marker orders nothing, the fence
+    /// waits the whole [`MARK_WAIT`].
+    full_wait: bool,
 }
 
 impl Mark {
-    /// The fence may go: the marker is back, or [`MARK_WAIT`] is over.
+    /// The fence may go: the marker is back (and orders the commands), or [`MARK_WAIT`] is
+    /// over.
     fn due(&self) -> bool {
-        self.back || self.sent.elapsed() >= MARK_WAIT
+        (self.back && !self.full_wait) || self.sent.elapsed() >= MARK_WAIT
     }
 }
 
@@ -607,7 +612,9 @@ impl Bridge {
     /// reach the old shards while they forward. Every connection has arrived by now, so the
     /// bridge publishes a marker to its own inbox and sends the fence once the marker is
     /// back (or after [`MARK_WAIT`]): the bus server queued every such command for this
-    /// node before the marker.
+    /// node before the marker. That needs one server for both processes (the new one
+    /// connects to this one's: [`connect`]); on two servers of a NATS cluster, whose routes
+    /// deliver each at its own pace, the fence waits the whole [`MARK_WAIT`] instead.
     fn hold_store(&mut self, attempt: u32) {
         if self.held == attempt {
             return; // Another shard's ask for the same handover.
@@ -621,7 +628,17 @@ impl Bridge {
         let msg = Arc::new(Message { id: 0, seq: 0, part: 0, payload, text: true });
         let subject = format!("{}{MARK}{attempt}", self.reply_prefix);
         self.publish(Out { subject, reply: None, headers: HeaderMap::new(), msg });
-        self.mark = Some(Mark { attempt, sent: std::time::Instant::now(), back: false });
+        let (theirs, mine) = (self.stats.handover.peer_server(), self.stats.bus_server());
+        let full_wait = !theirs.is_empty() && theirs != mine;
+        if full_wait {
+            tracing::warn!(
+                "handover: the new process is on bus server {theirs}, this one on {mine}; \
+                 the fence waits {} ms for commands their routes deliver late",
+                MARK_WAIT.as_millis()
+            );
+        }
+        let sent = std::time::Instant::now();
+        self.mark = Some(Mark { attempt, sent, back: false, full_wait });
     }
 
     /// The marker is back (or its wait is over): what the bus delivered before it is in the
@@ -639,7 +656,9 @@ impl Bridge {
             }
         }
         let ms = mark.sent.elapsed().as_secs_f64() * 1000.0;
-        if mark.back {
+        if mark.full_wait {
+            tracing::info!("handover: commands from the bus are in ({ms:.1} ms, the whole wait)");
+        } else if mark.back {
             tracing::info!("handover: commands from the bus are in ({ms:.1} ms)");
         } else {
             tracing::warn!(

@@ -121,6 +121,20 @@ pub struct StoreHandover {
     /// Set by the old control thread once the new process has everything: the node lives
     /// on in it, so the stopping bridge leaves its entries in the registry.
     pub handed_over: AtomicBool,
+    /// Set by the old control thread when the new process is ready: the id of its bus
+    /// server (empty: it did not say, as an older one does not).
+    peer_server: std::sync::Mutex<String>,
+}
+
+impl StoreHandover {
+    pub fn set_peer_server(&self, id: &str) {
+        id.clone_into(&mut self.peer_server.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// The new process's bus server, if it said.
+    pub fn peer_server(&self) -> String {
+        self.peer_server.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl ClusterStats {

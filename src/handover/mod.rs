@@ -424,6 +424,12 @@ fn hand_over(conn: &OwnedFd, s: &Serving) -> io::Result<u64> {
     if ready.get("ready").and_then(serde_json::Value::as_bool) != Some(true) {
         return Err(io::Error::other(format!("the new process did not start: {ready}")));
     }
+    if let Some(cluster) = &shared.cluster {
+        // Whether one bus server delivers to both processes: the bridge's fence waits for
+        // its marker accordingly (`crate::cluster`, `Bridge::hold_store`).
+        let theirs = ready["bus_server"].as_str().unwrap_or_default();
+        cluster.handover.set_peer_server(theirs);
+    }
     let started = Instant::now();
     tracing::info!("handover: the new process is ready; handing over connections");
     *shared.hub.out.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -604,10 +610,17 @@ pub fn take_over(path: &Path, me: &Successor<'_>) -> io::Result<Inherited> {
     })
 }
 
-/// The new side's last step: says ready, waits for the old process to finish, then lets the
-/// admin API serve. Returns what the old process reported.
-pub fn finish(control: OwnedFd, hub: &Hub, timeout: Duration) -> io::Result<serde_json::Value> {
-    send_json(&control, &serde_json::json!({"ready": true}), &[])?;
+/// The new side's last step: says ready (on a cluster node, with the id of its bus server),
+/// waits for the old process to finish, then lets the admin API serve. Returns what the old
+/// process reported.
+pub fn finish(
+    control: OwnedFd,
+    hub: &Hub,
+    bus_server: Option<String>,
+    timeout: Duration,
+) -> io::Result<serde_json::Value> {
+    let ready = serde_json::json!({"ready": true, "bus_server": bus_server});
+    send_json(&control, &ready, &[])?;
     let done = recv_json(&control, timeout, &mut Vec::new());
     if done.is_ok() && hub.layout.load(Ordering::Relaxed) >= 5 {
         // What the old shards sent is in the channels: once every shard has applied it (up

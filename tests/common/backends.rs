@@ -48,10 +48,20 @@ pub struct Backends {
     pub nats_url: String,
     pub nats_port: u16,
     pub nats_monitor: u16,
-    /// A cluster of two NATS servers ([`Backends::start_clustered`]): the first one's route
-    /// port, and the second server.
-    cluster_port: Option<u16>,
+    /// A cluster of two NATS servers ([`Backends::start_clustered`]): the first one's
+    /// routes, and the second server.
+    cluster: Option<Routes>,
     pub second: Option<SecondNats>,
+}
+
+/// A clustered nats-server's routes.
+#[derive(Clone, Copy)]
+struct Routes {
+    /// Where it listens for routes, and where it connects one.
+    listen: u16,
+    to: u16,
+    /// Whether it tells clients the cluster's client URLs (`connect_urls`).
+    advertise: bool,
 }
 
 /// The second NATS server of [`Backends::start_clustered`].
@@ -70,13 +80,17 @@ impl Backends {
     /// first one's `nats_url`, the second one's `second.url`), whose route holds what the
     /// first server sends the second for `route_delay`: a message published on the first
     /// reaches the second one's subscribers that much after the first one's. Returns once
-    /// the route is up and JetStream has its metadata leader.
-    pub fn start_clustered(route_delay: Duration) -> Backends {
-        let mut b = Backends::start_with(Some(free_port()));
-        let route = delaying_proxy(b.cluster_port.unwrap(), route_delay);
+    /// the route is up and JetStream has its metadata leader. With `advertise` false the
+    /// servers tell clients no other server's URL (`--no_advertise`).
+    pub fn start_clustered(route_delay: Duration, advertise: bool) -> Backends {
+        // The first server's route is to itself: JetStream in a cluster wants one
+        // configured; the second server's route is the one that connects them.
+        let listen = free_port();
+        let mut b = Backends::start_with(Some(Routes { listen, to: listen, advertise }));
+        let to = delaying_proxy(listen, route_delay);
         for _ in 0..3 {
-            let (port, monitor, cluster) = (free_port(), free_port(), free_port());
-            let proc = spawn_nats(port, monitor, Some(cluster), route);
+            let (port, monitor, listen) = (free_port(), free_port(), free_port());
+            let proc = spawn_nats(port, monitor, Some(Routes { listen, to, advertise }));
             let url = format!("nats://127.0.0.1:{port}");
             let second = SecondNats { _proc: proc, url, monitor };
             let up = Instant::now() + NATS_START;
@@ -96,7 +110,7 @@ impl Backends {
         b
     }
 
-    fn start_with(cluster_port: Option<u16>) -> Backends {
+    fn start_with(cluster: Option<Routes>) -> Backends {
         let (rp, np, mp) = (free_port(), free_port(), free_port());
         let mut b = Backends {
             redis: None,
@@ -106,7 +120,7 @@ impl Backends {
             nats_url: format!("nats://127.0.0.1:{np}"),
             nats_port: np,
             nats_monitor: mp,
-            cluster_port,
+            cluster,
             second: None,
         };
         b.start_redis();
@@ -143,11 +157,7 @@ impl Backends {
     }
 
     fn start_nats_process(&mut self) {
-        // Clustered, the first server's route is to itself: JetStream in a cluster wants
-        // one configured, and the second server's route is the one that connects them.
-        let route = self.cluster_port.unwrap_or(0);
-        let nats = spawn_nats(self.nats_port, self.nats_monitor, self.cluster_port, route);
-        self.nats = Some(nats);
+        self.nats = Some(spawn_nats(self.nats_port, self.nats_monitor, self.cluster));
     }
 
     /// [`Backends::start_nats`], false if nats-server exits (or is not answering) instead.
@@ -309,22 +319,23 @@ impl Backends {
 
 /// Starts nats-server: JetStream holds the cluster's history (`src/cluster/store.rs`);
 /// its store directory is fresh on every start, so a restart loses the stream, as a bus
-/// without its store would. With `cluster`, the server listens for routes there and
-/// connects one to `127.0.0.1:route`.
-fn spawn_nats(port: u16, monitor: u16, cluster: Option<u16>, route: u16) -> Proc {
+/// without its store would. Clustered, it listens for routes and connects one.
+fn spawn_nats(port: u16, monitor: u16, cluster: Option<Routes>) -> Proc {
     let dir = std::env::temp_dir().join(format!("c10m-js-{}-{port}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let (port, monitor) = (port.to_string(), monitor.to_string());
     let dir = dir.to_string_lossy().into_owned();
     let mut args = vec!["-a", "127.0.0.1", "-p", &port, "-m", &monitor, "-js", "-sd", &dir];
-    let (listen, name, route) = (
-        cluster.map(|c| format!("nats://127.0.0.1:{c}")).unwrap_or_default(),
-        format!("s{port}"),
-        format!("nats://127.0.0.1:{route}"),
-    );
-    if cluster.is_some() {
-        let cluster = ["--cluster", &listen, "--cluster_name", "c10m-test", "--server_name"];
-        args.extend(cluster.into_iter().chain([name.as_str(), "--routes", &route]));
+    let (name, listen, to);
+    if let Some(r) = cluster {
+        name = format!("s{port}");
+        (listen, to) =
+            (format!("nats://127.0.0.1:{}", r.listen), format!("nats://127.0.0.1:{}", r.to));
+        let flags = ["--cluster", &listen, "--cluster_name", "c10m-test", "--server_name", &name];
+        args.extend(flags.into_iter().chain(["--routes", &to]));
+        if !r.advertise {
+            args.push("--no_advertise");
+        }
     }
     spawn("nats-server", &args)
 }
