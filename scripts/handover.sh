@@ -187,6 +187,13 @@ print(f"upgrade {k}: old exited after {(float(t1) - float(t0)) * 1000:.0f} ms, a
       f"includes its start); TcpPassiveOpens +{opens}, TcpEstabResets +{resets}; fds {ofd} -> {nfd}; "
       f"RSS {int(orss) // 1024} -> {int(nrss) // 1024} MiB; established :8080 {est}")
 PY
+  if [ "$CLUSTER" = 1 ] && [ "$MODE" != drain ]; then
+    # The bus's part: the old bridge's marker (commands from other nodes in before its
+    # fence), and which NATS server the new process took (the old one's: docs/handover.md).
+    marker=$(cat "$DIR/server.log" "$DIR/new.log" | grep -o 'commands from the bus are in ([^)]*)' | tail -1 || true)
+    follow=$(grep -o -E "on the old process's bus server|connected to the old process's server|no client URL of the cluster" "$DIR/new.log" | tail -1 || true)
+    echo "  bus: ${marker:-no marker line}; the new process: ${follow:-no bus server line}"
+  fi
 done
 wait "$LOADGEN" || true
 grep -E "attempts|failures|delivered|latency|p50|p99" "$DIR/loadgen.txt" | head -20
