@@ -88,17 +88,13 @@ impl Backends {
         let listen = free_port();
         let mut b = Backends::start_with(Some(Routes { listen, to: listen, advertise }));
         let to = delaying_proxy(listen, route_delay);
+        // Other ports if one was taken meanwhile, as for the first server (bounded).
         for _ in 0..3 {
             let (port, monitor, listen) = (free_port(), free_port(), free_port());
-            let proc = spawn_nats(port, monitor, Some(Routes { listen, to, advertise }));
-            let url = format!("nats://127.0.0.1:{port}");
-            let second = SecondNats { _proc: proc, url, monitor };
-            let up = Instant::now() + NATS_START;
-            while Instant::now() < up && subscriptions_at(monitor).is_none() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if subscriptions_at(monitor).is_some() {
-                b.second = Some(second);
+            let mut proc = spawn_nats(port, monitor, Some(Routes { listen, to, advertise }));
+            if answers(&mut proc, monitor) {
+                let url = format!("nats://127.0.0.1:{port}");
+                b.second = Some(SecondNats { _proc: proc, url, monitor });
                 break;
             }
         }
@@ -163,19 +159,11 @@ impl Backends {
     /// [`Backends::start_nats`], false if nats-server exits (or is not answering) instead.
     fn try_start_nats(&mut self) -> bool {
         self.start_nats_process();
-        let deadline = Instant::now() + NATS_START;
-        while Instant::now() < deadline {
-            if self.nats_subscriptions().is_some() {
-                return true;
-            }
-            let exited = self.nats.as_mut().is_some_and(|p| !matches!(p.0.try_wait(), Ok(None)));
-            if exited {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        let started = self.nats.as_mut().is_some_and(|p| answers(p, self.nats_monitor));
+        if !started {
+            self.nats = None;
         }
-        self.nats = None;
-        false
+        started
     }
 
     pub fn redis(&self) -> redis::Connection {
@@ -338,6 +326,22 @@ fn spawn_nats(port: u16, monitor: u16, cluster: Option<Routes>) -> Proc {
         }
     }
     spawn("nats-server", &args)
+}
+
+/// Whether a nats-server just started answers on its monitoring port within [`NATS_START`];
+/// false as soon as it exits instead (its port was taken).
+fn answers(nats: &mut Proc, monitor: u16) -> bool {
+    let deadline = Instant::now() + NATS_START;
+    while Instant::now() < deadline {
+        if subscriptions_at(monitor).is_some() {
+            return true;
+        }
+        if !matches!(nats.0.try_wait(), Ok(None)) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 /// A nats-server monitoring endpoint's JSON.
