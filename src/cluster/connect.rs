@@ -3,7 +3,7 @@
 //!
 //! Why: a command from another node (`c10m.cmd`) reaches both processes of an upgrading
 //! node, and the old one's fence waits for its own marker to come back from the bus
-//! (`Bridge::hold_store`), so that every command the new process received before the last
+//! (`super::upgrade`), so that every command the new process received before the last
 //! connection moved has reached the old shards too. That holds when one server delivers to
 //! both: it queues each command for both at once, before any later marker. Two servers of a
 //! cluster each get the command over their own route, and the new process's server may

@@ -426,7 +426,7 @@ fn hand_over(conn: &OwnedFd, s: &Serving) -> io::Result<u64> {
     }
     if let Some(cluster) = &shared.cluster {
         // Whether one bus server delivers to both processes: the bridge's fence waits for
-        // its marker accordingly (`crate::cluster`, `Bridge::hold_store`).
+        // its marker accordingly (`crate::cluster::upgrade`, `Bridge::hold_store`).
         let theirs = ready["bus_server"].as_str().unwrap_or_default();
         cluster.handover.set_peer_server(theirs);
     }
