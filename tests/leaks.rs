@@ -1,4 +1,5 @@
-//! Memory that must not grow with churn: connections that subscribe to topics and leave.
+//! Memory that must not grow with churn: connections that subscribe to topics and leave;
+//! and no transparent huge pages unless the environment asks for them.
 //!
 //! Measured through `/stats` `rss_bytes` on a one-shard server: a warm-up round reusing the
 //! same topic names settles the allocator; rounds with fresh names must then not grow the
@@ -54,5 +55,45 @@ fn topics_without_subscribers_do_not_accumulate() {
         fresh < 1_500_000,
         "RSS grew {fresh} bytes over 19,200 topics that no connection subscribes to any more \
          (the same churn with reused names grew {reused} bytes)"
+    );
+}
+
+/// A `Name:   value` line of /proc/PID/`file`.
+fn proc_field(pid: i32, file: &str, name: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap();
+    let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| {
+        panic!("no {name} in /proc/{pid}/{file}:\n{text}");
+    });
+    line[name.len()..].trim().to_owned()
+}
+
+#[test]
+fn transparent_huge_pages_are_off_unless_the_environment_allows_them() {
+    // Six shards: each one's arena would start with huge pages where the host allows them.
+    let server = Server::start(&["--shards", "6"]);
+    let held: Vec<_> = (0..60).map(|i| server.ws_connect(&format!("/ws?user=u{i}"))).collect();
+    server.wait_connections(60);
+    let pid = server.pid();
+    assert_eq!(proc_field(pid, "status", "THP_enabled:"), "0", "THP_enabled of the default");
+    assert_eq!(
+        proc_field(pid, "smaps_rollup", "AnonHugePages:"),
+        "0 kB",
+        "huge pages resident in a server started with the defaults"
+    );
+    drop(held);
+
+    let allowed = Server::spawn_with_env(
+        &["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--shards", "2"],
+        &[("MIMALLOC_ALLOW_THP", "1")],
+    );
+    assert_eq!(
+        proc_field(allowed.pid(), "status", "THP_enabled:"),
+        "1",
+        "THP_enabled with MIMALLOC_ALLOW_THP=1"
+    );
+    let stderr = allowed.stderr();
+    assert!(
+        stderr.contains("MIMALLOC_ALLOW_THP is set"),
+        "the server says that the allocator decides; stderr:\n{stderr}"
     );
 }
