@@ -69,7 +69,8 @@ pub struct ServeArgs {
     /// Bytes of one provided receive buffer. Default 4096.
     #[arg(long)]
     pub recv_buffer_bytes: Option<u32>,
-    /// Provided receive buffers per shard (power of two). Default 512.
+    /// Provided receive buffers per shard, at most (power of two; a quiet shard keeps 16 in its
+    /// ring). Default 512.
     #[arg(long)]
     pub recv_buffers: Option<u32>,
     /// Submission queue entries per ring. Default 4096.

@@ -188,6 +188,11 @@ pub struct ShardStats {
     pub timeouts_postponed: AtomicU64,
     /// Times the mass-timeout guard engaged.
     pub mass_timeout_guards: AtomicU64,
+    /// Gauge: receive buffers in the shard's provided-buffer ring (the rest are parked, their
+    /// pages given back; src/ring/bufring.rs).
+    pub recv_buffers_in_ring: AtomicU64,
+    /// Receives that found the ring empty and were retried once the parked buffers were back.
+    pub recv_buffers_starved: AtomicU64,
     /// Pong deadlines extended because the client was still draining a backlog.
     pub liveness_draining: AtomicU64,
     /// Connections reset (SO_LINGER 0) on a forced close, so their send queue is freed at once.
@@ -252,6 +257,8 @@ pub fn render_stats(shards: &[ShardStats], rss_bytes: u64) -> serde_json::Value 
             "connections": w + e + p,
             "published": s.published.load(Relaxed),
             "delivered": s.delivered.load(Relaxed),
+            "recv_buffers_in_ring": s.recv_buffers_in_ring.load(Relaxed),
+            "recv_buffers_starved": s.recv_buffers_starved.load(Relaxed),
         }));
     }
     serde_json::json!({
@@ -483,6 +490,15 @@ pub fn render_prometheus(shards: &[ShardStats], rss_bytes: u64) -> String {
     family("mass_timeout_guards_total", "counter", "Mass-timeout guard engagements.", &|s| {
         s.mass_timeout_guards.load(Relaxed)
     });
+    family("recv_buffers_in_ring", "gauge", "Receive buffers in the shard's ring.", &|s| {
+        s.recv_buffers_in_ring.load(Relaxed)
+    });
+    family(
+        "recv_buffers_starved_total",
+        "counter",
+        "Receives that found the buffer ring empty (retried).",
+        &|s| s.recv_buffers_starved.load(Relaxed),
+    );
     family(
         "liveness_draining_total",
         "counter",

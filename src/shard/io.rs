@@ -90,6 +90,7 @@ impl Shard {
         .user_data(user_data(Op::Recv, generation, slot));
         // SAFETY: the buffer comes from the provided-buffer ring, which outlives the ring.
         unsafe { self.ring.push(&entry) };
+        self.bufs.recv_submitted();
     }
 
     pub(super) fn retry_recvs(&mut self) {
@@ -106,6 +107,7 @@ impl Shard {
     pub(super) fn on_recv(&mut self, slot: u32, generation: u32, c: Completion) {
         // Copy the bytes out and hand the buffer straight back: reads are small (heads,
         // control frames), and the connection keeps nothing of the shared buffer.
+        self.bufs.recv_completed();
         let mut rx = std::mem::take(&mut self.scratch.rx);
         rx.clear();
         if let Some(bid) = c.buffer_id() {
@@ -129,6 +131,9 @@ impl Shard {
         match result {
             0 => return self.on_peer_eof(slot, generation),
             r if r == -libc::ENOBUFS => {
+                // The ring ran dry: the parked buffers go back in before the retry.
+                self.bufs.starved();
+                bump(&self.stats().recv_buffers_starved, 1);
                 self.recv_retry.push((slot, generation));
                 return;
             }

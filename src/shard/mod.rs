@@ -452,6 +452,7 @@ impl Shard {
             for c in completions.drain(..) {
                 self.complete(c);
             }
+            self.bufs.end_turn();
             self.scratch.completions = completions;
         }
     }
@@ -467,6 +468,9 @@ impl Shard {
             return;
         }
         self.memory_checked_ms = self.now_ms;
+        self.bufs.adapt();
+        let (in_ring, _) = self.bufs.provided();
+        self.stats().recv_buffers_in_ring.store(in_ring.into(), Ordering::Relaxed);
         let freed = std::mem::take(&mut self.outboxes_freed);
         if freed >= BURST_FREES || self.mesh.gave_back() {
             self.release_pending = true;
