@@ -104,6 +104,7 @@ struct Report {
 /// The metrics, in table order: key, label, unit, whether lower is better.
 const METRICS: &[(&str, &str, &str, bool)] = &[
     ("user_b", "user-space memory per idle connection", "B", true),
+    ("user_mb", "user-space memory with every connection held (whole server)", "MB", true),
     ("kernel_b", "kernel memory per connection (slab, both ends)", "B", true),
     ("connect_rate", "connect rate (all offered at once, --rate 0)", "conn/s", false),
     ("fanout_ms", "broadcast fan-out, first→last (p50)", "ms", true),
@@ -188,6 +189,7 @@ fn metrics(s: &BTreeMap<String, (Run, Report)>) -> Vec<(&'static str, f64)> {
     if let Some((run, rep)) = s.get("idle") {
         let n = rep.connections.peak_up.max(1) as f64;
         out.push(("user_b", (run.rss_held as f64 - run.rss_before as f64) / n));
+        out.push(("user_mb", run.rss_held as f64 / 1e6));
         out.push(("kernel_b", (run.slab_held as f64 - run.slab_before as f64) / n));
         out.push(("connect_rate", rep.connections.connect_rate_per_s));
     }
