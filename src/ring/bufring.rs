@@ -59,6 +59,27 @@ pub struct BufRing {
 /// The fewest buffers the ring keeps when a shard is quiet.
 pub const KEEP_BUFFERS: u16 = 16;
 
+/// A private anonymous read-write mapping of `len` bytes (page-aligned, untouched so not
+/// resident).
+fn anon_map(len: usize) -> io::Result<*mut libc::c_void> {
+    // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
+    // result is checked against MAP_FAILED.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ptr)
+}
+
 impl BufRing {
     pub(super) fn new(
         submitter: &Submitter<'_>,
@@ -68,39 +89,12 @@ impl BufRing {
     ) -> io::Result<BufRing> {
         assert!(entries.is_power_of_two() && entries <= 32_768, "validated by config");
         let ring_bytes = entries as usize * std::mem::size_of::<BufRingEntry>();
-        // SAFETY: an anonymous private mapping with no address hint has no preconditions;
-        // the result is checked against MAP_FAILED below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                ring_bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let ptr = anon_map(ring_bytes)?;
         let buffers_bytes = entries as usize * buffer_bytes as usize;
-        // SAFETY: as above; on failure the ring mapping is unmapped before returning.
-        let buffers = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                buffers_bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if buffers == libc::MAP_FAILED {
-            let e = io::Error::last_os_error();
+        let buffers = anon_map(buffers_bytes).inspect_err(|_| {
             // SAFETY: the ring mapping was created above with this length and is not shared yet.
             unsafe { libc::munmap(ptr, ring_bytes) };
-            return Err(e);
-        }
+        })?;
         let mut ring = BufRing {
             ring: ptr.cast(),
             ring_bytes,
@@ -353,6 +347,7 @@ mod tests {
         // SAFETY: buffer `bid` starts a page (4 KiB buffers in a page-aligned mapping) and lies
         // inside the mapping; mincore writes one byte per page into `vec`.
         let start = unsafe { bufs.buffers.add(bid as usize * BYTES as usize) };
+        // SAFETY: as above: one page inside the mapping, and one byte of `vec` per page.
         let rc = unsafe { libc::mincore(start.cast(), BYTES as usize, vec.as_mut_ptr()) };
         assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
         (vec[0] & 1) as usize
